@@ -1,0 +1,5 @@
+"""Each module here defines click commands for one stage; COMMANDS lists them for the CLI."""
+
+from .build_index import build_index
+
+COMMANDS = [build_index]

@@ -1,0 +1,236 @@
+"""The workspace: one DuckDB file plus the embeddings and indexes beside it.
+
+    ws/curate.duckdb          items, rejected, runs, meta, shards (+ views from queries/)
+    ws/embeddings/image/      part-NNNNNN.npy (float32, L2-normalised) + part-NNNNNN.ids.npy
+    ws/embeddings/caption/    the same for captions
+    ws/indexes/               images.faiss, captions.faiss
+
+The database is the source of truth: a shard file counts only once its row in
+`shards` is committed, so a killed run never leaves half-recorded work behind.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import duckdb
+
+DB_NAME = "curate.duckdb"
+
+# `id` is ours (dense BIGINT, the FAISS id); `source_id` is what the source calls the
+# item (manifest id, or the path relative to the source root) and is what makes a
+# second run over the same source add only new items.
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS items (
+    id BIGINT PRIMARY KEY,
+    source_id VARCHAR NOT NULL UNIQUE,
+    path VARCHAR NOT NULL,
+    caption VARCHAR,
+    status VARCHAR NOT NULL DEFAULT 'pending',   -- pending | embedded | rejected
+    caption_tokens INTEGER,
+    caption_truncated BOOLEAN,
+    run_id INTEGER
+);
+CREATE TABLE IF NOT EXISTS rejected (
+    item_id BIGINT,
+    source_id VARCHAR,
+    path VARCHAR,
+    reason VARCHAR NOT NULL,
+    stage VARCHAR NOT NULL,                      -- scan | decode | caption | import
+    run_id INTEGER,
+    at TIMESTAMP DEFAULT current_timestamp
+);
+CREATE TABLE IF NOT EXISTS runs (
+    run_id INTEGER PRIMARY KEY,
+    command VARCHAR,
+    source VARCHAR,
+    model VARCHAR,
+    pretrained VARCHAR,
+    random_weights BOOLEAN,
+    embed_dim INTEGER,
+    device VARCHAR,
+    started_at TIMESTAMP,
+    finished_at TIMESTAMP,
+    duration_s DOUBLE,
+    items_added BIGINT,
+    items_embedded BIGINT,
+    items_rejected BIGINT,
+    status VARCHAR,                              -- running | finished | failed
+    versions JSON
+);
+CREATE TABLE IF NOT EXISTS meta (
+    key VARCHAR PRIMARY KEY,
+    value VARCHAR
+);
+CREATE TABLE IF NOT EXISTS shards (
+    kind VARCHAR NOT NULL,                       -- image | caption
+    part INTEGER NOT NULL,
+    file VARCHAR NOT NULL,
+    rows BIGINT NOT NULL,
+    run_id INTEGER,
+    PRIMARY KEY (kind, part)
+);
+"""
+
+KINDS = ("image", "caption")
+
+
+@dataclass(frozen=True)
+class ModelIdentity:
+    """What the workspace's vectors were made with; label vectors must match it."""
+
+    model: str
+    pretrained: str
+    embed_dim: int
+    random_weights: bool
+
+    def describe(self) -> str:
+        w = "random weights" if self.random_weights else f"pretrained={self.pretrained}"
+        return f"{self.model} ({w}, {self.embed_dim}-d)"
+
+
+class ModelMismatch(RuntimeError):
+    pass
+
+
+class Workspace:
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+
+    # -- layout ---------------------------------------------------------------
+    @property
+    def db_path(self) -> Path:
+        return self.root / DB_NAME
+
+    def embeddings_dir(self, kind: str) -> Path:
+        assert kind in KINDS, kind
+        return self.root / "embeddings" / kind
+
+    @property
+    def indexes_dir(self) -> Path:
+        return self.root / "indexes"
+
+    def index_path(self, kind: str) -> Path:
+        return self.indexes_dir / ("images.faiss" if kind == "image" else "captions.faiss")
+
+    def exists(self) -> bool:
+        return self.db_path.exists()
+
+    # -- database -------------------------------------------------------------
+    def connect(self, read_only: bool = False) -> duckdb.DuckDBPyConnection:
+        if read_only:
+            if not self.exists():
+                raise FileNotFoundError(
+                    f"no workspace at {self.root} (expected {self.db_path}); run `curate build-index` first"
+                )
+            return duckdb.connect(str(self.db_path), read_only=True)
+        self.root.mkdir(parents=True, exist_ok=True)
+        con = duckdb.connect(str(self.db_path))
+        con.execute(SCHEMA)
+        return con
+
+    # -- meta -----------------------------------------------------------------
+    @staticmethod
+    def get_meta(con: duckdb.DuckDBPyConnection, key: str) -> str | None:
+        row = con.execute("SELECT value FROM meta WHERE key = ?", [key]).fetchone()
+        return None if row is None else row[0]
+
+    @staticmethod
+    def set_meta(con: duckdb.DuckDBPyConnection, key: str, value: str) -> None:
+        con.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", [key, value])
+
+    @classmethod
+    def model_identity(cls, con: duckdb.DuckDBPyConnection) -> ModelIdentity | None:
+        raw = cls.get_meta(con, "model")
+        if raw is None:
+            return None
+        d = json.loads(raw)
+        return ModelIdentity(d["model"], d["pretrained"], int(d["embed_dim"]), bool(d["random_weights"]))
+
+    @classmethod
+    def bind_model(cls, con: duckdb.DuckDBPyConnection, ident: ModelIdentity) -> None:
+        """Record the model on first use; refuse a different one afterwards."""
+        have = cls.model_identity(con)
+        if have is None:
+            cls.set_meta(con, "model", json.dumps(ident.__dict__))
+            return
+        check_same_model(have, ident)
+
+    # -- runs -----------------------------------------------------------------
+    @staticmethod
+    def start_run(con: duckdb.DuckDBPyConnection, command: str, source: str, ident: ModelIdentity | None,
+                  device: str) -> int:
+        run_id = con.execute("SELECT coalesce(max(run_id), 0) + 1 FROM runs").fetchone()[0]
+        con.execute(
+            "INSERT INTO runs (run_id, command, source, model, pretrained, random_weights, embed_dim, device,"
+            " started_at, status, versions) VALUES (?, ?, ?, ?, ?, ?, ?, ?, now(), 'running', ?)",
+            [run_id, command, source,
+             ident.model if ident else None, ident.pretrained if ident else None,
+             ident.random_weights if ident else None, ident.embed_dim if ident else None,
+             device, json.dumps(package_versions())],
+        )
+        return int(run_id)
+
+    @staticmethod
+    def finish_run(con: duckdb.DuckDBPyConnection, run_id: int, started: float, status: str) -> None:
+        con.execute(
+            """
+            UPDATE runs SET finished_at = now(), duration_s = ?, status = ?,
+                items_added = (SELECT count(*) FROM items WHERE run_id = ?),
+                items_embedded = (SELECT count(*) FROM items WHERE run_id = ? AND status = 'embedded'),
+                items_rejected = (SELECT count(*) FROM rejected WHERE run_id = ?)
+            WHERE run_id = ?
+            """,
+            [time.time() - started, status, run_id, run_id, run_id, run_id],
+        )
+
+    # -- shards ---------------------------------------------------------------
+    def shard_files(self, con: duckdb.DuckDBPyConnection, kind: str) -> list[tuple[Path, Path, int]]:
+        """Committed shards of one kind, in part order: (vectors, ids, rows)."""
+        rows = con.execute(
+            "SELECT file, rows FROM shards WHERE kind = ? ORDER BY part", [kind]
+        ).fetchall()
+        d = self.embeddings_dir(kind)
+        return [(d / f, d / f.replace(".npy", ".ids.npy"), int(n)) for f, n in rows]
+
+
+def check_same_model(have: ModelIdentity, want: ModelIdentity) -> None:
+    if (have.model, have.pretrained, have.embed_dim) != (want.model, want.pretrained, want.embed_dim):
+        raise ModelMismatch(
+            f"this workspace was embedded with {have.describe()}, not {want.describe()}: "
+            "vectors from different models cannot be compared. Use the same --model/--pretrained, "
+            "or a new --workspace."
+        )
+
+
+def package_versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": platform.python_version()}
+    for name in ("curate", "torch", "open_clip_torch", "faiss-cpu", "faiss-gpu", "duckdb", "numpy", "pillow"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            continue
+    return out
+
+
+def quote_ident(name: str) -> str:
+    """A user-supplied column name, safe to put in SQL as an identifier."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+def chunks(seq: Iterable, n: int):
+    buf = []
+    for x in seq:
+        buf.append(x)
+        if len(buf) == n:
+            yield buf
+            buf = []
+    if buf:
+        yield buf

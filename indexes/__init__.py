@@ -1,0 +1,1 @@
+"""FAISS index recipes, as data (JSON), chosen by collection size or named with --index."""

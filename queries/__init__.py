@@ -1,0 +1,1 @@
+"""SQL of curate, one readable file per step; the package loads them, the DuckDB shell can run them."""
