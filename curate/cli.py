@@ -19,8 +19,9 @@ def cli(verbose: bool) -> None:
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(message)s")
     if not verbose:
         # open_clip and the hub client log their own fallbacks; we say it once, in our words.
-        for name in ("root", "huggingface_hub", "open_clip"):
-            logging.getLogger(None if name == "root" else name).setLevel(logging.ERROR)
+        # open_clip logs its download failures on the root logger: silence it, keep ours.
+        logging.getLogger().setLevel(logging.CRITICAL)
+        logging.getLogger("huggingface_hub").setLevel(logging.CRITICAL)
         logging.getLogger("curate").setLevel(logging.WARNING)
 
 

@@ -43,7 +43,7 @@ CREATE TABLE IF NOT EXISTS rejected (
     reason VARCHAR NOT NULL,
     stage VARCHAR NOT NULL,                      -- scan | decode | caption | import
     run_id INTEGER,
-    at TIMESTAMP DEFAULT current_timestamp
+    rejected_at TIMESTAMP DEFAULT current_timestamp
 );
 CREATE TABLE IF NOT EXISTS runs (
     run_id INTEGER PRIMARY KEY,

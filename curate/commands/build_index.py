@@ -1,8 +1,157 @@
-"""`curate build-index` (placeholder until the ingest lands in this session)."""
+"""`curate build-index`: scan a source, embed images and captions once, build the indexes."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
 import click
+from tqdm import tqdm
+
+from .. import index as faiss_index
+from .. import store
+from ..embed import EmbedOptions, embed_pending
+from ..images import DEFAULT_MAX_PIXELS
+from ..model import DEFAULT_MODEL, DEFAULT_PRETRAINED, WeightsUnavailable, load_encoder, pick_device
+from ..sources import SourceError, detect_source, scan_into
+from ..workspace import ModelIdentity, ModelMismatch, Workspace
+
+
+def _bar(desc: str, total: int | None, unit: str) -> tqdm:
+    return tqdm(total=total, desc=desc, unit=unit, dynamic_ncols=True, smoothing=0.05,
+                disable=None if sys.stderr.isatty() else False, mininterval=1.0)
 
 
 @click.command("build-index")
-def build_index() -> None:
-    """Ingest a collection and embed it (in progress)."""
-    raise click.ClickException("build-index is being written")
+@click.argument("source", type=click.Path(exists=True, path_type=Path))
+@click.option("-w", "--workspace", "ws_path", type=click.Path(path_type=Path), default=Path("ws"), show_default=True,
+              help="Workspace folder (DuckDB file, embeddings, indexes).")
+@click.option("--model", default=None, help=f"open_clip architecture [default: the workspace's, else {DEFAULT_MODEL}].")
+@click.option("--pretrained", default=None,
+              help=f"open_clip tag, local checkpoint file, or 'none' for random weights "
+                   f"[default: the workspace's, else {DEFAULT_PRETRAINED}].")
+@click.option("--fallback-model", default=None, metavar="NAME",
+              help="If the weights cannot be obtained, say so and go on with this model on random weights "
+                   "(smoke runs, demos). Off by default: a missing checkpoint is an error.")
+@click.option("--captions-dir", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+              help="Captions in a tree parallel to SOURCE (<captions-dir>/<same relative path>.txt).")
+@click.option("--index", "recipe", default="auto", show_default=True,
+              help="Index recipe from indexes/ (flat, ivf, ivfpq) or auto (by collection size).")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1 ...")
+@click.option("--batch-size", type=click.IntRange(1), default=None, help="Images per forward pass [64 CPU, 256 GPU].")
+@click.option("--workers", type=click.IntRange(0), default=None, help="Decoding processes [one per core, max 8].")
+@click.option("--shard-size", type=click.IntRange(1), default=10_000, show_default=True,
+              help="Items per committed shard (the most a killed run loses).")
+@click.option("--max-pixels", type=click.IntRange(1), default=DEFAULT_MAX_PIXELS, show_default=True,
+              help="Refuse images larger than this (decompression bombs).")
+@click.option("--limit", type=click.IntRange(1), default=None, help="Embed at most this many pending items.")
+@click.option("--strict", is_flag=True, help="Exit with status 3 if any item was rejected.")
+def build_index(source: Path, ws_path: Path, model: str | None, pretrained: str | None, fallback_model: str | None,
+                captions_dir: Path | None, recipe: str, device: str, batch_size: int | None, workers: int | None,
+                shard_size: int, max_pixels: int, limit: int | None, strict: bool) -> None:
+    """Ingest SOURCE and embed it once into FAISS indexes and a DuckDB workspace.
+
+    SOURCE is a folder of images (captions as same-name .txt files beside them), an
+    InstaCities1M-style tree (img*/ and captions*/ side by side), a manifest (.csv,
+    .jsonl, .parquet with columns path, caption, optional id, any extras), or a
+    clip-retrieval output folder (img_emb/, text_emb/, metadata/) to import without a model.
+    Running it again adds only new items; a killed run resumes where it stopped.
+    """
+    started = time.time()
+    try:
+        src = detect_source(source, captions_dir)
+    except SourceError as e:
+        raise click.ClickException(str(e)) from None
+    ws = Workspace(ws_path)
+    con = ws.connect()
+    have = Workspace.model_identity(con)
+    model = model or (have.model if have else DEFAULT_MODEL)
+    pretrained = pretrained or (have.pretrained if have else DEFAULT_PRETRAINED)
+    device = pick_device(device)
+
+    if src.kind == "clip-retrieval":
+        ident = _precomputed_identity(src.root, model, pretrained)
+        enc = None
+    else:
+        enc = _load(model, pretrained, device, fallback_model)
+        ident = enc.identity
+    try:
+        Workspace.bind_model(con, ident)
+    except ModelMismatch as e:
+        raise click.ClickException(str(e)) from None
+
+    run_id = Workspace.start_run(con, "build-index", src.describe(), ident, device)
+    status = "failed"
+    try:
+        if src.kind == "clip-retrieval":
+            from ..precomputed import count_rows, import_clip_retrieval
+
+            with _bar("import", count_rows(src.root), "row") as bar:
+                seen, added, _bad = import_clip_retrieval(ws, con, src.root, run_id, ident.embed_dim, bar.update)
+        else:
+            with _bar("scan", None, "item") as bar:
+                seen, added = scan_into(con, src, run_id, bar.update)
+            todo = con.execute("SELECT count(*) FROM items WHERE status = 'pending'").fetchone()[0]
+            todo = min(todo, limit) if limit else todo
+            opts = EmbedOptions(shard_size=shard_size, max_pixels=max_pixels, limit=limit,
+                                batch_size=batch_size or (256 if device.startswith("cuda") else 64),
+                                workers=-1 if workers is None else workers)
+            with _bar("embed", todo, "img") as bar:
+                embed_pending(ws, con, enc, run_id, opts, bar.update)
+        built = []
+        for kind in ("image", "caption"):
+            n = store.count_vectors(ws, con, kind)
+            with _bar(f"index {kind}s", n, "vec") as bar:
+                path, factory, ntotal = faiss_index.build_index(ws, con, kind, recipe, bar.update)
+            built.append((path, factory, ntotal))
+        status = "finished"
+    except (SourceError, ValueError) as e:
+        raise click.ClickException(str(e)) from None
+    finally:
+        Workspace.finish_run(con, run_id, started, status)
+
+    counts = dict(con.execute("SELECT status, count(*) FROM items GROUP BY status").fetchall())
+    n_rej = con.execute("SELECT count(*) FROM rejected WHERE run_id = ?", [run_id]).fetchone()[0]
+    con.close()
+    click.echo(f"source: {src.describe()}: {seen} seen, {added} new")
+    click.echo(f"items: {sum(counts.values())} in workspace, {counts.get('embedded', 0)} embedded, "
+               f"{counts.get('rejected', 0)} rejected, {counts.get('pending', 0)} pending")
+    for path, factory, ntotal in built:
+        if ntotal:
+            click.echo(f"index: {path} ({factory}, {ntotal} vectors)")
+    if n_rej:
+        click.echo(f"rejected this run: {n_rej} (reasons: duckdb {ws.db_path} -c \"select path, reason from rejected\")")
+    click.echo(f"model: {ident.describe()}; {time.time() - started:.1f} s")
+    if ident.random_weights:
+        click.echo("NOTE: random weights: these embeddings carry no meaning; use them to test the pipeline only.")
+    if strict and n_rej:
+        sys.exit(3)
+
+
+def _load(model: str, pretrained: str, device: str, fallback: str | None):
+    try:
+        return load_encoder(model, pretrained, device)
+    except WeightsUnavailable as e:
+        if not fallback:
+            raise click.ClickException(str(e)) from None
+        click.echo(f"{e}. Going on with {fallback} on RANDOM weights: the output only shows the pipeline works.",
+                   err=True)
+        return load_encoder(fallback, "none", device)
+
+
+def _precomputed_identity(root: Path, model: str, pretrained: str) -> ModelIdentity:
+    import open_clip
+
+    from ..model import _register_configs
+    from ..precomputed import embedding_dim
+
+    _register_configs()
+    cfg = open_clip.get_model_config(model)
+    if cfg is None:
+        raise click.ClickException(f"unknown model architecture '{model}' (needed to know what made the embeddings)")
+    dim = embedding_dim(root)
+    if int(cfg["embed_dim"]) != dim:
+        raise click.ClickException(f"{root}: vectors are {dim}-d but {model} makes {cfg['embed_dim']}-d ones; "
+                                   "pass the --model the embeddings were made with")
+    return ModelIdentity(model, pretrained, dim, pretrained in ("none", "random"))

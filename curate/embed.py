@@ -1,0 +1,193 @@
+"""The embedding loop: pending items in, committed shards out.
+
+Decoding and preprocessing run in DataLoader worker processes so that they overlap
+the model's forward pass; the main process only runs the model and commits. Work is
+committed shard by shard (every `shard_size` items or `commit_seconds`, whichever
+comes first), each in one transaction with its items' status and rejections, so a
+killed run loses at most the shard in flight and a rerun picks up where it stopped.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import duckdb
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from . import store
+from .images import DEFAULT_MAX_PIXELS, BadImage, open_rgb
+from .model import Encoder
+from .workspace import Workspace
+
+# Pending items are fetched from the database this many at a time, so memory stays
+# bounded however large the collection is (one DataLoader per chunk).
+FETCH_CHUNK = 50_000
+
+
+@dataclass
+class EmbedOptions:
+    batch_size: int = 64
+    workers: int = -1               # -1: one per core, at most 8
+    shard_size: int = 10_000
+    commit_seconds: float = 60.0
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    limit: int | None = None        # stop after this many items (smoke runs, benchmarks)
+
+    def n_workers(self) -> int:
+        if self.workers >= 0:
+            return self.workers
+        return max(1, min(8, os.cpu_count() or 1))
+
+
+class _ItemImages(Dataset):
+    """Worker side: decode + preprocess one image; never raises for a bad file."""
+
+    def __init__(self, ids: np.ndarray, paths: list[str], preprocess, size: int, max_pixels: int):
+        self.ids, self.paths, self.preprocess = ids, paths, preprocess
+        self.size, self.max_pixels = size, max_pixels
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, i: int):
+        try:
+            im = open_rgb(self.paths[i], target_size=self.size, max_pixels=self.max_pixels)
+            return int(self.ids[i]), self.preprocess(im), None
+        except BadImage as e:
+            return int(self.ids[i]), None, str(e)
+        except Exception as e:  # noqa: BLE001 - one odd file must not stop a 100M-image run
+            return int(self.ids[i]), None, f"cannot decode: {type(e).__name__}: {e}"
+
+
+def _collate(batch):
+    ok = [(i, t) for i, t, err in batch if err is None]
+    bad = [(i, err) for i, _, err in batch if err is not None]
+    ids = np.array([i for i, _ in ok], dtype=np.int64)
+    x = torch.stack([t for _, t in ok]) if ok else None
+    return ids, x, bad
+
+
+class _Pending:
+    """Embedded-but-uncommitted work of the current shard."""
+
+    def __init__(self) -> None:
+        self.clear()
+
+    def clear(self) -> None:
+        self.img_ids: list[np.ndarray] = []
+        self.img_vecs: list[np.ndarray] = []
+        self.cap_ids: list[np.ndarray] = []
+        self.cap_vecs: list[np.ndarray] = []
+        self.cap_tokens: list[tuple[int, int, bool]] = []
+        self.rejected: list[tuple[int, str]] = []
+        self.started = time.monotonic()
+
+    @property
+    def n_items(self) -> int:
+        return sum(len(a) for a in self.img_ids) + len(self.rejected)
+
+
+def embed_pending(ws: Workspace, con: duckdb.DuckDBPyConnection, enc: Encoder, run_id: int,
+                  opts: EmbedOptions, progress: Callable[[int], None] | None = None) -> tuple[int, int]:
+    """Embed every pending item; returns (embedded, rejected) for this call."""
+    store.remove_orphans(ws, con)
+    done_ok = done_bad = 0
+    last_id = -1
+    remaining = opts.limit
+    pending = _Pending()
+    while remaining is None or remaining > 0:
+        n = FETCH_CHUNK if remaining is None else min(FETCH_CHUNK, remaining)
+        rows = con.execute(
+            "SELECT id, path, caption FROM items WHERE status = 'pending' AND id > ? ORDER BY id LIMIT ?",
+            [last_id, n],
+        ).fetchall()
+        if not rows:
+            break
+        last_id = rows[-1][0]
+        if remaining is not None:
+            remaining -= len(rows)
+        ids = np.array([r[0] for r in rows], dtype=np.int64)
+        captions = {r[0]: r[2] for r in rows if r[2] is not None}
+        loader = DataLoader(
+            _ItemImages(ids, [r[1] for r in rows], enc.preprocess, enc.image_size, opts.max_pixels),
+            batch_size=opts.batch_size, num_workers=opts.n_workers(), collate_fn=_collate,
+            prefetch_factor=4 if opts.n_workers() > 0 else None,
+            persistent_workers=False, pin_memory=enc.device.startswith("cuda"),
+        )
+        for batch_ids, x, bad in loader:
+            if x is not None:
+                pending.img_ids.append(batch_ids)
+                pending.img_vecs.append(enc.encode_image_tensor(x))
+                _embed_captions(enc, batch_ids, captions, pending)
+            pending.rejected.extend(bad)
+            if progress:
+                progress(len(batch_ids) + len(bad))
+            if pending.n_items >= opts.shard_size or time.monotonic() - pending.started >= opts.commit_seconds:
+                ok, nbad = _commit(ws, con, run_id, pending)
+                done_ok, done_bad = done_ok + ok, done_bad + nbad
+    if pending.n_items:
+        ok, nbad = _commit(ws, con, run_id, pending)
+        done_ok, done_bad = done_ok + ok, done_bad + nbad
+    return done_ok, done_bad
+
+
+def _embed_captions(enc: Encoder, batch_ids: np.ndarray, captions: dict[int, str], pending: _Pending) -> None:
+    """Captions of the images that decoded: an item is all or nothing within a shard."""
+    with_cap = [int(i) for i in batch_ids if int(i) in captions]
+    if not with_cap:
+        return
+    texts = [captions[i] for i in with_cap]
+    counts = enc.token_counts(texts)
+    pending.cap_ids.append(np.array(with_cap, dtype=np.int64))
+    pending.cap_vecs.append(enc.encode_tokens(enc.tokenize(texts)))
+    limit = enc.context_length - 2  # start and end markers take two places
+    pending.cap_tokens.extend((i, c, c > limit) for i, c in zip(with_cap, counts, strict=True))
+
+
+def _commit(ws: Workspace, con: duckdb.DuckDBPyConnection, run_id: int, p: _Pending) -> tuple[int, int]:
+    img_ids = np.concatenate(p.img_ids) if p.img_ids else np.zeros(0, np.int64)
+    shard_rows = []
+    if len(img_ids):
+        part = store.next_part(con, "image")
+        shard_rows.append(("image", part, store.write_shard(ws, "image", part, img_ids, np.concatenate(p.img_vecs)),
+                           len(img_ids)))
+    if p.cap_ids:
+        cap_ids = np.concatenate(p.cap_ids)
+        part = store.next_part(con, "caption")
+        shard_rows.append(("caption", part, store.write_shard(ws, "caption", part, cap_ids, np.concatenate(p.cap_vecs)),
+                           len(cap_ids)))
+    con.execute("BEGIN TRANSACTION")
+    try:
+        for kind, part, name, rows in shard_rows:
+            store.record_shard(con, kind, part, name, rows, run_id)
+        if len(img_ids):
+            con.register("done_ids", {"id": img_ids})
+            con.execute("UPDATE items SET status = 'embedded' FROM done_ids d WHERE items.id = d.id")
+            con.unregister("done_ids")
+        if p.cap_tokens:
+            t_id, t_n, t_trunc = zip(*p.cap_tokens, strict=True)
+            con.register("cap_tok", {"id": np.array(t_id, np.int64), "n": np.array(t_n, np.int32),
+                                     "trunc": np.array(t_trunc, bool)})
+            con.execute("UPDATE items SET caption_tokens = c.n, caption_truncated = c.trunc "
+                        "FROM cap_tok c WHERE items.id = c.id")
+            con.unregister("cap_tok")
+        if p.rejected:
+            r_id, r_reason = zip(*p.rejected, strict=True)
+            con.register("bad", {"id": np.array(r_id, np.int64), "reason": np.array(r_reason, dtype=object)})
+            con.execute("UPDATE items SET status = 'rejected' FROM bad b WHERE items.id = b.id")
+            con.execute("INSERT INTO rejected (item_id, source_id, path, reason, stage, run_id) "
+                        "SELECT i.id, i.source_id, i.path, b.reason, 'decode', ? FROM bad b JOIN items i ON i.id = b.id",
+                        [run_id])
+            con.unregister("bad")
+        con.execute("COMMIT")
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+    n_ok, n_bad = len(img_ids), len(p.rejected)
+    p.clear()
+    return n_ok, n_bad

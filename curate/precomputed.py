@@ -1,0 +1,164 @@
+"""Import embeddings someone already computed, in clip-retrieval's output layout.
+
+    SRC/img_emb/img_emb_0.npy        [n, d] image vectors (often float16)
+    SRC/text_emb/text_emb_0.npy      [n, d] caption vectors, same rows (optional)
+    SRC/metadata/metadata_0.parquet  n rows: image_path / url, caption, key, ... (extras kept)
+
+LAION's released embeddings come this way, so such users skip the model entirely.
+Parts are imported in chunks, each chunk one transaction with its shards, so memory
+stays bounded and a killed import resumes at the first chunk it had not committed.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from pathlib import Path
+
+import duckdb
+import numpy as np
+
+from . import store
+from .sources import RESERVED, SourceError
+from .workspace import Workspace, quote_ident
+
+CHUNK = 100_000
+
+
+def _parts(root: Path) -> list[tuple[int, Path, Path | None, Path]]:
+    out = []
+    for f in (root / "img_emb").glob("img_emb_*.npy"):
+        m = re.fullmatch(r"img_emb_(\d+)\.npy", f.name)
+        if not m:
+            continue
+        i = int(m.group(1))
+        meta = root / "metadata" / f"metadata_{i}.parquet"
+        if not meta.exists():
+            raise SourceError(f"{f}: no matching metadata file {meta}")
+        text = root / "text_emb" / f"text_emb_{i}.npy"
+        out.append((i, f, text if text.exists() else None, meta))
+    if not out:
+        raise SourceError(f"{root}/img_emb holds no img_emb_N.npy files")
+    return sorted(out)
+
+
+def count_rows(root: Path) -> int:
+    return sum(int(np.load(f, mmap_mode="r").shape[0]) for _, f, _, _ in _parts(root))
+
+
+def embedding_dim(root: Path) -> int:
+    return int(np.load(_parts(root)[0][1], mmap_mode="r").shape[1])
+
+
+def _normalise(v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """float32, unit length; also a mask of the rows that can be normalised at all."""
+    v = np.asarray(v, dtype=np.float32)
+    norms = np.linalg.norm(v, axis=1)
+    ok = np.isfinite(norms) & (norms > 0)
+    out = np.zeros_like(v)
+    out[ok] = v[ok] / norms[ok, None]
+    return out, ok
+
+
+def import_clip_retrieval(ws: Workspace, con: duckdb.DuckDBPyConnection, root: Path, run_id: int,
+                          expect_dim: int, progress: Callable[[int], None] | None = None,
+                          chunk: int = CHUNK) -> tuple[int, int, int]:
+    """Import every part; returns (rows seen, items added, rejected)."""
+    store.remove_orphans(ws, con)
+    seen = added = bad = 0
+    for part, img_f, text_f, meta_f in _parts(root):
+        img = np.load(img_f, mmap_mode="r")
+        txt = np.load(text_f, mmap_mode="r") if text_f is not None else None
+        if img.shape[1] != expect_dim:
+            raise SourceError(f"{img_f}: vectors are {img.shape[1]}-d but the model makes {expect_dim}-d ones; "
+                              "pass the --model the embeddings were made with")
+        con.execute("CREATE OR REPLACE TEMP TABLE cr_meta AS "
+                    "SELECT row_number() OVER () - 1 AS _row, * FROM read_parquet(?)", [str(meta_f)])
+        n_meta = con.execute("SELECT count(*) FROM cr_meta").fetchone()[0]
+        if n_meta != img.shape[0]:
+            raise SourceError(f"{meta_f}: {n_meta} rows but {img_f} has {img.shape[0]} vectors")
+        cols = [r[0] for r in con.execute("DESCRIBE cr_meta").fetchall()]
+        path_col = next((c for c in ("image_path", "url", "path") if c in cols), None)
+        id_col = next((c for c in ("key", "id") if c in cols), None)
+        extras = [c for c in cols if c not in ("_row", "caption", path_col, id_col)]
+        _add_extra_columns(con, extras)
+        for start in range(0, img.shape[0], chunk):
+            stop = min(start + chunk, img.shape[0])
+            a, b, c = _import_chunk(ws, con, run_id, part, img, txt, start, stop, cols, path_col, id_col, extras)
+            seen, added, bad = seen + a, added + b, bad + c
+            if progress:
+                progress(stop - start)
+        con.execute("DROP TABLE cr_meta")
+    return seen, added, bad
+
+
+def _add_extra_columns(con: duckdb.DuckDBPyConnection, extras: list[str]) -> None:
+    have = {r[0] for r in con.execute("DESCRIBE items").fetchall()}
+    types = {r[0]: r[1] for r in con.execute("DESCRIBE cr_meta").fetchall()}
+    for c in extras:
+        t = f"src_{c}" if c in RESERVED else c
+        if t not in have:
+            con.execute(f"ALTER TABLE items ADD COLUMN {quote_ident(t)} {types[c]}")
+
+
+def _import_chunk(ws, con, run_id, part, img, txt, start, stop, cols, path_col, id_col, extras):
+    sid_expr = f"CAST({quote_ident(id_col)} AS VARCHAR)" if id_col else "NULL"
+    path_expr = f"CAST({quote_ident(path_col)} AS VARCHAR)" if path_col else "NULL"
+    fallback = f"'part{part}:' || _row"
+    cap_expr = "nullif(trim(CAST(caption AS VARCHAR)), '')" if "caption" in cols else "CAST(NULL AS VARCHAR)"
+    con.execute(
+        f"""
+        CREATE OR REPLACE TEMP TABLE cr_chunk AS
+        SELECT _row, coalesce(nullif({sid_expr}, ''), {fallback}) AS source_id,
+               coalesce({path_expr}, {fallback}) AS path, {cap_expr} AS caption
+               {''.join(', ' + quote_ident(c) for c in extras)}
+        FROM cr_meta WHERE _row >= ? AND _row < ?
+        """,
+        [start, stop],
+    )
+    new = con.execute(
+        "SELECT _row, caption IS NOT NULL FROM cr_chunk c "
+        "WHERE NOT EXISTS (SELECT 1 FROM items i WHERE i.source_id = c.source_id) "
+        "QUALIFY row_number() OVER (PARTITION BY source_id ORDER BY _row) = 1 ORDER BY _row"
+    ).fetchnumpy()
+    rows, has_cap = new["_row"].astype(np.int64), new["(caption IS NOT NULL)"].astype(bool)
+    if len(rows) == 0:
+        return stop - start, 0, 0
+    first_id = int(con.execute("SELECT coalesce(max(id), -1) + 1 FROM items").fetchone()[0])
+    ids = first_id + np.arange(len(rows), dtype=np.int64)
+    vecs, ok = _normalise(img[rows])
+    shards = []
+    if ok.any():
+        p = store.next_part(con, "image")
+        shards.append(("image", p, store.write_shard(ws, "image", p, ids[ok], vecs[ok]), int(ok.sum())))
+    if txt is not None:
+        tv, tok = _normalise(txt[rows])
+        use = ok & has_cap & tok
+        if use.any():
+            p = store.next_part(con, "caption")
+            shards.append(("caption", p, store.write_shard(ws, "caption", p, ids[use], tv[use]), int(use.sum())))
+    extra_cols = "".join(", " + quote_ident(f"src_{c}" if c in RESERVED else c) for c in extras)
+    extra_vals = "".join(", c." + quote_ident(c) for c in extras)
+    con.execute("BEGIN TRANSACTION")
+    try:
+        con.register("cr_new", {"_row": rows, "id": ids, "ok": ok})
+        con.execute(
+            f"INSERT INTO items (id, source_id, path, caption, status, run_id{extra_cols}) "
+            f"SELECT n.id, c.source_id, c.path, c.caption, CASE WHEN n.ok THEN 'embedded' ELSE 'rejected' END, ?"
+            f"{extra_vals} FROM cr_new n JOIN cr_chunk c USING (_row) ORDER BY n.id",
+            [run_id],
+        )
+        con.execute(
+            "INSERT INTO rejected (item_id, source_id, path, reason, stage, run_id) "
+            "SELECT n.id, c.source_id, c.path, 'embedding is all zeros or not finite', 'import', ? "
+            "FROM cr_new n JOIN cr_chunk c USING (_row) WHERE NOT n.ok",
+            [run_id],
+        )
+        con.unregister("cr_new")
+        for kind, p, name, n in shards:
+            store.record_shard(con, kind, p, name, n, run_id)
+        con.execute("COMMIT")
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+    return stop - start, len(rows), int((~ok).sum())
