@@ -172,7 +172,10 @@ def load_encoder(model_name: str = DEFAULT_MODEL, pretrained: str | None = DEFAU
 
     if random_weights:
         log.warning("%s: random weights (--pretrained none): embeddings carry no meaning", model_name)
-        model, _, preprocess = build(offline=True)
+        # Seeded, so every process (a resumed run, a test's reference) gets the same model.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            model, _, preprocess = build(offline=True)
     elif tag is not None and not _looks_like_path(tag):
         model, preprocess = _build_from_tag(build, model_name, tag)
     else:

@@ -74,7 +74,7 @@ def import_clip_retrieval(ws: Workspace, con: duckdb.DuckDBPyConnection, root: P
                               "pass the --model the embeddings were made with")
         con.execute("CREATE OR REPLACE TEMP TABLE cr_meta AS "
                     "SELECT row_number() OVER () - 1 AS _row, * FROM read_parquet(?)", [str(meta_f)])
-        n_meta = con.execute("SELECT count(*) FROM cr_meta").fetchone()[0]
+        n_meta = con.execute("SELECT count(*) FROM cr_meta").fetchall()[0][0]
         if n_meta != img.shape[0]:
             raise SourceError(f"{meta_f}: {n_meta} rows but {img_f} has {img.shape[0]} vectors")
         cols = [r[0] for r in con.execute("DESCRIBE cr_meta").fetchall()]
@@ -124,7 +124,7 @@ def _import_chunk(ws, con, run_id, part, img, txt, start, stop, cols, path_col, 
     rows, has_cap = new["_row"].astype(np.int64), new["(caption IS NOT NULL)"].astype(bool)
     if len(rows) == 0:
         return stop - start, 0, 0
-    first_id = int(con.execute("SELECT coalesce(max(id), -1) + 1 FROM items").fetchone()[0])
+    first_id = int(con.execute("SELECT coalesce(max(id), -1) + 1 FROM items").fetchall()[0][0])
     ids = first_id + np.arange(len(rows), dtype=np.int64)
     vecs, ok = _normalise(img[rows])
     shards = []

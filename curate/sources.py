@@ -148,7 +148,7 @@ def _insert_batch(con: duckdb.DuckDBPyConnection, rows: list[tuple[str, str, str
         "caption": np.array(cap, dtype=object),
     })
     try:
-        before = con.execute("SELECT count(*) FROM items").fetchone()[0]
+        before = con.execute("SELECT count(*) FROM items").fetchall()[0][0]
         con.execute(
             """
             INSERT INTO items (id, source_id, path, caption, status, run_id)
@@ -159,7 +159,7 @@ def _insert_batch(con: duckdb.DuckDBPyConnection, rows: list[tuple[str, str, str
             """,
             [run_id],
         )
-        return con.execute("SELECT count(*) FROM items").fetchone()[0] - before
+        return con.execute("SELECT count(*) FROM items").fetchall()[0][0] - before
     finally:
         con.unregister("scan_batch")
 
@@ -218,7 +218,7 @@ def _scan_manifest(con: duckdb.DuckDBPyConnection, src: Source, run_id: int) -> 
         """,
         [run_id],
     )
-    before = con.execute("SELECT count(*) FROM items").fetchone()[0]
+    before = con.execute("SELECT count(*) FROM items").fetchall()[0][0]
     extra_targets = "".join(", " + quote_ident(targets[c]) for c in extras)
     extra_src = "".join(", r." + quote_ident(c) for c in extras)
     con.execute(
@@ -234,7 +234,7 @@ def _scan_manifest(con: duckdb.DuckDBPyConnection, src: Source, run_id: int) -> 
         """,
         [str(src.root), run_id],
     )
-    seen = con.execute("SELECT count(*) FROM manifest_rows").fetchone()[0]
-    added = con.execute("SELECT count(*) FROM items").fetchone()[0] - before
+    seen = con.execute("SELECT count(*) FROM manifest_rows").fetchall()[0][0]
+    added = con.execute("SELECT count(*) FROM items").fetchall()[0][0] - before
     con.execute("DROP TABLE manifest_raw; DROP TABLE manifest_rows")
     return int(seen), int(added)

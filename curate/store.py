@@ -23,7 +23,7 @@ def shard_name(part: int) -> str:
 
 
 def next_part(con: duckdb.DuckDBPyConnection, kind: str) -> int:
-    return int(con.execute("SELECT coalesce(max(part), -1) + 1 FROM shards WHERE kind = ?", [kind]).fetchone()[0])
+    return int(con.execute("SELECT coalesce(max(part), -1) + 1 FROM shards WHERE kind = ?", [kind]).fetchall()[0][0])
 
 
 def _save_atomic(path: Path, arr: np.ndarray) -> None:
@@ -67,7 +67,7 @@ def remove_orphans(ws: Workspace, con: duckdb.DuckDBPyConnection) -> int:
 
 
 def count_vectors(ws: Workspace, con: duckdb.DuckDBPyConnection, kind: str) -> int:
-    return int(con.execute("SELECT coalesce(sum(rows), 0) FROM shards WHERE kind = ?", [kind]).fetchone()[0])
+    return int(con.execute("SELECT coalesce(sum(rows), 0) FROM shards WHERE kind = ?", [kind]).fetchall()[0][0])
 
 
 def iter_embeddings(

@@ -137,8 +137,8 @@ class Workspace:
     # -- meta -----------------------------------------------------------------
     @staticmethod
     def get_meta(con: duckdb.DuckDBPyConnection, key: str) -> str | None:
-        row = con.execute("SELECT value FROM meta WHERE key = ?", [key]).fetchone()
-        return None if row is None else row[0]
+        rows = con.execute("SELECT value FROM meta WHERE key = ?", [key]).fetchall()
+        return rows[0][0] if rows else None
 
     @staticmethod
     def set_meta(con: duckdb.DuckDBPyConnection, key: str, value: str) -> None:
@@ -165,7 +165,7 @@ class Workspace:
     @staticmethod
     def start_run(con: duckdb.DuckDBPyConnection, command: str, source: str, ident: ModelIdentity | None,
                   device: str) -> int:
-        run_id = con.execute("SELECT coalesce(max(run_id), 0) + 1 FROM runs").fetchone()[0]
+        run_id = con.execute("SELECT coalesce(max(run_id), 0) + 1 FROM runs").fetchall()[0][0]
         con.execute(
             "INSERT INTO runs (run_id, command, source, model, pretrained, random_weights, embed_dim, device,"
             " started_at, status, versions) VALUES (?, ?, ?, ?, ?, ?, ?, ?, now(), 'running', ?)",

@@ -92,7 +92,7 @@ def build_index(source: Path, ws_path: Path, model: str | None, pretrained: str 
         else:
             with _bar("scan", None, "item") as bar:
                 seen, added = scan_into(con, src, run_id, bar.update)
-            todo = con.execute("SELECT count(*) FROM items WHERE status = 'pending'").fetchone()[0]
+            todo = con.execute("SELECT count(*) FROM items WHERE status = 'pending'").fetchall()[0][0]
             todo = min(todo, limit) if limit else todo
             opts = EmbedOptions(shard_size=shard_size, max_pixels=max_pixels, limit=limit,
                                 batch_size=batch_size or (256 if device.startswith("cuda") else 64),
@@ -112,7 +112,7 @@ def build_index(source: Path, ws_path: Path, model: str | None, pretrained: str 
         Workspace.finish_run(con, run_id, started, status)
 
     counts = dict(con.execute("SELECT status, count(*) FROM items GROUP BY status").fetchall())
-    n_rej = con.execute("SELECT count(*) FROM rejected WHERE run_id = ?", [run_id]).fetchone()[0]
+    n_rej = con.execute("SELECT count(*) FROM rejected WHERE run_id = ?", [run_id]).fetchall()[0][0]
     con.close()
     click.echo(f"source: {src.describe()}: {seen} seen, {added} new")
     click.echo(f"items: {sum(counts.values())} in workspace, {counts.get('embedded', 0)} embedded, "

@@ -1,0 +1,95 @@
+"""Shared fixtures: real JPEG files, real workspaces built by the real `curate build-index`.
+
+Everything runs on `curate-tiny` (random weights, seeded): tests check mechanics
+against independent computations, never meaning.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a missing download must fail at once, not after ~46 s
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from curate.cli import cli
+
+SAMPLES = Path(__file__).resolve().parent.parent / "samples"
+
+CAPTIONS = [
+    "sunset over the bridge #nyc",
+    "best croissant in town 🥐😍",
+    "A photo of a skyscraper",
+    "",
+    "rooftop bar with friends, Manhattan skyline",
+    "Café au lait ☕ — très bon",
+    "subway platform at rush hour",
+    "東京タワー at night",
+    "my dog in central park",
+    "art gallery opening tonight!!!",
+    "crosswalk on 5th ave",
+    "gift shop souvenirs",
+]
+
+
+def write_jpeg(path: Path, size: tuple[int, int] = (96, 80), seed: int = 0, quality: int = 90,
+               mode: str = "RGB") -> Path:
+    """A real JPEG with some structure (gradients + noise), different for each seed."""
+    rng = np.random.default_rng(seed)
+    w, h = size
+    yy, xx = np.mgrid[0:h, 0:w]
+    base = np.stack([
+        (xx * (1 + seed % 5) + yy) % 256,
+        (yy * (2 + seed % 3)) % 256,
+        (xx + yy * (seed % 7)) % 256,
+    ], axis=-1).astype(np.float64)
+    img = np.clip(base + rng.normal(0, 20, base.shape), 0, 255).astype(np.uint8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    im = Image.fromarray(img, "RGB")
+    if mode != "RGB":
+        im = im.convert(mode)
+    im.save(path, "JPEG", quality=quality)
+    return path
+
+
+def make_folder(root: Path, n: int = len(CAPTIONS), size: tuple[int, int] = (96, 80)) -> Path:
+    """n JPEGs with a same-stem .txt caption beside each (empty caption: no .txt file)."""
+    for i in range(n):
+        write_jpeg(root / f"img_{i:03d}.jpg", size=size, seed=i)
+        cap = CAPTIONS[i % len(CAPTIONS)]
+        if cap:
+            (root / f"img_{i:03d}.txt").write_text(cap, encoding="utf-8")
+    return root
+
+
+def run_cli(*args: str, expect: int | None = 0):
+    """Run `curate ...` in-process; fail the test with its output if the exit code differs."""
+    result = CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
+    if expect is not None:
+        assert result.exit_code == expect, f"exit {result.exit_code}:\n{result.output}"
+    return result
+
+
+@pytest.fixture(scope="session")
+def tiny_encoder():
+    from curate.model import load_encoder
+
+    return load_encoder("curate-tiny", "none", "cpu")
+
+
+@pytest.fixture(scope="session")
+def built_workspace(tmp_path_factory) -> Path:
+    """A workspace built by `curate build-index` from 12 real JPEGs with captions (one without).
+
+    Session-scoped and shared: tests must not write to it; copy it (shutil.copytree) first.
+    """
+    root = tmp_path_factory.mktemp("collection")
+    make_folder(root / "photos")
+    ws = root / "ws"
+    run_cli("build-index", root / "photos", "-w", ws, "--model", "curate-tiny", "--pretrained", "none",
+            "--workers", "0")
+    return ws
