@@ -41,10 +41,14 @@ def open_rgb(path: str, target_size: int | None = None, max_pixels: int = DEFAUL
 
     # Truncated files must fail, not decode as grey padding.
     ImageFile.LOAD_TRUNCATED_IMAGES = False
+    # Our own size check (below, before any pixel is decoded) replaces Pillow's, so the
+    # reason names the image's size and the limit the user set.
+    pil_limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             im = Image.open(path)
+            Image.MAX_IMAGE_PIXELS = pil_limit
             w, h = im.size
             if w * h > max_pixels:
                 raise BadImage(f"image too large ({w}x{h} = {w * h / 1e6:.0f}M pixels, limit {max_pixels / 1e6:.0f}M)")
@@ -69,6 +73,8 @@ def open_rgb(path: str, target_size: int | None = None, max_pixels: int = DEFAUL
         raise BadImage(f"corrupt image: {msg}") from None
     except (ValueError, SyntaxError, EOFError, MemoryError) as e:
         raise BadImage(f"corrupt image: {type(e).__name__}: {e}") from None
+    finally:
+        Image.MAX_IMAGE_PIXELS = pil_limit
 
 
 def to_rgb(im: Image.Image) -> Image.Image:
