@@ -113,7 +113,7 @@ def draw(
                     {**params, "top_classes": top_classes})
         con.execute(query("sample_items").format(predictions=view),
                     {**params, "per_class": per_class, "seed": seed})
-        n = con.execute("SELECT count(*) FROM review_items WHERE set_name = $set_name", params).fetchone()[0]
+        n = con.execute("SELECT count(*) FROM review_items WHERE set_name = $set_name", params).fetchall()[0][0]
         con.execute(
             "INSERT INTO review_sets (name, source, top_classes, per_class, seed, items)"
             " VALUES (?, ?, ?, ?, ?, ?)",
@@ -131,7 +131,7 @@ def draw(
 def _exists(con: duckdb.DuckDBPyConnection, name: str) -> bool:
     if not has_relation(con, "review_sets"):
         return False
-    return con.execute("SELECT count(*) FROM review_sets WHERE name = ?", [name]).fetchone()[0] > 0
+    return con.execute("SELECT count(*) FROM review_sets WHERE name = ?", [name]).fetchall()[0][0] > 0
 
 
 def list_sets(con: duckdb.DuckDBPyConnection) -> list[ReviewSet]:
