@@ -1,5 +1,6 @@
 """Each module here defines click commands for one stage; COMMANDS lists them for the CLI."""
 
 from .build_index import build_index
+from .sql import sql
 
-COMMANDS = [build_index]
+COMMANDS = [build_index, sql]

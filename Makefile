@@ -1,0 +1,37 @@
+# curate: `make demo` installs and runs the main job on the bundled photos; `make test` runs the tests.
+VENV    ?= .venv
+PY      := $(VENV)/bin/python
+# torch 2.14.1 / torchvision 0.29.1 are the pair that import together here (pip takes them from
+# local disk on the project's machines); pyproject itself only states ranges.
+TORCH   ?= torch==2.14.1 torchvision==0.29.1
+# cpu or gpu: faiss-cpu and faiss-gpu install the same module, so exactly one of them.
+FAISS   ?= cpu
+DEMO_WS ?= demo-ws
+
+.PHONY: install demo test bench lint clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q $(TORCH)
+	$(PY) -m pip install -q -e '.[$(FAISS),test]'
+	touch $@
+
+demo: install
+	$(VENV)/bin/curate build-index samples/manifest.csv -w $(DEMO_WS) --fallback-model curate-tiny
+	$(VENV)/bin/curate sql -w $(DEMO_WS) "select id, source_id, caption, status, expected_label from items order by id"
+
+test: install
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
+
+bench: install
+	HF_HUB_OFFLINE=1 $(PY) bench/bench_embed.py
+	HF_HUB_OFFLINE=1 $(PY) bench/bench_import.py
+	@if [ -f bench/bench_classify.py ]; then HF_HUB_OFFLINE=1 $(PY) bench/bench_classify.py; fi
+
+lint: install
+	$(VENV)/bin/ruff check curate tests bench
+
+clean:
+	rm -rf $(DEMO_WS) bench/work .pytest_cache
