@@ -239,10 +239,12 @@ def coverage(con: duckdb.DuckDBPyConnection) -> dict[str, list[tuple[float, int,
 
 def from_workspace(con: duckdb.DuckDBPyConnection, set_name: str | None = None,
                    min_hit_rate: float = DEFAULT_MIN_HIT_RATE) -> Report:
-    """The report of a set (the latest by default), with the ensemble set beside it when
-    there is one (the latest ensemble set, or the latest image set when the main one is
-    the ensemble), and coverage."""
-    main_set = sampling.get_set(con, set_name)
+    """The report of a set (by default the latest image set, else the latest set), with
+    the latest ensemble set beside it when there is one (or the latest image set when
+    the main one is the ensemble), and coverage."""
+    # By default the image-only set is the main one (the study's), the ensemble beside it.
+    main_set = (sampling.get_set(con, set_name) if set_name is not None
+                else sampling.latest_for_source(con, "image") or sampling.get_set(con))
     freq = {label: f for label, _r, f in sampling.classes(con, main_set.name)}
     main = analyse(con, main_set.name, main_set.source, marks_from_set(con, main_set.name), freq, min_hit_rate)
     others = []
@@ -355,7 +357,7 @@ def write(report: Report, out: str | Path, grid_size: int = 24) -> list[Path]:
         (out / "problems.txt").write_text("\n".join(report.problems) + "\n", encoding="utf-8")
         files.append(out / "problems.txt")
     figures = report_figures.plots(report, out)
-    grids = report_figures.grids(main, out / "grids", grid_size)
+    grids = report_figures.grids(main, out / "grids", grid_size) if grid_size > 0 else {}
     files += figures + [p for pair in grids.values() for p in pair]
     (out / "index.html").write_text(render_html(report, figures, grids, out), encoding="utf-8")
     files.append(out / "index.html")

@@ -1,6 +1,7 @@
 """Each module here defines click commands for one stage; COMMANDS lists them for the CLI."""
 
 from .build_index import build_index
+from .review import report_cmd, review, sample
 from .sql import sql
 
-COMMANDS = [build_index, sql]
+COMMANDS = [build_index, sql, sample, review, report_cmd]
