@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 from importlib import resources
+from pathlib import Path
 
 import duckdb
 
@@ -43,7 +44,13 @@ class ReviewSet:
 
 def query(name: str) -> str:
     """The text of `queries/<name>.sql` (shipped in the package as curate.queries)."""
-    return resources.files("curate.queries").joinpath(f"{name}.sql").read_text(encoding="utf-8")
+    try:
+        root = resources.files("curate.queries")
+    except TypeError:
+        # In a source checkout `curate/queries.py` (the SQL loader module) can shadow the
+        # mapped package; the files are then at the top of the repository.
+        root = Path(__file__).resolve().parent.parent / "queries"
+    return root.joinpath(f"{name}.sql").read_text(encoding="utf-8")
 
 
 def ensure_schema(con: duckdb.DuckDBPyConnection) -> None:

@@ -64,15 +64,26 @@ def fake_workspace(root: Path, predictions: list[tuple[int, str, float]], captio
         if images:
             write_jpeg(path, item_id)
         rows.append((item_id, f"src-{item_id}", str(path), captions.get(item_id, f"caption of {item_id}"), "embedded"))
-    con.executemany("INSERT INTO items (id, source_id, path, caption, status) VALUES (?, ?, ?, ?, ?)", rows)
+    # bulk inserts through a registered relation: executemany is slow row by row
+    _bulk(con, "INSERT INTO items (id, source_id, path, caption, status) SELECT * FROM src",
+          ["id", "source_id", "path", "caption", "status"], rows)
     for table, preds in (("predictions", predictions), ("ensemble", ensemble)):
         if preds is None:
             continue
         con.execute(f"CREATE TABLE {table} ({PREDICTION_COLUMNS})")
-        con.executemany(f"INSERT INTO {table} VALUES (?, ?, ?, 'other', ?, ?)",
-                        [(i, label, p, (1 - p) / 2, p - (1 - p) / 2) for i, label, p in preds])
+        _bulk(con, f"INSERT INTO {table} SELECT id, label, prob, 'other', (1 - prob) / 2, prob - (1 - prob) / 2"
+                   " FROM src", ["id", "label", "prob"], preds)
     con.close()
     return ws
+
+
+def _bulk(con, sql: str, columns: list[str], rows: list[tuple]) -> None:
+    import numpy as np
+
+    con.register("src", {c: np.array([r[k] for r in rows], dtype=object if isinstance(rows[0][k], str) else None)
+                         for k, c in enumerate(columns)})
+    con.execute(sql)
+    con.unregister("src")
 
 
 def study_marks() -> list[tuple[str, float, str]]:
