@@ -1,0 +1,454 @@
+"""Label scores: every image and caption against every label, exact softmax, into DuckDB.
+
+The label vectors are the queries. Scoring is an exact, chunked float64 matrix
+product of the label vectors with the stored shards (streamed, never all in memory),
+then per item the softmax over the whole label set with the model's logit scale.
+What is stored depends on the collection's size (docs/scores.md):
+
+- `full`: every (item, label) probability, where the matrix is small;
+- `topk`: per item the union of its top-k labels by image and by caption, both
+  modalities' probabilities on those rows, and a bound on everything not stored.
+
+Either way each probability written is the float64 softmax over all labels.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import torch
+
+from . import sqlfiles, store
+from .labels import LabelSet, load_label_set
+from .prompts import Wording, prompts_for, resolve
+from .workspace import ModelIdentity, Workspace, check_same_model
+
+DEFAULT_TOP_K = 10
+# Up to this many (item, label) cells the whole matrix is stored: 100K images x 205
+# labels (20.5M) is; 1M images (205M rows, ~10x the rows of top-k) is not.
+FULL_MAX_CELLS = 25_000_000
+DEFAULT_BATCH_ROWS = 32_768
+_NO_LABEL = -1
+
+
+class NotReady(RuntimeError):
+    """The workspace lacks what this step needs (embeddings, or scores)."""
+
+
+@dataclass(frozen=True)
+class LabelQueries:
+    """The label vectors of one (model, label set, wording): the queries of classification."""
+
+    cache_key: str
+    labels: tuple[str, ...]
+    prompts: list[list[str]]
+    vectors: np.ndarray          # float64 [n_labels, d], unit rows
+    logit_scale: float           # the model's own
+
+
+@dataclass(frozen=True)
+class ClassifyResult:
+    label_set: str
+    prompts: str
+    n_labels: int
+    images: int
+    captions: int
+    storage: str
+    top_k: int
+    logit_scale: float
+    label_score_rows: int
+    seconds: float
+    cached_vectors: bool
+
+
+# -- label vectors --------------------------------------------------------------
+
+def cache_key(ident: ModelIdentity, prompts: list[list[str]]) -> str:
+    """Identity of the model and every prompt text, in label order."""
+    blob = json.dumps([ident.model, ident.pretrained, ident.embed_dim, prompts], ensure_ascii=False)
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:32]
+
+
+def label_queries(con: duckdb.DuckDBPyConnection, ident: ModelIdentity, label_set: LabelSet,
+                  wording: Wording, encoder_factory: Callable[[], object]) -> tuple[LabelQueries, bool]:
+    """The label vectors, from the workspace's cache or encoded now (and cached).
+
+    Returns (queries, came_from_cache). The encoder is only built on a cache miss.
+    """
+    sqlfiles.run(con, sqlfiles.CACHE)
+    prompts = prompts_for(label_set, wording)
+    key = cache_key(ident, prompts)
+    cached = _cached(con, key, label_set, prompts)
+    if cached is not None:
+        return cached, True
+    enc = encoder_factory()
+    check_same_model(ident, enc.identity)
+    flat = [p for ps in prompts for p in ps]
+    emb = enc.encode_text(flat).astype(np.float64)
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    vectors = np.empty((len(prompts), emb.shape[1]), np.float64)
+    start = 0
+    for i, ps in enumerate(prompts):  # prompt ensembling: the mean direction of the prompts
+        v = emb[start:start + len(ps)].mean(axis=0)
+        vectors[i] = v / np.linalg.norm(v)
+        start += len(ps)
+    q = LabelQueries(key, label_set.labels, prompts, vectors, float(enc.logit_scale))
+    _store_cache(con, q, ident, label_set, wording)
+    return q, False
+
+
+def _cached(con: duckdb.DuckDBPyConnection, key: str, label_set: LabelSet,
+            prompts: list[list[str]]) -> LabelQueries | None:
+    head = con.execute("SELECT logit_scale FROM label_vector_sets WHERE cache_key = ?", [key]).fetchall()
+    if not head:
+        return None
+    rows = con.execute("SELECT vector FROM label_vectors WHERE cache_key = ? ORDER BY label_idx", [key]).fetchall()
+    if len(rows) != len(label_set):
+        return None
+    vectors = np.array([r[0] for r in rows], dtype=np.float64)
+    return LabelQueries(key, label_set.labels, prompts, vectors, float(head[0][0]))
+
+
+def _store_cache(con: duckdb.DuckDBPyConnection, q: LabelQueries, ident: ModelIdentity, label_set: LabelSet,
+                 wording: Wording) -> None:
+    con.execute("BEGIN TRANSACTION")
+    try:
+        con.execute("DELETE FROM label_vectors WHERE cache_key = ?", [q.cache_key])
+        con.execute("DELETE FROM label_vector_sets WHERE cache_key = ?", [q.cache_key])
+        con.execute("INSERT INTO label_vector_sets (cache_key, model, pretrained, embed_dim, label_set, prompts, "
+                    "logit_scale) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    [q.cache_key, ident.model, ident.pretrained, ident.embed_dim, label_set.name, wording.name,
+                     q.logit_scale])
+        con.executemany("INSERT INTO label_vectors VALUES (?, ?, ?, ?, ?)",
+                        [[q.cache_key, i, lab, ps, vec.tolist()]
+                         for i, (lab, ps, vec) in enumerate(zip(q.labels, q.prompts, q.vectors, strict=True))])
+        con.execute("COMMIT")
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+
+
+# -- streaming image and caption vectors side by side ---------------------------
+
+@dataclass
+class Batch:
+    """Items in id order, with the vectors each has (an image, a caption, or both)."""
+
+    ids: np.ndarray              # int64 [n], strictly increasing
+    image_rows: np.ndarray       # positions in `ids` of the image vectors
+    image: np.ndarray            # float32 [len(image_rows), d]
+    caption_rows: np.ndarray
+    caption: np.ndarray
+
+
+def aligned_batches(ws: Workspace, con: duckdb.DuckDBPyConnection, batch_rows: int) -> Iterator[Batch]:
+    """Image and caption vectors of the same items together, in item-id order.
+
+    Shards are written in id order by build-index, so the two streams merge like
+    sorted lists with bounded memory. A kind whose shards are not in id order is
+    read through an id index instead (8 bytes an item, still no vector held twice).
+    """
+    img = _Buffered(_stream(ws, con, "image", batch_rows))
+    cap = _Buffered(_stream(ws, con, "caption", batch_rows))
+    while True:
+        ids_i, v_i = img.next_batch()
+        if ids_i is None:
+            while True:  # captions of items that have no image vector
+                ids_c, v_c = cap.next_batch()
+                if ids_c is None:
+                    return
+                yield Batch(ids_c, np.zeros(0, np.int64), v_c[:0], np.arange(len(ids_c)), v_c)
+        ids_c, v_c = cap.take_upto(int(ids_i[-1]))
+        if len(ids_c) == 0:
+            yield Batch(ids_i, np.arange(len(ids_i)), v_i, np.zeros(0, np.int64), v_c)
+            continue
+        ids = np.union1d(ids_i, ids_c)
+        yield Batch(ids, np.searchsorted(ids, ids_i), v_i, np.searchsorted(ids, ids_c), v_c)
+
+
+def _stream(ws: Workspace, con: duckdb.DuckDBPyConnection, kind: str,
+            batch_rows: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    if _in_id_order(ws, con, kind):
+        yield from store.iter_embeddings(ws, con, kind, batch_rows)
+        return
+    shards = ws.shard_files(con, kind)
+    ids = [np.load(p) for _v, p, _n in shards]
+    where = np.concatenate([np.full(len(a), s, np.int32) for s, a in enumerate(ids)])
+    row = np.concatenate([np.arange(len(a), dtype=np.int64) for a in ids])
+    all_ids = np.concatenate(ids)
+    del ids
+    order = np.argsort(all_ids, kind="stable")
+    if len(order) > 1 and (np.diff(all_ids[order]) == 0).any():
+        raise ValueError(f"the {kind} shards hold an item twice; rebuild the workspace")
+    mm = [np.load(v, mmap_mode="r") for v, _p, _n in shards]
+    for s in range(0, len(order), batch_rows):
+        sel = order[s:s + batch_rows]
+        out = np.empty((len(sel), mm[0].shape[1]), np.float32)
+        for sh in np.unique(where[sel]):
+            m = where[sel] == sh
+            out[m] = mm[sh][row[sel][m]]
+        yield all_ids[sel], out
+
+
+def _in_id_order(ws: Workspace, con: duckdb.DuckDBPyConnection, kind: str) -> bool:
+    last = -(2 ** 63)
+    for _v, ids_path, _n in ws.shard_files(con, kind):
+        ids = np.load(ids_path)
+        if len(ids) == 0:
+            continue
+        if ids[0] <= last or (len(ids) > 1 and (np.diff(ids) <= 0).any()):
+            return False
+        last = int(ids[-1])
+    return True
+
+
+class _Buffered:
+    """A sorted (ids, vectors) stream that can be read up to a given id."""
+
+    def __init__(self, it: Iterator[tuple[np.ndarray, np.ndarray]]):
+        self._it = it
+        self._ids: list[np.ndarray] = []
+        self._vecs: list[np.ndarray] = []
+        self._done = False
+
+    def _pull(self) -> bool:
+        if self._done:
+            return False
+        nxt = next(self._it, None)
+        if nxt is None:
+            self._done = True
+            return False
+        self._ids.append(nxt[0])
+        self._vecs.append(nxt[1])
+        return True
+
+    def next_batch(self) -> tuple[np.ndarray | None, np.ndarray | None]:
+        if not self._ids and not self._pull():
+            return None, None
+        ids, vecs = self._ids.pop(0), self._vecs.pop(0)
+        return ids, vecs
+
+    def take_upto(self, cut: int) -> tuple[np.ndarray, np.ndarray]:
+        while (not self._ids or self._ids[-1][-1] <= cut) and self._pull():
+            pass
+        take_i, take_v = [], []
+        while self._ids and self._ids[0][0] <= cut:
+            ids, vecs = self._ids.pop(0), self._vecs.pop(0)
+            n = int(np.searchsorted(ids, cut, side="right"))
+            take_i.append(ids[:n])
+            take_v.append(vecs[:n])
+            if n < len(ids):
+                self._ids.insert(0, ids[n:])
+                self._vecs.insert(0, vecs[n:])
+                break
+        if not take_i:
+            return np.zeros(0, np.int64), np.zeros((0, 0), np.float32)
+        return np.concatenate(take_i), np.concatenate(take_v)
+
+
+# -- scoring one batch ----------------------------------------------------------
+
+@dataclass
+class _Modality:
+    """One modality's scores for the items of a batch that have its vector."""
+
+    rows: np.ndarray             # positions in the batch
+    sims: np.ndarray             # float64 [m, L]
+    lse: np.ndarray              # float64 [m]
+    top: np.ndarray              # int64 [m, k1], best first, ties by label order
+    top_logit: np.ndarray        # float64 [m, k1]
+
+
+def _score(vecs: np.ndarray, rows: np.ndarray, q: np.ndarray, scale: float, k1: int) -> _Modality:
+    sims = vecs.astype(np.float64) @ q.T           # exact enough: float32 sums lose 1e-4 in a logit
+    logits = torch.from_numpy(sims * scale)
+    lse = torch.logsumexp(logits, dim=1).numpy()   # stable: max + log(sum(exp(x - max)))
+    vals, idx = torch.topk(logits, k1, dim=1)
+    vals, idx = vals.numpy(), idx.numpy()
+    order = np.lexsort((idx, -vals), axis=1)       # equal scores: the earlier label first
+    return _Modality(rows, sims, lse, np.take_along_axis(idx, order, 1), np.take_along_axis(vals, order, 1))
+
+
+def _item_columns(prefix: str, mod: _Modality | None, n: int, k: int | None) -> dict[str, np.ndarray]:
+    """item_scores columns of one modality; NaN / -1 where an item lacks it."""
+    out = {f"{prefix}_label": np.full(n, _NO_LABEL, np.int32), f"{prefix}_prob": np.full(n, np.nan),
+           f"{prefix}_sim": np.full(n, np.nan, np.float32), f"{prefix}_label2": np.full(n, _NO_LABEL, np.int32),
+           f"{prefix}_prob2": np.full(n, np.nan), f"{prefix}_rest": np.full(n, np.nan),
+           f"{prefix}_lse": np.full(n, np.nan)}
+    if mod is None or len(mod.rows) == 0:
+        return out
+    r = mod.rows
+    out[f"{prefix}_label"][r] = mod.top[:, 0]
+    out[f"{prefix}_prob"][r] = np.exp(mod.top_logit[:, 0] - mod.lse)
+    out[f"{prefix}_sim"][r] = np.take_along_axis(mod.sims, mod.top[:, :1], 1)[:, 0]
+    if mod.top.shape[1] > 1:
+        out[f"{prefix}_label2"][r] = mod.top[:, 1]
+        out[f"{prefix}_prob2"][r] = np.exp(mod.top_logit[:, 1] - mod.lse)
+    # the best label without a row: the (k+1)-th; none when every label is stored
+    out[f"{prefix}_rest"][r] = 0.0 if k is None else np.exp(mod.top_logit[:, k] - mod.lse)
+    out[f"{prefix}_lse"][r] = mod.lse
+    return out
+
+
+def _gather(mod: _Modality | None, n: int, r: np.ndarray, c: np.ndarray, scale: float) -> tuple[np.ndarray, np.ndarray]:
+    """(sim, prob) at batch rows r and labels c; NaN where the item lacks this modality."""
+    sim = np.full(len(r), np.nan)
+    if mod is None or len(mod.rows) == 0:
+        return sim.astype(np.float32), sim
+    local = np.full(n, -1, np.int64)
+    local[mod.rows] = np.arange(len(mod.rows))
+    li = local[r]
+    has = li >= 0
+    sim[has] = mod.sims[li[has], c[has]]
+    prob = np.full(len(r), np.nan)
+    prob[has] = np.exp(sim[has] * scale - mod.lse[li[has]])
+    return sim.astype(np.float32), prob
+
+
+def score_batch(b: Batch, q: np.ndarray, scale: float, top_k: int | None) -> tuple[dict, dict]:
+    """(item_scores columns, label_scores columns) of one batch; top_k None = store all labels."""
+    n, n_labels = len(b.ids), q.shape[0]
+    k1 = min(2, n_labels) if top_k is None else min(top_k + 1, n_labels)
+    img = _score(b.image, b.image_rows, q, scale, k1) if len(b.image_rows) else None
+    cap = _score(b.caption, b.caption_rows, q, scale, k1) if len(b.caption_rows) else None
+    k = None if top_k is None or top_k >= n_labels else top_k
+    items = {"id": b.ids, **_item_columns("image", img, n, k), **_item_columns("caption", cap, n, k)}
+
+    if k is None:  # every label of every item
+        r = np.repeat(np.arange(n), n_labels)
+        c = np.tile(np.arange(n_labels), n)
+    else:          # the union of each item's top-k by image and by caption
+        keep = np.zeros((n, n_labels), bool)
+        for mod in (img, cap):
+            if mod is not None:
+                keep[mod.rows[:, None], mod.top[:, :k]] = True
+        r, c = np.nonzero(keep)
+    i_sim, i_prob = _gather(img, n, r, c, scale)
+    c_sim, c_prob = _gather(cap, n, r, c, scale)
+    rows = {"id": b.ids[r], "label_idx": c.astype(np.int32), "image_sim": i_sim, "image_prob": i_prob,
+            "caption_sim": c_sim, "caption_prob": c_prob}
+    return items, rows
+
+
+_INSERT_ITEMS = """
+INSERT INTO item_scores
+SELECT id,
+       nullif(image_label, -1), nan_null(image_prob), nan_null(image_sim),
+       nullif(image_label2, -1), nan_null(image_prob2), nan_null(image_rest), nan_null(image_lse),
+       nullif(caption_label, -1), nan_null(caption_prob), nan_null(caption_sim),
+       nullif(caption_label2, -1), nan_null(caption_prob2), nan_null(caption_rest), nan_null(caption_lse)
+FROM batch_items
+"""
+_INSERT_ROWS = """
+INSERT INTO label_scores
+SELECT id, label_idx, nan_null(image_sim), nan_null(image_prob), nan_null(caption_sim), nan_null(caption_prob)
+FROM batch_rows
+"""
+
+
+# -- the classify step ----------------------------------------------------------
+
+def classify(ws_path: str | Path, label_set: str | Path | LabelSet = "places205", prompts: str | Path = "natural",
+             encoder=None, *, logit_scale: float | None = None, top_k: int = DEFAULT_TOP_K, storage: str = "auto",
+             batch_rows: int = DEFAULT_BATCH_ROWS, device: str | None = None,
+             progress: Callable[[int], None] | None = None) -> ClassifyResult:
+    """Score every image and caption of a workspace against a label set; (re)create the views.
+
+    `encoder` is only needed when the label vectors are not cached yet; by default the
+    workspace's own model is loaded then. `storage` is full, topk or auto (by size).
+    """
+    started = time.time()
+    ws = Workspace(ws_path)
+    if not ws.exists():
+        raise NotReady(f"no workspace at {ws.root}: run `curate build-index` first")
+    ls = label_set if isinstance(label_set, LabelSet) else load_label_set(label_set)
+    wording = resolve(prompts)
+    if storage not in ("auto", "full", "topk"):
+        raise ValueError(f"storage must be auto, full or topk, not {storage!r}")
+    if top_k < 1:
+        raise ValueError("top_k must be at least 1")
+    if logit_scale is not None and not (logit_scale > 0 and np.isfinite(logit_scale)):
+        raise ValueError("the logit scale must be a positive number (1 / temperature)")
+    con = ws.connect()
+    try:
+        ident = Workspace.model_identity(con)
+        if ident is None:
+            raise NotReady(f"the workspace {ws.root} has no embeddings yet: run `curate build-index` first")
+        if encoder is not None:
+            check_same_model(ident, encoder.identity)
+
+        def factory():
+            if encoder is not None:
+                return encoder
+            from .model import load_encoder
+            return load_encoder(ident.model, ident.pretrained, device)
+
+        q, was_cached = label_queries(con, ident, ls, wording, factory)
+        if q.vectors.shape[1] != ident.embed_dim:
+            raise NotReady(f"label vectors are {q.vectors.shape[1]}-d but the workspace is {ident.embed_dim}-d")
+        scale = float(logit_scale) if logit_scale is not None else q.logit_scale
+        n_img = store.count_vectors(ws, con, "image")
+        n_cap = store.count_vectors(ws, con, "caption")
+        if storage == "auto":
+            storage = "full" if max(n_img, n_cap) * len(ls) <= FULL_MAX_CELLS else "topk"
+        if top_k >= len(ls):
+            storage = "full"
+        keep_k = None if storage == "full" else top_k
+        rows = _write_scores(ws, con, q, ls, wording, ident, scale, storage, keep_k, n_img, n_cap,
+                             batch_rows, progress)
+    finally:
+        con.close()
+    return ClassifyResult(ls.name, wording.name, len(ls), n_img, n_cap, storage,
+                          len(ls) if keep_k is None else keep_k, scale, rows, time.time() - started, was_cached)
+
+
+def _write_scores(ws: Workspace, con: duckdb.DuckDBPyConnection, q: LabelQueries, ls: LabelSet, wording: Wording,
+                  ident: ModelIdentity, scale: float, storage: str, keep_k: int | None, n_img: int, n_cap: int,
+                  batch_rows: int, progress: Callable[[int], None] | None) -> int:
+    con.execute("CREATE OR REPLACE TEMP MACRO nan_null(x) AS CASE WHEN isnan(x) THEN NULL ELSE x END")
+    con.execute("BEGIN TRANSACTION")
+    try:
+        sqlfiles.run(con, sqlfiles.SCORE_TABLES)
+        con.executemany("INSERT INTO labels VALUES (?, ?, ?, ?, ?)",
+                        [[i, lab, ps[0], ps, scene]
+                         for i, (lab, ps, scene) in enumerate(zip(ls.labels, q.prompts, ls.scenes, strict=True))])
+        rows = 0
+        for b in aligned_batches(ws, con, batch_rows):
+            items, scored = score_batch(b, q.vectors, scale, keep_k)
+            con.register("batch_items", items)
+            con.register("batch_rows", scored)
+            con.execute(_INSERT_ITEMS)
+            con.execute(_INSERT_ROWS)
+            con.unregister("batch_items")
+            con.unregister("batch_rows")
+            rows += len(scored["id"])
+            if progress:
+                progress(len(b.image_rows) + len(b.caption_rows))
+        con.execute("INSERT INTO score_settings (label_set, label_set_digest, prompts, model, pretrained, embed_dim,"
+                    " logit_scale, storage, top_k, n_labels, images, captions, cache_key)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    [ls.name, ls.digest, wording.name, ident.model, ident.pretrained, ident.embed_dim, scale,
+                     storage, len(ls) if keep_k is None else keep_k, len(ls), n_img, n_cap, q.cache_key])
+        sqlfiles.install_views(con)
+        con.execute("COMMIT")
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+    return rows
+
+
+def settings(con: duckdb.DuckDBPyConnection) -> dict | None:
+    """The score_settings row of the last classify, or None before the first."""
+    if not sqlfiles.has_relation(con, "score_settings"):
+        return None
+    rel = con.execute("SELECT * FROM score_settings")
+    cols = [d[0] for d in rel.description]
+    rows = rel.fetchall()
+    return dict(zip(cols, rows[0], strict=True)) if rows else None

@@ -1,0 +1,67 @@
+-- The scores of one `curate classify` run; the next run replaces them as a whole
+-- (in one transaction, so a failed run leaves the previous scores in place).
+-- docs/scores.md says why the scores have this shape.
+--
+-- Probabilities are the softmax over the whole label set of logit_scale * cosine,
+-- computed in float64 while scoring: every probability stored is exact, whichever
+-- rows are stored.
+
+-- The active label set: the label index used everywhere, the name as written, the
+-- prompt(s) whose embeddings became its query.
+CREATE OR REPLACE TABLE labels (
+    label_idx USMALLINT PRIMARY KEY,
+    label VARCHAR NOT NULL,
+    prompt VARCHAR NOT NULL,              -- the first (often only) prompt
+    prompts VARCHAR[] NOT NULL,           -- every prompt averaged into the label's vector
+    scene VARCHAR NOT NULL                -- indoor | outdoor | unknown
+);
+
+-- One row per scored item: its two best labels by the image and by the caption.
+CREATE OR REPLACE TABLE item_scores (
+    id BIGINT NOT NULL,
+    image_label USMALLINT,                -- NULL: no image vector
+    image_prob DOUBLE,
+    image_sim FLOAT,
+    image_label2 USMALLINT,
+    image_prob2 DOUBLE,
+    image_rest DOUBLE,                    -- the largest image probability of a label with no row
+                                          -- in label_scores for this item (0 when all are stored)
+    image_lse DOUBLE,                     -- log(sum(exp(logit_scale * sim))) over all labels
+    caption_label USMALLINT,              -- NULL: no caption vector
+    caption_prob DOUBLE,
+    caption_sim FLOAT,
+    caption_label2 USMALLINT,
+    caption_prob2 DOUBLE,
+    caption_rest DOUBLE,
+    caption_lse DOUBLE
+);
+
+-- One row per (item, label) kept: every label (storage 'full'), or the union of the
+-- item's top-k labels by image and by caption (storage 'topk'), with both modalities'
+-- values for each, so that any weighted mix of the two is exact on these rows.
+CREATE OR REPLACE TABLE label_scores (
+    id BIGINT NOT NULL,
+    label_idx USMALLINT NOT NULL,
+    image_sim FLOAT,                      -- cosine; NULL: no image vector
+    image_prob DOUBLE,
+    caption_sim FLOAT,                    -- NULL: no caption vector
+    caption_prob DOUBLE
+);
+
+-- How the scores were made (one row).
+CREATE OR REPLACE TABLE score_settings (
+    label_set VARCHAR NOT NULL,
+    label_set_digest VARCHAR NOT NULL,
+    prompts VARCHAR NOT NULL,
+    model VARCHAR NOT NULL,
+    pretrained VARCHAR NOT NULL,
+    embed_dim INTEGER NOT NULL,
+    logit_scale DOUBLE NOT NULL,
+    storage VARCHAR NOT NULL,             -- full | topk
+    top_k INTEGER NOT NULL,               -- labels per modality in label_scores (= n_labels when full)
+    n_labels INTEGER NOT NULL,
+    images BIGINT NOT NULL,
+    captions BIGINT NOT NULL,
+    cache_key VARCHAR NOT NULL,
+    created_at TIMESTAMP DEFAULT current_timestamp
+);

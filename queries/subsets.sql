@@ -1,0 +1,44 @@
+-- The subsets `curate filter` writes.
+--
+-- subset_predictions: the predictions of one mode (image | caption | ensemble) that
+-- are kept: top label in `wanted` (an empty list: any label) with prob >= min_prob;
+-- or, with unmatched := true, the images whose top label stays under min_prob (what
+-- cleaning drops). The ensemble parameters are those of ensemble_with.
+CREATE OR REPLACE MACRO subset_predictions(mode, wanted, min_prob, unmatched := false,
+                                           text_weight := 0.2, text_min := 0.5,
+                                           image_min := 0.0, image_max := 1.0,
+                                           renormalize := true) AS TABLE
+SELECT *
+FROM (
+    SELECT id, label, prob, label2, prob2, margin, true AS exact
+    FROM predictions WHERE mode = 'image'
+    UNION ALL
+    SELECT id, label, prob, label2, prob2, margin, true AS exact
+    FROM caption_predictions WHERE mode = 'caption'
+    UNION ALL
+    SELECT id, label, prob, label2, prob2, margin, exact
+    FROM ensemble_with(text_weight, text_min, image_min := image_min, image_max := image_max,
+                       renormalize := renormalize)
+    WHERE mode = 'ensemble'
+)
+WHERE CASE WHEN unmatched THEN prob < min_prob
+           ELSE prob >= min_prob AND (len(wanted) = 0 OR list_contains(wanted, label)) END;
+
+-- subset: the kept items as written out: id, path, caption, label, prob, then the
+-- source's own columns (everything in items that curate does not manage).
+CREATE OR REPLACE MACRO subset(mode, wanted, min_prob, unmatched := false,
+                               text_weight := 0.2, text_min := 0.5,
+                               image_min := 0.0, image_max := 1.0, renormalize := true) AS TABLE
+SELECT k.id, i.path, i.caption, k.label, k.prob,
+       i.* EXCLUDE (id, path, caption, status, caption_tokens, caption_truncated, run_id)
+FROM subset_predictions(mode, wanted, min_prob, unmatched := unmatched,
+                        text_weight := text_weight, text_min := text_min,
+                        image_min := image_min, image_max := image_max,
+                        renormalize := renormalize) k
+JOIN items i ON i.id = k.id
+ORDER BY k.id;
+
+-- How many items a mode scores (the "out of" of a filter's summary).
+CREATE OR REPLACE MACRO scored_items(mode) AS
+(SELECT count(*) FROM item_scores
+ WHERE CASE WHEN mode = 'caption' THEN caption_label IS NOT NULL ELSE image_label IS NOT NULL END);
