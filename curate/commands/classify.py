@@ -1,0 +1,138 @@
+"""`curate labels`, `curate classify`, `curate filter`, `curate search`."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+from tqdm import tqdm
+
+from ..labels import LabelSetError, UnknownLabel, load_label_set
+from ..model import WeightsUnavailable
+from ..prompts import PromptError, prompts_for, resolve
+from ..scores import DEFAULT_TOP_K, NotReady, classify
+from ..search import search_images
+from ..subsets import FORMATS, MODES, FilterError, FilterSpec, write_subset
+from ..workspace import ModelMismatch
+
+_ERRORS = (LabelSetError, UnknownLabel, PromptError, NotReady, FilterError, ModelMismatch, WeightsUnavailable)
+
+workspace_option = click.option(
+    "-w", "--workspace", "ws_path", type=click.Path(path_type=Path), default=Path("ws"), show_default=True,
+    help="Workspace folder (made by `curate build-index`).")
+set_option = click.option(
+    "--set", "label_set", default="places205", show_default=True,
+    help="Label set: places205, or a file (one label a line, or CSV with label and optional prompt columns).")
+prompts_option = click.option(
+    "--prompts", default="natural", show_default=True,
+    help="Wording: raw, natural, ensemble, a templates file, or one template ('a photo of {a} {label}.').")
+
+
+@click.command("labels")
+@set_option
+@prompts_option
+def labels_cmd(label_set: str, prompts: str) -> None:
+    """Show each label of a set and the prompt(s) it becomes."""
+    try:
+        ls = load_label_set(label_set)
+        texts = prompts_for(ls, resolve(prompts))
+    except _ERRORS as e:
+        raise click.ClickException(str(e)) from None
+    width = max(len(x) for x in ls.labels)
+    for i, (lab, ps) in enumerate(zip(ls.labels, texts, strict=True)):
+        click.echo(f"{i:>4}  {lab:<{width}}  {ps[0]}")
+        for p in ps[1:]:
+            click.echo(f"{'':>4}  {'':<{width}}  {p}")
+    click.echo(f"{len(ls)} labels, prompts: {prompts}", err=True)
+
+
+@click.command("classify")
+@workspace_option
+@set_option
+@prompts_option
+@click.option("--logit-scale", type=float, default=None,
+              help="Softmax scale (1 / temperature) [default: the model's own, 100 for trained CLIP].")
+@click.option("--storage", type=click.Choice(["auto", "full", "topk"]), default="auto", show_default=True,
+              help="Store every (item, label) score, or each item's top-k labels plus an exact bound (docs/scores.md).")
+@click.option("--top-k", type=click.IntRange(1), default=DEFAULT_TOP_K, show_default=True,
+              help="Labels kept per item and modality with --storage topk.")
+@click.option("--device", default="auto", show_default=True, help="Device for the text encoder (label prompts).")
+def classify_cmd(ws_path: Path, label_set: str, prompts: str, logit_scale: float | None, storage: str, top_k: int,
+                 device: str) -> None:
+    """Score every image and caption against every label; create the SQL views."""
+    bar = tqdm(desc="scoring", unit=" vectors", dynamic_ncols=True, mininterval=1.0,
+               disable=None if sys.stderr.isatty() else True)
+    try:
+        r = classify(ws_path, label_set, prompts, logit_scale=logit_scale, storage=storage, top_k=top_k,
+                     device=device, progress=bar.update)
+    except (*_ERRORS, ValueError) as e:
+        raise click.ClickException(str(e)) from None
+    finally:
+        bar.close()
+    store = "every label" if r.storage == "full" else f"top {r.top_k} labels per item + exact bound"
+    click.echo(f"classified {r.images:,} images and {r.captions:,} captions against {r.n_labels} labels "
+               f"({r.label_set}, prompts {r.prompts}, logit scale {r.logit_scale:g}; stored {store}) "
+               f"in {r.seconds:.1f} s")
+    click.echo("views: predictions, caption_predictions, ensemble, coverage (see `curate filter`)")
+
+
+@click.command("filter")
+@workspace_option
+@click.option("--label", "labels", multiple=True, help="Keep images whose top label is this (repeatable).")
+@click.option("--min-prob", type=click.FloatRange(0, 1), default=0.5, show_default=True,
+              help="Keep a top label only at this probability or above.")
+@click.option("--mode", type=click.Choice(MODES), default="image", show_default=True,
+              help="Whose probabilities: the image's, the caption's, or the ensemble of both.")
+@click.option("--unmatched", is_flag=True, help="Keep instead the images no label claims at --min-prob.")
+@click.option("--text-weight", type=click.FloatRange(0, 1), default=0.2, show_default=True,
+              help="Ensemble: weight of the caption's probabilities.")
+@click.option("--text-min", type=click.FloatRange(0, 1), default=0.5, show_default=True,
+              help="Ensemble: the caption counts only when its own top probability reaches this.")
+@click.option("--image-max", type=click.FloatRange(0, 1), default=1.0, show_default=True,
+              help="Ensemble (conditional variant): the caption counts only when the image's top probability "
+                   "is at most this.")
+@click.option("--out", "out", type=click.Path(path_type=Path), default=None,
+              help=f"Output file; format by extension ({', '.join(FORMATS)}).")
+@click.option("--copy-to", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Copy the kept images here, one folder per label.")
+@click.option("--link-to", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Symlink the kept images here instead of copying.")
+def filter_cmd(ws_path: Path, labels: tuple[str, ...], min_prob: float, mode: str, unmatched: bool,
+               text_weight: float, text_min: float, image_max: float, out: Path | None, copy_to: Path | None,
+               link_to: Path | None) -> None:
+    """Cut a labelled subset (or what cleaning drops) out of a classified workspace."""
+    spec = FilterSpec(labels=labels, min_prob=min_prob, mode=mode, unmatched=unmatched, text_weight=text_weight,
+                      text_min=text_min, image_max=image_max)
+    try:
+        r = write_subset(ws_path, spec, out, copy_to=copy_to, link_to=link_to)
+    except _ERRORS as e:
+        raise click.ClickException(str(e)) from None
+    click.echo(r.summary(spec))
+    if copy_to or link_to:
+        click.echo(f"{'linked' if link_to else 'copied'} {r.files_done:,} files to {copy_to or link_to}"
+                   + (f" ({r.files_missing:,} missing at their path)" if r.files_missing else ""))
+    if r.inexact:
+        click.echo(f"note: {r.inexact:,} kept rows fall under the top-k bound (their label may not be the full "
+                   "argmax); run `curate classify --storage full` for exact ensemble labels at this threshold",
+                   err=True)
+    if r.unscored > 0:
+        click.echo(f"note: {r.unscored:,} embedded images are not classified yet: run `curate classify` again",
+                   err=True)
+
+
+@click.command("search")
+@workspace_option
+@click.argument("text")
+@click.option("-k", type=click.IntRange(1), default=20, show_default=True, help="How many images.")
+@click.option("--device", default="auto", show_default=True)
+def search_cmd(ws_path: Path, text: str, k: int, device: str) -> None:
+    """The images nearest to a text prompt, from the image index."""
+    try:
+        hits = search_images(ws_path, text, k, device=device)
+    except _ERRORS as e:
+        raise click.ClickException(str(e)) from None
+    click.echo(f"{'rank':>4}  {'score':>7}  {'id':>8}  path  caption")
+    for h in hits:
+        cap = (h.caption or "").replace("\n", " ")
+        click.echo(f"{h.rank:>4}  {h.score:7.4f}  {h.id:>8}  {h.path}  {cap[:60]}")

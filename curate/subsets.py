@@ -1,0 +1,185 @@
+"""Filter outputs: the kept items as parquet, CSV or JSONL, and their files copied or linked.
+
+The selection is the SQL macro `subset(...)` of queries/subsets.sql; every value a
+user gives (labels, threshold, weights, the output file name) reaches DuckDB as a
+bound parameter. The output format comes from the file's extension.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import duckdb
+
+from . import scores
+from .labels import check_labels
+from .workspace import Workspace
+
+# extension -> COPY options (fixed text, never from the user)
+FORMATS = {
+    ".parquet": "(FORMAT parquet)",
+    ".csv": "(FORMAT csv, HEADER true)",
+    ".tsv": "(FORMAT csv, HEADER true, DELIMITER '\t')",
+    ".jsonl": "(FORMAT json)",
+    ".ndjson": "(FORMAT json)",
+    ".json": "(FORMAT json, ARRAY true)",
+}
+MODES = ("image", "caption", "ensemble")
+
+
+class FilterError(ValueError):
+    """A filter that cannot run as asked (bad options, nothing classified yet)."""
+
+
+@dataclass(frozen=True)
+class FilterSpec:
+    labels: tuple[str, ...] = ()       # empty: any label
+    min_prob: float = 0.5
+    mode: str = "image"                # image | caption | ensemble
+    unmatched: bool = False            # keep what no label claims at min_prob instead
+    text_weight: float = 0.2           # ensemble only, as in ensemble_with
+    text_min: float = 0.5
+    image_min: float = 0.0
+    image_max: float = 1.0
+    renormalize: bool = True
+
+    def params(self) -> list:
+        """The bound parameters of `subset(...)` / `subset_predictions(...)`, in order."""
+        return [self.mode, list(self.labels), float(self.min_prob), self.unmatched, float(self.text_weight),
+                float(self.text_min), float(self.image_min), float(self.image_max), self.renormalize]
+
+
+SUBSET_CALL = ("(?, ?, ?, unmatched := ?, text_weight := ?, text_min := ?, image_min := ?, image_max := ?, "
+               "renormalize := ?)")
+
+
+@dataclass(frozen=True)
+class FilterResult:
+    kept: int
+    total: int
+    out: Path | None
+    files_done: int = 0                # copied or linked
+    files_missing: int = 0             # source file gone
+    inexact: int = 0                   # ensemble rows whose top label is not provably the full argmax
+    unscored: int = 0                  # embedded items classify has not seen (run it again)
+
+    def summary(self, spec: FilterSpec) -> str:
+        what = "unmatched" if spec.unmatched else (", ".join(spec.labels) or "any label")
+        cmp = "<" if spec.unmatched else ">="
+        line = f"kept {self.kept:,} of {self.total:,} images ({what}, {spec.mode} prob {cmp} {spec.min_prob:g})"
+        if self.out is not None:
+            line += f" -> {self.out}"
+        return line
+
+
+def validate(spec: FilterSpec) -> None:
+    if spec.mode not in MODES:
+        raise FilterError(f"mode must be one of {', '.join(MODES)}, not {spec.mode!r}")
+    if spec.unmatched and spec.labels:
+        raise FilterError("--unmatched keeps what no label claims: it takes no --label")
+    for name in ("min_prob", "text_weight", "text_min", "image_min", "image_max"):
+        v = getattr(spec, name)
+        if not 0.0 <= v <= 1.0:
+            raise FilterError(f"{name.replace('_', '-')} must lie in [0, 1], not {v}")
+
+
+def open_scored(ws_path: str | Path) -> duckdb.DuckDBPyConnection:
+    """A read-only connection to a workspace that `classify` has run on."""
+    ws = Workspace(ws_path)
+    if not ws.exists():
+        raise FilterError(f"no workspace at {ws.root}: run `curate build-index` first")
+    con = ws.connect(read_only=True)
+    if scores.settings(con) is None or not _has_macro(con, "subset"):
+        con.close()
+        raise FilterError(f"the workspace {ws.root} has no scores yet: run `curate classify` first")
+    return con
+
+
+def write_subset(ws_path: str | Path, spec: FilterSpec, out: str | Path | None,
+                 copy_to: str | Path | None = None, link_to: str | Path | None = None) -> FilterResult:
+    """Select with `subset(...)`, write it to `out` (format by extension), copy or link the files."""
+    validate(spec)
+    out_path = Path(out) if out is not None else None
+    fmt = None
+    if out_path is not None:
+        fmt = FORMATS.get(out_path.suffix.lower())
+        if fmt is None:
+            raise FilterError(f"cannot tell the format of {out_path}: use one of {', '.join(FORMATS)}")
+    if copy_to is not None and link_to is not None:
+        raise FilterError("give --copy-to or --link-to, not both")
+    con = open_scored(ws_path)
+    try:
+        known = [r[0] for r in con.execute("SELECT label FROM labels ORDER BY label_idx").fetchall()]
+        check_labels(spec.labels, known)
+        con.execute("CREATE TEMP TABLE kept AS SELECT * FROM subset" + SUBSET_CALL, spec.params())
+        kept = con.execute("SELECT count(*) FROM kept").fetchall()[0][0]
+        total = con.execute("SELECT scored_items(?)", [spec.mode]).fetchall()[0][0]
+        if out_path is not None:
+            out_path.parent.mkdir(parents=True, exist_ok=True)
+            con.execute(f"COPY kept TO ? {fmt}", [str(out_path)])
+        done = missing = 0
+        if copy_to is not None or link_to is not None:
+            rows = con.execute("SELECT id, path, label FROM kept ORDER BY id").fetchall()
+            done, missing = place_files(rows, Path(copy_to or link_to), link=link_to is not None,
+                                        by_label=not spec.unmatched)
+        return FilterResult(kept, total, out_path, done, missing, _inexact(con, spec), _unscored(con))
+    finally:
+        con.close()
+
+
+def place_files(rows: list[tuple[int, str, str]], folder: Path, link: bool, by_label: bool) -> tuple[int, int]:
+    """Copy (or symlink) each item's file to folder/<label>/<id>_<name>; returns (done, missing).
+
+    The id in the name keeps two photos called IMG_0001.jpg apart; an existing
+    destination of the same size is taken as done, so a rerun only adds what is new.
+    """
+    done = missing = 0
+    for item_id, path, label in rows:
+        src = Path(path)
+        if not src.is_file():
+            missing += 1
+            continue
+        sub = folder / safe_name(label) if by_label else folder
+        sub.mkdir(parents=True, exist_ok=True)
+        dst = sub / f"{item_id}_{src.name}"
+        if link:
+            if dst.is_symlink() and os.readlink(dst) == str(src.resolve()):
+                done += 1
+                continue
+            dst.unlink(missing_ok=True)
+            os.symlink(src.resolve(), dst)
+        elif not (dst.is_file() and dst.stat().st_size == src.stat().st_size):
+            shutil.copy2(src, dst)
+        done += 1
+    return done, missing
+
+
+def safe_name(label: str) -> str:
+    """A label as one folder name: `bakery/shop` -> `bakery_shop`; never `..` or hidden."""
+    name = re.sub(r"[^\w.-]+", "_", label, flags=re.UNICODE).strip("._")
+    return name or "label"
+
+
+def _inexact(con: duckdb.DuckDBPyConnection, spec: FilterSpec) -> int:
+    """Kept ensemble rows whose top label the stored top-k cannot prove (storage topk only)."""
+    if spec.mode != "ensemble":
+        return 0
+    st = scores.settings(con)
+    if st["storage"] == "full" or (spec.min_prob >= 1 / st["top_k"] and not spec.unmatched):
+        return 0  # at prob >= 1/k the bound on unstored labels is always cleared
+    return con.execute("SELECT count(*) FROM subset_predictions" + SUBSET_CALL + " WHERE NOT exact",
+                       spec.params()).fetchall()[0][0]
+
+
+def _unscored(con: duckdb.DuckDBPyConnection) -> int:
+    return con.execute("SELECT (SELECT count(*) FROM items WHERE status = 'embedded') - "
+                       "(SELECT count(*) FROM item_scores WHERE image_label IS NOT NULL)").fetchall()[0][0]
+
+
+def _has_macro(con: duckdb.DuckDBPyConnection, name: str) -> bool:
+    return con.execute("SELECT count(*) FROM duckdb_functions() WHERE function_name = ? AND NOT internal",
+                       [name]).fetchall()[0][0] > 0
