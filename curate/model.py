@@ -171,7 +171,7 @@ def load_encoder(model_name: str = DEFAULT_MODEL, pretrained: str | None = DEFAU
             return open_clip.create_model_and_transforms(model_name, pretrained=tag, device=device)
 
     if random_weights:
-        log.warning("%s: random weights (--pretrained none): embeddings carry no meaning", model_name)
+        log.info("%s: random weights (--pretrained none): embeddings carry no meaning", model_name)
         # Seeded, so every process (a resumed run, a test's reference) gets the same model.
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)

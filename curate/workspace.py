@@ -21,6 +21,7 @@ from pathlib import Path
 import duckdb
 
 DB_NAME = "curate.duckdb"
+STORAGE_VERSION = "v1.5.0"
 
 # `id` is ours (dense BIGINT, the FAISS id); `source_id` is what the source calls the
 # item (manifest id, or the path relative to the source root) and is what makes a
@@ -130,7 +131,10 @@ class Workspace:
                 )
             return duckdb.connect(str(self.db_path), read_only=True)
         self.root.mkdir(parents=True, exist_ok=True)
-        con = duckdb.connect(str(self.db_path))
+        # Written in a storage format the `duckdb` shell (duckdb-cli, one release behind
+        # the Python package) can open, so `duckdb ws/curate.duckdb` works.
+        config = {} if self.db_path.exists() else {"storage_compatibility_version": STORAGE_VERSION}
+        con = duckdb.connect(str(self.db_path), config=config)
         con.execute(SCHEMA)
         return con
 

@@ -256,3 +256,18 @@ def test_index_recipe_by_name(tmp_path):
     assert isinstance(faiss.downcast_index(idx), faiss.IndexIVFFlat) and idx.ntotal == 12
     bad = run_cli("build-index", photos, "-w", tmp_path / "ws", *TINY, "--index", "hnsw", expect=1)
     assert "unknown index recipe 'hnsw'" in bad.output
+
+
+def test_duckdb_shell_opens_the_workspace(built_workspace):
+    """`duckdb ws/curate.duckdb` (the duckdb-cli package) reads what the Python package wrote."""
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    shell = shutil.which("duckdb", path=str(Path(sys.executable).parent)) or shutil.which("duckdb")
+    assert shell, "the duckdb-cli package installs the `duckdb` shell"
+    out = subprocess.run([shell, str(built_workspace / "curate.duckdb"), "-readonly", "-csv", "-c",
+                          "select count(*) as n from items where status = 'embedded'"],
+                         capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["n", "12"]
