@@ -8,10 +8,13 @@ and a miss 1 - q, where q is the calibrated top probability of the marked label.
 
     q = p1^(1/T) / sum_j p_j^(1/T)          (p = the softmax at T = 1; log p = logit + const)
 
-The predictions views carry the top two probabilities (prob, prob2). The other L - 2
-labels share the rest, 1 - prob - prob2, and are taken as sharing it evenly: exact at
-T = 1, and an approximation elsewhere (an uneven tail has more weight under T < 1).
-`Calibration.exact` says which was used.
+For image and caption predictions, `curate classify` stores each image's probability
+for every label (`label_scores`, storage full) or for its top k labels (storage topk):
+labels without a row share what is left, 1 - sum(stored), and are taken as sharing it
+evenly. That is exact with full storage, and an approximation of the tail otherwise
+(exact at T = 1). The ensemble is a mix of two softmaxes, not one; its view carries the
+top two probabilities (prob, prob2), and the same even-tail rule covers the other L - 2
+labels. `Calibration.exact` says whether any tail was approximated.
 
 Per-class thresholds. For a target precision (say 0.9), each class gets the lowest
 calibrated probability t such that, among its marked images with q >= t (at least
@@ -39,29 +42,41 @@ import numpy as np
 from . import sampling
 
 META_KEY = "calibration"
+# SQL and numpy evaluate the same formula in another order: an image whose calibrated
+# probability *is* a class's threshold must stay kept when SQL lands one ulp below it.
+TOLERANCE = 1e-12
 T_RANGE = (0.05, 20.0)
 
 
 # -- the model --------------------------------------------------------------------------
 
-def top_two_logp(prob: np.ndarray, prob2: np.ndarray, n_labels: int) -> tuple[np.ndarray, np.ndarray]:
-    """(log p [n, 3], weights [n, 3]): top-1, top-2, and the rest shared by L - 2 labels."""
-    prob = np.asarray(prob, np.float64)
-    prob2 = np.asarray(prob2, np.float64)
-    rest_n = max(n_labels - 2, 1)
-    rest = np.clip(1.0 - prob - prob2, 0.0, None) / rest_n
-    with np.errstate(divide="ignore"):
-        logp = np.log(np.stack([prob, prob2, rest], axis=1))
-    w = np.tile(np.array([1.0, 1.0, float(rest_n)]), (len(prob), 1))
-    w[rest == 0, 2] = 0.0
-    return logp, w
+def stored_logp(own: Sequence[float], others: Sequence[Sequence[float]], n_labels: int
+                ) -> tuple[np.ndarray, np.ndarray, bool]:
+    """(log p [n, K], weights [n, K], exact) from each item's probability of its top label,
+    the other labels' stored probabilities, and the label count: column 0 is the top label,
+    the last column the labels without a row, sharing the rest evenly (weight = how many)."""
+    n = len(own)
+    width = max((len(o) for o in others), default=0) + 2
+    logp = np.full((n, width), -np.inf)
+    w = np.zeros((n, width))
+    exact = True
+    for i, (p1, rest_p) in enumerate(zip(own, others, strict=True)):
+        logp[i, 0], w[i, 0] = math.log(p1) if p1 > 0 else -np.inf, 1.0
+        for k, p in enumerate(rest_p, start=1):
+            if p > 0:
+                logp[i, k], w[i, k] = math.log(p), 1.0
+        missing = n_labels - 1 - len(rest_p)
+        mass = 1.0 - p1 - float(sum(rest_p))
+        if missing > 0 and mass > 1e-12:
+            logp[i, -1], w[i, -1] = math.log(mass / missing), float(missing)
+            exact = False
+    return logp, w, exact
 
 
 def calibrated_top(logp: np.ndarray, weights: np.ndarray, temperature: float) -> np.ndarray:
     """q = softmax(log p / T) of column 0, each column j counted weights[:, j] times."""
-    a = logp / temperature
-    with np.errstate(divide="ignore"):
-        a = a + np.log(weights)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        a = np.where(weights > 0, logp / temperature + np.log(np.where(weights > 0, weights, 1.0)), -np.inf)
     m = np.max(a, axis=1, keepdims=True)
     lse = m[:, 0] + np.log(np.sum(np.exp(a - m), axis=1))
     return np.exp(logp[:, 0] / temperature - lse)
@@ -148,6 +163,7 @@ class Calibration:
     marks: int
     exact: bool
     classes: list[ClassThreshold] = field(default_factory=list)
+    scores_column: str | None = None   # label_scores column used, None: top two + even tail
     # marked items, for the reliability plot: raw top probability, calibrated one, hit
     raw: np.ndarray | None = None
     calibrated: np.ndarray | None = None
@@ -232,11 +248,12 @@ class Calibration:
 
 
 def n_labels(con: duckdb.DuckDBPyConnection, view: str) -> int:
-    """How many labels the softmax ran over: the labels classify used if it recorded them,
-    else every label seen as first or second choice (a lower bound)."""
-    raw = _meta(con, "label_count")
-    if raw is not None:
-        return int(raw)
+    """How many labels the softmax ran over: the label set `curate classify` used, else
+    every label seen as first or second choice (a lower bound)."""
+    if sampling.has_relation(con, "score_settings"):
+        rows = con.execute("SELECT n_labels FROM score_settings").fetchall()
+        if rows:
+            return int(rows[0][0])
     return int(con.execute(
         f"SELECT count(DISTINCT l) FROM (SELECT label AS l FROM {view} UNION ALL SELECT label2 FROM {view})"
     ).fetchall()[0][0])
@@ -247,61 +264,112 @@ def _meta(con: duckdb.DuckDBPyConnection, key: str) -> str | None:
     return rows[0][0] if rows else None
 
 
+def scores_column(con: duckdb.DuckDBPyConnection, source: str) -> str | None:
+    """The `label_scores` column holding this source's per-label softmax, when classify
+    stored one (the ensemble is a mix of two softmaxes: it has none)."""
+    col = {"image": "image_prob", "caption": "caption_prob"}.get(source)
+    if col and sampling.has_relation(con, "label_scores") and sampling.has_relation(con, "labels"):
+        return col
+    return None
+
+
+def _marked(con: duckdb.DuckDBPyConnection, set_name: str, view: str, col: str | None
+            ) -> list[tuple[str, float, bool, list[float]]]:
+    """(label, prob, hit, other labels' stored probabilities) of every hit/miss of a set.
+
+    The set's own top label and probability are what was judged. Items whose top label
+    changed since sampling (classify re-run) are left out.
+    """
+    base = (f" FROM review_items r"
+            f" JOIN judgments j ON j.id = r.id AND j.label = r.label AND j.mark IN ('hit', 'miss')"
+            f" JOIN {view} v ON v.id = r.id AND v.label = r.label"
+            f" WHERE r.set_name = ?")
+    if col is None:
+        rows = con.execute(f"SELECT r.label, r.prob, j.mark = 'hit', [coalesce(v.prob2, 0)]{base}"
+                           f" ORDER BY r.position", [set_name]).fetchall()
+    else:
+        rows = con.execute(
+            f"SELECT r.label, r.prob, j.mark = 'hit',"
+            f" coalesce((SELECT list(s.{col}) FROM label_scores s JOIN labels l ON l.label_idx = s.label_idx"
+            f"  WHERE s.id = r.id AND l.label <> r.label AND s.{col} IS NOT NULL), [])"
+            f"{base} ORDER BY r.position", [set_name]).fetchall()
+    return [(label, float(p), bool(h), [float(x) for x in others]) for label, p, h, others in rows]
+
+
 def fit(con: duckdb.DuckDBPyConnection, set_name: str | None = None, target_precision: float = 0.9,
         min_support: int = 10) -> Calibration:
     """Fit the temperature and the per-class thresholds on the marks of a review set."""
     rs = sampling.get_set(con, set_name)
     view = sampling.SOURCES[rs.source]
     L = n_labels(con, view)
-    # The set's own top label and probability (what was judged), the view's second choice;
-    # items whose top label changed since sampling (classify re-run) are left out.
-    rows = con.execute(
-        f"SELECT r.label, r.prob, v.prob2, j.mark = 'hit' FROM review_items r"
-        f" JOIN judgments j ON j.id = r.id AND j.label = r.label AND j.mark IN ('hit', 'miss')"
-        f" JOIN {view} v ON v.id = r.id AND v.label = r.label"
-        f" WHERE r.set_name = ? ORDER BY r.position",
-        [rs.name],
-    ).fetchall()
+    col = scores_column(con, rs.source)
+    rows = _marked(con, rs.name, view, col)
     if not rows:
         raise ValueError(f"review set {rs.name!r} has no hit/miss marks yet")
     labels = np.array([r[0] for r in rows], dtype=object)
     prob = np.array([r[1] for r in rows], np.float64)
-    prob2 = np.array([0.0 if r[2] is None else r[2] for r in rows], np.float64)
-    hit = np.array([bool(r[3]) for r in rows])
-    logp, w = top_two_logp(prob, prob2, L)
+    hit = np.array([r[2] for r in rows])
+    logp, w, exact = stored_logp(prob, [r[3] for r in rows], L)
     T = fit_temperature(logp, w, hit)
     q = calibrated_top(logp, w, T)
     cal = Calibration(T, rs.source, rs.name, L, target_precision, min_support,
-                      nll(calibrated_top(logp, w, 1.0), hit), nll(q, hit), len(hit), exact=L <= 2,
+                      nll(calibrated_top(logp, w, 1.0), hit), nll(q, hit), len(hit), exact=exact,
                       raw=prob, calibrated=q, hits=hit)
+    cal.scores_column = col
     for label, _rank, _freq in sampling.classes(con, rs.name):
         sel = labels == label
         t, prec, support = class_threshold(q[sel], hit[sel], target_precision, min_support)
-        kept = None if t is None else _kept(con, view, label, T, L, t)
-        cal.classes.append(ClassThreshold(label, t, prec, support, int(sel.sum()), kept))
+        cal.classes.append(ClassThreshold(label, t, prec, support, int(sel.sum()), None))
+    _count_kept(con, cal)
     return cal
 
 
-def calibrated_sql(temperature: float, labels: int, prob: str = "prob", prob2: str = "prob2") -> str:
-    """The calibrated top probability as a SQL expression over a predictions view's columns.
+def _count_kept(con: duckdb.DuckDBPyConnection, cal: Calibration) -> None:
+    """Images of the whole collection each class threshold keeps, in one pass."""
+    reached = [c for c in cal.classes if c.threshold is not None]
+    if not reached:
+        return
+    con.register("class_thresholds", {"label": np.array([c.label for c in reached], dtype=object),
+                                      "threshold": np.array([c.threshold for c in reached], np.float64)})
+    try:
+        kept = dict(con.execute(
+            f"SELECT t.label, count(c.label) FROM class_thresholds t LEFT JOIN ({calibrated_relation(cal)}) c"
+            f" ON c.label = t.label AND c.calibrated_prob >= t.threshold - {TOLERANCE!r} GROUP BY t.label").fetchall())
+    finally:
+        con.unregister("class_thresholds")
+    for c in reached:
+        c.kept = int(kept[c.label])
 
-    T and L are numbers we computed (formatted with repr), never user text.
+
+def calibrated_relation(cal: Calibration) -> str:
+    """SELECT of the source view's rows plus `calibrated_prob`, the same formula as
+    `stored_logp` + `calibrated_top`, in SQL over the whole collection.
+
+    T and L are numbers we computed (formatted with repr), never user text; the view and
+    column names come from fixed lists.
     """
-    t, rest = repr(float(temperature)), repr(float(max(labels - 2, 1)))
-    tail = f"{rest} * pow(greatest(1 - {prob} - coalesce({prob2}, 0), 0) / {rest}, 1 / {t})"
-    return (f"(pow({prob}, 1 / {t}) / (pow({prob}, 1 / {t}) + pow(coalesce({prob2}, 0), 1 / {t}) + {tail}))")
-
-
-def _kept(con: duckdb.DuckDBPyConnection, view: str, label: str, T: float, L: int, t: float) -> int:
-    q = calibrated_sql(T, L)
-    return int(con.execute(f"SELECT count(*) FROM {view} WHERE label = ? AND {q} >= ?", [label, t]).fetchall()[0][0])
+    view = sampling.SOURCES[cal.source]
+    inv_t = repr(1.0 / float(cal.temperature))
+    L = int(cal.n_labels)
+    col = cal.scores_column
+    if col is None:  # top two + an even tail over L - 2 labels
+        mass, missing = "(1 - p.prob - coalesce(p.prob2, 0))", repr(float(max(L - 2, 0)))
+        denom = (f"pow(p.prob, {inv_t}) + pow(coalesce(p.prob2, 0), {inv_t}) + CASE WHEN {missing} > 0 AND"
+                 f" {mass} > 1e-12 THEN {missing} * pow({mass} / {missing}, {inv_t}) ELSE 0 END")
+        return f"SELECT p.*, pow(p.prob, {inv_t}) / ({denom}) AS calibrated_prob FROM {view} p"
+    # every stored label of the item + an even tail over the labels without a row
+    z = (f"SELECT id, sum(pow({col}, {inv_t})) AS s, sum({col}) AS m, count(*) AS n FROM label_scores"
+         f" WHERE {col} IS NOT NULL GROUP BY id")
+    tail = (f"CASE WHEN {L} > z.n AND 1 - z.m > 1e-12 THEN ({L} - z.n) * pow((1 - z.m) / ({L} - z.n), {inv_t})"
+            f" ELSE 0 END")
+    return (f"SELECT p.*, pow(p.prob, {inv_t}) / (z.s + {tail}) AS calibrated_prob"
+            f" FROM {view} p JOIN ({z}) z ON z.id = p.id")
 
 
 # -- handing over to `curate filter --calibrated` -------------------------------------------
 
 def save(con: duckdb.DuckDBPyConnection, cal: Calibration) -> None:
     """Store the fit and (re)create the view `calibrated_predictions` for `curate filter`."""
-    view = sampling.SOURCES[cal.source]
     con.execute("BEGIN TRANSACTION")
     try:
         con.execute("CREATE OR REPLACE TABLE calibration_thresholds (label VARCHAR PRIMARY KEY, threshold DOUBLE,"
@@ -311,13 +379,12 @@ def save(con: duckdb.DuckDBPyConnection, cal: Calibration) -> None:
         con.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", [META_KEY, json.dumps({
             "temperature": cal.temperature, "source": cal.source, "review_set": cal.set_name,
             "labels": cal.n_labels, "target_precision": cal.target_precision, "min_support": cal.min_support,
-            "nll_before": cal.nll_before, "nll_after": cal.nll_after, "marks": cal.marks, "exact": cal.exact})])
+            "nll_before": cal.nll_before, "nll_after": cal.nll_after, "marks": cal.marks, "exact": cal.exact,
+            "scores_column": cal.scores_column})])
         con.execute(
-            f"CREATE OR REPLACE VIEW calibrated_predictions AS SELECT p.*,"
-            f" {calibrated_sql(cal.temperature, cal.n_labels, 'p.prob', 'p.prob2')} AS calibrated_prob,"
-            f" t.threshold AS class_threshold,"
-            f" coalesce({calibrated_sql(cal.temperature, cal.n_labels, 'p.prob', 'p.prob2')} >= t.threshold, false)"
-            f" AS keep FROM {view} p LEFT JOIN calibration_thresholds t ON t.label = p.label"
+            f"CREATE OR REPLACE VIEW calibrated_predictions AS SELECT c.*, t.threshold AS class_threshold,"
+            f" coalesce(c.calibrated_prob >= t.threshold - {TOLERANCE!r}, false) AS keep"
+            f" FROM ({calibrated_relation(cal)}) c LEFT JOIN calibration_thresholds t ON t.label = c.label"
         )
         con.execute("COMMIT")
     except BaseException:
@@ -326,7 +393,12 @@ def save(con: duckdb.DuckDBPyConnection, cal: Calibration) -> None:
 
 
 def load(con: duckdb.DuckDBPyConnection) -> Calibration | None:
-    """The calibration `curate report` saved in this workspace, or None (not fitted yet)."""
+    """The calibration `curate report` saved in this workspace, or None (not fitted yet).
+
+    For `curate filter --calibrated`: `cal.temperature`, `cal.thresholds` (label ->
+    threshold on the calibrated probability, for classes that reach the target), and the
+    view `calibrated_predictions` (calibrated_prob, class_threshold, keep per image).
+    """
     if not sampling.has_relation(con, "calibration_thresholds"):
         return None
     raw = _meta(con, META_KEY)
@@ -336,6 +408,7 @@ def load(con: duckdb.DuckDBPyConnection) -> Calibration | None:
     cal = Calibration(float(d["temperature"]), d["source"], d["review_set"], int(d["labels"]),
                       float(d["target_precision"]), int(d["min_support"]), float(d["nll_before"]),
                       float(d["nll_after"]), int(d["marks"]), bool(d["exact"]))
+    cal.scores_column = d.get("scores_column")
     for label, t, prec, support, marked, kept in con.execute(
             "SELECT label, threshold, precision, support, marked, kept FROM calibration_thresholds ORDER BY label"
     ).fetchall():
@@ -344,7 +417,8 @@ def load(con: duckdb.DuckDBPyConnection) -> Calibration | None:
 
 
 def calibrated_probs(prob: Sequence[float], prob2: Sequence[float], cal: Calibration) -> np.ndarray:
-    """The calibrated top probability of rows of a predictions view (numpy, for callers
-    that hold the rows in memory; the view `calibrated_predictions` does it in SQL)."""
-    logp, w = top_two_logp(np.asarray(prob), np.asarray(prob2), cal.n_labels)
+    """The calibrated top probability from the top two probabilities (numpy, for callers
+    holding rows of the ensemble view in memory; `calibrated_predictions` does every
+    source in SQL, with all stored labels where classify kept them)."""
+    logp, w, _exact = stored_logp(list(prob), [[p2] for p2 in prob2], cal.n_labels)
     return calibrated_top(logp, w, cal.temperature)
