@@ -447,7 +447,8 @@ def render_html(report: Report, figures: Sequence[Path], grids: dict[str, tuple[
     parts.append(_table(["class", "frequency in collection", "sampled", "hits", "misses", "skipped",
                          "accuracy", "mean p hits", "mean p misses"], crow))
     for sr in [main, *report.others]:
-        parts.append(f"<h2>By threshold: {e(sr.source)} predictions</h2>")
+        what = "" if sr.source == "sheet" else f": {sr.source} predictions"
+        parts.append(f"<h2>By threshold{e(what)}</h2>")
         parts.append(_threshold_html(sr))
     if report.others:
         header, rows = comparison_rows(report)

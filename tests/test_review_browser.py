@@ -70,7 +70,7 @@ def test_keys_mark_save_go_back_and_resume(ws, tmp_path):
             press("Space", 3, 3)       # skip
             press("y", 4, 4)           # hit (other key)
             page.keyboard.press("b")   # back to position 3...
-            page.wait_for_function("document.body.dataset.position === '3'")
+            page.wait_for_function("() => document.body.dataset.position === '3'")
             assert page.inner_text("#current-mark") == "marked: hit"
             press("n", 4, 4)           # ...change the hit to a miss, and on to the first unmarked
             with server.app.lock:
@@ -114,7 +114,7 @@ def test_page_shows_image_label_probability_and_caption(ws, tmp_path):
             page.goto(server.url)
             page.wait_for_selector("body[data-state=reviewing]")
             first = server.app.state()["items"][0]
-            page.wait_for_function("document.getElementById('image').naturalWidth > 0")
+            page.wait_for_function("() => document.getElementById('image').naturalWidth > 0")
             assert page.inner_text("#label") == first["label"] + "?"
             assert page.inner_text("#prob") == f"p = {first['prob']:.3f}"
             assert page.inner_text("#caption") == first["caption"]
