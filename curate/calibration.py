@@ -416,6 +416,20 @@ def load(con: duckdb.DuckDBPyConnection) -> Calibration | None:
     return cal
 
 
+def for_workspace(ws_path: str | Path) -> Calibration | None:
+    """`load` on a workspace folder, read-only: what `curate filter --calibrated` needs.
+
+    None when `curate report` has not fitted a calibration there yet.
+    """
+    from .workspace import Workspace
+
+    con = Workspace(ws_path).connect(read_only=True)
+    try:
+        return load(con)
+    finally:
+        con.close()
+
+
 def calibrated_probs(prob: Sequence[float], prob2: Sequence[float], cal: Calibration) -> np.ndarray:
     """The calibrated top probability from the top two probabilities (numpy, for callers
     holding rows of the ensemble view in memory; `calibrated_predictions` does every

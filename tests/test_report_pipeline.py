@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from conftest import run_cli
 
-from curate import calibration
+from curate import calibration, report
 from curate.workspace import Workspace
 
 scores = pytest.importorskip("curate.scores")
@@ -65,8 +65,12 @@ def test_sample_review_report_on_a_classified_workspace(classified, tmp_path):
     # calibration used every stored label (storage full): exact temperature scaling,
     # checked against a softmax of log p / T over the label_scores matrix in numpy
     con = Workspace(ws).connect(read_only=True)
-    cal = calibration.load(con)
+    cal = calibration.for_workspace(ws)
     assert cal is not None and cal.scores_column == "image_prob" and cal.exact
+    assert set(cal.thresholds) <= {c["class"] for c in classes}
+    # Table 1 of the image predictions is classify's own `coverage` view
+    assert report.coverage(con)["image"] == [
+        (t, n, s) for t, n, _i, s in con.execute("SELECT * FROM coverage ORDER BY threshold").fetchall()]
     long = con.execute("SELECT id, label_idx, image_prob FROM label_scores ORDER BY id, label_idx").fetchall()
     ids = sorted({i for i, _l, _p in long})
     n_labels = con.execute("SELECT n_labels FROM score_settings").fetchall()[0][0]
