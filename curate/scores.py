@@ -267,13 +267,20 @@ class _Modality:
 
 
 def _score(vecs: np.ndarray, rows: np.ndarray, q: np.ndarray, scale: float, k1: int) -> _Modality:
-    sims = vecs.astype(np.float64) @ q.T           # exact enough: float32 sums lose 1e-4 in a logit
-    logits = torch.from_numpy(sims * scale)
-    lse = torch.logsumexp(logits, dim=1).numpy()   # stable: max + log(sum(exp(x - max)))
-    vals, idx = torch.topk(logits, k1, dim=1)
+    sims = vecs.astype(np.float64) @ q.T           # float64: float32 sums lose ~1e-4 in a logit at scale 100
+    # log-sum-exp, stable (max subtracted; exp(100 * sim) overflows a float32), in place
+    z = sims * scale
+    top = z.max(axis=1)
+    z -= top[:, None]
+    np.exp(z, out=z)
+    lse = top + np.log(z.sum(axis=1))
+    del z
+    # top-(k+1) by cosine (the same order as the logits); torch's is the fastest on CPU
+    vals, idx = torch.topk(torch.from_numpy(sims), k1, dim=1)
     vals, idx = vals.numpy(), idx.numpy()
     order = np.lexsort((idx, -vals), axis=1)       # equal scores: the earlier label first
-    return _Modality(rows, sims, lse, np.take_along_axis(idx, order, 1), np.take_along_axis(vals, order, 1))
+    top_logit = np.take_along_axis(vals, order, 1) * scale
+    return _Modality(rows, sims, lse, np.take_along_axis(idx, order, 1), top_logit)
 
 
 def _item_columns(prefix: str, mod: _Modality | None, n: int, k: int | None) -> dict[str, np.ndarray]:

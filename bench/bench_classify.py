@@ -1,0 +1,259 @@
+"""Classification at scale: `classify`, a `filter` query and the `coverage` view, against numpy.
+
+    .venv/bin/python bench/bench_classify.py [--n 1000000] [--dim 512] [--top-k 10]
+
+Writes N random unit vectors per kind (an image and a caption for every item) as
+shards of a workspace, 205 random label vectors (places205, logit scale 100), then
+times each step and the plain numpy implementation of the same computation, each in
+a child process so that its peak memory is its own (peak RSS above the process's
+RSS after imports). Figures go to bench/results/classify.jsonl.
+
+The numpy reference of `classify` streams the same shards and computes, per kind,
+the float64 logits, a stable log-sum-exp and the top-(k+1) labels with their exact
+probabilities; it writes nothing. The reference of `filter` and `coverage` works on
+the top-1 arrays that reference saved, in memory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import WORK, record  # noqa: E402
+
+SHARD_ROWS = 100_000
+SCALE = 100.0
+FILTER_LABEL, FILTER_MIN = "skyscraper", 0.5
+
+
+def rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * resource.getpagesize() / 2**20
+
+
+def peak_mb() -> float:
+    """This process's high-water RSS (VmHWM: its own since exec, unlike ru_maxrss after a fork)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+class RandomTextEncoder:
+    """Stands in for a text tower: fixed random unit vectors, one per prompt."""
+
+    def __init__(self, identity, dim: int):
+        self.identity = identity
+        self.logit_scale = SCALE
+        self._rng = np.random.default_rng(205)
+        self._dim = dim
+
+    def encode_text(self, texts: list[str]) -> np.ndarray:
+        v = self._rng.standard_normal((len(texts), self._dim))
+        return (v / np.linalg.norm(v, axis=1, keepdims=True)).astype(np.float32)
+
+
+def make_workspace(root: Path, n: int, dim: int) -> None:
+    from curate import store
+    from curate.labels import load_label_set
+    from curate.prompts import resolve
+    from curate.scores import label_queries
+    from curate.workspace import ModelIdentity, Workspace
+
+    marker = root / f".done-{n}-{dim}"
+    if marker.exists():
+        return
+    import shutil
+
+    shutil.rmtree(root, ignore_errors=True)
+    ws = Workspace(root)
+    con = ws.connect()
+    ident = ModelIdentity("bench-random", "none", dim, True)
+    Workspace.bind_model(con, ident)
+    con.execute("INSERT INTO items (id, source_id, path, caption, status) "
+                "SELECT range, 'src' || range, '/data/photos/' || range || '.jpg', 'caption ' || range, 'embedded' "
+                "FROM range(?)", [n])
+    rng = np.random.default_rng(0)
+    for kind in ("image", "caption"):
+        for part, s in enumerate(range(0, n, SHARD_ROWS)):
+            m = min(SHARD_ROWS, n - s)
+            v = rng.standard_normal((m, dim), dtype=np.float32)
+            v /= np.linalg.norm(v, axis=1, keepdims=True)
+            name = store.write_shard(ws, kind, part, np.arange(s, s + m, dtype=np.int64), v)
+            store.record_shard(con, kind, part, name, m, 0)
+    label_queries(con, ident, load_label_set("places205"), resolve("natural"),
+                  lambda: RandomTextEncoder(ident, dim))
+    con.close()
+    marker.touch()
+
+
+# -- the steps, each run in its own process --------------------------------------
+
+def step_classify(ws: Path, args) -> dict:
+    from curate.scores import classify
+
+    t = time.perf_counter()
+    r = classify(ws, "places205", "natural", storage="topk", top_k=args.top_k)
+    return {"seconds": time.perf_counter() - t, "rows": r.label_score_rows}
+
+
+def step_numpy_classify(ws: Path, args) -> dict:
+    from curate import store
+    from curate.workspace import Workspace
+
+    w = Workspace(ws)
+    con = w.connect(read_only=True)
+    key = con.execute("SELECT cache_key FROM label_vector_sets").fetchall()[0][0]
+    q = np.array([r[0] for r in con.execute("SELECT vector FROM label_vectors WHERE cache_key = ? "
+                                            "ORDER BY label_idx", [key]).fetchall()])
+    k1 = args.top_k + 1
+    t = time.perf_counter()
+    top_label, top_prob = [], []
+    for kind in ("image", "caption"):
+        for _ids, vecs in store.iter_embeddings(w, con, kind, 32_768):
+            z = (vecs.astype(np.float64) @ q.T) * SCALE
+            m = z.max(axis=1, keepdims=True)
+            lse = m[:, 0] + np.log(np.exp(z - m).sum(axis=1))
+            part = np.argpartition(-z, k1 - 1, axis=1)[:, :k1]
+            vals = np.take_along_axis(z, part, 1)
+            order = np.argsort(-vals, axis=1, kind="stable")
+            top = np.take_along_axis(part, order, 1)
+            probs = np.exp(np.take_along_axis(vals, order, 1) - lse[:, None])
+            if kind == "image":
+                top_label.append(top[:, 0])
+                top_prob.append(probs[:, 0])
+    seconds = time.perf_counter() - t
+    np.save(WORK / "classify-top-label.npy", np.concatenate(top_label))
+    np.save(WORK / "classify-top-prob.npy", np.concatenate(top_prob))
+    return {"seconds": seconds}
+
+
+def _median_time(fn, repeat: int = 3) -> tuple[float, object]:
+    times, out = [], None
+    for _ in range(repeat):
+        t = time.perf_counter()
+        out = fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times), out
+
+
+def step_filter(ws: Path, args) -> dict:
+    from curate.subsets import FilterSpec, write_subset
+
+    spec = FilterSpec(labels=(FILTER_LABEL,), min_prob=FILTER_MIN)
+    seconds, r = _median_time(lambda: write_subset(ws, spec, WORK / "classify-filter.parquet"))
+    ens = FilterSpec(labels=(FILTER_LABEL,), min_prob=FILTER_MIN, mode="ensemble")
+    ens_seconds, _ = _median_time(lambda: write_subset(ws, ens, WORK / "classify-filter-ens.parquet"), 1)
+    return {"seconds": seconds, "kept": r.kept, "ensemble_seconds": ens_seconds}
+
+
+def step_numpy_filter(ws: Path, args) -> dict:
+    from curate.labels import load_label_set
+
+    idx = load_label_set("places205").index(FILTER_LABEL)
+
+    def run():
+        label = np.load(WORK / "classify-top-label.npy")
+        prob = np.load(WORK / "classify-top-prob.npy")
+        return np.flatnonzero((label == idx) & (prob >= FILTER_MIN))
+
+    seconds, kept = _median_time(run)
+    return {"seconds": seconds, "kept": len(kept)}
+
+
+def step_coverage(ws: Path, args) -> dict:
+    import duckdb
+
+    def run():
+        con = duckdb.connect(str(ws / "curate.duckdb"), read_only=True)
+        try:
+            return con.execute("SELECT threshold, classified FROM coverage").fetchall()
+        finally:
+            con.close()
+
+    seconds, rows = _median_time(run)
+    return {"seconds": seconds, "classified": [r[1] for r in rows]}
+
+
+def step_numpy_coverage(ws: Path, args) -> dict:
+    def run():
+        prob = np.load(WORK / "classify-top-prob.npy")
+        return [int((prob >= i / 10).sum()) for i in range(11)]
+
+    seconds, counts = _median_time(run)
+    return {"seconds": seconds, "classified": counts}
+
+
+STEPS = {f.__name__[5:]: f for f in (step_classify, step_numpy_classify, step_filter, step_numpy_filter,
+                                     step_coverage, step_numpy_coverage)}
+
+
+def child(name: str, ws: Path, args) -> dict:
+    import curate.scores  # noqa: F401 - imports (torch, duckdb) are not the step's memory
+    import curate.subsets  # noqa: F401
+
+    before = rss_mb()
+    out = STEPS[name](ws, args)
+    out["peak_mb"] = max(peak_mb() - before, 0.0)
+    return out
+
+
+def run_child(name: str, ws: Path, args) -> dict:
+    cmd = [sys.executable, __file__, "--child", name, "--ws", str(ws), "--top-k", str(args.top_k)]
+    res = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if res.returncode != 0:
+        sys.exit(f"step {name} failed:\n{res.stderr}")
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--n", type=int, default=1_000_000)
+    ap.add_argument("--dim", type=int, default=512)
+    ap.add_argument("--top-k", type=int, default=10)
+    ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--ws", type=Path, default=None, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        print(json.dumps(child(args.child, args.ws, args)))
+        return
+
+    WORK.mkdir(parents=True, exist_ok=True)
+    ws = WORK / f"classify-ws-{args.n}-{args.dim}"
+    t = time.perf_counter()
+    make_workspace(ws, args.n, args.dim)
+    print(f"workspace: {args.n:,} items x {args.dim}-d, images and captions, 205 labels "
+          f"(ready in {time.perf_counter() - t:.1f} s)", flush=True)
+
+    res = {name: run_child(name, ws, args) for name in STEPS}
+    assert res["filter"]["kept"] == res["numpy_filter"]["kept"], (res["filter"], res["numpy_filter"])
+    assert res["coverage"]["classified"] == res["numpy_coverage"]["classified"]
+
+    f, tag = "classify.jsonl", f"n={args.n},d={args.dim},k={args.top_k}"
+    print(f"\n{'':<40} {'value':>12} {'unit':<8}   ratio to numpy ({tag})")
+    for step in ("classify", "filter", "coverage"):
+        ours, ref = res[step], res[f"numpy_{step}"]
+        record(f, f"{step}.seconds", ours["seconds"], "s", ours["seconds"] / ref["seconds"],
+               f"numpy {step} {ref['seconds']:.4f} s, {tag}")
+        record(f, f"{step}.peak_rss_mb", ours["peak_mb"], "MiB", ours["peak_mb"] / max(ref["peak_mb"], 1.0),
+               f"numpy {step} {ref['peak_mb']:.0f} MiB, {tag}")
+    record(f, "classify.label_score_rows", res["classify"]["rows"], "rows", None, tag)
+    record(f, "filter.ensemble_seconds", res["filter"]["ensemble_seconds"], "s",
+           res["filter"]["ensemble_seconds"] / res["numpy_filter"]["seconds"], f"numpy image filter, {tag}")
+    record(f, "filter.kept", res["filter"]["kept"], "rows", None, f"label={FILTER_LABEL} min_prob={FILTER_MIN}")
+    full_matrix_mb = args.n * 205 * 8 / 2**20
+    record(f, "classify.full_score_matrix_mb", full_matrix_mb, "MiB", res["classify"]["peak_mb"] / full_matrix_mb,
+           "float64 [n, 205] of one kind (never held): ratio = classify peak / it")
+
+
+if __name__ == "__main__":
+    main()
