@@ -452,8 +452,11 @@ def render_html(report: Report, figures: Sequence[Path], grids: dict[str, tuple[
         parts.append(_threshold_html(sr))
     if report.others:
         header, rows = comparison_rows(report)
+        # the page shows what Table 3 compares; ensemble_vs_image.csv has the rates too
+        cols = [i for i, h in enumerate(header) if i == 0 or h.endswith(("_kept", "_precision", "_ratio"))]
         parts.append("<h2>Ensemble against image only (Table 3)</h2><p class='note'>precision = hits kept / "
-                     "kept: the accuracy of the subset each threshold keeps.</p>" + _table(header, rows))
+                     "kept: the accuracy of the subset each threshold keeps.</p>"
+                     + _table([header[i] for i in cols], [[r[i] for i in cols] for r in rows]))
     if report.coverage:
         parts.append("<h2>Coverage (Table 1)</h2><p class='note'>Share of the collection whose top probability "
                      "reaches the threshold.</p>")

@@ -4,7 +4,8 @@
 -- thread count (USING SAMPLE is only repeatable single-threaded, and samples the whole
 -- table rather than each group). Because the order depends on the id and the seed only,
 -- two sets drawn with one seed from overlapping predictions (image vs ensemble) share
--- most of their images, so marks already made are reused.
+-- most of their images, so marks already made are reused. (hash() is DuckDB's: stable
+-- within a DuckDB version; a drawn set is stored in review_items, so it never changes.)
 --
 -- The review page shows the set class by class (most frequent first), in hash order
 -- inside each class: the reviewer answers one question ("is this a bakery?") at a time.
