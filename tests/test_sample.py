@@ -132,6 +132,8 @@ def test_cli_sample_prints_the_classes_and_is_reproducible(ws):
     run_cli("sample", "-w", ws.root, "--top-classes", "2", "--per-class", "4", "--seed", "7")
     bad = run_cli("sample", "-w", ws.root, "--source", "caption", expect=1)
     assert "curate classify" in bad.output
+    listed = run_cli("sample", "-w", ws.root, "--list")
+    assert listed.output == "image-top2x4-seed7: image, top 2 x 4, seed 7; 0 of 8 marked\n"
     con = duckdb.connect(str(ws.db_path), read_only=True)
     assert con.execute("SELECT count(*) FROM review_items").fetchall()[0][0] == 8
 

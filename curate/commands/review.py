@@ -44,11 +44,18 @@ def _connect(ws_path: Path, read_only: bool = False) -> duckdb.DuckDBPyConnectio
               help="Which predictions to validate.")
 @click.option("--name", default=None, help="Name of the review set [default: SOURCE-topNxM-seedS].")
 @click.option("--replace", is_flag=True, help="Redraw a set of that name with new parameters (marks are kept).")
+@click.option("--list", "list_only", is_flag=True, help="List the review sets and their progress, draw nothing.")
 def sample(ws_path: Path, top_classes: int, per_class: int, seed: int, source: str, name: str | None,
-           replace: bool) -> None:
+           replace: bool, list_only: bool) -> None:
     """Draw a review set: the study's stratified sample, reproducible from its seed."""
     con = _connect(ws_path)
     try:
+        if list_only:
+            for rs in sampling.list_sets(con):
+                p = marks.progress(con, rs.name)
+                click.echo(f"{rs.name}: {rs.source}, top {rs.top_classes} x {rs.per_class}, seed {rs.seed}; "
+                           f"{p.done} of {p.total} marked")
+            return
         rs = sampling.draw(con, source=source, top_classes=top_classes, per_class=per_class, seed=seed,
                            name=name, replace=replace)
         prog = marks.progress(con, rs.name)
