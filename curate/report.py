@@ -438,11 +438,13 @@ def render_html(report: Report, figures: Sequence[Path], grids: dict[str, tuple[
     if report.problems:
         parts.append(f"<h2>Rows skipped</h2><p class='note'>{len(report.problems)} row(s) of the sheet could "
                      "not be used:</p><ul>" + "".join(f"<li>{e(p)}</li>" for p in report.problems[:50]) + "</ul>")
-    parts.append("<h2>Accuracy per class (Table 2)</h2>")
+    parts.append("<h2>Accuracy per class (Table 2)</h2><p class='note'>Last row as in the study: frequencies "
+                 "summed, accuracy averaged over the classes.</p>")
     crow = [[c.label, "" if c.frequency is None else c.frequency, c.sampled, c.hits, c.misses, c.skipped,
              pct(c.accuracy), fmt4(c.mean_prob_hits), fmt4(c.mean_prob_misses)] for c in main.classes]
     total_freq = sum(c.frequency or 0 for c in main.classes)
-    crow.append(["mean of classes", total_freq or "", s.sampled, s.hits, s.misses, s.skipped,
+    # the study's last row: frequencies summed, accuracy averaged over the classes
+    crow.append(["all classes", total_freq or "", s.sampled, s.hits, s.misses, s.skipped,
                  pct(main.mean_class_accuracy), fmt4(s.mean_prob_hits), fmt4(s.mean_prob_misses)])
     parts.append(_table(["class", "frequency in collection", "sampled", "hits", "misses", "skipped",
                          "accuracy", "mean p hits", "mean p misses"], crow))
