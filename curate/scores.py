@@ -36,6 +36,11 @@ DEFAULT_TOP_K = 10
 FULL_MAX_CELLS = 25_000_000
 DEFAULT_BATCH_ROWS = 32_768
 _NO_LABEL = -1
+# The study's ensemble (section 4.2): 0.8 image + 0.2 caption, the caption counting
+# when its own top probability reaches 0.5. Computed while scoring, over every label,
+# into item_scores (the `ensemble` view); `ensemble_with(...)` in SQL does any other.
+ENSEMBLE_TEXT_WEIGHT = 0.2
+ENSEMBLE_TEXT_MIN = 0.5
 
 
 class NotReady(RuntimeError):
@@ -319,6 +324,41 @@ def _gather(mod: _Modality | None, n: int, r: np.ndarray, c: np.ndarray, scale: 
     return sim.astype(np.float32), prob
 
 
+def _ensemble_columns(img: _Modality | None, cap: _Modality | None, items: dict, n: int, scale: float,
+                      text_weight: float, text_min: float) -> dict[str, np.ndarray]:
+    """The default ensemble's top two labels, over every label (the same formula as ensemble_with).
+
+    Where the caption does not count the ensemble is the image's own softmax, so only
+    the items whose caption counts need the full mix.
+    """
+    out = {"ensemble_label": items["image_label"].copy(), "ensemble_prob": items["image_prob"].copy(),
+           "ensemble_label2": items["image_label2"].copy(), "ensemble_prob2": items["image_prob2"].copy(),
+           "ensemble_caption_used": np.zeros(n, bool)}
+    if img is None or cap is None:
+        return out
+    cap_local = np.full(n, -1, np.int64)
+    cap_local[cap.rows] = np.arange(len(cap.rows))
+    ci = cap_local[img.rows]
+    use = (ci >= 0) & (items["caption_prob"][img.rows] >= text_min)
+    if not use.any():
+        return out
+    ii, ci, rows = np.flatnonzero(use), ci[use], img.rows[use]
+    p_img = np.exp(img.sims[ii] * scale - img.lse[ii, None])
+    p_cap = np.exp(cap.sims[ci] * scale - cap.lse[ci, None])
+    mix = (1 - text_weight) * p_img + text_weight * p_cap
+    first = mix.argmax(axis=1)                      # the first of equal maxima: the earlier label
+    top = mix[np.arange(len(mix)), first]
+    mix[np.arange(len(mix)), first] = -np.inf
+    second = mix.argmax(axis=1) if mix.shape[1] > 1 else None
+    out["ensemble_label"][rows] = first
+    out["ensemble_prob"][rows] = top
+    if second is not None:
+        out["ensemble_label2"][rows] = second
+        out["ensemble_prob2"][rows] = mix[np.arange(len(mix)), second]
+    out["ensemble_caption_used"][rows] = True
+    return out
+
+
 def score_batch(b: Batch, q: np.ndarray, scale: float, top_k: int | None) -> tuple[dict, dict]:
     """(item_scores columns, label_scores columns) of one batch; top_k None = store all labels."""
     n, n_labels = len(b.ids), q.shape[0]
@@ -327,6 +367,7 @@ def score_batch(b: Batch, q: np.ndarray, scale: float, top_k: int | None) -> tup
     cap = _score(b.caption, b.caption_rows, q, scale, k1) if len(b.caption_rows) else None
     k = None if top_k is None or top_k >= n_labels else top_k
     items = {"id": b.ids, **_item_columns("image", img, n, k), **_item_columns("caption", cap, n, k)}
+    items |= _ensemble_columns(img, cap, items, n, scale, ENSEMBLE_TEXT_WEIGHT, ENSEMBLE_TEXT_MIN)
 
     if k is None:  # every label of every item
         r = np.repeat(np.arange(n), n_labels)
@@ -350,7 +391,9 @@ SELECT id,
        nullif(image_label, -1), nan_null(image_prob), nan_null(image_sim),
        nullif(image_label2, -1), nan_null(image_prob2), nan_null(image_rest), nan_null(image_lse),
        nullif(caption_label, -1), nan_null(caption_prob), nan_null(caption_sim),
-       nullif(caption_label2, -1), nan_null(caption_prob2), nan_null(caption_rest), nan_null(caption_lse)
+       nullif(caption_label2, -1), nan_null(caption_prob2), nan_null(caption_rest), nan_null(caption_lse),
+       nullif(ensemble_label, -1), nan_null(ensemble_prob), nullif(ensemble_label2, -1), nan_null(ensemble_prob2),
+       CASE WHEN image_label = -1 THEN NULL ELSE ensemble_caption_used END
 FROM batch_items
 """
 _INSERT_ROWS = """
@@ -439,10 +482,11 @@ def _write_scores(ws: Workspace, con: duckdb.DuckDBPyConnection, q: LabelQueries
             if progress:
                 progress(len(b.image_rows) + len(b.caption_rows))
         con.execute("INSERT INTO score_settings (label_set, label_set_digest, prompts, model, pretrained, embed_dim,"
-                    " logit_scale, storage, top_k, n_labels, images, captions, cache_key)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    " logit_scale, storage, top_k, n_labels, images, captions, cache_key, ensemble_text_weight,"
+                    " ensemble_text_min) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     [ls.name, ls.digest, wording.name, ident.model, ident.pretrained, ident.embed_dim, scale,
-                     storage, len(ls) if keep_k is None else keep_k, len(ls), n_img, n_cap, q.cache_key])
+                     storage, len(ls) if keep_k is None else keep_k, len(ls), n_img, n_cap, q.cache_key,
+                     ENSEMBLE_TEXT_WEIGHT, ENSEMBLE_TEXT_MIN])
         sqlfiles.install_views(con)
         con.execute("COMMIT")
     except BaseException:

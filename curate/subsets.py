@@ -41,16 +41,25 @@ class FilterSpec:
     min_prob: float = 0.5
     mode: str = "image"                # image | caption | ensemble
     unmatched: bool = False            # keep what no label claims at min_prob instead
-    text_weight: float = 0.2           # ensemble only, as in ensemble_with
-    text_min: float = 0.5
+    text_weight: float = scores.ENSEMBLE_TEXT_WEIGHT   # ensemble only, as in ensemble_with
+    text_min: float = scores.ENSEMBLE_TEXT_MIN
     image_min: float = 0.0
     image_max: float = 1.0
     renormalize: bool = True
 
-    def params(self) -> list:
+    def sql_mode(self, settings: dict) -> str:
+        """The SQL mode: the stored `ensemble` when its parameters are the study's, else ensemble_with."""
+        if self.mode != "ensemble":
+            return self.mode
+        stored = (settings["ensemble_text_weight"], settings["ensemble_text_min"], 0.0, 1.0, True)
+        asked = (self.text_weight, self.text_min, self.image_min, self.image_max, self.renormalize)
+        return "ensemble" if asked == stored else "ensemble_with"
+
+    def params(self, settings: dict) -> list:
         """The bound parameters of `subset(...)` / `subset_predictions(...)`, in order."""
-        return [self.mode, list(self.labels), float(self.min_prob), self.unmatched, float(self.text_weight),
-                float(self.text_min), float(self.image_min), float(self.image_max), self.renormalize]
+        return [self.sql_mode(settings), list(self.labels), float(self.min_prob), self.unmatched,
+                float(self.text_weight), float(self.text_min), float(self.image_min), float(self.image_max),
+                self.renormalize]
 
 
 SUBSET_CALL = ("(?, ?, ?, unmatched := ?, text_weight := ?, text_min := ?, image_min := ?, image_max := ?, "
@@ -115,9 +124,10 @@ def write_subset(ws_path: str | Path, spec: FilterSpec, out: str | Path | None,
     try:
         known = [r[0] for r in con.execute("SELECT label FROM labels ORDER BY label_idx").fetchall()]
         check_labels(spec.labels, known)
-        con.execute("CREATE TEMP TABLE kept AS SELECT * FROM subset" + SUBSET_CALL, spec.params())
+        st = scores.settings(con)
+        con.execute("CREATE TEMP TABLE kept AS SELECT * FROM subset" + SUBSET_CALL, spec.params(st))
         kept = con.execute("SELECT count(*) FROM kept").fetchall()[0][0]
-        total = con.execute("SELECT scored_items(?)", [spec.mode]).fetchall()[0][0]
+        total = con.execute("SELECT scored_items(?)", [spec.sql_mode(st)]).fetchall()[0][0]
         if out_path is not None:
             out_path.parent.mkdir(parents=True, exist_ok=True)
             con.execute(f"COPY kept TO ? {fmt}", [str(out_path)])
@@ -126,7 +136,7 @@ def write_subset(ws_path: str | Path, spec: FilterSpec, out: str | Path | None,
             rows = con.execute("SELECT id, path, label FROM kept ORDER BY id").fetchall()
             done, missing = place_files(rows, Path(copy_to or link_to), link=link_to is not None,
                                         by_label=not spec.unmatched)
-        return FilterResult(kept, total, out_path, done, missing, _inexact(con, spec), _unscored(con))
+        return FilterResult(kept, total, out_path, done, missing, _inexact(con, spec, st), _unscored(con))
     finally:
         con.close()
 
@@ -164,15 +174,14 @@ def safe_name(label: str) -> str:
     return name or "label"
 
 
-def _inexact(con: duckdb.DuckDBPyConnection, spec: FilterSpec) -> int:
-    """Kept ensemble rows whose top label the stored top-k cannot prove (storage topk only)."""
-    if spec.mode != "ensemble":
+def _inexact(con: duckdb.DuckDBPyConnection, spec: FilterSpec, st: dict) -> int:
+    """Kept ensemble_with rows whose top label the stored top-k cannot prove (storage topk only)."""
+    if spec.sql_mode(st) != "ensemble_with" or st["storage"] == "full":
         return 0
-    st = scores.settings(con)
-    if st["storage"] == "full" or (spec.min_prob >= 1 / st["top_k"] and not spec.unmatched):
+    if spec.min_prob >= 1 / st["top_k"] and not spec.unmatched:
         return 0  # at prob >= 1/k the bound on unstored labels is always cleared
     return con.execute("SELECT count(*) FROM subset_predictions" + SUBSET_CALL + " WHERE NOT exact",
-                       spec.params()).fetchall()[0][0]
+                       spec.params(st)).fetchall()[0][0]
 
 
 def _unscored(con: duckdb.DuckDBPyConnection) -> int:

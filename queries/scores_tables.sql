@@ -33,7 +33,15 @@ CREATE OR REPLACE TABLE item_scores (
     caption_label2 USMALLINT,
     caption_prob2 DOUBLE,
     caption_rest DOUBLE,
-    caption_lse DOUBLE
+    caption_lse DOUBLE,
+    -- the study's ensemble (score_settings.ensemble_text_weight / _text_min), over every
+    -- label; equal to ensemble_with(0.2, 0.5), kept here so that it reads as fast as
+    -- predictions at any size
+    ensemble_label USMALLINT,
+    ensemble_prob DOUBLE,
+    ensemble_label2 USMALLINT,
+    ensemble_prob2 DOUBLE,
+    ensemble_caption_used BOOLEAN
 );
 
 -- One row per (item, label) kept: every label (storage 'full'), or the union of the
@@ -63,5 +71,7 @@ CREATE OR REPLACE TABLE score_settings (
     images BIGINT NOT NULL,
     captions BIGINT NOT NULL,
     cache_key VARCHAR NOT NULL,
+    ensemble_text_weight DOUBLE NOT NULL, -- the `ensemble` view's parameters
+    ensemble_text_min DOUBLE NOT NULL,
     created_at TIMESTAMP DEFAULT current_timestamp
 );

@@ -1,9 +1,10 @@
 -- The subsets `curate filter` writes.
 --
--- subset_predictions: the predictions of one mode (image | caption | ensemble) that
--- are kept: top label in `wanted` (an empty list: any label) with prob >= min_prob;
--- or, with unmatched := true, the images whose top label stays under min_prob (what
--- cleaning drops). The ensemble parameters are those of ensemble_with.
+-- subset_predictions: the predictions of one mode that are kept: top label in `wanted`
+-- (an empty list: any label) with prob >= min_prob; or, with unmatched := true, the
+-- images whose top label stays under min_prob (what cleaning drops). Modes: image,
+-- caption, ensemble (the `ensemble` view, the study's defaults) and ensemble_with
+-- (the ensemble with the parameters given, as in ensemble_with).
 CREATE OR REPLACE MACRO subset_predictions(mode, wanted, min_prob, unmatched := false,
                                            text_weight := 0.2, text_min := 0.5,
                                            image_min := 0.0, image_max := 1.0,
@@ -17,9 +18,12 @@ FROM (
     FROM caption_predictions WHERE mode = 'caption'
     UNION ALL
     SELECT id, label, prob, label2, prob2, margin, exact
+    FROM ensemble WHERE mode = 'ensemble'
+    UNION ALL
+    SELECT id, label, prob, label2, prob2, margin, exact
     FROM ensemble_with(text_weight, text_min, image_min := image_min, image_max := image_max,
                        renormalize := renormalize)
-    WHERE mode = 'ensemble'
+    WHERE mode = 'ensemble_with'
 )
 WHERE CASE WHEN unmatched THEN prob < min_prob
            ELSE prob >= min_prob AND (len(wanted) = 0 OR list_contains(wanted, label)) END;

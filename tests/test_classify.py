@@ -118,12 +118,29 @@ def test_ensemble_matches_reference(ws, tiny_encoder, params):
     for i, (label, prob, prob2) in want.items():
         assert got[i][0] == label and abs(got[i][1] - prob) < TOL and abs(got[i][2] - prob2) < TOL
         assert got[i][4] is True
-    if params == dict(text_weight=0.2, text_min=0.5):
-        view = rows_by_id(con, "SELECT id, label_idx, prob FROM ensemble")
-        assert view == {i: got[i][:2] for i in got}
     if params == dict(text_weight=0.5, text_min=0.0):
         used = {i: got[i][3] for i in got}
         assert used == {i: i in p_cap for i in p_img}
+
+
+@pytest.mark.parametrize("storage", ["full", "topk"])
+def test_ensemble_view_is_the_studys_default_over_every_label(ws, tiny_encoder, storage):
+    """The `ensemble` view is computed while scoring; it must equal the reference at any storage."""
+    classify(ws, encoder=tiny_encoder, storage=storage, top_k=2, logit_scale=60.0)  # sharp: captions clear 0.5
+    p_img, p_cap = _prob_dicts(references(ws))
+    want = ensemble_reference(p_img, p_cap, 0.2, 0.5)
+    con = db(ws)
+    got = rows_by_id(con, "SELECT id, label_idx, prob, prob2, caption_used, exact FROM ensemble")
+    assert sorted(got) == sorted(want)
+    for i, (label, prob, prob2) in want.items():
+        assert got[i][0] == label and abs(got[i][1] - prob) < TOL and abs(got[i][2] - prob2) < TOL
+        assert got[i][4] is True
+    used = {i for i in got if got[i][3]}
+    assert used == {i for i in p_img if i in p_cap and p_cap[i].max() >= 0.5} and used
+    if storage == "full":   # and the SQL macro with the same parameters agrees
+        macro = rows_by_id(con, "SELECT id, label_idx, prob FROM ensemble_with(0.2, 0.5)")
+        assert {i: v[0] for i, v in macro.items()} == {i: v[0] for i, v in got.items()}
+        assert all(abs(macro[i][1] - got[i][1]) < TOL for i in got)
 
 
 def test_topk_ensemble_is_exact_where_it_says_so(ws, tiny_encoder):

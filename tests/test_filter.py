@@ -115,6 +115,12 @@ def test_caption_and_ensemble_modes(ws, tmp_path):
     con = duckdb.connect(str(ws / "curate.duckdb"), read_only=True)
     want = dict(con.execute("SELECT id, prob FROM ensemble_with(0.2, 0.25)").fetchall())
     assert {int(r["id"]): float(r["prob"]) for r in read_out(out)} == pytest.approx(want, abs=1e-12)
+    # the study's defaults read the stored `ensemble` view
+    run_cli("filter", "-w", ws, "--mode", "ensemble", "--min-prob", "0", "--out", out)
+    want = dict(con.execute("SELECT id, prob FROM ensemble").fetchall())
+    assert {int(r["id"]): float(r["prob"]) for r in read_out(out)} == pytest.approx(want, abs=1e-12)
+    assert want == pytest.approx(dict(con.execute("SELECT id, prob FROM ensemble_with(0.2, 0.5)").fetchall()),
+                                 abs=1e-12)
 
 
 def test_copy_and_link(ws, tmp_path):

@@ -11,7 +11,7 @@ from tqdm import tqdm
 from ..labels import LabelSetError, UnknownLabel, load_label_set
 from ..model import WeightsUnavailable
 from ..prompts import PromptError, prompts_for, resolve
-from ..scores import DEFAULT_TOP_K, NotReady, classify
+from ..scores import DEFAULT_TOP_K, ENSEMBLE_TEXT_MIN, ENSEMBLE_TEXT_WEIGHT, NotReady, classify
 from ..search import search_images
 from ..subsets import FORMATS, MODES, FilterError, FilterSpec, write_subset
 from ..workspace import ModelMismatch
@@ -85,9 +85,9 @@ def classify_cmd(ws_path: Path, label_set: str, prompts: str, logit_scale: float
 @click.option("--mode", type=click.Choice(MODES), default="image", show_default=True,
               help="Whose probabilities: the image's, the caption's, or the ensemble of both.")
 @click.option("--unmatched", is_flag=True, help="Keep instead the images no label claims at --min-prob.")
-@click.option("--text-weight", type=click.FloatRange(0, 1), default=0.2, show_default=True,
+@click.option("--text-weight", type=click.FloatRange(0, 1), default=ENSEMBLE_TEXT_WEIGHT, show_default=True,
               help="Ensemble: weight of the caption's probabilities.")
-@click.option("--text-min", type=click.FloatRange(0, 1), default=0.5, show_default=True,
+@click.option("--text-min", type=click.FloatRange(0, 1), default=ENSEMBLE_TEXT_MIN, show_default=True,
               help="Ensemble: the caption counts only when its own top probability reaches this.")
 @click.option("--image-max", type=click.FloatRange(0, 1), default=1.0, show_default=True,
               help="Ensemble (conditional variant): the caption counts only when the image's top probability "
