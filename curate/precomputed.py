@@ -67,24 +67,24 @@ def import_clip_retrieval(ws: Workspace, con: duckdb.DuckDBPyConnection, root: P
     store.remove_orphans(ws, con)
     seen = added = bad = 0
     for part, img_f, text_f, meta_f in _parts(root):
-        img = np.load(img_f, mmap_mode="r")
-        txt = np.load(text_f, mmap_mode="r") if text_f is not None else None
-        if img.shape[1] != expect_dim:
-            raise SourceError(f"{img_f}: vectors are {img.shape[1]}-d but the model makes {expect_dim}-d ones; "
+        n_rows, dim = np.load(img_f, mmap_mode="r").shape
+        if dim != expect_dim:
+            raise SourceError(f"{img_f}: vectors are {dim}-d but the model makes {expect_dim}-d ones; "
                               "pass the --model the embeddings were made with")
         con.execute("CREATE OR REPLACE TEMP TABLE cr_meta AS "
                     "SELECT row_number() OVER () - 1 AS _row, * FROM read_parquet(?)", [str(meta_f)])
         n_meta = con.execute("SELECT count(*) FROM cr_meta").fetchall()[0][0]
-        if n_meta != img.shape[0]:
-            raise SourceError(f"{meta_f}: {n_meta} rows but {img_f} has {img.shape[0]} vectors")
+        if n_meta != n_rows:
+            raise SourceError(f"{meta_f}: {n_meta} rows but {img_f} has {n_rows} vectors")
         cols = [r[0] for r in con.execute("DESCRIBE cr_meta").fetchall()]
         path_col = next((c for c in ("image_path", "url", "path") if c in cols), None)
         id_col = next((c for c in ("key", "id") if c in cols), None)
         extras = [c for c in cols if c not in ("_row", "caption", path_col, id_col)]
         _add_extra_columns(con, extras)
-        for start in range(0, img.shape[0], chunk):
-            stop = min(start + chunk, img.shape[0])
-            a, b, c = _import_chunk(ws, con, run_id, part, img, txt, start, stop, cols, path_col, id_col, extras)
+        for start in range(0, n_rows, chunk):
+            stop = min(start + chunk, n_rows)
+            a, b, c = _import_chunk(ws, con, run_id, part, img_f, text_f, start, stop, cols, path_col, id_col,
+                                    extras)
             seen, added, bad = seen + a, added + b, bad + c
             if progress:
                 progress(stop - start)
@@ -101,7 +101,13 @@ def _add_extra_columns(con: duckdb.DuckDBPyConnection, extras: list[str]) -> Non
             con.execute(f"ALTER TABLE items ADD COLUMN {quote_ident(t)} {types[c]}")
 
 
-def _import_chunk(ws, con, run_id, part, img, txt, start, stop, cols, path_col, id_col, extras):
+def _rows(f: Path, start: int, stop: int, rows: np.ndarray) -> np.ndarray:
+    """Rows of a .npy file, read through a map opened for this chunk alone, so pages
+    already imported do not pile up in the process's memory."""
+    return np.array(np.load(f, mmap_mode="r")[start:stop][rows - start])
+
+
+def _import_chunk(ws, con, run_id, part, img_f, text_f, start, stop, cols, path_col, id_col, extras):
     sid_expr = f"CAST({quote_ident(id_col)} AS VARCHAR)" if id_col else "NULL"
     path_expr = f"CAST({quote_ident(path_col)} AS VARCHAR)" if path_col else "NULL"
     fallback = f"'part{part}:' || _row"
@@ -126,13 +132,13 @@ def _import_chunk(ws, con, run_id, part, img, txt, start, stop, cols, path_col, 
         return stop - start, 0, 0
     first_id = int(con.execute("SELECT coalesce(max(id), -1) + 1 FROM items").fetchall()[0][0])
     ids = first_id + np.arange(len(rows), dtype=np.int64)
-    vecs, ok = _normalise(img[rows])
+    vecs, ok = _normalise(_rows(img_f, start, stop, rows))
     shards = []
     if ok.any():
         p = store.next_part(con, "image")
         shards.append(("image", p, store.write_shard(ws, "image", p, ids[ok], vecs[ok]), int(ok.sum())))
-    if txt is not None:
-        tv, tok = _normalise(txt[rows])
+    if text_f is not None:
+        tv, tok = _normalise(_rows(text_f, start, stop, rows))
         use = ok & has_cap & tok
         if use.any():
             p = store.next_part(con, "caption")
