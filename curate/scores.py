@@ -35,6 +35,9 @@ DEFAULT_TOP_K = 10
 # labels (20.5M) is; 1M images (205M rows, ~10x the rows of top-k) is not.
 FULL_MAX_CELLS = 25_000_000
 DEFAULT_BATCH_ROWS = 32_768
+# DuckDB's buffer pool while scores are written: without a cap it keeps every block
+# written (80% of RAM by default), so memory would grow with the collection.
+DUCKDB_MEMORY = "1GB"
 _NO_LABEL = -1
 # The study's ensemble (section 4.2): 0.8 image + 0.2 caption, the caption counting
 # when its own top probability reaches 0.5. Computed while scoring, over every label,
@@ -463,24 +466,29 @@ def _write_scores(ws: Workspace, con: duckdb.DuckDBPyConnection, q: LabelQueries
                   ident: ModelIdentity, scale: float, storage: str, keep_k: int | None, n_img: int, n_cap: int,
                   batch_rows: int, progress: Callable[[int], None] | None) -> int:
     con.execute("CREATE OR REPLACE TEMP MACRO nan_null(x) AS CASE WHEN isnan(x) THEN NULL ELSE x END")
-    con.execute("BEGIN TRANSACTION")
-    try:
-        sqlfiles.run(con, sqlfiles.SCORE_TABLES)
-        con.executemany("INSERT INTO labels VALUES (?, ?, ?, ?, ?)",
-                        [[i, lab, ps[0], ps, scene]
-                         for i, (lab, ps, scene) in enumerate(zip(ls.labels, q.prompts, ls.scenes, strict=True))])
-        rows = 0
-        for b in aligned_batches(ws, con, batch_rows):
-            items, scored = score_batch(b, q.vectors, scale, keep_k)
-            con.register("batch_items", items)
-            con.register("batch_rows", scored)
-            con.execute(_INSERT_ITEMS)
-            con.execute(_INSERT_ROWS)
-            con.unregister("batch_items")
-            con.unregister("batch_rows")
-            rows += len(scored["id"])
-            if progress:
-                progress(len(b.image_rows) + len(b.caption_rows))
+    con.execute(f"SET memory_limit = '{DUCKDB_MEMORY}'")  # a constant of ours, not user text
+    # The previous scores go first, with score_settings: until the last step writes
+    # settings again, the workspace counts as not classified, so a run that dies half
+    # way leaves nothing that looks complete. Batches commit one by one because DuckDB
+    # holds a transaction's appended rows in memory: one transaction would grow with
+    # the collection (35 MB a batch, 2 GB at 1M items).
+    _in_transaction(con, lambda: (sqlfiles.run(con, sqlfiles.SCORE_TABLES), con.executemany(
+        "INSERT INTO labels VALUES (?, ?, ?, ?, ?)",
+        [[i, lab, ps[0], ps, scene] for i, (lab, ps, scene) in enumerate(zip(ls.labels, q.prompts, ls.scenes,
+                                                                               strict=True))])))
+    rows = 0
+    for b in aligned_batches(ws, con, batch_rows):
+        items, scored = score_batch(b, q.vectors, scale, keep_k)
+        con.register("batch_items", items)
+        con.register("batch_rows", scored)
+        _in_transaction(con, lambda: (con.execute(_INSERT_ITEMS), con.execute(_INSERT_ROWS)))
+        con.unregister("batch_items")
+        con.unregister("batch_rows")
+        rows += len(scored["id"])
+        if progress:
+            progress(len(b.image_rows) + len(b.caption_rows))
+
+    def finish():
         con.execute("INSERT INTO score_settings (label_set, label_set_digest, prompts, model, pretrained, embed_dim,"
                     " logit_scale, storage, top_k, n_labels, images, captions, cache_key, ensemble_text_weight,"
                     " ensemble_text_min) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -488,11 +496,19 @@ def _write_scores(ws: Workspace, con: duckdb.DuckDBPyConnection, q: LabelQueries
                      storage, len(ls) if keep_k is None else keep_k, len(ls), n_img, n_cap, q.cache_key,
                      ENSEMBLE_TEXT_WEIGHT, ENSEMBLE_TEXT_MIN])
         sqlfiles.install_views(con)
+
+    _in_transaction(con, finish)
+    return rows
+
+
+def _in_transaction(con: duckdb.DuckDBPyConnection, work: Callable[[], object]) -> None:
+    con.execute("BEGIN TRANSACTION")
+    try:
+        work()
         con.execute("COMMIT")
     except BaseException:
         con.execute("ROLLBACK")
         raise
-    return rows
 
 
 def settings(con: duckdb.DuckDBPyConnection) -> dict | None:

@@ -314,3 +314,14 @@ def test_softmax_reference_is_sound():
     for i in range(4):
         e = [np.exp(10.0 * float(v[i] @ q[j])) for j in range(5)]
         np.testing.assert_allclose(p[i], np.array(e) / sum(e), rtol=1e-12)
+
+
+def test_a_failed_run_leaves_nothing_that_looks_classified(ws, tiny_encoder):
+    classify(ws, encoder=tiny_encoder)
+    con = Workspace(ws).connect()
+    vec_path, _ids, _n = Workspace(ws).shard_files(con, "caption")[-1]
+    con.close()
+    vec_path.unlink()                                   # a shard lost from under the workspace
+    with pytest.raises(FileNotFoundError):
+        classify(ws, encoder=tiny_encoder)
+    assert "run `curate classify` first" in run_cli("filter", "-w", ws, expect=1).output
