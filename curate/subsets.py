@@ -77,9 +77,12 @@ class FilterResult:
     unscored: int = 0                  # embedded items classify has not seen (run it again)
 
     def summary(self, spec: FilterSpec) -> str:
-        what = "unmatched" if spec.unmatched else (", ".join(spec.labels) or "any label")
-        cmp = "<" if spec.unmatched else ">="
-        line = f"kept {self.kept:,} of {self.total:,} images ({what}, {spec.mode} prob {cmp} {spec.min_prob:g})"
+        if spec.unmatched:
+            line = (f"unmatched: {self.kept:,} of {self.total:,} images (no label with {spec.mode} prob >= "
+                    f"{spec.min_prob:g}: what cleaning drops)")
+        else:
+            what = ", ".join(spec.labels) or "any label"
+            line = f"kept {self.kept:,} of {self.total:,} images ({what}, {spec.mode} prob >= {spec.min_prob:g})"
         if self.out is not None:
             line += f" -> {self.out}"
         return line

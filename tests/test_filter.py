@@ -102,7 +102,7 @@ def test_unmatched_is_what_cleaning_drops(ws, tmp_path):
     res = run_cli("filter", "-w", ws, "--unmatched", "--min-prob", t, "--out", out)
     rows = read_out(out)
     assert sorted(r["id"] for r in rows) == sorted(i for i, (_, p) in top.items() if p < t)
-    assert f"kept {len(rows)} of 12 images (unmatched" in res.output
+    assert f"unmatched: {len(rows)} of 12 images" in res.output
 
 
 def test_caption_and_ensemble_modes(ws, tmp_path):
