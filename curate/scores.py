@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import duckdb
 import numpy as np
@@ -29,6 +30,9 @@ from . import sqlfiles, store
 from .labels import LabelSet, load_label_set
 from .prompts import Wording, prompts_for, resolve
 from .workspace import ModelIdentity, Workspace, check_same_model
+
+if TYPE_CHECKING:  # the model module imports torch and open_clip; load it only when needed
+    from .model import Encoder
 
 DEFAULT_TOP_K = 10
 # Up to this many (item, label) cells the whole matrix is stored: 100K images x 205
@@ -85,7 +89,7 @@ def cache_key(ident: ModelIdentity, prompts: list[list[str]]) -> str:
 
 
 def label_queries(con: duckdb.DuckDBPyConnection, ident: ModelIdentity, label_set: LabelSet,
-                  wording: Wording, encoder_factory: Callable[[], object]) -> tuple[LabelQueries, bool]:
+                  wording: Wording, encoder_factory: Callable[[], Encoder]) -> tuple[LabelQueries, bool]:
     """The label vectors, from the workspace's cache or encoded now (and cached).
 
     Returns (queries, came_from_cache). The encoder is only built on a cache miss.
@@ -409,8 +413,8 @@ FROM batch_rows
 # -- the classify step ----------------------------------------------------------
 
 def classify(ws_path: str | Path, label_set: str | Path | LabelSet = "places205", prompts: str | Path = "natural",
-             encoder=None, *, logit_scale: float | None = None, top_k: int = DEFAULT_TOP_K, storage: str = "auto",
-             batch_rows: int = DEFAULT_BATCH_ROWS, device: str | None = None,
+             encoder: Encoder | None = None, *, logit_scale: float | None = None, top_k: int = DEFAULT_TOP_K,
+             storage: str = "auto", batch_rows: int = DEFAULT_BATCH_ROWS, device: str | None = None,
              progress: Callable[[int], None] | None = None) -> ClassifyResult:
     """Score every image and caption of a workspace against a label set; (re)create the views.
 

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .scores import NotReady
 from .workspace import Workspace, check_same_model
+
+if TYPE_CHECKING:  # the model module imports torch and open_clip; load it only when needed
+    from .model import Encoder
 
 
 @dataclass(frozen=True)
@@ -20,7 +24,8 @@ class Hit:
     caption: str | None
 
 
-def search_images(ws_path: str | Path, text: str, k: int = 50, encoder=None, device: str | None = None) -> list[Hit]:
+def search_images(ws_path: str | Path, text: str, k: int = 50, encoder: Encoder | None = None,
+                  device: str | None = None) -> list[Hit]:
     """The k images nearest to `text`, by the same model that embedded the workspace."""
     import faiss
 
