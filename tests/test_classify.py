@@ -193,6 +193,15 @@ def test_coverage_is_table_1(ws, tiny_encoder):
         assert share == pytest.approx(classified / images)
     assert rows[0][1] == len(ids)                       # at 0 every image is classified
     assert rows[-1][1] == int((top >= 1.0).sum()) == 0  # a softmax over 205 labels never reaches 1 here
+    assert con.execute("SELECT * FROM coverage_for('image')").fetchall() == rows
+    # the same table for the captions and for the study's ensemble
+    ref = references(ws)
+    p_img, p_cap = _prob_dicts(ref)
+    ens_top = np.array([v[1] for v in ensemble_reference(p_img, p_cap, 0.2, 0.5).values()])
+    for mode, tops in (("caption", ref["caption"][1].max(axis=1)), ("ensemble", ens_top)):
+        got = con.execute("SELECT threshold, classified, images FROM coverage_for(?)", [mode]).fetchall()
+        assert [(t, c, n) for t, c, n in got] == [(i / 10, int((tops >= i / 10).sum()), len(tops))
+                                                  for i in range(11)]
 
 
 def test_logit_scale_override(ws, tiny_encoder):
@@ -303,6 +312,10 @@ def test_cli_classify(ws):
     out = run_cli("classify", "-w", ws, "--set", "places205", "--prompts", "natural").output
     assert "classified 12 images and 11 captions against 205 labels" in out
     assert "prompts natural" in out
+    out = run_cli("classify", "-w", ws, "--prompts", "raw", "--temperature", "0.02", "--storage", "topk").output
+    assert "logit scale 50;" in out and "top 10 labels per item" in out
+    assert "not both" in run_cli("classify", "-w", ws, "--temperature", "0.02", "--logit-scale", "3",
+                                 expect=2).output
 
 
 def test_softmax_reference_is_sound():

@@ -52,15 +52,23 @@ def labels_cmd(label_set: str, prompts: str) -> None:
 @set_option
 @prompts_option
 @click.option("--logit-scale", type=float, default=None,
-              help="Softmax scale (1 / temperature) [default: the model's own, 100 for trained CLIP].")
+              help="Softmax scale [default: the model's own, 100 for trained CLIP].")
+@click.option("--temperature", type=float, default=None,
+              help="Softmax temperature, the same as --logit-scale 1/T (CLIP's own: 0.01).")
 @click.option("--storage", type=click.Choice(["auto", "full", "topk"]), default="auto", show_default=True,
               help="Store every (item, label) score, or each item's top-k labels plus an exact bound (docs/scores.md).")
 @click.option("--top-k", type=click.IntRange(1), default=DEFAULT_TOP_K, show_default=True,
               help="Labels kept per item and modality with --storage topk.")
 @click.option("--device", default="auto", show_default=True, help="Device for the text encoder (label prompts).")
-def classify_cmd(ws_path: Path, label_set: str, prompts: str, logit_scale: float | None, storage: str, top_k: int,
-                 device: str) -> None:
+def classify_cmd(ws_path: Path, label_set: str, prompts: str, logit_scale: float | None, temperature: float | None,
+                 storage: str, top_k: int, device: str) -> None:
     """Score every image and caption against every label; create the SQL views."""
+    if temperature is not None:
+        if logit_scale is not None:
+            raise click.UsageError("give --logit-scale or --temperature, not both")
+        if not temperature > 0:
+            raise click.UsageError("--temperature must be positive")
+        logit_scale = 1.0 / temperature
     bar = tqdm(desc="scoring", unit=" vectors", dynamic_ncols=True, mininterval=1.0,
                disable=None if sys.stderr.isatty() else True)
     try:
