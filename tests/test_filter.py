@@ -225,3 +225,15 @@ def test_search_refuses_another_model(tmp_path, tiny_encoder):
     faiss.write_index(index, str(Workspace(root).index_path("image")))
     with pytest.raises(ModelMismatch, match="ViT-B-32"):
         search_images(root, "a street", encoder=tiny_encoder)
+
+
+def test_threshold_one_is_reachable(ws, tmp_path, tiny_encoder):
+    """With a single label every probability is exactly 1: >= 1.0 keeps all, and nothing is unmatched."""
+    f = tmp_path / "one.txt"
+    f.write_text("street\n", encoding="utf-8")
+    classify(ws, f, "raw", tiny_encoder)
+    assert write_subset(ws, FilterSpec(min_prob=1.0), None).kept == 12
+    assert write_subset(ws, FilterSpec(min_prob=1.0, unmatched=True), None).kept == 0
+    assert write_subset(ws, FilterSpec(min_prob=1.0, mode="ensemble", text_min=0.0), None).kept == 12
+    con = duckdb.connect(str(ws / "curate.duckdb"), read_only=True)
+    assert con.execute("SELECT classified FROM coverage WHERE threshold = 1.0").fetchall() == [(12,)]
