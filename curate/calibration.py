@@ -39,7 +39,7 @@ from pathlib import Path
 import duckdb
 import numpy as np
 
-from . import sampling
+from . import sampling, sqlfiles
 
 META_KEY = "calibration"
 # SQL and numpy evaluate the same formula in another order: an image whose calibrated
@@ -219,10 +219,9 @@ class Calibration:
         """Reliability diagram: share of hits against (raw, calibrated) top probability."""
         if self.raw is None:
             return None
-        import matplotlib
-
-        matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+
+        from .report_figures import save
 
         fig, ax = plt.subplots(figsize=(5.5, 4.5))
         edges = np.linspace(0, 1, 11)
@@ -239,18 +238,13 @@ class Calibration:
         ax.plot([0, 1], [0, 1], color="black", alpha=.3, linestyle=":")
         ax.set(xlabel="top probability (bin mean)", ylabel="share of hits", xlim=(0, 1), ylim=(0, 1),
                title="Reliability on the marks")
-        ax.grid(alpha=.3)
-        ax.legend()
-        fig.tight_layout()
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        return path
+        return save(fig, path, ax)
 
 
 def n_labels(con: duckdb.DuckDBPyConnection, view: str) -> int:
     """How many labels the softmax ran over: the label set `curate classify` used, else
     every label seen as first or second choice (a lower bound)."""
-    if sampling.has_relation(con, "score_settings"):
+    if sqlfiles.has_relation(con, "score_settings"):
         rows = con.execute("SELECT n_labels FROM score_settings").fetchall()
         if rows:
             return int(rows[0][0])
@@ -268,7 +262,7 @@ def scores_column(con: duckdb.DuckDBPyConnection, source: str) -> str | None:
     """The `label_scores` column holding this source's per-label softmax, when classify
     stored one (the ensemble is a mix of two softmaxes: it has none)."""
     col = {"image": "image_prob", "caption": "caption_prob"}.get(source)
-    if col and sampling.has_relation(con, "label_scores") and sampling.has_relation(con, "labels"):
+    if col and sqlfiles.has_relation(con, "label_scores") and sqlfiles.has_relation(con, "labels"):
         return col
     return None
 
@@ -399,7 +393,7 @@ def load(con: duckdb.DuckDBPyConnection) -> Calibration | None:
     threshold on the calibrated probability, for classes that reach the target), and the
     view `calibrated_predictions` (calibrated_prob, class_threshold, keep per image).
     """
-    if not sampling.has_relation(con, "calibration_thresholds"):
+    if not sqlfiles.has_relation(con, "calibration_thresholds"):
         return None
     raw = _meta(con, META_KEY)
     if raw is None:

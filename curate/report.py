@@ -33,7 +33,7 @@ from pathlib import Path
 import duckdb
 import numpy as np
 
-from . import sampling
+from . import sampling, sqlfiles
 
 THRESHOLD_COLUMNS = ("threshold", "kept", "hits", "hit_rate", "errors", "error_rate", "ratio")
 CLASS_COLUMNS = ("class", "frequency", "sampled", "hits", "misses", "skipped", "unmarked", "accuracy",
@@ -187,9 +187,9 @@ def analyse(con: duckdb.DuckDBPyConnection, name: str, source: str, marks: Seque
     """Tables of one sample; `con` may be any connection (even read-only or in-memory)."""
     _register(con, marks, frequency or {})
     try:
-        t_rows = con.execute(sampling.query("sample_thresholds")).fetchall()
-        c_rows = con.execute(sampling.query("sample_class_accuracy")).fetchall()
-        s_row = con.execute(sampling.query("sample_summary")).fetchall()[0]
+        t_rows = con.execute(sqlfiles.text("sample_thresholds")).fetchall()
+        c_rows = con.execute(sqlfiles.text("sample_class_accuracy")).fetchall()
+        s_row = con.execute(sqlfiles.text("sample_summary")).fetchall()[0]
     finally:
         con.unregister("report_marks")
     thresholds = [ThresholdRow(float(t), int(k), int(h), _opt(hr), int(e), _opt(er), _opt(r), _opt(p))
@@ -223,15 +223,15 @@ def best_threshold(rows: Sequence[ThresholdRow], min_hit_rate: float = DEFAULT_M
 
 def coverage(con: duckdb.DuckDBPyConnection) -> dict[str, list[tuple[float, int, float]]]:
     """Table 1 for each kind of prediction the workspace has: (t, images classified, share)."""
-    if not sampling.has_relation(con, "predictions"):
+    if not sqlfiles.has_relation(con, "predictions"):
         return {}
     images = con.execute("SELECT count(*) FROM predictions").fetchall()[0][0]
     if not images:
         return {}
     out = {}
     for source, view in sampling.SOURCES.items():
-        if sampling.has_relation(con, view):
-            rows = con.execute(sampling.query("sample_coverage").format(predictions=view),
+        if sqlfiles.has_relation(con, view):
+            rows = con.execute(sqlfiles.text("sample_coverage").format(predictions=view),
                                {"images": images}).fetchall()
             out[source] = [(float(t), int(n), float(s)) for t, n, s in rows]
     return out

@@ -27,6 +27,17 @@ HIT_COLOUR = (26, 127, 55)
 MISS_COLOUR = (198, 40, 40)
 
 
+def save(fig, path: Path, ax=None) -> Path:
+    """The common ending of every plot: grid and legend on `ax`, then the PNG, then free it."""
+    if ax is not None:
+        ax.grid(alpha=.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def plots(report: Report, out: Path) -> list[Path]:
     """rates.png (hit/error rate and ratio against threshold), coverage.png, class_accuracy.png."""
     files = [_rates(report, out / "rates.png"), _class_accuracy(report.main, out / "class_accuracy.png")]
@@ -61,10 +72,7 @@ def _rates(report: Report, path: Path) -> Path:
     for a in (ax, ax2):
         a.grid(alpha=.3)
         a.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save(fig, path)
 
 
 def _coverage(cov: dict[str, list[tuple[float, int, float]]], path: Path) -> Path:
@@ -73,12 +81,7 @@ def _coverage(cov: dict[str, list[tuple[float, int, float]]], path: Path) -> Pat
         ax.plot([t for t, _, _ in rows], [100 * s for _, _, s in rows], marker="o", label=source)
     ax.set(xlabel="threshold on top probability", ylabel="% of the collection classified",
            title="Coverage by threshold", xlim=(0, 1), ylim=(0, 102))
-    ax.grid(alpha=.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save(fig, path, ax)
 
 
 def _class_accuracy(sr: SourceReport, path: Path) -> Path:
@@ -91,10 +94,7 @@ def _class_accuracy(sr: SourceReport, path: Path) -> Path:
     for i, a in enumerate(acc):
         ax.text(a + 1, i, f"{a:.0f}%", va="center", fontsize=8)
     ax.set(xlabel="accuracy in the sample (%)", xlim=(0, 110), title=f"Accuracy per class ({sr.source})")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save(fig, path)
 
 
 def grids(sr: SourceReport, out: Path, per_grid: int = 24) -> dict[str, tuple[Path, Path]]:

@@ -13,10 +13,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from importlib import resources
-from pathlib import Path
 
 import duckdb
+
+from . import sqlfiles
+from .sqlfiles import has_relation
 
 # Which view holds each kind of prediction. A user picks the key; only these fixed view
 # names are ever formatted into SQL.
@@ -42,28 +43,8 @@ class ReviewSet:
     created_at: datetime | None
 
 
-def query(name: str) -> str:
-    """The text of `queries/<name>.sql` (shipped in the package as curate.queries)."""
-    try:
-        root = resources.files("curate.queries")
-    except TypeError:
-        # In a source checkout `curate/queries.py` (the SQL loader module) can shadow the
-        # mapped package; the files are then at the top of the repository.
-        root = Path(__file__).resolve().parent.parent / "queries"
-    return root.joinpath(f"{name}.sql").read_text(encoding="utf-8")
-
-
 def ensure_schema(con: duckdb.DuckDBPyConnection) -> None:
-    con.execute(query("sample_schema"))
-
-
-def has_relation(con: duckdb.DuckDBPyConnection, name: str) -> bool:
-    row = con.execute(
-        "SELECT count(*) FROM duckdb_tables() WHERE table_name = ? AND NOT temporary"
-        " UNION ALL SELECT count(*) FROM duckdb_views() WHERE view_name = ? AND NOT internal",
-        [name, name],
-    ).fetchall()
-    return sum(r[0] for r in row) > 0
+    con.execute(sqlfiles.text("sample_schema"))
 
 
 def default_name(source: str, top_classes: int, per_class: int, seed: int) -> str:
@@ -116,9 +97,9 @@ def draw(
         for table in ("review_items", "review_classes"):
             con.execute(f"DELETE FROM {table} WHERE set_name = $set_name", params)
         con.execute("DELETE FROM review_sets WHERE name = $set_name", params)
-        con.execute(query("sample_classes").format(predictions=view),
+        con.execute(sqlfiles.text("sample_classes").format(predictions=view),
                     {**params, "top_classes": top_classes})
-        con.execute(query("sample_items").format(predictions=view),
+        con.execute(sqlfiles.text("sample_items").format(predictions=view),
                     {**params, "per_class": per_class, "seed": seed})
         n = con.execute("SELECT count(*) FROM review_items WHERE set_name = $set_name", params).fetchall()[0][0]
         con.execute(

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import duckdb
 
-from . import scores
+from . import scores, sqlfiles
 from .labels import check_labels
 from .workspace import Workspace
 
@@ -46,6 +46,7 @@ class FilterSpec:
     image_min: float = 0.0
     image_max: float = 1.0
     renormalize: bool = True
+    calibrated: bool = False           # calibrated probabilities and per-class thresholds (curate report)
 
     def sql_mode(self, settings: dict) -> str:
         """The SQL mode: the stored `ensemble` when its parameters are the study's, else ensemble_with."""
@@ -77,12 +78,13 @@ class FilterResult:
     unscored: int = 0                  # embedded items classify has not seen (run it again)
 
     def summary(self, spec: FilterSpec) -> str:
+        rule = (f"calibrated {spec.mode} prob >= its class threshold" if spec.calibrated
+                else f"{spec.mode} prob >= {spec.min_prob:g}")
         if spec.unmatched:
-            line = (f"unmatched: {self.kept:,} of {self.total:,} images (no label with {spec.mode} prob >= "
-                    f"{spec.min_prob:g}: what cleaning drops)")
+            line = f"unmatched: {self.kept:,} of {self.total:,} images (no label with {rule}: what cleaning drops)"
         else:
             what = ", ".join(spec.labels) or "any label"
-            line = f"kept {self.kept:,} of {self.total:,} images ({what}, {spec.mode} prob >= {spec.min_prob:g})"
+            line = f"kept {self.kept:,} of {self.total:,} images ({what}, {rule})"
         if self.out is not None:
             line += f" -> {self.out}"
         return line
@@ -128,9 +130,13 @@ def write_subset(ws_path: str | Path, spec: FilterSpec, out: str | Path | None,
         known = [r[0] for r in con.execute("SELECT label FROM labels ORDER BY label_idx").fetchall()]
         check_labels(spec.labels, known)
         st = scores.settings(con)
-        con.execute("CREATE TEMP TABLE kept AS SELECT * FROM subset" + SUBSET_CALL, spec.params(st))
+        if spec.calibrated:
+            _select_calibrated(con, spec)
+            total = con.execute("SELECT count(*) FROM calibrated_predictions").fetchall()[0][0]
+        else:
+            con.execute("CREATE TEMP TABLE kept AS SELECT * FROM subset" + SUBSET_CALL, spec.params(st))
+            total = con.execute("SELECT scored_items(?)", [spec.sql_mode(st)]).fetchall()[0][0]
         kept = con.execute("SELECT count(*) FROM kept").fetchall()[0][0]
-        total = con.execute("SELECT scored_items(?)", [spec.sql_mode(st)]).fetchall()[0][0]
         if out_path is not None:
             out_path.parent.mkdir(parents=True, exist_ok=True)
             con.execute(f"COPY kept TO ? {fmt}", [str(out_path)])
@@ -142,6 +148,19 @@ def write_subset(ws_path: str | Path, spec: FilterSpec, out: str | Path | None,
         return FilterResult(kept, total, out_path, done, missing, _inexact(con, spec, st), _unscored(con))
     finally:
         con.close()
+
+
+def _select_calibrated(con: duckdb.DuckDBPyConnection, spec: FilterSpec) -> None:
+    from . import calibration
+
+    cal = calibration.load(con)
+    if cal is None:
+        raise FilterError("no calibration in this workspace yet: mark a review set (`curate sample`, "
+                          "`curate review`), then run `curate report` to fit one")
+    if cal.source != spec.mode:
+        raise FilterError(f"the calibration was fitted on {cal.source} predictions: use --mode {cal.source}")
+    con.execute("CREATE TEMP TABLE kept AS " + sqlfiles.text("subset_calibrated"),
+                {"wanted": list(spec.labels), "unmatched": spec.unmatched})
 
 
 def place_files(rows: list[tuple[int, str, str]], folder: Path, link: bool, by_label: bool) -> tuple[int, int]:

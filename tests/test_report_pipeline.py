@@ -13,10 +13,8 @@ import numpy as np
 import pytest
 from conftest import run_cli
 
-from curate import calibration, report
+from curate import calibration, report, scores
 from curate.workspace import Workspace
-
-scores = pytest.importorskip("curate.scores")
 
 
 @pytest.fixture()
@@ -84,3 +82,36 @@ def test_sample_review_report_on_a_classified_workspace(classified, tmp_path):
     view = con.execute("SELECT id, calibrated_prob FROM calibrated_predictions").fetchall()
     for i, q in view:
         assert q == pytest.approx(Q[row_of[i]].max(), rel=1e-9)
+
+    con.close()
+
+    # filter --calibrated keeps exactly the images whose calibrated top probability
+    # reaches their label's own threshold, and reports the calibrated probability
+    top = dict(_top_labels(ws))
+    kept_ref = {i for i, q in view
+                if top[i] in cal.thresholds and q >= cal.thresholds[top[i]] - calibration.TOLERANCE}
+    out_csv = tmp_path / "calibrated.csv"
+    r = run_cli("filter", "-w", ws, "--calibrated", "--out", out_csv)
+    assert "calibrated image prob >= its class threshold" in r.output
+    with open(out_csv, newline="", encoding="utf-8") as f:
+        got = {int(row["id"]): float(row["prob"]) for row in csv.DictReader(f)}
+    assert set(got) == kept_ref
+    for i, p in got.items():
+        assert p == pytest.approx(dict(view)[i], rel=1e-12)
+    r = run_cli("filter", "-w", ws, "--calibrated", "--unmatched", "--out", tmp_path / "dropped.csv")
+    assert f"unmatched: {len(view) - len(kept_ref)} of {len(view)}" in r.output
+    r = run_cli("filter", "-w", ws, "--calibrated", "--mode", "caption", expect=1)
+    assert "fitted on image predictions: use --mode image" in r.output
+
+
+def _top_labels(ws):
+    con = Workspace(ws).connect(read_only=True)
+    try:
+        return con.execute("SELECT id, label FROM predictions").fetchall()
+    finally:
+        con.close()
+
+
+def test_filter_calibrated_needs_a_fit(classified):
+    r = run_cli("filter", "-w", classified, "--calibrated", expect=1)
+    assert "no calibration in this workspace yet" in r.output

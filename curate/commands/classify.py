@@ -100,6 +100,9 @@ def classify_cmd(ws_path: Path, label_set: str, prompts: str, logit_scale: float
 @click.option("--image-max", type=click.FloatRange(0, 1), default=1.0, show_default=True,
               help="Ensemble (conditional variant): the caption counts only when the image's top probability "
                    "is at most this.")
+@click.option("--calibrated", is_flag=True,
+              help="Use the calibrated probabilities and each label's own threshold for the target precision, "
+                   "as fitted on the review marks by `curate report` (replaces --min-prob).")
 @click.option("--out", "out", type=click.Path(path_type=Path), default=None,
               help=f"Output file; format by extension ({', '.join(FORMATS)}).")
 @click.option("--copy-to", type=click.Path(file_okay=False, path_type=Path), default=None,
@@ -107,11 +110,11 @@ def classify_cmd(ws_path: Path, label_set: str, prompts: str, logit_scale: float
 @click.option("--link-to", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Symlink the kept images here instead of copying.")
 def filter_cmd(ws_path: Path, labels: tuple[str, ...], min_prob: float, mode: str, unmatched: bool,
-               text_weight: float, text_min: float, image_max: float, out: Path | None, copy_to: Path | None,
-               link_to: Path | None) -> None:
+               text_weight: float, text_min: float, image_max: float, calibrated: bool, out: Path | None,
+               copy_to: Path | None, link_to: Path | None) -> None:
     """Cut a labelled subset (or what cleaning drops) out of a classified workspace."""
     spec = FilterSpec(labels=labels, min_prob=min_prob, mode=mode, unmatched=unmatched, text_weight=text_weight,
-                      text_min=text_min, image_max=image_max)
+                      text_min=text_min, image_max=image_max, calibrated=calibrated)
     try:
         r = write_subset(ws_path, spec, out, copy_to=copy_to, link_to=link_to)
     except _ERRORS as e:
