@@ -11,7 +11,14 @@ import click
 from . import __version__
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+class _PipelineOrder(click.Group):
+    """`curate --help` lists the commands in the order a user runs them, not alphabetically."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(self.commands)
+
+
+@click.group(cls=_PipelineOrder, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="curate")
 @click.option("-v", "--verbose", is_flag=True, help="Show library logs.")
 def cli(verbose: bool) -> None:

@@ -5,4 +5,4 @@ from .classify import classify_cmd, filter_cmd, labels_cmd, search_cmd
 from .review import report_cmd, review, sample
 from .sql import sql
 
-COMMANDS = [build_index, sql, sample, review, report_cmd, labels_cmd, classify_cmd, filter_cmd, search_cmd]
+COMMANDS = [build_index, labels_cmd, classify_cmd, filter_cmd, search_cmd, sample, review, report_cmd, sql]
