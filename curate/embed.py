@@ -32,7 +32,7 @@ FETCH_CHUNK = 50_000
 @dataclass
 class EmbedOptions:
     batch_size: int = 64
-    workers: int = -1               # -1: one per core, at most 8
+    workers: int = -1               # -1: one per core, at most 16
     shard_size: int = 10_000
     commit_seconds: float = 60.0
     max_pixels: int = DEFAULT_MAX_PIXELS
@@ -41,7 +41,7 @@ class EmbedOptions:
     def n_workers(self) -> int:
         if self.workers >= 0:
             return self.workers
-        return max(1, min(8, os.cpu_count() or 1))
+        return max(1, min(16, os.cpu_count() or 1))
 
 
 class _ItemImages(Dataset):

@@ -40,7 +40,7 @@ def _bar(desc: str, total: int | None, unit: str) -> tqdm:
               help="Index recipe from indexes/ (flat, ivf, ivfpq) or auto (by collection size).")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1 ...")
 @click.option("--batch-size", type=click.IntRange(1), default=None, help="Images per forward pass [64 CPU, 256 GPU].")
-@click.option("--workers", type=click.IntRange(0), default=None, help="Decoding processes [one per core, max 8].")
+@click.option("--workers", type=click.IntRange(0), default=None, help="Decoding processes [one per core, max 16].")
 @click.option("--shard-size", type=click.IntRange(1), default=10_000, show_default=True,
               help="Items per committed shard (the most a killed run loses).")
 @click.option("--max-pixels", type=click.IntRange(1), default=DEFAULT_MAX_PIXELS, show_default=True,
