@@ -4,7 +4,8 @@
 
 Writes N random float16 unit vectors (images and captions) in 2 parts with metadata,
 then runs the import, and the index build, each in a child process so its peak memory
-is its own. Compares with
+is its own; then adds a shard of 10K new vectors and times the incremental index update
+against a full rebuild. Compares with
 the naive approach: np.load the whole part and np.save it again (the lower bound on
 I/O, with the whole part in memory). Figures go to bench/results/import.jsonl.
 """
@@ -66,9 +67,19 @@ import resource
 if sys.argv[4] == "import":
     t = time.perf_counter(); seen, added, bad = import_clip_retrieval(ws, con, src, run, dim)
     print(added, time.perf_counter() - t, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+elif sys.argv[4] == "add":  # 10K new vectors in one new shard, added to the existing index
+    import numpy as np
+    from curate import store
+    v = np.random.default_rng(1).standard_normal((10_000, dim), dtype=np.float32)
+    v /= np.linalg.norm(v, axis=1, keepdims=True)
+    part = store.next_part(con, "image")
+    store.record_shard(con, "image", part, store.write_shard(ws, "image", part, 10**9 + np.arange(len(v)), v),
+                       len(v), run)
+    t = time.perf_counter(); r = index.build_index(ws, con, "image")
+    print(r.added, time.perf_counter() - t, r.mode, r.factory)
 else:
-    t = time.perf_counter(); _, factory, ntotal = index.build_index(ws, con, "image")
-    print(ntotal, time.perf_counter() - t, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, factory)
+    t = time.perf_counter(); r = index.build_index(ws, con, "image", rebuild=sys.argv[4] == "rebuild")
+    print(r.ntotal, time.perf_counter() - t, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, r.factory)
 """
 
 NAIVE = """
@@ -100,6 +111,9 @@ def main() -> None:
     added, t_import, peak = child("import")
     ntotal, t_index, peak_index, factory = child("index")
     assert int(added) == args.n and int(ntotal) == args.n
+    n_add, t_add, mode, factory_add = child("add")
+    assert mode == "added" and int(n_add) == 10_000, (mode, n_add)
+    _, t_rebuild, _, factory_rebuilt = child("rebuild")
     naive_dir = WORK / "naive-import"
     nv = subprocess.run([sys.executable, "-c", NAIVE, str(src), str(naive_dir)], check=True,
                         capture_output=True, text=True).stdout.split()
@@ -113,6 +127,8 @@ def main() -> None:
     record(f, "import.peak_rss", float(peak), "MiB", float(peak) / peak_naive, "naive whole-part load")
     record(f, f"import.index_build_seconds[{factory}]", float(t_index), "s")
     record(f, f"import.index_build_peak_rss[{factory}]", float(peak_index), "MiB")
+    record(f, f"import.index_add_10k_seconds[{factory_add}]", float(t_add), "s", float(t_add) / float(t_rebuild),
+           f"full rebuild ({factory_rebuilt}, {args.n + 10_000} vectors)")
     print(f"(this process peak {peak_rss_mb():.0f} MiB)")
 
 

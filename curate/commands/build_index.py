@@ -103,8 +103,8 @@ def build_index(source: Path, ws_path: Path, model: str | None, pretrained: str 
         for kind in ("image", "caption"):
             n = store.count_vectors(ws, con, kind)
             with _bar(f"index {kind}s", n, "vec") as bar:
-                path, factory, ntotal = faiss_index.build_index(ws, con, kind, recipe, bar.update)
-            built.append((path, factory, ntotal))
+                built.append(faiss_index.build_index(ws, con, kind, recipe, bar.update,
+                                                     plan=lambda rows, _mode, bar=bar: bar.reset(total=rows)))
         status = "finished"
     except (SourceError, ValueError) as e:
         raise click.ClickException(str(e)) from None
@@ -117,9 +117,18 @@ def build_index(source: Path, ws_path: Path, model: str | None, pretrained: str 
     click.echo(f"source: {src.describe()}: {seen} seen, {added} new")
     click.echo(f"items: {sum(counts.values())} in workspace, {counts.get('embedded', 0)} embedded, "
                f"{counts.get('rejected', 0)} rejected, {counts.get('pending', 0)} pending")
-    for path, factory, ntotal in built:
-        if ntotal:
-            click.echo(f"index: {path} ({factory}, {ntotal} vectors)")
+    for r in built:
+        if not r.ntotal:
+            continue
+        what = f"{r.path} ({r.factory}, {r.ntotal} vectors)"
+        if r.mode == "added":
+            click.echo(f"index: added {r.added} vectors to {what}")
+        elif r.mode == "rebuilt":
+            click.echo(f"index: {what}, rebuilt: {r.reason}")
+        elif r.mode == "unchanged":
+            click.echo(f"index: {what}, up to date")
+        else:
+            click.echo(f"index: {what}")
     if n_rej:
         click.echo(f"rejected this run: {n_rej} (reasons: duckdb {ws.db_path} -c \"select path, reason from rejected\")")
     click.echo(f"model: {ident.describe()}; {time.time() - started:.1f} s")
