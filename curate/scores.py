@@ -43,6 +43,8 @@ DEFAULT_BATCH_ROWS = 32_768
 # written (80% of RAM by default), so memory would grow with the collection.
 DUCKDB_MEMORY = "1GB"
 _NO_LABEL = -1
+# Bumped whenever scoring changes what it writes: scores of another version are never resumed.
+SCORES_FORMAT = 1
 # The study's ensemble (section 4.2): 0.8 image + 0.2 caption, the caption counting
 # when its own top probability reaches 0.5. Computed while scoring, over every label,
 # into item_scores (the `ensemble` view); `ensemble_with(...)` in SQL does any other.
@@ -78,6 +80,7 @@ class ClassifyResult:
     label_score_rows: int
     seconds: float
     cached_vectors: bool
+    resumed_vectors: int = 0     # vectors an earlier run had scored (a resumed run): not scored again
 
 
 # -- label vectors --------------------------------------------------------------
@@ -160,15 +163,21 @@ class Batch:
     caption: np.ndarray
 
 
-def aligned_batches(ws: Workspace, con: duckdb.DuckDBPyConnection, batch_rows: int) -> Iterator[Batch]:
+def aligned_batches(ws: Workspace, con: duckdb.DuckDBPyConnection, batch_rows: int,
+                    after: int | None = None) -> Iterator[Batch]:
     """Image and caption vectors of the same items together, in item-id order.
 
     Shards are written in id order by build-index, so the two streams merge like
     sorted lists with bounded memory. A kind whose shards are not in id order is
     read through an id index instead (8 bytes an item, still no vector held twice).
+
+    `after`: only items with a greater id (a resumed run). The batches are then the
+    ones a run from the start would make from there on, provided `after` ends one
+    of them: float64 products are not bit-for-bit the same when a batch holds other
+    rows, so the same batches are what makes a resumed run equal an uninterrupted one.
     """
-    img = _Buffered(_stream(ws, con, "image", batch_rows))
-    cap = _Buffered(_stream(ws, con, "caption", batch_rows))
+    img = _Buffered(_stream(ws, con, "image", batch_rows, after))
+    cap = _Buffered(_stream(ws, con, "caption", batch_rows, after))
     while True:
         ids_i, v_i = img.next_batch()
         if ids_i is None:
@@ -185,10 +194,30 @@ def aligned_batches(ws: Workspace, con: duckdb.DuckDBPyConnection, batch_rows: i
         yield Batch(ids, np.searchsorted(ids, ids_i), v_i, np.searchsorted(ids, ids_c), v_c)
 
 
-def _stream(ws: Workspace, con: duckdb.DuckDBPyConnection, kind: str,
-            batch_rows: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    if _in_id_order(ws, con, kind):
-        yield from store.iter_embeddings(ws, con, kind, batch_rows)
+def _chunk_start(sorted_ids: np.ndarray, after: int | None, batch_rows: int) -> tuple[int, int]:
+    """(first chunk's start, first row to yield) among sorted ids, for items after `after`.
+
+    Chunks stay where a run from the start puts them (multiples of batch_rows); the
+    first one is cut at the resume point.
+    """
+    if after is None:
+        return 0, 0
+    first = int(np.searchsorted(sorted_ids, after, side="right"))
+    return first - first % batch_rows, first
+
+
+def _stream(ws: Workspace, con: duckdb.DuckDBPyConnection, kind: str, batch_rows: int,
+            after: int | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    if _in_id_order(ws, con, kind):  # shard by shard, in chunks of batch_rows (store.iter_embeddings)
+        for vec_path, ids_path, _n in ws.shard_files(con, kind):
+            ids = np.load(ids_path)
+            if len(ids) == 0 or (after is not None and ids[-1] <= after):
+                continue  # scored already: its vectors are not read
+            start, first = _chunk_start(ids, after, batch_rows)
+            vecs = np.load(vec_path, mmap_mode="r")
+            for s in range(start, len(ids), batch_rows):
+                lo = max(s, first)
+                yield ids[lo:s + batch_rows], np.asarray(vecs[lo:s + batch_rows])
         return
     shards = ws.shard_files(con, kind)
     ids = [np.load(p) for _v, p, _n in shards]
@@ -199,9 +228,12 @@ def _stream(ws: Workspace, con: duckdb.DuckDBPyConnection, kind: str,
     order = np.argsort(all_ids, kind="stable")
     if len(order) > 1 and (np.diff(all_ids[order]) == 0).any():
         raise ValueError(f"the {kind} shards hold an item twice; rebuild the workspace")
+    start, first = _chunk_start(all_ids[order], after, batch_rows)
+    if first >= len(order):
+        return
     mm = [np.load(v, mmap_mode="r") for v, _p, _n in shards]
-    for s in range(0, len(order), batch_rows):
-        sel = order[s:s + batch_rows]
+    for s in range(start, len(order), batch_rows):
+        sel = order[max(s, first):s + batch_rows]
         out = np.empty((len(sel), mm[0].shape[1]), np.float32)
         for sh in np.unique(where[sel]):
             m = where[sel] == sh
@@ -415,11 +447,16 @@ FROM batch_rows
 def classify(ws_path: str | Path, label_set: str | Path | LabelSet = "places205", prompts: str | Path = "natural",
              encoder: Encoder | None = None, *, logit_scale: float | None = None, top_k: int = DEFAULT_TOP_K,
              storage: str = "auto", batch_rows: int = DEFAULT_BATCH_ROWS, device: str | None = None,
-             progress: Callable[[int], None] | None = None) -> ClassifyResult:
+             progress: Callable[[int], None] | None = None, restart: bool = False,
+             log: Callable[[str], None] | None = None) -> ClassifyResult:
     """Score every image and caption of a workspace against a label set; (re)create the views.
 
     `encoder` is only needed when the label vectors are not cached yet; by default the
     workspace's own model is loaded then. `storage` is full, topk or auto (by size).
+    A run with the settings of the scores already in the workspace (a killed run, or
+    a finished one before more items were embedded) continues after the last item
+    they hold; `restart` starts over anyway. `progress` gets the vectors of each
+    committed batch, `log` a line when a run resumes or starts over.
     """
     started = time.time()
     ws = Workspace(ws_path)
@@ -431,6 +468,8 @@ def classify(ws_path: str | Path, label_set: str | Path | LabelSet = "places205"
         raise ValueError(f"storage must be auto, full or topk, not {storage!r}")
     if top_k < 1:
         raise ValueError("top_k must be at least 1")
+    if batch_rows < 1:
+        raise ValueError("batch_rows must be at least 1")
     if logit_scale is not None and not (logit_scale > 0 and np.isfinite(logit_scale)):
         raise ValueError("the logit scale must be a positive number (1 / temperature)")
     con = ws.connect()
@@ -458,37 +497,170 @@ def classify(ws_path: str | Path, label_set: str | Path | LabelSet = "places205"
         if top_k >= len(ls):
             storage = "full"
         keep_k = None if storage == "full" else top_k
-        rows = _write_scores(ws, con, q, ls, wording, ident, scale, storage, keep_k, n_img, n_cap,
-                             batch_rows, progress)
+        rows, resumed = _write_scores(ws, con, q, ls, wording, ident, scale, storage, keep_k, n_img, n_cap,
+                                      batch_rows, progress, restart, log or (lambda _line: None))
     finally:
         con.close()
     return ClassifyResult(ls.name, wording.name, len(ls), n_img, n_cap, storage,
-                          len(ls) if keep_k is None else keep_k, scale, rows, time.time() - started, was_cached)
+                          len(ls) if keep_k is None else keep_k, scale, rows, time.time() - started, was_cached,
+                          resumed)
+
+
+# -- resume ---------------------------------------------------------------------
+
+def fingerprint(q: LabelQueries, ls: LabelSet, ident: ModelIdentity, scale: float, storage: str,
+                keep_k: int | None) -> str:
+    """Everything the stored values depend on, as JSON: only scores made with all of it are resumed.
+
+    (The label set's name and the wording's name are not in it: the same labels and
+    prompt texts from another file give the same scores.)
+    """
+    return json.dumps({"format": SCORES_FORMAT, "label_set_digest": ls.digest, "n_labels": len(ls),
+                       "cache_key": q.cache_key, "model": [ident.model, ident.pretrained, ident.embed_dim],
+                       "logit_scale": scale, "storage": storage, "top_k": keep_k,
+                       "ensemble": [ENSEMBLE_TEXT_WEIGHT, ENSEMBLE_TEXT_MIN]}, sort_keys=True)
+
+
+def _wrap64(x: int) -> int:
+    """x as a BIGINT, modulo 2**64 (the id sums wrap the way numpy's int64 sums do)."""
+    return (x + 2 ** 63) % 2 ** 64 - 2 ** 63
+
+
+@dataclass
+class _Progress:
+    """The score_progress row: how far the scores go, and what they hold up to there."""
+
+    last_id: int | None          # the highest item id of the last committed batch; None: no batch yet
+    images: int                  # image vectors scored
+    captions: int
+    image_id_sum: int            # sums of their item ids (modulo 2**64)
+    caption_id_sum: int
+
+    def add(self, b: Batch) -> None:
+        img, cap = b.ids[b.image_rows], b.ids[b.caption_rows]
+        self.images += len(img)
+        self.captions += len(cap)
+        self.image_id_sum = _wrap64(self.image_id_sum + int(img.sum()))
+        self.caption_id_sum = _wrap64(self.caption_id_sum + int(cap.sum()))
+        self.last_id = int(b.ids[-1])
+
+    def save(self, con: duckdb.DuckDBPyConnection, finished: bool = False) -> None:
+        con.execute("UPDATE score_progress SET last_id = ?, images = ?, captions = ?, image_id_sum = ?, "
+                    "caption_id_sum = ?, finished = ?, updated_at = current_timestamp",
+                    [self.last_id, self.images, self.captions, self.image_id_sum, self.caption_id_sum, finished])
+
+
+def _vectors_upto(ws: Workspace, con: duckdb.DuckDBPyConnection, kind: str,
+                  upto: int | None) -> tuple[int, int, int | None, bool]:
+    """(count, id sum, largest id) of the committed vectors of a kind with id <= upto, and
+    whether there are vectors with a greater id. Reads the id files only."""
+    n, total, top, more = 0, 0, None, False
+    for _v, ids_path, _n in ws.shard_files(con, kind):
+        ids = np.load(ids_path)
+        if upto is None:
+            more = more or len(ids) > 0
+            continue
+        m = ids <= upto
+        k = int(m.sum())
+        if k:
+            n += k
+            total = _wrap64(total + int(ids[m].sum()))
+            top = max(int(ids[m].max()), top if top is not None else int(ids[m].max()))
+        more = more or k < len(ids)
+    return n, total, top, more
+
+
+def _resume_point(ws: Workspace, con: duckdb.DuckDBPyConnection, fp: str, n_labels: int,
+                  log: Callable[[str], None]) -> tuple[_Progress, bool] | None:
+    """Where the scores in the workspace stop, if this run can continue them: (progress, whether
+    the rows after progress.last_id must go first). None: start over."""
+    if not all(sqlfiles.has_relation(con, t)
+               for t in ("score_progress", "labels", "item_scores", "label_scores", "score_settings")):
+        return None
+    rows = con.execute("SELECT fingerprint, last_id, images, captions, image_id_sum, caption_id_sum "
+                       "FROM score_progress").fetchall()
+    if len(rows) != 1:
+        return None
+    if rows[0][0] != fp:
+        log("starting over: the scores in the workspace were made with other settings")
+        return None
+    if con.execute("SELECT count(*) FROM labels").fetchall()[0][0] != n_labels:
+        return None
+    p = _Progress(*rows[0][1:])
+    if p.last_id is None:
+        return p, False
+    # The shards must still hold exactly the vectors scored, up to the last id scored;
+    # what was embedded since must come after it.
+    n_img, sum_img, top_img, more_img = _vectors_upto(ws, con, "image", p.last_id)
+    n_cap, sum_cap, _top, _more = _vectors_upto(ws, con, "caption", p.last_id)
+    if (n_img, sum_img, n_cap, sum_cap) != (p.images, p.image_id_sum, p.captions, p.caption_id_sum):
+        log("starting over: the embeddings are not the ones the scores in the workspace were made from")
+        return None
+    if more_img and (top_img is None or top_img < p.last_id):
+        # The last batches held captions only (items after the last image). Images
+        # embedded since come after them, and a run from the start puts those captions
+        # in one batch with the next images: score them again that way.
+        n_cap, sum_cap, _top, _more = _vectors_upto(ws, con, "caption", top_img)
+        return _Progress(top_img, n_img, n_cap, sum_img, sum_cap), True
+    return p, False
 
 
 def _write_scores(ws: Workspace, con: duckdb.DuckDBPyConnection, q: LabelQueries, ls: LabelSet, wording: Wording,
                   ident: ModelIdentity, scale: float, storage: str, keep_k: int | None, n_img: int, n_cap: int,
-                  batch_rows: int, progress: Callable[[int], None] | None) -> int:
+                  batch_rows: int, progress: Callable[[int], None] | None, restart: bool,
+                  log: Callable[[str], None]) -> tuple[int, int]:
+    """Write the scores; returns (label_scores rows, vectors scored by an earlier run)."""
     con.execute("CREATE OR REPLACE TEMP MACRO nan_null(x) AS CASE WHEN isnan(x) THEN NULL ELSE x END")
     con.execute(f"SET memory_limit = '{DUCKDB_MEMORY}'")  # a constant of ours, not user text
-    # The previous scores go first, with score_settings: until the last step writes
-    # settings again, the workspace counts as not classified, so a run that dies half
-    # way leaves nothing that looks complete. Batches commit one by one because DuckDB
-    # holds a transaction's appended rows in memory: one transaction would grow with
-    # the collection (35 MB a batch, 2 GB at 1M items).
-    _in_transaction(con, lambda: (sqlfiles.run(con, sqlfiles.SCORE_TABLES), con.executemany(
-        "INSERT INTO labels VALUES (?, ?, ?, ?, ?)",
-        [[i, lab, ps[0], ps, scene] for i, (lab, ps, scene) in enumerate(zip(ls.labels, q.prompts, ls.scenes,
-                                                                               strict=True))])))
-    rows = 0
-    for b in aligned_batches(ws, con, batch_rows):
+    fp = fingerprint(q, ls, ident, scale, storage, keep_k)
+    point = None if restart else _resume_point(ws, con, fp, len(ls), log)
+    # score_settings goes first: until the last step writes it again, the workspace
+    # counts as not classified, so a run that dies half way leaves nothing that looks
+    # complete. Batches commit one by one because DuckDB holds a transaction's appended
+    # rows in memory: one transaction would grow with the collection (35 MB a batch,
+    # 2 GB at 1M items). Each commits its rows with score_progress, so the next run
+    # with the same settings continues after the last batch committed.
+    if point is None:  # start over: new tables
+        done = _Progress(None, 0, 0, 0, 0)
+
+        def start():
+            sqlfiles.run(con, sqlfiles.SCORE_TABLES)
+            con.executemany("INSERT INTO labels VALUES (?, ?, ?, ?, ?)",
+                            [[i, lab, ps[0], ps, scene]
+                             for i, (lab, ps, scene) in enumerate(zip(ls.labels, q.prompts, ls.scenes, strict=True))])
+            con.execute("INSERT INTO score_progress (fingerprint, last_id, images, captions, image_id_sum, "
+                        "caption_id_sum, finished) VALUES (?, NULL, 0, 0, 0, 0, false)", [fp])
+
+        _in_transaction(con, start)
+    else:
+        done, roll_back = point
+
+        def reopen():
+            con.execute("DELETE FROM score_settings")
+            if roll_back:
+                where, args = ("", []) if done.last_id is None else (" WHERE id > ?", [done.last_id])
+                con.execute("DELETE FROM item_scores" + where, args)
+                con.execute("DELETE FROM label_scores" + where, args)
+            done.save(con)
+
+        _in_transaction(con, reopen)
+        if done.last_id is not None:
+            log(f"resuming after item id {done.last_id:,}: {done.images:,} image and {done.captions:,} caption "
+                "vectors are scored already")
+    resumed = done.images + done.captions
+    for kind in ("image", "caption"):  # a shard lost from under the workspace fails here, not half way
+        for vec_path, ids_path, _n in ws.shard_files(con, kind):
+            for path in (vec_path, ids_path):
+                if not path.exists():
+                    raise FileNotFoundError(f"{path}: a committed {kind} shard is missing; rebuild the workspace")
+    for b in aligned_batches(ws, con, batch_rows, done.last_id):
         items, scored = score_batch(b, q.vectors, scale, keep_k)
+        done.add(b)
         con.register("batch_items", items)
         con.register("batch_rows", scored)
-        _in_transaction(con, lambda: (con.execute(_INSERT_ITEMS), con.execute(_INSERT_ROWS)))
+        _in_transaction(con, lambda: (con.execute(_INSERT_ITEMS), con.execute(_INSERT_ROWS), done.save(con)))
         con.unregister("batch_items")
         con.unregister("batch_rows")
-        rows += len(scored["id"])
         if progress:
             progress(len(b.image_rows) + len(b.caption_rows))
 
@@ -499,10 +671,12 @@ def _write_scores(ws: Workspace, con: duckdb.DuckDBPyConnection, q: LabelQueries
                     [ls.name, ls.digest, wording.name, ident.model, ident.pretrained, ident.embed_dim, scale,
                      storage, len(ls) if keep_k is None else keep_k, len(ls), n_img, n_cap, q.cache_key,
                      ENSEMBLE_TEXT_WEIGHT, ENSEMBLE_TEXT_MIN])
+        done.save(con, finished=True)
         sqlfiles.install_views(con)
 
     _in_transaction(con, finish)
-    return rows
+    rows = con.execute("SELECT count(*) FROM label_scores").fetchall()[0][0]
+    return int(rows), resumed
 
 
 def _in_transaction(con: duckdb.DuckDBPyConnection, work: Callable[[], object]) -> None:

@@ -1,5 +1,5 @@
--- The scores of one `curate classify` run; the next run replaces them as a whole
--- (in one transaction, so a failed run leaves the previous scores in place).
+-- The scores of one `curate classify` run. A run with other settings replaces them
+-- as a whole; a run with the same settings continues them (score_progress).
 -- docs/scores.md says why the scores have this shape.
 --
 -- Probabilities are the softmax over the whole label set of logit_scale * cosine,
@@ -74,4 +74,18 @@ CREATE OR REPLACE TABLE score_settings (
     ensemble_text_weight DOUBLE NOT NULL, -- the `ensemble` view's parameters
     ensemble_text_min DOUBLE NOT NULL,
     created_at TIMESTAMP DEFAULT current_timestamp
+);
+
+-- How far the scores go (one row), written in the same transaction as each batch of
+-- rows: a killed `curate classify` run with the same settings continues after
+-- last_id, and a finished one scores only the items embedded since (docs/scores.md).
+CREATE OR REPLACE TABLE score_progress (
+    fingerprint VARCHAR NOT NULL,         -- JSON: every setting the stored values depend on
+    last_id BIGINT,                       -- the highest item id of the last committed batch; NULL: none yet
+    images BIGINT NOT NULL,               -- image vectors scored up to last_id
+    captions BIGINT NOT NULL,             -- caption vectors scored up to last_id
+    image_id_sum BIGINT NOT NULL,         -- the sums of their item ids (modulo 2^64): a resumed run
+    caption_id_sum BIGINT NOT NULL,       -- checks that the shards still hold exactly these
+    finished BOOLEAN NOT NULL,            -- the last run went to the end (score_settings written)
+    updated_at TIMESTAMP DEFAULT current_timestamp
 );

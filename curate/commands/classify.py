@@ -11,7 +11,14 @@ from tqdm import tqdm
 from ..labels import LabelSetError, UnknownLabel, load_label_set
 from ..model import WeightsUnavailable
 from ..prompts import PromptError, prompts_for, resolve
-from ..scores import DEFAULT_TOP_K, ENSEMBLE_TEXT_MIN, ENSEMBLE_TEXT_WEIGHT, NotReady, classify
+from ..scores import (
+    DEFAULT_BATCH_ROWS,
+    DEFAULT_TOP_K,
+    ENSEMBLE_TEXT_MIN,
+    ENSEMBLE_TEXT_WEIGHT,
+    NotReady,
+    classify,
+)
 from ..search import search_images
 from ..subsets import FORMATS, MODES, FilterError, FilterSpec, write_subset
 from ..workspace import ModelMismatch
@@ -60,9 +67,21 @@ def labels_cmd(label_set: str, prompts: str) -> None:
 @click.option("--top-k", type=click.IntRange(1), default=DEFAULT_TOP_K, show_default=True,
               help="Labels kept per item and modality with --storage topk.")
 @click.option("--device", default="auto", show_default=True, help="Device for the text encoder (label prompts).")
+@click.option("--restart", is_flag=True,
+              help="Score everything again, even where the workspace holds scores made with these settings "
+                   "(by default a run continues them: a killed run, or items embedded since).")
+@click.option("--batch-rows", type=click.IntRange(1), default=DEFAULT_BATCH_ROWS, hidden=True,
+              help="Items scored and committed together.")
+@click.option("--log-batches", is_flag=True, hidden=True,
+              help="Print a line to stdout after each committed batch.")
 def classify_cmd(ws_path: Path, label_set: str, prompts: str, logit_scale: float | None, temperature: float | None,
-                 storage: str, top_k: int, device: str) -> None:
-    """Score every image and caption against every label; create the SQL views."""
+                 storage: str, top_k: int, device: str, restart: bool, batch_rows: int, log_batches: bool) -> None:
+    """Score every image and caption against every label; create the SQL views.
+
+    A run with the same settings as the scores in the workspace continues them: after
+    a killed run, it scores from the last committed batch on; after a finished one,
+    only the items embedded since.
+    """
     if temperature is not None:
         if logit_scale is not None:
             raise click.UsageError("give --logit-scale or --temperature, not both")
@@ -71,9 +90,19 @@ def classify_cmd(ws_path: Path, label_set: str, prompts: str, logit_scale: float
         logit_scale = 1.0 / temperature
     bar = tqdm(desc="scoring", unit=" vectors", dynamic_ncols=True, mininterval=1.0,
                disable=None if sys.stderr.isatty() else True)
+    committed = 0
+
+    def progress(n: int) -> None:
+        nonlocal committed
+        bar.update(n)
+        committed += n
+        if log_batches:
+            click.echo(f"committed {n} vectors ({committed} in this run)")
+
     try:
         r = classify(ws_path, label_set, prompts, logit_scale=logit_scale, storage=storage, top_k=top_k,
-                     device=device, progress=bar.update)
+                     device=device, progress=progress, restart=restart, batch_rows=batch_rows,
+                     log=lambda line: tqdm.write(line, file=sys.stderr))
     except (*_ERRORS, ValueError) as e:
         raise click.ClickException(str(e)) from None
     finally:
@@ -82,6 +111,8 @@ def classify_cmd(ws_path: Path, label_set: str, prompts: str, logit_scale: float
     click.echo(f"classified {r.images:,} images and {r.captions:,} captions against {r.n_labels} labels "
                f"({r.label_set}, prompts {r.prompts}, logit scale {r.logit_scale:g}; stored {store}) "
                f"in {r.seconds:.1f} s")
+    if r.resumed_vectors:
+        click.echo(f"continued earlier scores: {r.resumed_vectors:,} vectors were scored already")
     click.echo("views: predictions, caption_predictions, ensemble, coverage (see `curate filter`)")
 
 
