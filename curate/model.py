@@ -31,7 +31,7 @@ class WeightsUnavailable(RuntimeError):
     """Pretrained weights could not be obtained; the message is one line for the user."""
 
 
-def _register_configs() -> None:
+def register_configs() -> None:
     import open_clip
 
     if TINY_MODEL in open_clip.list_models():
@@ -150,7 +150,7 @@ def load_encoder(model_name: str = DEFAULT_MODEL, pretrained: str | None = DEFAU
     """Build the open_clip model; raise WeightsUnavailable with a one-line reason."""
     import open_clip
 
-    _register_configs()
+    register_configs()
     device = pick_device(device)
     if model_name not in open_clip.list_models() and not model_name.startswith(("hf-hub:", "local-dir:")):
         raise WeightsUnavailable(

@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import platform
 import time
-from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -228,13 +227,3 @@ def quote_ident(name: str) -> str:
     """A user-supplied column name, safe to put in SQL as an identifier."""
     return '"' + name.replace('"', '""') + '"'
 
-
-def chunks(seq: Iterable, n: int):
-    buf = []
-    for x in seq:
-        buf.append(x)
-        if len(buf) == n:
-            yield buf
-            buf = []
-    if buf:
-        yield buf

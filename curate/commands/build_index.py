@@ -152,10 +152,10 @@ def _load(model: str, pretrained: str, device: str, fallback: str | None):
 def _precomputed_identity(root: Path, model: str, pretrained: str) -> ModelIdentity:
     import open_clip
 
-    from ..model import _register_configs
+    from ..model import register_configs
     from ..precomputed import embedding_dim
 
-    _register_configs()
+    register_configs()
     cfg = open_clip.get_model_config(model)
     if cfg is None:
         raise click.ClickException(f"unknown model architecture '{model}' (needed to know what made the embeddings)")
