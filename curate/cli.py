@@ -2,27 +2,76 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import sys
+import traceback
 
 import click
 
 from . import __version__
+from .errors import EXIT_INTERNAL, EXIT_INTERRUPTED, CurateError, OutputError, WorkspaceBusy
+
+# OS errors that are about the machine, not about curate: said in one line, no traceback.
+_OS_ERRNOS = {errno.ENOSPC: "disk full", errno.EDQUOT: "disk quota exceeded", errno.EACCES: "permission denied",
+              errno.EPERM: "operation not permitted", errno.EROFS: "read-only file system",
+              errno.EIO: "input/output error"}
 
 
-class _PipelineOrder(click.Group):
-    """`curate --help` lists the commands in the order a user runs them, not alphabetically."""
+class _CurateGroup(click.Group):
+    """The one place where errors become messages and exit statuses (curate/errors.py).
+
+    `curate --help` lists the commands in the order a user runs them, not alphabetically.
+    """
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return list(self.commands)
 
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+            raise
+        except CurateError as e:
+            _fail(ctx, str(e), e.exit_code)
+        except KeyboardInterrupt:
+            _fail(ctx, "interrupted; what was committed is kept, run the same command again to resume",
+                  EXIT_INTERRUPTED)
+        except OSError as e:
+            what = _OS_ERRNOS.get(e.errno or -1)
+            if what is None:
+                _fail(ctx, f"{e.strerror or e}" + (f": {e.filename}" if e.filename else ""), OutputError.exit_code)
+            where = f" ({e.filename})" if e.filename else ""
+            _fail(ctx, f"{what}{where}: nothing half-written was kept; free space or fix permissions and run "
+                       "the same command again", OutputError.exit_code)
+        except Exception as e:  # noqa: BLE001 - the last line of defence: one line, not a traceback
+            import duckdb
 
-@click.group(cls=_PipelineOrder, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            if isinstance(e, duckdb.IOException) and "lock" in first.lower():
+                _fail(ctx, f"the workspace is in use by another process ({first}); wait for it to finish "
+                           "or close it, then run the command again", WorkspaceBusy.exit_code)
+            if isinstance(e, duckdb.IOException):
+                _fail(ctx, f"cannot write the workspace: {first}", OutputError.exit_code)
+            _fail(ctx, f"internal error: {type(e).__name__}: {first} (a bug in curate; run with -v for the "
+                       "traceback and please report it)", EXIT_INTERNAL)
+
+
+def _fail(ctx: click.Context, message: str, code: int) -> None:
+    if ctx.meta.get("curate.verbose"):
+        traceback.print_exc()
+    click.echo(f"curate: {message}", err=True)
+    ctx.exit(code)
+
+
+@click.group(cls=_CurateGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="curate")
-@click.option("-v", "--verbose", is_flag=True, help="Show library logs.")
-def cli(verbose: bool) -> None:
+@click.option("-v", "--verbose", is_flag=True, help="Show library logs, and the traceback of an error.")
+@click.pass_context
+def cli(ctx: click.Context, verbose: bool) -> None:
     """Turn a raw photo+caption collection into a clean, labelled, searchable dataset."""
+    ctx.meta["curate.verbose"] = verbose
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(message)s")
     if not verbose:
         # open_clip and the hub client log their own fallbacks; we say it once, in our words.
@@ -46,9 +95,10 @@ def main() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
         cli(standalone_mode=True)
-    except KeyboardInterrupt:  # pragma: no cover
-        click.echo("interrupted; what was committed is kept, run the same command again to resume", err=True)
-        sys.exit(130)
+    except KeyboardInterrupt:  # pragma: no cover - outside a command (e.g. while importing)
+        click.echo("curate: interrupted; what was committed is kept, run the same command again to resume",
+                   err=True)
+        sys.exit(EXIT_INTERRUPTED)
 
 
 if __name__ == "__main__":

@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
 
+from .errors import InputError
+
 BUILTIN = ("places205",)
 
 # How a Places-style qualifier ("head/qualifier") reads in English. The study reads
@@ -39,11 +41,11 @@ QUALIFIER_PHRASES = {
 }
 
 
-class LabelSetError(ValueError):
+class LabelSetError(InputError, ValueError):
     """A label set that cannot be used (missing file, empty, duplicate names)."""
 
 
-class UnknownLabel(ValueError):
+class UnknownLabel(InputError, ValueError):
     """A label asked for that the active label set does not have."""
 
 

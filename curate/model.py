@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .errors import InputError
 from .workspace import ModelIdentity
 
 DEFAULT_MODEL = "ViT-B-32"
@@ -27,7 +28,7 @@ TINY_MODEL = "curate-tiny"
 log = logging.getLogger(__name__)
 
 
-class WeightsUnavailable(RuntimeError):
+class WeightsUnavailable(InputError, RuntimeError):
     """Pretrained weights could not be obtained; the message is one line for the user."""
 
 

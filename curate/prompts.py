@@ -18,6 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from .errors import InputError
 from .labels import LabelSet, readable
 
 RAW, NATURAL, ENSEMBLE = "raw", "natural", "ensemble"
@@ -40,7 +41,7 @@ SCENE_TEMPLATES = {
 }
 
 
-class PromptError(ValueError):
+class PromptError(InputError, ValueError):
     """A wording that cannot be used (unknown name, template without a label slot)."""
 
 

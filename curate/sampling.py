@@ -17,6 +17,7 @@ from datetime import datetime
 import duckdb
 
 from . import sqlfiles
+from .errors import CurateError
 from .sqlfiles import has_relation
 
 # Which view holds each kind of prediction. A user picks the key; only these fixed view
@@ -28,7 +29,7 @@ SOURCES: dict[str, str] = {
 }
 
 
-class SampleError(RuntimeError):
+class SampleError(CurateError, RuntimeError):
     """A review set cannot be drawn or found; the message says what to do."""
 
 

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from . import sqlfiles, store
+from .errors import CurateError
 from .labels import LabelSet, load_label_set
 from .prompts import Wording, prompts_for, resolve
 from .workspace import ModelIdentity, Workspace, check_same_model
@@ -52,7 +53,7 @@ ENSEMBLE_TEXT_WEIGHT = 0.2
 ENSEMBLE_TEXT_MIN = 0.5
 
 
-class NotReady(RuntimeError):
+class NotReady(CurateError, RuntimeError):
     """The workspace lacks what this step needs (embeddings, or scores)."""
 
 

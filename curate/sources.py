@@ -17,6 +17,7 @@ from pathlib import Path
 import duckdb
 import numpy as np
 
+from .errors import InputError
 from .images import IMAGE_EXTENSIONS
 from .workspace import quote_ident
 
@@ -42,7 +43,7 @@ class Source:
         return f"{self.kind} {self.root}"
 
 
-class SourceError(ValueError):
+class SourceError(InputError, ValueError):
     pass
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import duckdb
 
 from . import scores, sqlfiles
+from .errors import InputError
 from .labels import check_labels
 from .workspace import Workspace
 
@@ -31,7 +32,7 @@ FORMATS = {
 MODES = ("image", "caption", "ensemble")
 
 
-class FilterError(ValueError):
+class FilterError(InputError, ValueError):
     """A filter that cannot run as asked (bad options, nothing classified yet)."""
 
 

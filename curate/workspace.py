@@ -19,6 +19,8 @@ from pathlib import Path
 
 import duckdb
 
+from .errors import WorkspaceError
+
 DB_NAME = "curate.duckdb"
 STORAGE_VERSION = "v1.5.0"
 
@@ -77,6 +79,11 @@ CREATE TABLE IF NOT EXISTS shards (
 );
 """
 
+# Columns and tables added after the first release, applied to existing workspaces at
+# every read-write connect (each statement must be idempotent: IF NOT EXISTS).
+UPGRADES: list[str] = [
+]
+
 KINDS = ("image", "caption")
 
 
@@ -94,7 +101,7 @@ class ModelIdentity:
         return f"{self.model} ({w}, {self.embed_dim}-d)"
 
 
-class ModelMismatch(RuntimeError):
+class ModelMismatch(WorkspaceError, RuntimeError):
     pass
 
 
@@ -135,6 +142,8 @@ class Workspace:
         config = {} if self.db_path.exists() else {"storage_compatibility_version": STORAGE_VERSION}
         con = duckdb.connect(str(self.db_path), config=config)
         con.execute(SCHEMA)
+        for stmt in UPGRADES:
+            con.execute(stmt)
         return con
 
     # -- meta -----------------------------------------------------------------
