@@ -213,18 +213,28 @@ def test_logit_scale_override(ws, tiny_encoder):
 
 
 def test_ties_go_to_the_first_label(ws, tiny_encoder, tmp_path):
-    """Two labels with the same prompt have the same vector: equal probabilities, first one wins."""
-    f = tmp_path / "twins.csv"
-    f.write_text("label,prompt\nzebra,a photo of a street\nalpha,a photo of a street\nbeach,a photo of a beach\n",
+    """Labels with the same prompt have the same vector, so every image and caption ties between them:
+    the label that comes first in the file wins (not the alphabetical one), in the views and in filters."""
+    from curate.subsets import FilterSpec, write_subset
+
+    f = tmp_path / "triplets.csv"
+    f.write_text("label,prompt\nzebra,a photo of a street\nalpha,a photo of a street\nmango,a photo of a street\n",
                  encoding="utf-8")
     classify(ws, f, "natural", tiny_encoder)
     con = db(ws)
-    probs = con.execute("SELECT label, label2, prob, prob2, margin FROM predictions").fetchall()
-    for label, label2, prob, prob2, margin in probs:
-        if label in ("zebra", "alpha"):
-            assert (label, label2) == ("zebra", "alpha")   # file order, not alphabetical
-            assert prob == prob2 and margin == 0
-    assert any(r[0] == "zebra" for r in probs) or all(r[0] == "beach" for r in probs)
+    for view, n in (("predictions", 12), ("caption_predictions", 11), ("ensemble", 12)):
+        rows = con.execute(f"SELECT label, label2, prob, prob2, margin FROM {view}").fetchall()
+        assert len(rows) == n, view
+        for label, label2, prob, prob2, margin in rows:
+            assert (label, label2) == ("zebra", "alpha"), view     # file order, not alphabetical
+            assert prob == pytest.approx(1 / 3, abs=1e-12) and prob2 == pytest.approx(1 / 3, abs=1e-12)
+            assert margin == pytest.approx(0, abs=1e-12), view
+    con.close()
+    for mode, n in (("image", 12), ("caption", 11), ("ensemble", 12)):
+        assert write_subset(ws, FilterSpec(labels=("zebra",), min_prob=0.3, mode=mode), None).kept == n, mode
+        for loser in ("alpha", "mango"):
+            assert write_subset(ws, FilterSpec(labels=(loser,), min_prob=0.3, mode=mode), None).kept == 0, mode
+        assert write_subset(ws, FilterSpec(min_prob=0.34, mode=mode), None).kept == 0, mode
 
 
 def test_label_vectors_are_cached_per_model_and_prompts(ws, tiny_encoder):

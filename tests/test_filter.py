@@ -207,8 +207,13 @@ def test_search_matches_brute_force(classified, tiny_encoder):
     assert [h.id for h in hits] == ids[order].tolist()
     assert [h.score for h in hits] == pytest.approx(sims[order].tolist(), abs=1e-5)
     assert all(h.path and Path(h.path).is_file() for h in hits)
+    # the command prints the same three hits, in rank order, each with its score, id and path
     out = run_cli("search", "-w", classified, "a rooftop bar at night", "-k", "3").output
-    assert len(out.strip().splitlines()) >= 4
+    lines = [ln.split() for ln in out.strip().splitlines() if ln.split() and ln.split()[0].isdigit()]
+    assert [int(ln[0]) for ln in lines] == [1, 2, 3]
+    assert [int(ln[2]) for ln in lines] == ids[order][:3].tolist()
+    assert [float(ln[1]) for ln in lines] == pytest.approx(sims[order][:3].tolist(), abs=1e-4)
+    assert [ln[3] for ln in lines] == [h.path for h in hits[:3]]
 
 
 def test_search_refuses_another_model(tmp_path, tiny_encoder):

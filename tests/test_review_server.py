@@ -55,8 +55,34 @@ def _post(url, body, ctype="application/json", headers=None):
     return _req(url + "api/mark", json.dumps(body).encode(), {"Content-Type": ctype, **(headers or {})})
 
 
+def _listening(port: int) -> set[str]:
+    """Local addresses the kernel has a listening TCP socket on for `port` (IPv4 and IPv6)."""
+    out = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = open(table).read().splitlines()[1:]
+        except FileNotFoundError:
+            continue
+        for line in lines:
+            local, state = line.split()[1], line.split()[3]
+            addr, p = local.split(":")
+            if int(p, 16) == port and state == "0A":  # 0A: LISTEN
+                out.add(addr)
+    return out
+
+
 def test_binds_loopback_only(server):
-    assert server.url.startswith("http://127.0.0.1:")
+    """Asked of the kernel, not of the server: the one listening socket is 127.0.0.1, and the
+    machine's other addresses refuse the connection."""
+    import socket
+
+    port = int(server.url.rsplit(":", 1)[1].strip("/"))
+    assert _listening(port) == {"0100007F"}                 # 127.0.0.1, little-endian hex
+    others = [a for a in subprocess.run(["hostname", "-I"], capture_output=True, text=True).stdout.split()
+              if ":" not in a and not a.startswith("127.")]
+    for addr in others:
+        with pytest.raises(OSError), socket.create_connection((addr, port), timeout=2):
+            pass
 
 
 def test_page_items_and_images(server, ws):
