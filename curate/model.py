@@ -153,11 +153,16 @@ def load_encoder(model_name: str = DEFAULT_MODEL, pretrained: str | None = DEFAU
 
     register_configs()
     device = pick_device(device)
-    if model_name not in open_clip.list_models() and not model_name.startswith(("hf-hub:", "local-dir:")):
-        raise WeightsUnavailable(
-            f"unknown model architecture '{model_name}'; open_clip knows e.g. "
-            f"{', '.join(open_clip.list_models()[:6])}, ... (`python -c 'import open_clip; print(open_clip.list_models())'`)"
-        )
+    if model_name.startswith("local-dir:"):
+        folder = Path(model_name[len("local-dir:"):]).expanduser()
+        if not folder.is_dir():
+            raise WeightsUnavailable(f"--model {model_name}: folder {folder} does not exist (a local-dir: model is a "
+                                     "folder holding open_clip_config.json and open_clip_model.safetensors)")
+        if not (folder / "open_clip_config.json").is_file():
+            raise WeightsUnavailable(f"--model {model_name}: {folder} has no open_clip_config.json")
+    elif model_name not in open_clip.list_models() and not model_name.startswith("hf-hub:"):
+        raise WeightsUnavailable(f"unknown model architecture '{model_name}'{suggest_models(model_name)} "
+                                 "(all names: `python -c 'import open_clip; print(open_clip.list_models())'`)")
     tag = None if pretrained in (None, "", "none", "random") else pretrained
     random_weights = tag is None and not model_name.startswith(("hf-hub:", "local-dir:"))
 
@@ -193,6 +198,18 @@ def load_encoder(model_name: str = DEFAULT_MODEL, pretrained: str | None = DEFAU
                           random_weights=random_weights)
     return Encoder(model=model, preprocess=preprocess, tokenizer=tokenizer, identity=ident, device=device,
                    image_size=image_size, context_length=int(getattr(tokenizer, "context_length", 77)))
+
+
+def suggest_models(name: str) -> str:
+    """'; did you mean A, B?' with the architectures closest to a mistyped name, or ''."""
+    import difflib
+
+    import open_clip
+
+    names = open_clip.list_models()
+    by_lower = {n.lower(): n for n in names}
+    close = difflib.get_close_matches(name.lower(), list(by_lower), n=4, cutoff=0.6)
+    return f"; did you mean {', '.join(by_lower[c] for c in close)}?" if close else ""
 
 
 def _build_from_tag(build, model_name: str, tag: str):
