@@ -68,10 +68,12 @@ def _fail(ctx: click.Context, message: str, code: int) -> None:
 @click.group(cls=_CurateGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="curate")
 @click.option("-v", "--verbose", is_flag=True, help="Show library logs, and the traceback of an error.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress output (results and errors are still printed).")
 @click.pass_context
-def cli(ctx: click.Context, verbose: bool) -> None:
+def cli(ctx: click.Context, verbose: bool, quiet: bool) -> None:
     """Turn a raw photo+caption collection into a clean, labelled, searchable dataset."""
     ctx.meta["curate.verbose"] = verbose
+    ctx.meta["curate.quiet"] = quiet
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(message)s")
     if not verbose:
         # open_clip and the hub client log their own fallbacks; we say it once, in our words.
