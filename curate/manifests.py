@@ -88,7 +88,7 @@ def _try_read(con, p: Path, fmt: str, m: Path) -> None:
 def _csv_reader(tsv: bool, header: bool = False, extra: str = "") -> str:
     delim = ", delim = '\\t'" if tsv else ""
     cast = "" if header else ", all_varchar = true"
-    return (f"read_csv(?, header = {str(header).lower()}{cast}, sample_size = -1, null_padding = true"
+    return (f"read_csv(?, header = {str(header).lower()}{cast}, sample_size = -1"
             f"{delim}{extra})")
 
 
@@ -195,6 +195,7 @@ def _utf8_file(m: Path, tmp: Path, res: ScanResult, try_read) -> Path:
 
 def _ingest(con, src: Source, m: Path, source_no: int, run_id: int, names: list[str], types: list[str],
             res: ScanResult) -> ScanResult:
+    names = [n if n.strip() else f"column{i}" for i, n in enumerate(names, 1)]  # position in the file
     roles = roles_of(names)
     if "path" not in roles:
         raise SourceError(f"{m}: a manifest needs a 'path' column (found: {', '.join(names) or 'no columns'})")
