@@ -22,8 +22,15 @@ from pathlib import Path
 
 import duckdb
 
-from .sources import (MANIFEST_EXTENSIONS, ScanResult, Source, SourceError, clean_sql, column_targets,
-                      record_rejects)
+from .sources import (
+    MANIFEST_EXTENSIONS,
+    ScanResult,
+    Source,
+    SourceError,
+    clean_sql,
+    column_targets,
+    record_rejects,
+)
 from .workspace import quote_ident
 
 ROLES = ("id", "path", "caption")
@@ -135,7 +142,7 @@ def _load_jsonl(con, path: Path, infer: bool) -> tuple[list[str], list[str]]:
     roles = set(roles_of(names).values())
     if infer and names:
         kinds = con.execute("SELECT " + ", ".join(
-            f"list_distinct(list(json_type(json -> ?)) FILTER (WHERE json_type(json -> ?) <> 'NULL'))" for _ in names)
+            "list_distinct(list(json_type(json -> ?)) FILTER (WHERE json_type(json -> ?) <> 'NULL'))" for _ in names)
             + " FROM manifest_json", [p for n in names for p in (_pointer(n), _pointer(n))]).fetchall()[0]
         for i, k in enumerate(kinds):
             k = set(k or [])

@@ -82,8 +82,8 @@ def test_csv_encodings(tmp_path):
         "cp1252": text.encode("cp1252"),
         "utf16": text.encode("utf-16"),
         # one line written in cp1252 inside a UTF-8 file: the UTF-8 lines stay as they are
-        "mixed": "path,caption,place\n".encode() + "a.jpg,Café “quoted” €5,Zürich\n".encode("cp1252")
-        + "b.jpg,plain,x\n".encode(),
+        "mixed": b"path,caption,place\n" + "a.jpg,Café “quoted” €5,Zürich\n".encode("cp1252")
+        + b"b.jpg,plain,x\n",
     }
     for name, raw in variants.items():
         p = tmp_path / f"{name}.csv"
