@@ -19,7 +19,7 @@ import duckdb
 import numpy as np
 
 from . import store
-from .sources import RESERVED, SourceError
+from .sources import Source, SourceError, clean_sql, column_targets, register_source
 from .workspace import Workspace, quote_ident
 
 CHUNK = 100_000
@@ -65,6 +65,7 @@ def import_clip_retrieval(ws: Workspace, con: duckdb.DuckDBPyConnection, root: P
                           chunk: int = CHUNK) -> tuple[int, int, int]:
     """Import every part; returns (rows seen, items added, rejected)."""
     store.remove_orphans(ws, con)
+    source_no = register_source(con, Source("clip-retrieval", root), run_id)
     seen = added = bad = 0
     for part, img_f, text_f, meta_f in _parts(root):
         n_rows, dim = np.load(img_f, mmap_mode="r").shape
@@ -80,11 +81,12 @@ def import_clip_retrieval(ws: Workspace, con: duckdb.DuckDBPyConnection, root: P
         path_col = next((c for c in ("image_path", "url", "path") if c in cols), None)
         id_col = next((c for c in ("key", "id") if c in cols), None)
         extras = [c for c in cols if c not in ("_row", "caption", path_col, id_col)]
-        _add_extra_columns(con, extras)
+        targets = column_targets(extras)
+        _add_extra_columns(con, extras, targets)
         for start in range(0, n_rows, chunk):
             stop = min(start + chunk, n_rows)
             a, b, c = _import_chunk(ws, con, run_id, part, img_f, text_f, start, stop, cols, path_col, id_col,
-                                    extras)
+                                    extras, targets, source_no)
             seen, added, bad = seen + a, added + b, bad + c
             if progress:
                 progress(stop - start)
@@ -92,12 +94,11 @@ def import_clip_retrieval(ws: Workspace, con: duckdb.DuckDBPyConnection, root: P
     return seen, added, bad
 
 
-def _add_extra_columns(con: duckdb.DuckDBPyConnection, extras: list[str]) -> None:
-    have = {r[0] for r in con.execute("DESCRIBE items").fetchall()}
+def _add_extra_columns(con: duckdb.DuckDBPyConnection, extras: list[str], targets: list[str]) -> None:
+    have = {r[0].lower() for r in con.execute("DESCRIBE items").fetchall()}
     types = {r[0]: r[1] for r in con.execute("DESCRIBE cr_meta").fetchall()}
-    for c in extras:
-        t = f"src_{c}" if c in RESERVED else c
-        if t not in have:
+    for c, t in zip(extras, targets, strict=True):
+        if t.lower() not in have:
             con.execute(f"ALTER TABLE items ADD COLUMN {quote_ident(t)} {types[c]}")
 
 
@@ -107,11 +108,12 @@ def _rows(f: Path, start: int, stop: int, rows: np.ndarray) -> np.ndarray:
     return np.array(np.load(f, mmap_mode="r")[start:stop][rows - start])
 
 
-def _import_chunk(ws, con, run_id, part, img_f, text_f, start, stop, cols, path_col, id_col, extras):
+def _import_chunk(ws, con, run_id, part, img_f, text_f, start, stop, cols, path_col, id_col, extras, targets,
+                  source_no):
     sid_expr = f"CAST({quote_ident(id_col)} AS VARCHAR)" if id_col else "NULL"
     path_expr = f"CAST({quote_ident(path_col)} AS VARCHAR)" if path_col else "NULL"
     fallback = f"'part{part}:' || _row"
-    cap_expr = "nullif(trim(CAST(caption AS VARCHAR)), '')" if "caption" in cols else "CAST(NULL AS VARCHAR)"
+    cap_expr = clean_sql("caption") if "caption" in cols else "CAST(NULL AS VARCHAR)"
     con.execute(
         f"""
         CREATE OR REPLACE TEMP TABLE cr_chunk AS
@@ -124,8 +126,8 @@ def _import_chunk(ws, con, run_id, part, img_f, text_f, start, stop, cols, path_
     )
     new = con.execute(
         "SELECT _row, caption IS NOT NULL FROM cr_chunk c "
-        "WHERE NOT EXISTS (SELECT 1 FROM items i WHERE i.source_id = c.source_id) "
-        "QUALIFY row_number() OVER (PARTITION BY source_id ORDER BY _row) = 1 ORDER BY _row"
+        "WHERE NOT EXISTS (SELECT 1 FROM items i WHERE i.source_no = ? AND i.source_id = c.source_id) "
+        "QUALIFY row_number() OVER (PARTITION BY source_id ORDER BY _row) = 1 ORDER BY _row", [source_no]
     ).fetchnumpy()
     rows, has_cap = new["_row"].astype(np.int64), new["(caption IS NOT NULL)"].astype(bool)
     if len(rows) == 0:
@@ -143,22 +145,22 @@ def _import_chunk(ws, con, run_id, part, img_f, text_f, start, stop, cols, path_
         if use.any():
             p = store.next_part(con, "caption")
             shards.append(("caption", p, store.write_shard(ws, "caption", p, ids[use], tv[use]), int(use.sum())))
-    extra_cols = "".join(", " + quote_ident(f"src_{c}" if c in RESERVED else c) for c in extras)
+    extra_cols = "".join(", " + quote_ident(t) for t in targets)
     extra_vals = "".join(", c." + quote_ident(c) for c in extras)
     con.execute("BEGIN TRANSACTION")
     try:
         con.register("cr_new", {"_row": rows, "id": ids, "ok": ok})
         con.execute(
-            f"INSERT INTO items (id, source_id, path, caption, status, run_id{extra_cols}) "
-            f"SELECT n.id, c.source_id, c.path, c.caption, CASE WHEN n.ok THEN 'embedded' ELSE 'rejected' END, ?"
+            f"INSERT INTO items (id, source_id, path, caption, status, run_id, source_no{extra_cols}) "
+            f"SELECT n.id, c.source_id, c.path, c.caption, CASE WHEN n.ok THEN 'embedded' ELSE 'rejected' END, ?, ?"
             f"{extra_vals} FROM cr_new n JOIN cr_chunk c USING (_row) ORDER BY n.id",
-            [run_id],
+            [run_id, source_no],
         )
         con.execute(
-            "INSERT INTO rejected (item_id, source_id, path, reason, stage, run_id) "
-            "SELECT n.id, c.source_id, c.path, 'embedding is all zeros or not finite', 'import', ? "
+            "INSERT INTO rejected (item_id, source_id, path, reason, stage, run_id, source_no) "
+            "SELECT n.id, c.source_id, c.path, 'embedding is all zeros or not finite', 'import', ?, ? "
             "FROM cr_new n JOIN cr_chunk c USING (_row) WHERE NOT n.ok",
-            [run_id],
+            [run_id, source_no],
         )
         con.unregister("cr_new")
         for kind, p, name, n in shards:

@@ -25,18 +25,29 @@ DB_NAME = "curate.duckdb"
 STORAGE_VERSION = "v1.5.0"
 
 # `id` is ours (dense BIGINT, the FAISS id); `source_id` is what the source calls the
-# item (manifest id, or the path relative to the source root) and is what makes a
-# second run over the same source add only new items.
+# item (manifest id, or the path relative to the source root); `source_no` is the
+# source (table `sources`). (source_no, source_id) is what makes a second run over the
+# same source add only new items, and keeps two sources' items apart.
 SCHEMA = """
+CREATE TABLE IF NOT EXISTS sources (
+    source_no INTEGER PRIMARY KEY,
+    kind VARCHAR NOT NULL,                       -- folder | tree | manifest | clip-retrieval | unknown
+    location VARCHAR,                            -- the resolved folder or manifest file
+    description VARCHAR NOT NULL UNIQUE,         -- what identifies it (includes a captions folder)
+    first_run INTEGER,
+    added_at TIMESTAMP DEFAULT current_timestamp
+);
 CREATE TABLE IF NOT EXISTS items (
     id BIGINT PRIMARY KEY,
-    source_id VARCHAR NOT NULL UNIQUE,
+    source_id VARCHAR NOT NULL,
     path VARCHAR NOT NULL,
     caption VARCHAR,
     status VARCHAR NOT NULL DEFAULT 'pending',   -- pending | embedded | rejected
     caption_tokens INTEGER,
     caption_truncated BOOLEAN,
-    run_id INTEGER
+    run_id INTEGER,
+    source_no INTEGER,
+    UNIQUE (source_no, source_id)
 );
 CREATE TABLE IF NOT EXISTS rejected (
     item_id BIGINT,
@@ -45,7 +56,8 @@ CREATE TABLE IF NOT EXISTS rejected (
     reason VARCHAR NOT NULL,
     stage VARCHAR NOT NULL,                      -- scan | decode | caption | import
     run_id INTEGER,
-    rejected_at TIMESTAMP DEFAULT current_timestamp
+    rejected_at TIMESTAMP DEFAULT current_timestamp,
+    source_no INTEGER
 );
 CREATE TABLE IF NOT EXISTS runs (
     run_id INTEGER PRIMARY KEY,
@@ -82,6 +94,8 @@ CREATE TABLE IF NOT EXISTS shards (
 # Columns and tables added after the first release, applied to existing workspaces at
 # every read-write connect (each statement must be idempotent: IF NOT EXISTS).
 UPGRADES: list[str] = [
+    "ALTER TABLE rejected ADD COLUMN IF NOT EXISTS source_no INTEGER",
+    # items.source_no and the (source_no, source_id) key: sources.upgrade_items (a table rebuild).
 ]
 
 KINDS = ("image", "caption")

@@ -5,7 +5,7 @@
 -- nothing. Parameters: $wanted (labels; an empty list: any label) and $unmatched (true:
 -- the images whose calibrated top label stays under its threshold, what cleaning drops).
 SELECT k.id, i.path, i.caption, k.label, k.calibrated_prob AS prob, k.class_threshold,
-       i.* EXCLUDE (id, path, caption, status, caption_tokens, caption_truncated, run_id)
+       i.* EXCLUDE (id, path, caption, status, caption_tokens, caption_truncated, run_id, source_no)
 FROM calibrated_predictions k
 JOIN items i ON i.id = k.id
 WHERE CASE WHEN $unmatched THEN NOT k.keep

@@ -34,7 +34,7 @@ CREATE OR REPLACE MACRO subset(mode, wanted, min_prob, unmatched := false,
                                text_weight := 0.2, text_min := 0.5,
                                image_min := 0.0, image_max := 1.0, renormalize := true) AS TABLE
 SELECT k.id, i.path, i.caption, k.label, k.prob,
-       i.* EXCLUDE (id, path, caption, status, caption_tokens, caption_truncated, run_id)
+       i.* EXCLUDE (id, path, caption, status, caption_tokens, caption_truncated, run_id, source_no)
 FROM subset_predictions(mode, wanted, min_prob, unmatched := unmatched,
                         text_weight := text_weight, text_min := text_min,
                         image_min := image_min, image_max := image_max,

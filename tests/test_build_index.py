@@ -106,11 +106,13 @@ def test_manifest_csv_keeps_extra_columns_and_rejects_duplicates(tmp_path):
     run_cli("build-index", tmp_path / "m.csv", "-w", ws, *TINY)
     _, con = _ws(ws)
     rows = con.execute("SELECT source_id, caption, likes, city, status FROM items ORDER BY id").fetchall()
-    assert rows == [("a", "first", 10, "NYC", "embedded"), ("b", None, 20, "LA", "embedded"),
-                    ("d", "gone", 50, "NYC", "rejected")]
+    # extra columns keep the text written in the file (--infer-types would type them)
+    assert rows == [("a", "first", "10", "NYC", "embedded"), ("b", None, "20", "LA", "embedded"),
+                    ("d", "gone", "50", "NYC", "rejected")]
     reasons = dict(con.execute("SELECT coalesce(source_id, '?'), reason FROM rejected").fetchall())
-    assert reasons["a"] == 'manifest row 3: duplicate id "a" (first on row 1)'
-    assert reasons["c"] == "manifest row 4: empty path"
+    m = tmp_path / "m.csv"
+    assert reasons["a"] == f'manifest {m} row 3: duplicate id "a" (first on row 1)'
+    assert reasons["c"] == f"manifest {m} row 4: empty path"
     assert reasons["d"] == "file not found"
     # a second run records nothing twice
     con.close()
@@ -133,8 +135,10 @@ def test_manifest_jsonl_and_parquet(tmp_path, fmt):
     ws = tmp_path / "ws"
     run_cli("build-index", src, "-w", ws, *TINY)
     _, con = _ws(ws)
+    # JSONL numbers are kept as their JSON text; parquet keeps the types the file declares
+    half, one_half = (0.5, 1.5) if fmt == "parquet" else ("0.5", "1.5")
     assert con.execute("SELECT source_id, caption, score, status FROM items ORDER BY id").fetchall() == [
-        ("0.jpg", "zero", 0.5, "embedded"), ("1.jpg", "one", 1.5, "embedded")]
+        ("0.jpg", "zero", half, "embedded"), ("1.jpg", "one", one_half, "embedded")]
 
 
 def test_instacities_tree(tmp_path):

@@ -47,9 +47,11 @@ def _bar(desc: str, total: int | None, unit: str) -> tqdm:
               help="Refuse images larger than this (decompression bombs).")
 @click.option("--limit", type=click.IntRange(1), default=None, help="Embed at most this many pending items.")
 @click.option("--strict", is_flag=True, help="Exit with status 3 if any item was rejected.")
+@click.option("--infer-types", is_flag=True,
+              help="Type a manifest's own columns (numbers, dates, booleans) instead of keeping them as written.")
 def build_index(source: Path, ws_path: Path, model: str | None, pretrained: str | None, fallback_model: str | None,
                 captions_dir: Path | None, recipe: str, device: str, batch_size: int | None, workers: int | None,
-                shard_size: int, max_pixels: int, limit: int | None, strict: bool) -> None:
+                shard_size: int, max_pixels: int, limit: int | None, strict: bool, infer_types: bool) -> None:
     """Ingest SOURCE and embed it once into FAISS indexes and a DuckDB workspace.
 
     SOURCE is a folder of images (captions as same-name .txt files beside them), an
@@ -83,6 +85,7 @@ def build_index(source: Path, ws_path: Path, model: str | None, pretrained: str 
 
     run_id = Workspace.start_run(con, "build-index", src.describe(), ident, device)
     status = "failed"
+    scan = None
     try:
         if src.kind == "clip-retrieval":
             from ..precomputed import count_rows, import_clip_retrieval
@@ -91,7 +94,8 @@ def build_index(source: Path, ws_path: Path, model: str | None, pretrained: str 
                 seen, added, _bad = import_clip_retrieval(ws, con, src.root, run_id, ident.embed_dim, bar.update)
         else:
             with _bar("scan", None, "item") as bar:
-                seen, added = scan_into(con, src, run_id, bar.update)
+                scan = scan_into(con, src, run_id, bar.update, infer_types=infer_types)
+                seen, added = scan.seen, scan.added
             todo = con.execute("SELECT count(*) FROM items WHERE status = 'pending'").fetchall()[0][0]
             todo = min(todo, limit) if limit else todo
             opts = EmbedOptions(shard_size=shard_size, max_pixels=max_pixels, limit=limit,
@@ -112,9 +116,17 @@ def build_index(source: Path, ws_path: Path, model: str | None, pretrained: str 
         Workspace.finish_run(con, run_id, started, status)
 
     counts = dict(con.execute("SELECT status, count(*) FROM items GROUP BY status").fetchall())
-    n_rej = con.execute("SELECT count(*) FROM rejected WHERE run_id = ?", [run_id]).fetchall()[0][0]
+    by_stage = dict(con.execute("SELECT stage, count(*) FROM rejected WHERE run_id = ? GROUP BY stage ORDER BY stage",
+                                [run_id]).fetchall())
+    n_rej = sum(by_stage.values())
     con.close()
-    click.echo(f"source: {src.describe()}: {seen} seen, {added} new")
+    not_taken = ""
+    if scan and (scan.not_taken or scan.other_files):
+        not_taken = f"; not taken: {scan.not_taken} (in rejected, stage scan)" + (
+            f", {scan.other_files} other files" if scan.other_files else "")
+    click.echo(f"source: {src.describe()}: {seen} seen, {added} new{not_taken}")
+    for note in scan.notes if scan else []:
+        click.echo(f"note: {note}")
     click.echo(f"items: {sum(counts.values())} in workspace, {counts.get('embedded', 0)} embedded, "
                f"{counts.get('rejected', 0)} rejected, {counts.get('pending', 0)} pending")
     for r in built:
@@ -130,7 +142,9 @@ def build_index(source: Path, ws_path: Path, model: str | None, pretrained: str 
         else:
             click.echo(f"index: {what}")
     if n_rej:
-        click.echo(f"rejected this run: {n_rej} (reasons: duckdb {ws.db_path} -c \"select path, reason from rejected\")")
+        stages = ", ".join(f"{k} {v}" for k, v in by_stage.items())
+        click.echo(f"rejected this run: {n_rej} ({stages}; reasons: duckdb {ws.db_path} "
+                   f"-c \"select path, reason from rejected\")")
     click.echo(f"model: {ident.describe()}; {time.time() - started:.1f} s")
     if ident.random_weights:
         click.echo("NOTE: random weights: these embeddings carry no meaning; use them to test the pipeline only.")
