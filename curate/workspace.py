@@ -151,7 +151,7 @@ class Workspace:
             try:
                 con = self._open(read_only)
                 break
-            except duckdb.IOException as e:
+            except (duckdb.IOException, duckdb.ConnectionException) as e:
                 if not is_lock_error(e):
                     raise
                 if time.monotonic() >= deadline:
@@ -264,7 +264,11 @@ def lock_wait() -> float:
 
 
 def is_lock_error(e: BaseException) -> bool:
+    """Another process holds the file, or (same rule, one process) another connection of
+    this process holds it in the other mode (a review server in a notebook or a test)."""
     text = str(e)
+    if isinstance(e, duckdb.ConnectionException):
+        return "different configuration" in text
     return isinstance(e, duckdb.IOException) and ("Could not set lock" in text or "Conflicting lock" in text)
 
 
@@ -294,7 +298,10 @@ def busy_message(db_path: Path, error: str, read_only: bool, waited: float) -> s
     m = re.search(r"\(PID (\d+)\)", error)
     pid = int(m.group(1)) if m else None
     cmd = holder_command(pid) if pid is not None else None
-    who = f"process {pid}" + (f" ({cmd})" if cmd else "") if pid is not None else "another process"
+    if pid is not None:
+        who = f"process {pid}" + (f" ({cmd})" if cmd else "")
+    else:
+        who = "another connection of this process" if "different configuration" in error else "another process"
     # DuckDB adds this hint only when the holder itself is a read-only connection.
     how = "reading it" if "read-only mode" in error else "writing it"
     todo = ("wait for it to finish or stop it" if how == "writing it"
