@@ -68,10 +68,16 @@ def _fail(ctx: click.Context, message: str, code: int) -> None:
 @click.group(cls=_CurateGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="curate")
 @click.option("-v", "--verbose", is_flag=True, help="Show library logs, and the traceback of an error.")
+@click.option("--wait", type=click.FloatRange(0), default=None, metavar="SECONDS",
+              help="If another process holds the workspace, wait up to this long for it [default: 10, "
+                   "or $CURATE_WAIT]; then say which process holds it (exit 5).")
 @click.pass_context
-def cli(ctx: click.Context, verbose: bool) -> None:
+def cli(ctx: click.Context, verbose: bool, wait: float | None) -> None:
     """Turn a raw photo+caption collection into a clean, labelled, searchable dataset."""
     ctx.meta["curate.verbose"] = verbose
+    from .workspace import set_lock_wait
+
+    set_lock_wait(wait)  # None: $CURATE_WAIT or the default (also resets an earlier in-process run)
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(message)s")
     if not verbose:
         # open_clip and the hub client log their own fallbacks; we say it once, in our words.

@@ -289,7 +289,9 @@ def holder_command(pid: int) -> str | None:
             argv = ["curate", *argv[2:]]
         else:
             argv = [Path(argv[0]).name, *argv[1:]]
-    cmd = " ".join(argv)
+    if argv[0] == "duckdb":  # the duckdb-cli wrapper starts the shell with a long `-cmd SET ...`
+        argv = [a for i, a in enumerate(argv) if a != "-cmd" and (i == 0 or argv[i - 1] != "-cmd")]
+    cmd = " ".join(" ".join(argv).split())
     return cmd if len(cmd) <= 120 else cmd[:117] + "..."
 
 

@@ -12,6 +12,7 @@ from .. import calibration, report, sampling
 from ..errors import PartialResult, WorkspaceBusy
 from ..review import marks, sheet
 from ..workspace import Workspace
+from .options import wait_option
 
 _WS = click.option("-w", "--workspace", "ws_path", type=click.Path(path_type=Path), default=Path("ws"),
                    show_default=True, help="Workspace folder.")
@@ -33,6 +34,7 @@ def _connect(ws_path: Path, read_only: bool = False) -> duckdb.DuckDBPyConnectio
 
 @click.command("sample")
 @_WS
+@wait_option
 @click.option("--top-classes", type=click.IntRange(1), default=10, show_default=True,
               help="The N most frequent predicted labels (top-1, no threshold).")
 @click.option("--per-class", type=click.IntRange(1), default=100, show_default=True,
@@ -71,6 +73,7 @@ def sample(ws_path: Path, top_classes: int, per_class: int, seed: int, source: s
 
 @click.command("review")
 @_WS
+@wait_option
 @_SET
 @click.option("--port", type=click.IntRange(0, 65535), default=8765, show_default=True,
               help="Port on 127.0.0.1 (0: any free port; a busy port falls back to a free one).")

@@ -50,7 +50,9 @@ BROWSER_IMAGES = {"image/jpeg", "image/png", "image/gif", "image/webp"}
 MAX_BODY = 4096
 # A client that promises more body than it sends must not hold a thread forever.
 READ_TIMEOUT_S = 30
-# How often the server tries again to fold the journal while another process holds the file.
+# The journal is folded this long after a mark (the marks made meanwhile go with it), and
+# tried again every FOLD_RETRY_S while another process holds the file.
+FOLD_EVERY_S = 30.0
 FOLD_RETRY_S = 2.0
 
 
@@ -297,12 +299,13 @@ class _Server(ThreadingHTTPServer):
 class ReviewServer:
     """Serve one review set on http://127.0.0.1:<port>/ (port 0 = any free port)."""
 
-    def __init__(self, ws: Workspace | str | Path, set_name: str | None = None, port: int = 0):
+    def __init__(self, ws: Workspace | str | Path, set_name: str | None = None, port: int = 0,
+                 fold_every: float | None = None):
         self.app = ReviewApp(ws if isinstance(ws, Workspace) else Workspace(ws), set_name)
         self._httpd = _Server(self.app, port)
         self._thread: threading.Thread | None = None
-        self._wake = self.app.marked
-        self._stopping = False
+        self.fold_every = FOLD_EVERY_S if fold_every is None else fold_every
+        self._stop = threading.Event()
         self._folder = threading.Thread(target=self._fold_loop, name="curate-review-fold", daemon=True)
         self._folder.start()
 
@@ -312,21 +315,23 @@ class ReviewServer:
         return f"http://{host}:{port}/"
 
     def _fold_loop(self) -> None:
-        """Fold the journal soon after each mark; while the file is held elsewhere, retry."""
-        retry = False
-        while True:
-            self._wake.wait(timeout=FOLD_RETRY_S if retry else None)
-            self._wake.clear()
-            if self._stopping:
+        """Fold the journal `fold_every` s after a mark, retrying while the file is held.
+
+        Not after every mark: each fold holds the write lock for a moment, and a `duckdb`
+        shell opened in that moment fails (curate's own commands wait and retry)."""
+        while not self._stop.is_set():
+            self.app.marked.wait()
+            if self._stop.wait(self.fold_every):
                 return
-            if journal.pending(self.app.ws.root):
+            self.app.marked.clear()  # marks from here on ask for another fold
+            while journal.pending(self.app.ws.root):
                 try:
-                    retry = not self.app.fold()
+                    if self.app.fold():
+                        break
                 except Exception as e:  # noqa: BLE001 - the journal keeps the marks; say it, go on
                     print(f"curate review: could not save marks into the database yet: {e}", file=sys.stderr)
-                    retry = True
-            else:
-                retry = False
+                if self._stop.wait(FOLD_RETRY_S):
+                    return
 
     def serve_forever(self) -> None:
         self._httpd.serve_forever(poll_interval=0.2)
@@ -345,8 +350,8 @@ class ReviewServer:
         self._httpd.server_close()
         if self._thread is not None:
             self._thread.join(timeout=5)
-        self._stopping = True
-        self._wake.set()
+        self._stop.set()
+        self.app.marked.set()
         self._folder.join(timeout=5)
         if journal.pending(self.app.ws.root):
             self.app.fold(wait=wait)
