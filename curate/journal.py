@@ -31,6 +31,7 @@ from datetime import datetime
 from pathlib import Path
 
 import duckdb
+import numpy as np
 
 NAME = "marks.jsonl"
 
@@ -96,6 +97,14 @@ def pending(root: str | Path) -> int:
     return len(read(root))
 
 
+def _columns(rows: list[tuple[int, str, str, str]]) -> dict[str, np.ndarray]:
+    """Rows as columns DuckDB scans in one statement (executemany goes row by row)."""
+    return {"id": np.array([r[0] for r in rows], dtype=np.int64),
+            "label": np.array([r[1] for r in rows], dtype=object),
+            "mark": np.array([r[2] for r in rows], dtype=object),
+            "marked_at": np.array([r[3] for r in rows], dtype=object)}
+
+
 def _table(con: duckdb.DuckDBPyConnection) -> str:
     """`judgments` of this database itself (`main.judgments` would find a temp view first)."""
     db = con.execute("SELECT current_database()").fetchall()[0][0]
@@ -120,17 +129,21 @@ def fold(con: duckdb.DuckDBPyConnection, root: str | Path) -> int:
 
                 sampling.ensure_schema(con)
             table = _table(con)
+            latest = {(i, label): (i, label, mark, at) for i, label, mark, at in rows}  # journal order: last wins
+            con.register("journal_rows", _columns(list(latest.values())))
             con.execute("BEGIN TRANSACTION")
             try:
-                # in journal order, so the later of two marks on one pair wins
-                con.executemany(
-                    f"INSERT INTO {table} (id, label, mark, marked_at) VALUES (?, ?, ?, CAST(? AS TIMESTAMP))"
+                con.execute(
+                    f"INSERT INTO {table} (id, label, mark, marked_at)"
+                    " SELECT id, label, mark, CAST(marked_at AS TIMESTAMP) FROM journal_rows"
                     " ON CONFLICT (id, label) DO UPDATE SET mark = excluded.mark, marked_at = excluded.marked_at"
-                    " WHERE excluded.marked_at >= marked_at", rows)
+                    " WHERE excluded.marked_at >= marked_at")
                 con.execute("COMMIT")
             except BaseException:
                 con.execute("ROLLBACK")
                 raise
+            finally:
+                con.unregister("journal_rows")
         os.ftruncate(fd, 0)
         os.fsync(fd)
     return len(rows)
@@ -141,10 +154,14 @@ def overlay(con: duckdb.DuckDBPyConnection, root: str | Path) -> int:
     rows = read(root)
     if not rows or not _has_judgments(con):
         return 0
-    con.execute("CREATE OR REPLACE TEMP TABLE journal_marks (seq INTEGER, id BIGINT, label VARCHAR,"
-                " mark VARCHAR, marked_at TIMESTAMP)")
-    con.executemany("INSERT INTO journal_marks VALUES (?, ?, ?, ?, CAST(? AS TIMESTAMP))",
-                    [(n, *r) for n, r in enumerate(rows)])
+    cols = _columns(rows)
+    cols["seq"] = np.arange(len(rows), dtype=np.int64)
+    con.register("journal_rows", cols)
+    try:
+        con.execute("CREATE OR REPLACE TEMP TABLE journal_marks AS SELECT seq, id, label, mark,"
+                    " CAST(marked_at AS TIMESTAMP) AS marked_at FROM journal_rows")
+    finally:
+        con.unregister("journal_rows")
     con.execute(
         f"CREATE OR REPLACE TEMP VIEW judgments AS"
         f" SELECT id, label, mark, marked_at FROM ("
