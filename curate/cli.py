@@ -69,11 +69,17 @@ def _fail(ctx: click.Context, message: str, code: int) -> None:
 @click.version_option(__version__, prog_name="curate")
 @click.option("-v", "--verbose", is_flag=True, help="Show library logs, and the traceback of an error.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress output (results and errors are still printed).")
+@click.option("--wait", type=click.FloatRange(0), default=None, metavar="SECONDS",
+              help="If another process holds the workspace, wait up to this long for it [default: 10, "
+                   "or $CURATE_WAIT]; then say which process holds it (exit 5).")
 @click.pass_context
-def cli(ctx: click.Context, verbose: bool, quiet: bool) -> None:
+def cli(ctx: click.Context, verbose: bool, quiet: bool, wait: float | None) -> None:
     """Turn a raw photo+caption collection into a clean, labelled, searchable dataset."""
     ctx.meta["curate.verbose"] = verbose
     ctx.meta["curate.quiet"] = quiet
+    from .workspace import set_lock_wait
+
+    set_lock_wait(wait)  # None: $CURATE_WAIT or the default (also resets an earlier in-process run)
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(message)s")
     if not verbose:
         # open_clip and the hub client log their own fallbacks; we say it once, in our words.

@@ -12,14 +12,16 @@ The database is the source of truth: a shard file counts only once its row in
 from __future__ import annotations
 
 import json
+import os
 import platform
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import duckdb
 
-from .errors import WorkspaceError
+from .errors import WorkspaceBusy, WorkspaceError
 
 DB_NAME = "curate.duckdb"
 STORAGE_VERSION = "v1.5.0"
@@ -143,22 +145,51 @@ class Workspace:
         return self.db_path.exists()
 
     # -- database -------------------------------------------------------------
-    def connect(self, read_only: bool = False) -> duckdb.DuckDBPyConnection:
+    def connect(self, read_only: bool = False, wait: float | None = None) -> duckdb.DuckDBPyConnection:
+        """Open the database; while another process holds it, retry for `wait` seconds
+        (default: `lock_wait()`), then raise `WorkspaceBusy` naming that process.
+
+        DuckDB's rule: one read-write process, or any number of read-only ones. Read-only
+        connections see the marks the review server has not folded in yet (curate/journal.py);
+        read-write ones fold them in first.
+        """
+        from . import journal
+
+        if read_only and not self.exists():
+            raise FileNotFoundError(
+                f"no workspace at {self.root} (expected {self.db_path}); run `curate build-index` first"
+            )
+        deadline = time.monotonic() + (lock_wait() if wait is None else max(0.0, wait))
+        pause = 0.02
+        while True:
+            try:
+                con = self._open(read_only)
+                break
+            except (duckdb.IOException, duckdb.ConnectionException) as e:
+                if not is_lock_error(e):
+                    raise
+                if time.monotonic() >= deadline:
+                    raise WorkspaceBusy(busy_message(self.db_path, str(e), read_only,
+                                                     lock_wait() if wait is None else wait)) from None
+                time.sleep(min(pause, max(0.0, deadline - time.monotonic())))
+                pause = min(pause * 2, 0.25)
         if read_only:
-            if not self.exists():
-                raise FileNotFoundError(
-                    f"no workspace at {self.root} (expected {self.db_path}); run `curate build-index` first"
-                )
+            journal.overlay(con, self.root)
+            return con
+        con.execute(SCHEMA)
+        for stmt in UPGRADES:
+            con.execute(stmt)
+        journal.fold(con, self.root)
+        return con
+
+    def _open(self, read_only: bool) -> duckdb.DuckDBPyConnection:
+        if read_only:
             return duckdb.connect(str(self.db_path), read_only=True)
         self.root.mkdir(parents=True, exist_ok=True)
         # Written in a storage format the `duckdb` shell (duckdb-cli, one release behind
         # the Python package) can open, so `duckdb ws/curate.duckdb` works.
         config = {} if self.db_path.exists() else {"storage_compatibility_version": STORAGE_VERSION}
-        con = duckdb.connect(str(self.db_path), config=config)
-        con.execute(SCHEMA)
-        for stmt in UPGRADES:
-            con.execute(stmt)
-        return con
+        return duckdb.connect(str(self.db_path), config=config)
 
     # -- meta -----------------------------------------------------------------
     @staticmethod
@@ -223,6 +254,76 @@ class Workspace:
         ).fetchall()
         d = self.embeddings_dir(kind)
         return [(d / f, d / f.replace(".npy", ".ids.npy"), int(n)) for f, n in rows]
+
+
+# -- the one-writer rule ---------------------------------------------------------
+# How long a command waits for a workspace another process holds (`curate --wait`,
+# `--wait` on the writers, or CURATE_WAIT), before it says who holds it.
+DEFAULT_LOCK_WAIT = 10.0
+_lock_wait: float | None = None
+
+
+def set_lock_wait(seconds: float | None) -> None:
+    global _lock_wait
+    _lock_wait = seconds
+
+
+def lock_wait() -> float:
+    if _lock_wait is not None:
+        return _lock_wait
+    try:
+        return max(0.0, float(os.environ.get("CURATE_WAIT", DEFAULT_LOCK_WAIT)))
+    except ValueError:
+        return DEFAULT_LOCK_WAIT
+
+
+def is_lock_error(e: BaseException) -> bool:
+    """Another process holds the file, or (same rule, one process) another connection of
+    this process holds it in the other mode (a review server in a notebook or a test)."""
+    text = str(e)
+    if isinstance(e, duckdb.ConnectionException):
+        return "different configuration" in text
+    return isinstance(e, duckdb.IOException) and ("Could not set lock" in text or "Conflicting lock" in text)
+
+
+def holder_command(pid: int) -> str | None:
+    """The command line of a process, as a person would type it (from /proc), or None."""
+    try:
+        argv = [a.decode(errors="replace") for a in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0") if a]
+    except OSError:
+        return None
+    if not argv:
+        return None
+    for i, a in enumerate(argv[:-1]):  # python [-u] -m curate.cli ARGS -> curate ARGS
+        if a == "-m" and argv[i + 1] in ("curate.cli", "curate"):
+            argv = ["curate", *argv[i + 2:]]
+            break
+    else:
+        if len(argv) > 1 and Path(argv[1]).name == "curate" and "python" in Path(argv[0]).name:
+            argv = ["curate", *argv[2:]]
+        else:
+            argv = [Path(argv[0]).name, *argv[1:]]
+    if argv[0] == "duckdb":  # the duckdb-cli wrapper starts the shell with a long `-cmd SET ...`
+        argv = [a for i, a in enumerate(argv) if a != "-cmd" and (i == 0 or argv[i - 1] != "-cmd")]
+    cmd = " ".join(" ".join(argv).split())
+    return cmd if len(cmd) <= 120 else cmd[:117] + "..."
+
+
+def busy_message(db_path: Path, error: str, read_only: bool, waited: float) -> str:
+    """One line: which process holds the database, and what to do."""
+    m = re.search(r"\(PID (\d+)\)", error)
+    pid = int(m.group(1)) if m else None
+    cmd = holder_command(pid) if pid is not None else None
+    if pid is not None:
+        who = f"process {pid}" + (f" ({cmd})" if cmd else "")
+    else:
+        who = "another connection of this process" if "different configuration" in error else "another process"
+    # DuckDB adds this hint only when the holder itself is a read-only connection.
+    how = "reading it" if "read-only mode" in error else "writing it"
+    todo = ("wait for it to finish or stop it" if how == "writing it"
+            else "close it (a duckdb shell opened with -readonly does not block curate's reads, only its writes)")
+    return (f"the workspace {db_path} is busy: {who} is {how} (DuckDB allows one writer, or any number of "
+            f"readers); waited {waited:g} s. {todo[0].upper() + todo[1:]}, or run again with --wait SECONDS")
 
 
 def check_same_model(have: ModelIdentity, want: ModelIdentity) -> None:

@@ -50,8 +50,7 @@ def _marks(con):
 
 def test_keys_mark_save_go_back_and_resume(ws, tmp_path):
     sync_api = pytest.importorskip("playwright.sync_api")
-    con = ws.connect()
-    server = ReviewServer(con, "s", port=0).start()
+    server = ReviewServer(ws, "s", port=0).start()
     try:
         with sync_api.sync_playwright() as p:
             browser = launch(p, Path(tempfile.mkdtemp(dir=tmp_path)))
@@ -74,8 +73,9 @@ def test_keys_mark_save_go_back_and_resume(ws, tmp_path):
             page.wait_for_function("() => document.body.dataset.position === '3'")
             assert page.inner_text("#current-mark") == "marked: hit"
             press("n", 4, 4)           # ...change the hit to a miss, and on to the first unmarked
-            with server.app.lock:
-                assert _marks(server.app.con) == {0: "hit", 1: "miss", 2: "skip", 3: "miss"}
+            ro = Workspace(ws.root).connect(read_only=True)
+            assert _marks(ro) == {0: "hit", 1: "miss", 2: "skip", 3: "miss"}
+            ro.close()
             assert page.inner_text("#progress").startswith("done 4 · left 6")
 
             # U jumps to the first unmarked image: where the reviewer is already
@@ -96,7 +96,6 @@ def test_keys_mark_save_go_back_and_resume(ws, tmp_path):
             browser.close()
     finally:
         server.stop()
-        con.close()
     # the file itself, opened afresh, has every mark
     ro = Workspace(ws.root).connect(read_only=True)
     assert _marks(ro) == {0: "hit", 1: "miss", 2: "skip", 3: "miss", 4: "miss", 5: "hit", 6: "miss", 7: "hit",
@@ -105,8 +104,7 @@ def test_keys_mark_save_go_back_and_resume(ws, tmp_path):
 
 def test_page_shows_image_label_probability_and_caption(ws, tmp_path):
     sync_api = pytest.importorskip("playwright.sync_api")
-    con = ws.connect()
-    server = ReviewServer(con, "s", port=0).start()
+    server = ReviewServer(ws, "s", port=0).start()
     try:
         with sync_api.sync_playwright() as p:
             browser = launch(p, Path(tempfile.mkdtemp(dir=tmp_path)))
@@ -124,4 +122,3 @@ def test_page_shows_image_label_probability_and_caption(ws, tmp_path):
             browser.close()
     finally:
         server.stop()
-        con.close()

@@ -35,11 +35,18 @@ def ws(tmp_path):
 
 @pytest.fixture()
 def server(ws):
-    con = ws.connect()
-    srv = ReviewServer(con, "s", port=0).start()
+    srv = ReviewServer(ws, "s", port=0).start()
     yield srv
     srv.stop()
-    con.close()
+
+
+def _read(ws, sql):
+    """What any other process sees: a fresh read-only connection."""
+    con = Workspace(ws.root).connect(read_only=True)
+    try:
+        return con.execute(sql).fetchall()
+    finally:
+        con.close()
 
 
 def _req(url, data=None, headers=None, method=None):
@@ -101,17 +108,15 @@ def test_page_items_and_images(server, ws):
     assert status == 200 and headers["Content-Type"] == "image/jpeg" and body[:2] == b"\xff\xd8"
 
 
-def test_a_mark_is_in_duckdb_before_the_reply(server):
+def test_a_mark_is_in_the_workspace_before_the_reply(server, ws):
+    # (was: in DuckDB, through the server's own connection; the server no longer holds one)
     items = json.loads(_req(server.url + "api/items")[2])["items"]
     it = items[0]
     status, _h, body = _post(server.url, {"id": it["id"], "mark": "hit"})
     assert status == 200 and json.loads(body)["progress"]["done"] == 1
-    with server.app.lock:
-        got = server.app.con.execute("SELECT id, label, mark FROM judgments").fetchall()
-    assert got == [(it["id"], it["label"], "hit")]
+    assert _read(ws, "SELECT id, label, mark FROM judgments") == [(it["id"], it["label"], "hit")]
     _post(server.url, {"id": it["id"], "mark": "miss"})  # changing one's mind replaces the mark
-    with server.app.lock:
-        assert server.app.con.execute("SELECT mark FROM judgments").fetchall() == [("miss",)]
+    assert _read(ws, "SELECT mark FROM judgments") == [("miss",)]
 
 
 def test_refuses_what_it_must(server, ws):
@@ -129,8 +134,7 @@ def test_refuses_what_it_must(server, ws):
     assert _req(server.url + "image/10000")[0] == 404
     assert _req(server.url + "static/../../curate.duckdb")[0] == 404
     assert _req(server.url + "static/%2e%2e/server.py")[0] == 404
-    with server.app.lock:
-        assert server.app.con.execute("SELECT count(*) FROM judgments").fetchall() == [(0,)]
+    assert _read(ws, "SELECT count(*) FROM judgments") == [(0,)]
 
 
 def test_captions_reach_the_page_as_data_only(server):
@@ -143,7 +147,7 @@ def test_captions_reach_the_page_as_data_only(server):
     assert b"<img src=x" not in _req(server.url)[2]
 
 
-def test_concurrent_marks_are_all_saved(server):
+def test_concurrent_marks_are_all_saved(server, ws):
     items = json.loads(_req(server.url + "api/items")[2])["items"]
     errors = []
 
@@ -158,7 +162,9 @@ def test_concurrent_marks_are_all_saved(server):
     for t in threads:
         t.join()
     assert errors == []
-    p = marks.progress(server.app.con, "s")
+    con = Workspace(ws.root).connect(read_only=True)
+    p = marks.progress(con, "s")
+    con.close()
     assert (p.done, p.hits, p.misses) == (20, sum(it["id"] % 2 for it in items), sum(1 - it["id"] % 2 for it in items))
 
 

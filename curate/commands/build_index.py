@@ -16,6 +16,7 @@ from ..images import DEFAULT_MAX_PIXELS
 from ..model import DEFAULT_MODEL, DEFAULT_PRETRAINED, WeightsUnavailable, load_encoder, pick_device
 from ..sources import SourceError, detect_source, scan_into
 from ..workspace import ModelIdentity, ModelMismatch, Workspace
+from .options import wait_option
 
 
 def _bar(desc: str, total: int | None, unit: str) -> tqdm:
@@ -27,6 +28,7 @@ def _bar(desc: str, total: int | None, unit: str) -> tqdm:
 @click.argument("source", type=click.Path(exists=True, path_type=Path))
 @click.option("-w", "--workspace", "ws_path", type=click.Path(path_type=Path), default=Path("ws"), show_default=True,
               help="Workspace folder (DuckDB file, embeddings, indexes).")
+@wait_option
 @click.option("--model", default=None, help=f"open_clip architecture [default: the workspace's, else {DEFAULT_MODEL}].")
 @click.option("--pretrained", default=None,
               help=f"open_clip tag, local checkpoint file, or 'none' for random weights "

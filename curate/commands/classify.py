@@ -22,6 +22,7 @@ from ..scores import (
 from ..search import search_images
 from ..subsets import FORMATS, MODES, FilterError, FilterSpec, write_subset
 from ..workspace import ModelMismatch
+from .options import wait_option
 
 _ERRORS = (LabelSetError, UnknownLabel, PromptError, NotReady, FilterError, ModelMismatch, WeightsUnavailable)
 
@@ -56,6 +57,7 @@ def labels_cmd(label_set: str, prompts: str) -> None:
 
 @click.command("classify")
 @workspace_option
+@wait_option
 @set_option
 @prompts_option
 @click.option("--logit-scale", type=float, default=None,

@@ -9,8 +9,10 @@ import click
 import duckdb
 
 from .. import calibration, report, sampling
+from ..errors import PartialResult, WorkspaceBusy
 from ..review import marks, sheet
 from ..workspace import Workspace
+from .options import wait_option
 
 _WS = click.option("-w", "--workspace", "ws_path", type=click.Path(path_type=Path), default=Path("ws"),
                    show_default=True, help="Workspace folder.")
@@ -19,15 +21,12 @@ _SET = click.option("--set", "set_name", default=None, metavar="NAME",
 
 
 def _connect(ws_path: Path, read_only: bool = False) -> duckdb.DuckDBPyConnection:
+    """Readers open read-only (any number at once, beside the review page); writers wait
+    for the one write lock a bounded time, then say who holds it (WorkspaceBusy)."""
     ws = Workspace(ws_path)
     if not ws.exists():
         raise click.ClickException(f"no workspace at {ws_path}: run `curate build-index` first")
-    try:
-        con = ws.connect(read_only=read_only)
-    except duckdb.IOException as e:
-        raise click.ClickException(
-            f"cannot open {ws.db_path}: {e}\n(DuckDB allows one writer: is `curate review` still running? stop it)"
-        ) from e
+    con = ws.connect(read_only=read_only)
     if not read_only:
         sampling.ensure_schema(con)
     return con
@@ -35,6 +34,7 @@ def _connect(ws_path: Path, read_only: bool = False) -> duckdb.DuckDBPyConnectio
 
 @click.command("sample")
 @_WS
+@wait_option
 @click.option("--top-classes", type=click.IntRange(1), default=10, show_default=True,
               help="The N most frequent predicted labels (top-1, no threshold).")
 @click.option("--per-class", type=click.IntRange(1), default=100, show_default=True,
@@ -48,7 +48,7 @@ def _connect(ws_path: Path, read_only: bool = False) -> duckdb.DuckDBPyConnectio
 def sample(ws_path: Path, top_classes: int, per_class: int, seed: int, source: str, name: str | None,
            replace: bool, list_only: bool) -> None:
     """Draw a review set: the study's stratified sample, reproducible from its seed."""
-    con = _connect(ws_path)
+    con = _connect(ws_path, read_only=list_only)
     try:
         if list_only:
             for rs in sampling.list_sets(con):
@@ -73,6 +73,7 @@ def sample(ws_path: Path, top_classes: int, per_class: int, seed: int, source: s
 
 @click.command("review")
 @_WS
+@wait_option
 @_SET
 @click.option("--port", type=click.IntRange(0, 65535), default=8765, show_default=True,
               help="Port on 127.0.0.1 (0: any free port; a busy port falls back to a free one).")
@@ -84,10 +85,10 @@ def sample(ws_path: Path, top_classes: int, per_class: int, seed: int, source: s
 def review(ws_path: Path, set_name: str | None, port: int, no_browser: bool, export_path: Path | None,
            import_path: Path | None) -> None:
     """Mark a review set by hand in the browser (or through a CSV sheet)."""
-    con = _connect(ws_path)
-    try:
-        rs = sampling.get_set(con, set_name)
-        if export_path is not None or import_path is not None:
+    if export_path is not None or import_path is not None:
+        con = _connect(ws_path, read_only=import_path is None)
+        try:
+            rs = sampling.get_set(con, set_name)
             if import_path is not None:
                 res = sheet.import_sheet(con, rs.name, import_path)
                 for p in res.problems:
@@ -98,30 +99,45 @@ def review(ws_path: Path, set_name: str | None, port: int, no_browser: bool, exp
                 n = sheet.export_sheet(con, rs.name, export_path)
                 click.echo(f"wrote {n} rows to {export_path}")
             _echo_progress(con, rs.name)
-            return
-        from ..review.server import ReviewServer
-
-        try:
-            server = ReviewServer(con, rs.name, port)
-        except OSError:
-            server = ReviewServer(con, rs.name, 0)
-        prog = marks.progress(con, rs.name)
-        click.echo(f"reviewing {rs.name}: {prog.done} done, {prog.left} left")
-        click.echo(f"open {server.url}   (keys: h hit, m miss, s skip, b back; Ctrl-C to stop)")
-        click.echo("every mark is saved in the workspace as it is made; reopening continues where you stopped")
-        if not no_browser:
-            webbrowser.open(server.url)
-        try:
-            server.serve_forever()
-        except KeyboardInterrupt:
-            pass
+        except sampling.SampleError as e:
+            raise click.ClickException(str(e)) from e
         finally:
-            server.stop()
-        _echo_progress(con, rs.name)
+            con.close()
+        return
+    from ..review.server import ReviewServer
+
+    if not Workspace(ws_path).exists():
+        raise click.ClickException(f"no workspace at {ws_path}: run `curate build-index` first")
+    # The server holds no connection while it serves (curate/review/server.py): other
+    # commands read and write the workspace meanwhile.
+    try:
+        try:
+            server = ReviewServer(ws_path, set_name, port)
+        except OSError:
+            server = ReviewServer(ws_path, set_name, 0)
     except sampling.SampleError as e:
         raise click.ClickException(str(e)) from e
+    name = server.app.set.name
+    prog = server.app.progress()
+    click.echo(f"reviewing {name}: {prog.done} done, {prog.left} left")
+    click.echo(f"open {server.url}   (keys: h hit, m miss, s skip, b back; Ctrl-C to stop)")
+    click.echo("every mark is saved in the workspace as it is made; reopening continues where you stopped")
+    if not no_browser:
+        webbrowser.open(server.url)
+    left = 0
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
     finally:
-        con.close()
+        left = server.stop()
+    p = server.app.progress()
+    click.echo(f"{name}: {p.done} of {p.total} marked ({p.hits} hits, {p.misses} misses, {p.skips} skipped), "
+               f"{p.left} left")
+    if left:
+        click.echo(f"{left} marks wait in {Workspace(ws_path).root / 'marks.jsonl'} (another process holds the "
+                   "database): every curate command reads them, and the next one that writes the workspace "
+                   "saves them into it", err=True)
 
 
 def _echo_progress(con: duckdb.DuckDBPyConnection, set_name: str) -> None:
@@ -147,17 +163,18 @@ def _echo_progress(con: duckdb.DuckDBPyConnection, set_name: str) -> None:
 def report_cmd(ws_path: Path, set_name: str | None, marks_path: Path | None, out: Path, min_hit_rate: float,
                target_precision: float, min_support: int, grid_size: int) -> None:
     """Accuracy per class, the threshold table, coverage and calibration: CSV, HTML, PNG."""
+    not_saved = None
     if marks_path is not None:
         rep = report.from_sheet(marks_path, min_hit_rate)
         for p in rep.problems:
             click.echo(f"{marks_path}: {p}", err=True)
     else:
-        con = _connect(ws_path)
+        cal, not_saved = None, None
+        con = _connect(ws_path, read_only=True)  # a reader: it runs beside the review page
         try:
             rep = report.from_workspace(con, set_name, min_hit_rate)
             try:
                 cal = calibration.fit(con, rep.main.name, target_precision, min_support)
-                calibration.save(con, cal)
                 rep.calibration = cal
             except ValueError as e:
                 click.echo(f"no calibration: {e}", err=True)
@@ -165,11 +182,24 @@ def report_cmd(ws_path: Path, set_name: str | None, marks_path: Path | None, out
             raise click.ClickException(str(e)) from e
         finally:
             con.close()
+        if cal is not None:  # saving it for `filter --calibrated` takes the write lock for a moment
+            try:
+                con = _connect(ws_path)
+            except WorkspaceBusy as e:
+                not_saved = e
+            else:
+                try:
+                    calibration.save(con, cal)
+                finally:
+                    con.close()
     if rep.main.summary.hits + rep.main.summary.misses == 0:
         click.echo("no hit/miss marks yet: the tables below are empty (run `curate review`)", err=True)
     files = report.write(rep, out, grid_size)
     click.echo(report.text_tables(rep))
     click.echo(f"\nwrote {len(files)} files; open {out / 'index.html'}")
+    if not_saved is not None:
+        raise PartialResult(f"the report is written, but its calibration is not saved for `curate filter "
+                            f"--calibrated`: {not_saved}")
 
 
 report_cmd.name = "report"

@@ -1,8 +1,10 @@
 """The marks of a review set: read them, write one, count them.
 
-A mark judges a pair (image id, label) and is written in its own autocommitted
-statement, so it is on disk (DuckDB's WAL) before the caller hears back: a crash, a
-killed server or a closed tab loses nothing already acknowledged.
+A mark judges a pair (image id, label). `set_mark` writes one in its own autocommitted
+statement (DuckDB's WAL) for callers holding the write lock (`review --import`). The
+review server holds no lock: it appends to the fsynced journal (curate/journal.py)
+before it answers, and read-only connections see journal marks through `judgments`.
+Either way a crash, a killed server or a closed tab loses nothing already acknowledged.
 """
 
 from __future__ import annotations
