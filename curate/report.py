@@ -34,6 +34,7 @@ import duckdb
 import numpy as np
 
 from . import sampling, sqlfiles
+from .scores import require_complete
 
 THRESHOLD_COLUMNS = ("threshold", "kept", "hits", "hit_rate", "errors", "error_rate", "ratio")
 CLASS_COLUMNS = ("class", "frequency", "sampled", "hits", "misses", "skipped", "unmarked", "accuracy",
@@ -225,6 +226,7 @@ def coverage(con: duckdb.DuckDBPyConnection) -> dict[str, list[tuple[float, int,
     """Table 1 for each kind of prediction the workspace has: (t, images classified, share)."""
     if not sqlfiles.has_relation(con, "predictions"):
         return {}
+    require_complete(con, needed=False)   # coverage of half a classification would be wrong: refuse
     images = con.execute("SELECT count(*) FROM predictions").fetchall()[0][0]
     if not images:
         return {}

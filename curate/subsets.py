@@ -108,9 +108,13 @@ def open_scored(ws_path: str | Path) -> duckdb.DuckDBPyConnection:
     if not ws.exists():
         raise FilterError(f"no workspace at {ws.root}: run `curate build-index` first")
     con = ws.connect(read_only=True)
-    if scores.settings(con) is None or not _has_macro(con, "subset"):
+    try:
+        scores.require_complete(con, f"the workspace {ws.root}")
+        if not _has_macro(con, "subset"):
+            raise scores.NotReady(f"the workspace {ws.root} has no views yet: run `curate classify` first")
+    except BaseException:
         con.close()
-        raise FilterError(f"the workspace {ws.root} has no scores yet: run `curate classify` first")
+        raise
     return con
 
 
