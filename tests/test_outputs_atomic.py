@@ -196,3 +196,24 @@ def test_an_earlier_export_is_reported_and_clean_removes_only_curates_files(phot
     assert all(x.startswith(safe_name(label) + "/") for x in left if x not in ("notes.txt", MANIFEST))
     assert (folder / "notes.txt").read_text() == "mine"
     assert [d for d in folder.iterdir() if d.is_dir()] == [folder / safe_name(label)]   # empty label folders gone
+
+
+def test_a_report_folder_holds_one_report(photo_ws, tmp_path):
+    ws = tmp_path / "ws"
+    shutil.copytree(photo_ws, ws)
+    out = tmp_path / "report"
+    run_cli("sample", "-w", ws, "--top-classes", "3", "--per-class", "4", "--name", "three")
+    con = duckdb.connect(str(ws / "curate.duckdb"))   # mark every image a hit, so each class has a grid
+    con.execute("INSERT INTO judgments (id, label, mark) SELECT id, label, 'hit' FROM review_items")
+    con.close()
+    run_cli("report", "-w", ws, "--set", "three", "--out", out)
+    assert len(list((out / "grids").glob("*.png"))) == 6
+    run_cli("sample", "-w", ws, "--top-classes", "1", "--per-class", "4", "--name", "one")
+    files = {f.relative_to(out).as_posix() for f in out.rglob("*") if f.is_file()}
+    run_cli("report", "-w", ws, "--set", "one", "--out", out)
+    now = {f.relative_to(out).as_posix() for f in out.rglob("*") if f.is_file()}
+    assert len(list((out / "grids").glob("*.png"))) == 2          # the earlier report's grids are gone
+    assert now <= files and [x for x in os.listdir(tmp_path) if "curate" in x] == []
+    (out / "mine.docx").write_bytes(b"a user's file")              # never replaced with a user's file in it
+    res = run_cli("report", "-w", ws, "--set", "three", "--out", out, expect=74)
+    assert "mine.docx" in res.output and (out / "mine.docx").exists()
