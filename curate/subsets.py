@@ -20,7 +20,7 @@ import duckdb
 from . import scores, sqlfiles
 from .errors import InputError, OutputError
 from .labels import check_labels
-from .workspace import Workspace
+from .workspace import Workspace, quote_ident
 
 # extension -> COPY options (fixed text, never from the user)
 FORMATS = {
@@ -149,7 +149,9 @@ def write_subset(ws_path: str | Path, spec: FilterSpec, out: str | Path | None,
             _select_calibrated(con, spec)
             total = con.execute("SELECT count(*) FROM calibrated_predictions").fetchall()[0][0]
         else:
-            con.execute("CREATE TEMP TABLE kept AS SELECT * FROM subset" + SUBSET_CALL, spec.params(st))
+            con.execute(f"CREATE TEMP TABLE kept AS SELECT k.id, i.path, i.caption, k.label, k.prob{_extras(con)} "
+                        f"FROM subset_predictions{SUBSET_CALL} k JOIN items i ON i.id = k.id ORDER BY k.id",
+                        spec.params(st))
             total = con.execute("SELECT scored_items(?)", [spec.sql_mode(st)]).fetchall()[0][0]
         kept = con.execute("SELECT count(*) FROM kept").fetchall()[0][0]
         if out_path is not None:
@@ -174,8 +176,33 @@ def _select_calibrated(con: duckdb.DuckDBPyConnection, spec: FilterSpec) -> None
                           "`curate review`), then run `curate report` to fit one")
     if cal.source != spec.mode:
         raise FilterError(f"the calibration was fitted on {cal.source} predictions: use --mode {cal.source}")
-    con.execute("CREATE TEMP TABLE kept AS " + sqlfiles.text("subset_calibrated"),
+    sql = sqlfiles.text("subset_calibrated")
+    sql, n = re.subn(r",\s*" + re.escape(_ITEM_EXTRAS), lambda _m: _extras(con), sql)
+    if n != 1:
+        raise RuntimeError("subset_calibrated.sql must select the items' own columns as " + _ITEM_EXTRAS)
+    con.execute("CREATE TEMP TABLE kept AS " + sql,
                 {"wanted": list(spec.labels), "unmatched": spec.unmatched})
+
+
+# How queries/subsets.sql and subset_calibrated.sql add the source's own columns of items.
+_ITEM_EXTRAS = "i.* EXCLUDE (id, path, caption, status, caption_tokens, caption_truncated, run_id)"
+_MANAGED = ("id", "path", "caption", "status", "caption_tokens", "caption_truncated", "run_id")
+# The columns curate writes before the source's own; a source column of the same name
+# (in any case) comes out as src_<name>, so it never takes or shifts one of curate's.
+OUTPUT_COLUMNS = ("id", "path", "caption", "label", "prob", "class_threshold")
+
+
+def _extras(con: duckdb.DuckDBPyConnection) -> str:
+    """The select list of the items' own columns (", i.a, i.b AS src_b"); '' when there are none."""
+    cols = [r[0] for r in con.execute(
+        "SELECT column_name FROM information_schema.columns WHERE table_schema = 'main' AND table_name = 'items' "
+        "ORDER BY ordinal_position").fetchall()]
+    out = []
+    for c in cols:
+        if c.lower() in _MANAGED:
+            continue
+        out.append(f"i.{quote_ident(c)}" + (f" AS {quote_ident('src_' + c)}" if c.lower() in OUTPUT_COLUMNS else ""))
+    return "".join(", " + x for x in out)
 
 
 @dataclass

@@ -1,7 +1,7 @@
 """Outputs are whole or absent (issue 8).
 
 - `filter --out`: a SIGKILL in the middle of the write (a real subprocess writing a
-  ~100 MB output) leaves the earlier file or nothing at the name, never a truncated file,
+  ~60 MB output) leaves the earlier file or nothing at the name, never a truncated file,
   and the next run leaves nothing else in the folder; a write that fails (a real file-size
   limit, RLIMIT_FSIZE: EFBIG as on a full disk) leaves nothing.
 - `--copy-to`: a copy that fails leaves no 0-byte or partial file at its final name; the
@@ -217,3 +217,40 @@ def test_a_report_folder_holds_one_report(photo_ws, tmp_path):
     (out / "mine.docx").write_bytes(b"a user's file")              # never replaced with a user's file in it
     res = run_cli("report", "-w", ws, "--set", "three", "--out", out, expect=74)
     assert "mine.docx" in res.output and (out / "mine.docx").exists()
+
+
+def test_source_columns_named_like_curates_come_out_as_src(tmp_path):
+    """A manifest with `label`, `prob` and `Label` columns: curate's own label and prob keep their
+    names and values; the source's come out as src_<name>, never label_1."""
+    from conftest import write_jpeg
+    photos = tmp_path / "photos"
+    lines = ["path,caption,label,prob,Label,city"]
+    for i in range(6):
+        write_jpeg(photos / f"p{i}.jpg", seed=i)
+        lines.append(f"photos/p{i}.jpg,caption {i},mine-{i},{i / 10},Mine-{i},nyc")
+    (tmp_path / "m.csv").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    ws = tmp_path / "ws"
+    run_cli("build-index", tmp_path / "m.csv", "-w", ws, "--model", "curate-tiny", "--pretrained", "none",
+            "--workers", "0")
+    run_cli("classify", "-w", ws, "--set", label_file(tmp_path / "labels.csv", 5))
+    con = duckdb.connect(str(ws / "curate.duckdb"), read_only=True)
+    want = dict(con.execute("SELECT id, prob FROM predictions").fetchall())
+    labels = dict(con.execute("SELECT id, label FROM predictions").fetchall())
+    # the items table holds the manifest's columns under whatever names ingest keeps them
+    extras = [r[0] for r in con.execute("SELECT column_name FROM information_schema.columns WHERE "
+                                        "table_name = 'items' ORDER BY ordinal_position").fetchall()][8:]
+    con.close()
+    named = [f"src_{c}" if c.lower() in ("id", "path", "caption", "label", "prob") else c for c in extras]
+    for name in ("o.csv", "o.parquet", "o.jsonl"):
+        run_cli("filter", "-w", ws, "--min-prob", "0", "--out", tmp_path / name)
+        rows = _read(tmp_path / name)
+        assert len(rows) == 6
+        cols = list(rows[0])
+        assert cols == ["id", "path", "caption", "label", "prob", "source_id", *named], cols
+        assert len({c.lower() for c in cols}) == len(cols)
+        for r in rows:   # curate's own columns: curate's values; the manifest's: all of them, kept
+            assert r["label"] == labels[int(r["id"])] and float(r["prob"]) == pytest.approx(want[int(r["id"])])
+            values = {str(v) for k, v in r.items() if k not in ("label", "prob")}
+            i = int(Path(r["path"]).stem[1:])
+            assert {f"mine-{i}", f"Mine-{i}", "nyc"} <= values and ({str(i / 10), i / 10} & (values | {
+                float(v) for k, v in r.items() if k.lower().endswith("prob") and k != "prob"}))
