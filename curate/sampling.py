@@ -18,6 +18,7 @@ import duckdb
 
 from . import sqlfiles
 from .errors import CurateError
+from .scores import require_complete
 from .sqlfiles import has_relation
 
 # Which view holds each kind of prediction. A user picks the key; only these fixed view
@@ -74,6 +75,7 @@ def draw(
     if top_classes < 1 or per_class < 1:
         raise SampleError("--top-classes and --per-class must be at least 1")
     view = SOURCES[source]
+    require_complete(con, needed=False)   # never a review set drawn from half a classification
     if not has_relation(con, view):
         raise SampleError(
             f"the workspace has no `{view}` view yet ({source} predictions): run `curate classify` first"

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -24,7 +25,6 @@ from typing import TYPE_CHECKING
 
 import duckdb
 import numpy as np
-import torch
 
 from . import sqlfiles, store
 from .errors import CurateError
@@ -51,6 +51,10 @@ SCORES_FORMAT = 1
 # into item_scores (the `ensemble` view); `ensemble_with(...)` in SQL does any other.
 ENSEMBLE_TEXT_WEIGHT = 0.2
 ENSEMBLE_TEXT_MIN = 0.5
+# The tables of one classification (queries/scores_tables.sql). A run writes them under
+# STAGE + name and publishes them when it completes (see _write_scores).
+SCORE_TABLES = ("labels", "item_scores", "label_scores", "score_settings", "score_progress")
+STAGE = "next_"
 
 
 class NotReady(CurateError, RuntimeError):
@@ -321,6 +325,7 @@ def _score(vecs: np.ndarray, rows: np.ndarray, q: np.ndarray, scale: float, k1: 
     lse = top + np.log(z.sum(axis=1))
     del z
     # top-(k+1) by cosine (the same order as the logits); torch's is the fastest on CPU
+    import torch  # here, not at the top: readers of the scores (filter, sample) need no torch
     vals, idx = torch.topk(torch.from_numpy(sims), k1, dim=1)
     vals, idx = vals.numpy(), idx.numpy()
     order = np.lexsort((idx, -vals), axis=1)       # equal scores: the earlier label first
@@ -426,7 +431,7 @@ def score_batch(b: Batch, q: np.ndarray, scale: float, top_k: int | None) -> tup
 
 
 _INSERT_ITEMS = """
-INSERT INTO item_scores
+INSERT INTO {table}
 SELECT id,
        nullif(image_label, -1), nan_null(image_prob), nan_null(image_sim),
        nullif(image_label2, -1), nan_null(image_prob2), nan_null(image_rest), nan_null(image_lse),
@@ -437,7 +442,7 @@ SELECT id,
 FROM batch_items
 """
 _INSERT_ROWS = """
-INSERT INTO label_scores
+INSERT INTO {table}
 SELECT id, label_idx, nan_null(image_sim), nan_null(image_prob), nan_null(caption_sim), nan_null(caption_prob)
 FROM batch_rows
 """
@@ -545,8 +550,8 @@ class _Progress:
         self.caption_id_sum = _wrap64(self.caption_id_sum + int(cap.sum()))
         self.last_id = int(b.ids[-1])
 
-    def save(self, con: duckdb.DuckDBPyConnection, finished: bool = False) -> None:
-        con.execute("UPDATE score_progress SET last_id = ?, images = ?, captions = ?, image_id_sum = ?, "
+    def save(self, con: duckdb.DuckDBPyConnection, prefix: str = "", finished: bool = False) -> None:
+        con.execute(f"UPDATE {prefix}score_progress SET last_id = ?, images = ?, captions = ?, image_id_sum = ?, "
                     "caption_id_sum = ?, finished = ?, updated_at = current_timestamp",
                     [self.last_id, self.images, self.captions, self.image_id_sum, self.caption_id_sum, finished])
 
@@ -572,20 +577,22 @@ def _vectors_upto(ws: Workspace, con: duckdb.DuckDBPyConnection, kind: str,
 
 
 def _resume_point(ws: Workspace, con: duckdb.DuckDBPyConnection, fp: str, n_labels: int,
-                  log: Callable[[str], None]) -> tuple[_Progress, bool] | None:
-    """Where the scores in the workspace stop, if this run can continue them: (progress, whether
-    the rows after progress.last_id must go first). None: start over."""
-    if not all(sqlfiles.has_relation(con, t)
-               for t in ("score_progress", "labels", "item_scores", "label_scores", "score_settings")):
+                  log: Callable[[str], None], prefix: str = "") -> tuple[_Progress, bool] | None:
+    """Where the scores of the tables `<prefix>item_scores`... stop, if this run can continue
+    them: (progress, whether the rows after progress.last_id must go first). None: they
+    cannot be continued (absent, other settings, other vectors)."""
+    if not all(sqlfiles.has_relation(con, prefix + t) for t in SCORE_TABLES):
         return None
-    rows = con.execute("SELECT fingerprint, last_id, images, captions, image_id_sum, caption_id_sum "
-                       "FROM score_progress").fetchall()
+    rows = con.execute(f"SELECT fingerprint, last_id, images, captions, image_id_sum, caption_id_sum "
+                       f"FROM {prefix}score_progress").fetchall()
     if len(rows) != 1:
         return None
     if rows[0][0] != fp:
-        log("starting over: the scores in the workspace were made with other settings")
+        log("starting over: discarding an unfinished classify run made with other settings" if prefix else
+            "starting over: the workspace's scores were made with other settings (they stay in use until "
+            "this run completes)")
         return None
-    if con.execute("SELECT count(*) FROM labels").fetchall()[0][0] != n_labels:
+    if con.execute(f"SELECT count(*) FROM {prefix}labels").fetchall()[0][0] != n_labels:
         return None
     p = _Progress(*rows[0][1:])
     if p.last_id is None:
@@ -606,76 +613,147 @@ def _resume_point(ws: Workspace, con: duckdb.DuckDBPyConnection, fp: str, n_labe
     return p, False
 
 
+def _staged_sql() -> str:
+    """queries/scores_tables.sql with every table named next_<table>: the staging copies."""
+    return re.sub(r"CREATE OR REPLACE TABLE (\w+)", lambda m: f"CREATE OR REPLACE TABLE {STAGE}{m.group(1)}",
+                  sqlfiles.text(sqlfiles.SCORE_TABLES))
+
+
+def drop_staged(con: duckdb.DuckDBPyConnection) -> None:
+    for t in SCORE_TABLES:
+        con.execute(f"DROP TABLE IF EXISTS {STAGE}{t}")
+
+
+def _staged_point(ws: Workspace, con: duckdb.DuckDBPyConnection, fp: str, n_labels: int,
+                  log: Callable[[str], None]) -> tuple[_Progress, bool, int | None] | None:
+    """An unfinished run with these settings in the staging tables: (progress, roll back, append_after).
+
+    Staging tables of other settings (or that cannot be continued) are dropped.
+    """
+    if not any(sqlfiles.has_relation(con, STAGE + t) for t in SCORE_TABLES):
+        return None
+    point = _resume_point(ws, con, fp, n_labels, log, prefix=STAGE)
+    append_after = None
+    if point is not None:
+        append_after = con.execute(f"SELECT append_after FROM {STAGE}score_progress").fetchall()[0][0]
+        if append_after is not None and not _live_is(con, fp):
+            point = None       # staged for a base that is no longer the workspace's scores
+    if point is None:
+        _in_transaction(con, lambda: drop_staged(con))
+        return None
+    return point[0], point[1], append_after
+
+
+def _live_is(con: duckdb.DuckDBPyConnection, fp: str) -> bool:
+    if not (sqlfiles.has_relation(con, "score_progress") and sqlfiles.has_relation(con, "score_settings")):
+        return False
+    rows = con.execute("SELECT fingerprint FROM score_progress").fetchall()
+    return len(rows) == 1 and rows[0][0] == fp
+
+
 def _write_scores(ws: Workspace, con: duckdb.DuckDBPyConnection, q: LabelQueries, ls: LabelSet, wording: Wording,
                   ident: ModelIdentity, scale: float, storage: str, keep_k: int | None, n_img: int, n_cap: int,
                   batch_rows: int, progress: Callable[[int], None] | None, restart: bool,
                   log: Callable[[str], None]) -> tuple[int, int]:
-    """Write the scores; returns (label_scores rows, vectors scored by an earlier run)."""
+    """Write the scores; returns (label_scores rows, vectors scored by an earlier run).
+
+    The workspace's scores (labels, item_scores, label_scores, score_settings,
+    score_progress) always hold one complete classification, or none: a run writes into
+    staging copies (next_*), batch by batch, and publishes them in one transaction at the
+    end, so every reader (filter, sample, report, the views in the duckdb shell) sees the
+    previous complete scores until then. Batches commit one by one because DuckDB holds a
+    transaction's appended rows in memory: one transaction would grow with the collection
+    (35 MB a batch, 2 GB at 1M items). Each commits its rows with next_score_progress,
+    so the next run with the same settings continues after the last batch committed.
+
+    A run that continues the workspace's own finished scores (items embedded since)
+    stages only the new items' rows (append_after: the last id of the scores it
+    extends) and appends them when it completes; any other run stages a whole
+    classification, published by renaming the tables (no copy).
+    """
     con.execute("CREATE OR REPLACE TEMP MACRO nan_null(x) AS CASE WHEN isnan(x) THEN NULL ELSE x END")
     con.execute(f"SET memory_limit = '{DUCKDB_MEMORY}'")  # a constant of ours, not user text
     fp = fingerprint(q, ls, ident, scale, storage, keep_k)
-    point = None if restart else _resume_point(ws, con, fp, len(ls), log)
-    # score_settings goes first: until the last step writes it again, the workspace
-    # counts as not classified, so a run that dies half way leaves nothing that looks
-    # complete. Batches commit one by one because DuckDB holds a transaction's appended
-    # rows in memory: one transaction would grow with the collection (35 MB a batch,
-    # 2 GB at 1M items). Each commits its rows with score_progress, so the next run
-    # with the same settings continues after the last batch committed.
-    if point is None:  # start over: new tables
-        done = _Progress(None, 0, 0, 0, 0)
-
-        def start():
-            sqlfiles.run(con, sqlfiles.SCORE_TABLES)
-            con.executemany("INSERT INTO labels VALUES (?, ?, ?, ?, ?)",
-                            [[i, lab, ps[0], ps, scene]
-                             for i, (lab, ps, scene) in enumerate(zip(ls.labels, q.prompts, ls.scenes, strict=True))])
-            con.execute("INSERT INTO score_progress (fingerprint, last_id, images, captions, image_id_sum, "
-                        "caption_id_sum, finished) VALUES (?, NULL, 0, 0, 0, 0, false)", [fp])
-
-        _in_transaction(con, start)
-    else:
-        done, roll_back = point
-
-        def reopen():
-            con.execute("DELETE FROM score_settings")
-            if roll_back:
-                where, args = ("", []) if done.last_id is None else (" WHERE id > ?", [done.last_id])
-                con.execute("DELETE FROM item_scores" + where, args)
-                con.execute("DELETE FROM label_scores" + where, args)
-            done.save(con)
-
-        _in_transaction(con, reopen)
-        if done.last_id is not None:
-            log(f"resuming after item id {done.last_id:,}: {done.images:,} image and {done.captions:,} caption "
-                "vectors are scored already")
-    resumed = done.images + done.captions
     for kind in ("image", "caption"):  # a shard lost from under the workspace fails here, not half way
         for vec_path, ids_path, _n in ws.shard_files(con, kind):
             for path in (vec_path, ids_path):
                 if not path.exists():
                     raise FileNotFoundError(f"{path}: a committed {kind} shard is missing; rebuild the workspace")
+    if restart:
+        _in_transaction(con, lambda: drop_staged(con))
+    staged = None if restart else _staged_point(ws, con, fp, len(ls), log)
+    if staged is None:
+        live = None if restart else _resume_point(ws, con, fp, len(ls), log)
+        done = _Progress(None, 0, 0, 0, 0) if live is None else live[0]
+        append_after = done.last_id
+
+        def start():
+            drop_staged(con)
+            con.execute(_staged_sql())
+            con.executemany(f"INSERT INTO {STAGE}labels VALUES (?, ?, ?, ?, ?)",
+                            [[i, lab, ps[0], ps, scene]
+                             for i, (lab, ps, scene) in enumerate(zip(ls.labels, q.prompts, ls.scenes, strict=True))])
+            con.execute(f"INSERT INTO {STAGE}score_progress (fingerprint, last_id, images, captions, image_id_sum, "
+                        "caption_id_sum, finished, append_after) VALUES (?, ?, ?, ?, ?, ?, false, ?)",
+                        [fp, done.last_id, done.images, done.captions, done.image_id_sum, done.caption_id_sum,
+                         append_after])
+
+        _in_transaction(con, start)
+    else:
+        done, roll_back, append_after = staged
+        if roll_back:
+            if append_after is not None and (done.last_id is None or done.last_id < append_after):
+                append_after = done.last_id
+
+            def reopen():
+                where, args = ("", []) if done.last_id is None else (" WHERE id > ?", [done.last_id])
+                con.execute(f"DELETE FROM {STAGE}item_scores" + where, args)
+                con.execute(f"DELETE FROM {STAGE}label_scores" + where, args)
+                done.save(con, STAGE)
+                con.execute(f"UPDATE {STAGE}score_progress SET append_after = ?", [append_after])
+
+            _in_transaction(con, reopen)
+    if done.last_id is not None:
+        log(f"resuming after item id {done.last_id:,}: {done.images:,} image and {done.captions:,} caption "
+            "vectors are scored already")
+    resumed = done.images + done.captions
+    insert_items, insert_rows = _INSERT_ITEMS.format(table=STAGE + "item_scores"), \
+        _INSERT_ROWS.format(table=STAGE + "label_scores")
     for b in aligned_batches(ws, con, batch_rows, done.last_id):
         items, scored = score_batch(b, q.vectors, scale, keep_k)
         done.add(b)
         con.register("batch_items", items)
         con.register("batch_rows", scored)
-        _in_transaction(con, lambda: (con.execute(_INSERT_ITEMS), con.execute(_INSERT_ROWS), done.save(con)))
+        _in_transaction(con, lambda: (con.execute(insert_items), con.execute(insert_rows), done.save(con, STAGE)))
         con.unregister("batch_items")
         con.unregister("batch_rows")
         if progress:
             progress(len(b.image_rows) + len(b.caption_rows))
 
-    def finish():
-        con.execute("INSERT INTO score_settings (label_set, label_set_digest, prompts, model, pretrained, embed_dim,"
-                    " logit_scale, storage, top_k, n_labels, images, captions, cache_key, ensemble_text_weight,"
-                    " ensemble_text_min) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    def publish():
+        target = STAGE if append_after is None else ""
+        con.execute(f"DELETE FROM {target}score_settings")
+        con.execute(f"INSERT INTO {target}score_settings (label_set, label_set_digest, prompts, model, pretrained, "
+                    "embed_dim, logit_scale, storage, top_k, n_labels, images, captions, cache_key, "
+                    "ensemble_text_weight, ensemble_text_min) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     [ls.name, ls.digest, wording.name, ident.model, ident.pretrained, ident.embed_dim, scale,
                      storage, len(ls) if keep_k is None else keep_k, len(ls), n_img, n_cap, q.cache_key,
                      ENSEMBLE_TEXT_WEIGHT, ENSEMBLE_TEXT_MIN])
-        done.save(con, finished=True)
+        if append_after is None:   # a whole classification: the staging tables become the scores
+            con.execute(f"UPDATE {STAGE}score_progress SET append_after = NULL")
+            done.save(con, STAGE, finished=True)
+            for t in SCORE_TABLES:
+                con.execute(f"DROP TABLE IF EXISTS {t}")
+                con.execute(f"ALTER TABLE {STAGE}{t} RENAME TO {t}")
+        else:                      # the new items' rows join the scores they extend
+            for t in ("item_scores", "label_scores"):
+                con.execute(f"DELETE FROM {t} WHERE id > ?", [append_after])
+                con.execute(f"INSERT INTO {t} BY NAME SELECT * FROM {STAGE}{t}")
+            done.save(con, "", finished=True)
+            drop_staged(con)
         sqlfiles.install_views(con)
 
-    _in_transaction(con, finish)
+    _in_transaction(con, publish)
     rows = con.execute("SELECT count(*) FROM label_scores").fetchall()[0][0]
     return int(rows), resumed
 
@@ -691,10 +769,45 @@ def _in_transaction(con: duckdb.DuckDBPyConnection, work: Callable[[], object]) 
 
 
 def settings(con: duckdb.DuckDBPyConnection) -> dict | None:
-    """The score_settings row of the last classify, or None before the first."""
+    """The score_settings row of the last complete classify, or None before the first."""
     if not sqlfiles.has_relation(con, "score_settings"):
         return None
     rel = con.execute("SELECT * FROM score_settings")
     cols = [d[0] for d in rel.description]
     rows = rel.fetchall()
     return dict(zip(cols, rows[0], strict=True)) if rows else None
+
+
+def unfinished(con: duckdb.DuckDBPyConnection) -> str | None:
+    """A classify run that has not completed, in words ("scored 12,000 of 40,000 vectors"), or None."""
+    for table in (STAGE + "score_progress", "score_progress"):
+        if not sqlfiles.has_relation(con, table):
+            continue
+        rows = con.execute(f"SELECT images + captions, finished FROM {table}").fetchall()
+        if len(rows) == 1 and not rows[0][1]:
+            total = con.execute("SELECT coalesce(sum(rows), 0) FROM shards").fetchall()[0][0]
+            return f"scored {rows[0][0]:,} of {total:,} vectors"
+    return None
+
+
+def require_complete(con: duckdb.DuckDBPyConnection, where: str | Path = "the workspace",
+                     *, needed: bool = True) -> dict | None:
+    """The settings of the workspace's complete scores; NotReady when there are none.
+
+    Readers (filter, sample, report) call this first. The published tables always hold a
+    complete classification (a run in progress writes staging tables), except in a
+    workspace written by a curate that scored in place, where a killed run left partial
+    tables without score_settings: that is refused too, naming what is incomplete.
+    `needed=False`: only refuse half a classification (None when there are no scores,
+    for readers of prediction views made some other way).
+    """
+    st = settings(con)
+    if st is not None:
+        return st
+    stopped = unfinished(con)
+    if stopped is not None:
+        raise NotReady(f"{where} has no complete scores: a `curate classify` run stopped after it {stopped}; "
+                       "run the same `curate classify` command again to finish it")
+    if needed:
+        raise NotReady(f"{where} has no scores yet: run `curate classify` first")
+    return None

@@ -7,18 +7,20 @@ bound parameter. The output format comes from the file's extension.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import duckdb
 
 from . import scores, sqlfiles
-from .errors import InputError
+from .errors import InputError, OutputError
 from .labels import check_labels
-from .workspace import Workspace
+from .workspace import Workspace, quote_ident
 
 # extension -> COPY options (fixed text, never from the user)
 FORMATS = {
@@ -77,6 +79,9 @@ class FilterResult:
     files_missing: int = 0             # source file gone
     inexact: int = 0                   # ensemble rows whose top label is not provably the full argmax
     unscored: int = 0                  # embedded items classify has not seen (run it again)
+    removed: int = 0                   # files of earlier runs removed from the folder (--clean)
+    others: int = 0                    # files in the folder that curate did not place there
+    earlier: int = 0                   # files placed by earlier runs that this run did not place
 
     def summary(self, spec: FilterSpec) -> str:
         rule = (f"calibrated {spec.mode} prob >= its class threshold" if spec.calibrated
@@ -108,15 +113,24 @@ def open_scored(ws_path: str | Path) -> duckdb.DuckDBPyConnection:
     if not ws.exists():
         raise FilterError(f"no workspace at {ws.root}: run `curate build-index` first")
     con = ws.connect(read_only=True)
-    if scores.settings(con) is None or not _has_macro(con, "subset"):
+    try:
+        scores.require_complete(con, f"the workspace {ws.root}")
+        if not _has_macro(con, "subset"):
+            raise scores.NotReady(f"the workspace {ws.root} has no views yet: run `curate classify` first")
+    except BaseException:
         con.close()
-        raise FilterError(f"the workspace {ws.root} has no scores yet: run `curate classify` first")
+        raise
     return con
 
 
 def write_subset(ws_path: str | Path, spec: FilterSpec, out: str | Path | None,
-                 copy_to: str | Path | None = None, link_to: str | Path | None = None) -> FilterResult:
-    """Select with `subset(...)`, write it to `out` (format by extension), copy or link the files."""
+                 copy_to: str | Path | None = None, link_to: str | Path | None = None,
+                 clean: bool = False) -> FilterResult:
+    """Select with `subset(...)`, write it to `out` (format by extension), copy or link the files.
+
+    `out` is whole or absent: written under a temporary name beside it and renamed.
+    `clean`: first remove what earlier runs of curate placed in the copy/link folder.
+    """
     validate(spec)
     out_path = Path(out) if out is not None else None
     fmt = None
@@ -135,18 +149,20 @@ def write_subset(ws_path: str | Path, spec: FilterSpec, out: str | Path | None,
             _select_calibrated(con, spec)
             total = con.execute("SELECT count(*) FROM calibrated_predictions").fetchall()[0][0]
         else:
-            con.execute("CREATE TEMP TABLE kept AS SELECT * FROM subset" + SUBSET_CALL, spec.params(st))
+            con.execute(f"CREATE TEMP TABLE kept AS SELECT k.id, i.path, i.caption, k.label, k.prob{_extras(con)} "
+                        f"FROM subset_predictions{SUBSET_CALL} k JOIN items i ON i.id = k.id ORDER BY k.id",
+                        spec.params(st))
             total = con.execute("SELECT scored_items(?)", [spec.sql_mode(st)]).fetchall()[0][0]
         kept = con.execute("SELECT count(*) FROM kept").fetchall()[0][0]
         if out_path is not None:
-            out_path.parent.mkdir(parents=True, exist_ok=True)
-            con.execute(f"COPY kept TO ? {fmt}", [str(out_path)])
-        done = missing = 0
+            write_atomic(out_path, lambda tmp: con.execute(f"COPY kept TO ? {fmt}", [str(tmp)]))
+        placed = Placed()
         if copy_to is not None or link_to is not None:
             rows = con.execute("SELECT id, path, label FROM kept ORDER BY id").fetchall()
-            done, missing = place_files(rows, Path(copy_to or link_to), link=link_to is not None,
-                                        by_label=not spec.unmatched)
-        return FilterResult(kept, total, out_path, done, missing, _inexact(con, spec, st), _unscored(con))
+            placed = place_files(rows, Path(copy_to or link_to), link=link_to is not None,
+                                 by_label=not spec.unmatched, clean=clean)
+        return FilterResult(kept, total, out_path, placed.done, placed.missing, _inexact(con, spec, st),
+                            _unscored(con), placed.removed, placed.others, placed.earlier)
     finally:
         con.close()
 
@@ -160,41 +176,172 @@ def _select_calibrated(con: duckdb.DuckDBPyConnection, spec: FilterSpec) -> None
                           "`curate review`), then run `curate report` to fit one")
     if cal.source != spec.mode:
         raise FilterError(f"the calibration was fitted on {cal.source} predictions: use --mode {cal.source}")
-    con.execute("CREATE TEMP TABLE kept AS " + sqlfiles.text("subset_calibrated"),
+    sql = sqlfiles.text("subset_calibrated")
+    sql, n = re.subn(r",\s*" + re.escape(_ITEM_EXTRAS), lambda _m: _extras(con), sql)
+    if n != 1:
+        raise RuntimeError("subset_calibrated.sql must select the items' own columns as " + _ITEM_EXTRAS)
+    con.execute("CREATE TEMP TABLE kept AS " + sql,
                 {"wanted": list(spec.labels), "unmatched": spec.unmatched})
 
 
-def place_files(rows: list[tuple[int, str, str]], folder: Path, link: bool, by_label: bool) -> tuple[int, int]:
-    """Copy (or symlink) each item's file to folder/<label>/<id>_<name>; returns (done, missing).
+# How queries/subsets.sql and subset_calibrated.sql add the source's own columns of items.
+_ITEM_EXTRAS = "i.* EXCLUDE (id, path, caption, status, caption_tokens, caption_truncated, run_id)"
+_MANAGED = ("id", "path", "caption", "status", "caption_tokens", "caption_truncated", "run_id")
+# The columns curate writes before the source's own; a source column of the same name
+# (in any case) comes out as src_<name>, so it never takes or shifts one of curate's.
+OUTPUT_COLUMNS = ("id", "path", "caption", "label", "prob", "class_threshold")
+
+
+def _extras(con: duckdb.DuckDBPyConnection) -> str:
+    """The select list of the items' own columns (", i.a, i.b AS src_b"); '' when there are none."""
+    cols = [r[0] for r in con.execute(
+        "SELECT column_name FROM information_schema.columns WHERE table_schema = 'main' AND table_name = 'items' "
+        "ORDER BY ordinal_position").fetchall()]
+    out = []
+    for c in cols:
+        if c.lower() in _MANAGED:
+            continue
+        out.append(f"i.{quote_ident(c)}" + (f" AS {quote_ident('src_' + c)}" if c.lower() in OUTPUT_COLUMNS else ""))
+    return "".join(", " + x for x in out)
+
+
+@dataclass
+class Placed:
+    done: int = 0            # copied or linked (or found in place from an earlier run)
+    missing: int = 0         # source file gone
+    removed: int = 0         # files of earlier runs removed first (clean)
+    others: int = 0          # files in the folder curate never placed there (the user's)
+    earlier: int = 0         # files curate placed in an earlier run and not in this one
+
+
+MANIFEST = ".curate-files"     # in the folder: one relative path a line, what curate placed there
+PARTIAL = ".curate-partial"    # suffix of a file being written; renamed to its name when whole
+
+
+def write_atomic(path: Path, write: Callable[[Path], object]) -> None:
+    """Call write(tmp) for a temporary file beside `path`, then rename it to `path`.
+
+    A reader never sees a half-written `path`: it is the earlier file or the whole new
+    one. On failure the temporary file is removed (a kill leaves it, hidden, and the
+    next write to `path` removes it) and OutputError says what happened.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}{PARTIAL}")
+    try:
+        tmp.unlink(missing_ok=True)
+        write(tmp)
+        with open(tmp, "rb") as f:          # on disk before the rename makes it visible
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except (OSError, duckdb.Error) as e:
+        tmp.unlink(missing_ok=True)
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise OutputError(f"could not write {path}: {first}; nothing was left at that name "
+                          "(free space or fix permissions and run the same command again)") from e
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def place_files(rows: list[tuple[int, str, str]], folder: Path, link: bool, by_label: bool,
+                clean: bool = False) -> Placed:
+    """Copy (or symlink) each item's file to folder/<label folder>/<id>_<name>.
 
     The id in the name keeps two photos called IMG_0001.jpg apart; an existing
     destination of the same size is taken as done, so a rerun only adds what is new.
+    Each copy is written under a temporary name and renamed: a file at its final name
+    is always whole. Every file placed is recorded in folder/.curate-files, so that
+    `clean` removes only what curate placed there, never the user's own files.
     """
-    done = missing = 0
-    for item_id, path, label in rows:
-        src = Path(path)
-        if not src.is_file():
-            missing += 1
-            continue
-        sub = folder / safe_name(label) if by_label else folder
-        sub.mkdir(parents=True, exist_ok=True)
-        dst = sub / f"{item_id}_{src.name}"
-        if link:
-            if dst.is_symlink() and os.readlink(dst) == str(src.resolve()):
-                done += 1
+    folder.mkdir(parents=True, exist_ok=True)
+    recorded = _read_manifest(folder)
+    out = Placed()
+    if clean:
+        for rel in sorted(recorded):
+            f = folder / rel
+            if f.is_file() or f.is_symlink():
+                f.unlink()
+                out.removed += 1
+            _remove_empty_parents(f.parent, folder)
+        recorded = set()
+        _write_manifest(folder, recorded)
+    placed: set[str] = set()
+    try:
+        for item_id, path, label in rows:
+            src = Path(path)
+            if not src.is_file():
+                out.missing += 1
                 continue
-            dst.unlink(missing_ok=True)
-            os.symlink(src.resolve(), dst)
-        elif not (dst.is_file() and dst.stat().st_size == src.stat().st_size):
-            shutil.copy2(src, dst)
-        done += 1
-    return done, missing
+            rel = f"{safe_name(label)}/{item_id}_{src.name}" if by_label else f"{item_id}_{src.name}"
+            dst = folder / rel
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            if link:
+                if not (dst.is_symlink() and os.readlink(dst) == str(src.resolve())):
+                    tmp = dst.with_name(f".{dst.name}{PARTIAL}")
+                    tmp.unlink(missing_ok=True)
+                    os.symlink(src.resolve(), tmp)
+                    os.replace(tmp, dst)
+            elif not (dst.is_file() and not dst.is_symlink() and dst.stat().st_size == src.stat().st_size
+                      and rel in recorded):
+                write_atomic(dst, lambda tmp, src=src: shutil.copy2(src, tmp))
+            placed.add(rel)
+            out.done += 1
+    finally:
+        _write_manifest(folder, recorded | placed)
+    out.earlier = sum(1 for rel in recorded - placed if (folder / rel).exists())
+    out.others = sum(1 for f in folder.rglob("*")
+                     if (f.is_file() or f.is_symlink()) and f.name != MANIFEST
+                     and f.relative_to(folder).as_posix() not in recorded | placed)
+    return out
+
+
+def _read_manifest(folder: Path) -> set[str]:
+    try:
+        lines = (folder / MANIFEST).read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        return set()
+    # only plain relative paths inside the folder: a hand-edited line can never reach outside it
+    return {x for x in lines if x and not x.startswith("/") and ".." not in Path(x).parts}
+
+
+def _write_manifest(folder: Path, rels: set[str]) -> None:
+    path = folder / MANIFEST
+    tmp = path.with_name(path.name + PARTIAL)
+    tmp.write_text("".join(f"{r}\n" for r in sorted(rels)), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _remove_empty_parents(d: Path, top: Path) -> None:
+    while d != top and top in d.parents:
+        try:
+            d.rmdir()
+        except OSError:
+            return
+        d = d.parent
+
+
+# Names Windows reserves for devices, with any extension (con.txt too).
+_RESERVED = {"con", "prn", "aux", "nul", *(f"com{i}" for i in range(10)), *(f"lpt{i}" for i in range(10))}
+_PLAIN = re.compile(r"[a-z0-9][a-z0-9_.-]{0,79}")
 
 
 def safe_name(label: str) -> str:
-    """A label as one folder name: `bakery/shop` -> `bakery_shop`; never `..` or hidden."""
-    name = re.sub(r"[^\w.-]+", "_", label, flags=re.UNICODE).strip("._")
-    return name or "label"
+    """The folder of a label: distinct labels never share one, and every name is safe.
+
+    A label of lowercase ASCII letters, digits, `_`, `.` and `-` (not leading with `.`
+    or `-`, at most 80 characters, not a Windows device name such as `con`) is its own
+    folder name. Any other label gets a readable form (other characters as `_`, cut to
+    60) plus `~` and 10 hex digits of its SHA-1: `bakery/shop` -> `bakery_shop~<hash>`,
+    `x y` -> `x_y~<hash>`, `..` -> `label~<hash>`. Plain names never hold `~`, so the two
+    kinds never meet; upper case always takes the hashed form, so names stay distinct on
+    case-insensitive file systems too.
+    """
+    if _PLAIN.fullmatch(label) and not label.endswith(".") and label.split(".")[0] not in _RESERVED:
+        return label
+    readable = re.sub(r"[^A-Za-z0-9_.-]+", "_", label).strip("._-")[:60].rstrip("._-") or "label"
+    if readable.split(".")[0].lower() in _RESERVED:
+        readable = "_" + readable
+    return f"{readable}~{hashlib.sha1(label.encode('utf-8')).hexdigest()[:10]}"
 
 
 def _inexact(con: duckdb.DuckDBPyConnection, spec: FilterSpec, st: dict) -> int:

@@ -1,5 +1,7 @@
--- The scores of one `curate classify` run. A run with other settings replaces them
--- as a whole; a run with the same settings continues them (score_progress).
+-- The scores of one complete `curate classify` run. A run writes these tables under
+-- the names next_<table> (staging) and, once it completes, replaces them in one
+-- transaction: readers see the previous complete scores until then. A killed run with
+-- the same settings continues its staging tables (next_score_progress).
 -- docs/scores.md says why the scores have this shape.
 --
 -- Probabilities are the softmax over the whole label set of logit_scale * cosine,
@@ -87,5 +89,7 @@ CREATE OR REPLACE TABLE score_progress (
     image_id_sum BIGINT NOT NULL,         -- the sums of their item ids (modulo 2^64): a resumed run
     caption_id_sum BIGINT NOT NULL,       -- checks that the shards still hold exactly these
     finished BOOLEAN NOT NULL,            -- the last run went to the end (score_settings written)
+    append_after BIGINT,                  -- staging only: these rows extend the published scores
+                                          -- after this id (items embedded since); NULL: a whole run
     updated_at TIMESTAMP DEFAULT current_timestamp
 );

@@ -159,11 +159,14 @@ def test_killed_cli_run_resumes_to_the_uninterrupted_tables(tmp_path):
     assert committed == 3 and proc.returncode == -signal.SIGKILL, err
     t2 = time.perf_counter()
 
-    # killed half way: nothing that looks classified, and the rows match the progress record
-    assert one(killed, "SELECT count(*) FROM score_settings") == (0,)
-    last, images, captions, finished = one(killed, "SELECT last_id, images, captions, finished FROM score_progress")
+    # killed half way: nothing that looks classified (the run writes staging tables, next_*),
+    # and the staged rows match the progress record
+    assert one(killed, "SELECT count(*) FROM information_schema.tables WHERE table_name = 'score_settings'") == (0,)
+    last, images, captions, finished = one(killed, "SELECT last_id, images, captions, finished "
+                                                   "FROM next_score_progress")
     assert not finished and img[2] < last < cap[-1]
-    assert one(killed, "SELECT count(*), max(id), count(image_label), count(caption_label) FROM item_scores") == (
+    assert one(killed, "SELECT count(*), max(id), count(image_label), count(caption_label) "
+                       "FROM next_item_scores") == (
         len(np.union1d(img[img <= last], cap[cap <= last])), last, images, captions)
     assert images == int((img <= last).sum()) and captions == int((cap <= last).sum())
 
@@ -198,9 +201,9 @@ def test_stopped_runs_resume_exactly(small, storage, stop_at):
     assert classify(b, labels, progress=batches.append, **kw).resumed_vectors == 0
     with pytest.raises(Stop):
         classify(a, labels, progress=stopped_after(stop_at % len(batches)), **kw)
-    last = one(a, "SELECT last_id FROM score_progress")[0]
+    last = one(a, "SELECT last_id FROM next_score_progress")[0]
     if stop_at < 0:   # every image is scored: the run stopped among the caption-only items
-        assert last > one(a, "SELECT max(id) FROM item_scores WHERE image_label IS NOT NULL")[0]
+        assert last > one(a, "SELECT max(id) FROM next_item_scores WHERE image_label IS NOT NULL")[0]
     with pytest.raises(Stop):   # stopped again, then finished
         classify(a, labels, progress=stopped_after(1), **kw)
     r = classify(a, labels, **kw)
@@ -283,4 +286,6 @@ def test_lost_shard_fails_before_looking_classified(small):
     vec_path.unlink()
     with pytest.raises(FileNotFoundError, match="missing"):
         classify(a, labels, batch_rows=128)
-    assert one(a, "SELECT count(*) FROM score_settings") == (0,)
+    # the failed run published nothing: the scores of the complete run stay as they were
+    assert one(a, "SELECT count(*) FROM score_settings") == (1,)
+    assert one(a, "SELECT count(*) FROM information_schema.tables WHERE table_name LIKE 'next_%'") == (0,)

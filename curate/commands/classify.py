@@ -142,20 +142,34 @@ def classify_cmd(ws_path: Path, label_set: str, prompts: str, logit_scale: float
               help="Copy the kept images here, one folder per label.")
 @click.option("--link-to", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Symlink the kept images here instead of copying.")
+@click.option("--clean", is_flag=True,
+              help="First remove from the --copy-to/--link-to folder what earlier runs of curate placed there "
+                   "(listed in its .curate-files); other files are never touched.")
 def filter_cmd(ws_path: Path, labels: tuple[str, ...], min_prob: float, mode: str, unmatched: bool,
                text_weight: float, text_min: float, image_max: float, calibrated: bool, out: Path | None,
-               copy_to: Path | None, link_to: Path | None) -> None:
+               copy_to: Path | None, link_to: Path | None, clean: bool) -> None:
     """Cut a labelled subset (or what cleaning drops) out of a classified workspace."""
     spec = FilterSpec(labels=labels, min_prob=min_prob, mode=mode, unmatched=unmatched, text_weight=text_weight,
                       text_min=text_min, image_max=image_max, calibrated=calibrated)
     try:
-        r = write_subset(ws_path, spec, out, copy_to=copy_to, link_to=link_to)
+        if clean and not (copy_to or link_to):
+            raise FilterError("--clean empties a --copy-to or --link-to folder: give one")
+        r = write_subset(ws_path, spec, out, copy_to=copy_to, link_to=link_to, clean=clean)
     except _ERRORS as e:
         raise click.ClickException(str(e)) from None
     click.echo(r.summary(spec))
     if copy_to or link_to:
-        click.echo(f"{'linked' if link_to else 'copied'} {r.files_done:,} files to {copy_to or link_to}"
+        folder = copy_to or link_to
+        if r.removed:
+            click.echo(f"removed {r.removed:,} files of an earlier run from {folder}")
+        click.echo(f"{'linked' if link_to else 'copied'} {r.files_done:,} files to {folder}"
                    + (f" ({r.files_missing:,} missing at their path)" if r.files_missing else ""))
+        if r.earlier:
+            click.echo(f"note: {folder} also holds {r.earlier:,} files an earlier run placed there and this one "
+                       "did not: add --clean to remove them", err=True)
+        if r.others:
+            click.echo(f"note: {folder} also holds {r.others:,} files curate did not place there (left as they are)",
+                       err=True)
     if r.inexact:
         click.echo(f"note: {r.inexact:,} kept rows fall under the top-k bound (their label may not be the full "
                    "argmax); run `curate classify --storage full` for exact ensemble labels at this threshold",
