@@ -82,6 +82,8 @@ CREATE TABLE IF NOT EXISTS shards (
 # Columns and tables added after the first release, applied to existing workspaces at
 # every read-write connect (each statement must be idempotent: IF NOT EXISTS).
 UPGRADES: list[str] = [
+    # how build-index decoded images ('exact' or 'draft'): it changes the vectors
+    "ALTER TABLE runs ADD COLUMN IF NOT EXISTS decode VARCHAR",
 ]
 
 KINDS = ("image", "caption")
