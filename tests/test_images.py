@@ -121,11 +121,12 @@ def test_default_is_exactly_open_clip_preprocessing_and_draft_is_opt_in(tmp_path
     Image.fromarray(_pattern(1600, 1200, seed=3)).save(d / "big.jpg", quality=92, exif=_exif(6))
     ref = _reference(tiny_encoder, ImageOps.exif_transpose(Image.open(d / "big.jpg")))
 
-    run_cli("build-index", d, "-w", tmp_path / "exact", *TINY, "--workers", "0")
+    # on the CPU, like the reference (a GPU run would use half precision)
+    run_cli("build-index", d, "-w", tmp_path / "exact", *TINY, "--workers", "0", "--device", "cpu")
     exact = _vectors(tmp_path / "exact")["big.jpg"]
     np.testing.assert_allclose(exact, ref, atol=1e-6)
 
-    run_cli("build-index", d, "-w", tmp_path / "draft", *TINY, "--workers", "0", "--draft-decode")
+    run_cli("build-index", d, "-w", tmp_path / "draft", *TINY, "--workers", "0", "--device", "cpu", "--draft-decode")
     draft = _vectors(tmp_path / "draft")["big.jpg"]
     assert np.abs(draft - ref).max() > 1e-5  # the draft path really ran: other pixels
     assert float(draft @ ref) > 0.99          # yet nearly the same picture
