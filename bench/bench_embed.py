@@ -49,6 +49,7 @@ def main() -> None:
     ap.add_argument("--model", default="ViT-B-32")
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--workers", type=int, default=-1)
+    ap.add_argument("--draft-decode", action="store_true", help="reduced-scale JPEG decoding (build-index option)")
     ap.add_argument("--naive", type=int, default=64, help="images for the naive one-at-a-time loop")
     ap.add_argument("--model-only", type=int, default=512, help="pre-decoded images for the model-only figure")
     args = ap.parse_args()
@@ -90,7 +91,7 @@ def main() -> None:
     Workspace.bind_model(con, enc.identity)
     run_id = Workspace.start_run(con, "bench", str(photos), enc.identity, enc.device)
     scan_into(con, detect_source(photos), run_id)
-    opts = EmbedOptions(batch_size=args.batch_size, workers=args.workers, limit=args.n)
+    opts = EmbedOptions(batch_size=args.batch_size, workers=args.workers, limit=args.n, draft_decode=args.draft_decode)
     t = time.perf_counter()
     ok, bad = embed_pending(ws, con, enc, run_id, opts)
     e2e = ok / (time.perf_counter() - t)
@@ -98,7 +99,8 @@ def main() -> None:
     con.close()
 
     f = "embed.jsonl"
-    base = f"{args.model}, batch {args.batch_size}, {opts.n_workers()} workers, {args.n} JPEGs 640x480"
+    base = (f"{args.model}, batch {args.batch_size}, {opts.n_workers()} workers, {args.n} JPEGs 640x480, "
+            f"{'draft' if args.draft_decode else 'exact'} decode")
     print(f"\n{base}")
     record(f, "embed.image_tower_only_images_per_s", image_only, "img/s")
     record(f, "embed.model_only_images_per_s", model_only, "img/s", model_only / image_only, "image tower only")

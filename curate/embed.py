@@ -10,17 +10,20 @@ killed run loses at most the shard in flight and a rerun picks up where it stopp
 from __future__ import annotations
 
 import os
+import queue
+import signal
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import duckdb
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, get_worker_info
 
 from . import store
-from .images import DEFAULT_MAX_PIXELS, BadImage, open_rgb
+from .images import DEFAULT_MAX_PIXELS, BadImage, ResizeRule, open_rgb, resize_rule
 from .model import Encoder
 from .workspace import Workspace
 
@@ -37,6 +40,7 @@ class EmbedOptions:
     commit_seconds: float = 60.0
     max_pixels: int = DEFAULT_MAX_PIXELS
     limit: int | None = None        # stop after this many items (smoke runs, benchmarks)
+    draft_decode: bool = False      # reduced-scale JPEG decoding: faster, vectors differ slightly
 
     def n_workers(self) -> int:
         if self.workers >= 0:
@@ -44,19 +48,31 @@ class EmbedOptions:
         return max(1, min(16, os.cpu_count() or 1))
 
 
+# Fault-injection point, for tests only: a loader worker about to decode exactly this
+# path kills itself with SIGKILL, as the out-of-memory killer would, so the recovery from
+# a dead worker can be tested with a real process death. Read when the dataset is built
+# (so it reaches workers under any start method) and acted on only inside a worker.
+FAULT_KILL_WORKER_ENV = "CURATE_FAULT_KILL_WORKER"
+
+
 class _ItemImages(Dataset):
     """Worker side: decode + preprocess one image; never raises for a bad file."""
 
-    def __init__(self, ids: np.ndarray, paths: list[str], preprocess, size: int, max_pixels: int):
+    def __init__(self, ids: np.ndarray, paths: list[str], preprocess, resize: ResizeRule, max_pixels: int,
+                 draft: bool = False):
         self.ids, self.paths, self.preprocess = ids, paths, preprocess
-        self.size, self.max_pixels = size, max_pixels
+        self.resize, self.max_pixels, self.draft = resize, max_pixels, draft
+        self.kill_path = os.environ.get(FAULT_KILL_WORKER_ENV) or None
 
     def __len__(self) -> int:
         return len(self.ids)
 
     def __getitem__(self, i: int):
+        path = self.paths[i]
+        if self.kill_path is not None and path == self.kill_path and get_worker_info() is not None:
+            os.kill(os.getpid(), signal.SIGKILL)
         try:
-            im = open_rgb(self.paths[i], target_size=self.size, max_pixels=self.max_pixels)
+            im = open_rgb(path, max_pixels=self.max_pixels, resize=self.resize, draft=self.draft)
             return int(self.ids[i]), self.preprocess(im), None
         except BadImage as e:
             return int(self.ids[i]), None, str(e)
@@ -70,6 +86,168 @@ def _collate(batch):
     ids = np.array([i for i, _ in ok], dtype=np.int64)
     x = torch.stack([t for _, t in ok]) if ok else None
     return ids, x, bad
+
+
+class _WorkerDied(Exception):
+    """A loader worker process ended while it held items; str(e) says how it ended."""
+
+
+def _how_it_died(exitcodes: list[int | None]) -> str:
+    for code in exitcodes:
+        if code is None or code == 0:
+            continue
+        if code < 0:
+            try:
+                name = signal.Signals(-code).name
+            except ValueError:
+                name = f"signal {-code}"
+            why = {"SIGKILL": ", often the out-of-memory killer", "SIGSEGV": ", a crash in a decoder",
+                   "SIGBUS": ", a crash in a decoder", "SIGABRT": ", a crash in a decoder"}.get(name, "")
+            return f"killed by {name}{why}"
+        return f"exited with status {code}"
+    return "exited unexpectedly"
+
+
+def _threaded(loader: DataLoader) -> Iterator:
+    """The loader's batches, pulled by a helper thread.
+
+    Torch installs a SIGCHLD handler when a multi-worker iterator is created in the main
+    thread; it raises "worker killed" inside whatever the main thread is doing (the model,
+    a commit). Created in a helper thread, the iterator has no such handler and finds a dead
+    worker itself, synchronously, within its status check interval (5 s); the error comes
+    out here, between batches, where the caller can recover from it.
+    """
+    q: queue.Queue = queue.Queue(maxsize=2)
+    stop = threading.Event()
+
+    def put(item) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.2)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def run() -> None:
+        it = None
+        try:
+            it = iter(loader)
+            for b in it:
+                if not put(("batch", b)):
+                    return
+            put(("end", None))
+        except Exception as e:  # noqa: BLE001 - handed to the consumer, which decides
+            if isinstance(e, RuntimeError) and "DataLoader worker" in str(e):
+                codes = [w.exitcode for w in getattr(it, "_workers", ())]
+                e = _WorkerDied(_how_it_died(codes))
+            put(("error", e))
+        finally:
+            it = None  # shuts the workers down
+
+    t = threading.Thread(target=run, name="curate-loader", daemon=True)
+    t.start()
+    try:
+        while True:
+            kind, val = q.get()
+            if kind == "batch":
+                yield val
+            elif kind == "end":
+                return
+            else:
+                raise val
+    finally:
+        stop.set()
+
+
+class _ChunkLoader:
+    """Decoded, preprocessed batches of one chunk of items, in id order.
+
+    A worker that dies (out-of-memory killer, a segfault in a decoder) makes torch's
+    DataLoader fail for the whole iteration. Batches already received are kept; the items
+    that were in flight are decoded again in smaller steps, each in fresh worker
+    processes: first one item per task (at most `workers` in flight), then the items of a
+    failed step one at a time in one worker. An item that kills a worker on its own is
+    rejected with the reason; everything else is embedded, and the run goes on.
+    """
+
+    PREFETCH = 4
+
+    def __init__(self, ids: np.ndarray, paths: list[str], enc: Encoder, opts: EmbedOptions):
+        self.ids, self.paths, self.enc, self.opts = ids, paths, enc, opts
+        self.resize = resize_rule(enc.preprocess, enc.image_size)
+        nw = opts.n_workers()
+        # (batch size, workers, prefetch factor) per level of recovery
+        self.levels = [(opts.batch_size, nw, self.PREFETCH)]
+        if nw > 1:
+            self.levels.append((1, nw, 1))
+        if nw > 0:
+            self.levels.append((1, 1, 1))
+
+    def __iter__(self) -> Iterator:
+        return self._load(0, len(self.ids), 0)
+
+    def _loader(self, lo: int, hi: int, level: int) -> DataLoader:
+        bs, nw, pf = self.levels[level]
+        ds = _ItemImages(self.ids[lo:hi], self.paths[lo:hi], self.enc.preprocess, self.resize,
+                         self.opts.max_pixels, self.opts.draft_decode)
+        return DataLoader(ds, batch_size=bs, num_workers=nw, collate_fn=_collate,
+                          prefetch_factor=pf if nw > 0 else None, persistent_workers=False,
+                          pin_memory=self.enc.device.startswith("cuda"))
+
+    def _load(self, lo: int, hi: int, level: int) -> Iterator:
+        bs, nw, pf = self.levels[level]
+        start = lo
+        while start < hi:
+            done = [0]  # items received from this loader
+            try:
+                batches = self._counted(self._loader(start, hi, level), done)
+                # level 0 batches go to the model as they are; single items are regrouped
+                yield from (batches if level == 0 else self._regroup(batches))
+                return
+            except _WorkerDied as e:
+                at = start + done[0]
+                if at >= hi:
+                    return
+                if level == len(self.levels) - 1:
+                    # one item, one fresh worker, nothing else in flight: this item did it
+                    reason = f"the image decoder process died on this image ({e})"
+                    yield np.zeros(0, np.int64), None, [(int(self.ids[at]), reason)]
+                    start = at + 1
+                    continue
+                in_flight = min(hi, at + bs * max(nw, 1) * pf + bs)
+                yield from self._load(at, in_flight, level + 1)
+                start = in_flight
+
+    @staticmethod
+    def _counted(loader: DataLoader, counter: list[int]) -> Iterator:
+        for b in _threaded(loader):
+            counter[0] += len(b[0]) + len(b[2])
+            yield b
+
+    def _regroup(self, batches: Iterator) -> Iterator:
+        ids: list[np.ndarray] = []
+        xs: list[torch.Tensor] = []
+        bad: list[tuple[int, str]] = []
+
+        def group():
+            return (np.concatenate(ids) if ids else np.zeros(0, np.int64)), (torch.cat(xs) if xs else None), bad
+
+        try:
+            for b_ids, x, b_bad in batches:
+                bad.extend(b_bad)
+                if x is not None:
+                    ids.append(b_ids)
+                    xs.append(x)
+                if sum(len(a) for a in ids) >= self.opts.batch_size:
+                    yield group()
+                    ids, xs, bad = [], [], []
+        except _WorkerDied:
+            if ids or bad:  # what decoded before the death is kept
+                yield group()
+            raise
+        if ids or bad:
+            yield group()
 
 
 class _Pending:
@@ -113,13 +291,7 @@ def embed_pending(ws: Workspace, con: duckdb.DuckDBPyConnection, enc: Encoder, r
             remaining -= len(rows)
         ids = np.array([r[0] for r in rows], dtype=np.int64)
         captions = {r[0]: r[2] for r in rows if r[2] is not None}
-        loader = DataLoader(
-            _ItemImages(ids, [r[1] for r in rows], enc.preprocess, enc.image_size, opts.max_pixels),
-            batch_size=opts.batch_size, num_workers=opts.n_workers(), collate_fn=_collate,
-            prefetch_factor=4 if opts.n_workers() > 0 else None,
-            persistent_workers=False, pin_memory=enc.device.startswith("cuda"),
-        )
-        for batch_ids, x, bad in loader:
+        for batch_ids, x, bad in _ChunkLoader(ids, [r[1] for r in rows], enc, opts):
             if x is not None:
                 pending.img_ids.append(batch_ids)
                 pending.img_vecs.append(enc.encode_image_tensor(x))

@@ -97,6 +97,8 @@ CREATE TABLE IF NOT EXISTS shards (
 # every read-write connect (each statement must be idempotent: IF NOT EXISTS).
 UPGRADES: list[str] = [
     "ALTER TABLE rejected ADD COLUMN IF NOT EXISTS source_no INTEGER",
+    # how build-index decoded images ('exact' or 'draft'): it changes the vectors
+    "ALTER TABLE runs ADD COLUMN IF NOT EXISTS decode VARCHAR",
     # items.source_no and the (source_no, source_id) key: sources.upgrade_items (a table rebuild).
 ]
 

@@ -125,12 +125,16 @@ def test_conversions_against_pillow(tmp_path):
 
 
 def test_draft_decoding_matches_full_decode_closely(tmp_path, tiny_encoder):
-    """Big JPEGs decode at reduced scale; the model must see nearly the same picture."""
+    """Draft decoding (opt-in, --draft-decode): the model must see nearly the same picture."""
     import torch
 
+    from curate.images import resize_rule
+
     p = write_jpeg(tmp_path / "big.jpg", size=(1600, 1200), seed=5)
-    fast = open_rgb(str(p), target_size=224)
+    rule = resize_rule(tiny_encoder.preprocess, tiny_encoder.image_size)
+    fast = open_rgb(str(p), resize=rule, draft=True)
     assert fast.size[0] < 1600  # the draft actually happened
+    assert open_rgb(str(p), resize=rule).size == (1600, 1200)  # and only when asked for
     full = Image.open(p).convert("RGB")
     with torch.inference_mode():
         a = tiny_encoder.model.encode_image(tiny_encoder.preprocess(fast).unsqueeze(0))

@@ -47,13 +47,17 @@ def _bar(desc: str, total: int | None, unit: str) -> tqdm:
               help="Items per committed shard (the most a killed run loses).")
 @click.option("--max-pixels", type=click.IntRange(1), default=DEFAULT_MAX_PIXELS, show_default=True,
               help="Refuse images larger than this (decompression bombs).")
+@click.option("--draft-decode", is_flag=True,
+              help="Decode large JPEGs at reduced scale: faster for decode-bound GPU runs, but the vectors "
+                   "differ slightly from open_clip's own preprocessing (see README).")
 @click.option("--limit", type=click.IntRange(1), default=None, help="Embed at most this many pending items.")
 @click.option("--strict", is_flag=True, help="Exit with status 3 if any item was rejected.")
 @click.option("--infer-types", is_flag=True,
               help="Type a manifest's own columns (numbers, dates, booleans) instead of keeping them as written.")
 def build_index(source: Path, ws_path: Path, model: str | None, pretrained: str | None, fallback_model: str | None,
                 captions_dir: Path | None, recipe: str, device: str, batch_size: int | None, workers: int | None,
-                shard_size: int, max_pixels: int, limit: int | None, strict: bool, infer_types: bool) -> None:
+                shard_size: int, max_pixels: int, draft_decode: bool, limit: int | None, strict: bool,
+                infer_types: bool) -> None:
     """Ingest SOURCE and embed it once into FAISS indexes and a DuckDB workspace.
 
     SOURCE is a folder of images (captions as same-name .txt files beside them), an
@@ -100,7 +104,8 @@ def build_index(source: Path, ws_path: Path, model: str | None, pretrained: str 
                 seen, added = scan.seen, scan.added
             todo = con.execute("SELECT count(*) FROM items WHERE status = 'pending'").fetchall()[0][0]
             todo = min(todo, limit) if limit else todo
-            opts = EmbedOptions(shard_size=shard_size, max_pixels=max_pixels, limit=limit,
+            con.execute("UPDATE runs SET decode = ? WHERE run_id = ?", ["draft" if draft_decode else "exact", run_id])
+            opts = EmbedOptions(shard_size=shard_size, max_pixels=max_pixels, limit=limit, draft_decode=draft_decode,
                                 batch_size=batch_size or (256 if device.startswith("cuda") else 64),
                                 workers=-1 if workers is None else workers)
             with _bar("embed", todo, "img") as bar:
