@@ -12,6 +12,7 @@ import click
 
 from . import __version__
 from .errors import EXIT_INTERNAL, EXIT_INTERRUPTED, CurateError, OutputError, WorkspaceBusy
+from .textout import safe
 
 # OS errors that are about the machine, not about curate: said in one line, no traceback.
 _OS_ERRNOS = {errno.ENOSPC: "disk full", errno.EDQUOT: "disk quota exceeded", errno.EACCES: "permission denied",
@@ -40,6 +41,8 @@ class _CurateGroup(click.Group):
                   EXIT_INTERRUPTED)
         except OSError as e:
             what = _OS_ERRNOS.get(e.errno or -1)
+            if what is None and e.errno is None and "requested and" in str(e) and "written" in str(e):
+                what = "disk full"  # numpy's short write ("16384 requested and 15328 written") has no errno
             if what is None:
                 _fail(ctx, f"{e.strerror or e}" + (f": {e.filename}" if e.filename else ""), OutputError.exit_code)
             where = f" ({e.filename})" if e.filename else ""
@@ -53,7 +56,9 @@ class _CurateGroup(click.Group):
                 _fail(ctx, f"the workspace is in use by another process ({first}); wait for it to finish "
                            "or close it, then run the command again", WorkspaceBusy.exit_code)
             if isinstance(e, duckdb.IOException):
-                _fail(ctx, f"cannot write the workspace: {first}", OutputError.exit_code)
+                full = "no space left" in first.lower() or "requested and" in first.lower()
+                _fail(ctx, f"cannot write the workspace: {'disk full: ' if full else ''}{first}; what was "
+                           "committed before is kept", OutputError.exit_code)
             _fail(ctx, f"internal error: {type(e).__name__}: {first} (a bug in curate; run with -v for the "
                        "traceback and please report it)", EXIT_INTERNAL)
 
@@ -61,7 +66,9 @@ class _CurateGroup(click.Group):
 def _fail(ctx: click.Context, message: str, code: int) -> None:
     if ctx.meta.get("curate.verbose"):
         traceback.print_exc()
-    click.echo(f"curate: {message}", err=True)
+    # one line, and nothing in it (a path, a label, a caption) can drive the terminal
+    one_line = " ".join(part.strip() for part in str(message).strip().splitlines() if part.strip())
+    click.echo(f"curate: {safe(one_line)}", err=True)
     ctx.exit(code)
 
 
