@@ -111,22 +111,32 @@ def test_a_missing_shard(built_workspace, tmp_path):
     assert state(ws) == before
 
 
+def _refused(code: int, *args: object) -> str:
+    """In-process (the same CLI group and exit mapping, without a new interpreter per run)."""
+    out = run_cli(*args, expect=code).output
+    assert "Traceback" not in out and out.rstrip().splitlines()[-1].startswith("curate: "), out
+    return out
+
+
 def test_a_failed_first_build_leaves_no_workspace(tmp_path, built_workspace):
     photos = make_folder(tmp_path / "photos", n=2)
     (tmp_path / "empty").mkdir()
-    failed(curate("build-index", tmp_path / "empty", "-w", tmp_path / "ws1", *TINY), 1, "no images")
-    failed(curate("build-index", photos, "-w", tmp_path / "ws2", "--model", "nope", "--pretrained", "none"), 1,
-           "unknown model")
-    failed(curate("build-index", photos, "-w", tmp_path / "ws3", "--model", "ViT-B-32",
-                  "--pretrained", "laion2b_s34b_b79k"), 1, "laion2b_s34b_b79k")
-    assert not any((tmp_path / f"ws{i}").exists() for i in (1, 2, 3))
+    assert "no images" in _refused(1, "build-index", tmp_path / "empty", "-w", tmp_path / "ws1", *TINY)
+    assert "unknown model" in _refused(1, "build-index", photos, "-w", tmp_path / "ws2", "--model", "nope",
+                                       "--pretrained", "none")
+    assert "laion2b_s34b_b79k" in _refused(1, "build-index", photos, "-w", tmp_path / "ws3", "--model", "ViT-B-32",
+                                           "--pretrained", "laion2b_s34b_b79k")
+    empty_manifest = tmp_path / "m.csv"
+    empty_manifest.write_text("path,caption\n", encoding="utf-8")
+    assert "no items" in _refused(1, "build-index", empty_manifest, "-w", tmp_path / "ws4", *TINY)
+    assert not any((tmp_path / f"ws{i}").exists() for i in (1, 2, 3, 4))
     # an existing workspace stays as it was: no run recorded, nothing added
     ws = tmp_path / "ws"
     shutil.copytree(built_workspace, ws)
     before = state(ws)
-    failed(curate("build-index", tmp_path / "empty", "-w", ws), 1, "no images", "not changed")
-    failed(curate("build-index", photos, "-w", ws, "--pretrained", tmp_path / "nope.safetensors"), 1,
-           "checkpoint file not found")
+    assert "not changed" in _refused(1, "build-index", tmp_path / "empty", "-w", ws)
+    assert "checkpoint file not found" in _refused(1, "build-index", photos, "-w", ws,
+                                                   "--pretrained", tmp_path / "nope.safetensors")
     assert state(ws) == before
 
 
