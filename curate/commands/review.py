@@ -95,9 +95,11 @@ def _note_short_sample(rs: sampling.ReviewSet, found: list[tuple[str, int, int]]
               help="Port on 127.0.0.1 (0: any free port; a busy port falls back to a free one).")
 @click.option("--no-browser", is_flag=True, help="Print the address instead of opening a browser.")
 @click.option("--export", "export_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Write the set as a CSV sheet (id, path, caption, label, prob, mark) and exit.")
+              help="Write the set (--set, else the most recently drawn) as a CSV sheet (id, path, caption, label, "
+                   "prob, mark, review_set) and exit.")
 @click.option("--import", "import_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              default=None, help="Read marks from a CSV sheet and exit; bad rows are reported by line.")
+              default=None, help="Read marks from a CSV sheet into the set it names (its review_set column; "
+                                 "else --set or the default) and exit; bad rows are reported by line.")
 def review(ws_path: Path, set_name: str | None, port: int, no_browser: bool, export_path: Path | None,
            import_path: Path | None) -> None:
     """Mark a review set by hand in the browser (or through a CSV sheet)."""
