@@ -169,11 +169,16 @@ def _fill(folder: Path) -> Path:
 def test_a_full_disk(classified, full_disk):
     ws = full_disk / "ws"
     shutil.copytree(classified, ws)
+    sheet = full_disk.parent / "sheet.csv"
+    run_cli("review", "-w", ws, "--export", sheet)
+    sheet.write_text(sheet.read_text(encoding="utf-8-sig").replace(",,", ",hit,"), encoding="utf-8")
     before = state(ws)
     filler = _fill(full_disk)
     failed(curate("sample", "-w", ws), 74, "disk full", "free some space")
+    failed(curate("review", "-w", ws, "--import", sheet), 74, "disk full")  # not "cannot rollback"
     failed(curate("filter", "-w", classified, "--out", full_disk / "x.parquet"), 74, "disk full")
     filler.unlink()
     assert state(ws) == before
     # with room again, the same commands work
     assert curate("sample", "-w", ws, "--top-classes", "2", "--per-class", "2").returncode == 0
+    assert "imported" in run_cli("review", "-w", ws, "--set", "image-top3x2-seed0", "--import", sheet).output
