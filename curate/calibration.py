@@ -40,6 +40,7 @@ import duckdb
 import numpy as np
 
 from . import sampling, sqlfiles
+from .errors import InputError
 
 META_KEY = "calibration"
 # SQL and numpy evaluate the same formula in another order: an image whose calibrated
@@ -88,15 +89,20 @@ def nll(q: np.ndarray, hit: np.ndarray) -> float:
     return float(-np.mean(np.where(hit, np.log(q), np.log1p(-q))))
 
 
+class CalibrationError(InputError, ValueError):
+    """The marks do not determine a calibration (too few, or an optimum outside the search range)."""
+
+
 def fit_temperature(logp: np.ndarray, weights: np.ndarray, hit: np.ndarray) -> float:
     """The T in [0.05, 20] that maximises the likelihood of the marks.
 
     One parameter: a log-spaced grid brackets the optimum, golden-section search refines
-    it (deterministic, no optimiser dependency, 1e-6 relative precision).
+    it (deterministic, no optimiser dependency, 1e-6 relative precision). An optimum at an
+    end of the range is no fit (the likelihood still improves beyond it): CalibrationError.
     """
     hit = np.asarray(hit, bool)
     if len(hit) == 0 or hit.all() or (~hit).all():
-        raise ValueError("a temperature needs both hits and misses among the marks")
+        raise CalibrationError("a temperature needs both hits and misses among the marks")
 
     def f(log_t: float) -> float:
         return nll(calibrated_top(logp, weights, math.exp(log_t)), hit)
@@ -118,7 +124,25 @@ def fit_temperature(logp: np.ndarray, weights: np.ndarray, hit: np.ndarray) -> f
             a, c, fc = c, d, fd
             d = a + g * (b - a)
             fd = f(d)
-    return math.exp((a + b) / 2)
+    t = math.exp((a + b) / 2)
+    _check_inside(t, f)
+    return t
+
+
+def _check_inside(t: float, f) -> None:
+    """Refuse a temperature pinned to an end of T_RANGE: the search stopped at its edge."""
+    lo, hi = T_RANGE
+    step = 1e-3  # in log T: the golden-section search ends within 1e-6 of the edge it is pushed to
+    for edge, inner, word, why in (
+            (lo, math.log(lo) + step, "lowest", "every hit is more confident than every miss, so any sharper "
+                                                "softmax fits better"),
+            (hi, math.log(hi) - step, "highest", "the marks do not depend on the probability (misses are as "
+                                                 "confident as hits, or more), so flatter always fits better")):
+        if abs(math.log(t) - math.log(edge)) < step and f(math.log(edge)) <= f(inner):
+            raise CalibrationError(
+                f"the temperature search stopped at the {word} value it tries (T = {edge:g}, range "
+                f"{lo:g}..{hi:g}): {why}; no temperature was fitted. Mark more images (a random sample of the "
+                "set, hits and misses alike), then run `curate report` again")
 
 
 def class_threshold(q: np.ndarray, hit: np.ndarray, target: float, min_support: int) -> tuple[float | None, float | None, int]:
@@ -299,7 +323,7 @@ def fit(con: duckdb.DuckDBPyConnection, set_name: str | None = None, target_prec
     col = scores_column(con, rs.source)
     rows = _marked(con, rs.name, view, col)
     if not rows:
-        raise ValueError(f"review set {rs.name!r} has no hit/miss marks yet")
+        raise CalibrationError(f"review set {rs.name!r} has no hit/miss marks yet")
     labels = np.array([r[0] for r in rows], dtype=object)
     prob = np.array([r[1] for r in rows], np.float64)
     hit = np.array([r[2] for r in rows])
@@ -382,7 +406,10 @@ def save(con: duckdb.DuckDBPyConnection, cal: Calibration) -> None:
         )
         con.execute("COMMIT")
     except BaseException:
-        con.execute("ROLLBACK")
+        try:
+            con.execute("ROLLBACK")
+        except duckdb.Error:  # a failed COMMIT (disk full) has ended the transaction: keep the real error
+            pass
         raise
 
 

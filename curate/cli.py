@@ -12,12 +12,19 @@ import click
 
 from . import __version__
 from .errors import EXIT_INTERNAL, EXIT_INTERRUPTED, CurateError, OutputError, WorkspaceBusy
+from .textout import safe
 
-# OS errors that are about the machine, not about curate: said in one line, no traceback.
-_OS_ERRNOS = {errno.ENOSPC: "disk full", errno.EDQUOT: "disk quota exceeded", errno.EACCES: "permission denied",
-              errno.EPERM: "operation not permitted", errno.EROFS: "read-only file system",
-              errno.EIO: "input/output error"}
-
+# OS errors that are about the machine, not about curate: said in one line, no traceback,
+# with what to do about each.
+_FREE = "free some space and run the same command again"
+_PERM = "fix the permissions or write somewhere else"
+_PATH = "give another path"
+_OS_ERRNOS = {errno.ENOSPC: ("disk full", _FREE), errno.EDQUOT: ("disk quota exceeded", _FREE),
+              errno.EACCES: ("permission denied", _PERM), errno.EPERM: ("operation not permitted", _PERM),
+              errno.EROFS: ("read-only file system", _PERM), errno.EIO: ("input/output error", _FREE),
+              errno.ENOTDIR: ("a part of the path is a file, not a folder", _PATH),
+              errno.EEXIST: ("a file is in the way where a folder is needed", _PATH),
+              errno.EISDIR: ("is a folder, not a file", _PATH)}
 
 class _CurateGroup(click.Group):
     """The one place where errors become messages and exit statuses (curate/errors.py).
@@ -39,21 +46,27 @@ class _CurateGroup(click.Group):
             _fail(ctx, "interrupted; what was committed is kept, run the same command again to resume",
                   EXIT_INTERRUPTED)
         except OSError as e:
-            what = _OS_ERRNOS.get(e.errno or -1)
+            what, todo = _OS_ERRNOS.get(e.errno or -1, (None, None))
+            if what is None and e.errno is None and "requested and" in str(e) and "written" in str(e):
+                what, todo = "disk full", _FREE  # numpy's short write ("16384 requested and 15328 written")
             if what is None:
                 _fail(ctx, f"{e.strerror or e}" + (f": {e.filename}" if e.filename else ""), OutputError.exit_code)
             where = f" ({e.filename})" if e.filename else ""
-            _fail(ctx, f"{what}{where}: nothing half-written was kept; free space or fix permissions and run "
-                       "the same command again", OutputError.exit_code)
+            _fail(ctx, f"{what}{where}: nothing half-written was kept; {todo}", OutputError.exit_code)
         except Exception as e:  # noqa: BLE001 - the last line of defence: one line, not a traceback
             import duckdb
 
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            if isinstance(e, duckdb.IOException) and "lock" in first.lower():
+            low = first.lower()
+            if isinstance(e, duckdb.IOException) and "lock" in low:
                 _fail(ctx, f"the workspace is in use by another process ({first}); wait for it to finish "
                            "or close it, then run the command again", WorkspaceBusy.exit_code)
+            if isinstance(e, duckdb.Error) and ("no space left" in low or "disk quota" in low):
+                # DuckDB says it as an IOException, or as a TransactionException from a failed COMMIT
+                _fail(ctx, f"disk full: {first}; what was committed before is kept; {_FREE}",
+                      OutputError.exit_code)
             if isinstance(e, duckdb.IOException):
-                _fail(ctx, f"cannot write the workspace: {first}", OutputError.exit_code)
+                _fail(ctx, f"cannot read or write a file: {first}", OutputError.exit_code)
             _fail(ctx, f"internal error: {type(e).__name__}: {first} (a bug in curate; run with -v for the "
                        "traceback and please report it)", EXIT_INTERNAL)
 
@@ -61,7 +74,9 @@ class _CurateGroup(click.Group):
 def _fail(ctx: click.Context, message: str, code: int) -> None:
     if ctx.meta.get("curate.verbose"):
         traceback.print_exc()
-    click.echo(f"curate: {message}", err=True)
+    # one line, and nothing in it (a path, a label, a caption) can drive the terminal
+    one_line = " ".join(part.strip() for part in str(message).strip().splitlines() if part.strip())
+    click.echo(f"curate: {safe(one_line)}", err=True)
     ctx.exit(code)
 
 

@@ -78,9 +78,9 @@ def readable(label: str) -> str:
     if not sep:
         return head
     phrase = QUALIFIER_PHRASES.get(qualifier.strip(), None)
-    if phrase is None:
-        phrase = qualifier.replace("_", " ").strip() + " {head}"
-    return phrase.format(head=head).strip()
+    if phrase is None:  # a name may hold braces (`room/{x}`): never run it through str.format
+        return f"{qualifier.replace('_', ' ').strip()} {head}".strip()
+    return phrase.replace("{head}", head).strip()
 
 
 def load_label_set(spec: str | Path) -> LabelSet:
@@ -92,13 +92,25 @@ def load_label_set(spec: str | Path) -> LabelSet:
         raise LabelSetError(
             f"no label set '{spec}': give a packaged set ({', '.join(BUILTIN)}) or a file "
             "(one label a line, or CSV with a `label` and an optional `prompt` column)")
-    text = path.read_text(encoding="utf-8-sig")
+    text = read_text_any(path)
     if path.suffix.lower() in (".csv", ".tsv"):
         rows = _read_table(text, "\t" if path.suffix.lower() == ".tsv" else ",")
     else:
         rows = [(line.strip(), None, None) for line in text.splitlines()
                 if line.strip() and not line.lstrip().startswith("#")]
     return _build(str(spec), rows)
+
+
+def read_text_any(path: Path) -> str:
+    """A text file as an editor or spreadsheet saved it: UTF-8 (BOM or not), UTF-16 with a BOM,
+    else the Windows code page (cp1252), which decodes any byte."""
+    raw = path.read_bytes()
+    if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
+        return raw.decode("utf-16")
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        return raw.decode("cp1252", errors="replace")
 
 
 def check_labels(wanted: Iterable[str], known: Sequence[str]) -> list[str]:

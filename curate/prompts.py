@@ -15,11 +15,12 @@ Wordings are data, as in open_clip's zero-shot templates:
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import InputError
-from .labels import LabelSet, readable
+from .labels import LabelSet, read_text_any, readable
 
 RAW, NATURAL, ENSEMBLE = "raw", "natural", "ensemble"
 BUILTIN = (RAW, NATURAL, ENSEMBLE)
@@ -58,7 +59,7 @@ def resolve(spec: str | Path) -> Wording:
         return Wording(spec)
     path = Path(spec).expanduser()
     if path.is_file():
-        lines = [ln.strip() for ln in path.read_text(encoding="utf-8-sig").splitlines()]
+        lines = [ln.strip() for ln in read_text_any(path).splitlines()]
         templates = tuple(ln for ln in lines if ln and not ln.startswith("#"))
         if not templates:
             raise PromptError(f"templates file {spec} has no templates")
@@ -111,10 +112,14 @@ def ensemble(label: str, scene: str, own: str | None = None) -> list[str]:
     return texts
 
 
+_SLOT = re.compile(r"\{a\}|\{label\}|\{\}")
+
+
 def fill(template: str, label: str) -> str:
     words = readable(label)
-    # replace, not str.format: a user's template may hold other braces
-    return template.replace("{a}", article(words)).replace("{label}", words).replace("{}", words)
+    # One pass, not str.format or chained replace: the template may hold other braces, and a
+    # label's own braces (`room/{x}`, `{}`) are text to show, never slots to fill again.
+    return _SLOT.sub(lambda m: article(words) if m.group() == "{a}" else words, template)
 
 
 def article(phrase: str) -> str:

@@ -112,7 +112,10 @@ def draw(
         )
         con.execute("COMMIT")
     except BaseException:
-        con.execute("ROLLBACK")
+        try:
+            con.execute("ROLLBACK")
+        except duckdb.Error:  # a failed COMMIT (disk full) has ended the transaction: keep the real error
+            pass
         raise
     if n == 0:
         raise SampleError(f"`{view}` is empty: nothing to sample")

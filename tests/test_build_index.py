@@ -248,8 +248,9 @@ def test_local_checkpoint_file(tmp_path, tiny_encoder):
 def test_other_model_on_existing_workspace_is_refused(tmp_path):
     photos = make_folder(tmp_path / "p", n=1)
     run_cli("build-index", photos, "-w", tmp_path / "ws", *TINY)
+    # a workspace from another model: exit 4 (curate/errors.py), as issue 8 documents
     res = run_cli("build-index", photos, "-w", tmp_path / "ws", "--model", "RN50", "--pretrained", "none",
-                  expect=1)
+                  expect=4)
     assert "embedded with curate-tiny" in res.output and "RN50" in res.output
 
 

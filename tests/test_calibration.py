@@ -156,3 +156,17 @@ def test_fit_save_load_and_the_view_for_filter(tmp_path):
                                rtol=1e-12)
     keep = {label: sum(1 for r in rows if r[3] and labels[r[0]] == label) for label in by}
     assert keep == {label: (by[label].kept or 0) for label in by}
+
+
+@pytest.mark.parametrize("p1,p2,hits,n_labels,edge", [
+    # misses as confident as hits, or more: flatter always fits better (T would run past 20)
+    ([0.55, 0.6, 0.7, 0.8, 0.9, 0.52, 0.58, 0.65], None, [1, 1, 0, 0, 0, 1, 0, 1], 2, "highest"),
+    # every hit sharper than every tied miss: sharper always fits better (T would run under 0.05)
+    ([0.6, 0.7, 0.8, 0.45, 0.45, 0.45], [0.2, 0.2, 0.1, 0.45, 0.45, 0.45], [1, 1, 1, 0, 0, 0], 3, "lowest"),
+])
+def test_a_temperature_at_the_edge_of_the_range_is_no_fit(p1, p2, hits, n_labels, edge):
+    p1 = np.array(p1)
+    p2 = [1 - x for x in p1] if p2 is None else p2
+    logp, w, _ = calibration.stored_logp(p1, [[x] for x in p2], n_labels)
+    with pytest.raises(calibration.CalibrationError, match=f"stopped at the {edge} value it tries"):
+        calibration.fit_temperature(logp, w, np.array(hits, bool))

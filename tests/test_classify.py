@@ -283,7 +283,7 @@ def test_other_model_is_refused(tmp_path, tiny_encoder):
         classify(root, encoder=tiny_encoder)
     # the command line loads the workspace's own model; without its weights it says so
     out = run_cli("classify", "-w", root, expect=1)
-    assert "Error" in out.output and "ViT-B-32" in out.output
+    assert out.output.startswith("curate: ") and "ViT-B-32" in out.output
 
 
 def test_empty_workspace(tmp_path, tiny_encoder):
@@ -292,7 +292,9 @@ def test_empty_workspace(tmp_path, tiny_encoder):
     with pytest.raises(NotReady, match="build-index"):
         classify(bare, encoder=tiny_encoder)
     assert "build-index" in run_cli("classify", "-w", bare, expect=1).output
-    assert "build-index" in run_cli("classify", "-w", tmp_path / "nothing", expect=1).output
+    # no workspace at all: refused by -w before anything opens it (exit 4, curate/errors.py)
+    assert "build-index" in run_cli("classify", "-w", tmp_path / "nothing", expect=4).output
+    assert not (tmp_path / "nothing").exists()
     # a model but no vectors yet: empty views, coverage without shares
     con = Workspace(bare).connect()
     Workspace.bind_model(con, tiny_encoder.identity)

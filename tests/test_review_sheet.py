@@ -46,7 +46,8 @@ def test_export_has_the_columns_and_exact_values(ws, tmp_path):
     assert raw.startswith(b"\xef\xbb\xbf")  # BOM: spreadsheets then read the captions right
     with open(out, encoding="utf-8-sig", newline="") as f:
         rows = list(csv.DictReader(f))
-    assert list(rows[0]) == ["id", "path", "caption", "label", "prob", "mark"]
+    assert list(rows[0]) == ["id", "path", "caption", "label", "prob", "mark", "review_set"]
+    assert {r["review_set"] for r in rows} == {"s"}  # the sheet names its set
     by_id = {int(r["id"]): r for r in rows}
     assert by_id[0]["caption"] == CAPTIONS[0] and by_id[1]["caption"] == CAPTIONS[1]
     assert by_id[0]["mark"] == "hit" and by_id[5]["mark"] == "skip" and by_id[2]["mark"] == ""

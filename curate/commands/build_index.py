@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -12,10 +14,11 @@ from tqdm import tqdm
 from .. import index as faiss_index
 from .. import store
 from ..embed import EmbedOptions, embed_pending
+from ..errors import CurateError, InputError
 from ..images import DEFAULT_MAX_PIXELS
 from ..model import DEFAULT_MODEL, DEFAULT_PRETRAINED, WeightsUnavailable, load_encoder, pick_device
-from ..sources import SourceError, detect_source, scan_into
-from ..workspace import ModelIdentity, ModelMismatch, Workspace
+from ..sources import detect_source, scan_into, scanned_extensions
+from ..workspace import DB_NAME, ModelIdentity, Workspace, check_same_model
 from .options import wait_option
 
 
@@ -67,13 +70,18 @@ def build_index(source: Path, ws_path: Path, model: str | None, pretrained: str 
     Running it again adds only new items; a killed run resumes where it stopped.
     """
     started = time.time()
-    try:
-        src = detect_source(source, captions_dir)
-    except SourceError as e:
-        raise click.ClickException(str(e)) from None
+    src = detect_source(source, captions_dir)
     ws = Workspace(ws_path)
-    con = ws.connect()
-    have = Workspace.model_identity(con)
+    # Nothing is created until the model has loaded and the source gave items: a failed first
+    # run leaves no stray workspace, and one that existed before is left as it was.
+    new = not ws.exists()
+    have = None
+    if not new:
+        con = ws.connect(read_only=True)
+        try:
+            have = Workspace.model_identity(con)
+        finally:
+            con.close()
     model = model or (have.model if have else DEFAULT_MODEL)
     pretrained = pretrained or (have.pretrained if have else DEFAULT_PRETRAINED)
     device = pick_device(device)
@@ -84,14 +92,19 @@ def build_index(source: Path, ws_path: Path, model: str | None, pretrained: str 
     else:
         enc = _load(model, pretrained, device, fallback_model)
         ident = enc.identity
-    try:
-        Workspace.bind_model(con, ident)
-    except ModelMismatch as e:
-        raise click.ClickException(str(e)) from None
+    if have is not None:
+        check_same_model(have, ident)
+    if src.kind in ("folder", "tree") and not _has_images(src.root):
+        raise InputError(f"{source}: no images in this folder ({', '.join(sorted(scanned_extensions()))}); nothing to do"
+                         + ("" if new else f" (the workspace {ws_path} was not changed)"))
 
+    made = _absent(ws)
+    con = ws.connect()
+    Workspace.bind_model(con, ident)
     run_id = Workspace.start_run(con, "build-index", src.describe(), ident, device)
     status = "failed"
     scan = None
+    scanned = refused = False
     try:
         if src.kind == "clip-retrieval":
             from ..precomputed import count_rows, import_clip_retrieval
@@ -102,6 +115,9 @@ def build_index(source: Path, ws_path: Path, model: str | None, pretrained: str 
             with _bar("scan", None, "item") as bar:
                 scan = scan_into(con, src, run_id, bar.update, infer_types=infer_types)
                 seen, added = scan.seen, scan.added
+            if seen == 0:
+                raise InputError(f"{source}: the source lists no items; nothing to do")
+            scanned = True
             todo = con.execute("SELECT count(*) FROM items WHERE status = 'pending'").fetchall()[0][0]
             todo = min(todo, limit) if limit else todo
             con.execute("UPDATE runs SET decode = ? WHERE run_id = ?", ["draft" if draft_decode else "exact", run_id])
@@ -117,10 +133,17 @@ def build_index(source: Path, ws_path: Path, model: str | None, pretrained: str 
                 built.append(faiss_index.build_index(ws, con, kind, recipe, bar.update,
                                                      plan=lambda rows, _mode, bar=bar: bar.reset(total=rows)))
         status = "finished"
-    except (SourceError, ValueError) as e:
-        raise click.ClickException(str(e)) from None
+    except CurateError:
+        refused = new and not scanned and src.kind != "clip-retrieval"
+        raise
+    except ValueError as e:  # the index recipe's own checks
+        raise InputError(str(e)) from None
     finally:
-        Workspace.finish_run(con, run_id, started, status)
+        if refused:  # a first run refused at the scan (empty or unreadable manifest): leave nothing behind
+            con.close()
+            _remove(made)
+        else:
+            Workspace.finish_run(con, run_id, started, status)
 
     counts = dict(con.execute("SELECT status, count(*) FROM items GROUP BY status").fetchall())
     by_stage = dict(con.execute("SELECT stage, count(*) FROM rejected WHERE run_id = ? GROUP BY stage ORDER BY stage",
@@ -164,10 +187,35 @@ def _load(model: str, pretrained: str, device: str, fallback: str | None):
         return load_encoder(model, pretrained, device)
     except WeightsUnavailable as e:
         if not fallback:
-            raise click.ClickException(str(e)) from None
+            raise
         click.echo(f"{e}. Going on with {fallback} on RANDOM weights: the output only shows the pipeline works.",
                    err=True)
         return load_encoder(fallback, "none", device)
+
+
+def _has_images(root: Path) -> bool:
+    """Whether any image file lies below root (stops at the first one)."""
+    for _dirpath, _dirs, files in os.walk(root):
+        if any(f.lower().endswith(tuple(scanned_extensions())) and not f.startswith(".") for f in files):
+            return True
+    return False
+
+
+def _absent(ws: Workspace) -> list[Path]:
+    """The workspace's paths that do not exist yet, outermost first: what a refused first run removes."""
+    out = [ws.root] if not ws.root.exists() else []
+    if not out:
+        out = [p for p in (ws.root / "embeddings", ws.indexes_dir) if not p.exists()]
+        out += [ws.root / (DB_NAME + suffix) for suffix in ("", ".wal") if not (ws.root / (DB_NAME + suffix)).exists()]
+    return out
+
+
+def _remove(paths: list[Path]) -> None:
+    for p in paths:
+        if p.is_dir():
+            shutil.rmtree(p, ignore_errors=True)
+        elif p.exists():
+            p.unlink()
 
 
 def _precomputed_identity(root: Path, model: str, pretrained: str) -> ModelIdentity:
@@ -179,9 +227,9 @@ def _precomputed_identity(root: Path, model: str, pretrained: str) -> ModelIdent
     register_configs()
     cfg = open_clip.get_model_config(model)
     if cfg is None:
-        raise click.ClickException(f"unknown model architecture '{model}' (needed to know what made the embeddings)")
+        raise InputError(f"unknown model architecture '{model}' (needed to know what made the embeddings)")
     dim = embedding_dim(root)
     if int(cfg["embed_dim"]) != dim:
-        raise click.ClickException(f"{root}: vectors are {dim}-d but {model} makes {cfg['embed_dim']}-d ones; "
+        raise InputError(f"{root}: vectors are {dim}-d but {model} makes {cfg['embed_dim']}-d ones; "
                                    "pass the --model the embeddings were made with")
     return ModelIdentity(model, pretrained, dim, pretrained in ("none", "random"))

@@ -8,27 +8,24 @@ from pathlib import Path
 import click
 from tqdm import tqdm
 
-from ..labels import LabelSetError, UnknownLabel, load_label_set
-from ..model import WeightsUnavailable
-from ..prompts import PromptError, prompts_for, resolve
+from ..errors import CurateError, InputError, PartialResult
+from ..labels import load_label_set
+from ..prompts import prompts_for, resolve
 from ..scores import (
     DEFAULT_BATCH_ROWS,
     DEFAULT_TOP_K,
     ENSEMBLE_TEXT_MIN,
     ENSEMBLE_TEXT_WEIGHT,
-    NotReady,
     classify,
 )
 from ..search import search_images
 from ..subsets import FORMATS, MODES, FilterError, FilterSpec, write_subset
-from ..workspace import ModelMismatch
+from ..textout import echo, safe
+from ..workspace import Workspace
+from . import options
 from .options import wait_option
 
-_ERRORS = (LabelSetError, UnknownLabel, PromptError, NotReady, FilterError, ModelMismatch, WeightsUnavailable)
-
-workspace_option = click.option(
-    "-w", "--workspace", "ws_path", type=click.Path(path_type=Path), default=Path("ws"), show_default=True,
-    help="Workspace folder (made by `curate build-index`).")
+workspace_option = options.workspace_option()
 set_option = click.option(
     "--set", "label_set", default="places205", show_default=True,
     help="Label set: places205, or a file (one label a line, or CSV with label and optional prompt columns).")
@@ -42,17 +39,15 @@ prompts_option = click.option(
 @prompts_option
 def labels_cmd(label_set: str, prompts: str) -> None:
     """Show each label of a set and the prompt(s) it becomes."""
-    try:
-        ls = load_label_set(label_set)
-        texts = prompts_for(ls, resolve(prompts))
-    except _ERRORS as e:
-        raise click.ClickException(str(e)) from None
-    width = max(len(x) for x in ls.labels)
-    for i, (lab, ps) in enumerate(zip(ls.labels, texts, strict=True)):
-        click.echo(f"{i:>4}  {lab:<{width}}  {ps[0]}")
+    ls = load_label_set(label_set)
+    texts = prompts_for(ls, resolve(prompts))
+    names = [safe(x) for x in ls.labels]
+    width = max(len(x) for x in names)
+    for i, (lab, ps) in enumerate(zip(names, texts, strict=True)):
+        click.echo(f"{i:>4}  {lab:<{width}}  {safe(ps[0])}")
         for p in ps[1:]:
-            click.echo(f"{'':>4}  {'':<{width}}  {p}")
-    click.echo(f"{len(ls)} labels, prompts: {prompts}", err=True)
+            click.echo(f"{'':>4}  {'':<{width}}  {safe(p)}")
+    click.echo(f"{len(ls)} labels, prompts: {safe(prompts)}", err=True)
 
 
 @click.command("classify")
@@ -105,8 +100,10 @@ def classify_cmd(ws_path: Path, label_set: str, prompts: str, logit_scale: float
         r = classify(ws_path, label_set, prompts, logit_scale=logit_scale, storage=storage, top_k=top_k,
                      device=device, progress=progress, restart=restart, batch_rows=batch_rows,
                      log=lambda line: tqdm.write(line, file=sys.stderr))
-    except (*_ERRORS, ValueError) as e:
-        raise click.ClickException(str(e)) from None
+    except CurateError:
+        raise
+    except ValueError as e:  # scores' own checks on the settings
+        raise InputError(str(e)) from None
     finally:
         bar.close()
     store = "every label" if r.storage == "full" else f"top {r.top_k} labels per item + exact bound"
@@ -116,6 +113,19 @@ def classify_cmd(ws_path: Path, label_set: str, prompts: str, logit_scale: float
     if r.resumed_vectors:
         click.echo(f"continued earlier scores: {r.resumed_vectors:,} vectors were scored already")
     click.echo("views: predictions, caption_predictions, ensemble, coverage (see `curate filter`)")
+    _note_pending(ws_path)
+
+
+def _note_pending(ws_path: Path) -> None:
+    """Items scanned but not embedded yet cannot be scored: say how many (exit 0, a NOTE)."""
+    con = Workspace(ws_path).connect(read_only=True)
+    try:
+        n = con.execute("SELECT count(*) FROM items WHERE status = 'pending'").fetchall()[0][0]
+    finally:
+        con.close()
+    if n:
+        click.echo(f"NOTE: {n:,} items are still pending (scanned, not embedded yet): they are not in these "
+                   "results; run `curate build-index` again to embed them, then `curate classify`", err=True)
 
 
 @click.command("filter")
@@ -151,25 +161,22 @@ def filter_cmd(ws_path: Path, labels: tuple[str, ...], min_prob: float, mode: st
     """Cut a labelled subset (or what cleaning drops) out of a classified workspace."""
     spec = FilterSpec(labels=labels, min_prob=min_prob, mode=mode, unmatched=unmatched, text_weight=text_weight,
                       text_min=text_min, image_max=image_max, calibrated=calibrated)
-    try:
-        if clean and not (copy_to or link_to):
-            raise FilterError("--clean empties a --copy-to or --link-to folder: give one")
-        r = write_subset(ws_path, spec, out, copy_to=copy_to, link_to=link_to, clean=clean)
-    except _ERRORS as e:
-        raise click.ClickException(str(e)) from None
-    click.echo(r.summary(spec))
+    if clean and not (copy_to or link_to):
+        raise FilterError("--clean empties a --copy-to or --link-to folder: give one")
+    r = write_subset(ws_path, spec, out, copy_to=copy_to, link_to=link_to, clean=clean)
+    echo(safe(r.summary(spec)))
     if copy_to or link_to:
         folder = copy_to or link_to
         if r.removed:
-            click.echo(f"removed {r.removed:,} files of an earlier run from {folder}")
-        click.echo(f"{'linked' if link_to else 'copied'} {r.files_done:,} files to {folder}"
-                   + (f" ({r.files_missing:,} missing at their path)" if r.files_missing else ""))
+            echo(safe(f"removed {r.removed:,} files of an earlier run from {folder}"))
+        echo(safe(f"{'linked' if link_to else 'copied'} {r.files_done:,} files to {folder}"
+                  + (f" ({r.files_missing:,} missing at their path)" if r.files_missing else "")))
         if r.earlier:
-            click.echo(f"note: {folder} also holds {r.earlier:,} files an earlier run placed there and this one "
-                       "did not: add --clean to remove them", err=True)
+            echo(safe(f"note: {folder} also holds {r.earlier:,} files an earlier run placed there and this one "
+                      "did not: add --clean to remove them"), err=True)
         if r.others:
-            click.echo(f"note: {folder} also holds {r.others:,} files curate did not place there (left as they are)",
-                       err=True)
+            echo(safe(f"note: {folder} also holds {r.others:,} files curate did not place there (left as they are)"),
+                 err=True)
     if r.inexact:
         click.echo(f"note: {r.inexact:,} kept rows fall under the top-k bound (their label may not be the full "
                    "argmax); run `curate classify --storage full` for exact ensemble labels at this threshold",
@@ -177,6 +184,30 @@ def filter_cmd(ws_path: Path, labels: tuple[str, ...], min_prob: float, mode: st
     if r.unscored > 0:
         click.echo(f"note: {r.unscored:,} embedded images are not classified yet: run `curate classify` again",
                    err=True)
+    _note_pending(ws_path)
+    if spec.calibrated and r.kept == 0:
+        _explain_calibrated_nothing(ws_path, spec)
+
+
+def _explain_calibrated_nothing(ws_path: Path, spec: FilterSpec) -> None:
+    """`--calibrated` kept nothing: name the classes whose threshold the marks could not reach."""
+    from ..calibration import for_workspace
+
+    cal = for_workspace(ws_path)
+    if cal is None:
+        return
+    wanted = set(spec.labels)
+    classes = [c for c in cal.classes if not wanted or c.label in wanted]
+    unreachable = [c for c in classes if c.threshold is None]
+    if spec.unmatched or not unreachable:
+        return
+    reached = [f"{c.label} >= {c.threshold:.4f}" for c in classes if c.threshold is not None]
+    raise PartialResult(
+        safe(f"kept nothing: no threshold reaches precision {cal.target_precision:g} on the marks for "
+             f"{len(unreachable)} of {len(classes)} classes ({', '.join(c.label for c in unreachable)})"
+             + (f"; the others ({', '.join(reached)}) keep no image" if reached else "")
+             + "; mark more images, or fit again with a lower --target-precision or --min-support "
+               "(`curate report`)"))
 
 
 @click.command("search")
@@ -186,11 +217,8 @@ def filter_cmd(ws_path: Path, labels: tuple[str, ...], min_prob: float, mode: st
 @click.option("--device", default="auto", show_default=True)
 def search_cmd(ws_path: Path, text: str, k: int, device: str) -> None:
     """The images nearest to a text prompt, from the image index."""
-    try:
-        hits = search_images(ws_path, text, k, device=device)
-    except _ERRORS as e:
-        raise click.ClickException(str(e)) from None
+    hits = search_images(ws_path, text, k, device=device)
     click.echo(f"{'rank':>4}  {'score':>7}  {'id':>8}  path  caption")
     for h in hits:
         cap = (h.caption or "").replace("\n", " ")
-        click.echo(f"{h.rank:>4}  {h.score:7.4f}  {h.id:>8}  {h.path}  {cap[:60]}")
+        click.echo(f"{h.rank:>4}  {h.score:7.4f}  {h.id:>8}  {safe(h.path)}  {safe(cap[:60])}")

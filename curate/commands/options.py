@@ -1,10 +1,31 @@
-"""Options shared by several commands."""
+"""Options shared by several commands: the workspace folder, and how long to wait for it."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
-from ..workspace import DEFAULT_LOCK_WAIT, set_lock_wait
+from ..errors import WorkspaceError
+from ..workspace import DB_NAME, DEFAULT_LOCK_WAIT, set_lock_wait
+
+
+def must_exist(value: Path) -> Path:
+    """Refuse a folder without a workspace database, the same way for every command (exit 4)."""
+    if not (value / DB_NAME).is_file():
+        raise WorkspaceError(f"no workspace at {value} (no {DB_NAME} there): run `curate build-index SOURCE "
+                             f"-w {value}` first, or give the right -w/--workspace")
+    return value
+
+
+def _check(_ctx: click.Context, _param: click.Parameter, value: Path) -> Path:
+    # Checked before the command runs, so that no command creates an empty workspace by opening it.
+    return must_exist(value)
+
+
+def workspace_option(help: str = "Workspace folder (made by `curate build-index`).", must_exist: bool = True):
+    return click.option("-w", "--workspace", "ws_path", type=click.Path(path_type=Path), default=Path("ws"),
+                        show_default=True, callback=_check if must_exist else None, help=help)
 
 
 def _set_wait(_ctx: click.Context, _param: click.Parameter, value: float | None) -> None:

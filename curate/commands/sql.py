@@ -7,32 +7,35 @@ from pathlib import Path
 import click
 import duckdb
 
+from ..errors import InputError
+from ..textout import safe
 from ..workspace import Workspace
+from .options import workspace_option
 
 
 @click.command("sql")
 @click.argument("query")
-@click.option("-w", "--workspace", "ws_path", type=click.Path(path_type=Path), default=Path("ws"), show_default=True)
+@workspace_option("Workspace folder.")
 @click.option("--max-rows", type=click.IntRange(1), default=40, show_default=True)
 def sql(query: str, ws_path: Path, max_rows: int) -> None:
     """Run QUERY on the workspace's database, read-only (the same as `duckdb ws/curate.duckdb`)."""
-    try:
-        con = Workspace(ws_path).connect(read_only=True)
-    except FileNotFoundError as e:
-        raise click.ClickException(str(e)) from None
+    con = Workspace(ws_path).connect(read_only=True)
     try:
         rel = con.sql(query)
         if rel is None:
             return
         click.echo(_table(rel, max_rows))
-    except duckdb.Error as e:
-        raise click.ClickException(str(e).splitlines()[0]) from None
+    except (duckdb.ParserException, duckdb.BinderException, duckdb.CatalogException, duckdb.ConversionException,
+            duckdb.InvalidInputException, duckdb.PermissionException, duckdb.NotImplementedException,
+            duckdb.OutOfRangeException, duckdb.TypeMismatchException) as e:
+        # the query's own fault: DuckDB's first line says where (lock and I/O errors go to the CLI's mapping)
+        raise InputError(f"the query failed: {str(e).strip().splitlines()[0]}") from None
     finally:
         con.close()
 
 
 def _table(rel: duckdb.DuckDBPyRelation, max_rows: int) -> str:
-    cols = rel.columns
+    cols = [safe(c) for c in rel.columns]
     rows = rel.limit(max_rows + 1).fetchall()
     more = len(rows) > max_rows
     cells = [[_cell(v) for v in r] for r in rows[:max_rows]]
@@ -50,5 +53,5 @@ def _cell(v) -> str:
         return "NULL"
     if isinstance(v, float):
         return f"{v:.4f}"
-    s = str(v)
+    s = safe(v)
     return s if len(s) <= 60 else s[:57] + "..."

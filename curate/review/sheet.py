@@ -1,9 +1,14 @@
 """A review set as a CSV sheet, for people who prefer a spreadsheet to the page.
 
-Columns: id, path, caption, label, prob, mark (hit, miss, skip or empty). `prob` is
-written with Python's shortest exact float text, so export -> import -> export gives
-the same bytes and the same marks. The file is UTF-8 with a BOM, which spreadsheet
-programs need to read captions in any language (the reader accepts it with or without).
+Columns: id, path, caption, label, prob, mark (hit, miss, skip or empty), review_set.
+`prob` is written with Python's shortest exact float text, so export -> import -> export
+gives the same bytes and the same marks. `review_set` names the set the sheet was exported
+from, so that its marks go back to that set whatever was drawn since. The file is UTF-8
+with a BOM, which spreadsheet programs need to read captions in any language.
+
+A sheet comes back as a spreadsheet program saved it: UTF-8 with or without a BOM,
+UTF-16 ("Unicode text"), or the Windows code page (cp1252); comma-, semicolon- or
+tab-separated (Excel in many European locales writes `;` and a decimal comma).
 
 Import takes only `id`, `label` and `mark` from each row; the other columns are there
 for the person reading the sheet. An empty mark leaves the stored mark alone (an old
@@ -14,6 +19,7 @@ in the file and skipped; the rest are imported in one transaction.
 from __future__ import annotations
 
 import csv
+import io
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -21,11 +27,16 @@ from pathlib import Path
 
 import duckdb
 
+from ..errors import InputError
 from . import marks
 
-COLUMNS = ("id", "path", "caption", "label", "prob", "mark")
+COLUMNS = ("id", "path", "caption", "label", "prob", "mark", "review_set")
 ENCODING_OUT = "utf-8-sig"
-ENCODING_IN = "utf-8-sig"  # reads files with and without a BOM
+DELIMITERS = (",", ";", "\t")
+
+
+class SheetError(InputError, ValueError):
+    """A sheet that cannot be read at all (no header, missing columns, unknown encoding)."""
 
 
 @dataclass
@@ -54,32 +65,84 @@ def export_sheet(con: duckdb.DuckDBPyConnection, set_name: str, path: str | Path
         w = csv.writer(f)
         w.writerow(COLUMNS)
         for r in items:
-            w.writerow([r.id, r.path or "", r.caption or "", r.label, repr(r.prob), r.mark or ""])
+            w.writerow([r.id, r.path or "", r.caption or "", r.label, repr(r.prob), r.mark or "", set_name])
     return len(items)
+
+
+def _text(path: str | Path) -> str:
+    """The sheet's text, in whichever encoding a spreadsheet program saved it."""
+    try:
+        raw = Path(path).read_bytes()
+    except IsADirectoryError:
+        raise SheetError(f"{path} is a folder, not a sheet") from None
+    if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
+        return raw.decode("utf-16")
+    if raw[:4].count(b"\x00") >= 1 and len(raw) >= 2:  # UTF-16 without a BOM: every other byte is 0
+        try:
+            return raw.decode("utf-16-le" if raw[1:2] == b"\x00" else "utf-16-be")
+        except UnicodeDecodeError:
+            pass
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        return raw.decode("cp1252", errors="replace")  # Excel's "CSV" on Windows
+
+
+def _dialect(text: str) -> str:
+    """The delimiter of the header line: the one of , ; TAB it holds most often."""
+    first = text.split("\n", 1)[0]
+    counts = {d: first.count(d) for d in DELIMITERS}
+    best = max(DELIMITERS, key=lambda d: counts[d])
+    return best if counts[best] else ","
+
+
+def _reader(path: str | Path) -> tuple[csv.reader, str]:
+    text = _text(path)
+    delimiter = _dialect(text)
+    return csv.reader(io.StringIO(text, newline=""), delimiter=delimiter), delimiter
+
+
+def _header(reader: csv.reader, path: str | Path) -> list[str]:
+    header = next(reader, None)
+    if header is None:
+        raise SheetError(f"{path}: empty file, expected a header with {', '.join(COLUMNS)}")
+    return [h.strip().lower() for h in header]
 
 
 def _rows(path: str | Path) -> Iterator[tuple[int, dict[str, str]]]:
     """(first line of the row in the file, row) for every data row; checks the header."""
-    with open(path, encoding=ENCODING_IN, newline="") as f:
-        reader = csv.reader(f)
-        header = next(reader, None)
-        if header is None:
-            raise ValueError(f"{path}: empty file, expected a header with {', '.join(COLUMNS)}")
-        header = [h.strip().lower() for h in header]
-        last = reader.line_num
-        for values in reader:
-            start, last = last + 1, reader.line_num  # a caption with newlines spans lines
-            if not any(v.strip() for v in values):
-                continue
-            yield start, dict(zip(header, values, strict=False))
+    reader, delimiter = _reader(path)
+    header = _header(reader, path)
+    last = reader.line_num
+    for values in reader:
+        start, last = last + 1, reader.line_num  # a caption with newlines spans lines
+        if not any(v.strip() for v in values):
+            continue
+        row = dict(zip(header, values, strict=False))
+        if delimiter != "," and "prob" in row:
+            row["prob"] = row["prob"].replace(",", ".")  # a decimal comma (0,5432) from a `;` locale
+        yield start, row
 
 
 def _require(path: str | Path, needed: tuple[str, ...]) -> None:
-    with open(path, encoding=ENCODING_IN, newline="") as f:
-        header = [h.strip().lower() for h in next(csv.reader(f), [])]
+    reader, _ = _reader(path)
+    header = _header(reader, path)
     missing = [c for c in needed if c not in header]
     if missing:
-        raise ValueError(f"{path}: missing column(s) {', '.join(missing)} (have: {', '.join(header)})")
+        raise SheetError(f"{path}: missing column(s) {', '.join(missing)} (have: {', '.join(header) or 'none'}); "
+                         f"a sheet needs {', '.join(needed)}")
+
+
+def sheet_set(path: str | Path) -> str | None:
+    """The review set a sheet was exported from (its `review_set` column), or None.
+
+    Raises SheetError when rows name different sets: such a sheet was pasted together.
+    """
+    names = {(row.get("review_set") or "").strip() for _line, row in _rows(path)} - {""}
+    if len(names) > 1:
+        raise SheetError(f"{path}: rows from {len(names)} review sets ({', '.join(sorted(names))}): "
+                         "import one set's sheet at a time")
+    return names.pop() if names else None
 
 
 def _mark(value: str | None) -> str | None:
@@ -88,7 +151,7 @@ def _mark(value: str | None) -> str | None:
     if not v:
         return None
     if v not in marks.MARKS:
-        raise ValueError(f"unknown mark {value!r} (use hit, miss, skip or leave it empty)")
+        raise SheetError(f"unknown mark {value!r} (use hit, miss, skip or leave it empty)")
     return v
 
 
@@ -113,6 +176,10 @@ def import_sheet(con: duckdb.DuckDBPyConnection, set_name: str, path: str | Path
             res.problems.append(f"line {line}: id {item_id} again (first on line {seen[item_id]}); kept the first")
             continue
         seen[item_id] = line
+        other = (row.get("review_set") or "").strip()
+        if other and other != set_name:
+            res.problems.append(f"line {line}: from review set {other!r}, not {set_name!r}")
+            continue
         label = row.get("label") or ""
         if label != known[item_id].label:
             res.problems.append(
@@ -135,7 +202,10 @@ def import_sheet(con: duckdb.DuckDBPyConnection, set_name: str, path: str | Path
             marks.set_mark(con, item_id, label, mark)
         con.execute("COMMIT")
     except BaseException:
-        con.execute("ROLLBACK")
+        try:
+            con.execute("ROLLBACK")
+        except duckdb.Error:  # a failed COMMIT (disk full) has ended the transaction: keep the real error
+            pass
         raise
     res.changed = len(todo)
     return res
