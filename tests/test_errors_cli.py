@@ -89,8 +89,10 @@ def test_a_locked_workspace(classified):
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "ready"
-        failed(curate("sql", "-w", ws, "select count(*) from items"), 5, "in use by another process")
-        failed(curate("sample", "-w", ws), 5, "in use by another process")
+        # the message names the holder's process; --wait 0 says so at once instead of after the default wait
+        busy = f"is busy: process {holder.pid} "
+        failed(curate("--wait", "0", "sql", "-w", ws, "select count(*) from items"), 5, busy)
+        failed(curate("--wait", "0", "sample", "-w", ws), 5, busy)
     finally:
         holder.stdin.close()
         holder.wait(timeout=60)
