@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from . import store
+from . import recheck, store
 from .images import DEFAULT_MAX_PIXELS, BadImage, open_rgb
 from .model import Encoder
 from .workspace import Workspace
@@ -37,6 +37,7 @@ class EmbedOptions:
     commit_seconds: float = 60.0
     max_pixels: int = DEFAULT_MAX_PIXELS
     limit: int | None = None        # stop after this many items (smoke runs, benchmarks)
+    hash_files: bool = False        # also record a content hash of each file (--recheck hash)
 
     def n_workers(self) -> int:
         if self.workers >= 0:
@@ -47,29 +48,35 @@ class EmbedOptions:
 class _ItemImages(Dataset):
     """Worker side: decode + preprocess one image; never raises for a bad file."""
 
-    def __init__(self, ids: np.ndarray, paths: list[str], preprocess, size: int, max_pixels: int):
+    def __init__(self, ids: np.ndarray, paths: list[str], preprocess, size: int, max_pixels: int,
+                 hash_files: bool = False):
         self.ids, self.paths, self.preprocess = ids, paths, preprocess
         self.size, self.max_pixels = size, max_pixels
+        self.hash_files = hash_files
 
     def __len__(self) -> int:
         return len(self.ids)
 
     def __getitem__(self, i: int):
+        # The file as it is before decoding: if it changes while we decode, the next run's
+        # recheck sees a newer mtime and embeds it again (never the other way round).
+        seen = recheck.file_state(self.paths[i], self.hash_files)
         try:
             im = open_rgb(self.paths[i], target_size=self.size, max_pixels=self.max_pixels)
-            return int(self.ids[i]), self.preprocess(im), None
+            return int(self.ids[i]), self.preprocess(im), None, seen
         except BadImage as e:
-            return int(self.ids[i]), None, str(e)
+            return int(self.ids[i]), None, str(e), seen
         except Exception as e:  # noqa: BLE001 - one odd file must not stop a 100M-image run
-            return int(self.ids[i]), None, f"cannot decode: {type(e).__name__}: {e}"
+            return int(self.ids[i]), None, f"cannot decode: {type(e).__name__}: {e}", seen
 
 
 def _collate(batch):
-    ok = [(i, t) for i, t, err in batch if err is None]
-    bad = [(i, err) for i, _, err in batch if err is not None]
+    ok = [(i, t) for i, t, err, _ in batch if err is None]
+    bad = [(i, err) for i, _, err, _ in batch if err is not None]
     ids = np.array([i for i, _ in ok], dtype=np.int64)
     x = torch.stack([t for _, t in ok]) if ok else None
-    return ids, x, bad
+    seen = [(i, *st) for i, _, _, st in batch]
+    return ids, x, bad, seen
 
 
 class _Pending:
@@ -85,6 +92,7 @@ class _Pending:
         self.cap_vecs: list[np.ndarray] = []
         self.cap_tokens: list[tuple[int, int, bool]] = []
         self.rejected: list[tuple[int, str]] = []
+        self.seen: list[tuple[int, int | None, int | None, str | None]] = []  # id, size, mtime_ns, hash
         self.started = time.monotonic()
 
     @property
@@ -114,12 +122,14 @@ def embed_pending(ws: Workspace, con: duckdb.DuckDBPyConnection, enc: Encoder, r
         ids = np.array([r[0] for r in rows], dtype=np.int64)
         captions = {r[0]: r[2] for r in rows if r[2] is not None}
         loader = DataLoader(
-            _ItemImages(ids, [r[1] for r in rows], enc.preprocess, enc.image_size, opts.max_pixels),
+            _ItemImages(ids, [r[1] for r in rows], enc.preprocess, enc.image_size, opts.max_pixels,
+                        opts.hash_files),
             batch_size=opts.batch_size, num_workers=opts.n_workers(), collate_fn=_collate,
             prefetch_factor=4 if opts.n_workers() > 0 else None,
             persistent_workers=False, pin_memory=enc.device.startswith("cuda"),
         )
-        for batch_ids, x, bad in loader:
+        for batch_ids, x, bad, seen in loader:
+            pending.seen.extend(seen)
             if x is not None:
                 pending.img_ids.append(batch_ids)
                 pending.img_vecs.append(enc.encode_image_tensor(x))
@@ -154,17 +164,15 @@ def _commit(ws: Workspace, con: duckdb.DuckDBPyConnection, run_id: int, p: _Pend
     shard_rows = []
     if len(img_ids):
         part = store.next_part(con, "image")
-        shard_rows.append(("image", part, store.write_shard(ws, "image", part, img_ids, np.concatenate(p.img_vecs)),
-                           len(img_ids)))
+        shard_rows.append(("image", part, store.write_shard(ws, "image", part, img_ids, np.concatenate(p.img_vecs))))
     if p.cap_ids:
         cap_ids = np.concatenate(p.cap_ids)
         part = store.next_part(con, "caption")
-        shard_rows.append(("caption", part, store.write_shard(ws, "caption", part, cap_ids, np.concatenate(p.cap_vecs)),
-                           len(cap_ids)))
+        shard_rows.append(("caption", part, store.write_shard(ws, "caption", part, cap_ids, np.concatenate(p.cap_vecs))))
     con.execute("BEGIN TRANSACTION")
     try:
-        for kind, part, name, rows in shard_rows:
-            store.record_shard(con, kind, part, name, rows, run_id)
+        for kind, part, written in shard_rows:
+            store.record_shard(con, kind, part, written, written.rows, run_id)
         if len(img_ids):
             con.register("done_ids", {"id": img_ids})
             con.execute("UPDATE items SET status = 'embedded' FROM done_ids d WHERE items.id = d.id")
@@ -176,6 +184,13 @@ def _commit(ws: Workspace, con: duckdb.DuckDBPyConnection, run_id: int, p: _Pend
             con.execute("UPDATE items SET caption_tokens = c.n, caption_truncated = c.trunc "
                         "FROM cap_tok c WHERE items.id = c.id")
             con.unregister("cap_tok")
+        if p.seen:
+            s_id, s_size, s_mtime, s_hash = zip(*p.seen, strict=True)
+            con.register("seen", {"id": np.array(s_id, np.int64), "size": np.array(s_size, dtype=object),
+                                  "mtime": np.array(s_mtime, dtype=object), "hash": np.array(s_hash, dtype=object)})
+            con.execute("UPDATE items SET file_size = s.size::BIGINT, file_mtime_ns = s.mtime::BIGINT, "
+                        "file_hash = s.hash::VARCHAR FROM seen s WHERE items.id = s.id")
+            con.unregister("seen")
         if p.rejected:
             r_id, r_reason = zip(*p.rejected, strict=True)
             con.register("bad", {"id": np.array(r_id, np.int64), "reason": np.array(r_reason, dtype=object)})

@@ -136,13 +136,13 @@ def _import_chunk(ws, con, run_id, part, img_f, text_f, start, stop, cols, path_
     shards = []
     if ok.any():
         p = store.next_part(con, "image")
-        shards.append(("image", p, store.write_shard(ws, "image", p, ids[ok], vecs[ok]), int(ok.sum())))
+        shards.append(("image", p, store.write_shard(ws, "image", p, ids[ok], vecs[ok])))
     if text_f is not None:
         tv, tok = _normalise(_rows(text_f, start, stop, rows))
         use = ok & has_cap & tok
         if use.any():
             p = store.next_part(con, "caption")
-            shards.append(("caption", p, store.write_shard(ws, "caption", p, ids[use], tv[use]), int(use.sum())))
+            shards.append(("caption", p, store.write_shard(ws, "caption", p, ids[use], tv[use])))
     extra_cols = "".join(", " + quote_ident(f"src_{c}" if c in RESERVED else c) for c in extras)
     extra_vals = "".join(", c." + quote_ident(c) for c in extras)
     con.execute("BEGIN TRANSACTION")
@@ -161,8 +161,8 @@ def _import_chunk(ws, con, run_id, part, img_f, text_f, start, stop, cols, path_
             [run_id],
         )
         con.unregister("cr_new")
-        for kind, p, name, n in shards:
-            store.record_shard(con, kind, p, name, n, run_id)
+        for kind, p, written in shards:
+            store.record_shard(con, kind, p, written, written.rows, run_id)
         con.execute("COMMIT")
     except BaseException:
         con.execute("ROLLBACK")

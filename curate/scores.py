@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from . import sqlfiles, store
+from .integrity import verify_shards
 from .errors import CurateError
 from .labels import LabelSet, load_label_set
 from .prompts import Wording, prompts_for, resolve
@@ -649,11 +650,7 @@ def _write_scores(ws: Workspace, con: duckdb.DuckDBPyConnection, q: LabelQueries
             log(f"resuming after item id {done.last_id:,}: {done.images:,} image and {done.captions:,} caption "
                 "vectors are scored already")
     resumed = done.images + done.captions
-    for kind in ("image", "caption"):  # a shard lost from under the workspace fails here, not half way
-        for vec_path, ids_path, _n in ws.shard_files(con, kind):
-            for path in (vec_path, ids_path):
-                if not path.exists():
-                    raise FileNotFoundError(f"{path}: a committed {kind} shard is missing; rebuild the workspace")
+    verify_shards(ws, con)  # a shard lost or damaged under the workspace fails here, not half way
     for b in aligned_batches(ws, con, batch_rows, done.last_id):
         items, scored = score_batch(b, q.vectors, scale, keep_k)
         done.add(b)

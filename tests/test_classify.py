@@ -20,6 +20,7 @@ from conftest import run_cli, write_jpeg
 from curate.labels import load_label_set
 from curate.prompts import prompts_for
 from curate.scores import NotReady, classify
+from curate.errors import WorkspaceError
 from curate.workspace import ModelIdentity, ModelMismatch, Workspace
 
 TOL = 1e-9  # far inside the 1e-5 promised: the same float64 maths, summed in another order
@@ -335,6 +336,6 @@ def test_a_failed_run_leaves_nothing_that_looks_classified(ws, tiny_encoder):
     vec_path, _ids, _n = Workspace(ws).shard_files(con, "caption")[-1]
     con.close()
     vec_path.unlink()                                   # a shard lost from under the workspace
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(WorkspaceError, match="build-index SOURCE again to repair"):
         classify(ws, encoder=tiny_encoder)
     assert "run `curate classify` first" in run_cli("filter", "-w", ws, expect=1).output

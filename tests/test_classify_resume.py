@@ -28,6 +28,7 @@ from curate import store
 from curate.labels import load_label_set
 from curate.prompts import resolve
 from curate.scores import classify, label_queries
+from curate.errors import WorkspaceError
 from curate.workspace import ModelIdentity, Workspace
 
 DIM = 64
@@ -281,6 +282,6 @@ def test_lost_shard_fails_before_looking_classified(small):
     vec_path, _ids, _n = Workspace(a).shard_files(con, "image")[0]
     con.close()
     vec_path.unlink()
-    with pytest.raises(FileNotFoundError, match="missing"):
+    with pytest.raises(WorkspaceError, match="missing"):
         classify(a, labels, batch_rows=128)
     assert one(a, "SELECT count(*) FROM score_settings") == (0,)

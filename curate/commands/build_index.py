@@ -10,7 +10,8 @@ import click
 from tqdm import tqdm
 
 from .. import index as faiss_index
-from .. import store
+from .. import integrity, store
+from .. import recheck as recheck_files
 from ..embed import EmbedOptions, embed_pending
 from ..images import DEFAULT_MAX_PIXELS
 from ..model import DEFAULT_MODEL, DEFAULT_PRETRAINED, WeightsUnavailable, load_encoder, pick_device
@@ -47,9 +48,16 @@ def _bar(desc: str, total: int | None, unit: str) -> tqdm:
               help="Refuse images larger than this (decompression bombs).")
 @click.option("--limit", type=click.IntRange(1), default=None, help="Embed at most this many pending items.")
 @click.option("--strict", is_flag=True, help="Exit with status 3 if any item was rejected.")
+@click.option("--recheck", type=click.Choice(recheck_files.MODES), default="stat", show_default=True,
+              help="Which files to compare with what was embedded or rejected: stat (size and mtime of every "
+                   "item), hash (also the content: reads every file), rejected (rejected items only), none.")
+@click.option("--retry-rejected", is_flag=True, help="Try every rejected item again, changed or not.")
+@click.option("--repair", is_flag=True,
+              help="Check every embedding shard in full (checksums, ids) instead of the cheap per-run check.")
 def build_index(source: Path, ws_path: Path, model: str | None, pretrained: str | None, fallback_model: str | None,
                 captions_dir: Path | None, recipe: str, device: str, batch_size: int | None, workers: int | None,
-                shard_size: int, max_pixels: int, limit: int | None, strict: bool) -> None:
+                shard_size: int, max_pixels: int, limit: int | None, strict: bool, recheck: str,
+                retry_rejected: bool, repair: bool) -> None:
     """Ingest SOURCE and embed it once into FAISS indexes and a DuckDB workspace.
 
     SOURCE is a folder of images (captions as same-name .txt files beside them), an
@@ -83,7 +91,13 @@ def build_index(source: Path, ws_path: Path, model: str | None, pretrained: str 
 
     run_id = Workspace.start_run(con, "build-index", src.describe(), ident, device)
     status = "failed"
+    notes: list[str] = []
     try:
+        damaged = integrity.check_shards(ws, con, full=repair)
+        if damaged:
+            n = integrity.repair(ws, con, damaged)
+            notes += [f"damaged: {d.describe()}" for d in damaged]
+            notes.append(f"repair: {len(damaged)} damaged shard(s) dropped, {n} items to embed again")
         if src.kind == "clip-retrieval":
             from ..precomputed import count_rows, import_clip_retrieval
 
@@ -92,11 +106,14 @@ def build_index(source: Path, ws_path: Path, model: str | None, pretrained: str 
         else:
             with _bar("scan", None, "item") as bar:
                 seen, added = scan_into(con, src, run_id, bar.update)
+            rc = recheck_files.recheck(ws, con, src.describe(), recheck, retry_rejected)
+            if rc.checked or rc.retried:
+                notes.append(f"recheck: {rc.describe()}")
             todo = con.execute("SELECT count(*) FROM items WHERE status = 'pending'").fetchall()[0][0]
             todo = min(todo, limit) if limit else todo
             opts = EmbedOptions(shard_size=shard_size, max_pixels=max_pixels, limit=limit,
                                 batch_size=batch_size or (256 if device.startswith("cuda") else 64),
-                                workers=-1 if workers is None else workers)
+                                workers=-1 if workers is None else workers, hash_files=recheck == "hash")
             with _bar("embed", todo, "img") as bar:
                 embed_pending(ws, con, enc, run_id, opts, bar.update)
         built = []
@@ -115,6 +132,8 @@ def build_index(source: Path, ws_path: Path, model: str | None, pretrained: str 
     n_rej = con.execute("SELECT count(*) FROM rejected WHERE run_id = ?", [run_id]).fetchall()[0][0]
     con.close()
     click.echo(f"source: {src.describe()}: {seen} seen, {added} new")
+    for line in notes:
+        click.echo(line)
     click.echo(f"items: {sum(counts.values())} in workspace, {counts.get('embedded', 0)} embedded, "
                f"{counts.get('rejected', 0)} rejected, {counts.get('pending', 0)} pending")
     for r in built:
