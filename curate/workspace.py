@@ -253,7 +253,7 @@ def _alive(pid: int | None, host: str | None) -> bool:
 def mark_interrupted(con: duckdb.DuckDBPyConnection) -> list[int]:
     """Runs left `running` by a process that is gone (kill -9, power loss) become `interrupted`,
     with the counts of what they committed before they died."""
-    rows = con.execute("SELECT run_id, pid, host FROM runs WHERE status = 'running'").fetchall()
+    rows = con.execute("SELECT run_id, pid, host FROM runs WHERE status = 'running' ORDER BY run_id").fetchall()
     dead = [r for r, pid, host in rows if not _alive(pid, host)]
     for run_id in dead:
         con.execute(f"UPDATE runs SET status = 'interrupted', {_RUN_COUNTS} WHERE run_id = ?",
