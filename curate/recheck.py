@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -59,10 +58,16 @@ def file_hash(path: str, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def states(paths: Iterable[str], with_hash: bool = False, threads: int = THREADS) -> list[tuple]:
-    """file_state of many paths, in parallel, in order."""
+def states(paths: list[str], with_hash: bool = False, threads: int = THREADS, block: int = 2048) -> list[tuple]:
+    """file_state of many paths, in order; blocks of paths are spread over a thread pool
+    (one task per block: a task per file costs more than a warm local stat)."""
+    paths = list(paths)
+    if threads <= 1 or len(paths) <= block:
+        return [file_state(p, with_hash) for p in paths]
+    blocks = [paths[i : i + block] for i in range(0, len(paths), block)]
     with ThreadPoolExecutor(threads) as pool:
-        return list(pool.map(lambda p: file_state(p, with_hash), paths, chunksize=256))
+        done = pool.map(lambda b: [file_state(p, with_hash) for p in b], blocks)
+        return [s for b in done for s in b]
 
 
 @dataclass
