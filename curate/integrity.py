@@ -127,7 +127,9 @@ def repair(ws: Workspace, con: duckdb.DuckDBPyConnection, damaged: list[Damage])
         # Which items the damaged files held: the ids file may be what is damaged, so ask the
         # other side: embedded items (with a caption, for caption shards) in the range that
         # no intact shard of this kind holds.
-        cond = " AND caption IS NOT NULL" if kind == "caption" else ""
+        # (an imported item whose caption vector was rejected never had one)
+        cond = (" AND caption IS NOT NULL AND NOT EXISTS (SELECT 1 FROM rejected x WHERE x.item_id = items.id "
+                "AND x.stage = 'caption')") if kind == "caption" else ""
         want = {int(i) for (i,) in con.execute(
             f"SELECT id FROM items WHERE status = 'embedded' AND id BETWEEN ? AND ?{cond}", [lo, hi]).fetchall()}
         d = ws.embeddings_dir(kind)

@@ -184,16 +184,21 @@ def _import_chunk(ws, con, run_id, part, img_f, text_f, start, stop, cols, path_
         """,
         [start, stop],
     )
+    # New keys, and keys whose item is pending again because build-index dropped a damaged
+    # shard that held its vectors: those are imported again under their own id.
     new = con.execute(
-        "SELECT _row, caption IS NOT NULL FROM cr_chunk c "
-        "WHERE NOT EXISTS (SELECT 1 FROM items i WHERE i.source_id = c.source_id) "
-        "QUALIFY row_number() OVER (PARTITION BY source_id ORDER BY _row) = 1 ORDER BY _row"
+        "SELECT c._row, c.caption IS NOT NULL AS has_cap, coalesce(i.id, -1) AS old_id FROM cr_chunk c "
+        "LEFT JOIN items i ON i.source_id = c.source_id WHERE i.id IS NULL OR i.status = 'pending' "
+        "QUALIFY row_number() OVER (PARTITION BY c.source_id ORDER BY c._row) = 1 ORDER BY c._row"
     ).fetchnumpy()
-    rows, has_cap = new["_row"].astype(np.int64), new["(caption IS NOT NULL)"].astype(bool)
+    rows, has_cap = new["_row"].astype(np.int64), new["has_cap"].astype(bool)
+    old_id = new["old_id"].astype(np.int64)
     if len(rows) == 0:
         return stop - start, 0, 0
     first_id = int(con.execute("SELECT coalesce(max(id), -1) + 1 FROM items").fetchall()[0][0])
-    ids = first_id + np.arange(len(rows), dtype=np.int64)
+    fresh = old_id < 0
+    ids = old_id.copy()
+    ids[fresh] = first_id + np.arange(int(fresh.sum()), dtype=np.int64)
     vecs, ok, nonfinite = _normalise(_rows(img_f, start, stop, rows))
     reasons = _reason(nonfinite, "image")
     shards = []
@@ -212,13 +217,15 @@ def _import_chunk(ws, con, run_id, part, img_f, text_f, start, stop, cols, path_
     extra_vals = "".join(", c." + quote_ident(c) for c in extras)
     con.execute("BEGIN TRANSACTION")
     try:
-        con.register("cr_new", {"_row": rows, "id": ids, "ok": ok, "reason": reasons})
+        con.register("cr_new", {"_row": rows, "id": ids, "ok": ok, "reason": reasons, "fresh": fresh})
         con.execute(
             f"INSERT INTO items (id, source_id, path, caption, status, run_id{extra_cols}) "
             f"SELECT n.id, c.source_id, c.path, c.caption, CASE WHEN n.ok THEN 'embedded' ELSE 'rejected' END, ?"
-            f"{extra_vals} FROM cr_new n JOIN cr_chunk c USING (_row) ORDER BY n.id",
+            f"{extra_vals} FROM cr_new n JOIN cr_chunk c USING (_row) WHERE n.fresh ORDER BY n.id",
             [run_id],
         )
+        con.execute("UPDATE items SET status = CASE WHEN n.ok THEN 'embedded' ELSE 'rejected' END "
+                    "FROM cr_new n WHERE items.id = n.id AND NOT n.fresh")
         con.execute(
             "INSERT INTO rejected (item_id, source_id, path, reason, stage, run_id) "
             "SELECT n.id, c.source_id, c.path, n.reason, 'import', ? "
@@ -238,4 +245,4 @@ def _import_chunk(ws, con, run_id, part, img_f, text_f, start, stop, cols, path_
     except BaseException:
         con.execute("ROLLBACK")
         raise
-    return stop - start, len(rows), int((~ok).sum())
+    return stop - start, int(fresh.sum()), int((~ok & fresh).sum())

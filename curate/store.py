@@ -188,7 +188,7 @@ def drop_items(ws: Workspace, con: duckdb.DuckDBPyConnection, ids: np.ndarray) -
         con.register("dropped", {"id": ids})
         con.execute("UPDATE items SET status = 'pending', caption_tokens = NULL, caption_truncated = NULL "
                     "FROM dropped d WHERE items.id = d.id")
-        con.execute("DELETE FROM rejected WHERE stage = 'decode' AND item_id IN (SELECT id FROM dropped)")
+        con.execute("DELETE FROM rejected WHERE item_id IN (SELECT id FROM dropped)")  # tried again: judged again
         con.unregister("dropped")
         con.execute("COMMIT")
     except BaseException:

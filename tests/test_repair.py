@@ -114,3 +114,26 @@ def test_repair_finds_what_the_cheap_check_cannot(intact, tmp_path):
     out = _build(src, ws, "--repair")
     assert "part-000002.npy: content differs" in out
     assert_same(ws, ref)
+
+
+def test_a_damaged_shard_of_an_import_is_imported_again(tmp_path):
+    from test_precomputed_errors import _make, _unit
+
+    src = tmp_path / "e"
+    _make(src, _unit(5).astype(np.float16), _unit(5, seed=1).astype(np.float16))
+    np.save(src / "img_emb" / "img_emb_1.npy", _unit(4, seed=2).astype(np.float32))
+    np.save(src / "text_emb" / "text_emb_1.npy", _unit(4, seed=3).astype(np.float32))
+    shutil.copy(src / "metadata" / "metadata_0.parquet", tmp_path / "m.parquet")
+    import duckdb
+
+    duckdb.sql(f"COPY (SELECT 'p1_' || key AS key, url, caption FROM '{tmp_path / 'm.parquet'}' LIMIT 4) "
+               f"TO '{src / 'metadata' / 'metadata_1.parquet'}' (FORMAT parquet)")
+    ref, ws = tmp_path / "ref", tmp_path / "ws"
+    args = ("--model", "curate-tiny", "--pretrained", "none")
+    run_cli("build-index", src, "-w", ref, *args)
+    run_cli("build-index", src, "-w", ws, *args)
+    _shard(ws, "image", 0)[0].unlink()
+    _shard(ws, "caption", 1)[1].write_bytes(b"garbage")
+    out = run_cli("build-index", src, "-w", ws, *args).output
+    assert out.count("damaged: ") == 2
+    assert_same(ws, ref)
