@@ -82,12 +82,16 @@ def check_shards(ws: Workspace, con: duckdb.DuckDBPyConnection, full: bool = Fal
                     dim = int(read_header(vp)[0][1])
                 except (ValueError, OSError, EOFError, SyntaxError, IndexError):
                     dim = -1
-            for path, shape, dtype, want_sum, mtime in ((vp, (n, dim), np.dtype(np.float32), vec_sum, vec_mtime),
-                                                         (ip, (n,), np.dtype(np.int64), ids_sum, ids_mtime)):
+            for path, shape, dtype, want_sum, mtime, col in (
+                    (vp, (n, dim), np.dtype(np.float32), vec_sum, vec_mtime, "vec_mtime_ns"),
+                    (ip, (n,), np.dtype(np.int64), ids_sum, ids_mtime, "ids_mtime_ns")):
                 reason = check_file(path, shape, dtype)
-                if reason is None and want_sum and (full or path.stat().st_mtime_ns != mtime):
+                now = path.stat().st_mtime_ns if reason is None else None
+                if reason is None and want_sum and (full or now != mtime):
                     if store.file_sum(path) != want_sum:
                         reason = "content differs from what was written (checksum)"
+                    elif now != mtime:  # copied without its mtime, same bytes: remember, hash once
+                        con.execute(f"UPDATE shards SET {col} = ? WHERE kind = ? AND part = ?", [now, kind, part])
                 if reason:
                     out.append(Damage(kind, part, path, reason))
                     break

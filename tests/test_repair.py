@@ -137,3 +137,20 @@ def test_a_damaged_shard_of_an_import_is_imported_again(tmp_path):
     out = run_cli("build-index", src, "-w", ws, *args).output
     assert out.count("damaged: ") == 2
     assert_same(ws, ref)
+
+
+def test_a_workspace_copied_without_mtimes_is_hashed_once(intact, tmp_path):
+    src, _ = intact
+    ws = _copy(intact, tmp_path)
+    for p in (ws / "embeddings").rglob("*.npy"):
+        st = p.stat()
+        os.utime(p, ns=(st.st_atime_ns, st.st_mtime_ns + 5_000_000_000))   # `cp -r` keeps no mtimes
+    assert "damaged: " not in _build(src, ws)
+    con = Workspace(ws).connect(read_only=True)
+    try:
+        stale = con.execute("SELECT count(*) FROM shards s WHERE vec_mtime_ns IS NOT NULL").fetchall()[0][0]
+        files = {p.name: p.stat().st_mtime_ns for p in (ws / "embeddings" / "image").glob("*.npy")}
+        recorded = con.execute("SELECT file, vec_mtime_ns FROM shards WHERE kind = 'image'").fetchall()
+    finally:
+        con.close()
+    assert stale and all(files[f] == m for f, m in recorded)   # the next run compares mtimes only
