@@ -137,7 +137,7 @@ def repair(ws: Workspace, con: duckdb.DuckDBPyConnection, damaged: list[Damage])
         want = {int(i) for (i,) in con.execute(
             f"SELECT id FROM items WHERE status = 'embedded' AND id BETWEEN ? AND ?{cond}", [lo, hi]).fetchall()}
         d = ws.embeddings_dir(kind)
-        for part, name in con.execute(
+        for _part, name in con.execute(
                 "SELECT part, file FROM shards WHERE kind = ? AND NOT list_contains(?, part) "
                 "AND (min_id IS NULL OR (min_id <= ? AND max_id >= ?))", [kind, bad, hi, lo]).fetchall():
             want.difference_update(np.load(d / store.ids_name(name)).tolist())

@@ -27,8 +27,8 @@ import numpy as np
 import torch
 
 from . import sqlfiles, store
-from .integrity import verify_shards
 from .errors import CurateError
+from .integrity import verify_shards
 from .labels import LabelSet, load_label_set
 from .prompts import Wording, prompts_for, resolve
 from .workspace import ModelIdentity, Workspace, check_same_model

@@ -17,10 +17,10 @@ import torch
 from classify_support import ensemble_reference, hand_workspace, references, softmax64, top2
 from conftest import run_cli, write_jpeg
 
+from curate.errors import WorkspaceError
 from curate.labels import load_label_set
 from curate.prompts import prompts_for
 from curate.scores import NotReady, classify
-from curate.errors import WorkspaceError
 from curate.workspace import ModelIdentity, ModelMismatch, Workspace
 
 TOL = 1e-9  # far inside the 1e-5 promised: the same float64 maths, summed in another order

@@ -25,10 +25,10 @@ import pytest
 from conftest import run_cli
 
 from curate import store
+from curate.errors import WorkspaceError
 from curate.labels import load_label_set
 from curate.prompts import resolve
 from curate.scores import classify, label_queries
-from curate.errors import WorkspaceError
 from curate.workspace import ModelIdentity, Workspace
 
 DIM = 64

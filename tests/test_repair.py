@@ -9,8 +9,8 @@ import shutil
 import numpy as np
 import pytest
 from conftest import make_folder, run_cli
-from test_recheck import _ranked, _search, _state
 from test_recheck import _build as _build_any
+from test_recheck import _ranked, _search, _state
 
 from curate import store
 from curate.errors import WorkspaceError
