@@ -142,16 +142,10 @@ def repair(ws: Workspace, con: duckdb.DuckDBPyConnection, damaged: list[Damage])
                 "AND (min_id IS NULL OR (min_id <= ? AND max_id >= ?))", [kind, bad, hi, lo]).fetchall():
             want.difference_update(np.load(d / store.ids_name(name)).tolist())
         lost |= want
-    con.execute("BEGIN TRANSACTION")
-    try:
-        for kind, part in parts:
-            con.execute("DELETE FROM shards WHERE kind = ? AND part = ?", [kind, part])
-        con.execute("COMMIT")
-    except BaseException:
-        con.execute("ROLLBACK")
-        raise
+    # One transaction: the damaged shards' rows go, and their items become pending (with
+    # their vectors of the other kind taken out), so a kill leaves either state whole.
+    store.drop_items(ws, con, np.array(sorted(lost), np.int64), sorted(parts))
     store.remove_orphans(ws, con)  # what is left of the dropped shards
-    store.drop_items(ws, con, np.array(sorted(lost), np.int64))
     return len(lost)
 
 

@@ -143,19 +143,21 @@ def _next_name(part: int, old: str) -> str:
     return f"part-{part:06d}.r{k}.npy"
 
 
-def drop_items(ws: Workspace, con: duckdb.DuckDBPyConnection, ids: np.ndarray) -> int:
+def drop_items(ws: Workspace, con: duckdb.DuckDBPyConnection, ids: np.ndarray,
+               drop_shards: list[tuple[str, int]] = ()) -> int:
     """Take these items' vectors out of every shard and make them pending again, in one transaction.
 
     Each shard holding one of them is rewritten without them under a new name; the shard
     rows, the items' status (and their old rejections) change in one commit, and the old
     files are deleted after it (a run killed in between leaves orphans, removed at the next
     start). Shards are found by their recorded id range, so only those that can hold an
-    id are read. Returns the number of vectors removed.
+    id are read. `drop_shards` (kind, part) are deleted in the same transaction, unread
+    (damaged ones). Returns the number of vectors removed.
     """
     ids = np.unique(np.asarray(ids, dtype=np.int64))
-    if not len(ids):
+    if not len(ids) and not drop_shards:
         return 0
-    lo, hi = int(ids[0]), int(ids[-1])
+    lo, hi = (int(ids[0]), int(ids[-1])) if len(ids) else (0, -1)
     rewrites: list[tuple[str, int, str, Written | None]] = []
     removed = 0
     for kind in KINDS:
@@ -164,6 +166,8 @@ def drop_items(ws: Workspace, con: duckdb.DuckDBPyConnection, ids: np.ndarray) -
             "SELECT part, file FROM shards WHERE kind = ? AND (min_id IS NULL OR (min_id <= ? AND max_id >= ?)) "
             "ORDER BY part", [kind, hi, lo]).fetchall()
         for part, name in rows:
+            if (kind, part) in drop_shards:
+                continue
             have = np.load(d / ids_name(name))
             drop = np.isin(have, ids)
             if not drop.any():
@@ -177,6 +181,8 @@ def drop_items(ws: Workspace, con: duckdb.DuckDBPyConnection, ids: np.ndarray) -
             rewrites.append((kind, part, name, w))
     con.execute("BEGIN TRANSACTION")
     try:
+        for kind, part in drop_shards:
+            con.execute("DELETE FROM shards WHERE kind = ? AND part = ?", [kind, part])
         for kind, part, _old, w in rewrites:
             if w is None:
                 con.execute("DELETE FROM shards WHERE kind = ? AND part = ?", [kind, part])
