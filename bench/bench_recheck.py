@@ -55,8 +55,8 @@ def whole_recheck(n: int, root: Path) -> None:
     con.execute("INSERT INTO runs (run_id, source, status) VALUES (1, 'folder bench', 'finished')")
     con.register("b", {"id": np.arange(n), "path": np.array(paths, dtype=object),
                        "size": np.array([s.st_size for s in st]), "mtime": np.array([s.st_mtime_ns for s in st])})
-    con.execute("INSERT INTO items (id, source_id, path, status, run_id, file_size, file_mtime_ns) "
-                "SELECT id, path, path, 'embedded', 1, size, mtime FROM b")
+    con.execute("INSERT INTO items (id, source_id, path, status, run_id) SELECT id, path, path, 'embedded', 1 FROM b")
+    con.execute("INSERT INTO item_files SELECT id, size, mtime, NULL FROM b")
     t = time.perf_counter()
     r = recheck(ws, con, "folder bench", "stat")
     dt = time.perf_counter() - t

@@ -188,8 +188,8 @@ def _commit(ws: Workspace, con: duckdb.DuckDBPyConnection, run_id: int, p: _Pend
             s_id, s_size, s_mtime, s_hash = zip(*p.seen, strict=True)
             con.register("seen", {"id": np.array(s_id, np.int64), "size": np.array(s_size, dtype=object),
                                   "mtime": np.array(s_mtime, dtype=object), "hash": np.array(s_hash, dtype=object)})
-            con.execute("UPDATE items SET file_size = s.size::BIGINT, file_mtime_ns = s.mtime::BIGINT, "
-                        "file_hash = s.hash::VARCHAR FROM seen s WHERE items.id = s.id")
+            con.execute("INSERT OR REPLACE INTO item_files "
+                        "SELECT id, size::BIGINT, mtime::BIGINT, hash::VARCHAR FROM seen")
             con.unregister("seen")
         if p.rejected:
             r_id, r_reason = zip(*p.rejected, strict=True)

@@ -1,7 +1,7 @@
 """Files that changed since they were embedded or rejected: found by a rerun and embedded again.
 
-Each item records the file as the decoding worker saw it (size, mtime_ns, and a content
-hash under `--recheck hash`). A rerun of build-index compares that record with the file
+Each item records the file as the decoding worker saw it in `item_files` (size, mtime_ns,
+and a content hash under `--recheck hash`). A rerun of build-index compares that record with the file
 as it is now:
 
 - rejected items (a file missing, half-copied or corrupt when first seen) are retried
@@ -102,8 +102,8 @@ def recheck(ws, con: duckdb.DuckDBPyConnection, source: str, mode: str = "stat",
     # Items this source added (items.run_id is the run whose scan added them); items rejected
     # at import have no file of their own to look at.
     base = """
-        SELECT i.id, i.path, i.status, i.file_size, i.file_mtime_ns, i.file_hash FROM items i
-        JOIN runs r ON r.run_id = i.run_id
+        SELECT i.id, i.path, i.status, f.size, f.mtime_ns, f.hash FROM items i
+        JOIN runs r ON r.run_id = i.run_id LEFT JOIN item_files f ON f.item_id = i.id
         WHERE r.source = ? AND list_contains(?, i.status) AND i.id > ?
           AND NOT EXISTS (SELECT 1 FROM rejected x WHERE x.item_id = i.id AND x.stage = 'import')
         ORDER BY i.id LIMIT ?"""
@@ -136,8 +136,8 @@ def recheck(ws, con: duckdb.DuckDBPyConnection, source: str, mode: str = "stat",
         a = list(zip(*adopt, strict=True))
         con.register("adopt", {"id": np.array(a[0], np.int64), "size": np.array(a[1], np.int64),
                                "mtime": np.array(a[2], np.int64), "hash": np.array(a[3], dtype=object)})
-        con.execute("UPDATE items SET file_size = a.size, file_mtime_ns = a.mtime, "
-                    "file_hash = coalesce(a.hash::VARCHAR, items.file_hash) FROM adopt a WHERE items.id = a.id")
+        con.execute("INSERT OR REPLACE INTO item_files SELECT a.id, a.size, a.mtime, "
+                    "coalesce(a.hash::VARCHAR, (SELECT f.hash FROM item_files f WHERE f.item_id = a.id)) FROM adopt a")
         con.unregister("adopt")
         out.adopted = len(adopt)
     if redo or retry:

@@ -87,10 +87,9 @@ UPGRADES: list[str] = [
     # runs: who ran it, so a later start can tell a killed run from a live one
     "ALTER TABLE runs ADD COLUMN IF NOT EXISTS pid INTEGER",
     "ALTER TABLE runs ADD COLUMN IF NOT EXISTS host VARCHAR",
-    # items: the file as it was when decoded, so a rerun can tell a changed file (curate/recheck.py)
-    "ALTER TABLE items ADD COLUMN IF NOT EXISTS file_size BIGINT",
-    "ALTER TABLE items ADD COLUMN IF NOT EXISTS file_mtime_ns BIGINT",
-    "ALTER TABLE items ADD COLUMN IF NOT EXISTS file_hash VARCHAR",
+    # each item's file as it was when decoded, so a rerun can tell a changed file (curate/recheck.py);
+    # a table of its own, not columns of items, whose other columns are the source's own
+    "CREATE TABLE IF NOT EXISTS item_files (item_id BIGINT PRIMARY KEY, size BIGINT, mtime_ns BIGINT, hash VARCHAR)",
     # shards: what was written, so damage is found cheaply (curate/integrity.py)
     "ALTER TABLE shards ADD COLUMN IF NOT EXISTS min_id BIGINT",
     "ALTER TABLE shards ADD COLUMN IF NOT EXISTS max_id BIGINT",
