@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, get_worker_info
 
-from . import store
+from . import recheck, store
 from .images import DEFAULT_MAX_PIXELS, BadImage, ResizeRule, open_rgb, resize_rule
 from .model import Encoder
 from .workspace import Workspace
@@ -41,6 +41,7 @@ class EmbedOptions:
     max_pixels: int = DEFAULT_MAX_PIXELS
     limit: int | None = None        # stop after this many items (smoke runs, benchmarks)
     draft_decode: bool = False      # reduced-scale JPEG decoding: faster, vectors differ slightly
+    hash_files: bool = False        # also record a content hash of each file (--recheck hash)
 
     def n_workers(self) -> int:
         if self.workers >= 0:
@@ -59,9 +60,10 @@ class _ItemImages(Dataset):
     """Worker side: decode + preprocess one image; never raises for a bad file."""
 
     def __init__(self, ids: np.ndarray, paths: list[str], preprocess, resize: ResizeRule, max_pixels: int,
-                 draft: bool = False):
+                 draft: bool = False, hash_files: bool = False):
         self.ids, self.paths, self.preprocess = ids, paths, preprocess
         self.resize, self.max_pixels, self.draft = resize, max_pixels, draft
+        self.hash_files = hash_files
         self.kill_path = os.environ.get(FAULT_KILL_WORKER_ENV) or None
 
     def __len__(self) -> int:
@@ -71,21 +73,25 @@ class _ItemImages(Dataset):
         path = self.paths[i]
         if self.kill_path is not None and path == self.kill_path and get_worker_info() is not None:
             os.kill(os.getpid(), signal.SIGKILL)
+        # The file as it is before decoding: if it changes while we decode, the next run's
+        # recheck sees a newer mtime and embeds it again (never the other way round).
+        seen = recheck.file_state(path, self.hash_files)
         try:
             im = open_rgb(path, max_pixels=self.max_pixels, resize=self.resize, draft=self.draft)
-            return int(self.ids[i]), self.preprocess(im), None
+            return int(self.ids[i]), self.preprocess(im), None, seen
         except BadImage as e:
-            return int(self.ids[i]), None, str(e)
+            return int(self.ids[i]), None, str(e), seen
         except Exception as e:  # noqa: BLE001 - one odd file must not stop a 100M-image run
-            return int(self.ids[i]), None, f"cannot decode: {type(e).__name__}: {e}"
+            return int(self.ids[i]), None, f"cannot decode: {type(e).__name__}: {e}", seen
 
 
 def _collate(batch):
-    ok = [(i, t) for i, t, err in batch if err is None]
-    bad = [(i, err) for i, _, err in batch if err is not None]
+    ok = [(i, t) for i, t, err, _ in batch if err is None]
+    bad = [(i, err) for i, _, err, _ in batch if err is not None]
     ids = np.array([i for i, _ in ok], dtype=np.int64)
     x = torch.stack([t for _, t in ok]) if ok else None
-    return ids, x, bad
+    seen = [(i, *st) for i, _, _, st in batch]
+    return ids, x, bad, seen
 
 
 class _WorkerDied(Exception):
@@ -190,7 +196,7 @@ class _ChunkLoader:
     def _loader(self, lo: int, hi: int, level: int) -> DataLoader:
         bs, nw, pf = self.levels[level]
         ds = _ItemImages(self.ids[lo:hi], self.paths[lo:hi], self.enc.preprocess, self.resize,
-                         self.opts.max_pixels, self.opts.draft_decode)
+                         self.opts.max_pixels, self.opts.draft_decode, self.opts.hash_files)
         return DataLoader(ds, batch_size=bs, num_workers=nw, collate_fn=_collate,
                           prefetch_factor=pf if nw > 0 else None, persistent_workers=False,
                           pin_memory=self.enc.device.startswith("cuda"))
@@ -212,7 +218,8 @@ class _ChunkLoader:
                 if level == len(self.levels) - 1:
                     # one item, one fresh worker, nothing else in flight: this item did it
                     reason = f"the image decoder process died on this image ({e})"
-                    yield np.zeros(0, np.int64), None, [(int(self.ids[at]), reason)]
+                    seen = [(int(self.ids[at]), *recheck.file_state(self.paths[at], self.opts.hash_files))]
+                    yield np.zeros(0, np.int64), None, [(int(self.ids[at]), reason)], seen
                     start = at + 1
                     continue
                 in_flight = min(hi, at + bs * max(nw, 1) * pf + bs)
@@ -229,19 +236,22 @@ class _ChunkLoader:
         ids: list[np.ndarray] = []
         xs: list[torch.Tensor] = []
         bad: list[tuple[int, str]] = []
+        seen: list[tuple] = []
 
         def group():
-            return (np.concatenate(ids) if ids else np.zeros(0, np.int64)), (torch.cat(xs) if xs else None), bad
+            return ((np.concatenate(ids) if ids else np.zeros(0, np.int64)), (torch.cat(xs) if xs else None), bad,
+                    seen)
 
         try:
-            for b_ids, x, b_bad in batches:
+            for b_ids, x, b_bad, b_seen in batches:
                 bad.extend(b_bad)
+                seen.extend(b_seen)
                 if x is not None:
                     ids.append(b_ids)
                     xs.append(x)
                 if sum(len(a) for a in ids) >= self.opts.batch_size:
                     yield group()
-                    ids, xs, bad = [], [], []
+                    ids, xs, bad, seen = [], [], [], []
         except _WorkerDied:
             if ids or bad:  # what decoded before the death is kept
                 yield group()
@@ -263,6 +273,7 @@ class _Pending:
         self.cap_vecs: list[np.ndarray] = []
         self.cap_tokens: list[tuple[int, int, bool]] = []
         self.rejected: list[tuple[int, str]] = []
+        self.seen: list[tuple[int, int | None, int | None, str | None]] = []  # id, size, mtime_ns, hash
         self.started = time.monotonic()
 
     @property
@@ -291,7 +302,8 @@ def embed_pending(ws: Workspace, con: duckdb.DuckDBPyConnection, enc: Encoder, r
             remaining -= len(rows)
         ids = np.array([r[0] for r in rows], dtype=np.int64)
         captions = {r[0]: r[2] for r in rows if r[2] is not None}
-        for batch_ids, x, bad in _ChunkLoader(ids, [r[1] for r in rows], enc, opts):
+        for batch_ids, x, bad, seen in _ChunkLoader(ids, [r[1] for r in rows], enc, opts):
+            pending.seen.extend(seen)
             if x is not None:
                 pending.img_ids.append(batch_ids)
                 pending.img_vecs.append(enc.encode_image_tensor(x))
@@ -326,17 +338,15 @@ def _commit(ws: Workspace, con: duckdb.DuckDBPyConnection, run_id: int, p: _Pend
     shard_rows = []
     if len(img_ids):
         part = store.next_part(con, "image")
-        shard_rows.append(("image", part, store.write_shard(ws, "image", part, img_ids, np.concatenate(p.img_vecs)),
-                           len(img_ids)))
+        shard_rows.append(("image", part, store.write_shard(ws, "image", part, img_ids, np.concatenate(p.img_vecs))))
     if p.cap_ids:
         cap_ids = np.concatenate(p.cap_ids)
         part = store.next_part(con, "caption")
-        shard_rows.append(("caption", part, store.write_shard(ws, "caption", part, cap_ids, np.concatenate(p.cap_vecs)),
-                           len(cap_ids)))
+        shard_rows.append(("caption", part, store.write_shard(ws, "caption", part, cap_ids, np.concatenate(p.cap_vecs))))
     con.execute("BEGIN TRANSACTION")
     try:
-        for kind, part, name, rows in shard_rows:
-            store.record_shard(con, kind, part, name, rows, run_id)
+        for kind, part, written in shard_rows:
+            store.record_shard(con, kind, part, written, written.rows, run_id)
         if len(img_ids):
             con.register("done_ids", {"id": img_ids})
             con.execute("UPDATE items SET status = 'embedded' FROM done_ids d WHERE items.id = d.id")
@@ -348,6 +358,13 @@ def _commit(ws: Workspace, con: duckdb.DuckDBPyConnection, run_id: int, p: _Pend
             con.execute("UPDATE items SET caption_tokens = c.n, caption_truncated = c.trunc "
                         "FROM cap_tok c WHERE items.id = c.id")
             con.unregister("cap_tok")
+        if p.seen:
+            s_id, s_size, s_mtime, s_hash = zip(*p.seen, strict=True)
+            con.register("seen", {"id": np.array(s_id, np.int64), "size": np.array(s_size, dtype=object),
+                                  "mtime": np.array(s_mtime, dtype=object), "hash": np.array(s_hash, dtype=object)})
+            con.execute("INSERT OR REPLACE INTO item_files "
+                        "SELECT id, size::BIGINT, mtime::BIGINT, hash::VARCHAR FROM seen")
+            con.unregister("seen")
         if p.rejected:
             r_id, r_reason = zip(*p.rejected, strict=True)
             con.register("bad", {"id": np.array(r_id, np.int64), "reason": np.array(r_reason, dtype=object)})

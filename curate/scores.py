@@ -28,6 +28,7 @@ import numpy as np
 
 from . import sqlfiles, store
 from .errors import CurateError
+from .integrity import verify_shards
 from .labels import LabelSet, load_label_set
 from .prompts import Wording, prompts_for, resolve
 from .workspace import ModelIdentity, Workspace, check_same_model
@@ -674,11 +675,7 @@ def _write_scores(ws: Workspace, con: duckdb.DuckDBPyConnection, q: LabelQueries
     con.execute("CREATE OR REPLACE TEMP MACRO nan_null(x) AS CASE WHEN isnan(x) THEN NULL ELSE x END")
     con.execute(f"SET memory_limit = '{DUCKDB_MEMORY}'")  # a constant of ours, not user text
     fp = fingerprint(q, ls, ident, scale, storage, keep_k)
-    for kind in ("image", "caption"):  # a shard lost from under the workspace fails here, not half way
-        for vec_path, ids_path, _n in ws.shard_files(con, kind):
-            for path in (vec_path, ids_path):
-                if not path.exists():
-                    raise FileNotFoundError(f"{path}: a committed {kind} shard is missing; rebuild the workspace")
+    verify_shards(ws, con)  # a shard lost or damaged under the workspace fails here, not half way
     if restart:
         _in_transaction(con, lambda: drop_staged(con))
     staged = None if restart else _staged_point(ws, con, fp, len(ls), log)

@@ -15,6 +15,7 @@ import json
 import os
 import platform
 import re
+import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,7 +77,7 @@ CREATE TABLE IF NOT EXISTS runs (
     items_added BIGINT,
     items_embedded BIGINT,
     items_rejected BIGINT,
-    status VARCHAR,                              -- running | finished | failed
+    status VARCHAR,                              -- running | finished | failed | interrupted
     versions JSON
 );
 CREATE TABLE IF NOT EXISTS meta (
@@ -100,6 +101,19 @@ UPGRADES: list[str] = [
     # how build-index decoded images ('exact' or 'draft'): it changes the vectors
     "ALTER TABLE runs ADD COLUMN IF NOT EXISTS decode VARCHAR",
     # items.source_no and the (source_no, source_id) key: sources.upgrade_items (a table rebuild).
+    # runs: who ran it, so a later start can tell a killed run from a live one
+    "ALTER TABLE runs ADD COLUMN IF NOT EXISTS pid INTEGER",
+    "ALTER TABLE runs ADD COLUMN IF NOT EXISTS host VARCHAR",
+    # each item's file as it was when decoded, so a rerun can tell a changed file (curate/recheck.py);
+    # a table of its own, not columns of items, whose other columns are the source's own
+    "CREATE TABLE IF NOT EXISTS item_files (item_id BIGINT PRIMARY KEY, size BIGINT, mtime_ns BIGINT, hash VARCHAR)",
+    # shards: what was written, so damage is found cheaply (curate/integrity.py)
+    "ALTER TABLE shards ADD COLUMN IF NOT EXISTS min_id BIGINT",
+    "ALTER TABLE shards ADD COLUMN IF NOT EXISTS max_id BIGINT",
+    "ALTER TABLE shards ADD COLUMN IF NOT EXISTS vec_sum VARCHAR",
+    "ALTER TABLE shards ADD COLUMN IF NOT EXISTS ids_sum VARCHAR",
+    "ALTER TABLE shards ADD COLUMN IF NOT EXISTS vec_mtime_ns BIGINT",
+    "ALTER TABLE shards ADD COLUMN IF NOT EXISTS ids_mtime_ns BIGINT",
 ]
 
 KINDS = ("image", "caption")
@@ -224,28 +238,30 @@ class Workspace:
     @staticmethod
     def start_run(con: duckdb.DuckDBPyConnection, command: str, source: str, ident: ModelIdentity | None,
                   device: str) -> int:
+        mark_interrupted(con)
         run_id = con.execute("SELECT coalesce(max(run_id), 0) + 1 FROM runs").fetchall()[0][0]
         con.execute(
             "INSERT INTO runs (run_id, command, source, model, pretrained, random_weights, embed_dim, device,"
-            " started_at, status, versions) VALUES (?, ?, ?, ?, ?, ?, ?, ?, now(), 'running', ?)",
+            " started_at, status, versions, pid, host) VALUES (?, ?, ?, ?, ?, ?, ?, ?, now(), 'running', ?, ?, ?)",
             [run_id, command, source,
              ident.model if ident else None, ident.pretrained if ident else None,
              ident.random_weights if ident else None, ident.embed_dim if ident else None,
-             device, json.dumps(package_versions())],
+             device, json.dumps(package_versions()), os.getpid(), socket.gethostname()],
         )
         return int(run_id)
 
     @staticmethod
-    def finish_run(con: duckdb.DuckDBPyConnection, run_id: int, started: float, status: str) -> None:
+    def finish_run(con: duckdb.DuckDBPyConnection, run_id: int, started: float | None, status: str) -> None:
+        """Close a run with what it did itself: items its scan added, image vectors it committed
+        (shards it wrote), rejections it recorded; a resumed run counts its own work only."""
         con.execute(
-            """
-            UPDATE runs SET finished_at = now(), duration_s = ?, status = ?,
-                items_added = (SELECT count(*) FROM items WHERE run_id = ?),
-                items_embedded = (SELECT count(*) FROM items WHERE run_id = ? AND status = 'embedded'),
-                items_rejected = (SELECT count(*) FROM rejected WHERE run_id = ?)
+            f"""
+            UPDATE runs SET finished_at = now(), status = ?,
+                duration_s = coalesce(?, epoch(now()::TIMESTAMP) - epoch(started_at)),
+                {_RUN_COUNTS}
             WHERE run_id = ?
             """,
-            [time.time() - started, status, run_id, run_id, run_id, run_id],
+            [status, None if started is None else time.time() - started, run_id, run_id, run_id, run_id],
         )
 
     # -- shards ---------------------------------------------------------------
@@ -255,7 +271,39 @@ class Workspace:
             "SELECT file, rows FROM shards WHERE kind = ? ORDER BY part", [kind]
         ).fetchall()
         d = self.embeddings_dir(kind)
-        return [(d / f, d / f.replace(".npy", ".ids.npy"), int(n)) for f, n in rows]
+        return [(d / f, d / (f[: -len(".npy")] + ".ids.npy"), int(n)) for f, n in rows]
+
+
+_RUN_COUNTS = """
+                items_added = (SELECT count(*) FROM items WHERE run_id = ?),
+                items_embedded = (SELECT coalesce(sum(rows), 0) FROM shards WHERE kind = 'image' AND run_id = ?),
+                items_rejected = (SELECT count(*) FROM rejected WHERE run_id = ?)"""
+
+
+def _alive(pid: int | None, host: str | None) -> bool:
+    """Whether a run's process may still be running: only a process on this host can be checked."""
+    if pid is None or host != socket.gethostname():
+        return host is not None and host != socket.gethostname()  # another host's: cannot tell, leave it
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def mark_interrupted(con: duckdb.DuckDBPyConnection) -> list[int]:
+    """Runs left `running` by a process that is gone (kill -9, power loss) become `interrupted`,
+    with the counts of what they committed before they died."""
+    rows = con.execute("SELECT run_id, pid, host FROM runs WHERE status = 'running' ORDER BY run_id").fetchall()
+    dead = [r for r, pid, host in rows if not _alive(pid, host)]
+    for run_id in dead:
+        con.execute(f"UPDATE runs SET status = 'interrupted', {_RUN_COUNTS} WHERE run_id = ?",
+                    [run_id, run_id, run_id, run_id])
+    return dead
 
 
 # -- the one-writer rule ---------------------------------------------------------

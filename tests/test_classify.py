@@ -17,6 +17,7 @@ import torch
 from classify_support import ensemble_reference, hand_workspace, references, softmax64, top2
 from conftest import run_cli, write_jpeg
 
+from curate.errors import WorkspaceError
 from curate.labels import load_label_set
 from curate.prompts import prompts_for
 from curate.scores import NotReady, classify
@@ -349,6 +350,6 @@ def test_a_failed_run_leaves_the_previous_scores(ws, tiny_encoder):
     vec_path, _ids, _n = Workspace(ws).shard_files(con, "caption")[-1]
     con.close()
     vec_path.unlink()                                   # a shard lost from under the workspace
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(WorkspaceError, match="build-index SOURCE again to repair"):
         classify(ws, encoder=tiny_encoder, logit_scale=3.0)
     assert run_cli("filter", "-w", ws, "--min-prob", "0").output == before

@@ -25,6 +25,7 @@ import pytest
 from conftest import run_cli
 
 from curate import store
+from curate.errors import WorkspaceError
 from curate.labels import load_label_set
 from curate.prompts import resolve
 from curate.scores import classify, label_queries
@@ -284,7 +285,7 @@ def test_lost_shard_fails_before_looking_classified(small):
     vec_path, _ids, _n = Workspace(a).shard_files(con, "image")[0]
     con.close()
     vec_path.unlink()
-    with pytest.raises(FileNotFoundError, match="missing"):
+    with pytest.raises(WorkspaceError, match="missing"):
         classify(a, labels, batch_rows=128)
     # the failed run published nothing: the scores of the complete run stay as they were
     assert one(a, "SELECT count(*) FROM score_settings") == (1,)

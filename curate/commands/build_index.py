@@ -12,7 +12,8 @@ import click
 from tqdm import tqdm
 
 from .. import index as faiss_index
-from .. import store
+from .. import integrity, store
+from .. import recheck as recheck_files
 from ..embed import EmbedOptions, embed_pending
 from ..errors import CurateError, InputError
 from ..images import DEFAULT_MAX_PIXELS
@@ -57,10 +58,16 @@ def _bar(desc: str, total: int | None, unit: str) -> tqdm:
 @click.option("--strict", is_flag=True, help="Exit with status 3 if any item was rejected.")
 @click.option("--infer-types", is_flag=True,
               help="Type a manifest's own columns (numbers, dates, booleans) instead of keeping them as written.")
+@click.option("--recheck", type=click.Choice(recheck_files.MODES), default="stat", show_default=True,
+              help="Which files to compare with what was embedded or rejected: stat (size and mtime of every "
+                   "item), hash (also the content: reads every file), rejected (rejected items only), none.")
+@click.option("--retry-rejected", is_flag=True, help="Try every rejected item again, changed or not.")
+@click.option("--repair", is_flag=True,
+              help="Check every embedding shard in full (checksums, ids) instead of the cheap per-run check.")
 def build_index(source: Path, ws_path: Path, model: str | None, pretrained: str | None, fallback_model: str | None,
                 captions_dir: Path | None, recipe: str, device: str, batch_size: int | None, workers: int | None,
                 shard_size: int, max_pixels: int, draft_decode: bool, limit: int | None, strict: bool,
-                infer_types: bool) -> None:
+                infer_types: bool, recheck: str, retry_rejected: bool, repair: bool) -> None:
     """Ingest SOURCE and embed it once into FAISS indexes and a DuckDB workspace.
 
     SOURCE is a folder of images (captions as same-name .txt files beside them), an
@@ -105,7 +112,13 @@ def build_index(source: Path, ws_path: Path, model: str | None, pretrained: str 
     status = "failed"
     scan = None
     scanned = refused = False
+    notes: list[str] = []
     try:
+        damaged = integrity.check_shards(ws, con, full=repair)
+        if damaged:
+            n = integrity.repair(ws, con, damaged)
+            notes += [f"damaged: {d.describe()}" for d in damaged]
+            notes.append(f"repair: {len(damaged)} damaged shard(s) dropped, {n} items to embed again")
         if src.kind == "clip-retrieval":
             from ..precomputed import count_rows, import_clip_retrieval
 
@@ -118,12 +131,15 @@ def build_index(source: Path, ws_path: Path, model: str | None, pretrained: str 
             if seen == 0:
                 raise InputError(f"{source}: the source lists no items; nothing to do")
             scanned = True
+            rc = recheck_files.recheck(ws, con, src.describe(), recheck, retry_rejected)
+            if rc.checked or rc.retried:
+                notes.append(f"recheck: {rc.describe()}")
             todo = con.execute("SELECT count(*) FROM items WHERE status = 'pending'").fetchall()[0][0]
             todo = min(todo, limit) if limit else todo
             con.execute("UPDATE runs SET decode = ? WHERE run_id = ?", ["draft" if draft_decode else "exact", run_id])
             opts = EmbedOptions(shard_size=shard_size, max_pixels=max_pixels, limit=limit, draft_decode=draft_decode,
                                 batch_size=batch_size or (256 if device.startswith("cuda") else 64),
-                                workers=-1 if workers is None else workers)
+                                workers=-1 if workers is None else workers, hash_files=recheck == "hash")
             with _bar("embed", todo, "img") as bar:
                 embed_pending(ws, con, enc, run_id, opts, bar.update)
         built = []
@@ -157,6 +173,8 @@ def build_index(source: Path, ws_path: Path, model: str | None, pretrained: str 
     click.echo(f"source: {src.describe()}: {seen} seen, {added} new{not_taken}")
     for note in scan.notes if scan else []:
         click.echo(f"note: {note}")
+    for line in notes:
+        click.echo(line)
     click.echo(f"items: {sum(counts.values())} in workspace, {counts.get('embedded', 0)} embedded, "
                f"{counts.get('rejected', 0)} rejected, {counts.get('pending', 0)} pending")
     for r in built:
