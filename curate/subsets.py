@@ -7,6 +7,7 @@ bound parameter. The output format comes from the file's extension.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import re
@@ -236,8 +237,9 @@ def write_atomic(path: Path, write: Callable[[Path], object]) -> None:
     except (OSError, duckdb.Error) as e:
         tmp.unlink(missing_ok=True)
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise OutputError(f"could not write {path}: {first}; nothing was left at that name "
-                          "(free space or fix permissions and run the same command again)") from e
+        full = getattr(e, "errno", None) == errno.ENOSPC or "no space left" in first.lower()
+        raise OutputError(f"{'disk full: ' if full else ''}could not write {path}: {first}; nothing was left at "
+                          "that name (free space or fix permissions and run the same command again)") from e
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
