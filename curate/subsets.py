@@ -186,8 +186,8 @@ def _select_calibrated(con: duckdb.DuckDBPyConnection, spec: FilterSpec) -> None
 
 
 # How queries/subsets.sql and subset_calibrated.sql add the source's own columns of items.
-_ITEM_EXTRAS = "i.* EXCLUDE (id, path, caption, status, caption_tokens, caption_truncated, run_id)"
-_MANAGED = ("id", "path", "caption", "status", "caption_tokens", "caption_truncated", "run_id")
+_ITEM_EXTRAS = "i.* EXCLUDE (id, path, caption, status, caption_tokens, caption_truncated, run_id, source_no)"
+_MANAGED = ("id", "path", "caption", "status", "caption_tokens", "caption_truncated", "run_id", "source_no")
 # The columns curate writes before the source's own; a source column of the same name
 # (in any case) comes out as src_<name>, so it never takes or shifts one of curate's.
 OUTPUT_COLUMNS = ("id", "path", "caption", "label", "prob", "class_threshold")
@@ -199,10 +199,15 @@ def _extras(con: duckdb.DuckDBPyConnection) -> str:
         "SELECT column_name FROM information_schema.columns WHERE table_schema = 'main' AND table_name = 'items' "
         "ORDER BY ordinal_position").fetchall()]
     out = []
+    used = set(OUTPUT_COLUMNS)
     for c in cols:
         if c.lower() in _MANAGED:
             continue
-        out.append(f"i.{quote_ident(c)}" + (f" AS {quote_ident('src_' + c)}" if c.lower() in OUTPUT_COLUMNS else ""))
+        name = c
+        while name.lower() in used:  # names are case-insensitive in SQL and in most readers
+            name = "src_" + name
+        used.add(name.lower())
+        out.append(f"i.{quote_ident(c)}" + (f" AS {quote_ident(name)}" if name != c else ""))
     return "".join(", " + x for x in out)
 
 

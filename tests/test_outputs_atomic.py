@@ -240,7 +240,15 @@ def test_source_columns_named_like_curates_come_out_as_src(tmp_path):
     extras = [r[0] for r in con.execute("SELECT column_name FROM information_schema.columns WHERE "
                                         "table_name = 'items' ORDER BY ordinal_position").fetchall()][8:]
     con.close()
-    named = [f"src_{c}" if c.lower() in ("id", "path", "caption", "label", "prob") else c for c in extras]
+    named, used = [], {"id", "path", "caption", "label", "prob", "source_id"}
+    for c in extras:
+        if c == "source_no":
+            continue
+        while c.lower() in used:          # src_ again until no other column has the name, in any case
+            c = "src_" + c
+        used.add(c.lower())
+        named.append(c)
+    assert named == ["src_label", "src_prob", "src_src_Label", "city"]
     for name in ("o.csv", "o.parquet", "o.jsonl"):
         run_cli("filter", "-w", ws, "--min-prob", "0", "--out", tmp_path / name)
         rows = _read(tmp_path / name)
