@@ -9,6 +9,7 @@ nothing either.
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -52,11 +53,21 @@ class Progress:
         self.lines = 0
         self.enabled = (not quiet()) if enabled is None else enabled
         self._bar = None
-        if self.enabled and self._tty() and total != 0:
+        self._open_bar()
+
+    def _open_bar(self) -> None:
+        """The terminal's bar, drawn once there is something to do (never for a known 0)."""
+        if self._bar is None and self.enabled and self.total != 0 and self._tty():
             from tqdm import tqdm
 
-            self._bar = tqdm(total=total, desc=desc, unit=f" {unit}s", dynamic_ncols=True, smoothing=0.05,
-                             mininterval=0.5, file=self.stream)
+            try:
+                width = os.get_terminal_size(self.stream.fileno()).columns
+            except (OSError, ValueError, AttributeError):
+                width = 0
+            # a terminal that does not say its width (0 columns) would get an empty bar
+            self._bar = tqdm(total=self.total, desc=self.desc, unit=f" {self.unit}s", dynamic_ncols=width > 0,
+                             ncols=None if width > 0 else 100, smoothing=0.05, mininterval=0.5, file=self.stream,
+                             initial=self.n)
 
     def _tty(self) -> bool:
         try:
@@ -78,6 +89,8 @@ class Progress:
         self.total, self.n = total, 0
         if self._bar is not None:
             self._bar.reset(total=total)
+        else:
+            self._open_bar()
 
     def update(self, n: int = 1) -> None:
         self.n += n

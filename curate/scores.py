@@ -455,15 +455,16 @@ def classify(ws_path: str | Path, label_set: str | Path | LabelSet = "places205"
              encoder: Encoder | None = None, *, logit_scale: float | None = None, top_k: int = DEFAULT_TOP_K,
              storage: str = "auto", batch_rows: int = DEFAULT_BATCH_ROWS, device: str | None = None,
              progress: Callable[[int], None] | None = None, restart: bool = False,
-             log: Callable[[str], None] | None = None) -> ClassifyResult:
+             log: Callable[[str], None] | None = None, plan: Callable[[int], None] | None = None) -> ClassifyResult:
     """Score every image and caption of a workspace against a label set; (re)create the views.
 
     `encoder` is only needed when the label vectors are not cached yet; by default the
     workspace's own model is loaded then. `storage` is full, topk or auto (by size).
     A run with the settings of the scores already in the workspace (a killed run, or
     a finished one before more items were embedded) continues after the last item
-    they hold; `restart` starts over anyway. `progress` gets the vectors of each
-    committed batch, `log` a line when a run resumes or starts over.
+    they hold; `restart` starts over anyway. `plan` hears how many vectors this run will
+    score, `progress` the vectors of each committed batch, `log` a line when a run resumes
+    or starts over.
     """
     started = time.time()
     ws = Workspace(ws_path)
@@ -505,7 +506,7 @@ def classify(ws_path: str | Path, label_set: str | Path | LabelSet = "places205"
             storage = "full"
         keep_k = None if storage == "full" else top_k
         rows, resumed = _write_scores(ws, con, q, ls, wording, ident, scale, storage, keep_k, n_img, n_cap,
-                                      batch_rows, progress, restart, log or (lambda _line: None))
+                                      batch_rows, progress, restart, log or (lambda _line: None), plan)
     finally:
         con.close()
     return ClassifyResult(ls.name, wording.name, len(ls), n_img, n_cap, storage,
@@ -655,7 +656,7 @@ def _live_is(con: duckdb.DuckDBPyConnection, fp: str) -> bool:
 def _write_scores(ws: Workspace, con: duckdb.DuckDBPyConnection, q: LabelQueries, ls: LabelSet, wording: Wording,
                   ident: ModelIdentity, scale: float, storage: str, keep_k: int | None, n_img: int, n_cap: int,
                   batch_rows: int, progress: Callable[[int], None] | None, restart: bool,
-                  log: Callable[[str], None]) -> tuple[int, int]:
+                  log: Callable[[str], None], plan: Callable[[int], None] | None = None) -> tuple[int, int]:
     """Write the scores; returns (label_scores rows, vectors scored by an earlier run).
 
     The workspace's scores (labels, item_scores, label_scores, score_settings,
@@ -714,6 +715,8 @@ def _write_scores(ws: Workspace, con: duckdb.DuckDBPyConnection, q: LabelQueries
         log(f"resuming after item id {done.last_id:,}: {done.images:,} image and {done.captions:,} caption "
             "vectors are scored already")
     resumed = done.images + done.captions
+    if plan:
+        plan(max(0, n_img + n_cap - resumed))
     insert_items, insert_rows = _INSERT_ITEMS.format(table=STAGE + "item_scores"), \
         _INSERT_ROWS.format(table=STAGE + "label_scores")
     for b in aligned_batches(ws, con, batch_rows, done.last_id):

@@ -87,3 +87,51 @@ def test_disabled_prints_nothing():
 def test_plural():
     assert [plural(1, "image"), plural(2, "image"), plural(1024, "caption"), plural(0, "class", "classes")] == \
         ["1 image", "2 images", "1,024 captions", "0 classes"]
+
+
+def _curate_on_a_terminal(*args: str) -> str:
+    """Run `curate ...` in a real process whose stdout and stderr are a 100x24 terminal; what it drew."""
+    import subprocess
+    import sys
+
+    master, slave = os.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))
+    proc = subprocess.Popen([sys.executable, "-m", "curate.cli", *args], stdin=subprocess.DEVNULL, stdout=slave,
+                            stderr=slave, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    os.close(slave)
+    drawn = b""
+    while True:
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:          # EIO: the process closed the terminal
+            break
+        if not chunk:
+            break
+        drawn += chunk
+    proc.wait(timeout=120)
+    os.close(master)
+    assert proc.returncode == 0, drawn.decode(errors="replace")
+    return drawn.decode(errors="replace")
+
+
+def test_build_index_progress_on_a_terminal_and_in_a_log(tmp_path):
+    import subprocess
+    import sys
+
+    from conftest import make_folder
+
+    src = make_folder(tmp_path / "photos", n=3)
+    first = _curate_on_a_terminal("build-index", str(src), "-w", str(tmp_path / "ws"), "--model", "curate-tiny",
+                                  "--pretrained", "none", "--workers", "0")
+    assert "embed: 100%" in first and "3/3" in first and " images/s" in first     # total, rate
+    # run again: nothing to embed or index, so no bar for those steps
+    again = _curate_on_a_terminal("build-index", str(src), "-w", str(tmp_path / "ws"), "--workers", "0")
+    assert "embed:" not in again and "index images:" not in again and "up to date" in again
+    # in a log (stderr is a file): no carriage-return frames; --quiet: no progress at all
+    log = subprocess.run([sys.executable, "-m", "curate.cli", "build-index", str(src), "-w", str(tmp_path / "ws2"),
+                          "--model", "curate-tiny", "--pretrained", "none", "--workers", "0"],
+                         capture_output=True, text=True, check=True)
+    assert "\r" not in log.stderr and "\r" not in log.stdout
+    quiet = subprocess.run([sys.executable, "-m", "curate.cli", "--quiet", "classify", "-w", str(tmp_path / "ws2")],
+                           capture_output=True, text=True, check=True)
+    assert "scoring" not in quiet.stderr and "classified 3 images and 3 captions" in quiet.stdout

@@ -9,23 +9,18 @@ import time
 from pathlib import Path
 
 import click
-from tqdm import tqdm
 
 from .. import index as faiss_index
-from .. import integrity, store
+from .. import integrity
 from .. import recheck as recheck_files
 from ..embed import EmbedOptions, embed_pending
 from ..errors import CurateError, InputError
 from ..images import DEFAULT_MAX_PIXELS
 from ..model import DEFAULT_MODEL, DEFAULT_PRETRAINED, WeightsUnavailable, load_encoder, pick_device
+from ..progress import Progress
 from ..sources import detect_source, scan_into, scanned_extensions
 from ..workspace import DB_NAME, ModelIdentity, Workspace, check_same_model
 from .options import wait_option
-
-
-def _bar(desc: str, total: int | None, unit: str) -> tqdm:
-    return tqdm(total=total, desc=desc, unit=unit, dynamic_ncols=True, smoothing=0.05,
-                disable=None if sys.stderr.isatty() else False, mininterval=1.0)
 
 
 @click.command("build-index")
@@ -122,10 +117,10 @@ def build_index(source: Path, ws_path: Path, model: str | None, pretrained: str 
         if src.kind == "clip-retrieval":
             from ..precomputed import count_rows, import_clip_retrieval
 
-            with _bar("import", count_rows(src.root), "row") as bar:
+            with Progress("import", count_rows(src.root), "row") as bar:
                 seen, added, _bad = import_clip_retrieval(ws, con, src.root, run_id, ident.embed_dim, bar.update)
         else:
-            with _bar("scan", None, "item") as bar:
+            with Progress("scan", None, "item") as bar:
                 scan = scan_into(con, src, run_id, bar.update, infer_types=infer_types)
                 seen, added = scan.seen, scan.added
             if seen == 0:
@@ -140,12 +135,12 @@ def build_index(source: Path, ws_path: Path, model: str | None, pretrained: str 
             opts = EmbedOptions(shard_size=shard_size, max_pixels=max_pixels, limit=limit, draft_decode=draft_decode,
                                 batch_size=batch_size or (256 if device.startswith("cuda") else 64),
                                 workers=-1 if workers is None else workers, hash_files=recheck == "hash")
-            with _bar("embed", todo, "img") as bar:
+            with Progress("embed", todo, "image") as bar:
                 embed_pending(ws, con, enc, run_id, opts, bar.update)
         built = []
         for kind in ("image", "caption"):
-            n = store.count_vectors(ws, con, kind)
-            with _bar(f"index {kind}s", n, "vec") as bar:
+            # drawn once the index says how many vectors it adds (nothing for an index up to date)
+            with Progress(f"index {kind}s", 0, "vector") as bar:
                 built.append(faiss_index.build_index(ws, con, kind, recipe, bar.update,
                                                      plan=lambda rows, _mode, bar=bar: bar.reset(total=rows)))
         status = "finished"

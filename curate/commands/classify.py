@@ -10,6 +10,7 @@ from tqdm import tqdm
 
 from ..errors import CurateError, InputError, PartialResult
 from ..labels import load_label_set
+from ..progress import Progress, plural
 from ..prompts import prompts_for, resolve
 from ..scores import (
     DEFAULT_BATCH_ROWS,
@@ -85,8 +86,7 @@ def classify_cmd(ws_path: Path, label_set: str, prompts: str, logit_scale: float
         if not temperature > 0:
             raise click.UsageError("--temperature must be positive")
         logit_scale = 1.0 / temperature
-    bar = tqdm(desc="scoring", unit=" vectors", dynamic_ncols=True, mininterval=1.0,
-               disable=None if sys.stderr.isatty() else True)
+    bar = Progress("scoring", 0, "vector")  # drawn once classify says how many vectors it scores (plan)
     committed = 0
 
     def progress(n: int) -> None:
@@ -99,7 +99,7 @@ def classify_cmd(ws_path: Path, label_set: str, prompts: str, logit_scale: float
     try:
         r = classify(ws_path, label_set, prompts, logit_scale=logit_scale, storage=storage, top_k=top_k,
                      device=device, progress=progress, restart=restart, batch_rows=batch_rows,
-                     log=lambda line: tqdm.write(line, file=sys.stderr))
+                     log=lambda line: tqdm.write(line, file=sys.stderr), plan=bar.reset)
     except CurateError:
         raise
     except ValueError as e:  # scores' own checks on the settings
@@ -107,7 +107,8 @@ def classify_cmd(ws_path: Path, label_set: str, prompts: str, logit_scale: float
     finally:
         bar.close()
     store = "every label" if r.storage == "full" else f"top {r.top_k} labels per item + exact bound"
-    click.echo(f"classified {r.images:,} images and {r.captions:,} captions against {r.n_labels} labels "
+    click.echo(f"classified {plural(r.images, 'image')} and {plural(r.captions, 'caption')} against "
+               f"{plural(r.n_labels, 'label')} "
                f"({r.label_set}, prompts {r.prompts}, logit scale {r.logit_scale:g}; stored {store}) "
                f"in {r.seconds:.1f} s")
     if r.resumed_vectors:
