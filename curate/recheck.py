@@ -20,7 +20,6 @@ keep size and mtime.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import stat
 from concurrent.futures import ThreadPoolExecutor
@@ -30,6 +29,8 @@ import duckdb
 import numpy as np
 
 from .errors import InputError
+from . import store
+from .store import file_sum
 
 MODES = ("stat", "hash", "rejected", "none")
 CHUNK = 50_000
@@ -45,18 +46,10 @@ def file_state(path: str, with_hash: bool = False) -> tuple[int | None, int | No
     digest = None
     if with_hash and stat.S_ISREG(st.st_mode):  # never read a FIFO or a device: it may never end
         try:
-            digest = file_hash(path)
+            digest = file_sum(path)
         except OSError:
             digest = None
     return st.st_size, st.st_mtime_ns, digest
-
-
-def file_hash(path: str, chunk: int = 1 << 20) -> str:
-    h = hashlib.blake2b(digest_size=16)
-    with open(path, "rb") as f:
-        while b := f.read(chunk):
-            h.update(b)
-    return h.hexdigest()
 
 
 def states(paths: list[str], with_hash: bool = False, threads: int = THREADS, block: int = 2048) -> list[tuple]:
@@ -92,8 +85,6 @@ class Rechecked:
 def recheck(ws, con: duckdb.DuckDBPyConnection, source: str, mode: str = "stat",
             retry_rejected: bool = False) -> Rechecked:
     """Compare this source's items with their files; mark the changed ones pending again."""
-    from . import store
-
     if mode not in MODES:
         raise InputError(f"--recheck {mode}: expected one of {', '.join(MODES)}")
     out = Rechecked()
