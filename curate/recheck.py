@@ -28,8 +28,8 @@ from dataclasses import dataclass
 import duckdb
 import numpy as np
 
-from .errors import InputError
 from . import store
+from .errors import InputError
 from .store import file_sum
 
 MODES = ("stat", "hash", "rejected", "none")
