@@ -45,7 +45,7 @@ def _table(rel: duckdb.DuckDBPyRelation, max_rows: int) -> str:
     out += ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)) for r in cells]
     if more:
         out.append(f"... (more than {max_rows} rows; --max-rows to see more)")
-    return "\n".join(out)
+    return "\n".join(line.rstrip() for line in out)
 
 
 def _cell(v) -> str:
