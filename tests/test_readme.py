@@ -51,3 +51,18 @@ def test_readme_demo_block_is_the_real_output(tmp_path):
     assert block.rstrip().endswith(note)
     want = _normalise(block, "/work/main")[:-1]
     assert _normalise(got, str(tmp_path)) == want
+
+
+def test_the_rejected_hint_runs_as_printed(tmp_path):
+    """build-index's `reasons: duckdb ...` hint is a command that works as printed (venv on PATH)."""
+    from conftest import make_folder
+
+    src = make_folder(tmp_path / "photos", n=2)
+    (src / "broken.jpg").write_bytes(b"\xff\xd8\xff not a jpeg")
+    env = {"HF_HUB_OFFLINE": "1", "PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin", "HOME": str(tmp_path)}
+    r = subprocess.run([sys.executable, "-m", "curate.cli", "build-index", str(src), "-w", str(tmp_path / "ws"),
+                        "--model", "curate-tiny", "--pretrained", "none", "--workers", "0"],
+                       capture_output=True, text=True, env=env, check=True)
+    hint = re.search(r"reasons: (duckdb .*)\)$", r.stdout, re.M).group(1)
+    shown = subprocess.run(hint, shell=True, capture_output=True, text=True, env=env, cwd=tmp_path, check=True)
+    assert "broken.jpg" in shown.stdout

@@ -186,7 +186,7 @@ def build_index(source: Path, ws_path: Path, model: str | None, pretrained: str 
             click.echo(f"index: {what}")
     if n_rej:
         stages = ", ".join(f"{k} {v}" for k, v in by_stage.items())
-        click.echo(f"rejected this run: {n_rej} ({stages}; reasons: duckdb {ws.db_path} "
+        click.echo(f"rejected this run: {n_rej} ({stages}; reasons: duckdb -readonly {ws.db_path} "
                    f"-c \"select path, reason from rejected\")")
     click.echo(f"model: {ident.describe()}; {time.time() - started:.1f} s")
     if ident.random_weights:
