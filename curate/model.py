@@ -14,9 +14,9 @@ import warnings
 from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from .errors import InputError
 from .workspace import ModelIdentity
@@ -24,6 +24,9 @@ from .workspace import ModelIdentity
 DEFAULT_MODEL = "ViT-B-32"
 DEFAULT_PRETRAINED = "laion2b_s34b_b79k"
 TINY_MODEL = "curate-tiny"
+
+if TYPE_CHECKING:  # torch is imported where a model is built or run: the CLI starts without it
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +64,8 @@ def _hub_offline(offline: bool):
 def pick_device(device: str | None = None) -> str:
     if device and device != "auto":
         return device
+    import torch
+
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
@@ -79,12 +84,14 @@ class Encoder:
         return float(self.model.logit_scale.exp().item())
 
     # -- images ---------------------------------------------------------------
-    @torch.inference_mode()
     def encode_image_tensor(self, batch: torch.Tensor) -> np.ndarray:
+        import torch
+
         x = batch.to(self.device, non_blocking=True)
-        with self._autocast():
-            feats = self.model.encode_image(x)
-        feats = torch.nn.functional.normalize(feats.float(), dim=-1)
+        with torch.inference_mode():
+            with self._autocast():
+                feats = self.model.encode_image(x)
+            feats = torch.nn.functional.normalize(feats.float(), dim=-1)
         return feats.cpu().numpy().astype(np.float32, copy=False)
 
     # -- text -----------------------------------------------------------------
@@ -98,12 +105,14 @@ class Encoder:
             return [-1] * len(texts)
         return [len(enc(t)) for t in texts]
 
-    @torch.inference_mode()
     def encode_tokens(self, tokens: torch.Tensor) -> np.ndarray:
+        import torch
+
         tokens = tokens.to(self.device)
-        with self._autocast():
-            feats = self._encode_text_trimmed(tokens)
-        feats = torch.nn.functional.normalize(feats.float(), dim=-1)
+        with torch.inference_mode():
+            with self._autocast():
+                feats = self._encode_text_trimmed(tokens)
+            feats = torch.nn.functional.normalize(feats.float(), dim=-1)
         return feats.cpu().numpy().astype(np.float32, copy=False)
 
     def encode_text(self, texts: list[str], batch_size: int = 256) -> np.ndarray:
@@ -121,6 +130,7 @@ class Encoder:
         causal mask and argmax pooling); anything else gets the model's own path.
         """
         import open_clip
+        import torch
         from open_clip.transformer import text_global_pool
 
         m = self.model
@@ -142,6 +152,8 @@ class Encoder:
     def _autocast(self):
         # bf16 is 3.5x slower than fp32 on these CPUs; half precision only pays on a GPU.
         if self.device.startswith("cuda"):
+            import torch
+
             return torch.autocast("cuda", dtype=torch.float16)
         return contextlib.nullcontext()
 
@@ -177,6 +189,8 @@ def load_encoder(model_name: str = DEFAULT_MODEL, pretrained: str | None = DEFAU
             return open_clip.create_model_and_transforms(model_name, pretrained=tag, device=device)
 
     if random_weights:
+        import torch
+
         log.info("%s: random weights (--pretrained none): embeddings carry no meaning", model_name)
         # Seeded, so every process (a resumed run, a test's reference) gets the same model.
         with torch.random.fork_rng(devices=[]):
@@ -277,6 +291,8 @@ def _image_size(model) -> int:
 
 
 def _embed_dim(model, device: str, image_size: int) -> int:
+    import torch
+
     proj = getattr(model, "text_projection", None)
     if isinstance(proj, torch.nn.Parameter):
         return int(proj.shape[1])

@@ -10,10 +10,8 @@ from pathlib import Path
 
 import click
 
-from .. import index as faiss_index
 from .. import integrity
 from .. import recheck as recheck_files
-from ..embed import EmbedOptions, embed_pending
 from ..errors import CurateError, InputError
 from ..images import DEFAULT_MAX_PIXELS
 from ..model import DEFAULT_MODEL, DEFAULT_PRETRAINED, WeightsUnavailable, load_encoder, pick_device
@@ -71,6 +69,10 @@ def build_index(source: Path, ws_path: Path, model: str | None, pretrained: str 
     clip-retrieval output folder (img_emb/, text_emb/, metadata/) to import without a model.
     Running it again adds only new items; a killed run resumes where it stopped.
     """
+    # torch and faiss load here, not at import: `curate --help` and the other commands start without them
+    from .. import index as faiss_index
+    from ..embed import EmbedOptions, embed_pending
+
     started = time.time()
     src = detect_source(source, captions_dir)
     ws = Workspace(ws_path)

@@ -6,7 +6,6 @@ import sys
 from pathlib import Path
 
 import click
-from tqdm import tqdm
 
 from ..errors import CurateError, InputError, PartialResult
 from ..labels import load_label_set
@@ -86,6 +85,8 @@ def classify_cmd(ws_path: Path, label_set: str, prompts: str, logit_scale: float
         if not temperature > 0:
             raise click.UsageError("--temperature must be positive")
         logit_scale = 1.0 / temperature
+    from tqdm import tqdm
+
     bar = Progress("scoring", 0, "vector")  # drawn once classify says how many vectors it scores (plan)
     committed = 0
 
