@@ -63,9 +63,9 @@ class RandomTextEncoder:
 
 
 def make_workspace(root: Path, n: int, dim: int) -> None:
+    from curate.classify.label_vectors import label_queries
     from curate.classify.labels import load_label_set
     from curate.classify.prompts import resolve
-    from curate.classify.scores import label_queries
     from curate.core import store
     from curate.core.workspace import ModelIdentity, Workspace
 
@@ -99,7 +99,7 @@ def make_workspace(root: Path, n: int, dim: int) -> None:
 # -- the steps, each run in its own process --------------------------------------
 
 def step_classify(ws: Path, args) -> dict:
-    from curate.classify.scores import classify
+    from curate.classify.run import classify
 
     t = time.perf_counter()
     r = classify(ws, "places205", "natural", storage="topk", top_k=args.top_k)
@@ -215,7 +215,7 @@ STEPS = {f.__name__[5:]: f for f in (step_classify, step_numpy_classify, step_fi
 
 
 def child(name: str, ws: Path, args) -> dict:
-    import curate.classify.scores  # noqa: F401 - imports (torch, duckdb) are not the step's memory
+    import curate.classify.run  # noqa: F401 - imports (torch, duckdb) are not the step's memory
     import curate.classify.subsets  # noqa: F401
 
     before = rss_mb()

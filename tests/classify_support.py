@@ -1,7 +1,7 @@
 """Test helpers for classification: independent float64 references and hand-built workspaces.
 
 The references take the stored embeddings and the label vectors and redo the maths in
-plain numpy, label by label, without any code of curate.classify.scores.
+plain numpy, label by label, without any code of curate's classify stage.
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..core.workspace import Workspace, check_same_model
-from .scores import NotReady
+from .state import NotReady
 
 if TYPE_CHECKING:  # the model module imports torch and open_clip; load it only when needed
     from ..ingest.model import Encoder

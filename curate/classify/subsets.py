@@ -21,8 +21,9 @@ import duckdb
 from ..core import sql
 from ..core.workspace import Workspace, quote_ident
 from ..errors import InputError, OutputError
-from . import scores
+from . import calibrated, state
 from .labels import check_labels
+from .scoring import ENSEMBLE_TEXT_MIN, ENSEMBLE_TEXT_WEIGHT
 
 # extension -> COPY options (fixed text, never from the user)
 FORMATS = {
@@ -46,8 +47,8 @@ class FilterSpec:
     min_prob: float = 0.5
     mode: str = "image"                # image | caption | ensemble
     unmatched: bool = False            # keep what no label claims at min_prob instead
-    text_weight: float = scores.ENSEMBLE_TEXT_WEIGHT   # ensemble only, as in ensemble_with
-    text_min: float = scores.ENSEMBLE_TEXT_MIN
+    text_weight: float = ENSEMBLE_TEXT_WEIGHT   # ensemble only, as in ensemble_with
+    text_min: float = ENSEMBLE_TEXT_MIN
     image_min: float = 0.0
     image_max: float = 1.0
     renormalize: bool = True
@@ -116,9 +117,9 @@ def open_scored(ws_path: str | Path) -> duckdb.DuckDBPyConnection:
         raise FilterError(f"no workspace at {ws.root}: run `curate build-index` first")
     con = ws.connect(read_only=True)
     try:
-        scores.require_complete(con, f"the workspace {ws.root}")
+        state.require_complete(con, f"the workspace {ws.root}")
         if not _has_macro(con, "subset"):
-            raise scores.NotReady(f"the workspace {ws.root} has no views yet: run `curate classify` first")
+            raise state.NotReady(f"the workspace {ws.root} has no views yet: run `curate classify` first")
     except BaseException:
         con.close()
         raise
@@ -146,7 +147,7 @@ def write_subset(ws_path: str | Path, spec: FilterSpec, out: str | Path | None,
     try:
         known = [r[0] for r in con.execute("SELECT label FROM labels ORDER BY label_idx").fetchall()]
         check_labels(spec.labels, known)
-        st = scores.settings(con)
+        st = state.settings(con)
         if spec.calibrated:
             _select_calibrated(con, spec)
             total = con.execute("SELECT count(*) FROM calibrated_predictions").fetchall()[0][0]
@@ -170,9 +171,7 @@ def write_subset(ws_path: str | Path, spec: FilterSpec, out: str | Path | None,
 
 
 def _select_calibrated(con: duckdb.DuckDBPyConnection, spec: FilterSpec) -> None:
-    from ..validate import calibration
-
-    cal = calibration.load(con)
+    cal = calibrated.load(con)
     if cal is None:
         raise FilterError("no calibration in this workspace yet: mark a review set (`curate sample`, "
                           "`curate review`), then run `curate report` to fit one")

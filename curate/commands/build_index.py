@@ -23,7 +23,8 @@ from ..ingest.model import (
     load_encoder,
     pick_device,
 )
-from ..ingest.sources import detect_source, scan_into, scanned_extensions
+from ..ingest.scan import scan_into
+from ..ingest.sources import detect_source, scanned_extensions
 from .options import wait_option
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from ..classify.scores import DEFAULT_BATCH_ROWS, DEFAULT_TOP_K, classify
+from ..classify.run import DEFAULT_BATCH_ROWS, DEFAULT_TOP_K, classify
 from ..core.progress import Progress, plural
 from ..errors import CurateError, InputError
 from . import options

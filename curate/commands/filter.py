@@ -6,7 +6,8 @@ from pathlib import Path
 
 import click
 
-from ..classify.scores import ENSEMBLE_TEXT_MIN, ENSEMBLE_TEXT_WEIGHT
+from ..classify.calibrated import for_workspace
+from ..classify.scoring import ENSEMBLE_TEXT_MIN, ENSEMBLE_TEXT_WEIGHT
 from ..classify.subsets import FORMATS, MODES, FilterError, FilterSpec, write_subset
 from ..core.textout import echo, safe
 from ..errors import PartialResult
@@ -77,8 +78,6 @@ def filter_cmd(ws_path: Path, labels: tuple[str, ...], min_prob: float, mode: st
 
 def _explain_calibrated_nothing(ws_path: Path, spec: FilterSpec) -> None:
     """`--calibrated` kept nothing: name the classes whose threshold the marks could not reach."""
-    from ..validate.calibration import for_workspace
-
     cal = for_workspace(ws_path)
     if cal is None:
         return

@@ -8,7 +8,7 @@ import click
 
 from ..core.textout import echo, safe
 from ..errors import PartialResult, WorkspaceBusy
-from ..validate import calibration, report
+from ..validate import calibration, report, report_render
 from . import options
 from .shared import connect_review, default_set
 
@@ -60,8 +60,8 @@ def report_cmd(ws_path: Path, set_name: str | None, marks_path: Path | None, out
                     con.close()
     if rep.main.summary.hits + rep.main.summary.misses == 0:
         click.echo("no hit/miss marks yet: the tables below are empty (run `curate review`)", err=True)
-    files = report.write(rep, out, grid_size)
-    echo(report.text_tables(rep))
+    files = report_render.write(rep, out, grid_size)
+    echo(report_render.text_tables(rep))
     echo(safe(f"\nwrote {len(files)} files; open {out / 'index.html'}", keep_newlines=True))
     if not_saved is not None:
         raise PartialResult(f"the report is written, but its calibration is not saved for `curate filter "

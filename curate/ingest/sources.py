@@ -408,17 +408,9 @@ def _rel(full: str, root: str) -> str:
     return Path(os.path.relpath(full, root)).as_posix()
 
 
-def scan_into(con: duckdb.DuckDBPyConnection, src: Source, run_id: int,
-              progress: Callable[[int], None] | None = None, infer_types: bool = False) -> ScanResult:
-    """Add the source's new items to `items`; says what was seen, added and not taken."""
-    source_no = register_source(con, src, run_id)
-    if src.kind == "manifest":
-        from .manifests import scan_manifest
-
-        res = scan_manifest(con, src, source_no, run_id, infer_types)
-        if progress:
-            progress(res.seen)
-        return res
+def scan_folder(con: duckdb.DuckDBPyConnection, src: Source, source_no: int, run_id: int,
+                progress: Callable[[int], None] | None = None) -> ScanResult:
+    """Add a folder's or tree's new items to `items` (scan.scan_into picks this or the manifest reader)."""
     res = ScanResult()
     batch: list[_Entry] = []
 

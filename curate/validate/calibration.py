@@ -24,26 +24,23 @@ the whole collection it keeps. A class whose marks never reach the target gets n
 For `curate filter --calibrated`: `save` stores the fit in the workspace (meta key
 `calibration`, table `calibration_thresholds`) and creates the view
 `calibrated_predictions` (the source view's columns + calibrated_prob, class_threshold,
-keep); `load(con)` returns the fitted `Calibration` (temperature, thresholds per class).
+keep); `curate.classify.calibrated.load(con)` reads the fitted `Calibration` back.
 """
 
 from __future__ import annotations
 
-import html
 import json
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
 
 import duckdb
 import numpy as np
 
+from ..classify.calibrated import META_KEY, Calibration, ClassThreshold
 from ..core import sql
 from ..errors import InputError
 from . import sampling
 
-META_KEY = "calibration"
 # SQL and numpy evaluate the same formula in another order: an image whose calibrated
 # probability *is* a class's threshold must stay kept when SQL lands one ulp below it.
 TOLERANCE = 1e-12
@@ -165,107 +162,6 @@ def class_threshold(q: np.ndarray, hit: np.ndarray, target: float, min_support: 
 
 # -- the fit on a workspace -----------------------------------------------------------------
 
-@dataclass
-class ClassThreshold:
-    label: str
-    threshold: float | None
-    precision: float | None   # among the marked images it keeps
-    support: int              # marked images it keeps
-    marked: int               # hits + misses of the class in the sample
-    kept: int | None          # images of the whole collection it keeps
-
-
-@dataclass
-class Calibration:
-    temperature: float
-    source: str
-    set_name: str
-    n_labels: int
-    target_precision: float
-    min_support: int
-    nll_before: float
-    nll_after: float
-    marks: int
-    exact: bool
-    classes: list[ClassThreshold] = field(default_factory=list)
-    scores_column: str | None = None   # label_scores column used, None: top two + even tail
-    # marked items, for the reliability plot: raw top probability, calibrated one, hit
-    raw: np.ndarray | None = None
-    calibrated: np.ndarray | None = None
-    hits: np.ndarray | None = None
-
-    THRESHOLD_COLUMNS = ("class", "threshold", "precision", "support", "marked", "kept")
-
-    @property
-    def thresholds(self) -> dict[str, float]:
-        """label -> calibrated-probability threshold (classes reaching the target only)."""
-        return {c.label: c.threshold for c in self.classes if c.threshold is not None}
-
-    def summary_rows(self) -> list[tuple[str, str]]:
-        return [("temperature", f"{self.temperature:.6g}"), ("source", self.source), ("review_set", self.set_name),
-                ("labels", str(self.n_labels)), ("marks", str(self.marks)),
-                ("nll_before", f"{self.nll_before:.6g}"), ("nll_after", f"{self.nll_after:.6g}"),
-                ("target_precision", f"{self.target_precision:g}"), ("min_support", str(self.min_support)),
-                ("tail", "exact" if self.exact else "top-2 + even tail")]
-
-    def threshold_rows(self) -> list[list[str]]:
-        def f(x: float | None) -> str:
-            return "" if x is None else f"{x:.4f}"
-        return [[c.label, f(c.threshold), f(c.precision), str(c.support), str(c.marked),
-                 "" if c.kept is None else str(c.kept)] for c in self.classes]
-
-    def text_lines(self) -> list[str]:
-        out = [f"calibration: temperature {self.temperature:.4g} (NLL of the {self.marks} marks "
-               f"{self.nll_before:.4f} -> {self.nll_after:.4f})",
-               f"per-class thresholds on the calibrated probability for precision >= {self.target_precision:g}:"]
-        for c in self.classes:
-            if c.threshold is None:
-                out.append(f"  {c.label[:28]:<28} unreachable ({c.marked} marked)")
-            else:
-                out.append(f"  {c.label[:28]:<28} >= {c.threshold:.4f}  precision {c.precision:.3f} on "
-                           f"{c.support} marked, keeps {c.kept if c.kept is not None else '?'} images")
-        return out
-
-    def html(self) -> str:
-        e = html.escape
-        head = "".join(f"<th>{e(h)}</th>" for h in self.THRESHOLD_COLUMNS)
-        body = "".join("<tr>" + "".join(f"<td>{e(v) if v else '&ndash;'}</td>" for v in row) + "</tr>"
-                       for row in self.threshold_rows())
-        tail = "" if self.exact else (" The tail beyond the top two labels is taken as even (the views "
-                                      "carry prob and prob2 only), an approximation away from T = 1.")
-        return (f"<p class='note'>Temperature <b>{self.temperature:.4g}</b>, fitted by maximum likelihood on "
-                f"{self.marks} hit/miss marks (mean NLL {self.nll_before:.4f} at T = 1, {self.nll_after:.4f} "
-                f"fitted).{e(tail)} Per-class thresholds on the calibrated probability reaching precision "
-                f"{self.target_precision:g} among at least {self.min_support} marked images; kept = images of "
-                f"the collection at or above it. <code>curate filter --calibrated</code> uses them.</p>"
-                f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
-
-    def plot(self, path: Path) -> Path | None:
-        """Reliability diagram: share of hits against (raw, calibrated) top probability."""
-        if self.raw is None:
-            return None
-        import matplotlib.pyplot as plt
-
-        from .report_figures import save
-
-        fig, ax = plt.subplots(figsize=(5.5, 4.5))
-        edges = np.linspace(0, 1, 11)
-        for values, name, colour in ((self.raw, "raw", "tab:gray"), (self.calibrated, f"T = {self.temperature:.3g}",
-                                                                       "tab:blue")):
-            b = np.clip(np.digitize(values, edges) - 1, 0, 9)
-            xs, ys = [], []
-            for k in range(10):
-                sel = b == k
-                if sel.sum():
-                    xs.append(values[sel].mean())
-                    ys.append(self.hits[sel].mean())
-            ax.plot(xs, ys, marker="o", color=colour, label=name)
-        ax.plot([0, 1], [0, 1], color="black", alpha=.3, linestyle=":")
-        ax.set(xlabel="top probability (bin mean)", ylabel="share of hits", xlim=(0, 1), ylim=(0, 1),
-               title="Reliability on the marks")
-        return save(fig, path, ax)
-
-
 def n_labels(con: duckdb.DuckDBPyConnection, view: str) -> int:
     """How many labels the softmax ran over: the label set `curate classify` used, else
     every label seen as first or second choice (a lower bound)."""
@@ -276,11 +172,6 @@ def n_labels(con: duckdb.DuckDBPyConnection, view: str) -> int:
     return int(con.execute(
         f"SELECT count(DISTINCT l) FROM (SELECT label AS l FROM {view} UNION ALL SELECT label2 FROM {view})"
     ).fetchall()[0][0])
-
-
-def _meta(con: duckdb.DuckDBPyConnection, key: str) -> str | None:
-    rows = con.execute("SELECT value FROM meta WHERE key = ?", [key]).fetchall()
-    return rows[0][0] if rows else None
 
 
 def scores_column(con: duckdb.DuckDBPyConnection, source: str) -> str | None:
@@ -412,44 +303,6 @@ def save(con: duckdb.DuckDBPyConnection, cal: Calibration) -> None:
         except duckdb.Error:  # a failed COMMIT (disk full) has ended the transaction: keep the real error
             pass
         raise
-
-
-def load(con: duckdb.DuckDBPyConnection) -> Calibration | None:
-    """The calibration `curate report` saved in this workspace, or None (not fitted yet).
-
-    For `curate filter --calibrated`: `cal.temperature`, `cal.thresholds` (label ->
-    threshold on the calibrated probability, for classes that reach the target), and the
-    view `calibrated_predictions` (calibrated_prob, class_threshold, keep per image).
-    """
-    if not sql.has_relation(con, "calibration_thresholds"):
-        return None
-    raw = _meta(con, META_KEY)
-    if raw is None:
-        return None
-    d = json.loads(raw)
-    cal = Calibration(float(d["temperature"]), d["source"], d["review_set"], int(d["labels"]),
-                      float(d["target_precision"]), int(d["min_support"]), float(d["nll_before"]),
-                      float(d["nll_after"]), int(d["marks"]), bool(d["exact"]))
-    cal.scores_column = d.get("scores_column")
-    for label, t, prec, support, marked, kept in con.execute(
-            "SELECT label, threshold, precision, support, marked, kept FROM calibration_thresholds ORDER BY label"
-    ).fetchall():
-        cal.classes.append(ClassThreshold(label, t, prec, int(support), int(marked), kept))
-    return cal
-
-
-def for_workspace(ws_path: str | Path) -> Calibration | None:
-    """`load` on a workspace folder, read-only: what `curate filter --calibrated` needs.
-
-    None when `curate report` has not fitted a calibration there yet.
-    """
-    from ..core.workspace import Workspace
-
-    con = Workspace(ws_path).connect(read_only=True)
-    try:
-        return load(con)
-    finally:
-        con.close()
 
 
 def calibrated_probs(prob: Sequence[float], prob2: Sequence[float], cal: Calibration) -> np.ndarray:

@@ -1,4 +1,5 @@
-"""The report's pictures: matplotlib plots (Agg, no display) and per-class image grids.
+"""The report's pictures: matplotlib plots (Agg, no display), the calibration's reliability
+diagram, and per-class image grids.
 
 Grids are drawn with Pillow: one PNG of hits and one of misses per class, each tile
 a thumbnail with its top probability, so a reader sees at a glance what the model
@@ -7,6 +8,7 @@ confuses (the study's Figure 2).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -16,9 +18,11 @@ import matplotlib
 matplotlib.use("Agg")  # files only: no display on servers, no GUI toolkit needed
 
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 from PIL import Image, ImageDraw, ImageFont, ImageOps  # noqa: E402
 
 if TYPE_CHECKING:
+    from ..classify.calibrated import Calibration
     from .report import Marked, Report, SourceReport
 
 TILE = 128
@@ -43,9 +47,8 @@ def plots(report: Report, out: Path) -> list[Path]:
     files = [_rates(report, out / "rates.png"), _class_accuracy(report.main, out / "class_accuracy.png")]
     if report.coverage:
         files.append(_coverage(report.coverage, out / "coverage.png"))
-    cal = report.calibration
-    if cal is not None and hasattr(cal, "plot"):
-        p = cal.plot(out / "calibration.png")
+    if report.calibration is not None:
+        p = calibration_plot(report.calibration, out / "calibration.png")
         if p is not None:
             files.append(p)
     return files
@@ -99,8 +102,6 @@ def _class_accuracy(sr: SourceReport, path: Path) -> Path:
 
 def grids(sr: SourceReport, out: Path, per_grid: int = 24) -> dict[str, tuple[Path, Path]]:
     """label -> (hits grid, misses grid); only for marks that know their image files."""
-    from .report import slug
-
     if not any(m.path for m in sr.marks):
         return {}
     out.mkdir(parents=True, exist_ok=True)
@@ -149,3 +150,31 @@ def _thumb(path: str | None) -> Image.Image:
         tile = Image.new("RGB", (size, size), (220, 220, 220))
         ImageDraw.Draw(tile).text((8, size // 2 - 6), "image missing", fill=(90, 90, 90))
         return tile
+
+
+def calibration_plot(cal: Calibration, path: Path) -> Path | None:
+    """Reliability diagram: share of hits against (raw, calibrated) top probability."""
+    if cal.raw is None:
+        return None
+    fig, ax = plt.subplots(figsize=(5.5, 4.5))
+    edges = np.linspace(0, 1, 11)
+    for values, name, colour in ((cal.raw, "raw", "tab:gray"), (cal.calibrated, f"T = {cal.temperature:.3g}",
+                                                                   "tab:blue")):
+        b = np.clip(np.digitize(values, edges) - 1, 0, 9)
+        xs, ys = [], []
+        for k in range(10):
+            sel = b == k
+            if sel.sum():
+                xs.append(values[sel].mean())
+                ys.append(cal.hits[sel].mean())
+        ax.plot(xs, ys, marker="o", color=colour, label=name)
+    ax.plot([0, 1], [0, 1], color="black", alpha=.3, linestyle=":")
+    ax.set(xlabel="top probability (bin mean)", ylabel="share of hits", xlim=(0, 1), ylim=(0, 1),
+           title="Reliability on the marks")
+    return save(fig, path, ax)
+
+
+def slug(label: str) -> str:
+    """A file-name-safe form of a label ('cathedral/outdoor' -> 'cathedral-outdoor')."""
+    s = re.sub(r"[^A-Za-z0-9._-]+", "-", label).strip("-.")
+    return s[:60] or "label"

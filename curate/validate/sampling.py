@@ -16,7 +16,7 @@ from datetime import datetime
 
 import duckdb
 
-from ..classify.scores import require_complete
+from ..classify.state import require_complete
 from ..core import sql
 from ..core.sql import has_relation
 from ..errors import CurateError

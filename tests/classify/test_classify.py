@@ -19,7 +19,8 @@ from conftest import run_cli, write_jpeg
 
 from curate.classify.labels import load_label_set
 from curate.classify.prompts import prompts_for
-from curate.classify.scores import NotReady, classify
+from curate.classify.run import classify
+from curate.classify.state import NotReady
 from curate.core.workspace import ModelIdentity, ModelMismatch, Workspace
 from curate.errors import WorkspaceError
 

@@ -24,7 +24,8 @@ import pytest
 from conftest import run_cli
 from test_classify_resume import Stop, assert_same_tables, label_file, make_workspace, stopped_after
 
-from curate.classify.scores import NotReady, classify
+from curate.classify.run import classify
+from curate.classify.state import NotReady
 
 REPO = Path(__file__).resolve().parents[2]
 DUCKDB_SHELL = Path(sys.executable).parent / "duckdb"

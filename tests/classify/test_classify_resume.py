@@ -24,9 +24,10 @@ import numpy as np
 import pytest
 from conftest import run_cli
 
+from curate.classify.label_vectors import label_queries
 from curate.classify.labels import load_label_set
 from curate.classify.prompts import resolve
-from curate.classify.scores import classify, label_queries
+from curate.classify.run import classify
 from curate.core import store
 from curate.core.workspace import ModelIdentity, Workspace
 from curate.errors import WorkspaceError

@@ -14,7 +14,7 @@ import pytest
 from classify_support import references
 from conftest import make_folder, run_cli
 
-from curate.classify.scores import classify
+from curate.classify.run import classify
 from curate.classify.search import search_images
 from curate.classify.subsets import FilterSpec, safe_name, write_subset
 from curate.core import store

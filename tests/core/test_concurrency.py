@@ -26,7 +26,7 @@ import duckdb
 import pytest
 from conftest import run_cli
 
-from curate.classify import scores
+from curate.classify.run import classify
 from curate.core import journal
 from curate.core.workspace import Workspace
 
@@ -39,7 +39,7 @@ SHELL = shutil.which("duckdb", path=str(Path(sys.executable).parent)) or shutil.
 def ws(built_workspace, tmp_path, tiny_encoder) -> Path:
     ws = tmp_path / "ws"
     shutil.copytree(built_workspace, ws)
-    scores.classify(ws, "places205", "natural", tiny_encoder, storage="full")
+    classify(ws, "places205", "natural", tiny_encoder, storage="full")
     run_cli("sample", "-w", ws, "--top-classes", "3", "--per-class", "4", "--seed", "7")
     return ws
 

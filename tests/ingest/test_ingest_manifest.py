@@ -12,7 +12,8 @@ import pytest
 from conftest import run_cli, write_jpeg
 
 from curate.core.workspace import Workspace
-from curate.ingest.sources import detect_source, scan_into
+from curate.ingest.scan import scan_into
+from curate.ingest.sources import detect_source
 
 TINY = ("--model", "curate-tiny", "--pretrained", "none", "--workers", "0")
 

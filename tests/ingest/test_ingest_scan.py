@@ -13,7 +13,8 @@ from conftest import make_folder, run_cli, write_jpeg
 from PIL import Image
 
 from curate.core.workspace import Workspace
-from curate.ingest.sources import CAPTION_MAX_BYTES, detect_source, scan_into
+from curate.ingest.scan import scan_into
+from curate.ingest.sources import CAPTION_MAX_BYTES, detect_source
 
 TINY = ("--model", "curate-tiny", "--pretrained", "none", "--workers", "0")
 REPO = Path(__file__).resolve().parents[2]

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from review_support import fake_workspace
 
+from curate.classify import calibrated
 from curate.validate import calibration, sampling
 from curate.validate.review import marks
 
@@ -146,7 +147,7 @@ def test_fit_save_load_and_the_view_for_filter(tmp_path):
         assert c.kept == int((q_numpy(p1[mask], p2[mask]) >= c.threshold - 1e-12).sum())
 
     calibration.save(con, cal)
-    got = calibration.load(con)
+    got = calibrated.load(con)
     assert got.temperature == cal.temperature and got.thresholds == cal.thresholds
     rows = con.execute("SELECT id, calibrated_prob, class_threshold, keep FROM calibrated_predictions ORDER BY id"
                        ).fetchall()

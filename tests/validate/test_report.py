@@ -20,7 +20,7 @@ from review_support import (
 )
 
 from curate.core.workspace import Workspace
-from curate.validate import report, sampling
+from curate.validate import report, report_render, sampling
 from curate.validate.review import marks
 
 # The study's threshold table as it printed it (4 decimals, truncated), with our fixed
@@ -57,7 +57,7 @@ def test_the_study_threshold_table_is_reproduced_from_its_counts(tmp_path):
     t = rep.main.thresholds
     assert [r.kept for r in t] == STUDY_KEPT and [r.hits for r in t] == STUDY_HITS
     assert [r.errors for r in t] == STUDY_ERRORS
-    assert report.threshold_csv_rows(t) == [list(r) for r in STUDY_TABLE]
+    assert report_render.threshold_csv_rows(t) == [list(r) for r in STUDY_TABLE]
     # exact values behind the printed ones, at the study's example row
     r6 = t[6]
     assert (r6.kept, r6.hits, r6.errors) == (507, 270, 237)
@@ -74,7 +74,7 @@ def test_the_study_threshold_table_is_reproduced_from_its_counts(tmp_path):
     assert (s.hits, s.misses, report.fmt4(s.accuracy)) == (460, 540, "0.4600")
 
     out = tmp_path / "report"
-    report.write(rep, out)
+    report_render.write(rep, out)
     rows = _csv(out / "threshold_table.csv")
     assert rows[0] == ("threshold", "kept", "hits", "hit_rate", "errors", "error_rate", "ratio")
     assert rows[1:] == STUDY_TABLE
@@ -203,7 +203,7 @@ def test_ensemble_beside_image_only(tmp_path):
     # hits at 0.99 (0.95+0.2), 0.85, 0.5; misses unchanged at 0.35, 0.62, 0.05
     assert (e[0.5].kept, e[0.5].hits, e[0.5].errors, e[0.5].precision) == (4, 3, 1, 0.75)
     assert (e[0.7].kept, e[0.7].hits, e[0.7].precision) == (2, 2, 1.0)
-    header, rows = report.comparison_rows(rep)
+    header, rows = report_render.comparison_rows(rep)
     assert header[:6] == ["threshold", "image_kept", "image_precision", "image_hit_rate", "image_error_rate",
                           "image_ratio"]
     assert rows[5][:3] == ["0.5", "3", "0.6666"] and rows[5][6:8] == ["4", "0.7500"]
@@ -219,7 +219,7 @@ def test_files_plots_grids_and_escaping(tmp_path):
     for i, r in enumerate(marks.rows(con, rs.name)):
         marks.set_mark(con, r.id, r.label, "hit" if i % 3 else "miss")
     out = tmp_path / "out"
-    files = report.write(report.from_workspace(con), out, grid_size=4)
+    files = report_render.write(report.from_workspace(con), out, grid_size=4)
     names = {p.relative_to(out).as_posix() for p in files}
     assert {"threshold_table.csv", "class_accuracy.csv", "summary.csv", "coverage.csv", "rates.png", "coverage.png",
             "class_accuracy.png", "index.html"} <= names

@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 from conftest import run_cli
 
-from curate.classify import scores
+from curate.classify import calibrated
+from curate.classify.run import classify
 from curate.core.workspace import Workspace
 from curate.validate import calibration, report
 
@@ -22,7 +23,7 @@ from curate.validate import calibration, report
 def classified(built_workspace, tmp_path, tiny_encoder):
     ws = tmp_path / "ws"
     shutil.copytree(built_workspace, ws)
-    scores.classify(ws, "places205", "natural", tiny_encoder, storage="full")
+    classify(ws, "places205", "natural", tiny_encoder, storage="full")
     return ws
 
 
@@ -64,7 +65,7 @@ def test_sample_review_report_on_a_classified_workspace(classified, tmp_path):
     # calibration used every stored label (storage full): exact temperature scaling,
     # checked against a softmax of log p / T over the label_scores matrix in numpy
     con = Workspace(ws).connect(read_only=True)
-    cal = calibration.for_workspace(ws)
+    cal = calibrated.for_workspace(ws)
     assert cal is not None and cal.scores_column == "image_prob" and cal.exact
     assert set(cal.thresholds) <= {c["class"] for c in classes}
     # Table 1 of the image predictions is classify's own `coverage` view
