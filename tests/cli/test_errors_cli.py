@@ -184,3 +184,12 @@ def test_a_full_disk(classified, full_disk):
     # with room again, the same commands work
     assert curate("sample", "-w", ws, "--top-classes", "2", "--per-class", "2").returncode == 0
     assert "imported" in run_cli("review", "-w", ws, "--set", "image-top3x2-seed0", "--import", sheet).output
+
+
+def test_the_error_base_class_is_exported_by_the_package():
+    import curate
+    import curate.errors
+
+    assert curate.CurateError is curate.errors.CurateError
+    assert all(issubclass(c, curate.CurateError) for c in (curate.errors.InputError, curate.errors.WorkspaceError,
+                                                          curate.errors.WorkspaceBusy, curate.errors.OutputError))
