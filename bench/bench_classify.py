@@ -63,11 +63,11 @@ class RandomTextEncoder:
 
 
 def make_workspace(root: Path, n: int, dim: int) -> None:
-    from curate import store
-    from curate.labels import load_label_set
-    from curate.prompts import resolve
-    from curate.scores import label_queries
-    from curate.workspace import ModelIdentity, Workspace
+    from curate.classify.label_vectors import label_queries
+    from curate.classify.labels import load_label_set
+    from curate.classify.prompts import resolve
+    from curate.core import store
+    from curate.core.workspace import ModelIdentity, Workspace
 
     marker = root / f".done-{n}-{dim}"
     if marker.exists():
@@ -99,7 +99,7 @@ def make_workspace(root: Path, n: int, dim: int) -> None:
 # -- the steps, each run in its own process --------------------------------------
 
 def step_classify(ws: Path, args) -> dict:
-    from curate.scores import classify
+    from curate.classify.run import classify
 
     t = time.perf_counter()
     r = classify(ws, "places205", "natural", storage="topk", top_k=args.top_k)
@@ -107,8 +107,8 @@ def step_classify(ws: Path, args) -> dict:
 
 
 def step_numpy_classify(ws: Path, args) -> dict:
-    from curate import store
-    from curate.workspace import Workspace
+    from curate.core import store
+    from curate.core.workspace import Workspace
 
     w = Workspace(ws)
     con = w.connect(read_only=True)
@@ -155,7 +155,7 @@ def _median_time(fn, repeat: int = 3) -> tuple[float, object]:
 
 
 def step_filter(ws: Path, args) -> dict:
-    from curate.subsets import FilterSpec, write_subset
+    from curate.classify.subsets import FilterSpec, write_subset
 
     spec = FilterSpec(labels=(FILTER_LABEL,), min_prob=FILTER_MIN)
     seconds, r = _median_time(lambda: write_subset(ws, spec, WORK / "classify-filter.parquet"))
@@ -164,7 +164,7 @@ def step_filter(ws: Path, args) -> dict:
 
 def step_filter_ensemble(ws: Path, args) -> dict:
     """The ensemble filters: the study's defaults (stored view) and other parameters (SQL macro)."""
-    from curate.subsets import FilterSpec, write_subset
+    from curate.classify.subsets import FilterSpec, write_subset
 
     ens = FilterSpec(labels=(FILTER_LABEL,), min_prob=FILTER_MIN, mode="ensemble")
     seconds, _ = _median_time(lambda: write_subset(ws, ens, WORK / "classify-filter-ens.parquet"))
@@ -174,7 +174,7 @@ def step_filter_ensemble(ws: Path, args) -> dict:
 
 
 def step_numpy_filter(ws: Path, args) -> dict:
-    from curate.labels import load_label_set
+    from curate.classify.labels import load_label_set
 
     idx = load_label_set("places205").index(FILTER_LABEL)
 
@@ -215,8 +215,8 @@ STEPS = {f.__name__[5:]: f for f in (step_classify, step_numpy_classify, step_fi
 
 
 def child(name: str, ws: Path, args) -> dict:
-    import curate.scores  # noqa: F401 - imports (torch, duckdb) are not the step's memory
-    import curate.subsets  # noqa: F401
+    import curate.classify.run  # noqa: F401 - imports (torch, duckdb) are not the step's memory
+    import curate.classify.subsets  # noqa: F401
 
     before = rss_mb()
     out = STEPS[name](ws, args)

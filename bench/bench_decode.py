@@ -25,8 +25,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_embed import make_jpegs  # noqa: E402
 from common import WORK, machine, record  # noqa: E402
 
-from curate.images import open_rgb, resize_rule  # noqa: E402
-from curate.model import load_encoder  # noqa: E402
+from curate.ingest.images import open_rgb, resize_rule  # noqa: E402
+from curate.ingest.model import load_encoder  # noqa: E402
 
 SAMPLES = Path(__file__).resolve().parent.parent / "samples" / "images"
 

@@ -23,10 +23,11 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import WORK, machine, record  # noqa: E402
 
-from curate.embed import EmbedOptions, embed_pending  # noqa: E402
-from curate.model import load_encoder  # noqa: E402
-from curate.sources import detect_source, scan_into  # noqa: E402
-from curate.workspace import Workspace  # noqa: E402
+from curate.core.workspace import Workspace  # noqa: E402
+from curate.ingest.embed import EmbedOptions, embed_pending  # noqa: E402
+from curate.ingest.model import load_encoder  # noqa: E402
+from curate.ingest.scan import scan_into  # noqa: E402
+from curate.ingest.sources import detect_source  # noqa: E402
 
 
 def make_jpegs(folder: Path, n: int) -> None:

@@ -55,9 +55,9 @@ def make_source(root: Path, n: int, dim: int, parts: int = 2) -> None:
 CHILD = """
 import sys, time
 from pathlib import Path
-from curate.workspace import Workspace, ModelIdentity
-from curate.precomputed import import_clip_retrieval
-from curate import index
+from curate.core.workspace import Workspace, ModelIdentity
+from curate.ingest.precomputed import import_clip_retrieval
+from curate.ingest import faiss_index as index
 src, ws_dir, dim = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3])
 ws = Workspace(ws_dir); con = ws.connect()
 ident = ModelIdentity("ViT-B-32", "laion2b_s34b_b79k", dim, False)
@@ -69,7 +69,7 @@ if sys.argv[4] == "import":
     print(added, time.perf_counter() - t, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
 elif sys.argv[4] == "add":  # 10K new vectors in one new shard, added to the existing index
     import numpy as np
-    from curate import store
+    from curate.core import store
     v = np.random.default_rng(1).standard_normal((10_000, dim), dtype=np.float32)
     v /= np.linalg.norm(v, axis=1, keepdims=True)
     part = store.next_part(con, "image")

@@ -14,7 +14,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from curate.recheck import file_state, states
+from curate.ingest.recheck import file_state, states
 
 
 def main() -> None:
@@ -45,8 +45,8 @@ def whole_recheck(n: int, root: Path) -> None:
     """recheck() end to end on a workspace of n embedded items over those files (DB + stat)."""
     import numpy as np
 
-    from curate.recheck import recheck
-    from curate.workspace import Workspace
+    from curate.core.workspace import Workspace
+    from curate.ingest.recheck import recheck
 
     ws = Workspace(Path(tempfile.mkdtemp(prefix="bench_recheck_ws_")))
     con = ws.connect()

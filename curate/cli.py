@@ -11,8 +11,8 @@ import traceback
 import click
 
 from . import __version__
+from .core.textout import safe
 from .errors import EXIT_INTERNAL, EXIT_INTERRUPTED, CurateError, OutputError, WorkspaceBusy
-from .textout import safe
 
 # OS errors that are about the machine, not about curate: said in one line, no traceback,
 # with what to do about each.
@@ -92,7 +92,7 @@ def cli(ctx: click.Context, verbose: bool, quiet: bool, wait: float | None) -> N
     """Turn a raw photo+caption collection into a clean, labelled, searchable dataset."""
     ctx.meta["curate.verbose"] = verbose
     ctx.meta["curate.quiet"] = quiet
-    from .workspace import set_lock_wait
+    from .core.workspace import set_lock_wait
 
     set_lock_wait(wait)  # None: $CURATE_WAIT or the default (also resets an earlier in-process run)
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(message)s")

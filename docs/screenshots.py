@@ -24,9 +24,9 @@ sys.path.insert(0, str(ROOT / "tests"))
 from playwright.sync_api import sync_playwright  # noqa: E402
 from review_support import study_marks  # noqa: E402
 
-from curate import report, sampling  # noqa: E402
-from curate.review.server import ReviewServer  # noqa: E402
-from curate.workspace import Workspace  # noqa: E402
+from curate.core.workspace import Workspace  # noqa: E402
+from curate.validate import report, report_render, sampling  # noqa: E402
+from curate.validate.review.server import ReviewServer  # noqa: E402
 
 CHROMIUM = "/usr/bin/chromium"
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -126,7 +126,7 @@ def report_screenshot(p, tmp: Path) -> None:
         for k, (label, prob, mark) in enumerate(study_marks()):
             w.writerow([label, repr(prob), mark, photos[k % len(photos)]])
     out = tmp / "report"
-    report.write(report.from_sheet(sheet), out, grid_size=12)
+    report_render.write(report.from_sheet(sheet), out, grid_size=12)
     browser = launch(p, tmp)
     page = browser.new_page()
     page.set_viewport_size({"width": 1200, "height": 2300})

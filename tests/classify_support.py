@@ -1,7 +1,7 @@
 """Test helpers for classification: independent float64 references and hand-built workspaces.
 
 The references take the stored embeddings and the label vectors and redo the maths in
-plain numpy, label by label, without any code of curate.scores.
+plain numpy, label by label, without any code of curate's classify stage.
 """
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from pathlib import Path
 import duckdb
 import numpy as np
 
-from curate import store
-from curate.workspace import ModelIdentity, Workspace
+from curate.core import store
+from curate.core.workspace import ModelIdentity, Workspace
 
 
 def softmax64(vecs: np.ndarray, labels: np.ndarray, scale: float) -> np.ndarray:

@@ -76,7 +76,7 @@ def run_cli(*args: str, expect: int | None = 0):
 
 @pytest.fixture(scope="session")
 def tiny_encoder():
-    from curate.model import load_encoder
+    from curate.ingest.model import load_encoder
 
     return load_encoder("curate-tiny", "none", "cpu")
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from curate.workspace import Workspace
+from curate.core.workspace import Workspace
 
 PREDICTION_COLUMNS = "id BIGINT, label VARCHAR, prob DOUBLE, label2 VARCHAR, prob2 DOUBLE, margin DOUBLE"
 

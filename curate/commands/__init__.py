@@ -1,8 +1,13 @@
-"""Each module here defines click commands for one stage; COMMANDS lists them for the CLI."""
+"""One module per command (named after it); COMMANDS lists them for the CLI, in pipeline order."""
 
 from .build_index import build_index
-from .classify import classify_cmd, filter_cmd, labels_cmd, search_cmd
-from .review import report_cmd, review, sample
+from .classify import classify_cmd
+from .filter import filter_cmd
+from .labels import labels_cmd
+from .report import report_cmd
+from .review import review
+from .sample import sample
+from .search import search_cmd
 from .sql import sql
 
 COMMANDS = [build_index, labels_cmd, classify_cmd, filter_cmd, search_cmd, sample, review, report_cmd, sql]

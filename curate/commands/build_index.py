@@ -10,16 +10,21 @@ from pathlib import Path
 
 import click
 
-from .. import index as faiss_index
-from .. import integrity
-from .. import recheck as recheck_files
-from ..embed import EmbedOptions, embed_pending
+from ..core import integrity
+from ..core.progress import Progress
+from ..core.workspace import DB_NAME, ModelIdentity, Workspace, check_same_model
 from ..errors import CurateError, InputError
-from ..images import DEFAULT_MAX_PIXELS
-from ..model import DEFAULT_MODEL, DEFAULT_PRETRAINED, WeightsUnavailable, load_encoder, pick_device
-from ..progress import Progress
-from ..sources import detect_source, scan_into, scanned_extensions
-from ..workspace import DB_NAME, ModelIdentity, Workspace, check_same_model
+from ..ingest import recheck as recheck_files
+from ..ingest.images import DEFAULT_MAX_PIXELS
+from ..ingest.model import (
+    DEFAULT_MODEL,
+    DEFAULT_PRETRAINED,
+    WeightsUnavailable,
+    load_encoder,
+    pick_device,
+)
+from ..ingest.scan import scan_into
+from ..ingest.sources import detect_source, scanned_extensions
 from .options import wait_option
 
 
@@ -71,6 +76,10 @@ def build_index(source: Path, ws_path: Path, model: str | None, pretrained: str 
     clip-retrieval output folder (img_emb/, text_emb/, metadata/) to import without a model.
     Running it again adds only new items; a killed run resumes where it stopped.
     """
+    # torch and faiss load here, not at import: `curate --help` and the other commands start without them
+    from ..ingest import faiss_index
+    from ..ingest.embed import EmbedOptions, embed_pending
+
     started = time.time()
     src = detect_source(source, captions_dir)
     ws = Workspace(ws_path)
@@ -115,7 +124,7 @@ def build_index(source: Path, ws_path: Path, model: str | None, pretrained: str 
             notes += [f"damaged: {d.describe()}" for d in damaged]
             notes.append(f"repair: {len(damaged)} damaged shard(s) dropped, {n} items to embed again")
         if src.kind == "clip-retrieval":
-            from ..precomputed import count_rows, import_clip_retrieval
+            from ..ingest.precomputed import count_rows, import_clip_retrieval
 
             with Progress("import", count_rows(src.root), "row") as bar:
                 seen, added, _bad = import_clip_retrieval(ws, con, src.root, run_id, ident.embed_dim, bar.update)
@@ -234,8 +243,8 @@ def _remove(paths: list[Path]) -> None:
 def _precomputed_identity(root: Path, model: str, pretrained: str) -> ModelIdentity:
     import open_clip
 
-    from ..model import register_configs
-    from ..precomputed import embedding_dim
+    from ..ingest.model import register_configs
+    from ..ingest.precomputed import embedding_dim
 
     register_configs()
     cfg = open_clip.get_model_config(model)

@@ -1,4 +1,5 @@
-"""Options shared by several commands: the workspace folder, and how long to wait for it."""
+"""Options shared by several commands: the workspace folder, how long to wait for it, the label
+set and prompt wording (labels, classify), and the review set (review, report)."""
 
 from __future__ import annotations
 
@@ -6,8 +7,8 @@ from pathlib import Path
 
 import click
 
+from ..core.workspace import DB_NAME, DEFAULT_LOCK_WAIT, set_lock_wait
 from ..errors import WorkspaceError
-from ..workspace import DB_NAME, DEFAULT_LOCK_WAIT, set_lock_wait
 
 
 def must_exist(value: Path) -> Path:
@@ -39,3 +40,15 @@ wait_option = click.option(
     "--wait", type=click.FloatRange(0), default=None, expose_value=False, callback=_set_wait, metavar="SECONDS",
     help=f"If another process holds the workspace, wait up to this long for it [default: {DEFAULT_LOCK_WAIT:g}, "
          "or $CURATE_WAIT].")
+
+
+label_set_option = click.option(
+    "--set", "label_set", default="places205", show_default=True,
+    help="Label set: places205, or a file (one label a line, or CSV with label and optional prompt columns).")
+prompts_option = click.option(
+    "--prompts", default="natural", show_default=True,
+    help="Wording: raw, natural, ensemble, a templates file, or one template ('a photo of {a} {label}.').")
+
+DEFAULT_SET_HELP = "the most recently drawn (`curate sample --list` shows them)"
+review_set_option = click.option("--set", "set_name", default=None, metavar="NAME",
+                                 help=f"Review set [default: {DEFAULT_SET_HELP}].")

@@ -7,9 +7,9 @@ from pathlib import Path
 import click
 import duckdb
 
+from ..core.textout import safe
+from ..core.workspace import Workspace
 from ..errors import InputError
-from ..textout import safe
-from ..workspace import Workspace
 from .options import workspace_option
 
 

@@ -1,0 +1,170 @@
+"""Resume and staging of a classify run: what the stored scores depend on (the fingerprint),
+how far they go, whether a run can continue them, and the staging copies (next_*) a
+run writes before it publishes."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import duckdb
+import numpy as np
+
+from ..core import sql
+from ..core.workspace import ModelIdentity, Workspace
+from .label_vectors import LabelQueries
+from .labels import LabelSet
+from .scoring import ENSEMBLE_TEXT_MIN, ENSEMBLE_TEXT_WEIGHT, Batch
+from .state import SCORE_TABLES, STAGE
+
+# Bumped whenever scoring changes what it writes: scores of another version are never resumed.
+SCORES_FORMAT = 1
+
+
+def fingerprint(q: LabelQueries, ls: LabelSet, ident: ModelIdentity, scale: float, storage: str,
+                keep_k: int | None) -> str:
+    """Everything the stored values depend on, as JSON: only scores made with all of it are resumed.
+
+    (The label set's name and the wording's name are not in it: the same labels and
+    prompt texts from another file give the same scores.)
+    """
+    return json.dumps({"format": SCORES_FORMAT, "label_set_digest": ls.digest, "n_labels": len(ls),
+                       "cache_key": q.cache_key, "model": [ident.model, ident.pretrained, ident.embed_dim],
+                       "logit_scale": scale, "storage": storage, "top_k": keep_k,
+                       "ensemble": [ENSEMBLE_TEXT_WEIGHT, ENSEMBLE_TEXT_MIN]}, sort_keys=True)
+
+
+def _wrap64(x: int) -> int:
+    """x as a BIGINT, modulo 2**64 (the id sums wrap the way numpy's int64 sums do)."""
+    return (x + 2 ** 63) % 2 ** 64 - 2 ** 63
+
+
+@dataclass
+class ScoreProgress:
+    """The score_progress row: how far the scores go, and what they hold up to there."""
+
+    last_id: int | None          # the highest item id of the last committed batch; None: no batch yet
+    images: int                  # image vectors scored
+    captions: int
+    image_id_sum: int            # sums of their item ids (modulo 2**64)
+    caption_id_sum: int
+
+    def add(self, b: Batch) -> None:
+        img, cap = b.ids[b.image_rows], b.ids[b.caption_rows]
+        self.images += len(img)
+        self.captions += len(cap)
+        self.image_id_sum = _wrap64(self.image_id_sum + int(img.sum()))
+        self.caption_id_sum = _wrap64(self.caption_id_sum + int(cap.sum()))
+        self.last_id = int(b.ids[-1])
+
+    def save(self, con: duckdb.DuckDBPyConnection, prefix: str = "", finished: bool = False) -> None:
+        con.execute(f"UPDATE {prefix}score_progress SET last_id = ?, images = ?, captions = ?, image_id_sum = ?, "
+                    "caption_id_sum = ?, finished = ?, updated_at = current_timestamp",
+                    [self.last_id, self.images, self.captions, self.image_id_sum, self.caption_id_sum, finished])
+
+
+def _vectors_upto(ws: Workspace, con: duckdb.DuckDBPyConnection, kind: str,
+                  upto: int | None) -> tuple[int, int, int | None, bool]:
+    """(count, id sum, largest id) of the committed vectors of a kind with id <= upto, and
+    whether there are vectors with a greater id. Reads the id files only."""
+    n, total, top, more = 0, 0, None, False
+    for _v, ids_path, _n in ws.shard_files(con, kind):
+        ids = np.load(ids_path)
+        if upto is None:
+            more = more or len(ids) > 0
+            continue
+        m = ids <= upto
+        k = int(m.sum())
+        if k:
+            n += k
+            total = _wrap64(total + int(ids[m].sum()))
+            top = max(int(ids[m].max()), top if top is not None else int(ids[m].max()))
+        more = more or k < len(ids)
+    return n, total, top, more
+
+
+def resume_point(ws: Workspace, con: duckdb.DuckDBPyConnection, fp: str, n_labels: int,
+                  log: Callable[[str], None], prefix: str = "") -> tuple[ScoreProgress, bool] | None:
+    """Where the scores of the tables `<prefix>item_scores`... stop, if this run can continue
+    them: (progress, whether the rows after progress.last_id must go first). None: they
+    cannot be continued (absent, other settings, other vectors)."""
+    if not all(sql.has_relation(con, prefix + t) for t in SCORE_TABLES):
+        return None
+    rows = con.execute(f"SELECT fingerprint, last_id, images, captions, image_id_sum, caption_id_sum "
+                       f"FROM {prefix}score_progress").fetchall()
+    if len(rows) != 1:
+        return None
+    if rows[0][0] != fp:
+        log("starting over: discarding an unfinished classify run made with other settings" if prefix else
+            "starting over: the workspace's scores were made with other settings (they stay in use until "
+            "this run completes)")
+        return None
+    if con.execute(f"SELECT count(*) FROM {prefix}labels").fetchall()[0][0] != n_labels:
+        return None
+    p = ScoreProgress(*rows[0][1:])
+    if p.last_id is None:
+        return p, False
+    # The shards must still hold exactly the vectors scored, up to the last id scored;
+    # what was embedded since must come after it.
+    n_img, sum_img, top_img, more_img = _vectors_upto(ws, con, "image", p.last_id)
+    n_cap, sum_cap, _top, _more = _vectors_upto(ws, con, "caption", p.last_id)
+    if (n_img, sum_img, n_cap, sum_cap) != (p.images, p.image_id_sum, p.captions, p.caption_id_sum):
+        log("starting over: the embeddings are not the ones the scores in the workspace were made from")
+        return None
+    if more_img and (top_img is None or top_img < p.last_id):
+        # The last batches held captions only (items after the last image). Images
+        # embedded since come after them, and a run from the start puts those captions
+        # in one batch with the next images: score them again that way.
+        n_cap, sum_cap, _top, _more = _vectors_upto(ws, con, "caption", top_img)
+        return ScoreProgress(top_img, n_img, n_cap, sum_img, sum_cap), True
+    return p, False
+
+
+def staged_sql() -> str:
+    """queries/scores_tables.sql with every table named next_<table>: the staging copies."""
+    return re.sub(r"CREATE OR REPLACE TABLE (\w+)", lambda m: f"CREATE OR REPLACE TABLE {STAGE}{m.group(1)}",
+                  sql.text(sql.SCORE_TABLES))
+
+
+def drop_staged(con: duckdb.DuckDBPyConnection) -> None:
+    for t in SCORE_TABLES:
+        con.execute(f"DROP TABLE IF EXISTS {STAGE}{t}")
+
+
+def staged_point(ws: Workspace, con: duckdb.DuckDBPyConnection, fp: str, n_labels: int,
+                  log: Callable[[str], None]) -> tuple[ScoreProgress, bool, int | None] | None:
+    """An unfinished run with these settings in the staging tables: (progress, roll back, append_after).
+
+    Staging tables of other settings (or that cannot be continued) are dropped.
+    """
+    if not any(sql.has_relation(con, STAGE + t) for t in SCORE_TABLES):
+        return None
+    point = resume_point(ws, con, fp, n_labels, log, prefix=STAGE)
+    append_after = None
+    if point is not None:
+        append_after = con.execute(f"SELECT append_after FROM {STAGE}score_progress").fetchall()[0][0]
+        if append_after is not None and not _live_is(con, fp):
+            point = None       # staged for a base that is no longer the workspace's scores
+    if point is None:
+        in_transaction(con, lambda: drop_staged(con))
+        return None
+    return point[0], point[1], append_after
+
+
+def _live_is(con: duckdb.DuckDBPyConnection, fp: str) -> bool:
+    if not (sql.has_relation(con, "score_progress") and sql.has_relation(con, "score_settings")):
+        return False
+    rows = con.execute("SELECT fingerprint FROM score_progress").fetchall()
+    return len(rows) == 1 and rows[0][0] == fp
+
+
+def in_transaction(con: duckdb.DuckDBPyConnection, work: Callable[[], object]) -> None:
+    con.execute("BEGIN TRANSACTION")
+    try:
+        work()
+        con.execute("COMMIT")
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise

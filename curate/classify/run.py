@@ -1,0 +1,261 @@
+"""The classify step: every image and caption against every label, exact softmax, into DuckDB.
+
+The label vectors are the queries. Scoring is an exact, chunked float64 matrix
+product of the label vectors with the stored shards (streamed, never all in memory),
+then per item the softmax over the whole label set with the model's logit scale.
+What is stored depends on the collection's size (docs/scores.md):
+
+- `full`: every (item, label) probability, where the matrix is small;
+- `topk`: per item the union of its top-k labels by image and by caption, both
+  modalities' probabilities on those rows, and a bound on everything not stored.
+
+Either way each probability written is the float64 softmax over all labels.
+
+The pieces: label_vectors (the queries), vector_stream (the stored vectors in id order),
+scoring (the maths of one batch), resume (staging and continuing a run), state (what
+readers of the scores check first).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import duckdb
+import numpy as np
+
+from ..core import sql, store
+from ..core.integrity import verify_shards
+from ..core.workspace import ModelIdentity, Workspace, check_same_model
+from .label_vectors import LabelQueries, label_queries
+from .labels import LabelSet, load_label_set
+from .prompts import Wording, resolve
+from .resume import (
+    ScoreProgress,
+    drop_staged,
+    fingerprint,
+    in_transaction,
+    resume_point,
+    staged_point,
+    staged_sql,
+)
+from .scoring import ENSEMBLE_TEXT_MIN, ENSEMBLE_TEXT_WEIGHT, score_batch
+from .state import SCORE_TABLES, STAGE, NotReady
+from .vector_stream import aligned_batches
+
+if TYPE_CHECKING:  # the model module imports torch and open_clip; load it only when needed
+    from ..ingest.model import Encoder
+
+DEFAULT_TOP_K = 10
+# Up to this many (item, label) cells the whole matrix is stored: 100K images x 205
+# labels (20.5M) is; 1M images (205M rows, ~10x the rows of top-k) is not.
+FULL_MAX_CELLS = 25_000_000
+DEFAULT_BATCH_ROWS = 32_768
+# DuckDB's buffer pool while scores are written: without a cap it keeps every block
+# written (80% of RAM by default), so memory would grow with the collection.
+DUCKDB_MEMORY = "1GB"
+
+
+@dataclass(frozen=True)
+class ClassifyResult:
+    label_set: str
+    prompts: str
+    n_labels: int
+    images: int
+    captions: int
+    storage: str
+    top_k: int
+    logit_scale: float
+    label_score_rows: int
+    seconds: float
+    cached_vectors: bool
+    resumed_vectors: int = 0     # vectors an earlier run had scored (a resumed run): not scored again
+
+
+_INSERT_ITEMS = """
+INSERT INTO {table}
+SELECT id,
+       nullif(image_label, -1), nan_null(image_prob), nan_null(image_sim),
+       nullif(image_label2, -1), nan_null(image_prob2), nan_null(image_rest), nan_null(image_lse),
+       nullif(caption_label, -1), nan_null(caption_prob), nan_null(caption_sim),
+       nullif(caption_label2, -1), nan_null(caption_prob2), nan_null(caption_rest), nan_null(caption_lse),
+       nullif(ensemble_label, -1), nan_null(ensemble_prob), nullif(ensemble_label2, -1), nan_null(ensemble_prob2),
+       CASE WHEN image_label = -1 THEN NULL ELSE ensemble_caption_used END
+FROM batch_items
+"""
+_INSERT_ROWS = """
+INSERT INTO {table}
+SELECT id, label_idx, nan_null(image_sim), nan_null(image_prob), nan_null(caption_sim), nan_null(caption_prob)
+FROM batch_rows
+"""
+
+
+def classify(ws_path: str | Path, label_set: str | Path | LabelSet = "places205", prompts: str | Path = "natural",
+             encoder: Encoder | None = None, *, logit_scale: float | None = None, top_k: int = DEFAULT_TOP_K,
+             storage: str = "auto", batch_rows: int = DEFAULT_BATCH_ROWS, device: str | None = None,
+             progress: Callable[[int], None] | None = None, restart: bool = False,
+             log: Callable[[str], None] | None = None, plan: Callable[[int], None] | None = None) -> ClassifyResult:
+    """Score every image and caption of a workspace against a label set; (re)create the views.
+
+    `encoder` is only needed when the label vectors are not cached yet; by default the
+    workspace's own model is loaded then. `storage` is full, topk or auto (by size).
+    A run with the settings of the scores already in the workspace (a killed run, or
+    a finished one before more items were embedded) continues after the last item
+    they hold; `restart` starts over anyway. `plan` hears how many vectors this run will
+    score, `progress` the vectors of each committed batch, `log` a line when a run resumes
+    or starts over.
+    """
+    started = time.time()
+    ws = Workspace(ws_path)
+    if not ws.exists():
+        raise NotReady(f"no workspace at {ws.root}: run `curate build-index` first")
+    ls = label_set if isinstance(label_set, LabelSet) else load_label_set(label_set)
+    wording = resolve(prompts)
+    if storage not in ("auto", "full", "topk"):
+        raise ValueError(f"storage must be auto, full or topk, not {storage!r}")
+    if top_k < 1:
+        raise ValueError("top_k must be at least 1")
+    if batch_rows < 1:
+        raise ValueError("batch_rows must be at least 1")
+    if logit_scale is not None and not (logit_scale > 0 and np.isfinite(logit_scale)):
+        raise ValueError("the logit scale must be a positive number (1 / temperature)")
+    con = ws.connect()
+    try:
+        ident = Workspace.model_identity(con)
+        if ident is None:
+            raise NotReady(f"the workspace {ws.root} has no embeddings yet: run `curate build-index` first")
+        if encoder is not None:
+            check_same_model(ident, encoder.identity)
+
+        def factory():
+            if encoder is not None:
+                return encoder
+            from ..ingest.model import load_encoder
+            return load_encoder(ident.model, ident.pretrained, device)
+
+        q, was_cached = label_queries(con, ident, ls, wording, factory)
+        if q.vectors.shape[1] != ident.embed_dim:
+            raise NotReady(f"label vectors are {q.vectors.shape[1]}-d but the workspace is {ident.embed_dim}-d")
+        scale = float(logit_scale) if logit_scale is not None else q.logit_scale
+        n_img = store.count_vectors(ws, con, "image")
+        n_cap = store.count_vectors(ws, con, "caption")
+        if storage == "auto":
+            storage = "full" if max(n_img, n_cap) * len(ls) <= FULL_MAX_CELLS else "topk"
+        if top_k >= len(ls):
+            storage = "full"
+        keep_k = None if storage == "full" else top_k
+        rows, resumed = _write_scores(ws, con, q, ls, wording, ident, scale, storage, keep_k, n_img, n_cap,
+                                      batch_rows, progress, restart, log or (lambda _line: None), plan)
+    finally:
+        con.close()
+    return ClassifyResult(ls.name, wording.name, len(ls), n_img, n_cap, storage,
+                          len(ls) if keep_k is None else keep_k, scale, rows, time.time() - started, was_cached,
+                          resumed)
+
+
+def _write_scores(ws: Workspace, con: duckdb.DuckDBPyConnection, q: LabelQueries, ls: LabelSet, wording: Wording,
+                  ident: ModelIdentity, scale: float, storage: str, keep_k: int | None, n_img: int, n_cap: int,
+                  batch_rows: int, progress: Callable[[int], None] | None, restart: bool,
+                  log: Callable[[str], None], plan: Callable[[int], None] | None = None) -> tuple[int, int]:
+    """Write the scores; returns (label_scores rows, vectors scored by an earlier run).
+
+    The workspace's scores (labels, item_scores, label_scores, score_settings,
+    score_progress) always hold one complete classification, or none: a run writes into
+    staging copies (next_*), batch by batch, and publishes them in one transaction at the
+    end, so every reader (filter, sample, report, the views in the duckdb shell) sees the
+    previous complete scores until then. Batches commit one by one because DuckDB holds a
+    transaction's appended rows in memory: one transaction would grow with the collection
+    (35 MB a batch, 2 GB at 1M items). Each commits its rows with next_score_progress,
+    so the next run with the same settings continues after the last batch committed.
+
+    A run that continues the workspace's own finished scores (items embedded since)
+    stages only the new items' rows (append_after: the last id of the scores it
+    extends) and appends them when it completes; any other run stages a whole
+    classification, published by renaming the tables (no copy).
+    """
+    con.execute("CREATE OR REPLACE TEMP MACRO nan_null(x) AS CASE WHEN isnan(x) THEN NULL ELSE x END")
+    con.execute(f"SET memory_limit = '{DUCKDB_MEMORY}'")  # a constant of ours, not user text
+    fp = fingerprint(q, ls, ident, scale, storage, keep_k)
+    verify_shards(ws, con)  # a shard lost or damaged under the workspace fails here, not half way
+    if restart:
+        in_transaction(con, lambda: drop_staged(con))
+    staged = None if restart else staged_point(ws, con, fp, len(ls), log)
+    if staged is None:
+        live = None if restart else resume_point(ws, con, fp, len(ls), log)
+        done = ScoreProgress(None, 0, 0, 0, 0) if live is None else live[0]
+        append_after = done.last_id
+
+        def start():
+            drop_staged(con)
+            con.execute(staged_sql())
+            con.executemany(f"INSERT INTO {STAGE}labels VALUES (?, ?, ?, ?, ?)",
+                            [[i, lab, ps[0], ps, scene]
+                             for i, (lab, ps, scene) in enumerate(zip(ls.labels, q.prompts, ls.scenes, strict=True))])
+            con.execute(f"INSERT INTO {STAGE}score_progress (fingerprint, last_id, images, captions, image_id_sum, "
+                        "caption_id_sum, finished, append_after) VALUES (?, ?, ?, ?, ?, ?, false, ?)",
+                        [fp, done.last_id, done.images, done.captions, done.image_id_sum, done.caption_id_sum,
+                         append_after])
+
+        in_transaction(con, start)
+    else:
+        done, roll_back, append_after = staged
+        if roll_back:
+            if append_after is not None and (done.last_id is None or done.last_id < append_after):
+                append_after = done.last_id
+
+            def reopen():
+                where, args = ("", []) if done.last_id is None else (" WHERE id > ?", [done.last_id])
+                con.execute(f"DELETE FROM {STAGE}item_scores" + where, args)
+                con.execute(f"DELETE FROM {STAGE}label_scores" + where, args)
+                done.save(con, STAGE)
+                con.execute(f"UPDATE {STAGE}score_progress SET append_after = ?", [append_after])
+
+            in_transaction(con, reopen)
+    if done.last_id is not None:
+        log(f"resuming after item id {done.last_id:,}: {done.images:,} image and {done.captions:,} caption "
+            "vectors are scored already")
+    resumed = done.images + done.captions
+    if plan:
+        plan(max(0, n_img + n_cap - resumed))
+    insert_items, insert_rows = _INSERT_ITEMS.format(table=STAGE + "item_scores"), \
+        _INSERT_ROWS.format(table=STAGE + "label_scores")
+    for b in aligned_batches(ws, con, batch_rows, done.last_id):
+        items, scored = score_batch(b, q.vectors, scale, keep_k)
+        done.add(b)
+        con.register("batch_items", items)
+        con.register("batch_rows", scored)
+        in_transaction(con, lambda: (con.execute(insert_items), con.execute(insert_rows), done.save(con, STAGE)))
+        con.unregister("batch_items")
+        con.unregister("batch_rows")
+        if progress:
+            progress(len(b.image_rows) + len(b.caption_rows))
+
+    def publish():
+        target = STAGE if append_after is None else ""
+        con.execute(f"DELETE FROM {target}score_settings")
+        con.execute(f"INSERT INTO {target}score_settings (label_set, label_set_digest, prompts, model, pretrained, "
+                    "embed_dim, logit_scale, storage, top_k, n_labels, images, captions, cache_key, "
+                    "ensemble_text_weight, ensemble_text_min) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    [ls.name, ls.digest, wording.name, ident.model, ident.pretrained, ident.embed_dim, scale,
+                     storage, len(ls) if keep_k is None else keep_k, len(ls), n_img, n_cap, q.cache_key,
+                     ENSEMBLE_TEXT_WEIGHT, ENSEMBLE_TEXT_MIN])
+        if append_after is None:   # a whole classification: the staging tables become the scores
+            con.execute(f"UPDATE {STAGE}score_progress SET append_after = NULL")
+            done.save(con, STAGE, finished=True)
+            for t in SCORE_TABLES:
+                con.execute(f"DROP TABLE IF EXISTS {t}")
+                con.execute(f"ALTER TABLE {STAGE}{t} RENAME TO {t}")
+        else:                      # the new items' rows join the scores they extend
+            for t in ("item_scores", "label_scores"):
+                con.execute(f"DELETE FROM {t} WHERE id > ?", [append_after])
+                con.execute(f"INSERT INTO {t} BY NAME SELECT * FROM {STAGE}{t}")
+            done.save(con, "", finished=True)
+            drop_staged(con)
+        sql.install_views(con)
+
+    in_transaction(con, publish)
+    rows = con.execute("SELECT count(*) FROM label_scores").fetchall()[0][0]
+    return int(rows), resumed

@@ -1,0 +1,65 @@
+"""What the workspace's scores are, as every reader asks first: complete (their settings),
+half written by a run that stopped, or none."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import duckdb
+
+from ..core import sql
+from ..errors import CurateError
+
+# The tables of one classification (queries/scores_tables.sql). A run writes them under
+# STAGE + name and publishes them when it completes (see _write_scores).
+SCORE_TABLES = ("labels", "item_scores", "label_scores", "score_settings", "score_progress")
+STAGE = "next_"
+
+
+class NotReady(CurateError, RuntimeError):
+    """The workspace lacks what this step needs (embeddings, or scores)."""
+
+
+def settings(con: duckdb.DuckDBPyConnection) -> dict | None:
+    """The score_settings row of the last complete classify, or None before the first."""
+    if not sql.has_relation(con, "score_settings"):
+        return None
+    rel = con.execute("SELECT * FROM score_settings")
+    cols = [d[0] for d in rel.description]
+    rows = rel.fetchall()
+    return dict(zip(cols, rows[0], strict=True)) if rows else None
+
+
+def unfinished(con: duckdb.DuckDBPyConnection) -> str | None:
+    """A classify run that has not completed, in words ("scored 12,000 of 40,000 vectors"), or None."""
+    for table in (STAGE + "score_progress", "score_progress"):
+        if not sql.has_relation(con, table):
+            continue
+        rows = con.execute(f"SELECT images + captions, finished FROM {table}").fetchall()
+        if len(rows) == 1 and not rows[0][1]:
+            total = con.execute("SELECT coalesce(sum(rows), 0) FROM shards").fetchall()[0][0]
+            return f"scored {rows[0][0]:,} of {total:,} vectors"
+    return None
+
+
+def require_complete(con: duckdb.DuckDBPyConnection, where: str | Path = "the workspace",
+                     *, needed: bool = True) -> dict | None:
+    """The settings of the workspace's complete scores; NotReady when there are none.
+
+    Readers (filter, sample, report) call this first. The published tables always hold a
+    complete classification (a run in progress writes staging tables), except in a
+    workspace written by a curate that scored in place, where a killed run left partial
+    tables without score_settings: that is refused too, naming what is incomplete.
+    `needed=False`: only refuse half a classification (None when there are no scores,
+    for readers of prediction views made some other way).
+    """
+    st = settings(con)
+    if st is not None:
+        return st
+    stopped = unfinished(con)
+    if stopped is not None:
+        raise NotReady(f"{where} has no complete scores: a `curate classify` run stopped after it {stopped}; "
+                       "run the same `curate classify` command again to finish it")
+    if needed:
+        raise NotReady(f"{where} has no scores yet: run `curate classify` first")
+    return None

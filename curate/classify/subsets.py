@@ -1,0 +1,371 @@
+"""Filter outputs: the kept items as parquet, CSV or JSONL, and their files copied or linked.
+
+The selection is the SQL macro `subset(...)` of queries/subsets.sql; every value a
+user gives (labels, threshold, weights, the output file name) reaches DuckDB as a
+bound parameter. The output format comes from the file's extension.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import re
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import duckdb
+
+from ..core import sql
+from ..core.workspace import Workspace, quote_ident
+from ..errors import InputError, OutputError
+from . import calibrated, state
+from .labels import check_labels
+from .scoring import ENSEMBLE_TEXT_MIN, ENSEMBLE_TEXT_WEIGHT
+
+# extension -> COPY options (fixed text, never from the user)
+FORMATS = {
+    ".parquet": "(FORMAT parquet)",
+    ".csv": "(FORMAT csv, HEADER true)",
+    ".tsv": "(FORMAT csv, HEADER true, DELIMITER '\t')",
+    ".jsonl": "(FORMAT json)",
+    ".ndjson": "(FORMAT json)",
+    ".json": "(FORMAT json, ARRAY true)",
+}
+MODES = ("image", "caption", "ensemble")
+
+
+class FilterError(InputError, ValueError):
+    """A filter that cannot run as asked (bad options, nothing classified yet)."""
+
+
+@dataclass(frozen=True)
+class FilterSpec:
+    labels: tuple[str, ...] = ()       # empty: any label
+    min_prob: float = 0.5
+    mode: str = "image"                # image | caption | ensemble
+    unmatched: bool = False            # keep what no label claims at min_prob instead
+    text_weight: float = ENSEMBLE_TEXT_WEIGHT   # ensemble only, as in ensemble_with
+    text_min: float = ENSEMBLE_TEXT_MIN
+    image_min: float = 0.0
+    image_max: float = 1.0
+    renormalize: bool = True
+    calibrated: bool = False           # calibrated probabilities and per-class thresholds (curate report)
+
+    def sql_mode(self, settings: dict) -> str:
+        """The SQL mode: the stored `ensemble` when its parameters are the study's, else ensemble_with."""
+        if self.mode != "ensemble":
+            return self.mode
+        stored = (settings["ensemble_text_weight"], settings["ensemble_text_min"], 0.0, 1.0, True)
+        asked = (self.text_weight, self.text_min, self.image_min, self.image_max, self.renormalize)
+        return "ensemble" if asked == stored else "ensemble_with"
+
+    def params(self, settings: dict) -> list:
+        """The bound parameters of `subset(...)` / `subset_predictions(...)`, in order."""
+        return [self.sql_mode(settings), list(self.labels), float(self.min_prob), self.unmatched,
+                float(self.text_weight), float(self.text_min), float(self.image_min), float(self.image_max),
+                self.renormalize]
+
+
+SUBSET_CALL = ("(?, ?, ?, unmatched := ?, text_weight := ?, text_min := ?, image_min := ?, image_max := ?, "
+               "renormalize := ?)")
+
+
+@dataclass(frozen=True)
+class FilterResult:
+    kept: int
+    total: int
+    out: Path | None
+    files_done: int = 0                # copied or linked
+    files_missing: int = 0             # source file gone
+    inexact: int = 0                   # ensemble rows whose top label is not provably the full argmax
+    unscored: int = 0                  # embedded items classify has not seen (run it again)
+    removed: int = 0                   # files of earlier runs removed from the folder (--clean)
+    others: int = 0                    # files in the folder that curate did not place there
+    earlier: int = 0                   # files placed by earlier runs that this run did not place
+
+    def summary(self, spec: FilterSpec) -> str:
+        rule = (f"calibrated {spec.mode} prob >= its class threshold" if spec.calibrated
+                else f"{spec.mode} prob >= {spec.min_prob:g}")
+        if spec.unmatched:
+            line = f"unmatched: {self.kept:,} of {self.total:,} images (no label with {rule}: what cleaning drops)"
+        else:
+            what = ", ".join(spec.labels) or "any label"
+            line = f"kept {self.kept:,} of {self.total:,} images ({what}, {rule})"
+        if self.out is not None:
+            line += f" -> {self.out}"
+        return line
+
+
+def validate(spec: FilterSpec) -> None:
+    if spec.mode not in MODES:
+        raise FilterError(f"mode must be one of {', '.join(MODES)}, not {spec.mode!r}")
+    if spec.unmatched and spec.labels:
+        raise FilterError("--unmatched keeps what no label claims: it takes no --label")
+    for name in ("min_prob", "text_weight", "text_min", "image_min", "image_max"):
+        v = getattr(spec, name)
+        if not 0.0 <= v <= 1.0:
+            raise FilterError(f"{name.replace('_', '-')} must lie in [0, 1], not {v}")
+
+
+def open_scored(ws_path: str | Path) -> duckdb.DuckDBPyConnection:
+    """A read-only connection to a workspace that `classify` has run on."""
+    ws = Workspace(ws_path)
+    if not ws.exists():
+        raise FilterError(f"no workspace at {ws.root}: run `curate build-index` first")
+    con = ws.connect(read_only=True)
+    try:
+        state.require_complete(con, f"the workspace {ws.root}")
+        if not _has_macro(con, "subset"):
+            raise state.NotReady(f"the workspace {ws.root} has no views yet: run `curate classify` first")
+    except BaseException:
+        con.close()
+        raise
+    return con
+
+
+def write_subset(ws_path: str | Path, spec: FilterSpec, out: str | Path | None,
+                 copy_to: str | Path | None = None, link_to: str | Path | None = None,
+                 clean: bool = False) -> FilterResult:
+    """Select with `subset(...)`, write it to `out` (format by extension), copy or link the files.
+
+    `out` is whole or absent: written under a temporary name beside it and renamed.
+    `clean`: first remove what earlier runs of curate placed in the copy/link folder.
+    """
+    validate(spec)
+    out_path = Path(out) if out is not None else None
+    fmt = None
+    if out_path is not None:
+        fmt = FORMATS.get(out_path.suffix.lower())
+        if fmt is None:
+            raise FilterError(f"cannot tell the format of {out_path}: use one of {', '.join(FORMATS)}")
+    if copy_to is not None and link_to is not None:
+        raise FilterError("give --copy-to or --link-to, not both")
+    con = open_scored(ws_path)
+    try:
+        known = [r[0] for r in con.execute("SELECT label FROM labels ORDER BY label_idx").fetchall()]
+        check_labels(spec.labels, known)
+        st = state.settings(con)
+        if spec.calibrated:
+            _select_calibrated(con, spec)
+            total = con.execute("SELECT count(*) FROM calibrated_predictions").fetchall()[0][0]
+        else:
+            con.execute(f"CREATE TEMP TABLE kept AS SELECT k.id, i.path, i.caption, k.label, k.prob{_extras(con)} "
+                        f"FROM subset_predictions{SUBSET_CALL} k JOIN items i ON i.id = k.id ORDER BY k.id",
+                        spec.params(st))
+            total = con.execute("SELECT scored_items(?)", [spec.sql_mode(st)]).fetchall()[0][0]
+        kept = con.execute("SELECT count(*) FROM kept").fetchall()[0][0]
+        if out_path is not None:
+            write_atomic(out_path, lambda tmp: con.execute(f"COPY kept TO ? {fmt}", [str(tmp)]))
+        placed = Placed()
+        if copy_to is not None or link_to is not None:
+            rows = con.execute("SELECT id, path, label FROM kept ORDER BY id").fetchall()
+            placed = place_files(rows, Path(copy_to or link_to), link=link_to is not None,
+                                 by_label=not spec.unmatched, clean=clean)
+        return FilterResult(kept, total, out_path, placed.done, placed.missing, _inexact(con, spec, st),
+                            _unscored(con), placed.removed, placed.others, placed.earlier)
+    finally:
+        con.close()
+
+
+def _select_calibrated(con: duckdb.DuckDBPyConnection, spec: FilterSpec) -> None:
+    cal = calibrated.load(con)
+    if cal is None:
+        raise FilterError("no calibration in this workspace yet: mark a review set (`curate sample`, "
+                          "`curate review`), then run `curate report` to fit one")
+    if cal.source != spec.mode:
+        raise FilterError(f"the calibration was fitted on {cal.source} predictions: use --mode {cal.source}")
+    query = sql.text("subset_calibrated")
+    query, n = re.subn(r",\s*" + re.escape(_ITEM_EXTRAS), lambda _m: _extras(con), query)
+    if n != 1:
+        raise RuntimeError("subset_calibrated.sql must select the items' own columns as " + _ITEM_EXTRAS)
+    con.execute("CREATE TEMP TABLE kept AS " + query,
+                {"wanted": list(spec.labels), "unmatched": spec.unmatched})
+
+
+# How queries/subsets.sql and subset_calibrated.sql add the source's own columns of items.
+_ITEM_EXTRAS = "i.* EXCLUDE (id, path, caption, status, caption_tokens, caption_truncated, run_id, source_no)"
+_MANAGED = ("id", "path", "caption", "status", "caption_tokens", "caption_truncated", "run_id", "source_no")
+# The columns curate writes before the source's own; a source column of the same name
+# (in any case) comes out as src_<name>, so it never takes or shifts one of curate's.
+OUTPUT_COLUMNS = ("id", "path", "caption", "label", "prob", "class_threshold")
+
+
+def _extras(con: duckdb.DuckDBPyConnection) -> str:
+    """The select list of the items' own columns (", i.a, i.b AS src_b"); '' when there are none."""
+    cols = [r[0] for r in con.execute(
+        "SELECT column_name FROM information_schema.columns WHERE table_schema = 'main' AND table_name = 'items' "
+        "ORDER BY ordinal_position").fetchall()]
+    out = []
+    used = set(OUTPUT_COLUMNS)
+    for c in cols:
+        if c.lower() in _MANAGED:
+            continue
+        name = c
+        while name.lower() in used:  # names are case-insensitive in SQL and in most readers
+            name = "src_" + name
+        used.add(name.lower())
+        out.append(f"i.{quote_ident(c)}" + (f" AS {quote_ident(name)}" if name != c else ""))
+    return "".join(", " + x for x in out)
+
+
+@dataclass
+class Placed:
+    done: int = 0            # copied or linked (or found in place from an earlier run)
+    missing: int = 0         # source file gone
+    removed: int = 0         # files of earlier runs removed first (clean)
+    others: int = 0          # files in the folder curate never placed there (the user's)
+    earlier: int = 0         # files curate placed in an earlier run and not in this one
+
+
+MANIFEST = ".curate-files"     # in the folder: one relative path a line, what curate placed there
+PARTIAL = ".curate-partial"    # suffix of a file being written; renamed to its name when whole
+
+
+def write_atomic(path: Path, write: Callable[[Path], object]) -> None:
+    """Call write(tmp) for a temporary file beside `path`, then rename it to `path`.
+
+    A reader never sees a half-written `path`: it is the earlier file or the whole new
+    one. On failure the temporary file is removed (a kill leaves it, hidden, and the
+    next write to `path` removes it) and OutputError says what happened.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}{PARTIAL}")
+    try:
+        tmp.unlink(missing_ok=True)
+        write(tmp)
+        with open(tmp, "rb") as f:          # on disk before the rename makes it visible
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except (OSError, duckdb.Error) as e:
+        tmp.unlink(missing_ok=True)
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        full = getattr(e, "errno", None) == errno.ENOSPC or "no space left" in first.lower()
+        raise OutputError(f"{'disk full: ' if full else ''}could not write {path}: {first}; nothing was left at "
+                          "that name (free space or fix permissions and run the same command again)") from e
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def place_files(rows: list[tuple[int, str, str]], folder: Path, link: bool, by_label: bool,
+                clean: bool = False) -> Placed:
+    """Copy (or symlink) each item's file to folder/<label folder>/<id>_<name>.
+
+    The id in the name keeps two photos called IMG_0001.jpg apart; an existing
+    destination of the same size is taken as done, so a rerun only adds what is new.
+    Each copy is written under a temporary name and renamed: a file at its final name
+    is always whole. Every file placed is recorded in folder/.curate-files, so that
+    `clean` removes only what curate placed there, never the user's own files.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    recorded = _read_manifest(folder)
+    out = Placed()
+    if clean:
+        for rel in sorted(recorded):
+            f = folder / rel
+            if f.is_file() or f.is_symlink():
+                f.unlink()
+                out.removed += 1
+            _remove_empty_parents(f.parent, folder)
+        recorded = set()
+        _write_manifest(folder, recorded)
+    placed: set[str] = set()
+    try:
+        for item_id, path, label in rows:
+            src = Path(path)
+            if not src.is_file():
+                out.missing += 1
+                continue
+            rel = f"{safe_name(label)}/{item_id}_{src.name}" if by_label else f"{item_id}_{src.name}"
+            dst = folder / rel
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            if link:
+                if not (dst.is_symlink() and os.readlink(dst) == str(src.resolve())):
+                    tmp = dst.with_name(f".{dst.name}{PARTIAL}")
+                    tmp.unlink(missing_ok=True)
+                    os.symlink(src.resolve(), tmp)
+                    os.replace(tmp, dst)
+            elif not (dst.is_file() and not dst.is_symlink() and dst.stat().st_size == src.stat().st_size
+                      and rel in recorded):
+                write_atomic(dst, lambda tmp, src=src: shutil.copy2(src, tmp))
+            placed.add(rel)
+            out.done += 1
+    finally:
+        _write_manifest(folder, recorded | placed)
+    out.earlier = sum(1 for rel in recorded - placed if (folder / rel).exists())
+    out.others = sum(1 for f in folder.rglob("*")
+                     if (f.is_file() or f.is_symlink()) and f.name != MANIFEST
+                     and f.relative_to(folder).as_posix() not in recorded | placed)
+    return out
+
+
+def _read_manifest(folder: Path) -> set[str]:
+    try:
+        lines = (folder / MANIFEST).read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        return set()
+    # only plain relative paths inside the folder: a hand-edited line can never reach outside it
+    return {x for x in lines if x and not x.startswith("/") and ".." not in Path(x).parts}
+
+
+def _write_manifest(folder: Path, rels: set[str]) -> None:
+    path = folder / MANIFEST
+    tmp = path.with_name(path.name + PARTIAL)
+    tmp.write_text("".join(f"{r}\n" for r in sorted(rels)), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _remove_empty_parents(d: Path, top: Path) -> None:
+    while d != top and top in d.parents:
+        try:
+            d.rmdir()
+        except OSError:
+            return
+        d = d.parent
+
+
+# Names Windows reserves for devices, with any extension (con.txt too).
+_RESERVED = {"con", "prn", "aux", "nul", *(f"com{i}" for i in range(10)), *(f"lpt{i}" for i in range(10))}
+_PLAIN = re.compile(r"[a-z0-9][a-z0-9_.-]{0,79}")
+
+
+def safe_name(label: str) -> str:
+    """The folder of a label: distinct labels never share one, and every name is safe.
+
+    A label of lowercase ASCII letters, digits, `_`, `.` and `-` (not leading with `.`
+    or `-`, at most 80 characters, not a Windows device name such as `con`) is its own
+    folder name. Any other label gets a readable form (other characters as `_`, cut to
+    60) plus `~` and 10 hex digits of its SHA-1: `bakery/shop` -> `bakery_shop~<hash>`,
+    `x y` -> `x_y~<hash>`, `..` -> `label~<hash>`. Plain names never hold `~`, so the two
+    kinds never meet; upper case always takes the hashed form, so names stay distinct on
+    case-insensitive file systems too.
+    """
+    if _PLAIN.fullmatch(label) and not label.endswith(".") and label.split(".")[0] not in _RESERVED:
+        return label
+    readable = re.sub(r"[^A-Za-z0-9_.-]+", "_", label).strip("._-")[:60].rstrip("._-") or "label"
+    if readable.split(".")[0].lower() in _RESERVED:
+        readable = "_" + readable
+    return f"{readable}~{hashlib.sha1(label.encode('utf-8')).hexdigest()[:10]}"
+
+
+def _inexact(con: duckdb.DuckDBPyConnection, spec: FilterSpec, st: dict) -> int:
+    """Kept ensemble_with rows whose top label the stored top-k cannot prove (storage topk only)."""
+    if spec.sql_mode(st) != "ensemble_with" or st["storage"] == "full":
+        return 0
+    if spec.min_prob >= 1 / st["top_k"] and not spec.unmatched:
+        return 0  # at prob >= 1/k the bound on unstored labels is always cleared
+    return con.execute("SELECT count(*) FROM subset_predictions" + SUBSET_CALL + " WHERE NOT exact",
+                       spec.params(st)).fetchall()[0][0]
+
+
+def _unscored(con: duckdb.DuckDBPyConnection) -> int:
+    return con.execute("SELECT (SELECT count(*) FROM items WHERE status = 'embedded') - "
+                       "(SELECT count(*) FROM item_scores WHERE image_label IS NOT NULL)").fetchall()[0][0]
+
+
+def _has_macro(con: duckdb.DuckDBPyConnection, name: str) -> bool:
+    return con.execute("SELECT count(*) FROM duckdb_functions() WHERE function_name = ? AND NOT internal",
+                       [name]).fetchall()[0][0] > 0

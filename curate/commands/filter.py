@@ -1,0 +1,95 @@
+"""`curate filter`: cut a labelled subset out of a classified workspace."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from ..classify.calibrated import for_workspace
+from ..classify.scoring import ENSEMBLE_TEXT_MIN, ENSEMBLE_TEXT_WEIGHT
+from ..classify.subsets import FORMATS, MODES, FilterError, FilterSpec, write_subset
+from ..core.textout import echo, safe
+from ..errors import PartialResult
+from . import options
+from .shared import note_pending
+
+
+@click.command("filter")
+@options.workspace_option()
+@click.option("--label", "labels", multiple=True, help="Keep images whose top label is this (repeatable).")
+@click.option("--min-prob", type=click.FloatRange(0, 1), default=0.5, show_default=True,
+              help="Keep a top label only at this probability or above.")
+@click.option("--mode", type=click.Choice(MODES), default="image", show_default=True,
+              help="Whose probabilities: the image's, the caption's, or the ensemble of both.")
+@click.option("--unmatched", is_flag=True, help="Keep instead the images no label claims at --min-prob.")
+@click.option("--text-weight", type=click.FloatRange(0, 1), default=ENSEMBLE_TEXT_WEIGHT, show_default=True,
+              help="Ensemble: weight of the caption's probabilities.")
+@click.option("--text-min", type=click.FloatRange(0, 1), default=ENSEMBLE_TEXT_MIN, show_default=True,
+              help="Ensemble: the caption counts only when its own top probability reaches this.")
+@click.option("--image-max", type=click.FloatRange(0, 1), default=1.0, show_default=True,
+              help="Ensemble (conditional variant): the caption counts only when the image's top probability "
+                   "is at most this.")
+@click.option("--calibrated", is_flag=True,
+              help="Use the calibrated probabilities and each label's own threshold for the target precision, "
+                   "as fitted on the review marks by `curate report` (replaces --min-prob).")
+@click.option("--out", "out", type=click.Path(path_type=Path), default=None,
+              help=f"Output file; format by extension ({', '.join(FORMATS)}).")
+@click.option("--copy-to", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Copy the kept images here, one folder per label.")
+@click.option("--link-to", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Symlink the kept images here instead of copying.")
+@click.option("--clean", is_flag=True,
+              help="First remove from the --copy-to/--link-to folder what earlier runs of curate placed there "
+                   "(listed in its .curate-files); other files are never touched.")
+def filter_cmd(ws_path: Path, labels: tuple[str, ...], min_prob: float, mode: str, unmatched: bool,
+               text_weight: float, text_min: float, image_max: float, calibrated: bool, out: Path | None,
+               copy_to: Path | None, link_to: Path | None, clean: bool) -> None:
+    """Cut a labelled subset (or what cleaning drops) out of a classified workspace."""
+    spec = FilterSpec(labels=labels, min_prob=min_prob, mode=mode, unmatched=unmatched, text_weight=text_weight,
+                      text_min=text_min, image_max=image_max, calibrated=calibrated)
+    if clean and not (copy_to or link_to):
+        raise FilterError("--clean empties a --copy-to or --link-to folder: give one")
+    r = write_subset(ws_path, spec, out, copy_to=copy_to, link_to=link_to, clean=clean)
+    echo(safe(r.summary(spec)))
+    if copy_to or link_to:
+        folder = copy_to or link_to
+        if r.removed:
+            echo(safe(f"removed {r.removed:,} files of an earlier run from {folder}"))
+        echo(safe(f"{'linked' if link_to else 'copied'} {r.files_done:,} files to {folder}"
+                  + (f" ({r.files_missing:,} missing at their path)" if r.files_missing else "")))
+        if r.earlier:
+            echo(safe(f"note: {folder} also holds {r.earlier:,} files an earlier run placed there and this one "
+                      "did not: add --clean to remove them"), err=True)
+        if r.others:
+            echo(safe(f"note: {folder} also holds {r.others:,} files curate did not place there (left as they are)"),
+                 err=True)
+    if r.inexact:
+        click.echo(f"note: {r.inexact:,} kept rows fall under the top-k bound (their label may not be the full "
+                   "argmax); run `curate classify --storage full` for exact ensemble labels at this threshold",
+                   err=True)
+    if r.unscored > 0:
+        click.echo(f"note: {r.unscored:,} embedded images are not classified yet: run `curate classify` again",
+                   err=True)
+    note_pending(ws_path)
+    if spec.calibrated and r.kept == 0:
+        _explain_calibrated_nothing(ws_path, spec)
+
+
+def _explain_calibrated_nothing(ws_path: Path, spec: FilterSpec) -> None:
+    """`--calibrated` kept nothing: name the classes whose threshold the marks could not reach."""
+    cal = for_workspace(ws_path)
+    if cal is None:
+        return
+    wanted = set(spec.labels)
+    classes = [c for c in cal.classes if not wanted or c.label in wanted]
+    unreachable = [c for c in classes if c.threshold is None]
+    if spec.unmatched or not unreachable:
+        return
+    reached = [f"{c.label} >= {c.threshold:.4f}" for c in classes if c.threshold is not None]
+    raise PartialResult(
+        safe(f"kept nothing: no threshold reaches precision {cal.target_precision:g} on the marks for "
+             f"{len(unreachable)} of {len(classes)} classes ({', '.join(c.label for c in unreachable)})"
+             + (f"; the others ({', '.join(reached)}) keep no image" if reached else "")
+             + "; mark more images, or fit again with a lower --target-precision or --min-support "
+               "(`curate report`)"))

@@ -1,0 +1,68 @@
+"""`curate sample`: draw a review set, the study's stratified sample."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from ..core.textout import echo, safe
+from ..validate import sampling
+from ..validate.review import marks
+from . import options
+from .options import wait_option
+from .shared import connect_review
+
+
+@click.command("sample")
+@options.workspace_option("Workspace folder.")
+@wait_option
+@click.option("--top-classes", type=click.IntRange(1), default=10, show_default=True,
+              help="The N most frequent predicted labels (top-1, no threshold).")
+@click.option("--per-class", type=click.IntRange(1), default=100, show_default=True,
+              help="Random images drawn from each of those labels.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Same seed, same sample.")
+@click.option("--source", type=click.Choice(list(sampling.SOURCES)), default="image", show_default=True,
+              help="Which predictions to validate.")
+@click.option("--name", default=None, help="Name of the review set [default: SOURCE-topNxM-seedS].")
+@click.option("--replace", is_flag=True, help="Redraw a set of that name with new parameters (marks are kept).")
+@click.option("--list", "list_only", is_flag=True, help="List the review sets and their progress, draw nothing.")
+def sample(ws_path: Path, top_classes: int, per_class: int, seed: int, source: str, name: str | None,
+           replace: bool, list_only: bool) -> None:
+    """Draw a review set: the study's stratified sample, reproducible from its seed."""
+    con = connect_review(ws_path, read_only=list_only)
+    try:
+        if list_only:
+            for rs in sampling.list_sets(con):
+                p = marks.progress(con, rs.name)
+                echo(safe(f"{rs.name}: {rs.source}, top {rs.top_classes} x {rs.per_class}, seed {rs.seed}; "
+                          f"{p.done} of {p.total} marked"))
+            return
+        rs = sampling.draw(con, source=source, top_classes=top_classes, per_class=per_class, seed=seed,
+                           name=name, replace=replace)
+        prog = marks.progress(con, rs.name)
+        echo(safe(f"review set {rs.name}: {rs.items} images from {source} predictions"))
+        found = sampling.classes(con, rs.name)
+        drawn = dict(con.execute("SELECT label, count(*) FROM review_items WHERE set_name = ? GROUP BY label",
+                                 [rs.name]).fetchall())
+        for label, rank, freq in found:
+            echo(f"  {rank:>3}. {safe(label):<30} {freq:>8} images in the collection")
+        if prog.done:
+            echo(f"{prog.done} of them already marked (marks are shared between sets)")
+        _note_short_sample(rs, found, drawn)
+        echo(safe(f"next: curate review -w {ws_path}"))
+    finally:
+        con.close()
+
+
+def _note_short_sample(rs: sampling.ReviewSet, found: list[tuple[str, int, int]], drawn: dict[str, int]) -> None:
+    """A set smaller than asked is still the study's design on this collection: a NOTE, exit 0."""
+    if len(found) < rs.top_classes:
+        echo(f"NOTE: only {len(found)} predicted classes in the collection, not the {rs.top_classes} asked for",
+             err=True)
+    short = [(label, drawn.get(label, 0)) for label, _r, _f in found if drawn.get(label, 0) < rs.per_class]
+    if short:
+        listed = ", ".join(f"{safe(label)} {n}" for label, n in short[:8]) + (", ..." if len(short) > 8 else "")
+        echo(f"NOTE: {rs.items} images drawn, not {len(found)} x {rs.per_class} = {len(found) * rs.per_class}: "
+             f"{len(short)} classes have fewer than {rs.per_class} images ({listed}); all of theirs were drawn",
+             err=True)

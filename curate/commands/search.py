@@ -1,0 +1,25 @@
+"""`curate search`: the images nearest to a text prompt."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from ..classify.search import search_images
+from ..core.textout import safe
+from . import options
+
+
+@click.command("search")
+@options.workspace_option()
+@click.argument("text")
+@click.option("-k", type=click.IntRange(1), default=20, show_default=True, help="How many images.")
+@click.option("--device", default="auto", show_default=True)
+def search_cmd(ws_path: Path, text: str, k: int, device: str) -> None:
+    """The images nearest to a text prompt, from the image index."""
+    hits = search_images(ws_path, text, k, device=device)
+    click.echo(f"{'rank':>4}  {'score':>7}  {'id':>8}  path  caption")
+    for h in hits:
+        cap = (h.caption or "").replace("\n", " ")
+        click.echo(f"{h.rank:>4}  {h.score:7.4f}  {h.id:>8}  {safe(h.path)}  {safe(cap[:60])}")

@@ -1,0 +1,40 @@
+"""What several commands do alike beside their options: open a workspace for the review
+stage, pick its default review set, note the items still pending."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+import duckdb
+
+from ..core.workspace import Workspace
+from ..validate import sampling
+
+
+def note_pending(ws_path: Path) -> None:
+    """Items scanned but not embedded yet cannot be scored: say how many (exit 0, a NOTE)."""
+    con = Workspace(ws_path).connect(read_only=True)
+    try:
+        n = con.execute("SELECT count(*) FROM items WHERE status = 'pending'").fetchall()[0][0]
+    finally:
+        con.close()
+    if n:
+        click.echo(f"NOTE: {n:,} items are still pending (scanned, not embedded yet): they are not in these "
+                   "results; run `curate build-index` again to embed them, then `curate classify`", err=True)
+
+
+def connect_review(ws_path: Path, read_only: bool = False) -> duckdb.DuckDBPyConnection:
+    """Readers open read-only (any number at once, beside the review page); writers wait
+    for the one write lock a bounded time, then say who holds it (WorkspaceBusy). A missing
+    workspace was refused by the -w option."""
+    con = Workspace(ws_path).connect(read_only=read_only)
+    if not read_only:
+        sampling.ensure_schema(con)
+    return con
+
+
+def default_set(con: duckdb.DuckDBPyConnection, set_name: str | None) -> sampling.ReviewSet:
+    """The set `review`, `review --export` and `report` work on: the named one, else the most
+    recently drawn (the one `curate sample` just printed)."""
+    return sampling.get_set(con, set_name)

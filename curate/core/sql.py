@@ -1,0 +1,42 @@
+"""The SQL files of queries/ (package `curate.queries` once installed), loaded and run.
+
+(Named `sql`, not `queries`: `curate.queries` is the package of the SQL files themselves.)
+
+The files are the interface: a user can paste them into the DuckDB shell. They take
+no parameters; values reach the views' macros as bound parameters at query time.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+
+import duckdb
+
+# Tables that persist across runs (created if missing).
+CACHE = "label_cache"
+# Tables of one classify run (replaced as a whole).
+SCORE_TABLES = "scores_tables"
+# Views and macros over the scores, in dependency order.
+VIEWS = ("predictions", "caption_predictions", "ensemble", "coverage", "subsets")
+
+
+def text(name: str) -> str:
+    """The SQL of queries/<name>.sql."""
+    return resources.files("curate.queries").joinpath(f"{name}.sql").read_text(encoding="utf-8")
+
+
+def run(con: duckdb.DuckDBPyConnection, name: str) -> None:
+    """Execute every statement of queries/<name>.sql."""
+    con.execute(text(name))
+
+
+def install_views(con: duckdb.DuckDBPyConnection) -> None:
+    for name in VIEWS:
+        run(con, name)
+
+
+def has_relation(con: duckdb.DuckDBPyConnection, name: str) -> bool:
+    """Whether the main schema has a table or view of that name."""
+    return con.execute(
+        "SELECT count(*) FROM information_schema.tables WHERE table_schema = 'main' AND table_name = ?",
+        [name]).fetchall()[0][0] > 0

@@ -1,0 +1,403 @@
+"""The workspace: one DuckDB file plus the embeddings and indexes beside it.
+
+    ws/curate.duckdb          items, rejected, runs, meta, shards (+ views from queries/)
+    ws/embeddings/image/      part-NNNNNN.npy (float32, L2-normalised) + part-NNNNNN.ids.npy
+    ws/embeddings/caption/    the same for captions
+    ws/indexes/               images.faiss, captions.faiss
+
+The database is the source of truth: a shard file counts only once its row in
+`shards` is committed, so a killed run never leaves half-recorded work behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import re
+import socket
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import duckdb
+
+from ..errors import WorkspaceBusy, WorkspaceError
+
+DB_NAME = "curate.duckdb"
+STORAGE_VERSION = "v1.5.0"
+
+# `id` is ours (dense BIGINT, the FAISS id); `source_id` is what the source calls the
+# item (manifest id, or the path relative to the source root); `source_no` is the
+# source (table `sources`). (source_no, source_id) is what makes a second run over the
+# same source add only new items, and keeps two sources' items apart.
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS sources (
+    source_no INTEGER PRIMARY KEY,
+    kind VARCHAR NOT NULL,                       -- folder | tree | manifest | clip-retrieval | unknown
+    location VARCHAR,                            -- the resolved folder or manifest file
+    description VARCHAR NOT NULL UNIQUE,         -- what identifies it (includes a captions folder)
+    first_run INTEGER,
+    added_at TIMESTAMP DEFAULT current_timestamp
+);
+CREATE TABLE IF NOT EXISTS items (
+    id BIGINT PRIMARY KEY,
+    source_id VARCHAR NOT NULL,
+    path VARCHAR NOT NULL,
+    caption VARCHAR,
+    status VARCHAR NOT NULL DEFAULT 'pending',   -- pending | embedded | rejected
+    caption_tokens INTEGER,
+    caption_truncated BOOLEAN,
+    run_id INTEGER,
+    source_no INTEGER,
+    UNIQUE (source_no, source_id)
+);
+CREATE TABLE IF NOT EXISTS rejected (
+    item_id BIGINT,
+    source_id VARCHAR,
+    path VARCHAR,
+    reason VARCHAR NOT NULL,
+    stage VARCHAR NOT NULL,                      -- scan | decode | caption | import
+    run_id INTEGER,
+    rejected_at TIMESTAMP DEFAULT current_timestamp,
+    source_no INTEGER
+);
+CREATE TABLE IF NOT EXISTS runs (
+    run_id INTEGER PRIMARY KEY,
+    command VARCHAR,
+    source VARCHAR,
+    model VARCHAR,
+    pretrained VARCHAR,
+    random_weights BOOLEAN,
+    embed_dim INTEGER,
+    device VARCHAR,
+    started_at TIMESTAMP,
+    finished_at TIMESTAMP,
+    duration_s DOUBLE,
+    items_added BIGINT,
+    items_embedded BIGINT,
+    items_rejected BIGINT,
+    status VARCHAR,                              -- running | finished | failed | interrupted
+    versions JSON
+);
+CREATE TABLE IF NOT EXISTS meta (
+    key VARCHAR PRIMARY KEY,
+    value VARCHAR
+);
+CREATE TABLE IF NOT EXISTS shards (
+    kind VARCHAR NOT NULL,                       -- image | caption
+    part INTEGER NOT NULL,
+    file VARCHAR NOT NULL,
+    rows BIGINT NOT NULL,
+    run_id INTEGER,
+    PRIMARY KEY (kind, part)
+);
+"""
+
+# Columns and tables added after the first release, applied to existing workspaces at
+# every read-write connect (each statement must be idempotent: IF NOT EXISTS).
+UPGRADES: list[str] = [
+    "ALTER TABLE rejected ADD COLUMN IF NOT EXISTS source_no INTEGER",
+    # how build-index decoded images ('exact' or 'draft'): it changes the vectors
+    "ALTER TABLE runs ADD COLUMN IF NOT EXISTS decode VARCHAR",
+    # items.source_no and the (source_no, source_id) key: sources.upgrade_items (a table rebuild).
+    # runs: who ran it, so a later start can tell a killed run from a live one
+    "ALTER TABLE runs ADD COLUMN IF NOT EXISTS pid INTEGER",
+    "ALTER TABLE runs ADD COLUMN IF NOT EXISTS host VARCHAR",
+    # each item's file as it was when decoded, so a rerun can tell a changed file (curate/ingest/recheck.py);
+    # a table of its own, not columns of items, whose other columns are the source's own
+    "CREATE TABLE IF NOT EXISTS item_files (item_id BIGINT PRIMARY KEY, size BIGINT, mtime_ns BIGINT, hash VARCHAR)",
+    # shards: what was written, so damage is found cheaply (curate/core/integrity.py)
+    "ALTER TABLE shards ADD COLUMN IF NOT EXISTS min_id BIGINT",
+    "ALTER TABLE shards ADD COLUMN IF NOT EXISTS max_id BIGINT",
+    "ALTER TABLE shards ADD COLUMN IF NOT EXISTS vec_sum VARCHAR",
+    "ALTER TABLE shards ADD COLUMN IF NOT EXISTS ids_sum VARCHAR",
+    "ALTER TABLE shards ADD COLUMN IF NOT EXISTS vec_mtime_ns BIGINT",
+    "ALTER TABLE shards ADD COLUMN IF NOT EXISTS ids_mtime_ns BIGINT",
+]
+
+KINDS = ("image", "caption")
+
+
+@dataclass(frozen=True)
+class ModelIdentity:
+    """What the workspace's vectors were made with; label vectors must match it."""
+
+    model: str
+    pretrained: str
+    embed_dim: int
+    random_weights: bool
+
+    def describe(self) -> str:
+        w = "random weights" if self.random_weights else f"pretrained={self.pretrained}"
+        return f"{self.model} ({w}, {self.embed_dim}-d)"
+
+
+class ModelMismatch(WorkspaceError, RuntimeError):
+    pass
+
+
+class Workspace:
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+
+    # -- layout ---------------------------------------------------------------
+    @property
+    def db_path(self) -> Path:
+        return self.root / DB_NAME
+
+    def embeddings_dir(self, kind: str) -> Path:
+        assert kind in KINDS, kind
+        return self.root / "embeddings" / kind
+
+    @property
+    def indexes_dir(self) -> Path:
+        return self.root / "indexes"
+
+    def index_path(self, kind: str) -> Path:
+        return self.indexes_dir / ("images.faiss" if kind == "image" else "captions.faiss")
+
+    def exists(self) -> bool:
+        return self.db_path.exists()
+
+    # -- database -------------------------------------------------------------
+    def connect(self, read_only: bool = False, wait: float | None = None) -> duckdb.DuckDBPyConnection:
+        """Open the database; while another process holds it, retry for `wait` seconds
+        (default: `lock_wait()`), then raise `WorkspaceBusy` naming that process.
+
+        DuckDB's rule: one read-write process, or any number of read-only ones. Read-only
+        connections see the marks the review server has not folded in yet (curate/core/journal.py);
+        read-write ones fold them in first.
+        """
+        from . import journal
+
+        if read_only and not self.exists():
+            raise FileNotFoundError(
+                f"no workspace at {self.root} (expected {self.db_path}); run `curate build-index` first"
+            )
+        deadline = time.monotonic() + (lock_wait() if wait is None else max(0.0, wait))
+        pause = 0.02
+        while True:
+            try:
+                con = self._open(read_only)
+                break
+            except (duckdb.IOException, duckdb.ConnectionException) as e:
+                if not is_lock_error(e):
+                    raise
+                if time.monotonic() >= deadline:
+                    raise WorkspaceBusy(busy_message(self.db_path, str(e), read_only,
+                                                     lock_wait() if wait is None else wait)) from None
+                time.sleep(min(pause, max(0.0, deadline - time.monotonic())))
+                pause = min(pause * 2, 0.25)
+        if read_only:
+            journal.overlay(con, self.root)
+            return con
+        con.execute(SCHEMA)
+        for stmt in UPGRADES:
+            con.execute(stmt)
+        journal.fold(con, self.root)
+        return con
+
+    def _open(self, read_only: bool) -> duckdb.DuckDBPyConnection:
+        if read_only:
+            return duckdb.connect(str(self.db_path), read_only=True)
+        self.root.mkdir(parents=True, exist_ok=True)
+        # Written in a storage format the `duckdb` shell (duckdb-cli, one release behind
+        # the Python package) can open, so `duckdb ws/curate.duckdb` works.
+        config = {} if self.db_path.exists() else {"storage_compatibility_version": STORAGE_VERSION}
+        return duckdb.connect(str(self.db_path), config=config)
+
+    # -- meta -----------------------------------------------------------------
+    @staticmethod
+    def get_meta(con: duckdb.DuckDBPyConnection, key: str) -> str | None:
+        rows = con.execute("SELECT value FROM meta WHERE key = ?", [key]).fetchall()
+        return rows[0][0] if rows else None
+
+    @staticmethod
+    def set_meta(con: duckdb.DuckDBPyConnection, key: str, value: str) -> None:
+        con.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", [key, value])
+
+    @classmethod
+    def model_identity(cls, con: duckdb.DuckDBPyConnection) -> ModelIdentity | None:
+        raw = cls.get_meta(con, "model")
+        if raw is None:
+            return None
+        d = json.loads(raw)
+        return ModelIdentity(d["model"], d["pretrained"], int(d["embed_dim"]), bool(d["random_weights"]))
+
+    @classmethod
+    def bind_model(cls, con: duckdb.DuckDBPyConnection, ident: ModelIdentity) -> None:
+        """Record the model on first use; refuse a different one afterwards."""
+        have = cls.model_identity(con)
+        if have is None:
+            cls.set_meta(con, "model", json.dumps(ident.__dict__))
+            return
+        check_same_model(have, ident)
+
+    # -- runs -----------------------------------------------------------------
+    @staticmethod
+    def start_run(con: duckdb.DuckDBPyConnection, command: str, source: str, ident: ModelIdentity | None,
+                  device: str) -> int:
+        mark_interrupted(con)
+        run_id = con.execute("SELECT coalesce(max(run_id), 0) + 1 FROM runs").fetchall()[0][0]
+        con.execute(
+            "INSERT INTO runs (run_id, command, source, model, pretrained, random_weights, embed_dim, device,"
+            " started_at, status, versions, pid, host) VALUES (?, ?, ?, ?, ?, ?, ?, ?, now(), 'running', ?, ?, ?)",
+            [run_id, command, source,
+             ident.model if ident else None, ident.pretrained if ident else None,
+             ident.random_weights if ident else None, ident.embed_dim if ident else None,
+             device, json.dumps(package_versions()), os.getpid(), socket.gethostname()],
+        )
+        return int(run_id)
+
+    @staticmethod
+    def finish_run(con: duckdb.DuckDBPyConnection, run_id: int, started: float | None, status: str) -> None:
+        """Close a run with what it did itself: items its scan added, image vectors it committed
+        (shards it wrote), rejections it recorded; a resumed run counts its own work only."""
+        con.execute(
+            f"""
+            UPDATE runs SET finished_at = now(), status = ?,
+                duration_s = coalesce(?, epoch(now()::TIMESTAMP) - epoch(started_at)),
+                {_RUN_COUNTS}
+            WHERE run_id = ?
+            """,
+            [status, None if started is None else time.time() - started, run_id, run_id, run_id, run_id],
+        )
+
+    # -- shards ---------------------------------------------------------------
+    def shard_files(self, con: duckdb.DuckDBPyConnection, kind: str) -> list[tuple[Path, Path, int]]:
+        """Committed shards of one kind, in part order: (vectors, ids, rows)."""
+        rows = con.execute(
+            "SELECT file, rows FROM shards WHERE kind = ? ORDER BY part", [kind]
+        ).fetchall()
+        d = self.embeddings_dir(kind)
+        return [(d / f, d / (f[: -len(".npy")] + ".ids.npy"), int(n)) for f, n in rows]
+
+
+_RUN_COUNTS = """
+                items_added = (SELECT count(*) FROM items WHERE run_id = ?),
+                items_embedded = (SELECT coalesce(sum(rows), 0) FROM shards WHERE kind = 'image' AND run_id = ?),
+                items_rejected = (SELECT count(*) FROM rejected WHERE run_id = ?)"""
+
+
+def _alive(pid: int | None, host: str | None) -> bool:
+    """Whether a run's process may still be running: only a process on this host can be checked."""
+    if pid is None or host != socket.gethostname():
+        return host is not None and host != socket.gethostname()  # another host's: cannot tell, leave it
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def mark_interrupted(con: duckdb.DuckDBPyConnection) -> list[int]:
+    """Runs left `running` by a process that is gone (kill -9, power loss) become `interrupted`,
+    with the counts of what they committed before they died."""
+    rows = con.execute("SELECT run_id, pid, host FROM runs WHERE status = 'running' ORDER BY run_id").fetchall()
+    dead = [r for r, pid, host in rows if not _alive(pid, host)]
+    for run_id in dead:
+        con.execute(f"UPDATE runs SET status = 'interrupted', {_RUN_COUNTS} WHERE run_id = ?",
+                    [run_id, run_id, run_id, run_id])
+    return dead
+
+
+# -- the one-writer rule ---------------------------------------------------------
+# How long a command waits for a workspace another process holds (`curate --wait`,
+# `--wait` on the writers, or CURATE_WAIT), before it says who holds it.
+DEFAULT_LOCK_WAIT = 10.0
+_lock_wait: float | None = None
+
+
+def set_lock_wait(seconds: float | None) -> None:
+    global _lock_wait
+    _lock_wait = seconds
+
+
+def lock_wait() -> float:
+    if _lock_wait is not None:
+        return _lock_wait
+    try:
+        return max(0.0, float(os.environ.get("CURATE_WAIT", DEFAULT_LOCK_WAIT)))
+    except ValueError:
+        return DEFAULT_LOCK_WAIT
+
+
+def is_lock_error(e: BaseException) -> bool:
+    """Another process holds the file, or (same rule, one process) another connection of
+    this process holds it in the other mode (a review server in a notebook or a test)."""
+    text = str(e)
+    if isinstance(e, duckdb.ConnectionException):
+        return "different configuration" in text
+    return isinstance(e, duckdb.IOException) and ("Could not set lock" in text or "Conflicting lock" in text)
+
+
+def holder_command(pid: int) -> str | None:
+    """The command line of a process, as a person would type it (from /proc), or None."""
+    try:
+        argv = [a.decode(errors="replace") for a in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0") if a]
+    except OSError:
+        return None
+    if not argv:
+        return None
+    for i, a in enumerate(argv[:-1]):  # python [-u] -m curate.cli ARGS -> curate ARGS
+        if a == "-m" and argv[i + 1] in ("curate.cli", "curate"):
+            argv = ["curate", *argv[i + 2:]]
+            break
+    else:
+        if len(argv) > 1 and Path(argv[1]).name == "curate" and "python" in Path(argv[0]).name:
+            argv = ["curate", *argv[2:]]
+        else:
+            argv = [Path(argv[0]).name, *argv[1:]]
+    if argv[0] == "duckdb":  # the duckdb-cli wrapper starts the shell with a long `-cmd SET ...`
+        argv = [a for i, a in enumerate(argv) if a != "-cmd" and (i == 0 or argv[i - 1] != "-cmd")]
+    cmd = " ".join(" ".join(argv).split())
+    return cmd if len(cmd) <= 120 else cmd[:117] + "..."
+
+
+def busy_message(db_path: Path, error: str, read_only: bool, waited: float) -> str:
+    """One line: which process holds the database, and what to do."""
+    m = re.search(r"\(PID (\d+)\)", error)
+    pid = int(m.group(1)) if m else None
+    cmd = holder_command(pid) if pid is not None else None
+    if pid is not None:
+        who = f"process {pid}" + (f" ({cmd})" if cmd else "")
+    else:
+        who = "another connection of this process" if "different configuration" in error else "another process"
+    # DuckDB adds this hint only when the holder itself is a read-only connection.
+    how = "reading it" if "read-only mode" in error else "writing it"
+    todo = ("wait for it to finish or stop it" if how == "writing it"
+            else "close it (a duckdb shell opened with -readonly does not block curate's reads, only its writes)")
+    return (f"the workspace {db_path} is busy: {who} is {how} (DuckDB allows one writer, or any number of "
+            f"readers); waited {waited:g} s. {todo[0].upper() + todo[1:]}, or run again with --wait SECONDS")
+
+
+def check_same_model(have: ModelIdentity, want: ModelIdentity) -> None:
+    if (have.model, have.pretrained, have.embed_dim) != (want.model, want.pretrained, want.embed_dim):
+        raise ModelMismatch(
+            f"this workspace was embedded with {have.describe()}, not {want.describe()}: "
+            "vectors from different models cannot be compared. Use the same --model/--pretrained, "
+            "or a new --workspace."
+        )
+
+
+def package_versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": platform.python_version()}
+    for name in ("curate", "torch", "open_clip_torch", "faiss-cpu", "faiss-gpu", "duckdb", "numpy", "pillow"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            continue
+    return out
+
+
+def quote_ident(name: str) -> str:
+    """A user-supplied column name, safe to put in SQL as an identifier."""
+    return '"' + name.replace('"', '""') + '"'
+

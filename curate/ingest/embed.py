@@ -1,0 +1,383 @@
+"""The embedding loop: pending items in, committed shards out.
+
+Decoding and preprocessing run in DataLoader worker processes so that they overlap
+the model's forward pass; the main process only runs the model and commits. Work is
+committed shard by shard (every `shard_size` items or `commit_seconds`, whichever
+comes first), each in one transaction with its items' status and rejections, so a
+killed run loses at most the shard in flight and a rerun picks up where it stopped.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import duckdb
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, get_worker_info
+
+from ..core import store
+from ..core.workspace import Workspace
+from . import recheck
+from .images import DEFAULT_MAX_PIXELS, BadImage, ResizeRule, open_rgb, resize_rule
+from .model import Encoder
+
+# Pending items are fetched from the database this many at a time, so memory stays
+# bounded however large the collection is (one DataLoader per chunk).
+FETCH_CHUNK = 50_000
+
+
+@dataclass
+class EmbedOptions:
+    batch_size: int = 64
+    workers: int = -1               # -1: one per core, at most 16
+    shard_size: int = 10_000
+    commit_seconds: float = 60.0
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    limit: int | None = None        # stop after this many items (smoke runs, benchmarks)
+    draft_decode: bool = False      # reduced-scale JPEG decoding: faster, vectors differ slightly
+    hash_files: bool = False        # also record a content hash of each file (--recheck hash)
+
+    def n_workers(self) -> int:
+        if self.workers >= 0:
+            return self.workers
+        return max(1, min(16, os.cpu_count() or 1))
+
+
+# Fault-injection point, for tests only: a loader worker about to decode exactly this
+# path kills itself with SIGKILL, as the out-of-memory killer would, so the recovery from
+# a dead worker can be tested with a real process death. Read when the dataset is built
+# (so it reaches workers under any start method) and acted on only inside a worker.
+FAULT_KILL_WORKER_ENV = "CURATE_FAULT_KILL_WORKER"
+
+
+class _ItemImages(Dataset):
+    """Worker side: decode + preprocess one image; never raises for a bad file."""
+
+    def __init__(self, ids: np.ndarray, paths: list[str], preprocess, resize: ResizeRule, max_pixels: int,
+                 draft: bool = False, hash_files: bool = False):
+        self.ids, self.paths, self.preprocess = ids, paths, preprocess
+        self.resize, self.max_pixels, self.draft = resize, max_pixels, draft
+        self.hash_files = hash_files
+        self.kill_path = os.environ.get(FAULT_KILL_WORKER_ENV) or None
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, i: int):
+        path = self.paths[i]
+        if self.kill_path is not None and path == self.kill_path and get_worker_info() is not None:
+            os.kill(os.getpid(), signal.SIGKILL)
+        # The file as it is before decoding: if it changes while we decode, the next run's
+        # recheck sees a newer mtime and embeds it again (never the other way round).
+        seen = recheck.file_state(path, self.hash_files)
+        try:
+            im = open_rgb(path, max_pixels=self.max_pixels, resize=self.resize, draft=self.draft)
+            return int(self.ids[i]), self.preprocess(im), None, seen
+        except BadImage as e:
+            return int(self.ids[i]), None, str(e), seen
+        except Exception as e:  # noqa: BLE001 - one odd file must not stop a 100M-image run
+            return int(self.ids[i]), None, f"cannot decode: {type(e).__name__}: {e}", seen
+
+
+def _collate(batch):
+    ok = [(i, t) for i, t, err, _ in batch if err is None]
+    bad = [(i, err) for i, _, err, _ in batch if err is not None]
+    ids = np.array([i for i, _ in ok], dtype=np.int64)
+    x = torch.stack([t for _, t in ok]) if ok else None
+    seen = [(i, *st) for i, _, _, st in batch]
+    return ids, x, bad, seen
+
+
+class _WorkerDied(Exception):
+    """A loader worker process ended while it held items; str(e) says how it ended."""
+
+
+def _how_it_died(exitcodes: list[int | None]) -> str:
+    for code in exitcodes:
+        if code is None or code == 0:
+            continue
+        if code < 0:
+            try:
+                name = signal.Signals(-code).name
+            except ValueError:
+                name = f"signal {-code}"
+            why = {"SIGKILL": ", often the out-of-memory killer", "SIGSEGV": ", a crash in a decoder",
+                   "SIGBUS": ", a crash in a decoder", "SIGABRT": ", a crash in a decoder"}.get(name, "")
+            return f"killed by {name}{why}"
+        return f"exited with status {code}"
+    return "exited unexpectedly"
+
+
+def _threaded(loader: DataLoader) -> Iterator:
+    """The loader's batches, pulled by a helper thread.
+
+    Torch installs a SIGCHLD handler when a multi-worker iterator is created in the main
+    thread; it raises "worker killed" inside whatever the main thread is doing (the model,
+    a commit). Created in a helper thread, the iterator has no such handler and finds a dead
+    worker itself, synchronously, within its status check interval (5 s); the error comes
+    out here, between batches, where the caller can recover from it.
+    """
+    q: queue.Queue = queue.Queue(maxsize=2)
+    stop = threading.Event()
+
+    def put(item) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.2)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def run() -> None:
+        it = None
+        try:
+            it = iter(loader)
+            for b in it:
+                if not put(("batch", b)):
+                    return
+            put(("end", None))
+        except Exception as e:  # noqa: BLE001 - handed to the consumer, which decides
+            if isinstance(e, RuntimeError) and "DataLoader worker" in str(e):
+                codes = [w.exitcode for w in getattr(it, "_workers", ())]
+                e = _WorkerDied(_how_it_died(codes))
+            put(("error", e))
+        finally:
+            it = None  # shuts the workers down
+
+    t = threading.Thread(target=run, name="curate-loader", daemon=True)
+    t.start()
+    try:
+        while True:
+            kind, val = q.get()
+            if kind == "batch":
+                yield val
+            elif kind == "end":
+                return
+            else:
+                raise val
+    finally:
+        stop.set()
+
+
+class _ChunkLoader:
+    """Decoded, preprocessed batches of one chunk of items, in id order.
+
+    A worker that dies (out-of-memory killer, a segfault in a decoder) makes torch's
+    DataLoader fail for the whole iteration. Batches already received are kept; the items
+    that were in flight are decoded again in smaller steps, each in fresh worker
+    processes: first one item per task (at most `workers` in flight), then the items of a
+    failed step one at a time in one worker. An item that kills a worker on its own is
+    rejected with the reason; everything else is embedded, and the run goes on.
+    """
+
+    PREFETCH = 4
+
+    def __init__(self, ids: np.ndarray, paths: list[str], enc: Encoder, opts: EmbedOptions):
+        self.ids, self.paths, self.enc, self.opts = ids, paths, enc, opts
+        self.resize = resize_rule(enc.preprocess, enc.image_size)
+        nw = opts.n_workers()
+        # (batch size, workers, prefetch factor) per level of recovery
+        self.levels = [(opts.batch_size, nw, self.PREFETCH)]
+        if nw > 1:
+            self.levels.append((1, nw, 1))
+        if nw > 0:
+            self.levels.append((1, 1, 1))
+
+    def __iter__(self) -> Iterator:
+        return self._load(0, len(self.ids), 0)
+
+    def _loader(self, lo: int, hi: int, level: int) -> DataLoader:
+        bs, nw, pf = self.levels[level]
+        ds = _ItemImages(self.ids[lo:hi], self.paths[lo:hi], self.enc.preprocess, self.resize,
+                         self.opts.max_pixels, self.opts.draft_decode, self.opts.hash_files)
+        return DataLoader(ds, batch_size=bs, num_workers=nw, collate_fn=_collate,
+                          prefetch_factor=pf if nw > 0 else None, persistent_workers=False,
+                          pin_memory=self.enc.device.startswith("cuda"))
+
+    def _load(self, lo: int, hi: int, level: int) -> Iterator:
+        bs, nw, pf = self.levels[level]
+        start = lo
+        while start < hi:
+            done = [0]  # items received from this loader
+            try:
+                batches = self._counted(self._loader(start, hi, level), done)
+                # level 0 batches go to the model as they are; single items are regrouped
+                yield from (batches if level == 0 else self._regroup(batches))
+                return
+            except _WorkerDied as e:
+                at = start + done[0]
+                if at >= hi:
+                    return
+                if level == len(self.levels) - 1:
+                    # one item, one fresh worker, nothing else in flight: this item did it
+                    reason = f"the image decoder process died on this image ({e})"
+                    seen = [(int(self.ids[at]), *recheck.file_state(self.paths[at], self.opts.hash_files))]
+                    yield np.zeros(0, np.int64), None, [(int(self.ids[at]), reason)], seen
+                    start = at + 1
+                    continue
+                in_flight = min(hi, at + bs * max(nw, 1) * pf + bs)
+                yield from self._load(at, in_flight, level + 1)
+                start = in_flight
+
+    @staticmethod
+    def _counted(loader: DataLoader, counter: list[int]) -> Iterator:
+        for b in _threaded(loader):
+            counter[0] += len(b[0]) + len(b[2])
+            yield b
+
+    def _regroup(self, batches: Iterator) -> Iterator:
+        ids: list[np.ndarray] = []
+        xs: list[torch.Tensor] = []
+        bad: list[tuple[int, str]] = []
+        seen: list[tuple] = []
+
+        def group():
+            return ((np.concatenate(ids) if ids else np.zeros(0, np.int64)), (torch.cat(xs) if xs else None), bad,
+                    seen)
+
+        try:
+            for b_ids, x, b_bad, b_seen in batches:
+                bad.extend(b_bad)
+                seen.extend(b_seen)
+                if x is not None:
+                    ids.append(b_ids)
+                    xs.append(x)
+                if sum(len(a) for a in ids) >= self.opts.batch_size:
+                    yield group()
+                    ids, xs, bad, seen = [], [], [], []
+        except _WorkerDied:
+            if ids or bad:  # what decoded before the death is kept
+                yield group()
+            raise
+        if ids or bad:
+            yield group()
+
+
+class _Pending:
+    """Embedded-but-uncommitted work of the current shard."""
+
+    def __init__(self) -> None:
+        self.clear()
+
+    def clear(self) -> None:
+        self.img_ids: list[np.ndarray] = []
+        self.img_vecs: list[np.ndarray] = []
+        self.cap_ids: list[np.ndarray] = []
+        self.cap_vecs: list[np.ndarray] = []
+        self.cap_tokens: list[tuple[int, int, bool]] = []
+        self.rejected: list[tuple[int, str]] = []
+        self.seen: list[tuple[int, int | None, int | None, str | None]] = []  # id, size, mtime_ns, hash
+        self.started = time.monotonic()
+
+    @property
+    def n_items(self) -> int:
+        return sum(len(a) for a in self.img_ids) + len(self.rejected)
+
+
+def embed_pending(ws: Workspace, con: duckdb.DuckDBPyConnection, enc: Encoder, run_id: int,
+                  opts: EmbedOptions, progress: Callable[[int], None] | None = None) -> tuple[int, int]:
+    """Embed every pending item; returns (embedded, rejected) for this call."""
+    store.remove_orphans(ws, con)
+    done_ok = done_bad = 0
+    last_id = -1
+    remaining = opts.limit
+    pending = _Pending()
+    while remaining is None or remaining > 0:
+        n = FETCH_CHUNK if remaining is None else min(FETCH_CHUNK, remaining)
+        rows = con.execute(
+            "SELECT id, path, caption FROM items WHERE status = 'pending' AND id > ? ORDER BY id LIMIT ?",
+            [last_id, n],
+        ).fetchall()
+        if not rows:
+            break
+        last_id = rows[-1][0]
+        if remaining is not None:
+            remaining -= len(rows)
+        ids = np.array([r[0] for r in rows], dtype=np.int64)
+        captions = {r[0]: r[2] for r in rows if r[2] is not None}
+        for batch_ids, x, bad, seen in _ChunkLoader(ids, [r[1] for r in rows], enc, opts):
+            pending.seen.extend(seen)
+            if x is not None:
+                pending.img_ids.append(batch_ids)
+                pending.img_vecs.append(enc.encode_image_tensor(x))
+                _embed_captions(enc, batch_ids, captions, pending)
+            pending.rejected.extend(bad)
+            if progress:
+                progress(len(batch_ids) + len(bad))
+            if pending.n_items >= opts.shard_size or time.monotonic() - pending.started >= opts.commit_seconds:
+                ok, nbad = _commit(ws, con, run_id, pending)
+                done_ok, done_bad = done_ok + ok, done_bad + nbad
+    if pending.n_items:
+        ok, nbad = _commit(ws, con, run_id, pending)
+        done_ok, done_bad = done_ok + ok, done_bad + nbad
+    return done_ok, done_bad
+
+
+def _embed_captions(enc: Encoder, batch_ids: np.ndarray, captions: dict[int, str], pending: _Pending) -> None:
+    """Captions of the images that decoded: an item is all or nothing within a shard."""
+    with_cap = [int(i) for i in batch_ids if int(i) in captions]
+    if not with_cap:
+        return
+    texts = [captions[i] for i in with_cap]
+    counts = enc.token_counts(texts)
+    pending.cap_ids.append(np.array(with_cap, dtype=np.int64))
+    pending.cap_vecs.append(enc.encode_tokens(enc.tokenize(texts)))
+    limit = enc.context_length - 2  # start and end markers take two places
+    pending.cap_tokens.extend((i, c, c > limit) for i, c in zip(with_cap, counts, strict=True))
+
+
+def _commit(ws: Workspace, con: duckdb.DuckDBPyConnection, run_id: int, p: _Pending) -> tuple[int, int]:
+    img_ids = np.concatenate(p.img_ids) if p.img_ids else np.zeros(0, np.int64)
+    shard_rows = []
+    if len(img_ids):
+        part = store.next_part(con, "image")
+        shard_rows.append(("image", part, store.write_shard(ws, "image", part, img_ids, np.concatenate(p.img_vecs))))
+    if p.cap_ids:
+        cap_ids = np.concatenate(p.cap_ids)
+        part = store.next_part(con, "caption")
+        shard_rows.append(("caption", part, store.write_shard(ws, "caption", part, cap_ids, np.concatenate(p.cap_vecs))))
+    con.execute("BEGIN TRANSACTION")
+    try:
+        for kind, part, written in shard_rows:
+            store.record_shard(con, kind, part, written, written.rows, run_id)
+        if len(img_ids):
+            con.register("done_ids", {"id": img_ids})
+            con.execute("UPDATE items SET status = 'embedded' FROM done_ids d WHERE items.id = d.id")
+            con.unregister("done_ids")
+        if p.cap_tokens:
+            t_id, t_n, t_trunc = zip(*p.cap_tokens, strict=True)
+            con.register("cap_tok", {"id": np.array(t_id, np.int64), "n": np.array(t_n, np.int32),
+                                     "trunc": np.array(t_trunc, bool)})
+            con.execute("UPDATE items SET caption_tokens = c.n, caption_truncated = c.trunc "
+                        "FROM cap_tok c WHERE items.id = c.id")
+            con.unregister("cap_tok")
+        if p.seen:
+            s_id, s_size, s_mtime, s_hash = zip(*p.seen, strict=True)
+            con.register("seen", {"id": np.array(s_id, np.int64), "size": np.array(s_size, dtype=object),
+                                  "mtime": np.array(s_mtime, dtype=object), "hash": np.array(s_hash, dtype=object)})
+            con.execute("INSERT OR REPLACE INTO item_files "
+                        "SELECT id, size::BIGINT, mtime::BIGINT, hash::VARCHAR FROM seen")
+            con.unregister("seen")
+        if p.rejected:
+            r_id, r_reason = zip(*p.rejected, strict=True)
+            con.register("bad", {"id": np.array(r_id, np.int64), "reason": np.array(r_reason, dtype=object)})
+            con.execute("UPDATE items SET status = 'rejected' FROM bad b WHERE items.id = b.id")
+            con.execute("INSERT INTO rejected (item_id, source_id, path, reason, stage, run_id) "
+                        "SELECT i.id, i.source_id, i.path, b.reason, 'decode', ? FROM bad b JOIN items i ON i.id = b.id",
+                        [run_id])
+            con.unregister("bad")
+        con.execute("COMMIT")
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+    n_ok, n_bad = len(img_ids), len(p.rejected)
+    p.clear()
+    return n_ok, n_bad

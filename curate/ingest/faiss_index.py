@@ -1,0 +1,306 @@
+"""FAISS indexes built from the committed embedding shards, following recipes in indexes/.
+
+A recipe (indexes/*.json) says what an index is: the FAISS factory string, metric,
+training sample size, and the collection sizes it suits. The recipe is picked by size
+unless the user names one. Training runs on the GPU when faiss has one; the index is
+always written as a CPU index, readable with plain `faiss.read_index`, and its ids are
+item ids.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from importlib.resources import files
+from pathlib import Path
+
+import duckdb
+import faiss
+import numpy as np
+
+from ..core import store
+from ..core.workspace import Workspace
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str
+    factory: str
+    description: str
+    min_items: int
+    max_items: int | None
+    raw: dict
+
+    def factory_for(self, n: int, d: int) -> tuple[str, int]:
+        """The factory string for n vectors of dimension d, and the number of lists (0 if none)."""
+        nlist = 0
+        if "{nlist}" in self.factory:
+            rule = self.raw["nlist"]
+            nlist = 2 ** round(math.log2(max(1.0, rule["per_sqrt_n"] * math.sqrt(max(n, 1)))))
+            nlist = int(min(rule["max"], max(rule["min"], nlist)))
+            nlist = max(1, min(nlist, n // 39 or 1))  # k-means wants ~39 points a centroid
+        pq_m = max(1, int(d * self.raw.get("pq_bytes_per_dim", 0.125)))
+        while d % pq_m:  # PQ needs sub-vectors of equal size
+            pq_m -= 1
+        return self.factory.format(nlist=nlist, pq_m=pq_m), nlist
+
+
+def recipes() -> dict[str, Recipe]:
+    out = {}
+    for entry in files("curate.indexes").iterdir():
+        if entry.name.endswith(".json"):
+            raw = json.loads(entry.read_text())
+            out[raw["name"]] = Recipe(raw["name"], raw["factory"], raw.get("description", ""),
+                                      int(raw.get("min_items", 0)), raw.get("max_items"), raw)
+    return out
+
+
+def pick_recipe(n: int, name: str | None = None) -> Recipe:
+    rs = recipes()
+    if name and name != "auto":
+        if name not in rs:
+            raise ValueError(f"unknown index recipe '{name}'; known: {', '.join(sorted(rs))}")
+        return rs[name]
+    for r in sorted(rs.values(), key=lambda r: r.min_items):
+        if r.min_items <= n and (r.max_items is None or n < r.max_items):
+            return r
+    return rs["flat"]
+
+
+def gpu_available() -> bool:
+    return hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
+
+
+INDEX_SHARDS_DDL = """
+CREATE TABLE IF NOT EXISTS index_shards (
+    kind VARCHAR NOT NULL,                       -- image | caption: which index file
+    part INTEGER NOT NULL,                       -- a shards.part whose vectors the file holds
+    rows BIGINT NOT NULL,
+    run_id INTEGER,
+    PRIMARY KEY (kind, part)
+);
+"""
+
+
+@dataclass(frozen=True)
+class IndexResult:
+    path: Path
+    factory: str
+    ntotal: int
+    mode: str  # built (first time) | rebuilt | added | unchanged | empty
+    added: int = 0
+    reason: str = ""  # why it was rebuilt
+
+
+def build_index(ws: Workspace, con: duckdb.DuckDBPyConnection, kind: str, recipe_name: str | None = None,
+                progress: Callable[[int], None] | None = None, seed: int = 0, rebuild: bool = False,
+                plan: Callable[[int, str], None] | None = None) -> IndexResult:
+    """Bring ws/indexes/<kind>s.faiss up to date with the committed shards.
+
+    What the file holds is recorded in the database: `index_shards` lists its shards and
+    meta `index.<kind>` its recipe, factory, training size and a fingerprint of the file.
+    When the file matches its record, the recipe is still the one to use, and the recorded
+    shards are a prefix of the committed ones, only the new shards' vectors are added (a
+    trained IVF keeps its centroids); otherwise, or when the collection has grown
+    `retrain_growth` times since training, the index is rebuilt from every shard.
+    `plan(rows_to_add, mode)` is called once before vectors are added; `progress(rows)` as
+    they are.
+
+    The file is written to a temporary name and renamed. The record of the new file (with
+    the old one kept as `previous`) is committed before the rename and settled after it, so
+    a run killed at any point leaves a file whose record the next run finds.
+    """
+    con.execute(INDEX_SHARDS_DDL)
+    out = ws.index_path(kind)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.unlink(missing_ok=True)  # left by a killed run
+    committed = [tuple(r) for r in con.execute(
+        "SELECT part, rows, run_id FROM shards WHERE kind = ? ORDER BY part", [kind]).fetchall()]
+    files = ws.shard_files(con, kind)
+    assert len(files) == len(committed)
+    n = sum(r[1] for r in committed)
+    if n == 0:
+        out.unlink(missing_ok=True)
+        _save_record(con, kind, None, [])
+        return IndexResult(out, "", 0, "empty")
+    d = _dim(ws, con, kind)
+    recipe = pick_recipe(n, recipe_name)
+    on_disk, reason = _state_on_disk(con, kind, out, committed)
+    state = on_disk
+    if state is not None:
+        state, reason = _still_fits(state, recipe, n, d)
+    if rebuild and state is not None:
+        state, reason = None, "asked for"
+    if state is not None and state["shards"] == len(committed):  # nothing new: leave the file alone
+        if _record(con, kind) != {"current": state, "previous": None} or _recorded_shards(con, kind) != committed:
+            _save_record(con, kind, {"current": state, "previous": None}, committed)  # a killed run's leftovers
+        if plan:
+            plan(0, "unchanged")
+        return IndexResult(out, state["factory"], int(state["ntotal"]), "unchanged")
+    if state is not None:
+        index = faiss.read_index(str(out))
+        if index.ntotal != state["ntotal"] or index.d != d:
+            state, on_disk, reason = None, None, "the index file does not hold what its record says"
+
+    if state is None:  # from scratch
+        mode = "built" if reason == "no index yet" else "rebuilt"
+        start, trained_n = 0, n
+        factory, nlist = recipe.factory_for(n, d)
+        index = faiss.index_factory(d, factory, faiss.METRIC_INNER_PRODUCT)
+        if not index.is_trained:
+            _train(index, _training_sample(ws, con, kind, n, recipe, nlist, seed))
+    else:
+        mode, reason = "added", ""
+        start, trained_n, factory, nlist = state["shards"], state["trained_n"], state["factory"], state["nlist"]
+    if nlist:
+        faiss.extract_index_ivf(index).nprobe = int(recipe.raw.get("nprobe", 16))
+    todo = sum(r[1] for r in committed[start:])
+    if plan:
+        plan(todo, mode)
+    for vec_path, ids_path, _rows in files[start:]:
+        ids = np.load(ids_path)
+        vecs = np.load(vec_path, mmap_mode="r")
+        for s in range(0, len(ids), 100_000):
+            index.add_with_ids(np.ascontiguousarray(vecs[s : s + 100_000], dtype=np.float32),
+                               ids[s : s + 100_000].astype(np.int64))
+            if progress:
+                progress(len(ids[s : s + 100_000]))
+    faiss.write_index(index, str(tmp))
+    _fsync(tmp)
+    new = {"recipe": recipe.name, "factory": factory, "nlist": nlist, "dim": d, "trained_n": trained_n,
+           "ntotal": int(index.ntotal), "shards": len(committed), "file": _fingerprint(tmp)}
+    # Before the rename the file on disk is still `on_disk`; after it, `new`. Either way the
+    # next run finds the file's record; once renamed, the old one is dropped.
+    _save_record(con, kind, {"current": new, "previous": on_disk}, committed)
+    _install(tmp, out)
+    _save_record(con, kind, {"current": new, "previous": None}, None)
+    return IndexResult(out, factory, int(index.ntotal), mode, todo if mode == "added" else 0, reason)
+
+
+def _state_on_disk(con: duckdb.DuckDBPyConnection, kind: str, out: Path,
+                   committed: list[tuple]) -> tuple[dict | None, str]:
+    """The record of the index file as it is on disk, if it still describes a prefix of the shards."""
+    rec = _record(con, kind)
+    if rec is None:
+        return None, ("no index yet" if not out.exists() else "no record of what the index file holds")
+    if not out.exists():
+        return None, "the index file is missing"
+    fp = _fingerprint(out)
+    state = next((s for s in (rec.get("current"), rec.get("previous")) if s and s["file"] == fp), None)
+    if state is None:
+        return None, "the index file does not match its record"
+    k = int(state["shards"])
+    if k > len(committed) or _recorded_shards(con, kind)[:k] != committed[:k]:
+        return None, "the shards it was built from changed"
+    return state, ""
+
+
+def _still_fits(state: dict, recipe: Recipe, n: int, d: int) -> tuple[dict | None, str]:
+    if state["recipe"] != recipe.name:
+        return None, f"recipe {recipe.name}, was {state['recipe']}"
+    if state["dim"] != d:
+        return None, f"vectors are {d}-d, the index {state['dim']}-d"
+    growth = recipe.raw.get("retrain_growth")
+    if growth and state["nlist"] and n >= float(growth) * state["trained_n"]:
+        return None, (f"retrained, the collection grew {n / state['trained_n']:.1f}x since training on "
+                      f"{state['trained_n']} vectors (retrain_growth {growth})")
+    return state, ""
+
+
+def _record(con: duckdb.DuckDBPyConnection, kind: str) -> dict | None:
+    raw = Workspace.get_meta(con, f"index.{kind}")
+    return json.loads(raw) if raw else None
+
+
+def _recorded_shards(con: duckdb.DuckDBPyConnection, kind: str) -> list[tuple]:
+    return [tuple(r) for r in con.execute(
+        "SELECT part, rows, run_id FROM index_shards WHERE kind = ? ORDER BY part", [kind]).fetchall()]
+
+
+def _save_record(con: duckdb.DuckDBPyConnection, kind: str, rec: dict | None, shards: list[tuple] | None) -> None:
+    """One transaction: the meta record, and (unless None) the list of shards in index_shards."""
+    con.execute("BEGIN TRANSACTION")
+    try:
+        if rec is None:
+            con.execute("DELETE FROM meta WHERE key = ?", [f"index.{kind}"])
+        else:
+            Workspace.set_meta(con, f"index.{kind}", json.dumps(rec))
+        if shards is not None:
+            con.execute("DELETE FROM index_shards WHERE kind = ?", [kind])
+            if shards:
+                con.executemany("INSERT INTO index_shards VALUES (?, ?, ?, ?)", [(kind, *s) for s in shards])
+        con.execute("COMMIT")
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+
+
+def _fingerprint(path: Path, chunk: int = 1 << 20) -> str:
+    """Size and a hash of the first and last MiB: tells one index file from another cheaply."""
+    size = path.stat().st_size
+    h = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as f:
+        h.update(f.read(chunk))
+        if size > chunk:
+            f.seek(max(chunk, size - chunk))
+            h.update(f.read())
+    return f"{size}:{h.hexdigest()}"
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _install(tmp: Path, out: Path) -> None:
+    os.replace(tmp, out)
+    _fsync(out.parent)
+
+
+def _dim(ws: Workspace, con: duckdb.DuckDBPyConnection, kind: str) -> int:
+    for _ids, vecs in store.iter_embeddings(ws, con, kind, batch_rows=1):
+        return int(vecs.shape[1])
+    raise ValueError("no vectors")
+
+
+def _training_sample(ws: Workspace, con: duckdb.DuckDBPyConnection, kind: str, n: int, recipe: Recipe,
+                     nlist: int, seed: int) -> np.ndarray:
+    want = min(n, int(recipe.raw.get("train_max", 1_000_000)),
+               max(nlist * int(recipe.raw.get("train_points_per_list", 64)), 10_000))
+    pick = np.sort(np.random.default_rng(seed).choice(n, size=want, replace=False))
+    out, offset = [], 0
+    for vec_path, _ids_path, rows in ws.shard_files(con, kind):
+        lo, hi = np.searchsorted(pick, [offset, offset + rows])
+        if hi > lo:
+            out.append(np.asarray(np.load(vec_path, mmap_mode="r")[pick[lo:hi] - offset]))
+        offset += rows
+    return np.ascontiguousarray(np.concatenate(out), dtype=np.float32)
+
+
+def _train(index, sample: np.ndarray) -> None:
+    ivf = faiss.extract_index_ivf(index)
+    if gpu_available():
+        # k-means is the costly part of training; faiss runs it on the GPU through the
+        # clustering index, and the trained index stays a plain CPU index.
+        res = faiss.StandardGpuResources()
+        ivf.clustering_index = faiss.index_cpu_to_gpu(res, 0, faiss.IndexFlatL2(ivf.d))
+    index.train(sample)
+
+
+def search(index_path: Path, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k (scores, item ids) for each query vector, on the GPU when there is one."""
+    index = faiss.read_index(str(index_path))
+    if gpu_available() and k <= 2048:
+        try:
+            index = faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), 0, index)
+        except RuntimeError:  # some wrappers have no GPU twin; the CPU index answers the same
+            pass
+    return index.search(np.ascontiguousarray(queries, dtype=np.float32), k)

@@ -1,0 +1,180 @@
+"""The report's pictures: matplotlib plots (Agg, no display), the calibration's reliability
+diagram, and per-class image grids.
+
+Grids are drawn with Pillow: one PNG of hits and one of misses per class, each tile
+a thumbnail with its top probability, so a reader sees at a glance what the model
+confuses (the study's Figure 2).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only: no display on servers, no GUI toolkit needed
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from PIL import Image, ImageDraw, ImageFont, ImageOps  # noqa: E402
+
+if TYPE_CHECKING:
+    from ..classify.calibrated import Calibration
+    from .report import Marked, Report, SourceReport
+
+TILE = 128
+COLUMNS = 6
+HIT_COLOUR = (26, 127, 55)
+MISS_COLOUR = (198, 40, 40)
+
+
+def save(fig, path: Path, ax=None) -> Path:
+    """The common ending of every plot: grid and legend on `ax`, then the PNG, then free it."""
+    if ax is not None:
+        ax.grid(alpha=.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plots(report: Report, out: Path) -> list[Path]:
+    """rates.png (hit/error rate and ratio against threshold), coverage.png, class_accuracy.png."""
+    files = [_rates(report, out / "rates.png"), _class_accuracy(report.main, out / "class_accuracy.png")]
+    if report.coverage:
+        files.append(_coverage(report.coverage, out / "coverage.png"))
+    if report.calibration is not None:
+        p = calibration_plot(report.calibration, out / "calibration.png")
+        if p is not None:
+            files.append(p)
+    return files
+
+
+def _rates(report: Report, path: Path) -> Path:
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
+    styles = ["-", "--", ":"]
+    for sr, ls in zip([report.main, *report.others], styles, strict=False):
+        t = [r.threshold for r in sr.thresholds]
+        ax.plot(t, [r.hit_rate or 0 for r in sr.thresholds], ls, marker="o", color="tab:green",
+                label=f"hit rate ({sr.source})")
+        ax.plot(t, [r.error_rate or 0 for r in sr.thresholds], ls, marker="s", color="tab:red",
+                label=f"error rate ({sr.source})")
+        ratio = [(r.threshold, r.ratio) for r in sr.thresholds if r.ratio is not None]
+        ax2.plot([x for x, _ in ratio], [y for _, y in ratio], ls, marker="o", color="tab:blue",
+                 label=f"ratio ({sr.source})")
+        if sr.best.threshold is not None:
+            ax2.axvline(sr.best.threshold, color="tab:blue", alpha=.3, linestyle=ls)
+    ax.set(xlabel="threshold on top probability", ylabel="share of the sample's hits / errors kept",
+           title="Hit and error rate by threshold", xlim=(0, 1), ylim=(0, 1.02))
+    ax2.set(xlabel="threshold on top probability", ylabel="hit rate / error rate",
+            title="Ratio (vertical line: best threshold)", xlim=(0, 1))
+    for a in (ax, ax2):
+        a.grid(alpha=.3)
+        a.legend(fontsize=8)
+    return save(fig, path)
+
+
+def _coverage(cov: dict[str, list[tuple[float, int, float]]], path: Path) -> Path:
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for source, rows in cov.items():
+        ax.plot([t for t, _, _ in rows], [100 * s for _, _, s in rows], marker="o", label=source)
+    ax.set(xlabel="threshold on top probability", ylabel="% of the collection classified",
+           title="Coverage by threshold", xlim=(0, 1), ylim=(0, 102))
+    return save(fig, path, ax)
+
+
+def _class_accuracy(sr: SourceReport, path: Path) -> Path:
+    classes = [c for c in sr.classes if c.accuracy is not None]
+    fig, ax = plt.subplots(figsize=(7, 0.5 + 0.35 * max(len(classes), 1)))
+    labels = [c.label for c in classes][::-1]
+    acc = [100 * c.accuracy for c in classes][::-1]
+    ax.barh(range(len(acc)), acc, color="tab:green")
+    ax.set_yticks(range(len(acc)), labels)
+    for i, a in enumerate(acc):
+        ax.text(a + 1, i, f"{a:.0f}%", va="center", fontsize=8)
+    ax.set(xlabel="accuracy in the sample (%)", xlim=(0, 110), title=f"Accuracy per class ({sr.source})")
+    return save(fig, path)
+
+
+def grids(sr: SourceReport, out: Path, per_grid: int = 24) -> dict[str, tuple[Path, Path]]:
+    """label -> (hits grid, misses grid); only for marks that know their image files."""
+    if not any(m.path for m in sr.marks):
+        return {}
+    out.mkdir(parents=True, exist_ok=True)
+    result = {}
+    for rank, c in enumerate(sr.classes, start=1):
+        base = f"{rank:02d}-{slug(c.label)}"
+        pair = []
+        for mark, colour in (("hit", HIT_COLOUR), ("miss", MISS_COLOUR)):
+            chosen = [m for m in sr.marks if m.label == c.label and m.mark == mark][:per_grid]
+            path = out / f"{base}-{mark}es.png" if mark == "miss" else out / f"{base}-{mark}s.png"
+            _grid(chosen, colour, f"{c.label}: {mark}es" if mark == "miss" else f"{c.label}: {mark}s", path)
+            pair.append(path)
+        result[c.label] = (pair[0], pair[1])
+    return result
+
+
+def _grid(marks: Sequence[Marked], colour: tuple[int, int, int], title: str, path: Path) -> None:
+    font = ImageFont.load_default()
+    n = max(len(marks), 1)
+    cols = min(COLUMNS, n)
+    rows = (n + cols - 1) // cols
+    head = 22
+    sheet = Image.new("RGB", (cols * TILE, head + rows * TILE), (250, 250, 250))
+    draw = ImageDraw.Draw(sheet)
+    draw.text((6, 5), f"{title} ({len(marks)})", fill=colour, font=font)
+    if not marks:
+        draw.text((6, head + 8), "none", fill=(120, 120, 120), font=font)
+    for i, m in enumerate(marks):
+        x, y = (i % cols) * TILE, head + (i // cols) * TILE
+        tile = _thumb(m.path)
+        sheet.paste(tile, (x + 2, y + 2))
+        draw.rectangle([x + 1, y + 1, x + TILE - 2, y + TILE - 2], outline=colour, width=2)
+        draw.rectangle([x + 3, y + TILE - 16, x + 46, y + TILE - 4], fill=(0, 0, 0))
+        draw.text((x + 5, y + TILE - 16), f"{m.prob:.3f}", fill=(255, 255, 255), font=font)
+    sheet.save(path, "PNG", optimize=True)
+
+
+def _thumb(path: str | None) -> Image.Image:
+    size = TILE - 4
+    try:
+        with Image.open(path) as im:
+            im.draft("RGB", (size * 2, size * 2))  # JPEG: decode at reduced scale, much faster
+            im = ImageOps.exif_transpose(im).convert("RGB")
+            return ImageOps.fit(im, (size, size))
+    except (OSError, ValueError, TypeError):
+        tile = Image.new("RGB", (size, size), (220, 220, 220))
+        ImageDraw.Draw(tile).text((8, size // 2 - 6), "image missing", fill=(90, 90, 90))
+        return tile
+
+
+def calibration_plot(cal: Calibration, path: Path) -> Path | None:
+    """Reliability diagram: share of hits against (raw, calibrated) top probability."""
+    if cal.raw is None:
+        return None
+    fig, ax = plt.subplots(figsize=(5.5, 4.5))
+    edges = np.linspace(0, 1, 11)
+    for values, name, colour in ((cal.raw, "raw", "tab:gray"), (cal.calibrated, f"T = {cal.temperature:.3g}",
+                                                                   "tab:blue")):
+        b = np.clip(np.digitize(values, edges) - 1, 0, 9)
+        xs, ys = [], []
+        for k in range(10):
+            sel = b == k
+            if sel.sum():
+                xs.append(values[sel].mean())
+                ys.append(cal.hits[sel].mean())
+        ax.plot(xs, ys, marker="o", color=colour, label=name)
+    ax.plot([0, 1], [0, 1], color="black", alpha=.3, linestyle=":")
+    ax.set(xlabel="top probability (bin mean)", ylabel="share of hits", xlim=(0, 1), ylim=(0, 1),
+           title="Reliability on the marks")
+    return save(fig, path, ax)
+
+
+def slug(label: str) -> str:
+    """A file-name-safe form of a label ('cathedral/outdoor' -> 'cathedral-outdoor')."""
+    s = re.sub(r"[^A-Za-z0-9._-]+", "-", label).strip("-.")
+    return s[:60] or "label"

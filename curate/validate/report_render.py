@@ -1,0 +1,353 @@
+"""The validation report written out: the terminal's text tables, the CSV files and the HTML
+page, in a report folder replaced whole (report_figures.py draws the pictures it links)."""
+
+from __future__ import annotations
+
+import csv
+import html
+import os
+import re
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+
+from ..classify.calibrated import Calibration
+from ..errors import OutputError
+from .report import ClassRow, Report, SourceReport, ThresholdRow, fmt4, fmt_t, pct
+
+THRESHOLD_COLUMNS = ("threshold", "kept", "hits", "hit_rate", "errors", "error_rate", "ratio")
+CLASS_COLUMNS = ("class", "frequency", "sampled", "hits", "misses", "skipped", "unmarked", "accuracy",
+                 "mean_prob_hits", "mean_prob_misses")
+
+
+# -- files out ------------------------------------------------------------------------
+
+def _write_csv(path: Path, header: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(header)
+        w.writerows(rows)
+
+
+def threshold_csv_rows(rows: Sequence[ThresholdRow]) -> list[list[str]]:
+    return [[fmt_t(r.threshold), str(r.kept), str(r.hits), fmt4(r.hit_rate), str(r.errors),
+             fmt4(r.error_rate), fmt4(r.ratio)] for r in rows]
+
+
+def class_csv_rows(rows: Sequence[ClassRow]) -> list[list[str]]:
+    return [[c.label, "" if c.frequency is None else str(c.frequency), str(c.sampled), str(c.hits),
+             str(c.misses), str(c.skipped), str(c.unmarked), fmt4(c.accuracy), fmt4(c.mean_prob_hits),
+             fmt4(c.mean_prob_misses)] for c in rows]
+
+
+def summary_rows(sr: SourceReport) -> list[tuple[str, str]]:
+    s, b = sr.summary, sr.best
+    return [
+        ("review_set", sr.name), ("source", sr.source), ("sampled", str(s.sampled)), ("hits", str(s.hits)),
+        ("misses", str(s.misses)), ("skipped", str(s.skipped)), ("unmarked", str(s.unmarked)),
+        ("accuracy", fmt4(s.accuracy)), ("mean_class_accuracy", fmt4(sr.mean_class_accuracy)),
+        ("mean_prob_hits", fmt4(s.mean_prob_hits)), ("mean_prob_misses", fmt4(s.mean_prob_misses)),
+        ("best_threshold", "" if b.threshold is None else fmt_t(b.threshold)),
+        ("best_ratio", fmt4(b.ratio)), ("best_rule", b.rule),
+        ("max_ratio_threshold", "" if b.unconstrained_threshold is None else fmt_t(b.unconstrained_threshold)),
+        ("max_ratio", fmt4(b.unconstrained_ratio)),
+    ]
+
+
+def comparison_rows(report: Report) -> tuple[list[str], list[list[str]]]:
+    """Table 3: per threshold, what each kind of prediction keeps and how precise it is."""
+    srs = [report.main, *report.others]
+    header = ["threshold"]
+    for sr in srs:
+        header += [f"{sr.source}_{c}" for c in ("kept", "precision", "hit_rate", "error_rate", "ratio")]
+    rows = []
+    for i, t in enumerate(report.main.thresholds):
+        row = [fmt_t(t.threshold)]
+        for sr in srs:
+            r = sr.thresholds[i]
+            row += [str(r.kept), fmt4(r.precision), fmt4(r.hit_rate), fmt4(r.error_rate), fmt4(r.ratio)]
+        rows.append(row)
+    return header, rows
+
+
+REPORT_MANIFEST = ".curate-report"    # in a report folder: the files of the report, one a line
+
+
+def write(report: Report, out: str | Path, grid_size: int = 24) -> list[Path]:
+    """Write the report as the folder `out`, replacing an earlier report there; returns its files.
+
+    A report folder holds one report: the new one is written in a folder beside `out`,
+    then swapped in, so nothing of an earlier report (image grids of other classes)
+    stays, and a report killed half way leaves the earlier one whole. A folder that
+    holds files no curate report wrote (its .curate-report lists the report's files) is
+    never replaced: OutputError says so.
+    """
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise OutputError(f"cannot write the report to {out}: it is a file; choose another --out")
+    foreign = _foreign_files(out)
+    if foreign:
+        raise OutputError(f"{out} holds files that are not from a curate report ({', '.join(foreign[:3])}"
+                          f"{', ...' if len(foreign) > 3 else ''}): choose another --out, or empty that folder")
+    new, old = (out.with_name(f".{out.name}.curate-{what}") for what in ("partial", "old"))
+    for leftover in (new, old):       # from a run killed at the wrong moment
+        if leftover.exists():
+            shutil.rmtree(leftover)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        files = _write_into(report, new, grid_size)
+        (new / REPORT_MANIFEST).write_text("".join(f"{f.relative_to(new).as_posix()}\n" for f in files),
+                                           encoding="utf-8")
+        if out.exists():
+            os.replace(out, old)
+        os.replace(new, out)
+    except OSError as e:
+        shutil.rmtree(new, ignore_errors=True)
+        if old.exists() and not out.exists():
+            os.replace(old, out)      # put the earlier report back
+        raise OutputError(f"could not write the report to {out}: {e.strerror or e}; the earlier report "
+                          "(if any) is as it was") from e
+    shutil.rmtree(old, ignore_errors=True)
+    return [out / f.relative_to(new) for f in files]
+
+
+def _foreign_files(out: Path) -> list[str]:
+    """Files in `out` that its curate report manifest does not list (all of them when it has none)."""
+    if not out.is_dir():
+        return []
+    files = sorted(f.relative_to(out).as_posix() for f in out.rglob("*") if not f.is_dir())
+    try:
+        ours = set((out / REPORT_MANIFEST).read_text(encoding="utf-8").splitlines()) | {REPORT_MANIFEST}
+    except FileNotFoundError:   # a report of a curate before the manifest: its own kinds of files only
+        if "index.html" not in files:
+            return files
+        return [f for f in files if not _OLD_REPORT_FILE.fullmatch(f)]
+    return [f for f in files if f not in ours]
+
+
+_OLD_REPORT_FILE = re.compile(r"[\w.-]+\.(csv|png|html|txt)|grids/[\w.-]+\.png")
+
+
+def _write_into(report: Report, out: Path, grid_size: int) -> list[Path]:
+    from . import report_figures
+
+    out.mkdir(parents=True, exist_ok=True)
+    main = report.main
+    files = []
+
+    def csv_file(name: str, header: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
+        _write_csv(out / name, header, rows)
+        files.append(out / name)
+
+    csv_file("threshold_table.csv", THRESHOLD_COLUMNS, threshold_csv_rows(main.thresholds))
+    csv_file("class_accuracy.csv", CLASS_COLUMNS, class_csv_rows(main.classes))
+    csv_file("summary.csv", ("key", "value"), summary_rows(main))
+    for sr in report.others:
+        csv_file(f"threshold_table_{sr.source}.csv", THRESHOLD_COLUMNS, threshold_csv_rows(sr.thresholds))
+        csv_file(f"class_accuracy_{sr.source}.csv", CLASS_COLUMNS, class_csv_rows(sr.classes))
+    if report.others:
+        csv_file("ensemble_vs_image.csv", *comparison_rows(report))
+    if report.coverage:
+        sources = list(report.coverage)
+        first = report.coverage[sources[0]]
+        rows = [[fmt_t(t)] + [x for s in sources for x in (str(report.coverage[s][i][1]),
+                                                           fmt4(report.coverage[s][i][2]))]
+                for i, (t, _n, _s) in enumerate(first)]
+        csv_file("coverage.csv", ["threshold"] + [f"{s}_{c}" for s in sources for c in ("classified", "share")], rows)
+    cal = report.calibration
+    if cal is not None:
+        csv_file("calibration.csv", ("key", "value"), calibration_summary_rows(cal))
+        csv_file("class_thresholds.csv", CALIBRATION_COLUMNS, calibration_threshold_rows(cal))
+    if report.problems:
+        (out / "problems.txt").write_text("\n".join(report.problems) + "\n", encoding="utf-8")
+        files.append(out / "problems.txt")
+    figures = report_figures.plots(report, out)
+    grids = report_figures.grids(main, out / "grids", grid_size) if grid_size > 0 else {}
+    files += figures + [p for pair in grids.values() for p in pair]
+    (out / "index.html").write_text(render_html(report, figures, grids, out), encoding="utf-8")
+    files.append(out / "index.html")
+    return files
+
+
+# -- text out -------------------------------------------------------------------------
+
+def text_tables(report: Report) -> str:
+    """The tables as the terminal shows them."""
+    main = report.main
+    lines = [f"review set {main.name} ({main.source}): {main.summary.hits} hits, {main.summary.misses} misses, "
+             f"{main.summary.skipped} skipped, {main.summary.unmarked} not marked"]
+    lines.append("")
+    lines.append(f"{'class':<24} {'frequency':>9} {'accuracy':>8}")
+    for c in main.classes:
+        lines.append(f"{c.label[:24]:<24} {'' if c.frequency is None else c.frequency:>9} {pct(c.accuracy):>8}")
+    lines.append(f"{'mean of classes':<24} {'':>9} {pct(main.mean_class_accuracy):>8}")
+    lines.append("")
+    lines.append(f"mean top probability: hits {fmt4(main.summary.mean_prob_hits)}, misses "
+                 f"{fmt4(main.summary.mean_prob_misses)}")
+    for sr in [main, *report.others]:
+        lines.append("")
+        lines.append(f"{sr.source} predictions ({sr.name})")
+        lines.append(f"{'thr':>4} {'kept':>6} {'hits':>6} {'hit_rate':>9} {'errors':>6} {'err_rate':>9} {'ratio':>7}")
+        for r in sr.thresholds:
+            lines.append(f"{fmt_t(r.threshold):>4} {r.kept:>6} {r.hits:>6} {fmt4(r.hit_rate):>9} {r.errors:>6} "
+                         f"{fmt4(r.error_rate):>9} {fmt4(r.ratio):>7}")
+        b = sr.best
+        if b.threshold is not None:
+            lines.append(f"best threshold {fmt_t(b.threshold)} (ratio {fmt4(b.ratio)}; {b.rule})")
+        if b.unconstrained_threshold is not None and b.unconstrained_threshold != b.threshold:
+            lines.append(f"  (the largest ratio overall is {fmt4(b.unconstrained_ratio)} at "
+                         f"{fmt_t(b.unconstrained_threshold)}, below the hit-rate floor)")
+    cal = report.calibration
+    if cal is not None:
+        lines.append("")
+        lines += calibration_text_lines(cal)
+    return "\n".join(lines)
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[object]], cls: str = "") -> str:
+    e = html.escape
+    head = "".join(f"<th>{e(str(h))}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{e(str(v))}</td>" for v in row) + "</tr>" for row in rows)
+    return f'<table class="{e(cls)}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+
+
+CSS = """
+body { font: 15px/1.45 system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; padding: 0 1em; }
+h1 { margin-bottom: .2em; } h2 { margin-top: 1.8em; border-bottom: 1px solid #ddd; padding-bottom: .2em; }
+table { border-collapse: collapse; margin: .6em 0; font-variant-numeric: tabular-nums; }
+th, td { padding: .25em .7em; border-bottom: 1px solid #eee; text-align: right; }
+th { background: #f4f4f6; } td:first-child, th:first-child { text-align: left; }
+tr.best td { background: #e6f4ea; font-weight: 600; }
+.note { color: #555; max-width: 60em; } .kpi { display: flex; gap: 2em; flex-wrap: wrap; }
+.kpi div { background: #f4f4f6; padding: .6em 1em; border-radius: 6px; } .kpi b { font-size: 1.4em; display: block; }
+img.plot { max-width: 100%; } .grids { display: grid; grid-template-columns: 1fr 1fr; gap: 1em; }
+.grids img { max-width: 100%; border: 1px solid #ddd; } .hit { color: #1a7f37; } .miss { color: #c62828; }
+"""
+
+
+def render_html(report: Report, figures: Sequence[Path], grids: dict[str, tuple[Path, Path]], out: Path) -> str:
+    """The report page; every piece of text from the data is escaped."""
+    e = html.escape
+    main, s = report.main, report.main.summary
+    parts = [f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>curate report: {e(main.name)}"
+             f"</title><style>{CSS}</style></head><body>",
+             f"<h1>Validation report</h1><p class='note'>Review set <b>{e(main.name)}</b> ({e(main.source)} "
+             "predictions). Accuracy, hit and error rates are measured on images a person marked as hit or "
+             "miss; skipped images count nowhere. Rates have 4 decimals, truncated as in the study.</p>"]
+    parts.append("<div class='kpi'>" + "".join(
+        f"<div><b>{e(v)}</b>{e(k)}</div>" for k, v in [
+            ("marked", f"{s.hits + s.misses + s.skipped} / {s.sampled}"), ("accuracy", pct(s.accuracy)),
+            ("mean p of hits", fmt4(s.mean_prob_hits)), ("mean p of misses", fmt4(s.mean_prob_misses)),
+            ("best threshold", "" if main.best.threshold is None else fmt_t(main.best.threshold))])
+        + "</div>")
+    if report.problems:
+        parts.append(f"<h2>Rows skipped</h2><p class='note'>{len(report.problems)} row(s) of the sheet could "
+                     "not be used:</p><ul>" + "".join(f"<li>{e(p)}</li>" for p in report.problems[:50]) + "</ul>")
+    parts.append("<h2>Accuracy per class (Table 2)</h2><p class='note'>Last row as in the study: frequencies "
+                 "summed, accuracy averaged over the classes.</p>")
+    crow = [[c.label, "" if c.frequency is None else c.frequency, c.sampled, c.hits, c.misses, c.skipped,
+             pct(c.accuracy), fmt4(c.mean_prob_hits), fmt4(c.mean_prob_misses)] for c in main.classes]
+    total_freq = sum(c.frequency or 0 for c in main.classes)
+    # the study's last row: frequencies summed, accuracy averaged over the classes
+    crow.append(["all classes", total_freq or "", s.sampled, s.hits, s.misses, s.skipped,
+                 pct(main.mean_class_accuracy), fmt4(s.mean_prob_hits), fmt4(s.mean_prob_misses)])
+    parts.append(_table(["class", "frequency in collection", "sampled", "hits", "misses", "skipped",
+                         "accuracy", "mean p hits", "mean p misses"], crow))
+    for sr in [main, *report.others]:
+        what = "" if sr.source == "sheet" else f": {sr.source} predictions"
+        parts.append(f"<h2>By threshold{e(what)}</h2>")
+        parts.append(_threshold_html(sr))
+    if report.others:
+        header, rows = comparison_rows(report)
+        # the page shows what Table 3 compares; ensemble_vs_image.csv has the rates too
+        cols = [i for i, h in enumerate(header) if i == 0 or h.endswith(("_kept", "_precision", "_ratio"))]
+        parts.append("<h2>Ensemble against image only (Table 3)</h2><p class='note'>precision = hits kept / "
+                     "kept: the accuracy of the subset each threshold keeps.</p>"
+                     + _table([header[i] for i in cols], [[r[i] for i in cols] for r in rows]))
+    if report.coverage:
+        parts.append("<h2>Coverage (Table 1)</h2><p class='note'>Share of the collection whose top probability "
+                     "reaches the threshold.</p>")
+        sources = list(report.coverage)
+        rows = [[fmt_t(t)] + [f"{100 * report.coverage[src][i][2]:.1f}% ({report.coverage[src][i][1]})"
+                              for src in sources] for i, (t, _n, _s) in enumerate(report.coverage[sources[0]])]
+        parts.append(_table(["threshold"] + sources, rows))
+    cal = report.calibration
+    if cal is not None:
+        parts.append("<h2>Calibration</h2>" + calibration_html(cal))
+    if figures:
+        parts.append("<h2>Plots</h2>" + "".join(
+            f"<p><img class='plot' src='{e(p.relative_to(out).as_posix())}' alt='{e(p.stem)}'></p>" for p in figures))
+    if grids:
+        parts.append("<h2>Sample images per class</h2><p class='note'><span class='hit'>hits</span> on the left, "
+                     "<span class='miss'>misses</span> on the right; the number is the top probability.</p>")
+        for label, (hits, misses) in grids.items():
+            parts.append(f"<h3>{e(label)}</h3><div class='grids'>"
+                         f"<img src='{e(hits.relative_to(out).as_posix())}' alt='hits: {e(label)}'>"
+                         f"<img src='{e(misses.relative_to(out).as_posix())}' alt='misses: {e(label)}'></div>")
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def _threshold_html(sr: SourceReport) -> str:
+    e = html.escape
+    rows = threshold_csv_rows(sr.thresholds)
+    best = sr.best.threshold
+    head = "".join(f"<th>{e(h)}</th>" for h in (*THRESHOLD_COLUMNS, "precision"))
+    body = []
+    for r, t in zip(rows, sr.thresholds, strict=True):
+        cls = " class='best'" if best is not None and t.threshold == best else ""
+        body.append(f"<tr{cls}>" + "".join(f"<td>{e(v)}</td>" for v in (*r, fmt4(t.precision))) + "</tr>")
+    note = (f"<p class='note'>Best threshold <b>{e(fmt_t(best))}</b> (ratio {e(fmt4(sr.best.ratio))}): "
+            f"{e(sr.best.rule)}.") if best is not None else "<p class='note'>No threshold qualifies."
+    if sr.best.unconstrained_threshold not in (None, best):
+        note += (f" The largest ratio overall, {e(fmt4(sr.best.unconstrained_ratio))} at "
+                 f"{e(fmt_t(sr.best.unconstrained_threshold))}, keeps too few of the hits.")
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>{note}</p>"
+
+
+# -- calibration ---------------------------------------------------------------------
+
+CALIBRATION_COLUMNS = ("class", "threshold", "precision", "support", "marked", "kept")
+
+
+def calibration_summary_rows(cal: Calibration) -> list[tuple[str, str]]:
+    return [("temperature", f"{cal.temperature:.6g}"), ("source", cal.source), ("review_set", cal.set_name),
+            ("labels", str(cal.n_labels)), ("marks", str(cal.marks)),
+            ("nll_before", f"{cal.nll_before:.6g}"), ("nll_after", f"{cal.nll_after:.6g}"),
+            ("target_precision", f"{cal.target_precision:g}"), ("min_support", str(cal.min_support)),
+            ("tail", "exact" if cal.exact else "top-2 + even tail")]
+
+
+def calibration_threshold_rows(cal: Calibration) -> list[list[str]]:
+    def f(x: float | None) -> str:
+        return "" if x is None else f"{x:.4f}"
+    return [[c.label, f(c.threshold), f(c.precision), str(c.support), str(c.marked),
+             "" if c.kept is None else str(c.kept)] for c in cal.classes]
+
+
+def calibration_text_lines(cal: Calibration) -> list[str]:
+    out = [f"calibration: temperature {cal.temperature:.4g} (NLL of the {cal.marks} marks "
+           f"{cal.nll_before:.4f} -> {cal.nll_after:.4f})",
+           f"per-class thresholds on the calibrated probability for precision >= {cal.target_precision:g}:"]
+    for c in cal.classes:
+        if c.threshold is None:
+            out.append(f"  {c.label[:28]:<28} unreachable ({c.marked} marked)")
+        else:
+            out.append(f"  {c.label[:28]:<28} >= {c.threshold:.4f}  precision {c.precision:.3f} on "
+                       f"{c.support} marked, keeps {c.kept if c.kept is not None else '?'} images")
+    return out
+
+
+def calibration_html(cal: Calibration) -> str:
+    e = html.escape
+    head = "".join(f"<th>{e(h)}</th>" for h in CALIBRATION_COLUMNS)
+    body = "".join("<tr>" + "".join(f"<td>{e(v) if v else '&ndash;'}</td>" for v in row) + "</tr>"
+                   for row in calibration_threshold_rows(cal))
+    tail = "" if cal.exact else (" The tail beyond the top two labels is taken as even (the views "
+                                  "carry prob and prob2 only), an approximation away from T = 1.")
+    return (f"<p class='note'>Temperature <b>{cal.temperature:.4g}</b>, fitted by maximum likelihood on "
+            f"{cal.marks} hit/miss marks (mean NLL {cal.nll_before:.4f} at T = 1, {cal.nll_after:.4f} "
+            f"fitted).{e(tail)} Per-class thresholds on the calibrated probability reaching precision "
+            f"{cal.target_precision:g} among at least {cal.min_support} marked images; kept = images of "
+            f"the collection at or above it. <code>curate filter --calibrated</code> uses them.</p>"
+            f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")

@@ -1,0 +1,167 @@
+"""Review sets: the study's stratified sample, drawn in SQL and kept in the workspace.
+
+The study validated CLIP without ground truth by taking the 10 most frequent predicted
+classes (top-1, no threshold) and 100 random images of each, marked by hand as hit or
+miss. `draw` does that for image, caption or ensemble predictions; the statements are
+`queries/sample_classes.sql` and `queries/sample_items.sql`, readable in the DuckDB shell.
+
+Several named sets coexist (`review_sets`); the page, the sheet and the report work on
+one set, the latest by default.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+import duckdb
+
+from ..classify.state import require_complete
+from ..core import sql
+from ..core.sql import has_relation
+from ..errors import CurateError
+
+# Which view holds each kind of prediction. A user picks the key; only these fixed view
+# names are ever formatted into SQL.
+SOURCES: dict[str, str] = {
+    "image": "predictions",
+    "caption": "caption_predictions",
+    "ensemble": "ensemble",
+}
+
+
+class SampleError(CurateError, RuntimeError):
+    """A review set cannot be drawn or found; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class ReviewSet:
+    name: str
+    source: str
+    top_classes: int
+    per_class: int
+    seed: int
+    items: int
+    created_at: datetime | None
+
+
+def ensure_schema(con: duckdb.DuckDBPyConnection) -> None:
+    con.execute(sql.text("sample_schema"))
+
+
+def default_name(source: str, top_classes: int, per_class: int, seed: int) -> str:
+    return f"{source}-top{top_classes}x{per_class}-seed{seed}"
+
+
+def draw(
+    con: duckdb.DuckDBPyConnection,
+    *,
+    source: str = "image",
+    top_classes: int = 10,
+    per_class: int = 100,
+    seed: int = 0,
+    name: str | None = None,
+    replace: bool = False,
+) -> ReviewSet:
+    """Draw and store a review set; the same arguments always draw the same images.
+
+    Drawing a set that exists with the same parameters is a no-op (so a script can run
+    `curate sample` twice). A different set under an existing name is refused unless
+    `replace`: its marks stay in `judgments` either way, since they judge (image, label)
+    pairs, not sets.
+    """
+    if source not in SOURCES:
+        raise SampleError(f"unknown source {source!r}: use one of {', '.join(SOURCES)}")
+    if top_classes < 1 or per_class < 1:
+        raise SampleError("--top-classes and --per-class must be at least 1")
+    view = SOURCES[source]
+    require_complete(con, needed=False)   # never a review set drawn from half a classification
+    if not has_relation(con, view):
+        raise SampleError(
+            f"the workspace has no `{view}` view yet ({source} predictions): run `curate classify` first"
+        )
+    ensure_schema(con)
+    name = name or default_name(source, top_classes, per_class, seed)
+    params = {"set_name": name}
+    existing = get_set(con, name) if _exists(con, name) else None
+    if existing is not None:
+        same = (existing.source, existing.top_classes, existing.per_class, existing.seed) == (
+            source, top_classes, per_class, seed)
+        if same and not replace:
+            return existing
+        if not replace:
+            raise SampleError(
+                f"a review set named {name!r} exists with other parameters "
+                f"({existing.source}, top {existing.top_classes} x {existing.per_class}, seed {existing.seed}); "
+                "pick another --name or pass --replace"
+            )
+    con.execute("BEGIN TRANSACTION")
+    try:
+        for table in ("review_items", "review_classes"):
+            con.execute(f"DELETE FROM {table} WHERE set_name = $set_name", params)
+        con.execute("DELETE FROM review_sets WHERE name = $set_name", params)
+        con.execute(sql.text("sample_classes").format(predictions=view),
+                    {**params, "top_classes": top_classes})
+        con.execute(sql.text("sample_items").format(predictions=view),
+                    {**params, "per_class": per_class, "seed": seed})
+        n = con.execute("SELECT count(*) FROM review_items WHERE set_name = $set_name", params).fetchall()[0][0]
+        con.execute(
+            "INSERT INTO review_sets (name, source, top_classes, per_class, seed, items)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            [name, source, top_classes, per_class, seed, n],
+        )
+        con.execute("COMMIT")
+    except BaseException:
+        try:
+            con.execute("ROLLBACK")
+        except duckdb.Error:  # a failed COMMIT (disk full) has ended the transaction: keep the real error
+            pass
+        raise
+    if n == 0:
+        raise SampleError(f"`{view}` is empty: nothing to sample")
+    return get_set(con, name)
+
+
+def _exists(con: duckdb.DuckDBPyConnection, name: str) -> bool:
+    if not has_relation(con, "review_sets"):
+        return False
+    return con.execute("SELECT count(*) FROM review_sets WHERE name = ?", [name]).fetchall()[0][0] > 0
+
+
+def list_sets(con: duckdb.DuckDBPyConnection) -> list[ReviewSet]:
+    if not has_relation(con, "review_sets"):
+        return []
+    rows = con.execute(
+        "SELECT name, source, top_classes, per_class, seed, items, created_at FROM review_sets"
+        " ORDER BY created_at, name"
+    ).fetchall()
+    return [ReviewSet(*r) for r in rows]
+
+
+def get_set(con: duckdb.DuckDBPyConnection, name: str | None = None) -> ReviewSet:
+    """The named set, or the most recently drawn one when `name` is None."""
+    sets = list_sets(con)
+    if not sets:
+        raise SampleError("this workspace has no review set yet: run `curate sample` first")
+    if name is None:
+        return sets[-1]
+    for s in sets:
+        if s.name == name:
+            return s
+    raise SampleError(f"no review set named {name!r}; there are: {', '.join(s.name for s in sets)}")
+
+
+def latest_for_source(con: duckdb.DuckDBPyConnection, source: str) -> ReviewSet | None:
+    found = [s for s in list_sets(con) if s.source == source]
+    return found[-1] if found else None
+
+
+def classes(con: duckdb.DuckDBPyConnection, set_name: str) -> list[tuple[str, int, int]]:
+    """(label, rank, frequency in the collection) of a set's classes, most frequent first."""
+    return [
+        (label, int(rank), int(freq))
+        for label, rank, freq in con.execute(
+            "SELECT label, rank, frequency FROM review_classes WHERE set_name = ? ORDER BY rank",
+            [set_name],
+        ).fetchall()
+    ]
