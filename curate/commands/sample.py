@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from ..core.progress import plural
 from ..core.textout import echo, safe
 from ..validate import sampling
 from ..validate.review import marks
@@ -58,11 +59,12 @@ def sample(ws_path: Path, top_classes: int, per_class: int, seed: int, source: s
 def _note_short_sample(rs: sampling.ReviewSet, found: list[tuple[str, int, int]], drawn: dict[str, int]) -> None:
     """A set smaller than asked is still the study's design on this collection: a NOTE, exit 0."""
     if len(found) < rs.top_classes:
-        echo(f"NOTE: only {len(found)} predicted classes in the collection, not the {rs.top_classes} asked for",
-             err=True)
+        echo(f"NOTE: only {plural(len(found), 'predicted class', 'predicted classes')} in the collection, not the "
+             f"{rs.top_classes} asked for", err=True)
     short = [(label, drawn.get(label, 0)) for label, _r, _f in found if drawn.get(label, 0) < rs.per_class]
     if short:
         listed = ", ".join(f"{safe(label)} {n}" for label, n in short[:8]) + (", ..." if len(short) > 8 else "")
-        echo(f"NOTE: {rs.items} images drawn, not {len(found)} x {rs.per_class} = {len(found) * rs.per_class}: "
-             f"{len(short)} classes have fewer than {rs.per_class} images ({listed}); all of theirs were drawn",
-             err=True)
+        have = f"{plural(len(short), 'class', 'classes')} {'has' if len(short) == 1 else 'have'}"
+        echo(f"NOTE: {plural(rs.items, 'image')} drawn, not {len(found)} x {rs.per_class} = "
+             f"{len(found) * rs.per_class}: {have} fewer than {rs.per_class} images ({listed}); all of theirs "
+             "were drawn", err=True)

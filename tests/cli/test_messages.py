@@ -158,9 +158,10 @@ def test_pending_items_and_a_short_sample_are_said(tmp_path):
     assert "NOTE: 3 items are still pending" in out
     assert "NOTE: 3 items are still pending" in run_cli("filter", "-w", ws, "--min-prob", "0").output
     out = run_cli("sample", "-w", ws, "--top-classes", "10", "--per-class", "100").output
-    found = int(re.search(r"NOTE: only (\d+) predicted classes in the collection, not the 10 asked for", out)[1])
+    found = int(re.search(r"NOTE: only (\d+) predicted class(es)? in the collection, not the 10 asked for", out)[1])
     assert found < 10
-    assert re.search(rf"NOTE: 5 images drawn, not {found} x 100 = {found * 100}: {found} classes have fewer", out)
+    have = "1 class has" if found == 1 else f"{found} classes have"
+    assert f"NOTE: 5 images drawn, not {found} x 100 = {found * 100}: {have} fewer" in out
 
 
 def test_calibrated_filter_that_keeps_nothing_names_the_unreachable_thresholds(built_workspace, tmp_path):
@@ -178,3 +179,13 @@ def test_calibrated_filter_that_keeps_nothing_names_the_unreachable_thresholds(b
     out = run_cli("filter", "-w", ws, "--calibrated", expect=6).output
     assert f"no threshold reaches precision 0.9 on the marks for {len(top)} of {len(top)} classes" in out
     assert all(label in out.splitlines()[-1] for label in top)
+
+
+def test_one_short_class_is_said_in_the_singular(tmp_path):
+    """'1 class has fewer', never '1 classes have fewer'."""
+    from review_support import fake_workspace
+
+    preds = [(i, "bridge" if i < 30 else "patio", 0.5) for i in range(31)]
+    ws = fake_workspace(tmp_path / "ws", preds)
+    out = run_cli("sample", "-w", ws.root, "--top-classes", "2", "--per-class", "2").output
+    assert "NOTE: 3 images drawn, not 2 x 2 = 4: 1 class has fewer than 2 images (patio 1)" in out
