@@ -172,9 +172,8 @@ class Workspace:
         from . import journal
 
         if read_only and not self.exists():
-            raise FileNotFoundError(
-                f"no workspace at {self.root} (expected {self.db_path}); run `curate build-index` first"
-            )
+            raise WorkspaceError(f"no workspace at {self.root} (expected {self.db_path}); run `curate build-index` "
+                                 "first")
         deadline = time.monotonic() + (lock_wait() if wait is None else max(0.0, wait))
         pause = 0.02
         while True:
