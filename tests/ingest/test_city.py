@@ -18,7 +18,7 @@ def _instacities(root):
     """A real InstaCities1M-shaped tree: img_resized_1M/cities_instagram/<city>/<id>.jpg, captions alike."""
     seed = 0
     for city, n in CITIES.items():
-        for i in range(n):
+        for _ in range(n):
             name = f"{1000 + seed}"
             write_jpeg(root / "img_resized_1M" / "cities_instagram" / city / f"{name}.jpg", seed=seed)
             cap = root / "captions_resized_1M" / "cities_instagram" / city / f"{name}.txt"
