@@ -23,8 +23,6 @@ demo: install
 	$(VENV)/bin/curate classify -w $(DEMO_WS) --set places205 --prompts natural
 	$(VENV)/bin/curate sql -w $(DEMO_WS) "select i.source_id, i.expected_label, p.label, p.prob, p.label2, p.prob2 from predictions p join items i using (id) order by id"
 	$(VENV)/bin/curate filter -w $(DEMO_WS) --min-prob 0 --out $(DEMO_WS)/labelled.csv
-	@if [ -n "$$($(VENV)/bin/curate sql -w $(DEMO_WS) 'select 1 from runs where random_weights limit 1' | tail -n +3)" ]; then \
-	  echo "NOTE: $(DEMO_WS) was embedded with RANDOM weights (no pretrained weights here): labels above mean nothing."; fi
 
 test: install
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q

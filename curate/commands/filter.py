@@ -12,7 +12,7 @@ from ..classify.subsets import FORMATS, MODES, FilterError, FilterSpec, write_su
 from ..core.textout import echo, safe
 from ..errors import PartialResult
 from . import options
-from .shared import note_pending
+from .shared import note_pending, note_random_weights
 
 
 @click.command("filter")
@@ -50,6 +50,7 @@ def filter_cmd(ws_path: Path, labels: tuple[str, ...], min_prob: float, mode: st
                       text_min=text_min, image_max=image_max, calibrated=calibrated)
     if clean and not (copy_to or link_to):
         raise FilterError("--clean empties a --copy-to or --link-to folder: give one")
+    note_random_weights(ws_path)
     r = write_subset(ws_path, spec, out, copy_to=copy_to, link_to=link_to, clean=clean)
     echo(safe(r.summary(spec)))
     if copy_to or link_to:

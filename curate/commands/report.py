@@ -10,7 +10,7 @@ from ..core.textout import echo, safe
 from ..errors import PartialResult, WorkspaceBusy
 from ..validate import calibration, report, report_render
 from . import options
-from .shared import connect_review, default_set
+from .shared import connect_review, default_set, note_random_weights
 
 
 @click.command("report")
@@ -40,6 +40,7 @@ def report_cmd(ws_path: Path, set_name: str | None, marks_path: Path | None, out
         options.must_exist(ws_path)
         con = connect_review(ws_path, read_only=True)  # a reader: it runs beside the review page
         try:
+            note_random_weights(ws_path, con)
             rep = report.from_workspace(con, default_set(con, set_name).name, min_hit_rate)
             try:
                 cal = calibration.fit(con, rep.main.name, target_precision, min_support)

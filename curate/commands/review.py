@@ -15,7 +15,7 @@ from ..validate import sampling
 from ..validate.review import marks, sheet
 from . import options
 from .options import wait_option
-from .shared import connect_review, default_set
+from .shared import connect_review, default_set, note_random_weights
 
 
 @click.command("review")
@@ -37,6 +37,7 @@ def review(ws_path: Path, set_name: str | None, port: int, no_browser: bool, exp
     if export_path is not None or import_path is not None:
         con = connect_review(ws_path, read_only=import_path is None)
         try:
+            note_random_weights(ws_path, con)
             if import_path is not None:
                 target = _import_target(con, set_name, import_path)
                 res = sheet.import_sheet(con, target.name, import_path)
@@ -58,6 +59,7 @@ def review(ws_path: Path, set_name: str | None, port: int, no_browser: bool, exp
 
     con = connect_review(ws_path, read_only=True)
     try:
+        note_random_weights(ws_path, con)
         name = default_set(con, set_name).name
     finally:
         con.close()

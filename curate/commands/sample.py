@@ -12,7 +12,7 @@ from ..validate import sampling
 from ..validate.review import marks
 from . import options
 from .options import wait_option
-from .shared import connect_review
+from .shared import connect_review, note_random_weights
 
 
 @click.command("sample")
@@ -39,6 +39,7 @@ def sample(ws_path: Path, top_classes: int, per_class: int, seed: int, source: s
                 echo(safe(f"{rs.name}: {rs.source}, top {rs.top_classes} x {rs.per_class}, seed {rs.seed}; "
                           f"{p.done} of {p.total} marked"))
             return
+        note_random_weights(ws_path, con)
         rs = sampling.draw(con, source=source, top_classes=top_classes, per_class=per_class, seed=seed,
                            name=name, replace=replace)
         prog = marks.progress(con, rs.name)

@@ -9,6 +9,7 @@ import click
 from ..classify.search import search_images
 from ..core.textout import safe
 from . import options
+from .shared import note_random_weights
 
 
 @click.command("search")
@@ -18,6 +19,7 @@ from . import options
 @click.option("--device", default="auto", show_default=True)
 def search_cmd(ws_path: Path, text: str, k: int, device: str) -> None:
     """The images nearest to a text prompt, from the image index."""
+    note_random_weights(ws_path)
     hits = search_images(ws_path, text, k, device=device)
     click.echo(f"{'rank':>4}  {'score':>7}  {'id':>8}  path  caption")
     for h in hits:

@@ -1,5 +1,6 @@
 """What several commands do alike beside their options: open a workspace for the review
-stage, pick its default review set, note the items still pending."""
+stage, pick its default review set, note the items still pending and vectors made by random
+weights."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from pathlib import Path
 import click
 import duckdb
 
+from ..core.textout import echo, safe
 from ..core.workspace import Workspace
 from ..validate import sampling
 
@@ -22,6 +24,23 @@ def note_pending(ws_path: Path) -> None:
     if n:
         click.echo(f"NOTE: {n:,} items are still pending (scanned, not embedded yet): they are not in these "
                    "results; run `curate build-index` again to embed them, then `curate classify`", err=True)
+
+
+def note_random_weights(ws_path: Path, con: duckdb.DuckDBPyConnection | None = None) -> None:
+    """Results from an untrained model look like results: every command that shows some says
+    so first, in one NOTE line on stderr (stdout stays the results). Reads the model the
+    workspace is bound to (meta `model`); give `con` where the command holds one already."""
+    own = con is None
+    if own:
+        con = Workspace(ws_path).connect(read_only=True)
+    try:
+        ident = Workspace.model_identity(con)
+    finally:
+        if own:
+            con.close()
+    if ident is not None and ident.random_weights:
+        echo(safe(f"NOTE: {ws_path} was embedded with random weights ({ident.model}, no pretrained weights): "
+                  "these results carry no meaning; use them to test the pipeline only"), err=True)
 
 
 def connect_review(ws_path: Path, read_only: bool = False) -> duckdb.DuckDBPyConnection:

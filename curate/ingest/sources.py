@@ -79,6 +79,9 @@ class Source:
     root: Path                    # images root (folder, tree) or the manifest's folder
     captions_root: Path | None = None
     manifest: Path | None = None
+    # InstaCities1M keeps each photo in a folder named after its city: that folder's name
+    # becomes items.city (see set_cities), so one city is a WHERE away.
+    city_folders: bool = False
 
     def describe(self) -> str:
         if self.kind == "manifest":
@@ -130,7 +133,7 @@ def detect_source(path: str | Path, captions_dir: str | Path | None = None) -> S
     imgs = [d for d in subdirs if d.name.lower().startswith("img")]
     caps = [d for d in subdirs if d.name.lower().startswith("caption")]
     if len(imgs) == 1 and len(caps) == 1:
-        return Source("tree", imgs[0], captions_root=caps[0])
+        return Source("tree", imgs[0], captions_root=caps[0], city_folders=True)
     return Source("folder", p)
 
 
@@ -427,7 +430,21 @@ def scan_folder(con: duckdb.DuckDBPyConnection, src: Source, source_no: int, run
         if len(batch) >= SCAN_BATCH:
             flush()
     flush()
+    if src.city_folders:
+        set_cities(con, source_no)
     return res
+
+
+def set_cities(con: duckdb.DuckDBPyConnection, source_no: int) -> None:
+    """items.city: the name of the folder holding each photo of an InstaCities1M tree
+    (`.../cities_instagram/<city>/<id>.jpg`). A column of its own, not only part of source_id,
+    so `filter`'s output, `sample` and SQL can take one city. Only this source's rows still
+    without a city are set: items of a workspace scanned before the column existed get theirs
+    on the next build-index of the tree. Workspaces without such a tree have no `city` column,
+    and a manifest's own `city` column (text as well) is the same column."""
+    con.execute("ALTER TABLE items ADD COLUMN IF NOT EXISTS city VARCHAR")
+    con.execute("UPDATE items SET city = nullif(regexp_extract(source_id, '([^/]+)/[^/]+$', 1), '') "
+                "WHERE source_no = ? AND city IS NULL", [source_no])
 
 
 def _insert_entries(con: duckdb.DuckDBPyConnection, entries: list[_Entry], source_no: int, run_id: int,

@@ -303,6 +303,8 @@ def test_malformed_requests_get_a_clean_error_and_the_server_goes_on(ws):
     status, reply = _raw(port, post(f"Content-Length: {len(good)}\n"), good)  # a well-formed one still works
     assert status == 200 and reply["ok"] and reply["progress"]["hits"] == 1
     rc, out, err = srv.stop()
+    # nothing but review's own note that the workspace has random weights (issue 15)
+    err = "\n".join(ln for ln in err.splitlines() if not (ln.startswith("NOTE: ") and "random weights" in ln))
     assert rc == 0 and "Traceback" not in err and err.strip() == "", err
     assert stored_marks(ws) == {item: "hit"}
 
