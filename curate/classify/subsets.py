@@ -53,6 +53,7 @@ class FilterSpec:
     image_max: float = 1.0
     renormalize: bool = True
     calibrated: bool = False           # calibrated probabilities and per-class thresholds (curate report)
+    where: tuple[tuple[str, str], ...] = ()   # (items column, text value): one column's values OR, columns AND
 
     def sql_mode(self, settings: dict) -> str:
         """The SQL mode: the stored `ensemble` when its parameters are the study's, else ensemble_with."""
@@ -90,10 +91,11 @@ class FilterResult:
         rule = (f"calibrated {spec.mode} prob >= its class threshold" if spec.calibrated
                 else f"{spec.mode} prob >= {spec.min_prob:g}")
         if spec.unmatched:
-            line = f"unmatched: {self.kept:,} of {self.total:,} images (no label with {rule}: what cleaning drops)"
+            line = (f"unmatched: {self.kept:,} of {self.total:,} images (no label with {rule}"
+                    f"{describe_where(spec.where)}: what cleaning drops)")
         else:
             what = ", ".join(spec.labels) or "any label"
-            line = f"kept {self.kept:,} of {self.total:,} images ({what}, {rule})"
+            line = f"kept {self.kept:,} of {self.total:,} images ({what}, {rule}{describe_where(spec.where)})"
         if self.out is not None:
             line += f" -> {self.out}"
         return line
@@ -156,6 +158,8 @@ def write_subset(ws_path: str | Path, spec: FilterSpec, out: str | Path | None,
                         f"FROM subset_predictions{SUBSET_CALL} k JOIN items i ON i.id = k.id ORDER BY k.id",
                         spec.params(st))
             total = con.execute("SELECT scored_items(?)", [spec.sql_mode(st)]).fetchall()[0][0]
+        if spec.where:
+            _restrict(con, spec.where)
         kept = con.execute("SELECT count(*) FROM kept").fetchall()[0][0]
         if out_path is not None:
             write_atomic(out_path, lambda tmp: con.execute(f"COPY kept TO ? {fmt}", [str(tmp)]))
@@ -168,6 +172,36 @@ def write_subset(ws_path: str | Path, spec: FilterSpec, out: str | Path | None,
                             _unscored(con), placed.removed, placed.others, placed.earlier)
     finally:
         con.close()
+
+
+def describe_where(where: tuple[tuple[str, str], ...]) -> str:
+    """', city = newyork or boston' for the summary line; '' without --where."""
+    by_col: dict[str, list[str]] = {}
+    for col, value in where:
+        by_col.setdefault(col, []).append(value)
+    return "".join(f", {col} = {' or '.join(values)}" for col, values in by_col.items())
+
+
+def _restrict(con: duckdb.DuckDBPyConnection, where: tuple[tuple[str, str], ...]) -> None:
+    """Keep only rows whose item has one of the given values in each named column (compared as text).
+
+    Column names come from the user: each is matched against the items table's own columns
+    and quoted; values are bound parameters, never SQL text.
+    """
+    cols = {r[0].lower(): r[0] for r in con.execute(
+        "SELECT column_name FROM information_schema.columns WHERE table_schema = 'main' "
+        "AND table_name = 'items'").fetchall()}
+    by_col: dict[str, list[str]] = {}
+    for col, value in where:
+        real = cols.get(col.lower())
+        if real is None:
+            own = sorted(c for c in cols.values() if c.lower() not in _MANAGED)
+            raise FilterError(f"--where {col}=...: items has no column {col!r} (its columns: {', '.join(own)})")
+        by_col.setdefault(real, []).append(value)
+    clause = " AND ".join(f"CAST(i.{quote_ident(c)} AS VARCHAR) IN ({', '.join('?' * len(v))})"
+                          for c, v in by_col.items())
+    params = [v for values in by_col.values() for v in values]
+    con.execute(f"DELETE FROM kept WHERE id NOT IN (SELECT i.id FROM items i WHERE {clause})", params)
 
 
 def _select_calibrated(con: duckdb.DuckDBPyConnection, spec: FilterSpec) -> None:

@@ -33,6 +33,9 @@ from .shared import note_pending, note_random_weights
 @click.option("--calibrated", is_flag=True,
               help="Use the calibrated probabilities and each label's own threshold for the target precision, "
                    "as fitted on the review marks by `curate report` (replaces --min-prob).")
+@click.option("--where", "where", multiple=True, metavar="COLUMN=VALUE",
+              help="Keep only images whose item has this value in one of its columns (e.g. city=newyork, "
+                   "compared as text); repeat it: values of one column are alternatives, columns all apply.")
 @click.option("--out", "out", type=click.Path(path_type=Path), default=None,
               help=f"Output file; format by extension ({', '.join(FORMATS)}).")
 @click.option("--copy-to", type=click.Path(file_okay=False, path_type=Path), default=None,
@@ -43,11 +46,17 @@ from .shared import note_pending, note_random_weights
               help="First remove from the --copy-to/--link-to folder what earlier runs of curate placed there "
                    "(listed in its .curate-files); other files are never touched.")
 def filter_cmd(ws_path: Path, labels: tuple[str, ...], min_prob: float, mode: str, unmatched: bool,
-               text_weight: float, text_min: float, image_max: float, calibrated: bool, out: Path | None,
-               copy_to: Path | None, link_to: Path | None, clean: bool) -> None:
+               text_weight: float, text_min: float, image_max: float, calibrated: bool, where: tuple[str, ...],
+               out: Path | None, copy_to: Path | None, link_to: Path | None, clean: bool) -> None:
     """Cut a labelled subset (or what cleaning drops) out of a classified workspace."""
+    pairs = []
+    for w in where:
+        col, eq, value = w.partition("=")
+        if not eq or not col.strip():
+            raise FilterError(f"--where {w!r}: write COLUMN=VALUE, e.g. --where city=newyork")
+        pairs.append((col.strip(), value))
     spec = FilterSpec(labels=labels, min_prob=min_prob, mode=mode, unmatched=unmatched, text_weight=text_weight,
-                      text_min=text_min, image_max=image_max, calibrated=calibrated)
+                      text_min=text_min, image_max=image_max, calibrated=calibrated, where=tuple(pairs))
     if clean and not (copy_to or link_to):
         raise FilterError("--clean empties a --copy-to or --link-to folder: give one")
     note_random_weights(ws_path)

@@ -86,3 +86,24 @@ def test_a_plain_folder_gets_no_city_column(tmp_path):
     cols = {r[0] for r in con.execute("DESCRIBE items").fetchall()}
     con.close()
     assert "city" not in cols
+
+
+def test_filter_where_takes_one_city(tmp_path):
+    """`filter --where city=newyork`: one column's values, compared as text, bound (never SQL text)."""
+    src = _instacities(tmp_path / "InstaCities1M")
+    ws = tmp_path / "ws"
+    _build(src, ws)
+    run_cli("classify", "-w", ws, "--prompts", "raw")
+    out = tmp_path / "ny.csv"
+    r = run_cli("filter", "-w", ws, "--min-prob", "0", "--where", "city=newyork", "--out", out)
+    assert "kept 3 of 5 images (any label, image prob >= 0, city = newyork)" in r.output
+    with out.open(encoding="utf-8") as f:
+        assert sorted(row["city"] for row in csv.DictReader(f)) == ["newyork"] * 3
+    # values of one column are alternatives; the column name is matched in any case
+    r = run_cli("filter", "-w", ws, "--min-prob", "0", "--where", "City=newyork", "--where", "city=london")
+    assert "kept 5 of 5 images" in r.output
+    # a value is data, never SQL; an unknown column is refused by name
+    assert "kept 0 of 5" in run_cli("filter", "-w", ws, "--min-prob", "0", "--where", "city=x' OR '1'='1").output
+    bad = run_cli("filter", "-w", ws, "--where", "town=newyork", expect=1)
+    assert "items has no column 'town'" in bad.output and "city" in bad.output
+    assert "write COLUMN=VALUE" in run_cli("filter", "-w", ws, "--where", "newyork", expect=1).output
