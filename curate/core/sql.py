@@ -40,3 +40,9 @@ def has_relation(con: duckdb.DuckDBPyConnection, name: str) -> bool:
     return con.execute(
         "SELECT count(*) FROM information_schema.tables WHERE table_schema = 'main' AND table_name = ?",
         [name]).fetchall()[0][0] > 0
+
+
+def has_macro(con: duckdb.DuckDBPyConnection, name: str) -> bool:
+    """Whether a macro (scalar or table, TEMP or not) of that name exists."""
+    return con.execute("SELECT count(*) FROM duckdb_functions() WHERE function_name = ?"
+                       " AND function_type IN ('macro', 'table_macro')", [name]).fetchall()[0][0] > 0
