@@ -8,6 +8,7 @@ no parameters; values reach the views' macros as bound parameters at query time.
 
 from __future__ import annotations
 
+import re
 from importlib import resources
 
 import duckdb
@@ -23,6 +24,15 @@ VIEWS = ("predictions", "caption_predictions", "ensemble", "coverage", "subsets"
 def text(name: str) -> str:
     """The SQL of queries/<name>.sql."""
     return resources.files("curate.queries").joinpath(f"{name}.sql").read_text(encoding="utf-8")
+
+
+def statements(name: str) -> list[str]:
+    """The statements of queries/<name>.sql, one string each (with the comments above it).
+
+    A statement ends with `;` at the end of a line; comments never do.
+    """
+    parts = re.split(r";[ \t]*$", text(name), flags=re.MULTILINE)
+    return [p.strip() for p in parts if re.sub(r"--[^\n]*", "", p).strip()]
 
 
 def run(con: duckdb.DuckDBPyConnection, name: str) -> None:

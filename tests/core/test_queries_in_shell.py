@@ -63,3 +63,15 @@ def test_the_file_runs_in_the_duckdb_shell(reviewed, name):
     assert r.returncode == 0 and not r.stderr.strip(), f"{name}:\n{r.stderr}\n{r.stdout[-2000:]}"
     for usage in _lines(text, "Usage"):   # a usage line that selects prints at least its header
         assert usage.lstrip().upper().startswith("SELECT") and r.stdout.strip(), f"{name}: {usage}"
+
+
+def test_every_table_of_a_workspace_is_made_by_a_file_in_queries(reviewed):
+    """The whole data contract is readable SQL: no table's DDL lives only in Python."""
+    ddl = "\n".join(p.read_text(encoding="utf-8") for p in QUERIES.glob("*.sql"))
+    made = set(re.findall(r"CREATE (?:OR REPLACE )?TABLE (?:IF NOT EXISTS )?(\w+)", ddl))
+    con = duckdb.connect(str(reviewed / "curate.duckdb"), read_only=True)
+    tables = {r[0] for r in con.execute("SELECT table_name FROM duckdb_tables() WHERE NOT temporary").fetchall()}
+    con.close()
+    assert {"items", "runs", "shards", "index_shards", "item_files", "item_scores", "judgments",
+            "calibration_thresholds"} <= tables
+    assert tables - made == set()
