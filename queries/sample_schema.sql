@@ -51,3 +51,11 @@ SELECT r.set_name, r.position, r.id, i.path, i.caption, r.label, r.prob, j.mark,
 FROM review_items r
 LEFT JOIN items i ON i.id = r.id
 LEFT JOIN judgments j ON j.id = r.id AND j.label = r.label;
+
+-- Every set's marks as the report reads them (report_*.sql): the class's frequency in the
+-- collection and its rank (1 = most frequent) beside each item's label, prob and mark.
+CREATE OR REPLACE VIEW review_marks AS
+SELECT r.set_name, r.position, r.id, r.label, r.prob, j.mark, c.frequency, c.rank
+FROM review_items r
+JOIN review_classes c ON c.set_name = r.set_name AND c.label = r.label
+LEFT JOIN judgments j ON j.id = r.id AND j.label = r.label;

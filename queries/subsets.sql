@@ -47,15 +47,13 @@ CREATE OR REPLACE MACRO scored_items(mode) AS
 (SELECT count(*) FROM item_scores
  WHERE CASE WHEN mode = 'caption' THEN caption_label IS NOT NULL ELSE image_label IS NOT NULL END);
 
--- coverage_for: the study's Table 1 for any mode (image | caption | ensemble):
--- how many items the top label classifies at each threshold from 0.0 to 1.0 by 0.1.
--- `coverage` is coverage_for('image').
+-- coverage_for(mode): the study's Table 1 (coverage.sql) by `curate filter --mode`
+-- (image | caption | ensemble), out of the mode's items (images: every embedded image;
+-- caption: the items with a caption). `coverage` is coverage_for('image').
 CREATE OR REPLACE MACRO coverage_for(mode) AS TABLE
-SELECT threshold, classified, images, classified / nullif(images, 0) AS share
-FROM (
-    SELECT t.i / 10 AS threshold,
-           (SELECT count(*) FROM subset_predictions(mode, [], 0.0) p WHERE p.prob >= t.i / 10) AS classified,
-           (SELECT count(*) FROM subset_predictions(mode, [], 0.0)) AS images
-    FROM range(0, 11) t(i)
-)
+SELECT * FROM coverage_of('predictions') WHERE mode = 'image'
+UNION ALL
+SELECT * FROM coverage_of('caption_predictions') WHERE mode = 'caption'
+UNION ALL
+SELECT * FROM coverage_of('ensemble') WHERE mode = 'ensemble'
 ORDER BY threshold;

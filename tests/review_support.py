@@ -14,6 +14,7 @@ from pathlib import Path
 
 from PIL import Image
 
+from curate.core import sql
 from curate.core.workspace import Workspace
 
 PREDICTION_COLUMNS = "id BIGINT, label VARCHAR, prob DOUBLE, label2 VARCHAR, prob2 DOUBLE, margin DOUBLE"
@@ -73,6 +74,7 @@ def fake_workspace(root: Path, predictions: list[tuple[int, str, float]], captio
         con.execute(f"CREATE TABLE {table} ({PREDICTION_COLUMNS})")
         _bulk(con, f"INSERT INTO {table} SELECT id, label, prob, 'other', (1 - prob) / 2, prob - (1 - prob) / 2"
                    " FROM src", ["id", "label", "prob"], preds)
+    sql.run(con, "coverage")   # Table 1's macros, as classify installs them
     con.close()
     return ws
 

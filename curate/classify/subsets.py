@@ -215,7 +215,8 @@ def _select_calibrated(con: duckdb.DuckDBPyConnection, spec: FilterSpec) -> None
     query, n = re.subn(r",\s*" + re.escape(_ITEM_EXTRAS), lambda _m: _extras(con), query)
     if n != 1:
         raise RuntimeError("subset_calibrated.sql must select the items' own columns as " + _ITEM_EXTRAS)
-    con.execute("CREATE TEMP TABLE kept AS " + query,
+    con.execute(query)   # the TEMP macro subset_calibrated, with this workspace's item columns
+    con.execute("CREATE TEMP TABLE kept AS SELECT * FROM subset_calibrated($wanted, $unmatched)",
                 {"wanted": list(spec.labels), "unmatched": spec.unmatched})
 
 

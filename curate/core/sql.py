@@ -8,6 +8,7 @@ no parameters; values reach the views' macros as bound parameters at query time.
 
 from __future__ import annotations
 
+import re
 from importlib import resources
 
 import duckdb
@@ -25,6 +26,15 @@ def text(name: str) -> str:
     return resources.files("curate.queries").joinpath(f"{name}.sql").read_text(encoding="utf-8")
 
 
+def statements(name: str) -> list[str]:
+    """The statements of queries/<name>.sql, one string each (with the comments above it).
+
+    A statement ends with `;` at the end of a line; comments never do.
+    """
+    parts = re.split(r";[ \t]*$", text(name), flags=re.MULTILINE)
+    return [p.strip() for p in parts if re.sub(r"--[^\n]*", "", p).strip()]
+
+
 def run(con: duckdb.DuckDBPyConnection, name: str) -> None:
     """Execute every statement of queries/<name>.sql."""
     con.execute(text(name))
@@ -40,3 +50,9 @@ def has_relation(con: duckdb.DuckDBPyConnection, name: str) -> bool:
     return con.execute(
         "SELECT count(*) FROM information_schema.tables WHERE table_schema = 'main' AND table_name = ?",
         [name]).fetchall()[0][0] > 0
+
+
+def has_macro(con: duckdb.DuckDBPyConnection, name: str) -> bool:
+    """Whether a macro (scalar or table, TEMP or not) of that name exists."""
+    return con.execute("SELECT count(*) FROM duckdb_functions() WHERE function_name = ?"
+                       " AND function_type IN ('macro', 'table_macro')", [name]).fetchall()[0][0] > 0

@@ -23,98 +23,16 @@ from pathlib import Path
 import duckdb
 
 from ..errors import WorkspaceBusy, WorkspaceError
+from . import sql
 
 DB_NAME = "curate.duckdb"
 STORAGE_VERSION = "v1.5.0"
 
-# `id` is ours (dense BIGINT, the FAISS id); `source_id` is what the source calls the
-# item (manifest id, or the path relative to the source root); `source_no` is the
-# source (table `sources`). (source_no, source_id) is what makes a second run over the
-# same source add only new items, and keeps two sources' items apart.
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS sources (
-    source_no INTEGER PRIMARY KEY,
-    kind VARCHAR NOT NULL,                       -- folder | tree | manifest | clip-retrieval | unknown
-    location VARCHAR,                            -- the resolved folder or manifest file
-    description VARCHAR NOT NULL UNIQUE,         -- what identifies it (includes a captions folder)
-    first_run INTEGER,
-    added_at TIMESTAMP DEFAULT current_timestamp
-);
-CREATE TABLE IF NOT EXISTS items (
-    id BIGINT PRIMARY KEY,
-    source_id VARCHAR NOT NULL,
-    path VARCHAR NOT NULL,
-    caption VARCHAR,
-    status VARCHAR NOT NULL DEFAULT 'pending',   -- pending | embedded | rejected
-    caption_tokens INTEGER,
-    caption_truncated BOOLEAN,
-    run_id INTEGER,
-    source_no INTEGER,
-    UNIQUE (source_no, source_id)
-);
-CREATE TABLE IF NOT EXISTS rejected (
-    item_id BIGINT,
-    source_id VARCHAR,
-    path VARCHAR,
-    reason VARCHAR NOT NULL,
-    stage VARCHAR NOT NULL,                      -- scan | decode | caption | import
-    run_id INTEGER,
-    rejected_at TIMESTAMP DEFAULT current_timestamp,
-    source_no INTEGER
-);
-CREATE TABLE IF NOT EXISTS runs (
-    run_id INTEGER PRIMARY KEY,
-    command VARCHAR,
-    source VARCHAR,
-    model VARCHAR,
-    pretrained VARCHAR,
-    random_weights BOOLEAN,
-    embed_dim INTEGER,
-    device VARCHAR,
-    started_at TIMESTAMP,
-    finished_at TIMESTAMP,
-    duration_s DOUBLE,
-    items_added BIGINT,
-    items_embedded BIGINT,
-    items_rejected BIGINT,
-    status VARCHAR,                              -- running | finished | failed | interrupted
-    versions JSON
-);
-CREATE TABLE IF NOT EXISTS meta (
-    key VARCHAR PRIMARY KEY,
-    value VARCHAR
-);
-CREATE TABLE IF NOT EXISTS shards (
-    kind VARCHAR NOT NULL,                       -- image | caption
-    part INTEGER NOT NULL,
-    file VARCHAR NOT NULL,
-    rows BIGINT NOT NULL,
-    run_id INTEGER,
-    PRIMARY KEY (kind, part)
-);
-"""
-
-# Columns and tables added after the first release, applied to existing workspaces at
-# every read-write connect (each statement must be idempotent: IF NOT EXISTS).
-UPGRADES: list[str] = [
-    "ALTER TABLE rejected ADD COLUMN IF NOT EXISTS source_no INTEGER",
-    # how build-index decoded images ('exact' or 'draft'): it changes the vectors
-    "ALTER TABLE runs ADD COLUMN IF NOT EXISTS decode VARCHAR",
-    # items.source_no and the (source_no, source_id) key: sources.upgrade_items (a table rebuild).
-    # runs: who ran it, so a later start can tell a killed run from a live one
-    "ALTER TABLE runs ADD COLUMN IF NOT EXISTS pid INTEGER",
-    "ALTER TABLE runs ADD COLUMN IF NOT EXISTS host VARCHAR",
-    # each item's file as it was when decoded, so a rerun can tell a changed file (curate/ingest/recheck.py);
-    # a table of its own, not columns of items, whose other columns are the source's own
-    "CREATE TABLE IF NOT EXISTS item_files (item_id BIGINT PRIMARY KEY, size BIGINT, mtime_ns BIGINT, hash VARCHAR)",
-    # shards: what was written, so damage is found cheaply (curate/core/integrity.py)
-    "ALTER TABLE shards ADD COLUMN IF NOT EXISTS min_id BIGINT",
-    "ALTER TABLE shards ADD COLUMN IF NOT EXISTS max_id BIGINT",
-    "ALTER TABLE shards ADD COLUMN IF NOT EXISTS vec_sum VARCHAR",
-    "ALTER TABLE shards ADD COLUMN IF NOT EXISTS ids_sum VARCHAR",
-    "ALTER TABLE shards ADD COLUMN IF NOT EXISTS vec_mtime_ns BIGINT",
-    "ALTER TABLE shards ADD COLUMN IF NOT EXISTS ids_mtime_ns BIGINT",
-]
+# The core tables' DDL is SQL a user can read and run: queries/workspace.sql (the tables
+# as first made) and queries/workspace_upgrades.sql (what was added since; one
+# idempotent statement each, applied at every read-write connect).
+SCHEMA = sql.text("workspace")
+UPGRADES: list[str] = sql.statements("workspace_upgrades")
 
 KINDS = ("image", "caption")
 

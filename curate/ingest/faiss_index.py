@@ -22,7 +22,7 @@ import duckdb
 import faiss
 import numpy as np
 
-from ..core import store
+from ..core import sql, store
 from ..core.workspace import Workspace
 
 
@@ -75,15 +75,6 @@ def gpu_available() -> bool:
     return hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
 
 
-INDEX_SHARDS_DDL = """
-CREATE TABLE IF NOT EXISTS index_shards (
-    kind VARCHAR NOT NULL,                       -- image | caption: which index file
-    part INTEGER NOT NULL,                       -- a shards.part whose vectors the file holds
-    rows BIGINT NOT NULL,
-    run_id INTEGER,
-    PRIMARY KEY (kind, part)
-);
-"""
 
 
 @dataclass(frozen=True)
@@ -114,7 +105,7 @@ def build_index(ws: Workspace, con: duckdb.DuckDBPyConnection, kind: str, recipe
     the old one kept as `previous`) is committed before the rename and settled after it, so
     a run killed at any point leaves a file whose record the next run finds.
     """
-    con.execute(INDEX_SHARDS_DDL)
+    sql.run(con, "index_shards")
     out = ws.index_path(kind)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")

@@ -23,8 +23,8 @@ the whole collection it keeps. A class whose marks never reach the target gets n
 
 For `curate filter --calibrated`: `save` stores the fit in the workspace (meta key
 `calibration`, table `calibration_thresholds`) and creates the view
-`calibrated_predictions` (the source view's columns + calibrated_prob, class_threshold,
-keep); `curate.classify.calibrated.load(con)` reads the fitted `Calibration` back.
+`calibrated_predictions` (queries/calibration.sql: the source view's id, label, prob,
+label2, prob2, margin + calibrated_prob, class_threshold, keep); `curate.classify.calibrated.load(con)` reads the fitted `Calibration` back.
 """
 
 from __future__ import annotations
@@ -279,11 +279,13 @@ def calibrated_relation(cal: Calibration) -> str:
 # -- handing over to `curate filter --calibrated` -------------------------------------------
 
 def save(con: duckdb.DuckDBPyConnection, cal: Calibration) -> None:
-    """Store the fit and (re)create the view `calibrated_predictions` for `curate filter`."""
+    """Store the fit for `curate filter --calibrated`: meta['calibration'], the table
+    calibration_thresholds, and the view `calibrated_predictions` (queries/calibration.sql),
+    which reads the stored temperature."""
     con.execute("BEGIN TRANSACTION")
     try:
-        con.execute("CREATE OR REPLACE TABLE calibration_thresholds (label VARCHAR PRIMARY KEY, threshold DOUBLE,"
-                    " precision DOUBLE, support INTEGER, marked INTEGER, kept BIGINT)")
+        sql.run(con, "calibration")   # the table if new, and the view, which reads meta['calibration']
+        con.execute("DELETE FROM calibration_thresholds")
         con.executemany("INSERT INTO calibration_thresholds VALUES (?, ?, ?, ?, ?, ?)",
                         [(c.label, c.threshold, c.precision, c.support, c.marked, c.kept) for c in cal.classes])
         con.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", [META_KEY, json.dumps({
@@ -291,11 +293,6 @@ def save(con: duckdb.DuckDBPyConnection, cal: Calibration) -> None:
             "labels": cal.n_labels, "target_precision": cal.target_precision, "min_support": cal.min_support,
             "nll_before": cal.nll_before, "nll_after": cal.nll_after, "marks": cal.marks, "exact": cal.exact,
             "scores_column": cal.scores_column})])
-        con.execute(
-            f"CREATE OR REPLACE VIEW calibrated_predictions AS SELECT c.*, t.threshold AS class_threshold,"
-            f" coalesce(c.calibrated_prob >= t.threshold - {TOLERANCE!r}, false) AS keep"
-            f" FROM ({calibrated_relation(cal)}) c LEFT JOIN calibration_thresholds t ON t.label = c.label"
-        )
         con.execute("COMMIT")
     except BaseException:
         try:

@@ -13,8 +13,8 @@ From one review set (or any CSV sheet with label, prob, mark):
 - plots (rates and coverage against threshold, class accuracy) and image grids per
   class, hits and misses apart.
 
-The tables are SQL (`queries/sample_*.sql`) over a relation `report_marks`; this module
-points that relation at the marks and runs them into a `Report`; report_render.py writes
+The tables are SQL table macros (`queries/report_*.sql`) over a TEMP table `report_marks`;
+this module stores the marks there and runs the macros into a `Report`; report_render.py writes
 it as text, CSV and HTML, report_figures.py draws its pictures. Rates are printed
 with 4 decimals, truncated as the study printed them (270/460 = 0.58695... -> 0.5869);
 the counts beside them are exact.
@@ -29,12 +29,14 @@ from decimal import ROUND_DOWN, Decimal
 from pathlib import Path
 
 import duckdb
-import numpy as np
 
 from ..classify.calibrated import Calibration
 from ..classify.state import require_complete
 from ..core import sql
 from . import sampling
+
+# The report's queries (queries/<name>.sql): table macros over a relation of marks.
+REPORT_QUERIES = ("report_thresholds", "report_class_accuracy", "report_summary")
 
 # The study's choice (1.3373 at 0.6) is the largest ratio among thresholds that still keep
 # at least half of the images the sample found correct; 0.9 has a larger ratio (1.5141)
@@ -161,18 +163,21 @@ def marks_from_set(con: duckdb.DuckDBPyConnection, set_name: str) -> list[Marked
     return [Marked(label, float(p), m, path, int(i)) for label, p, m, path, i in rows]
 
 
-def _register(con: duckdb.DuckDBPyConnection, marks: Sequence[Marked], frequency: dict[str, int]) -> None:
-    """Point `report_marks` at these marks (a registered in-memory relation)."""
+def _store(con: duckdb.DuckDBPyConnection, marks: Sequence[Marked], frequency: dict[str, int]) -> None:
+    """Store these marks as the TEMP table `report_marks` that the report_*.sql macros read
+    (TEMP: the workspace may be open read-only, or be no workspace at all)."""
     rank: dict[str, int] = {}
     for m in marks:  # classes in the order they first appear: the set's order, or the sheet's
         rank.setdefault(m.label, len(rank) + 1)
-    con.register("report_marks", {
-        "label": np.array([m.label for m in marks], dtype=object),
-        "prob": np.array([m.prob for m in marks], dtype=np.float64),
-        "mark": np.array([m.mark for m in marks], dtype=object),
-        "frequency": np.array([frequency.get(m.label) for m in marks], dtype=object),
-        "rank": np.array([rank[m.label] for m in marks], dtype=np.int64),
-    })
+    con.execute("CREATE OR REPLACE TEMP TABLE report_marks"
+                " (label VARCHAR, prob DOUBLE, mark VARCHAR, frequency BIGINT, rank BIGINT)")
+    if not marks:
+        return
+    con.execute("INSERT INTO report_marks SELECT unnest($label), unnest($prob), unnest($mark),"
+                " unnest($frequency), unnest($rank)", {
+                    "label": [m.label for m in marks], "prob": [float(m.prob) for m in marks],
+                    "mark": [m.mark for m in marks], "frequency": [frequency.get(m.label) for m in marks],
+                    "rank": [rank[m.label] for m in marks]})
 
 
 def _opt(x) -> float | None:
@@ -183,13 +188,15 @@ def analyse(con: duckdb.DuckDBPyConnection, name: str, source: str, marks: Seque
             frequency: dict[str, int] | None = None,
             min_hit_rate: float = DEFAULT_MIN_HIT_RATE) -> SourceReport:
     """Tables of one sample; `con` may be any connection (even read-only or in-memory)."""
-    _register(con, marks, frequency or {})
+    _store(con, marks, frequency or {})
     try:
-        t_rows = con.execute(sql.text("sample_thresholds")).fetchall()
-        c_rows = con.execute(sql.text("sample_class_accuracy")).fetchall()
-        s_row = con.execute(sql.text("sample_summary")).fetchall()[0]
+        for query in REPORT_QUERIES:
+            sql.run(con, query)
+        t_rows = con.execute("SELECT * FROM report_thresholds('report_marks')").fetchall()
+        c_rows = con.execute("SELECT * FROM report_class_accuracy('report_marks')").fetchall()
+        s_row = con.execute("SELECT * FROM report_summary('report_marks')").fetchall()[0]
     finally:
-        con.unregister("report_marks")
+        con.execute("DROP TABLE IF EXISTS temp.report_marks")
     thresholds = [ThresholdRow(float(t), int(k), int(h), _opt(hr), int(e), _opt(er), _opt(r), _opt(p))
                   for t, k, h, hr, e, er, r, p in t_rows]
     classes = [ClassRow(c, None if f is None else int(f), int(n), int(h), int(m), int(s), int(u),
@@ -220,19 +227,22 @@ def best_threshold(rows: Sequence[ThresholdRow], min_hit_rate: float = DEFAULT_M
 
 
 def coverage(con: duckdb.DuckDBPyConnection) -> dict[str, list[tuple[float, int, float]]]:
-    """Table 1 for each kind of prediction the workspace has: (t, images classified, share)."""
+    """Table 1 for each kind of prediction the workspace has: (t, items classified, share),
+    from the one definition of it, `coverage_for` (queries/coverage.sql)."""
     if not sql.has_relation(con, "predictions"):
         return {}
     require_complete(con, needed=False)   # coverage of half a classification would be wrong: refuse
     images = con.execute("SELECT count(*) FROM predictions").fetchall()[0][0]
     if not images:
         return {}
+    # coverage_for(mode): the same table, in a workspace last classified before coverage_of
+    macro = "coverage_of" if sql.has_macro(con, "coverage_of") else "coverage_for"
     out = {}
     for source, view in sampling.SOURCES.items():
         if sql.has_relation(con, view):
-            rows = con.execute(sql.text("sample_coverage").format(predictions=view),
-                               {"images": images}).fetchall()
-            out[source] = [(float(t), int(n), float(s)) for t, n, s in rows]
+            rows = con.execute(f"SELECT threshold, classified, share FROM {macro}(?)",
+                               [view if macro == "coverage_of" else source]).fetchall()
+            out[source] = [(float(t), int(n), float(s or 0.0)) for t, n, s in rows]
     return out
 
 

@@ -3,7 +3,8 @@
 The study validated CLIP without ground truth by taking the 10 most frequent predicted
 classes (top-1, no threshold) and 100 random images of each, marked by hand as hit or
 miss. `draw` does that for image, caption or ensemble predictions; the statements are
-`queries/sample_classes.sql` and `queries/sample_items.sql`, readable in the DuckDB shell.
+the table macros of `queries/sample_classes.sql` and `queries/sample_items.sql`, which
+run as they are in the DuckDB shell.
 
 Several named sets coexist (`review_sets`); the page, the sheet and the report work on
 one set, the latest by default.
@@ -22,7 +23,7 @@ from ..core.sql import has_relation
 from ..errors import CurateError
 
 # Which view holds each kind of prediction. A user picks the key; only these fixed view
-# names are ever formatted into SQL.
+# names ever reach SQL.
 SOURCES: dict[str, str] = {
     "image": "predictions",
     "caption": "caption_predictions",
@@ -100,10 +101,13 @@ def draw(
         for table in ("review_items", "review_classes"):
             con.execute(f"DELETE FROM {table} WHERE set_name = $set_name", params)
         con.execute("DELETE FROM review_sets WHERE name = $set_name", params)
-        con.execute(sql.text("sample_classes").format(predictions=view),
-                    {**params, "top_classes": top_classes})
-        con.execute(sql.text("sample_items").format(predictions=view),
-                    {**params, "per_class": per_class, "seed": seed})
+        sql.run(con, "sample_classes")
+        sql.run(con, "sample_items")
+        con.execute("INSERT INTO review_classes SELECT $set_name, label, rank, frequency"
+                    " FROM sample_classes($view, $top_classes)",
+                    {**params, "view": view, "top_classes": top_classes})
+        con.execute("INSERT INTO review_items SELECT * FROM sample_items($view, $set_name, $per_class, $seed)",
+                    {**params, "view": view, "per_class": per_class, "seed": seed})
         n = con.execute("SELECT count(*) FROM review_items WHERE set_name = $set_name", params).fetchall()[0][0]
         con.execute(
             "INSERT INTO review_sets (name, source, top_classes, per_class, seed, items)"

@@ -109,6 +109,10 @@ def test_fit_save_load_and_the_view_for_filter(tmp_path):
     p2 = np.minimum(p2, 1 - p1)
     ws = fake_workspace(tmp_path / "ws", [(i, str(labels[i]), float(p1[i])) for i in range(n)], images=False)
     con = ws.connect()
+    # the other relations of a classified workspace that the view reads (empty here)
+    for table in ("caption_predictions", "ensemble"):
+        con.execute(f"CREATE TABLE {table} AS SELECT * FROM predictions LIMIT 0")
+    con.execute("CREATE TABLE label_scores (id BIGINT, label_idx USMALLINT, image_prob DOUBLE, caption_prob DOUBLE)")
     con.execute("UPDATE predictions SET prob2 = list_extract(?, id::INTEGER + 1)", [p2.tolist()])
     con.execute("UPDATE predictions SET label2 = 'l' || (id % 50)")   # 53 labels seen in all
     rs = sampling.draw(con, top_classes=3, per_class=80, seed=2, name="s")

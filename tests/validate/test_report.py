@@ -19,6 +19,7 @@ from review_support import (
     write_marks_csv,
 )
 
+from curate.core import sql
 from curate.core.workspace import Workspace
 from curate.validate import report, report_render, sampling
 from curate.validate.review import marks
@@ -115,6 +116,7 @@ def test_study_table_2_with_frequencies_through_a_workspace(tmp_path):
                ((hash(f.label, g.i) % 1000) / 1000.0)::DOUBLE AS prob,
                'x' AS label2, 0.0::DOUBLE AS prob2, 0.0::DOUBLE AS margin
         FROM freq f, LATERAL (SELECT range AS i FROM range(f.n)) g""")
+    sql.run(con, "coverage")   # Table 1's macros, as classify installs them
     con.execute("INSERT INTO items (id, source_id, path, caption, status)"
                 " SELECT id, 's' || id, '/nonexistent/' || id || '.jpg', NULL, 'embedded' FROM predictions")
     rs = sampling.draw(con, top_classes=10, per_class=100, seed=7)

@@ -16,7 +16,7 @@ from conftest import run_cli
 from curate.classify import calibrated
 from curate.classify.run import classify
 from curate.core.workspace import Workspace
-from curate.validate import calibration, report
+from curate.validate import calibration
 
 
 @pytest.fixture()
@@ -68,9 +68,6 @@ def test_sample_review_report_on_a_classified_workspace(classified, tmp_path):
     cal = calibrated.for_workspace(ws)
     assert cal is not None and cal.scores_column == "image_prob" and cal.exact
     assert set(cal.thresholds) <= {c["class"] for c in classes}
-    # Table 1 of the image predictions is classify's own `coverage` view
-    assert report.coverage(con)["image"] == [
-        (t, n, s) for t, n, _i, s in con.execute("SELECT * FROM coverage ORDER BY threshold").fetchall()]
     long = con.execute("SELECT id, label_idx, image_prob FROM label_scores ORDER BY id, label_idx").fetchall()
     ids = sorted({i for i, _l, _p in long})
     n_labels = con.execute("SELECT n_labels FROM score_settings").fetchall()[0][0]

@@ -1,6 +1,6 @@
 -- The study's threshold table, from the marks of one review set.
 --
--- Reads the relation `report_marks` (label, prob, mark, ...): the review sheet of a set,
+-- Reads the relation `marks`: the review sheet of a set,
 -- or a CSV sheet loaded by `curate report --marks`. For t = 0.0, 0.1, ..., 1.0:
 --   kept       images whose top probability is >= t
 --   hits       hits among them;   hit_rate   = hits kept / all hits in the sample
@@ -9,11 +9,18 @@
 --   precision  hits kept / kept (the accuracy of what the threshold keeps; Table 3)
 -- Skipped and unmarked images count nowhere. t is range/10, the same DOUBLE as the
 -- literal 0.3, so an image at exactly 0.3 is kept at 0.3.
+-- `marks` names a relation with columns label, prob, mark (hit | miss | skip | NULL),
+-- frequency and rank (the class's order): `curate report` fills a TEMP table with the
+-- marks of a set or of a CSV sheet; in the shell, the view review_marks (sample_schema.sql)
+-- has every set's:
+-- Setup: CREATE OR REPLACE TEMP VIEW report_marks AS SELECT * FROM review_marks WHERE set_name = (SELECT name FROM review_sets ORDER BY created_at DESC LIMIT 1);
+-- Usage: SELECT * FROM report_thresholds('report_marks');
+CREATE OR REPLACE TEMP MACRO report_thresholds(marks) AS TABLE
 WITH thresholds AS (
     SELECT range / 10 AS threshold FROM range(0, 11)
 ),
 judged AS (
-    SELECT prob, mark = 'hit' AS hit FROM report_marks WHERE mark IN ('hit', 'miss')
+    SELECT prob, mark = 'hit' AS hit FROM query_table(marks) WHERE mark IN ('hit', 'miss')
 ),
 totals AS (
     SELECT count(*) FILTER (hit) AS all_hits, count(*) FILTER (NOT hit) AS all_errors FROM judged

@@ -1,0 +1,27 @@
+-- Columns and tables added to the core tables (workspace.sql) after the first release,
+-- applied to existing workspaces at every read-write connect, after workspace.sql:
+-- every statement is idempotent (IF NOT EXISTS). Append new ones at the end.
+-- (items.source_no and the (source_no, source_id) key came by a table rebuild:
+-- curate/ingest/sources.py upgrade_items.)
+
+ALTER TABLE rejected ADD COLUMN IF NOT EXISTS source_no INTEGER;
+
+-- how build-index decoded images ('exact' or 'draft'): it changes the vectors
+ALTER TABLE runs ADD COLUMN IF NOT EXISTS decode VARCHAR;
+
+-- runs: who ran it, so a later start can tell a killed run from a live one
+ALTER TABLE runs ADD COLUMN IF NOT EXISTS pid INTEGER;
+ALTER TABLE runs ADD COLUMN IF NOT EXISTS host VARCHAR;
+
+-- each item's file as it was when decoded, so a rerun can tell a changed file
+-- (curate/ingest/recheck.py); a table of its own, not columns of items, whose other
+-- columns are the source's own
+CREATE TABLE IF NOT EXISTS item_files (item_id BIGINT PRIMARY KEY, size BIGINT, mtime_ns BIGINT, hash VARCHAR);
+
+-- shards: what was written, so damage is found cheaply (curate/core/integrity.py)
+ALTER TABLE shards ADD COLUMN IF NOT EXISTS min_id BIGINT;
+ALTER TABLE shards ADD COLUMN IF NOT EXISTS max_id BIGINT;
+ALTER TABLE shards ADD COLUMN IF NOT EXISTS vec_sum VARCHAR;
+ALTER TABLE shards ADD COLUMN IF NOT EXISTS ids_sum VARCHAR;
+ALTER TABLE shards ADD COLUMN IF NOT EXISTS vec_mtime_ns BIGINT;
+ALTER TABLE shards ADD COLUMN IF NOT EXISTS ids_mtime_ns BIGINT;

@@ -1,0 +1,77 @@
+"""Every file of queries/ runs in the real duckdb shell (the duckdb-cli package) on a
+classified workspace with a review set, marks and a calibration: the data contract is
+SQL a user can run as it is.
+
+A file's header may name what to run around it: `-- Setup: <SQL>` lines run before
+the file, `-- Usage: <SQL>` lines after it (so a macro is called, not only defined).
+Each file runs in a transaction that is rolled back, so a file that replaces tables
+(scores_tables.sql) leaves the workspace as it was for the next one.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import duckdb
+import pytest
+from conftest import run_cli
+
+QUERIES = Path(__file__).resolve().parents[2] / "queries"
+SHELL = shutil.which("duckdb", path=str(Path(sys.executable).parent)) or shutil.which("duckdb")
+
+
+@pytest.fixture(scope="module")
+def reviewed(built_workspace, tmp_path_factory) -> Path:
+    """classify, sample, every other image of the set marked a hit, report (calibration saved)."""
+    ws = tmp_path_factory.mktemp("shell") / "ws"
+    shutil.copytree(built_workspace, ws)
+    run_cli("classify", "-w", ws)
+    run_cli("sample", "-w", ws, "--top-classes", "3", "--per-class", "4", "--seed", "7")
+    con = duckdb.connect(str(ws / "curate.duckdb"))
+    con.execute("INSERT INTO judgments (id, label, mark) SELECT id, label,"
+                " CASE WHEN position % 2 = 0 THEN 'hit' ELSE 'miss' END FROM review_items")
+    con.close()
+    out = run_cli("report", "-w", ws, "--out", ws.parent / "report", "--target-precision", "0.5",
+                  "--min-support", "1").output
+    assert "calibration: temperature" in out
+    return ws
+
+
+def _lines(text: str, tag: str) -> list[str]:
+    return re.findall(rf"^-- {tag}: (.+)$", text, flags=re.MULTILINE)
+
+
+def test_every_query_file_has_a_header():
+    files = sorted(QUERIES.glob("*.sql"))
+    assert len(files) >= 15
+    for f in files:
+        assert f.read_text(encoding="utf-8").startswith("-- "), f"{f.name}: no header comment"
+
+
+@pytest.mark.skipif(SHELL is None, reason="the duckdb shell (duckdb-cli) is not installed")
+@pytest.mark.parametrize("name", sorted(p.name for p in QUERIES.glob("*.sql")))
+def test_the_file_runs_in_the_duckdb_shell(reviewed, name):
+    text = (QUERIES / name).read_text(encoding="utf-8")
+    script = "\n".join(["BEGIN TRANSACTION;", *_lines(text, "Setup"), text.rstrip().rstrip(";") + ";",
+                        *_lines(text, "Usage"), "ROLLBACK;", ""])
+    r = subprocess.run([SHELL, str(reviewed / "curate.duckdb"), "-bail", "-csv"], input=script,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and not r.stderr.strip(), f"{name}:\n{r.stderr}\n{r.stdout[-2000:]}"
+    for usage in _lines(text, "Usage"):   # a usage line that selects prints at least its header
+        assert usage.lstrip().upper().startswith("SELECT") and r.stdout.strip(), f"{name}: {usage}"
+
+
+def test_every_table_of_a_workspace_is_made_by_a_file_in_queries(reviewed):
+    """The whole data contract is readable SQL: no table's DDL lives only in Python."""
+    ddl = "\n".join(p.read_text(encoding="utf-8") for p in QUERIES.glob("*.sql"))
+    made = set(re.findall(r"CREATE (?:OR REPLACE )?TABLE (?:IF NOT EXISTS )?(\w+)", ddl))
+    con = duckdb.connect(str(reviewed / "curate.duckdb"), read_only=True)
+    tables = {r[0] for r in con.execute("SELECT table_name FROM duckdb_tables() WHERE NOT temporary").fetchall()}
+    con.close()
+    assert {"items", "runs", "shards", "index_shards", "item_files", "item_scores", "judgments",
+            "calibration_thresholds"} <= tables
+    assert tables - made == set()
