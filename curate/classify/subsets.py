@@ -182,8 +182,21 @@ def describe_where(where: tuple[tuple[str, str], ...]) -> str:
     return "".join(f", {col} = {' or '.join(values)}" for col, values in by_col.items())
 
 
-def _restrict(con: duckdb.DuckDBPyConnection, where: tuple[tuple[str, str], ...]) -> None:
-    """Keep only rows whose item has one of the given values in each named column (compared as text).
+def parse_where(items: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
+    """`--where COLUMN=VALUE` options as (column, value) pairs."""
+    pairs = []
+    for w in items:
+        col, eq, value = w.partition("=")
+        if not eq or not col.strip():
+            raise FilterError(f"--where {w!r}: write COLUMN=VALUE, e.g. --where city=newyork")
+        pairs.append((col.strip(), value))
+    return tuple(pairs)
+
+
+def where_clause(con: duckdb.DuckDBPyConnection, where: tuple[tuple[str, str], ...],
+                 alias: str = "i") -> tuple[str, list[str]]:
+    """SQL over `items AS alias` keeping the rows with one of the given values in each named column
+    (compared as text), and its parameters.
 
     Column names come from the user: each is matched against the items table's own columns
     and quoted; values are bound parameters, never SQL text.
@@ -198,9 +211,13 @@ def _restrict(con: duckdb.DuckDBPyConnection, where: tuple[tuple[str, str], ...]
             own = sorted(c for c in cols.values() if c.lower() not in _MANAGED)
             raise FilterError(f"--where {col}=...: items has no column {col!r} (its columns: {', '.join(own)})")
         by_col.setdefault(real, []).append(value)
-    clause = " AND ".join(f"CAST(i.{quote_ident(c)} AS VARCHAR) IN ({', '.join('?' * len(v))})"
+    clause = " AND ".join(f"CAST({alias}.{quote_ident(c)} AS VARCHAR) IN ({', '.join('?' * len(v))})"
                           for c, v in by_col.items())
-    params = [v for values in by_col.values() for v in values]
+    return clause, [v for values in by_col.values() for v in values]
+
+
+def _restrict(con: duckdb.DuckDBPyConnection, where: tuple[tuple[str, str], ...]) -> None:
+    clause, params = where_clause(con, where)
     con.execute(f"DELETE FROM kept WHERE id NOT IN (SELECT i.id FROM items i WHERE {clause})", params)
 
 

@@ -8,7 +8,7 @@ import click
 
 from ..classify.calibrated import for_workspace
 from ..classify.scoring import ENSEMBLE_TEXT_MIN, ENSEMBLE_TEXT_WEIGHT
-from ..classify.subsets import FORMATS, MODES, FilterError, FilterSpec, write_subset
+from ..classify.subsets import FORMATS, MODES, FilterError, FilterSpec, parse_where, write_subset
 from ..core.textout import echo, safe
 from ..errors import PartialResult
 from . import options
@@ -49,14 +49,8 @@ def filter_cmd(ws_path: Path, labels: tuple[str, ...], min_prob: float, mode: st
                text_weight: float, text_min: float, image_max: float, calibrated: bool, where: tuple[str, ...],
                out: Path | None, copy_to: Path | None, link_to: Path | None, clean: bool) -> None:
     """Cut a labelled subset (or what cleaning drops) out of a classified workspace."""
-    pairs = []
-    for w in where:
-        col, eq, value = w.partition("=")
-        if not eq or not col.strip():
-            raise FilterError(f"--where {w!r}: write COLUMN=VALUE, e.g. --where city=newyork")
-        pairs.append((col.strip(), value))
     spec = FilterSpec(labels=labels, min_prob=min_prob, mode=mode, unmatched=unmatched, text_weight=text_weight,
-                      text_min=text_min, image_max=image_max, calibrated=calibrated, where=tuple(pairs))
+                      text_min=text_min, image_max=image_max, calibrated=calibrated, where=parse_where(where))
     if clean and not (copy_to or link_to):
         raise FilterError("--clean empties a --copy-to or --link-to folder: give one")
     note_random_weights(ws_path)

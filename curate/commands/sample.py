@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from ..classify.subsets import parse_where
 from ..core.progress import plural
 from ..core.textout import echo, safe
 from ..validate import sampling
@@ -27,9 +28,12 @@ from .shared import connect_review, note_random_weights
               help="Which predictions to validate.")
 @click.option("--name", default=None, help="Name of the review set [default: SOURCE-topNxM-seedS].")
 @click.option("--replace", is_flag=True, help="Redraw a set of that name with new parameters (marks are kept).")
+@click.option("--where", "where", multiple=True, metavar="COLUMN=VALUE",
+              help="Draw only among images whose item has this value in one of its columns (e.g. city=newyork); "
+                   "repeat it: values of one column are alternatives, columns all apply.")
 @click.option("--list", "list_only", is_flag=True, help="List the review sets and their progress, draw nothing.")
 def sample(ws_path: Path, top_classes: int, per_class: int, seed: int, source: str, name: str | None,
-           replace: bool, list_only: bool) -> None:
+           replace: bool, where: tuple[str, ...], list_only: bool) -> None:
     """Draw a review set: the study's stratified sample, reproducible from its seed."""
     con = connect_review(ws_path, read_only=list_only)
     try:
@@ -41,7 +45,7 @@ def sample(ws_path: Path, top_classes: int, per_class: int, seed: int, source: s
             return
         note_random_weights(ws_path, con)
         rs = sampling.draw(con, source=source, top_classes=top_classes, per_class=per_class, seed=seed,
-                           name=name, replace=replace)
+                           name=name, replace=replace, where=parse_where(where))
         prog = marks.progress(con, rs.name)
         echo(safe(f"review set {rs.name}: {rs.items} images from {source} predictions"))
         found = sampling.classes(con, rs.name)

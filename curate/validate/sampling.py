@@ -18,6 +18,7 @@ from datetime import datetime
 import duckdb
 
 from ..classify.state import require_complete
+from ..classify.subsets import where_clause
 from ..core import sql
 from ..core.sql import has_relation
 from ..errors import CurateError
@@ -50,8 +51,9 @@ def ensure_schema(con: duckdb.DuckDBPyConnection) -> None:
     con.execute(sql.text("sample_schema"))
 
 
-def default_name(source: str, top_classes: int, per_class: int, seed: int) -> str:
-    return f"{source}-top{top_classes}x{per_class}-seed{seed}"
+def default_name(source: str, top_classes: int, per_class: int, seed: int,
+                 where: tuple[tuple[str, str], ...] = ()) -> str:
+    return f"{source}-top{top_classes}x{per_class}-seed{seed}" + "".join(f"-{c}={v}" for c, v in where)
 
 
 def draw(
@@ -63,13 +65,15 @@ def draw(
     seed: int = 0,
     name: str | None = None,
     replace: bool = False,
+    where: tuple[tuple[str, str], ...] = (),
 ) -> ReviewSet:
     """Draw and store a review set; the same arguments always draw the same images.
 
     Drawing a set that exists with the same parameters is a no-op (so a script can run
     `curate sample` twice). A different set under an existing name is refused unless
     `replace`: its marks stay in `judgments` either way, since they judge (image, label)
-    pairs, not sets.
+    pairs, not sets. `where` draws among the items with those values in those columns only
+    (`curate sample --where city=newyork`); its default name says so.
     """
     if source not in SOURCES:
         raise SampleError(f"unknown source {source!r}: use one of {', '.join(SOURCES)}")
@@ -82,7 +86,7 @@ def draw(
             f"the workspace has no `{view}` view yet ({source} predictions): run `curate classify` first"
         )
     ensure_schema(con)
-    name = name or default_name(source, top_classes, per_class, seed)
+    name = name or default_name(source, top_classes, per_class, seed, where)
     params = {"set_name": name}
     existing = get_set(con, name) if _exists(con, name) else None
     if existing is not None:
@@ -103,6 +107,11 @@ def draw(
         con.execute("DELETE FROM review_sets WHERE name = $set_name", params)
         sql.run(con, "sample_classes")
         sql.run(con, "sample_items")
+        if where:  # the predictions of the items in scope, as a table the macros read by name
+            clause, args = where_clause(con, where)
+            con.execute(f"CREATE OR REPLACE TEMP TABLE sample_scope AS SELECT p.* FROM {view} p "
+                        f"JOIN items i ON i.id = p.id WHERE {clause}", args)
+            view = "sample_scope"
         con.execute("INSERT INTO review_classes SELECT $set_name, label, rank, frequency"
                     " FROM sample_classes($view, $top_classes)",
                     {**params, "view": view, "top_classes": top_classes})
@@ -122,7 +131,8 @@ def draw(
             pass
         raise
     if n == 0:
-        raise SampleError(f"`{view}` is empty: nothing to sample")
+        scope = "".join(f", {c} = {v}" for c, v in where)
+        raise SampleError(f"`{SOURCES[source]}`{scope} is empty: nothing to sample")
     return get_set(con, name)
 
 

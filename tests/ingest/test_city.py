@@ -107,3 +107,24 @@ def test_filter_where_takes_one_city(tmp_path):
     bad = run_cli("filter", "-w", ws, "--where", "town=newyork", expect=1)
     assert "items has no column 'town'" in bad.output and "city" in bad.output
     assert "write COLUMN=VALUE" in run_cli("filter", "-w", ws, "--where", "newyork", expect=1).output
+
+
+def test_sample_where_draws_from_one_city(tmp_path):
+    """`sample --where city=newyork` draws only New York's images, under a name that says so."""
+    src = _instacities(tmp_path / "InstaCities1M")
+    ws = tmp_path / "ws"
+    _build(src, ws)
+    run_cli("classify", "-w", ws, "--prompts", "raw")
+    r = run_cli("sample", "-w", ws, "--top-classes", "5", "--per-class", "10", "--where", "city=newyork")
+    assert "review set image-top5x10-seed0-city=newyork: 3 images" in r.output
+    con = duckdb.connect(str(ws / "curate.duckdb"), read_only=True)
+    try:
+        got = con.execute("SELECT i.city, count(*) FROM review_items r JOIN items i ON i.id = r.id "
+                          "WHERE r.set_name = 'image-top5x10-seed0-city=newyork' GROUP BY ALL").fetchall()
+        freq = con.execute("SELECT sum(frequency) FROM review_classes "
+                           "WHERE set_name = 'image-top5x10-seed0-city=newyork'").fetchall()[0][0]
+    finally:
+        con.close()
+    assert got == [("newyork", 3)] and freq == 3      # class frequencies are counted within the city too
+    assert "nothing to sample" in run_cli("sample", "-w", ws, "--where", "city=paris", expect=1).output
+    assert "items has no column 'town'" in run_cli("sample", "-w", ws, "--where", "town=x", expect=1).output
