@@ -80,8 +80,7 @@ def _cached(con: duckdb.DuckDBPyConnection, key: str, label_set: LabelSet,
 
 def _store_cache(con: duckdb.DuckDBPyConnection, q: LabelQueries, ident: ModelIdentity, label_set: LabelSet,
                  wording: Wording) -> None:
-    con.execute("BEGIN TRANSACTION")
-    try:
+    with sql.transaction(con):
         con.execute("DELETE FROM label_vectors WHERE cache_key = ?", [q.cache_key])
         con.execute("DELETE FROM label_vector_sets WHERE cache_key = ?", [q.cache_key])
         con.execute("INSERT INTO label_vector_sets (cache_key, model, pretrained, embed_dim, label_set, prompts, "
@@ -91,7 +90,3 @@ def _store_cache(con: duckdb.DuckDBPyConnection, q: LabelQueries, ident: ModelId
         con.executemany("INSERT INTO label_vectors VALUES (?, ?, ?, ?, ?)",
                         [[q.cache_key, i, lab, ps, vec.tolist()]
                          for i, (lab, ps, vec) in enumerate(zip(q.labels, q.prompts, q.vectors, strict=True))])
-        con.execute("COMMIT")
-    except BaseException:
-        con.execute("ROLLBACK")
-        raise

@@ -161,10 +161,5 @@ def _live_is(con: duckdb.DuckDBPyConnection, fp: str) -> bool:
 
 
 def in_transaction(con: duckdb.DuckDBPyConnection, work: Callable[[], object]) -> None:
-    con.execute("BEGIN TRANSACTION")
-    try:
+    with sql.transaction(con):
         work()
-        con.execute("COMMIT")
-    except BaseException:
-        con.execute("ROLLBACK")
-        raise

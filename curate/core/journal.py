@@ -132,17 +132,13 @@ def fold(con: duckdb.DuckDBPyConnection, root: str | Path) -> int:
             table = _table(con)
             latest = {(i, label): (i, label, mark, at) for i, label, mark, at in rows}  # journal order: last wins
             con.register("journal_rows", _columns(list(latest.values())))
-            con.execute("BEGIN TRANSACTION")
             try:
-                con.execute(
-                    f"INSERT INTO {table} (id, label, mark, marked_at)"
-                    " SELECT id, label, mark, CAST(marked_at AS TIMESTAMP) FROM journal_rows"
-                    " ON CONFLICT (id, label) DO UPDATE SET mark = excluded.mark, marked_at = excluded.marked_at"
-                    " WHERE excluded.marked_at >= marked_at")
-                con.execute("COMMIT")
-            except BaseException:
-                con.execute("ROLLBACK")
-                raise
+                with sql.transaction(con):
+                    con.execute(
+                        f"INSERT INTO {table} (id, label, mark, marked_at)"
+                        " SELECT id, label, mark, CAST(marked_at AS TIMESTAMP) FROM journal_rows"
+                        " ON CONFLICT (id, label) DO UPDATE SET mark = excluded.mark, marked_at = excluded.marked_at"
+                        " WHERE excluded.marked_at >= marked_at")
             finally:
                 con.unregister("journal_rows")
         os.ftruncate(fd, 0)

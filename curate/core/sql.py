@@ -9,6 +9,8 @@ no parameters; values reach the views' macros as bound parameters at query time.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from importlib import resources
 
 import duckdb
@@ -56,3 +58,23 @@ def has_macro(con: duckdb.DuckDBPyConnection, name: str) -> bool:
     """Whether a macro (scalar or table, TEMP or not) of that name exists."""
     return con.execute("SELECT count(*) FROM duckdb_functions() WHERE function_name = ?"
                        " AND function_type IN ('macro', 'table_macro')", [name]).fetchall()[0][0] > 0
+
+
+@contextmanager
+def transaction(con: duckdb.DuckDBPyConnection) -> Iterator[duckdb.DuckDBPyConnection]:
+    """BEGIN ... COMMIT around the block; ROLLBACK on any error, and the error goes on.
+
+    A COMMIT that fails (a full disk) has already ended the transaction: the ROLLBACK
+    after it fails too, and its "no transaction is active" must not hide the real error.
+    """
+    con.execute("BEGIN TRANSACTION")
+    try:
+        yield con
+        con.execute("COMMIT")
+    except BaseException:
+        try:
+            con.execute("ROLLBACK")
+        except duckdb.Error:
+            pass
+        raise
+

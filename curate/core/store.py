@@ -19,6 +19,7 @@ import duckdb
 import numpy as np
 
 from ..errors import WorkspaceError
+from .sql import transaction
 from .workspace import KINDS, Workspace
 
 
@@ -179,8 +180,7 @@ def drop_items(ws: Workspace, con: duckdb.DuckDBPyConnection, ids: np.ndarray,
                 vecs = np.load(d / name, mmap_mode="r")
                 w = write_shard(ws, kind, part, have[keep], np.asarray(vecs[keep]), name=_next_name(part, name))
             rewrites.append((kind, part, name, w))
-    con.execute("BEGIN TRANSACTION")
-    try:
+    with transaction(con):
         for kind, part in drop_shards:
             con.execute("DELETE FROM shards WHERE kind = ? AND part = ?", [kind, part])
         for kind, part, _old, w in rewrites:
@@ -196,10 +196,6 @@ def drop_items(ws: Workspace, con: duckdb.DuckDBPyConnection, ids: np.ndarray,
                     "FROM dropped d WHERE items.id = d.id")
         con.execute("DELETE FROM rejected WHERE item_id IN (SELECT id FROM dropped)")  # tried again: judged again
         con.unregister("dropped")
-        con.execute("COMMIT")
-    except BaseException:
-        con.execute("ROLLBACK")
-        raise
     for kind, _part, old, _w in rewrites:
         d = ws.embeddings_dir(kind)
         (d / old).unlink(missing_ok=True)

@@ -23,6 +23,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, get_worker_info
 
 from ..core import store
+from ..core.sql import transaction
 from ..core.workspace import Workspace
 from . import recheck
 from .images import DEFAULT_MAX_PIXELS, BadImage, ResizeRule, open_rgb, resize_rule
@@ -344,8 +345,7 @@ def _commit(ws: Workspace, con: duckdb.DuckDBPyConnection, run_id: int, p: _Pend
         cap_ids = np.concatenate(p.cap_ids)
         part = store.next_part(con, "caption")
         shard_rows.append(("caption", part, store.write_shard(ws, "caption", part, cap_ids, np.concatenate(p.cap_vecs))))
-    con.execute("BEGIN TRANSACTION")
-    try:
+    with transaction(con):
         for kind, part, written in shard_rows:
             store.record_shard(con, kind, part, written, written.rows, run_id)
         if len(img_ids):
@@ -374,10 +374,6 @@ def _commit(ws: Workspace, con: duckdb.DuckDBPyConnection, run_id: int, p: _Pend
                         "SELECT i.id, i.source_id, i.path, b.reason, 'decode', ? FROM bad b JOIN items i ON i.id = b.id",
                         [run_id])
             con.unregister("bad")
-        con.execute("COMMIT")
-    except BaseException:
-        con.execute("ROLLBACK")
-        raise
     n_ok, n_bad = len(img_ids), len(p.rejected)
     p.clear()
     return n_ok, n_bad

@@ -215,8 +215,7 @@ def _recorded_shards(con: duckdb.DuckDBPyConnection, kind: str) -> list[tuple]:
 
 def _save_record(con: duckdb.DuckDBPyConnection, kind: str, rec: dict | None, shards: list[tuple] | None) -> None:
     """One transaction: the meta record, and (unless None) the list of shards in index_shards."""
-    con.execute("BEGIN TRANSACTION")
-    try:
+    with sql.transaction(con):
         if rec is None:
             con.execute("DELETE FROM meta WHERE key = ?", [f"index.{kind}"])
         else:
@@ -225,10 +224,6 @@ def _save_record(con: duckdb.DuckDBPyConnection, kind: str, rec: dict | None, sh
             con.execute("DELETE FROM index_shards WHERE kind = ?", [kind])
             if shards:
                 con.executemany("INSERT INTO index_shards VALUES (?, ?, ?, ?)", [(kind, *s) for s in shards])
-        con.execute("COMMIT")
-    except BaseException:
-        con.execute("ROLLBACK")
-        raise
 
 
 def _fingerprint(path: Path, chunk: int = 1 << 20) -> str:

@@ -19,6 +19,7 @@ import duckdb
 import numpy as np
 
 from ..core import store
+from ..core.sql import transaction
 from ..core.workspace import Workspace, quote_ident
 from ..errors import PartialResult
 from .sources import Source, SourceError, clean_sql, column_targets, register_source
@@ -218,8 +219,7 @@ def _import_chunk(ws, con, run_id, part, img_f, text_f, start, stop, cols, path_
             shards.append(("caption", p, store.write_shard(ws, "caption", p, ids[use], tv[use])))
     extra_cols = "".join(", " + quote_ident(t) for t in targets)
     extra_vals = "".join(", c." + quote_ident(c) for c in extras)
-    con.execute("BEGIN TRANSACTION")
-    try:
+    with transaction(con):
         con.register("cr_new", {"_row": rows, "id": ids, "ok": ok, "reason": reasons, "fresh": fresh})
         con.execute(
             f"INSERT INTO items (id, source_id, path, caption, status, run_id, source_no{extra_cols}) "
@@ -244,8 +244,4 @@ def _import_chunk(ws, con, run_id, part, img_f, text_f, start, stop, cols, path_
             con.unregister("cr_cap")
         for kind, p, written in shards:
             store.record_shard(con, kind, p, written, written.rows, run_id)
-        con.execute("COMMIT")
-    except BaseException:
-        con.execute("ROLLBACK")
-        raise
     return stop - start, int(fresh.sum()), int((~ok & fresh).sum())

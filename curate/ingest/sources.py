@@ -28,6 +28,7 @@ import duckdb
 import numpy as np
 from PIL import Image
 
+from ..core.sql import transaction
 from ..core.workspace import SCHEMA, UPGRADES, quote_ident
 from ..errors import InputError
 
@@ -159,8 +160,7 @@ def upgrade_items(con: duckdb.DuckDBPyConnection) -> bool:
         "AND constraint_column_names = ['source_id']").fetchall()[0][0]
     if not old_key:
         return False
-    con.execute("BEGIN TRANSACTION")
-    try:
+    with transaction(con):
         con.execute("ALTER TABLE items RENAME TO items_before_sources")
         con.execute(_items_ddl())
         have = {r[0] for r in con.execute("DESCRIBE items").fetchall()}
@@ -197,10 +197,6 @@ def upgrade_items(con: duckdb.DuckDBPyConnection) -> bool:
             """
         )
         con.execute("DROP TABLE items_before_sources")
-        con.execute("COMMIT")
-    except BaseException:
-        con.execute("ROLLBACK")
-        raise
     return True
 
 

@@ -282,8 +282,7 @@ def save(con: duckdb.DuckDBPyConnection, cal: Calibration) -> None:
     """Store the fit for `curate filter --calibrated`: meta['calibration'], the table
     calibration_thresholds, and the view `calibrated_predictions` (queries/calibration.sql),
     which reads the stored temperature."""
-    con.execute("BEGIN TRANSACTION")
-    try:
+    with sql.transaction(con):
         sql.run(con, "calibration")   # the table if new, and the view, which reads meta['calibration']
         con.execute("DELETE FROM calibration_thresholds")
         con.executemany("INSERT INTO calibration_thresholds VALUES (?, ?, ?, ?, ?, ?)",
@@ -293,13 +292,6 @@ def save(con: duckdb.DuckDBPyConnection, cal: Calibration) -> None:
             "labels": cal.n_labels, "target_precision": cal.target_precision, "min_support": cal.min_support,
             "nll_before": cal.nll_before, "nll_after": cal.nll_after, "marks": cal.marks, "exact": cal.exact,
             "scores_column": cal.scores_column})])
-        con.execute("COMMIT")
-    except BaseException:
-        try:
-            con.execute("ROLLBACK")
-        except duckdb.Error:  # a failed COMMIT (disk full) has ended the transaction: keep the real error
-            pass
-        raise
 
 
 def calibrated_probs(prob: Sequence[float], prob2: Sequence[float], cal: Calibration) -> np.ndarray:

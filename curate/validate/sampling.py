@@ -100,8 +100,7 @@ def draw(
                 f"({existing.source}, top {existing.top_classes} x {existing.per_class}, seed {existing.seed}); "
                 "pick another --name or pass --replace"
             )
-    con.execute("BEGIN TRANSACTION")
-    try:
+    with sql.transaction(con):
         for table in ("review_items", "review_classes"):
             con.execute(f"DELETE FROM {table} WHERE set_name = $set_name", params)
         con.execute("DELETE FROM review_sets WHERE name = $set_name", params)
@@ -123,13 +122,6 @@ def draw(
             " VALUES (?, ?, ?, ?, ?, ?)",
             [name, source, top_classes, per_class, seed, n],
         )
-        con.execute("COMMIT")
-    except BaseException:
-        try:
-            con.execute("ROLLBACK")
-        except duckdb.Error:  # a failed COMMIT (disk full) has ended the transaction: keep the real error
-            pass
-        raise
     if n == 0:
         scope = "".join(f", {c} = {v}" for c, v in where)
         raise SampleError(f"`{SOURCES[source]}`{scope} is empty: nothing to sample")

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import duckdb
 
+from ...core.sql import transaction
 from ...errors import InputError
 from . import marks
 
@@ -196,17 +197,9 @@ def import_sheet(con: duckdb.DuckDBPyConnection, set_name: str, path: str | Path
             res.unchanged += 1
         else:
             todo.append((item_id, label, mark))
-    con.execute("BEGIN TRANSACTION")
-    try:
+    with transaction(con):
         for item_id, label, mark in todo:
             marks.set_mark(con, item_id, label, mark)
-        con.execute("COMMIT")
-    except BaseException:
-        try:
-            con.execute("ROLLBACK")
-        except duckdb.Error:  # a failed COMMIT (disk full) has ended the transaction: keep the real error
-            pass
-        raise
     res.changed = len(todo)
     return res
 
