@@ -12,9 +12,7 @@ incomplete and which command finishes it.
 from __future__ import annotations
 
 import csv
-import os
 import shutil
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -22,12 +20,18 @@ from pathlib import Path
 import duckdb
 import pytest
 from conftest import run_cli
-from test_classify_resume import Stop, assert_same_tables, label_file, make_workspace, stopped_after
+from test_classify_resume import (
+    Stop,
+    assert_same_tables,
+    kill_classify_after,
+    label_file,
+    make_workspace,
+    stopped_after,
+)
 
 from curate.classify.run import classify
 from curate.classify.state import NotReady
 
-REPO = Path(__file__).resolve().parents[2]
 DUCKDB_SHELL = Path(sys.executable).parent / "duckdb"
 A = ["classify", "--storage", "topk", "--top-k", "3", "--batch-rows", "1000"]
 B = [*A, "--logit-scale", "50"]                    # other settings: a new classification
@@ -78,20 +82,7 @@ def test_killed_reclassify_leaves_the_previous_result_until_it_completes(tmp_pat
     shutil.copytree(ws, only_a)
     shutil.copytree(ws, uninterrupted_b)
 
-    proc = subprocess.Popen([sys.executable, "-m", "curate.cli", *B, "--set", str(labels), "-w", str(ws),
-                             "--log-batches"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
-                            env=os.environ | {"HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"})
-    committed = 0
-    for line in proc.stdout:
-        committed += line.startswith("committed ")
-        if committed == 3:
-            proc.send_signal(signal.SIGKILL)
-            break
-    proc.wait(timeout=60)
-    err = proc.stderr.read()
-    proc.stdout.close()
-    proc.stderr.close()
-    assert committed == 3 and proc.returncode == -signal.SIGKILL, err
+    kill_classify_after(3, [*B, "--set", str(labels), "-w", str(ws)])
     # B's three batches are in the workspace, staged
     assert _rows(ws, "SELECT count(*) > 0 FROM next_item_scores") == [(True,)]
 

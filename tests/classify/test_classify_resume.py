@@ -35,6 +35,24 @@ from curate.errors import WorkspaceError
 DIM = 64
 IDENT = ModelIdentity("resume-test-model", "none", DIM, True)   # never loadable: the cache must serve
 REPO = Path(__file__).resolve().parents[2]
+
+
+def kill_classify_after(batches: int, args: list[str]) -> None:
+    """Run a real `curate classify ARGS` and SIGKILL it once it has committed `batches` batches."""
+    proc = subprocess.Popen([sys.executable, "-m", "curate.cli", *args, "--log-batches"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
+                            env=os.environ | {"HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"})
+    committed = 0
+    for line in proc.stdout:
+        committed += line.startswith("committed ")
+        if committed == batches:
+            proc.send_signal(signal.SIGKILL)
+            break
+    proc.wait(timeout=60)
+    err = proc.stderr.read()
+    proc.stdout.close()
+    proc.stderr.close()
+    assert committed == batches and proc.returncode == -signal.SIGKILL, err
 # every table classify writes, and the columns that say when rather than what
 TABLES = {"labels": "", "item_scores": "", "label_scores": "", "score_settings": "created_at",
           "score_progress": "updated_at"}
@@ -145,20 +163,7 @@ def test_killed_cli_run_resumes_to_the_uninterrupted_tables(tmp_path):
     args = ["classify", "--set", str(labels), "--storage", "topk", "--top-k", "3", "--batch-rows", "2000"]
     t1 = time.perf_counter()
 
-    proc = subprocess.Popen([sys.executable, "-m", "curate.cli", *args, "-w", str(killed), "--log-batches"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
-                            env=os.environ | {"HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"})
-    committed = 0
-    for line in proc.stdout:
-        committed += line.startswith("committed ")
-        if committed == 3:
-            proc.send_signal(signal.SIGKILL)
-            break
-    proc.wait(timeout=60)
-    err = proc.stderr.read()
-    proc.stdout.close()
-    proc.stderr.close()
-    assert committed == 3 and proc.returncode == -signal.SIGKILL, err
+    kill_classify_after(3, [*args, "-w", str(killed)])
     t2 = time.perf_counter()
 
     # killed half way: nothing that looks classified (the run writes staging tables, next_*),

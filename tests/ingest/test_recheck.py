@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import time
 
 import numpy as np
 from conftest import make_folder, run_cli, write_jpeg
@@ -183,10 +182,9 @@ def test_recheck_hash_catches_a_change_that_keeps_size_and_mtime(tmp_path):
 
 
 def test_a_rerun_killed_while_embedding_changed_files_resumes(tmp_path):
-    import signal
     import subprocess
 
-    from test_resume import _cmd
+    from test_resume import _cmd, kill_when_written
 
     src = tmp_path / "photos"
     for i in range(40):
@@ -197,13 +195,7 @@ def test_a_rerun_killed_while_embedding_changed_files_resumes(tmp_path):
     for i in range(0, 40, 2):
         write_jpeg(src / f"{i:04d}.jpg", size=(640, 480), seed=1000 + i)
         _bump_mtime(src / f"{i:04d}.jpg")
-    proc = subprocess.Popen(_cmd(src, ws), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    target = ws / "embeddings" / "image" / "part-000006.npy"
-    deadline = time.monotonic() + 120
-    while not target.exists() and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.005)
-    proc.send_signal(signal.SIGKILL)
-    assert proc.wait() == -signal.SIGKILL, "the run finished before it could be killed"
+    kill_when_written(src, ws, "part-000006.npy", env)
     assert any(s == "pending" for *_, s, _t, _u in _state(ws)[0]), "the kill must land mid-embedding"
     subprocess.run(_cmd(src, ws), env=env, check=True, capture_output=True)
     assert_same_as_fresh(ws, src, tmp_path)

@@ -23,6 +23,18 @@ def _cmd(src, ws):
             "--pretrained", "none", "--workers", "1", "--batch-size", "4", "--shard-size", "8"]
 
 
+def kill_when_written(src, ws, part: str, env: dict) -> subprocess.Popen:
+    """Run a real build-index and SIGKILL it the moment its image shard `part` appears."""
+    proc = subprocess.Popen(_cmd(src, ws), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    target = ws / "embeddings" / "image" / part
+    deadline = time.monotonic() + 120
+    while not target.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL, "the run finished before it could be killed"
+    return proc
+
+
 def _state(ws):
     w = Workspace(ws)
     con = w.connect(read_only=True)
@@ -47,13 +59,7 @@ def test_killed_run_resumes_to_the_same_result(tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
 
     killed_ws = tmp_path / "killed"
-    proc = subprocess.Popen(_cmd(src, killed_ws), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    target = killed_ws / "embeddings" / "image" / "part-000003.npy"
-    deadline = time.monotonic() + 120
-    while not target.exists() and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.005)
-    proc.send_signal(signal.SIGKILL)
-    assert proc.wait() == -signal.SIGKILL, "the run finished before it could be killed"
+    kill_when_written(src, killed_ws, "part-000003.npy", env)
 
     items, _, _, _ = _state(killed_ws)
     assert len(items) == N and any(r[4] == "pending" for r in items), "the kill must land mid-embedding"

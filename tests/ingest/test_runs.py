@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import os
-import signal
 import socket
 import subprocess
 import sys
-import time
 
 from conftest import write_jpeg
-from test_resume import _cmd
+from test_resume import _cmd, kill_when_written
 
 from curate.core.workspace import Workspace, mark_interrupted
 
@@ -34,13 +32,7 @@ def test_killed_run_is_marked_interrupted_and_counts_follow_each_run(tmp_path):
     (src / "0055.jpg").write_bytes(b"broken")   # rejected by the resumed run
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
     ws = tmp_path / "ws"
-    proc = subprocess.Popen(_cmd(src, ws), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    target = ws / "embeddings" / "image" / "part-000002.npy"
-    deadline = time.monotonic() + 120
-    while not target.exists() and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.005)
-    proc.send_signal(signal.SIGKILL)
-    assert proc.wait() == -signal.SIGKILL, "the run finished before it could be killed"
+    proc = kill_when_written(src, ws, "part-000002.npy", env)
 
     (run1,) = _runs(ws)
     assert run1[1] == "running" and run1[5] == proc.pid and run1[6] == socket.gethostname()
