@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import click
 
-from ..classify.run import DEFAULT_BATCH_ROWS, DEFAULT_TOP_K, classify
-from ..core.progress import Progress, plural
-from ..errors import CurateError, InputError
+from .. import api
+from ..classify.run import DEFAULT_BATCH_ROWS, DEFAULT_TOP_K
+from ..core.progress import plural
 from . import options
 from .options import wait_option
 from .shared import note_pending
@@ -19,6 +18,7 @@ from .shared import note_pending
 @options.workspace_option()
 @wait_option
 @options.label_set_option
+@options.old_label_set
 @options.prompts_option
 @click.option("--logit-scale", type=float, default=None,
               help="Softmax scale [default: the model's own, 100 for trained CLIP].")
@@ -50,28 +50,13 @@ def classify_cmd(ws_path: Path, label_set: str, prompts: str, logit_scale: float
         if not temperature > 0:
             raise click.UsageError("--temperature must be positive")
         logit_scale = 1.0 / temperature
-    from tqdm import tqdm
 
-    bar = Progress("scoring", 0, "vector")  # drawn once classify says how many vectors it scores (plan)
-    committed = 0
-
-    def progress(n: int) -> None:
-        nonlocal committed
-        bar.update(n)
-        committed += n
+    def on_batch(n: int, so_far: int) -> None:
         if log_batches:
-            click.echo(f"committed {n} vectors ({committed} in this run)")
+            click.echo(f"committed {n} vectors ({so_far} in this run)")
 
-    try:
-        r = classify(ws_path, label_set, prompts, logit_scale=logit_scale, storage=storage, top_k=top_k,
-                     device=device, progress=progress, restart=restart, batch_rows=batch_rows,
-                     log=lambda line: tqdm.write(line, file=sys.stderr), plan=bar.reset)
-    except CurateError:
-        raise
-    except ValueError as e:  # scores' own checks on the settings
-        raise InputError(str(e)) from None
-    finally:
-        bar.close()
+    r = api.classify(ws_path, label_set=label_set, prompts=prompts, logit_scale=logit_scale, storage=storage,
+                     top_k=top_k, device=device, restart=restart, batch_rows=batch_rows, on_batch=on_batch)
     store = "every label" if r.storage == "full" else f"top {r.top_k} labels per item + exact bound"
     click.echo(f"classified {plural(r.images, 'image')} and {plural(r.captions, 'caption')} against "
                f"{plural(r.n_labels, 'label')} "

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import click
 
-from ..classify.calibrated import for_workspace
+from .. import api
 from ..classify.scoring import ENSEMBLE_TEXT_MIN, ENSEMBLE_TEXT_WEIGHT
-from ..classify.subsets import FORMATS, MODES, FilterError, FilterSpec, parse_where, write_subset
+from ..classify.subsets import FORMATS, MODES, FilterError, parse_where
 from ..core.textout import echo, safe
 from ..errors import PartialResult
 from . import options
@@ -37,7 +37,7 @@ from .shared import note_pending, note_random_weights
               help="Keep only images whose item has this value in one of its columns (e.g. city=newyork, "
                    "compared as text); repeat it: values of one column are alternatives, columns all apply.")
 @click.option("--out", "out", type=click.Path(path_type=Path), default=None,
-              help=f"Output file; format by extension ({', '.join(FORMATS)}).")
+              help=f"Output file (not a folder); format by extension ({', '.join(FORMATS)}).")
 @click.option("--copy-to", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Copy the kept images here, one folder per label.")
 @click.option("--link-to", type=click.Path(file_okay=False, path_type=Path), default=None,
@@ -49,13 +49,15 @@ def filter_cmd(ws_path: Path, labels: tuple[str, ...], min_prob: float, mode: st
                text_weight: float, text_min: float, image_max: float, calibrated: bool, where: tuple[str, ...],
                out: Path | None, copy_to: Path | None, link_to: Path | None, clean: bool) -> None:
     """Cut a labelled subset (or what cleaning drops) out of a classified workspace."""
-    spec = FilterSpec(labels=labels, min_prob=min_prob, mode=mode, unmatched=unmatched, text_weight=text_weight,
-                      text_min=text_min, image_max=image_max, calibrated=calibrated, where=parse_where(where))
+    pairs = parse_where(where)  # a bad --where is refused before anything is said
     if clean and not (copy_to or link_to):
         raise FilterError("--clean empties a --copy-to or --link-to folder: give one")
     note_random_weights(ws_path)
-    r = write_subset(ws_path, spec, out, copy_to=copy_to, link_to=link_to, clean=clean)
-    echo(safe(r.summary(spec)))
+    f = api.filter(ws_path, labels=labels, min_prob=min_prob, mode=mode, unmatched=unmatched,
+                   text_weight=text_weight, text_min=text_min, image_max=image_max, calibrated=calibrated,
+                   where=pairs, out=out, copy_to=copy_to, link_to=link_to, clean=clean)
+    r = f.result
+    echo(safe(f.summary()))
     if copy_to or link_to:
         folder = copy_to or link_to
         if r.removed:
@@ -76,24 +78,5 @@ def filter_cmd(ws_path: Path, labels: tuple[str, ...], min_prob: float, mode: st
         click.echo(f"note: {r.unscored:,} embedded images are not classified yet: run `curate classify` again",
                    err=True)
     note_pending(ws_path)
-    if spec.calibrated and r.kept == 0:
-        _explain_calibrated_nothing(ws_path, spec)
-
-
-def _explain_calibrated_nothing(ws_path: Path, spec: FilterSpec) -> None:
-    """`--calibrated` kept nothing: name the classes whose threshold the marks could not reach."""
-    cal = for_workspace(ws_path)
-    if cal is None:
-        return
-    wanted = set(spec.labels)
-    classes = [c for c in cal.classes if not wanted or c.label in wanted]
-    unreachable = [c for c in classes if c.threshold is None]
-    if spec.unmatched or not unreachable:
-        return
-    reached = [f"{c.label} >= {c.threshold:.4f}" for c in classes if c.threshold is not None]
-    raise PartialResult(
-        safe(f"kept nothing: no threshold reaches precision {cal.target_precision:g} on the marks for "
-             f"{len(unreachable)} of {len(classes)} classes ({', '.join(c.label for c in unreachable)})"
-             + (f"; the others ({', '.join(reached)}) keep no image" if reached else "")
-             + "; mark more images, or fit again with a lower --target-precision or --min-support "
-               "(`curate report`)"))
+    if f.unreachable:
+        raise PartialResult(f.unreachable)

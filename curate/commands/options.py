@@ -1,22 +1,17 @@
 """Options shared by several commands: the workspace folder, how long to wait for it, the label
-set and prompt wording (labels, classify), and the review set (review, report)."""
+set and prompt wording (labels, classify), the review set (sample, review, report), and old
+spellings kept as hidden aliases for one release."""
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from pathlib import Path
 
 import click
 
-from ..core.workspace import DB_NAME, DEFAULT_LOCK_WAIT, set_lock_wait
-from ..errors import WorkspaceError
-
-
-def must_exist(value: Path) -> Path:
-    """Refuse a folder without a workspace database, the same way for every command (exit 4)."""
-    if not (value / DB_NAME).is_file():
-        raise WorkspaceError(f"no workspace at {value} (no {DB_NAME} there): run `curate build-index SOURCE "
-                             f"-w {value}` first, or give the right -w/--workspace")
-    return value
+from ..api import must_exist
+from ..core.workspace import DEFAULT_LOCK_WAIT, set_lock_wait
 
 
 def _check(_ctx: click.Context, _param: click.Parameter, value: Path) -> Path:
@@ -43,7 +38,7 @@ wait_option = click.option(
 
 
 label_set_option = click.option(
-    "--set", "label_set", default="places205", show_default=True,
+    "--label-set", "label_set", default="places205", show_default=True,
     help="Label set: places205, or a file (one label a line, or CSV with label and optional prompt columns).")
 prompts_option = click.option(
     "--prompts", default="natural", show_default=True,
@@ -52,3 +47,28 @@ prompts_option = click.option(
 DEFAULT_SET_HELP = "the most recently drawn (`curate sample --list` shows them)"
 review_set_option = click.option("--set", "set_name", default=None, metavar="NAME",
                                  help=f"Review set [default: {DEFAULT_SET_HELP}].")
+
+
+def old_spelling(old: str, dest: str, new: str, **kwargs) -> Callable:
+    """Keep `old` working as a hidden alias of the option `new` (stored in `dest`) for one
+    release: the command sees one value, and giving both is refused."""
+    hidden_dest = f"_old_{dest}"
+
+    def decorate(f: Callable) -> Callable:
+        @functools.wraps(f)
+        def wrapper(*args, **params):
+            value = params.pop(hidden_dest)
+            if value is not None:
+                ctx = click.get_current_context()
+                if ctx.get_parameter_source(dest) == click.core.ParameterSource.COMMANDLINE:
+                    raise click.UsageError(f"give {new} or {old} (its old spelling), not both")
+                params[dest] = value
+            return f(*args, **params)
+
+        return click.option(old, hidden_dest, default=None, hidden=True,
+                            help=f"Old spelling of {new} (kept for one release).", **kwargs)(wrapper)
+
+    return decorate
+
+
+old_label_set = old_spelling("--set", "label_set", "--label-set")

@@ -25,9 +25,10 @@ from .shared import connect_review, default_set, note_random_weights
 @click.option("--port", type=click.IntRange(0, 65535), default=8765, show_default=True,
               help="Port on 127.0.0.1 (0: any free port; a busy port falls back to a free one).")
 @click.option("--no-browser", is_flag=True, help="Print the address instead of opening a browser.")
-@click.option("--export", "export_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Write the set (--set, else the most recently drawn) as a CSV sheet (id, path, caption, label, "
-                   "prob, mark, review_set) and exit.")
+@click.option("--out", "export_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write the set (--set, else the most recently drawn) to this file (not a folder) as a CSV "
+                   "sheet (id, path, caption, label, prob, mark, review_set) and exit.")
+@options.old_spelling("--export", "export_path", "--out", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--import", "import_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               default=None, help="Read marks from a CSV sheet into the set it names (its review_set column; "
                                  "else --set or the default) and exit; bad rows are reported by line.")

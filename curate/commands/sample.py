@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from .. import api
 from ..classify.subsets import parse_where
 from ..core.progress import plural
 from ..core.textout import echo, safe
@@ -24,41 +25,41 @@ from .shared import connect_review, note_random_weights
 @click.option("--per-class", type=click.IntRange(1), default=100, show_default=True,
               help="Random images drawn from each of those labels.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Same seed, same sample.")
-@click.option("--source", type=click.Choice(list(sampling.SOURCES)), default="image", show_default=True,
-              help="Which predictions to validate.")
-@click.option("--name", default=None, help="Name of the review set [default: SOURCE-topNxM-seedS].")
+@click.option("--mode", type=click.Choice(list(sampling.SOURCES)), default="image", show_default=True,
+              help="Which predictions to validate: the image's, the caption's, or the ensemble (as in filter).")
+@options.old_spelling("--source", "mode", "--mode", type=click.Choice(list(sampling.SOURCES)))
+@click.option("--set", "set_name", default=None, metavar="NAME",
+              help="Name of the review set to draw [default: MODE-topNxM-seedS].")
+@options.old_spelling("--name", "set_name", "--set")
 @click.option("--replace", is_flag=True, help="Redraw a set of that name with new parameters (marks are kept).")
 @click.option("--where", "where", multiple=True, metavar="COLUMN=VALUE",
               help="Draw only among images whose item has this value in one of its columns (e.g. city=newyork); "
                    "repeat it: values of one column are alternatives, columns all apply.")
 @click.option("--list", "list_only", is_flag=True, help="List the review sets and their progress, draw nothing.")
-def sample(ws_path: Path, top_classes: int, per_class: int, seed: int, source: str, name: str | None,
+def sample(ws_path: Path, top_classes: int, per_class: int, seed: int, mode: str, set_name: str | None,
            replace: bool, where: tuple[str, ...], list_only: bool) -> None:
     """Draw a review set: the study's stratified sample, reproducible from its seed."""
-    con = connect_review(ws_path, read_only=list_only)
-    try:
-        if list_only:
+    if list_only:
+        con = connect_review(ws_path, read_only=True)
+        try:
             for rs in sampling.list_sets(con):
                 p = marks.progress(con, rs.name)
                 echo(safe(f"{rs.name}: {rs.source}, top {rs.top_classes} x {rs.per_class}, seed {rs.seed}; "
                           f"{p.done} of {p.total} marked"))
-            return
-        note_random_weights(ws_path, con)
-        rs = sampling.draw(con, source=source, top_classes=top_classes, per_class=per_class, seed=seed,
-                           name=name, replace=replace, where=parse_where(where))
-        prog = marks.progress(con, rs.name)
-        echo(safe(f"review set {rs.name}: {rs.items} images from {source} predictions"))
-        found = sampling.classes(con, rs.name)
-        drawn = dict(con.execute("SELECT label, count(*) FROM review_items WHERE set_name = ? GROUP BY label",
-                                 [rs.name]).fetchall())
-        for label, rank, freq in found:
-            echo(f"  {rank:>3}. {safe(label):<30} {freq:>8} images in the collection")
-        if prog.done:
-            echo(f"{prog.done} of them already marked (marks are shared between sets)")
-        _note_short_sample(rs, found, drawn)
-        echo(safe(f"next: curate review -w {ws_path}"))
-    finally:
-        con.close()
+        finally:
+            con.close()
+        return
+    pairs = parse_where(where)
+    note_random_weights(ws_path)
+    s = api.sample(ws_path, top_classes=top_classes, per_class=per_class, seed=seed, mode=mode,
+                   set_name=set_name, replace=replace, where=pairs)
+    echo(safe(f"review set {s.name}: {s.items} images from {mode} predictions"))
+    for label, rank, freq in s.classes:
+        echo(f"  {rank:>3}. {safe(label):<30} {freq:>8} images in the collection")
+    if s.marked:
+        echo(f"{s.marked} of them already marked (marks are shared between sets)")
+    _note_short_sample(s.set, s.classes, s.drawn)
+    echo(safe(f"next: curate review -w {ws_path}"))
 
 
 def _note_short_sample(rs: sampling.ReviewSet, found: list[tuple[str, int, int]], drawn: dict[str, int]) -> None:

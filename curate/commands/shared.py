@@ -54,6 +54,6 @@ def connect_review(ws_path: Path, read_only: bool = False) -> duckdb.DuckDBPyCon
 
 
 def default_set(con: duckdb.DuckDBPyConnection, set_name: str | None) -> sampling.ReviewSet:
-    """The set `review`, `review --export` and `report` work on: the named one, else the most
+    """The set `review`, `review --out` and `report` work on: the named one, else the most
     recently drawn (the one `curate sample` just printed)."""
     return sampling.get_set(con, set_name)

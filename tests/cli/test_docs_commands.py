@@ -105,7 +105,7 @@ def test_default_review_set_names_in_docs_use_the_default_seed():
     """docs name the set `curate sample` draws by default: its seed is the option's default."""
     sample = cli.commands["sample"]
     seed = next(p.default for p in sample.params if p.name == "seed")
-    source = next(p.default for p in sample.params if p.name == "source")
+    source = next(p.default for p in sample.params if p.name == "mode")  # sample --mode (was --source)
     named = [(path.name, m) for path in DOCS
              for m in re.findall(r"\b(\w+)-top\d+x\d+-seed(\d+)\b", path.read_text(encoding="utf-8"))]
     assert named, "the docs name no default review set"

@@ -7,8 +7,8 @@ import ast
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[2] / "curate"
-# errors and the package face at the bottom, then the stages, then the commands and the CLI
-RANK = {"errors": 0, "core": 1, "ingest": 2, "classify": 3, "validate": 4, "commands": 5, "cli": 6}
+# errors and the package face at the bottom, then the stages, the Python API, then the commands and the CLI
+RANK = {"errors": 0, "core": 1, "ingest": 2, "classify": 3, "validate": 4, "api": 5, "commands": 6, "cli": 7}
 
 
 def _modules() -> dict[str, Path]:

@@ -1,0 +1,523 @@
+"""curate as Python functions: the same steps as the commands, for a notebook or a script.
+
+    import curate
+    curate.build_index("photos/", "ws", model="ViT-B-32")
+    curate.classify("ws")
+    curate.filter("ws", labels=["skyscraper"], min_prob=0.6, out="sky.parquet")
+
+Each function takes a workspace path, opens and closes its own connection, takes the
+options of the command of the same name (keyword arguments, the same defaults) and returns
+a small result object instead of printing; the commands (curate/commands/) only parse
+options, call these and print. Errors are `curate.CurateError` subclasses. Progress bars
+go to stderr through curate.core.progress; `quiet=True` turns them off (None: as
+`curate --quiet` says, when called from the command line).
+
+Heavy libraries (torch, open_clip, faiss, matplotlib) load inside the functions that need
+them, so importing this module stays cheap.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .classify.calibrated import Calibration, for_workspace
+from .classify.run import DEFAULT_BATCH_ROWS, DEFAULT_TOP_K, ClassifyResult
+from .classify.scoring import ENSEMBLE_TEXT_MIN, ENSEMBLE_TEXT_WEIGHT
+from .classify.search import Hit
+from .classify.state import NotReady
+from .classify.subsets import FilterError, FilterResult, FilterSpec, parse_where, write_subset
+from .core import integrity
+from .core.progress import Progress
+from .core.sql import has_relation
+from .core.textout import safe
+from .core.workspace import DB_NAME, ModelIdentity, Workspace, check_same_model
+from .errors import CurateError, InputError, WorkspaceBusy, WorkspaceError
+from .ingest import recheck as recheck_files
+from .ingest.images import DEFAULT_MAX_PIXELS
+from .ingest.model import (
+    DEFAULT_MODEL,
+    DEFAULT_PRETRAINED,
+    WeightsUnavailable,
+    load_encoder,
+    pick_device,
+)
+from .ingest.scan import scan_into
+from .ingest.sources import detect_source, scanned_extensions
+from .validate import calibration, report_render, sampling
+from .validate import report as report_mod
+from .validate.review import marks as marks_mod
+
+__all__ = ["build_index", "classify", "filter", "search", "sample", "report", "labels", "must_exist",
+           "BuildResult", "ClassifyResult", "Filtered", "Hit", "Sample", "ReportResult", "LabelRow"]
+
+
+def _stderr(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def _enabled(quiet: bool | None) -> bool | None:
+    return None if quiet is None else not quiet
+
+
+def must_exist(workspace: str | Path) -> Path:
+    """Refuse a folder without a workspace database, the same way for every step (exit 4)."""
+    value = Path(workspace)
+    if not (value / DB_NAME).is_file():
+        raise WorkspaceError(f"no workspace at {value} (no {DB_NAME} there): run `curate build-index SOURCE "
+                             f"-w {value}` first, or give the right -w/--workspace")
+    return value
+
+
+# --------------------------------------------------------------------------- build-index
+
+@dataclass(frozen=True)
+class BuildResult:
+    """What one `build_index` run did; `items` counts the whole workspace by status."""
+    workspace: Path
+    source: str                                  # the source, described
+    seen: int
+    added: int
+    items: dict[str, int]                        # status -> count, the whole workspace
+    rejected: dict[str, int]                     # stage -> items this run rejected
+    indexes: list                                # faiss_index.IndexResult, images then captions
+    model: ModelIdentity
+    seconds: float
+    not_taken: int = 0                           # manifest rows refused at the scan
+    other_files: int = 0                         # files in a folder that are not images
+    notes: list[str] = field(default_factory=list)       # the scan's notes
+    repairs: list[str] = field(default_factory=list)     # damaged shards, rechecked files
+
+    @property
+    def n_rejected(self) -> int:
+        return sum(self.rejected.values())
+
+
+def build_index(source: str | Path, workspace: str | Path = "ws", *, model: str | None = None,
+                pretrained: str | None = None, fallback_model: str | None = None,
+                captions_dir: str | Path | None = None, index: str = "auto", device: str = "auto",
+                batch_size: int | None = None, workers: int | None = None, shard_size: int = 10_000,
+                max_pixels: int = DEFAULT_MAX_PIXELS, draft_decode: bool = False, limit: int | None = None,
+                infer_types: bool = False, recheck: str = "stat", retry_rejected: bool = False,
+                repair: bool = False, quiet: bool | None = None,
+                log: Callable[[str], None] = _stderr) -> BuildResult:
+    """Ingest `source` and embed it once into FAISS indexes and a DuckDB workspace.
+
+    The options are `curate build-index`'s (`index` is its --index recipe). Running it
+    again adds only new items; a killed run resumes where it stopped. `log` hears the one
+    warning that is not an error (the fallback model's random weights).
+    """
+    # torch and faiss load here, not at import: `curate --help` and the other commands start without them
+    from .ingest import faiss_index
+    from .ingest.embed import EmbedOptions, embed_pending
+
+    started = time.time()
+    source = Path(source)
+    ws_path = Path(workspace)
+    src = detect_source(source, Path(captions_dir) if captions_dir is not None else None)
+    ws = Workspace(ws_path)
+    # Nothing is created until the model has loaded and the source gave items: a failed first
+    # run leaves no stray workspace, and one that existed before is left as it was.
+    new = not ws.exists()
+    have = None
+    if not new:
+        con = ws.connect(read_only=True)
+        try:
+            have = Workspace.model_identity(con)
+        finally:
+            con.close()
+    model = model or (have.model if have else DEFAULT_MODEL)
+    pretrained = pretrained or (have.pretrained if have else DEFAULT_PRETRAINED)
+    device = pick_device(device)
+
+    if src.kind == "clip-retrieval":
+        ident = _precomputed_identity(src.root, model, pretrained)
+        enc = None
+    else:
+        enc = _load(model, pretrained, device, fallback_model, log)
+        ident = enc.identity
+    if have is not None:
+        check_same_model(have, ident)
+    if src.kind in ("folder", "tree") and not _has_images(src.root):
+        raise InputError(f"{source}: no images in this folder ({', '.join(sorted(scanned_extensions()))}); nothing to do"
+                         + ("" if new else f" (the workspace {ws_path} was not changed)"))
+
+    made = _absent(ws)
+    con = ws.connect()
+    Workspace.bind_model(con, ident)
+    run_id = Workspace.start_run(con, "build-index", src.describe(), ident, device)
+    status = "failed"
+    scan = None
+    scanned = refused = False
+    repairs: list[str] = []
+    on = _enabled(quiet)
+    try:
+        damaged = integrity.check_shards(ws, con, full=repair)
+        if damaged:
+            n = integrity.repair(ws, con, damaged)
+            repairs += [f"damaged: {d.describe()}" for d in damaged]
+            repairs.append(f"repair: {len(damaged)} damaged shard(s) dropped, {n} items to embed again")
+        if src.kind == "clip-retrieval":
+            from .ingest.precomputed import count_rows, import_clip_retrieval
+
+            with Progress("import", count_rows(src.root), "row", enabled=on) as bar:
+                seen, added, _bad = import_clip_retrieval(ws, con, src.root, run_id, ident.embed_dim, bar.update)
+        else:
+            with Progress("scan", None, "item", enabled=on) as bar:
+                scan = scan_into(con, src, run_id, bar.update, infer_types=infer_types)
+                seen, added = scan.seen, scan.added
+            if seen == 0:
+                raise InputError(f"{source}: the source lists no items; nothing to do")
+            scanned = True
+            rc = recheck_files.recheck(ws, con, src.describe(), recheck, retry_rejected)
+            if rc.checked or rc.retried:
+                repairs.append(f"recheck: {rc.describe()}")
+            todo = con.execute("SELECT count(*) FROM items WHERE status = 'pending'").fetchall()[0][0]
+            todo = min(todo, limit) if limit else todo
+            con.execute("UPDATE runs SET decode = ? WHERE run_id = ?", ["draft" if draft_decode else "exact", run_id])
+            opts = EmbedOptions(shard_size=shard_size, max_pixels=max_pixels, limit=limit, draft_decode=draft_decode,
+                                batch_size=batch_size or (256 if device.startswith("cuda") else 64),
+                                workers=-1 if workers is None else workers, hash_files=recheck == "hash")
+            with Progress("embed", todo, "image", enabled=on) as bar:
+                embed_pending(ws, con, enc, run_id, opts, bar.update)
+        built = []
+        for kind in ("image", "caption"):
+            # drawn once the index says how many vectors it adds (nothing for an index up to date)
+            with Progress(f"index {kind}s", 0, "vector", enabled=on) as bar:
+                built.append(faiss_index.build_index(ws, con, kind, index, bar.update,
+                                                     plan=lambda rows, _mode, bar=bar: bar.reset(total=rows)))
+        status = "finished"
+    except CurateError:
+        refused = new and not scanned and src.kind != "clip-retrieval"
+        raise
+    except ValueError as e:  # the index recipe's own checks
+        raise InputError(str(e)) from None
+    finally:
+        if refused:  # a first run refused at the scan (empty or unreadable manifest): leave nothing behind
+            con.close()
+            _remove(made)
+        else:
+            Workspace.finish_run(con, run_id, started, status)
+    try:
+        counts = dict(con.execute("SELECT status, count(*) FROM items GROUP BY status").fetchall())
+        by_stage = dict(con.execute("SELECT stage, count(*) FROM rejected WHERE run_id = ? GROUP BY stage "
+                                    "ORDER BY stage", [run_id]).fetchall())
+    finally:
+        con.close()
+    return BuildResult(ws_path, src.describe(), seen, added, counts, by_stage, built, ident, time.time() - started,
+                       not_taken=scan.not_taken if scan else 0, other_files=scan.other_files if scan else 0,
+                       notes=list(scan.notes) if scan else [], repairs=repairs)
+
+
+def _load(model: str, pretrained: str, device: str, fallback: str | None, log: Callable[[str], None]):
+    try:
+        return load_encoder(model, pretrained, device)
+    except WeightsUnavailable as e:
+        if not fallback:
+            raise
+        log(f"{e}. Going on with {fallback} on RANDOM weights: the output only shows the pipeline works.")
+        return load_encoder(fallback, "none", device)
+
+
+def _has_images(root: Path) -> bool:
+    """Whether any image file lies below root (stops at the first one)."""
+    for _dirpath, _dirs, files in os.walk(root):
+        if any(f.lower().endswith(tuple(scanned_extensions())) and not f.startswith(".") for f in files):
+            return True
+    return False
+
+
+def _absent(ws: Workspace) -> list[Path]:
+    """The workspace's paths that do not exist yet, outermost first: what a refused first run removes."""
+    out = [ws.root] if not ws.root.exists() else []
+    if not out:
+        out = [p for p in (ws.root / "embeddings", ws.indexes_dir) if not p.exists()]
+        out += [ws.root / (DB_NAME + suffix) for suffix in ("", ".wal") if not (ws.root / (DB_NAME + suffix)).exists()]
+    return out
+
+
+def _remove(paths: list[Path]) -> None:
+    for p in paths:
+        if p.is_dir():
+            shutil.rmtree(p, ignore_errors=True)
+        elif p.exists():
+            p.unlink()
+
+
+def _precomputed_identity(root: Path, model: str, pretrained: str) -> ModelIdentity:
+    import open_clip
+
+    from .ingest.model import register_configs
+    from .ingest.precomputed import embedding_dim
+
+    register_configs()
+    cfg = open_clip.get_model_config(model)
+    if cfg is None:
+        raise InputError(f"unknown model architecture '{model}' (needed to know what made the embeddings)")
+    dim = embedding_dim(root)
+    if int(cfg["embed_dim"]) != dim:
+        raise InputError(f"{root}: vectors are {dim}-d but {model} makes {cfg['embed_dim']}-d ones; "
+                         "pass the --model the embeddings were made with")
+    return ModelIdentity(model, pretrained, dim, pretrained in ("none", "random"))
+
+
+# --------------------------------------------------------------------------- labels, classify
+
+@dataclass(frozen=True)
+class LabelRow:
+    index: int
+    label: str
+    prompts: list[str]
+    scene: str
+
+
+def labels(workspace: str | Path) -> list[LabelRow]:
+    """The label set the workspace was classified with (its `labels` table), in label order."""
+    ws_path = must_exist(workspace)
+    con = Workspace(ws_path).connect(read_only=True)
+    try:
+        if not has_relation(con, "labels"):
+            raise NotReady(f"the workspace {ws_path} is not classified yet: it has no label set; run "
+                           f"`curate classify -w {ws_path}` first (or `curate labels --label-set NAME` to see a set)")
+        rows = con.execute("SELECT label_idx, label, prompts, scene FROM labels ORDER BY label_idx").fetchall()
+    finally:
+        con.close()
+    return [LabelRow(int(i), lab, list(ps), scene) for i, lab, ps, scene in rows]
+
+
+def classify(workspace: str | Path = "ws", *, label_set: str | Path = "places205", prompts: str | Path = "natural",
+             logit_scale: float | None = None, temperature: float | None = None, storage: str = "auto",
+             top_k: int = DEFAULT_TOP_K, device: str = "auto", restart: bool = False,
+             batch_rows: int = DEFAULT_BATCH_ROWS, quiet: bool | None = None,
+             on_batch: Callable[[int, int], None] | None = None,
+             log: Callable[[str], None] | None = None) -> ClassifyResult:
+    """Score every image and caption against every label; create the SQL views.
+
+    The options are `curate classify`'s. A run with the settings of the scores in the
+    workspace continues them. `on_batch(vectors, so_far)` hears each committed batch;
+    `log` the line said when a run resumes or starts over (default: stderr, beside the bar).
+    """
+    from .classify.run import classify as run_classify
+
+    ws_path = must_exist(workspace)
+    if temperature is not None:
+        if logit_scale is not None:
+            raise InputError("give logit_scale or temperature, not both")
+        if not temperature > 0:
+            raise InputError("the temperature must be positive")
+        logit_scale = 1.0 / temperature
+    if log is None:
+        from tqdm import tqdm
+
+        def log(line: str) -> None:
+            tqdm.write(line, file=sys.stderr)
+
+    bar = Progress("scoring", 0, "vector", enabled=_enabled(quiet))  # drawn once classify says how many (plan)
+    committed = 0
+
+    def progress(n: int) -> None:
+        nonlocal committed
+        bar.update(n)
+        committed += n
+        if on_batch is not None:
+            on_batch(n, committed)
+
+    try:
+        return run_classify(ws_path, label_set, prompts, logit_scale=logit_scale, storage=storage, top_k=top_k,
+                            device=device, progress=progress, restart=restart, batch_rows=batch_rows, log=log,
+                            plan=bar.reset)
+    except CurateError:
+        raise
+    except ValueError as e:  # scores' own checks on the settings
+        raise InputError(str(e)) from None
+    finally:
+        bar.close()
+
+
+# --------------------------------------------------------------------------- filter, search
+
+@dataclass(frozen=True)
+class Filtered:
+    """A subset cut by `filter`: the counts and files (`result`), and the rule that cut it."""
+    spec: FilterSpec
+    result: FilterResult
+    # with calibrated=True and nothing kept: which classes' thresholds the marks could not reach
+    unreachable: str | None = None
+
+    @property
+    def kept(self) -> int:
+        return self.result.kept
+
+    @property
+    def total(self) -> int:
+        return self.result.total
+
+    @property
+    def out(self) -> Path | None:
+        return self.result.out
+
+    def summary(self) -> str:
+        return self.result.summary(self.spec)
+
+
+def _where(where: Iterable[str] | Iterable[tuple[str, str]]) -> tuple[tuple[str, str], ...]:
+    items = tuple(where)
+    if all(isinstance(w, str) for w in items):
+        return parse_where(items)  # type: ignore[arg-type]
+    return tuple((str(c), str(v)) for c, v in items)  # type: ignore[misc]
+
+
+def filter(workspace: str | Path = "ws", *, labels: Iterable[str] = (), min_prob: float = 0.5,  # noqa: A001
+           mode: str = "image", unmatched: bool = False, text_weight: float = ENSEMBLE_TEXT_WEIGHT,
+           text_min: float = ENSEMBLE_TEXT_MIN, image_max: float = 1.0, calibrated: bool = False,
+           where: Iterable[str] | Iterable[tuple[str, str]] = (), out: str | Path | None = None,
+           copy_to: str | Path | None = None, link_to: str | Path | None = None,
+           clean: bool = False) -> Filtered:
+    """Cut a labelled subset (or what cleaning drops) out of a classified workspace.
+
+    The options are `curate filter`'s; `where` takes "COLUMN=VALUE" strings or (column,
+    value) pairs. `out` is a file (.parquet, .csv, .jsonl); `copy_to`/`link_to` a folder.
+    """
+    ws_path = must_exist(workspace)
+    spec = FilterSpec(labels=tuple(labels), min_prob=min_prob, mode=mode, unmatched=unmatched,
+                      text_weight=text_weight, text_min=text_min, image_max=image_max, calibrated=calibrated,
+                      where=_where(where))
+    if clean and not (copy_to or link_to):
+        raise FilterError("--clean empties a --copy-to or --link-to folder: give one")
+    r = write_subset(ws_path, spec, out, copy_to=copy_to, link_to=link_to, clean=clean)
+    return Filtered(spec, r, _explain_calibrated_nothing(ws_path, spec) if calibrated and r.kept == 0 else None)
+
+
+def _explain_calibrated_nothing(ws_path: Path, spec: FilterSpec) -> str | None:
+    """`calibrated` kept nothing: name the classes whose threshold the marks could not reach."""
+    cal = for_workspace(ws_path)
+    if cal is None:
+        return None
+    wanted = set(spec.labels)
+    classes = [c for c in cal.classes if not wanted or c.label in wanted]
+    unreachable = [c for c in classes if c.threshold is None]
+    if spec.unmatched or not unreachable:
+        return None
+    reached = [f"{c.label} >= {c.threshold:.4f}" for c in classes if c.threshold is not None]
+    return safe(f"kept nothing: no threshold reaches precision {cal.target_precision:g} on the marks for "
+                f"{len(unreachable)} of {len(classes)} classes ({', '.join(c.label for c in unreachable)})"
+                + (f"; the others ({', '.join(reached)}) keep no image" if reached else "")
+                + "; mark more images, or fit again with a lower --target-precision or --min-support "
+                  "(`curate report`)")
+
+
+def search(workspace: str | Path, text: str, k: int = 20, *, device: str = "auto") -> list[Hit]:
+    """The k images nearest to a text prompt, from the image index (rank, id, score, path, caption)."""
+    from .classify.search import search_images
+
+    return search_images(must_exist(workspace), text, k, device=device)
+
+
+# --------------------------------------------------------------------------- sample, report
+
+@dataclass(frozen=True)
+class Sample:
+    """A review set drawn by `sample`: the set, its classes (label, rank, images in the
+    collection) and how many of each were drawn, and how many were marked already."""
+    set: sampling.ReviewSet
+    classes: list[tuple[str, int, int]]
+    drawn: dict[str, int]
+    marked: int
+
+    @property
+    def name(self) -> str:
+        return self.set.name
+
+    @property
+    def items(self) -> int:
+        return self.set.items
+
+
+def sample(workspace: str | Path = "ws", *, top_classes: int = 10, per_class: int = 100, seed: int = 0,
+           mode: str = "image", set_name: str | None = None, replace: bool = False,
+           where: Iterable[str] | Iterable[tuple[str, str]] = ()) -> Sample:
+    """Draw a review set: the study's stratified sample, reproducible from its seed.
+
+    The options are `curate sample`'s: `mode` whose predictions (image, caption, ensemble),
+    `set_name` the set's name (default: MODE-topNxM-seedS).
+    """
+    ws_path = must_exist(workspace)
+    con = Workspace(ws_path).connect()
+    try:
+        sampling.ensure_schema(con)
+        rs = sampling.draw(con, source=mode, top_classes=top_classes, per_class=per_class, seed=seed,
+                           name=set_name, replace=replace, where=_where(where))
+        found = sampling.classes(con, rs.name)
+        drawn = dict(con.execute("SELECT label, count(*) FROM review_items WHERE set_name = ? GROUP BY label",
+                                 [rs.name]).fetchall())
+        done = marks_mod.progress(con, rs.name).done
+    finally:
+        con.close()
+    return Sample(rs, found, drawn, done)
+
+
+@dataclass
+class ReportResult:
+    """A report written by `report`: the tables (`report`), the files and folder written,
+    and the calibration fitted on the marks (None: `no_calibration` says why)."""
+    report: report_mod.Report
+    out: Path
+    files: list[Path]
+    calibration: Calibration | None = None
+    no_calibration: str | None = None
+    # the calibration could not be saved for `filter --calibrated` (another process held the workspace)
+    not_saved: str | None = None
+    problems: list[str] = field(default_factory=list)    # rows of a --marks sheet that were skipped
+
+    @property
+    def text(self) -> str:
+        return report_render.text_tables(self.report)
+
+
+def report(workspace: str | Path | None = "ws", *, set_name: str | None = None, marks: str | Path | None = None,
+           out: str | Path = "report", min_hit_rate: float = report_mod.DEFAULT_MIN_HIT_RATE,
+           target_precision: float = 0.9, min_support: int = 10, grid_size: int = 24) -> ReportResult:
+    """Accuracy per class, the threshold table, coverage and calibration from the review marks,
+    written to the folder `out` (CSV, HTML, PNG; replaced whole).
+
+    The options are `curate report`'s: the review set `set_name` (default: the latest), or a
+    CSV sheet `marks` (label, prob, mark) instead of the workspace. The calibration fitted on
+    the marks is saved in the workspace for `filter(calibrated=True)`.
+    """
+    out = Path(out)
+    cal = None
+    no_cal = not_saved = None
+    problems: list[str] = []
+    if marks is not None:
+        rep = report_mod.from_sheet(marks, min_hit_rate)
+        problems = list(rep.problems)
+    else:
+        ws_path = must_exist(workspace if workspace is not None else "ws")
+        con = Workspace(ws_path).connect(read_only=True)  # a reader: it runs beside the review page
+        try:
+            rep = report_mod.from_workspace(con, sampling.get_set(con, set_name).name, min_hit_rate)
+            try:
+                cal = calibration.fit(con, rep.main.name, target_precision, min_support)
+                rep.calibration = cal
+            except ValueError as e:  # too few marks, or a temperature the marks do not pin down
+                no_cal = str(e)
+        finally:
+            con.close()
+        if cal is not None:  # saving it for `filter --calibrated` takes the write lock for a moment
+            try:
+                con = Workspace(ws_path).connect()
+            except WorkspaceBusy as e:
+                not_saved = str(e)
+            else:
+                try:
+                    sampling.ensure_schema(con)
+                    calibration.save(con, cal)
+                finally:
+                    con.close()
+    files = report_render.write(rep, out, grid_size)
+    return ReportResult(rep, out, files, cal, no_cal, not_saved, problems)
