@@ -1,9 +1,9 @@
 """curate as Python functions: the same steps as the commands, for a notebook or a script.
 
-    import curate
-    curate.build_index("photos/", "ws", model="ViT-B-32")
-    curate.classify("ws")
-    curate.filter("ws", labels=["skyscraper"], min_prob=0.6, out="sky.parquet")
+    from curate import api
+    api.build_index("photos/", "ws", model="ViT-B-32")
+    api.classify("ws")
+    api.filter("ws", labels=["skyscraper"], min_prob=0.6, out="sky.parquet")
 
 Each function takes a workspace path, opens and closes its own connection, takes the
 options of the command of the same name (keyword arguments, the same defaults) and returns

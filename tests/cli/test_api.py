@@ -12,6 +12,7 @@ import duckdb
 import pytest
 
 import curate
+from curate import api
 from tests.conftest import make_folder, run_cli
 
 
@@ -22,12 +23,12 @@ def notebook(tmp_path_factory) -> dict:
     photos = make_folder(root / "photos")
     ws = root / "ws"
     out = {"root": root, "photos": photos, "ws": ws}
-    out["build"] = curate.build_index(photos, ws, model="curate-tiny", pretrained="none", workers=0, quiet=True)
-    out["classify"] = curate.classify(ws, label_set="places205", prompts="natural", quiet=True)
-    out["filter"] = curate.filter(ws, min_prob=0.0, out=root / "api.csv")
-    out["search"] = curate.search(ws, "a rooftop bar at night", k=5)
-    out["sample"] = curate.sample(ws, top_classes=3, per_class=2)
-    out["report"] = curate.report(ws, out=root / "api-report", grid_size=0)
+    out["build"] = api.build_index(photos, ws, model="curate-tiny", pretrained="none", workers=0, quiet=True)
+    out["classify"] = api.classify(ws, label_set="places205", prompts="natural", quiet=True)
+    out["filter"] = api.filter(ws, min_prob=0.0, out=root / "api.csv")
+    out["search"] = api.search(ws, "a rooftop bar at night", k=5)
+    out["sample"] = api.sample(ws, top_classes=3, per_class=2)
+    out["report"] = api.report(ws, out=root / "api-report", grid_size=0)
     return out
 
 
@@ -79,7 +80,7 @@ def test_api_is_the_cli(notebook, tmp_path):
 
 
 def test_labels_shows_the_workspace_label_set(notebook, tmp_path):
-    rows = curate.labels(notebook["ws"])
+    rows = api.labels(notebook["ws"])
     assert len(rows) == 205 and [r.index for r in rows] == list(range(205))
     out = run_cli("labels", "-w", notebook["ws"])
     assert out.output.splitlines()[0].split()[1] == rows[0].label
@@ -96,18 +97,12 @@ def test_labels_shows_the_workspace_label_set(notebook, tmp_path):
     assert "drop --label-set" in run_cli("labels", "-w", notebook["ws"], "--label-set", "x", expect=2).output
 
 
-def test_classify_is_the_stage_package_and_the_step():
-    import curate.classify.run
-
-    assert curate.classify.run.classify is not None and callable(curate.classify)
-
-
 def test_errors_are_curate_errors(tmp_path):
     with pytest.raises(curate.CurateError) as e:
-        curate.classify(tmp_path / "nothing")
+        api.classify(tmp_path / "nothing")
     assert e.value.exit_code == 4
     with pytest.raises(curate.CurateError):
-        curate.build_index(tmp_path, tmp_path / "ws", model="curate-tiny", pretrained="none")  # no images
+        api.build_index(tmp_path, tmp_path / "ws", model="curate-tiny", pretrained="none")  # no images
     assert not (tmp_path / "ws").exists()
 
 
