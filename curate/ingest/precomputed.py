@@ -198,7 +198,7 @@ def _import_chunk(ws, con, run_id, part, img_f, text_f, start, stop, cols, path_
     old_id = new["old_id"].astype(np.int64)
     if len(rows) == 0:
         return stop - start, 0, 0
-    first_id = int(con.execute("SELECT coalesce(max(id), -1) + 1 FROM items").fetchall()[0][0])
+    first_id = int(con.execute("SELECT next_item_id()").fetchall()[0][0])  # queries/workspace.sql
     fresh = old_id < 0
     ids = old_id.copy()
     ids[fresh] = first_id + np.arange(int(fresh.sum()), dtype=np.int64)
