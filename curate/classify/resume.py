@@ -10,7 +10,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import duckdb
-import numpy as np
 
 from ..core import sql, store
 from ..core.workspace import ModelIdentity, Workspace
