@@ -7,9 +7,10 @@
 -- Usage: SELECT * FROM subset_calibrated([], false);
 CREATE OR REPLACE TEMP MACRO subset_calibrated(wanted, unmatched) AS TABLE
 SELECT k.id, i.path, i.caption, k.label, k.calibrated_prob AS prob, k.class_threshold,
-       i.* EXCLUDE (id, path, caption, status, caption_tokens, caption_truncated, run_id, source_no)
+       x.* EXCLUDE (id)
 FROM calibrated_predictions k
 JOIN items i ON i.id = k.id
+JOIN item_extras x ON x.id = k.id
 WHERE CASE WHEN unmatched THEN NOT k.keep
            ELSE k.keep AND (len(wanted) = 0 OR list_contains(wanted, k.label)) END
 ORDER BY k.id;

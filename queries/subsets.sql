@@ -29,17 +29,19 @@ WHERE CASE WHEN unmatched THEN prob < min_prob
            ELSE prob >= min_prob AND (len(wanted) = 0 OR list_contains(wanted, label)) END;
 
 -- subset: the kept items as written out: id, path, caption, label, prob, then the
--- source's own columns (everything in items that curate does not manage).
+-- source's own columns (item_extras, workspace.sql: everything in items that curate
+-- does not manage).
 CREATE OR REPLACE MACRO subset(mode, wanted, min_prob, unmatched := false,
                                text_weight := 0.2, text_min := 0.5,
                                image_min := 0.0, image_max := 1.0, renormalize := true) AS TABLE
 SELECT k.id, i.path, i.caption, k.label, k.prob,
-       i.* EXCLUDE (id, path, caption, status, caption_tokens, caption_truncated, run_id, source_no)
+       x.* EXCLUDE (id)
 FROM subset_predictions(mode, wanted, min_prob, unmatched := unmatched,
                         text_weight := text_weight, text_min := text_min,
                         image_min := image_min, image_max := image_max,
                         renormalize := renormalize) k
 JOIN items i ON i.id = k.id
+JOIN item_extras x ON x.id = k.id
 ORDER BY k.id;
 
 -- How many items a mode scores (the "out of" of a filter's summary).

@@ -68,3 +68,18 @@ CREATE TABLE IF NOT EXISTS shards (
     run_id INTEGER,
     PRIMARY KEY (kind, part)
 );
+-- item_extras: each item's id and the source's own columns (a manifest's columns, the
+-- InstaCities `city`, source_id), in their order in items: items without the columns
+-- curate manages. What `curate filter` writes after its own columns (subsets.sql and
+-- subset_calibrated.sql join it); the one list of curate's internal item columns.
+CREATE VIEW IF NOT EXISTS item_extras AS
+SELECT COLUMNS(lambda c: NOT list_contains(['path', 'caption', 'status', 'caption_tokens', 'caption_truncated',
+                                            'run_id', 'source_no'], lower(c)))
+FROM items;
+
+-- next_item_id(): the id a new item takes. Ids are ours and dense (they are the FAISS
+-- ids), given in the order a source's new items are found; every scan and import
+-- (curate/ingest/sources.py, manifests.py, precomputed.py) allocates through this,
+-- as `next_item_id() - 1 + row_number() OVER (ORDER BY <the order found>)`.
+-- Usage: SELECT next_item_id();
+CREATE MACRO IF NOT EXISTS next_item_id() AS (SELECT coalesce(max(id), -1) + 1 FROM items);

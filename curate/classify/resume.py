@@ -10,9 +10,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import duckdb
-import numpy as np
 
-from ..core import sql
+from ..core import sql, store
 from ..core.workspace import ModelIdentity, Workspace
 from .label_vectors import LabelQueries
 from .labels import LabelSet
@@ -70,8 +69,8 @@ def _vectors_upto(ws: Workspace, con: duckdb.DuckDBPyConnection, kind: str,
     """(count, id sum, largest id) of the committed vectors of a kind with id <= upto, and
     whether there are vectors with a greater id. Reads the id files only."""
     n, total, top, more = 0, 0, None, False
-    for _v, ids_path, _n in ws.shard_files(con, kind):
-        ids = np.load(ids_path)
+    for shard in store.shard_files(ws, con, kind):
+        ids, _vecs = store.open_shard(shard)
         if upto is None:
             more = more or len(ids) > 0
             continue

@@ -15,6 +15,15 @@ from ..errors import CurateError
 SCORE_TABLES = ("labels", "item_scores", "label_scores", "score_settings", "score_progress")
 STAGE = "next_"
 
+# Which view holds each kind of prediction (queries/predictions.sql, caption_predictions.sql,
+# ensemble.sql): the choices of `filter --mode` and `sample --source`. A user picks the
+# key; only these fixed view names ever reach SQL.
+PREDICTION_VIEWS: dict[str, str] = {
+    "image": "predictions",
+    "caption": "caption_predictions",
+    "ensemble": "ensemble",
+}
+
 
 class NotReady(CurateError, RuntimeError):
     """The workspace lacks what this step needs (embeddings, or scores)."""

@@ -34,7 +34,7 @@ FORMATS = {
     ".ndjson": "(FORMAT json)",
     ".json": "(FORMAT json, ARRAY true)",
 }
-MODES = ("image", "caption", "ensemble")
+MODES = tuple(state.PREDICTION_VIEWS)
 
 
 class FilterError(InputError, ValueError):
@@ -120,7 +120,8 @@ def open_scored(ws_path: str | Path) -> duckdb.DuckDBPyConnection:
     con = ws.connect(read_only=True)
     try:
         state.require_complete(con, f"the workspace {ws.root}")
-        if not _has_macro(con, "subset"):
+        # (item_extras comes with any read-write connect of this version: classify makes both)
+        if not _has_macro(con, "subset") or not sql.has_relation(con, "item_extras"):
             raise state.NotReady(f"the workspace {ws.root} has no views yet: run `curate classify` first")
     except BaseException:
         con.close()
@@ -155,7 +156,8 @@ def write_subset(ws_path: str | Path, spec: FilterSpec, out: str | Path | None,
             total = con.execute("SELECT count(*) FROM calibrated_predictions").fetchall()[0][0]
         else:
             con.execute(f"CREATE TEMP TABLE kept AS SELECT k.id, i.path, i.caption, k.label, k.prob{_extras(con)} "
-                        f"FROM subset_predictions{SUBSET_CALL} k JOIN items i ON i.id = k.id ORDER BY k.id",
+                        f"FROM subset_predictions{SUBSET_CALL} k JOIN items i ON i.id = k.id "
+                        "JOIN item_extras x ON x.id = k.id ORDER BY k.id",
                         spec.params(st))
             total = con.execute("SELECT scored_items(?)", [spec.sql_mode(st)]).fetchall()[0][0]
         if spec.where:
@@ -208,7 +210,7 @@ def where_clause(con: duckdb.DuckDBPyConnection, where: tuple[tuple[str, str], .
     for col, value in where:
         real = cols.get(col.lower())
         if real is None:
-            own = sorted(c for c in cols.values() if c.lower() not in _MANAGED)
+            own = sorted(c for c in item_columns(con) if c != "id")
             raise FilterError(f"--where {col}=...: items has no column {col!r} (its columns: {', '.join(own)})")
         by_col.setdefault(real, []).append(value)
     clause = " AND ".join(f"CAST({alias}.{quote_ident(c)} AS VARCHAR) IN ({', '.join('?' * len(v))})"
@@ -237,29 +239,32 @@ def _select_calibrated(con: duckdb.DuckDBPyConnection, spec: FilterSpec) -> None
                 {"wanted": list(spec.labels), "unmatched": spec.unmatched})
 
 
-# How queries/subsets.sql and subset_calibrated.sql add the source's own columns of items.
-_ITEM_EXTRAS = "i.* EXCLUDE (id, path, caption, status, caption_tokens, caption_truncated, run_id, source_no)"
-_MANAGED = ("id", "path", "caption", "status", "caption_tokens", "caption_truncated", "run_id", "source_no")
+# How queries/subsets.sql and subset_calibrated.sql add the source's own columns of items
+# (the view item_extras, queries/workspace.sql, joined as x).
+_ITEM_EXTRAS = "x.* EXCLUDE (id)"
 # The columns curate writes before the source's own; a source column of the same name
 # (in any case) comes out as src_<name>, so it never takes or shifts one of curate's.
 OUTPUT_COLUMNS = ("id", "path", "caption", "label", "prob", "class_threshold")
 
 
+def item_columns(con: duckdb.DuckDBPyConnection) -> list[str]:
+    """The columns of the view item_extras: id, then the source's own columns of items, in order."""
+    return [d[0] for d in con.execute("SELECT * FROM item_extras LIMIT 0").description]
+
+
 def _extras(con: duckdb.DuckDBPyConnection) -> str:
-    """The select list of the items' own columns (", i.a, i.b AS src_b"); '' when there are none."""
-    cols = [r[0] for r in con.execute(
-        "SELECT column_name FROM information_schema.columns WHERE table_schema = 'main' AND table_name = 'items' "
-        "ORDER BY ordinal_position").fetchall()]
+    """The select list of the items' own columns (", x.a, x.b AS src_b" over item_extras x); '' when
+    there are none."""
     out = []
     used = set(OUTPUT_COLUMNS)
-    for c in cols:
-        if c.lower() in _MANAGED:
+    for c in item_columns(con):
+        if c == "id":
             continue
         name = c
         while name.lower() in used:  # names are case-insensitive in SQL and in most readers
             name = "src_" + name
         used.add(name.lower())
-        out.append(f"i.{quote_ident(c)}" + (f" AS {quote_ident(name)}" if name != c else ""))
+        out.append(f"x.{quote_ident(c)}" + (f" AS {quote_ident(name)}" if name != c else ""))
     return "".join(", " + x for x in out)
 
 

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 import duckdb
 import numpy as np
 
+from ..core import store
 from ..core.workspace import Workspace
 from .scoring import Batch
 
@@ -58,18 +59,18 @@ def _chunk_start(sorted_ids: np.ndarray, after: int | None, batch_rows: int) -> 
 def _stream(ws: Workspace, con: duckdb.DuckDBPyConnection, kind: str, batch_rows: int,
             after: int | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     if _in_id_order(ws, con, kind):  # shard by shard, in chunks of batch_rows (store.iter_embeddings)
-        for vec_path, ids_path, _n in ws.shard_files(con, kind):
-            ids = np.load(ids_path)
+        for shard in store.shard_files(ws, con, kind):
+            ids, vecs = store.open_shard(shard)  # vectors memory-mapped: read only where yielded
             if len(ids) == 0 or (after is not None and ids[-1] <= after):
                 continue  # scored already: its vectors are not read
             start, first = _chunk_start(ids, after, batch_rows)
-            vecs = np.load(vec_path, mmap_mode="r")
             for s in range(start, len(ids), batch_rows):
                 lo = max(s, first)
                 yield ids[lo:s + batch_rows], np.asarray(vecs[lo:s + batch_rows])
         return
-    shards = ws.shard_files(con, kind)
-    ids = [np.load(p) for _v, p, _n in shards]
+    opened = [store.open_shard(s) for s in store.shard_files(ws, con, kind)]
+    ids, mm = [i for i, _v in opened], [v for _i, v in opened]
+    del opened
     where = np.concatenate([np.full(len(a), s, np.int32) for s, a in enumerate(ids)])
     row = np.concatenate([np.arange(len(a), dtype=np.int64) for a in ids])
     all_ids = np.concatenate(ids)
@@ -80,7 +81,6 @@ def _stream(ws: Workspace, con: duckdb.DuckDBPyConnection, kind: str, batch_rows
     start, first = _chunk_start(all_ids[order], after, batch_rows)
     if first >= len(order):
         return
-    mm = [np.load(v, mmap_mode="r") for v, _p, _n in shards]
     for s in range(start, len(order), batch_rows):
         sel = order[max(s, first):s + batch_rows]
         out = np.empty((len(sel), mm[0].shape[1]), np.float32)
@@ -92,8 +92,8 @@ def _stream(ws: Workspace, con: duckdb.DuckDBPyConnection, kind: str, batch_rows
 
 def _in_id_order(ws: Workspace, con: duckdb.DuckDBPyConnection, kind: str) -> bool:
     last = -(2 ** 63)
-    for _v, ids_path, _n in ws.shard_files(con, kind):
-        ids = np.load(ids_path)
+    for shard in store.shard_files(ws, con, kind):
+        ids, _vecs = store.open_shard(shard)
         if len(ids) == 0:
             continue
         if ids[0] <= last or (len(ids) > 1 and (np.diff(ids) <= 0).any()):

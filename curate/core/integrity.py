@@ -70,11 +70,11 @@ def check_shards(ws: Workspace, con: duckdb.DuckDBPyConnection, full: bool = Fal
     ident = Workspace.model_identity(con)
     out: list[Damage] = []
     for kind in KINDS:
-        d = ws.embeddings_dir(kind)
         rows = con.execute("SELECT part, file, rows, vec_sum, ids_sum, vec_mtime_ns, ids_mtime_ns FROM shards "
                            "WHERE kind = ? ORDER BY part", [kind]).fetchall()
         for part, name, n, vec_sum, ids_sum, vec_mtime, ids_mtime in rows:
-            vp, ip = d / name, d / store.ids_name(name)
+            shard = store.shard_file(ws, kind, name, n)
+            vp, ip = shard.vectors, shard.ids
             reason = None
             dim = ident.embed_dim if ident else None
             if dim is None:
@@ -96,7 +96,7 @@ def check_shards(ws: Workspace, con: duckdb.DuckDBPyConnection, full: bool = Fal
                     out.append(Damage(kind, part, path, reason))
                     break
             if reason is None and full:
-                reason = _check_ids(con, np.load(ip))
+                reason = _check_ids(con, store.open_shard(shard)[0])
                 if reason:
                     out.append(Damage(kind, part, ip, reason))
     return out
@@ -136,11 +136,10 @@ def repair(ws: Workspace, con: duckdb.DuckDBPyConnection, damaged: list[Damage])
                 "AND x.stage = 'caption')") if kind == "caption" else ""
         want = {int(i) for (i,) in con.execute(
             f"SELECT id FROM items WHERE status = 'embedded' AND id BETWEEN ? AND ?{cond}", [lo, hi]).fetchall()}
-        d = ws.embeddings_dir(kind)
-        for _part, name in con.execute(
-                "SELECT part, file FROM shards WHERE kind = ? AND NOT list_contains(?, part) "
+        for name, n in con.execute(
+                "SELECT file, rows FROM shards WHERE kind = ? AND NOT list_contains(?, part) "
                 "AND (min_id IS NULL OR (min_id <= ? AND max_id >= ?))", [kind, bad, hi, lo]).fetchall():
-            want.difference_update(np.load(d / store.ids_name(name)).tolist())
+            want.difference_update(store.open_shard(store.shard_file(ws, kind, name, n))[0].tolist())
         lost |= want
     # One transaction: the damaged shards' rows go, and their items become pending (with
     # their vectors of the other kind taken out), so a kill leaves either state whole.
@@ -154,7 +153,7 @@ def verify_shards(ws: Workspace, con: duckdb.DuckDBPyConnection) -> None:
     WorkspaceError naming the first file that is not and saying how to repair it."""
     ident = Workspace.model_identity(con)
     for kind in KINDS:
-        for vec_path, ids_path, n in ws.shard_files(con, kind):
+        for vec_path, ids_path, n in store.shard_files(ws, con, kind):
             dim = ident.embed_dim if ident else None
             for path, shape, dtype in ((ids_path, (n,), np.dtype(np.int64)), (vec_path, (n, dim), np.dtype(np.float32))):
                 if dim is None and path == vec_path:

@@ -2,8 +2,13 @@
 
 A shard is two .npy files (vectors float32 [n, d], ids int64 [n]). They are written
 to temporary names and renamed, then recorded in the `shards` table in the same
-transaction that marks their items embedded. Files with no committed row are left
-overs from a killed run and are removed on the next start.
+transaction that marks their items embedded (`commit_shards`, the one commit both
+build-index paths use). Files with no committed row are left overs from a killed run
+and are removed on the next start.
+
+This module is the only one that knows how shard files are named (`shard_name`,
+`ids_name`), listed (`shard_files`) and opened (`open_shard`, checked against the
+shard's record): every reader goes through it.
 """
 
 from __future__ import annotations
@@ -11,9 +16,10 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import duckdb
 import numpy as np
@@ -23,8 +29,33 @@ from .sql import transaction
 from .workspace import KINDS, Workspace
 
 
-def shard_name(part: int) -> str:
-    return f"part-{part:06d}.npy"
+def shard_name(part: int, rewrite: int = 0) -> str:
+    """The vectors file of a shard: `part-NNNNNN.npy`, or `part-NNNNNN.rK.npy` once rewritten K times."""
+    return f"part-{part:06d}.npy" if rewrite == 0 else f"part-{part:06d}.r{rewrite}.npy"
+
+
+def ids_name(name: str) -> str:
+    """The ids file beside a vectors file: `part-NNNNNN.npy` -> `part-NNNNNN.ids.npy`."""
+    return name[: -len(".npy")] + ".ids.npy"
+
+
+class ShardFile(NamedTuple):
+    """A committed shard's files and its recorded row count."""
+
+    vectors: Path
+    ids: Path
+    rows: int
+
+
+def shard_file(ws: Workspace, kind: str, name: str, rows: int) -> ShardFile:
+    d = ws.embeddings_dir(kind)
+    return ShardFile(d / name, d / ids_name(name), int(rows))
+
+
+def shard_files(ws: Workspace, con: duckdb.DuckDBPyConnection, kind: str) -> list[ShardFile]:
+    """Committed shards of one kind, in part order (= item-id order, as build-index writes them)."""
+    rows = con.execute("SELECT file, rows FROM shards WHERE kind = ? ORDER BY part", [kind]).fetchall()
+    return [shard_file(ws, kind, f, n) for f, n in rows]
 
 
 def next_part(con: duckdb.DuckDBPyConnection, kind: str) -> int:
@@ -63,10 +94,6 @@ def file_sum(path: Path, chunk: int = 1 << 22) -> str:
     return h.hexdigest()
 
 
-def ids_name(name: str) -> str:
-    return name[: -len(".npy")] + ".ids.npy"
-
-
 def write_shard(ws: Workspace, kind: str, part: int, ids: np.ndarray, vecs: np.ndarray,
                 name: str | None = None) -> Written:
     """Write the files of one shard; the caller records it with `record_shard`."""
@@ -91,6 +118,37 @@ def record_shard(con: duckdb.DuckDBPyConnection, kind: str, part: int, w: Writte
                 "vec_mtime_ns, ids_mtime_ns) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [kind, part, w.name, rows, run_id, w.min_id, w.max_id, w.vec_sum, w.ids_sum,
                  w.vec_mtime_ns, w.ids_mtime_ns])
+
+
+def commit_shards(ws: Workspace, con: duckdb.DuckDBPyConnection, run_id: int,
+                  vectors: dict[str, tuple[np.ndarray, np.ndarray]],
+                  items: Callable[[duckdb.DuckDBPyConnection], None] | None = None) -> dict[str, Written]:
+    """The resume promise, in one place: new vectors made durable together with their items.
+
+    `vectors` maps a kind to (ids, vecs); an empty kind writes nothing. Each kind's shard
+    is written first (temporary name, fsync, rename), under the next part number; then
+    one transaction records the shards, runs `items(con)` (the caller's own changes to
+    its items: new rows, rejections, caption token counts...) and marks the items of the
+    image shard `embedded`. A process killed before the COMMIT leaves files no row owns,
+    which `remove_orphans` deletes at the next start; after it, everything is there.
+    Returns what was written, by kind.
+    """
+    written: dict[str, Written] = {}
+    parts: dict[str, int] = {}
+    for kind, (ids, vecs) in vectors.items():
+        if len(ids):
+            parts[kind] = next_part(con, kind)
+            written[kind] = write_shard(ws, kind, parts[kind], ids, vecs)
+    with transaction(con):
+        for kind, w in written.items():
+            record_shard(con, kind, parts[kind], w, w.rows, run_id)
+        if items is not None:
+            items(con)
+        if "image" in written:
+            con.register("embedded_ids", {"id": np.asarray(vectors["image"][0], dtype=np.int64)})
+            con.execute("UPDATE items SET status = 'embedded' FROM embedded_ids e WHERE items.id = e.id")
+            con.unregister("embedded_ids")
+    return written
 
 
 def remove_orphans(ws: Workspace, con: duckdb.DuckDBPyConnection) -> int:
@@ -120,8 +178,8 @@ def iter_embeddings(
 
     Vectors are memory-mapped, so memory stays bounded whatever the collection size.
     """
-    for vec_path, ids_path, n in ws.shard_files(con, kind):
-        ids, vecs = open_shard(vec_path, ids_path, n)
+    for shard in shard_files(ws, con, kind):
+        ids, vecs = open_shard(shard)
         for s in range(0, len(ids), batch_rows):
             yield ids[s : s + batch_rows], np.asarray(vecs[s : s + batch_rows])
 
@@ -140,8 +198,7 @@ def load_all(ws: Workspace, con: duckdb.DuckDBPyConnection, kind: str) -> tuple[
 def _next_name(part: int, old: str) -> str:
     """A new file name for a rewritten shard: the old files stay until the new row is committed."""
     m = re.fullmatch(r"part-\d+(?:\.r(\d+))?\.npy", old)
-    k = int(m.group(1) or 0) + 1 if m else 1
-    return f"part-{part:06d}.r{k}.npy"
+    return shard_name(part, int(m.group(1) or 0) + 1 if m else 1)
 
 
 def drop_items(ws: Workspace, con: duckdb.DuckDBPyConnection, ids: np.ndarray,
@@ -162,14 +219,13 @@ def drop_items(ws: Workspace, con: duckdb.DuckDBPyConnection, ids: np.ndarray,
     rewrites: list[tuple[str, int, str, Written | None]] = []
     removed = 0
     for kind in KINDS:
-        d = ws.embeddings_dir(kind)
         rows = con.execute(
-            "SELECT part, file FROM shards WHERE kind = ? AND (min_id IS NULL OR (min_id <= ? AND max_id >= ?)) "
+            "SELECT part, file, rows FROM shards WHERE kind = ? AND (min_id IS NULL OR (min_id <= ? AND max_id >= ?)) "
             "ORDER BY part", [kind, hi, lo]).fetchall()
-        for part, name in rows:
+        for part, name, n in rows:
             if (kind, part) in drop_shards:
                 continue
-            have = np.load(d / ids_name(name))
+            have, vecs = open_shard(shard_file(ws, kind, name, n))
             drop = np.isin(have, ids)
             if not drop.any():
                 continue
@@ -177,7 +233,6 @@ def drop_items(ws: Workspace, con: duckdb.DuckDBPyConnection, ids: np.ndarray,
             keep = ~drop
             w = None
             if keep.any():
-                vecs = np.load(d / name, mmap_mode="r")
                 w = write_shard(ws, kind, part, have[keep], np.asarray(vecs[keep]), name=_next_name(part, name))
             rewrites.append((kind, part, name, w))
     with transaction(con):
@@ -208,8 +263,13 @@ def shard_error(path: Path, problem: str) -> WorkspaceError:
                           "run curate build-index SOURCE again to repair it")
 
 
-def open_shard(vec_path: Path, ids_path: Path, rows: int, mmap: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    """A shard's (ids, vectors), checked against its record: a WorkspaceError naming the file otherwise."""
+def open_shard(shard: ShardFile, mmap: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """A shard's (ids, vectors), checked against its record: a WorkspaceError naming the file otherwise.
+
+    The vectors are memory-mapped (unless `mmap` is False), so a reader that needs only
+    the ids reads only the ids file and the vectors' header.
+    """
+    vec_path, ids_path, rows = shard
     for path in (ids_path, vec_path):
         if not os.path.exists(path):
             raise shard_error(path, "missing")

@@ -1,7 +1,7 @@
 """The workspace: one DuckDB file plus the embeddings and indexes beside it.
 
     ws/curate.duckdb          items, rejected, runs, meta, shards (+ views from queries/)
-    ws/embeddings/image/      part-NNNNNN.npy (float32, L2-normalised) + part-NNNNNN.ids.npy
+    ws/embeddings/image/      shards: vectors (float32, L2-normalised) + ids (curate/core/store.py)
     ws/embeddings/caption/    the same for captions
     ws/indexes/               images.faiss, captions.faiss
 
@@ -180,15 +180,6 @@ class Workspace:
             """,
             [status, None if started is None else time.time() - started, run_id, run_id, run_id, run_id],
         )
-
-    # -- shards ---------------------------------------------------------------
-    def shard_files(self, con: duckdb.DuckDBPyConnection, kind: str) -> list[tuple[Path, Path, int]]:
-        """Committed shards of one kind, in part order: (vectors, ids, rows)."""
-        rows = con.execute(
-            "SELECT file, rows FROM shards WHERE kind = ? ORDER BY part", [kind]
-        ).fetchall()
-        d = self.embeddings_dir(kind)
-        return [(d / f, d / (f[: -len(".npy")] + ".ids.npy"), int(n)) for f, n in rows]
 
 
 _RUN_COUNTS = """

@@ -23,7 +23,6 @@ import torch
 from torch.utils.data import DataLoader, Dataset, get_worker_info
 
 from ..core import store
-from ..core.sql import transaction
 from ..core.workspace import Workspace
 from . import recheck
 from .images import DEFAULT_MAX_PIXELS, BadImage, ResizeRule, open_rgb, resize_rule
@@ -337,21 +336,13 @@ def _embed_captions(enc: Encoder, batch_ids: np.ndarray, captions: dict[int, str
 
 def _commit(ws: Workspace, con: duckdb.DuckDBPyConnection, run_id: int, p: _Pending) -> tuple[int, int]:
     img_ids = np.concatenate(p.img_ids) if p.img_ids else np.zeros(0, np.int64)
-    shard_rows = []
+    vectors = {}
     if len(img_ids):
-        part = store.next_part(con, "image")
-        shard_rows.append(("image", part, store.write_shard(ws, "image", part, img_ids, np.concatenate(p.img_vecs))))
+        vectors["image"] = (img_ids, np.concatenate(p.img_vecs))
     if p.cap_ids:
-        cap_ids = np.concatenate(p.cap_ids)
-        part = store.next_part(con, "caption")
-        shard_rows.append(("caption", part, store.write_shard(ws, "caption", part, cap_ids, np.concatenate(p.cap_vecs))))
-    with transaction(con):
-        for kind, part, written in shard_rows:
-            store.record_shard(con, kind, part, written, written.rows, run_id)
-        if len(img_ids):
-            con.register("done_ids", {"id": img_ids})
-            con.execute("UPDATE items SET status = 'embedded' FROM done_ids d WHERE items.id = d.id")
-            con.unregister("done_ids")
+        vectors["caption"] = (np.concatenate(p.cap_ids), np.concatenate(p.cap_vecs))
+
+    def items(con: duckdb.DuckDBPyConnection) -> None:  # in the shards' transaction (store marks them embedded)
         if p.cap_tokens:
             t_id, t_n, t_trunc = zip(*p.cap_tokens, strict=True)
             con.register("cap_tok", {"id": np.array(t_id, np.int64), "n": np.array(t_n, np.int32),
@@ -374,6 +365,8 @@ def _commit(ws: Workspace, con: duckdb.DuckDBPyConnection, run_id: int, p: _Pend
                         "SELECT i.id, i.source_id, i.path, b.reason, 'decode', ? FROM bad b JOIN items i ON i.id = b.id",
                         [run_id])
             con.unregister("bad")
+
+    store.commit_shards(ws, con, run_id, vectors, items)
     n_ok, n_bad = len(img_ids), len(p.rejected)
     p.clear()
     return n_ok, n_bad

@@ -112,7 +112,7 @@ def build_index(ws: Workspace, con: duckdb.DuckDBPyConnection, kind: str, recipe
     tmp.unlink(missing_ok=True)  # left by a killed run
     committed = [tuple(r) for r in con.execute(
         "SELECT part, rows, run_id FROM shards WHERE kind = ? ORDER BY part", [kind]).fetchall()]
-    files = ws.shard_files(con, kind)
+    files = store.shard_files(ws, con, kind)
     assert len(files) == len(committed)
     n = sum(r[1] for r in committed)
     if n == 0:
@@ -153,9 +153,8 @@ def build_index(ws: Workspace, con: duckdb.DuckDBPyConnection, kind: str, recipe
     todo = sum(r[1] for r in committed[start:])
     if plan:
         plan(todo, mode)
-    for vec_path, ids_path, _rows in files[start:]:
-        ids = np.load(ids_path)
-        vecs = np.load(vec_path, mmap_mode="r")
+    for shard in files[start:]:
+        ids, vecs = store.open_shard(shard)
         for s in range(0, len(ids), 100_000):
             index.add_with_ids(np.ascontiguousarray(vecs[s : s + 100_000], dtype=np.float32),
                                ids[s : s + 100_000].astype(np.int64))
@@ -263,10 +262,11 @@ def _training_sample(ws: Workspace, con: duckdb.DuckDBPyConnection, kind: str, n
                max(nlist * int(recipe.raw.get("train_points_per_list", 64)), 10_000))
     pick = np.sort(np.random.default_rng(seed).choice(n, size=want, replace=False))
     out, offset = [], 0
-    for vec_path, _ids_path, rows in ws.shard_files(con, kind):
+    for shard in store.shard_files(ws, con, kind):
+        rows = shard.rows
         lo, hi = np.searchsorted(pick, [offset, offset + rows])
         if hi > lo:
-            out.append(np.asarray(np.load(vec_path, mmap_mode="r")[pick[lo:hi] - offset]))
+            out.append(np.asarray(store.open_shard(shard)[1][pick[lo:hi] - offset]))
         offset += rows
     return np.ascontiguousarray(np.concatenate(out), dtype=np.float32)
 

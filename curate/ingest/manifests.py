@@ -251,7 +251,7 @@ def _ingest(con, src: Source, m: Path, source_no: int, run_id: int, names: list[
     con.execute(
         f"""
         INSERT INTO items (id, source_id, path, caption, status, run_id, source_no{cols})
-        SELECT (SELECT coalesce(max(id), -1) FROM items) + row_number() OVER (ORDER BY r._row),
+        SELECT next_item_id() - 1 + row_number() OVER (ORDER BY r._row),
                r._sid, r._path, r._caption, 'pending', ?, ?{vals}
         FROM manifest_rows r JOIN manifest_raw USING (_row)
         WHERE NOT r._bad AND r._rel IS NOT NULL AND r._row = r._first

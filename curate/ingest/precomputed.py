@@ -19,7 +19,6 @@ import duckdb
 import numpy as np
 
 from ..core import store
-from ..core.sql import transaction
 from ..core.workspace import Workspace, quote_ident
 from ..errors import PartialResult
 from .sources import Source, SourceError, clean_sql, column_targets, register_source
@@ -199,36 +198,35 @@ def _import_chunk(ws, con, run_id, part, img_f, text_f, start, stop, cols, path_
     old_id = new["old_id"].astype(np.int64)
     if len(rows) == 0:
         return stop - start, 0, 0
-    first_id = int(con.execute("SELECT coalesce(max(id), -1) + 1 FROM items").fetchall()[0][0])
+    first_id = int(con.execute("SELECT next_item_id()").fetchall()[0][0])  # queries/workspace.sql
     fresh = old_id < 0
     ids = old_id.copy()
     ids[fresh] = first_id + np.arange(int(fresh.sum()), dtype=np.int64)
     vecs, ok, nonfinite = _normalise(_rows(img_f, start, stop, rows))
     reasons = _reason(nonfinite, "image")
-    shards = []
-    if ok.any():
-        p = store.next_part(con, "image")
-        shards.append(("image", p, store.write_shard(ws, "image", p, ids[ok], vecs[ok])))
+    vectors = {"image": (ids[ok], vecs[ok])}
+    cap_bad = np.zeros(len(rows), bool)
     if text_f is not None:
         tv, tok, t_nonfinite = _normalise(_rows(text_f, start, stop, rows))
         use = ok & has_cap & tok
         cap_bad = ok & has_cap & ~tok  # the image is kept; the caption vector is recorded as rejected
         cap_reasons = _reason(t_nonfinite, "caption")
-        if use.any():
-            p = store.next_part(con, "caption")
-            shards.append(("caption", p, store.write_shard(ws, "caption", p, ids[use], tv[use])))
+        vectors["caption"] = (ids[use], tv[use])
     extra_cols = "".join(", " + quote_ident(t) for t in targets)
     extra_vals = "".join(", c." + quote_ident(c) for c in extras)
-    with transaction(con):
+
+    def items(con: duckdb.DuckDBPyConnection) -> None:
+        # In the shards' transaction; store marks the items with an image vector `embedded`
+        # after this (new ones go in `pending` until then, invisible outside the transaction).
         con.register("cr_new", {"_row": rows, "id": ids, "ok": ok, "reason": reasons, "fresh": fresh})
         con.execute(
             f"INSERT INTO items (id, source_id, path, caption, status, run_id, source_no{extra_cols}) "
-            f"SELECT n.id, c.source_id, c.path, c.caption, CASE WHEN n.ok THEN 'embedded' ELSE 'rejected' END, ?, ?"
+            f"SELECT n.id, c.source_id, c.path, c.caption, CASE WHEN n.ok THEN 'pending' ELSE 'rejected' END, ?, ?"
             f"{extra_vals} FROM cr_new n JOIN cr_chunk c USING (_row) WHERE n.fresh ORDER BY n.id",
             [run_id, source_no],
         )
-        con.execute("UPDATE items SET status = CASE WHEN n.ok THEN 'embedded' ELSE 'rejected' END "
-                    "FROM cr_new n WHERE items.id = n.id AND NOT n.fresh")
+        con.execute("UPDATE items SET status = 'rejected' FROM cr_new n WHERE items.id = n.id AND NOT n.fresh "
+                    "AND NOT n.ok")
         con.execute(
             "INSERT INTO rejected (item_id, source_id, path, reason, stage, run_id, source_no) "
             "SELECT n.id, c.source_id, c.path, n.reason, 'import', ?, ? "
@@ -236,12 +234,12 @@ def _import_chunk(ws, con, run_id, part, img_f, text_f, start, stop, cols, path_
             [run_id, source_no],
         )
         con.unregister("cr_new")
-        if text_f is not None and cap_bad.any():
+        if cap_bad.any():
             con.register("cr_cap", {"_row": rows[cap_bad], "id": ids[cap_bad], "reason": cap_reasons[cap_bad]})
             con.execute("INSERT INTO rejected (item_id, source_id, path, reason, stage, run_id, source_no) "
                         "SELECT n.id, c.source_id, c.path, n.reason, 'caption', ?, ? "
                         "FROM cr_cap n JOIN cr_chunk c USING (_row)", [run_id, source_no])
             con.unregister("cr_cap")
-        for kind, p, written in shards:
-            store.record_shard(con, kind, p, written, written.rows, run_id)
+
+    store.commit_shards(ws, con, run_id, vectors, items)
     return stop - start, int(fresh.sum()), int((~ok & fresh).sum())

@@ -461,7 +461,7 @@ def _insert_entries(con: duckdb.DuckDBPyConnection, entries: list[_Entry], sourc
         con.execute(
             f"""
             INSERT INTO items (id, source_id, path, caption, status, run_id, source_no)
-            SELECT (SELECT coalesce(max(id), -1) FROM items) + row_number() OVER (ORDER BY b.ord),
+            SELECT next_item_id() - 1 + row_number() OVER (ORDER BY b.ord),
                    b.source_id, b.path, {clean_sql('b.caption')}, 'pending', ?, ?
             FROM scan_batch b
             WHERE b.reject IS NULL

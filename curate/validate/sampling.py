@@ -17,19 +17,14 @@ from datetime import datetime
 
 import duckdb
 
-from ..classify.state import require_complete
+from ..classify.state import PREDICTION_VIEWS, require_complete
 from ..classify.subsets import where_clause
 from ..core import sql
 from ..core.sql import has_relation
 from ..errors import CurateError
 
-# Which view holds each kind of prediction. A user picks the key; only these fixed view
-# names ever reach SQL.
-SOURCES: dict[str, str] = {
-    "image": "predictions",
-    "caption": "caption_predictions",
-    "ensemble": "ensemble",
-}
+# Which view holds each kind of prediction (classify/state.py): a user picks the key.
+SOURCES: dict[str, str] = PREDICTION_VIEWS
 
 
 class SampleError(CurateError, RuntimeError):

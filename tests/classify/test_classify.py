@@ -21,6 +21,7 @@ from curate.classify.labels import load_label_set
 from curate.classify.prompts import prompts_for
 from curate.classify.run import classify
 from curate.classify.state import NotReady
+from curate.core import store
 from curate.core.workspace import ModelIdentity, ModelMismatch, Workspace
 from curate.errors import WorkspaceError
 
@@ -347,7 +348,7 @@ def test_a_failed_run_leaves_the_previous_scores(ws, tiny_encoder):
     classify(ws, encoder=tiny_encoder)
     before = run_cli("filter", "-w", ws, "--min-prob", "0").output
     con = Workspace(ws).connect()
-    vec_path, _ids, _n = Workspace(ws).shard_files(con, "caption")[-1]
+    vec_path, _ids, _n = store.shard_files(Workspace(ws), con, "caption")[-1]
     con.close()
     vec_path.unlink()                                   # a shard lost from under the workspace
     with pytest.raises(WorkspaceError, match="build-index SOURCE again to repair"):

@@ -41,7 +41,7 @@ def _copy(intact, tmp_path):
 def _shard(ws, kind, k):
     con = Workspace(ws).connect(read_only=True)
     try:
-        return Workspace(ws).shard_files(con, kind)[k]
+        return store.shard_files(Workspace(ws), con, kind)[k]
     finally:
         con.close()
 
