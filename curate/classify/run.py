@@ -30,10 +30,10 @@ import numpy as np
 from ..core import sql, store
 from ..core.integrity import verify_shards
 from ..core.workspace import ModelIdentity, Workspace, check_same_model
+from . import registry
 from .label_vectors import LabelQueries, label_queries
 from .labels import LabelSet, load_label_set
 from .prompts import Wording, resolve
-from . import registry
 from .resume import (
     ScoreProgress,
     drop_staged,

@@ -17,6 +17,7 @@ import platform
 import re
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,7 +40,7 @@ KINDS = ("image", "caption")
 # Upgrades that a higher stage owns (the move of old score tables into a named
 # classification: curate/classify/registry.py), run at every read-write connect after
 # the core tables'. Registered when that stage is imported; each is cheap when done.
-_WRITE_HOOKS: list = []
+_WRITE_HOOKS: list[Callable[[duckdb.DuckDBPyConnection], object]] = []
 
 
 @dataclass(frozen=True)
@@ -132,7 +133,7 @@ class Workspace:
         return duckdb.connect(str(self.db_path), config=config)
 
     @staticmethod
-    def on_write_connect(hook) -> None:
+    def on_write_connect(hook: Callable[[duckdb.DuckDBPyConnection], object]) -> None:
         """Run `hook(con)` at every read-write connect, after the core tables' upgrades."""
         if hook not in _WRITE_HOOKS:
             _WRITE_HOOKS.append(hook)
