@@ -39,7 +39,8 @@ KINDS = ("image", "caption")
 
 # Upgrades that a higher stage owns (the move of old score tables into a named
 # classification: curate/classify/registry.py), run at every read-write connect after
-# the core tables'. Registered when that stage is imported; each is cheap when done.
+# the core tables'. Registered when that module is imported (classify/run.py and
+# validate/sampling.py, the writers of scores and review sets, import it); each is cheap when done.
 _WRITE_HOOKS: list[Callable[[duckdb.DuckDBPyConnection], object]] = []
 
 
