@@ -15,8 +15,11 @@ CREATE TABLE IF NOT EXISTS review_sets (
     per_class INTEGER NOT NULL,
     seed BIGINT NOT NULL,
     items BIGINT,
-    created_at TIMESTAMP DEFAULT current_timestamp
+    created_at TIMESTAMP DEFAULT current_timestamp,
+    classification VARCHAR              -- the named classification it was drawn from (classifications.sql)
 );
+-- (sets drawn before classifications had names: the one the workspace had, set when it was upgraded)
+ALTER TABLE review_sets ADD COLUMN IF NOT EXISTS classification VARCHAR;
 
 CREATE TABLE IF NOT EXISTS review_classes (
     set_name VARCHAR NOT NULL,

@@ -1,4 +1,9 @@
--- The scores of one complete `curate classify` run. A run writes these tables under
+-- The scores of one complete `curate classify` run: one named classification, in its
+-- own schema "cls_NAME" (classifications.sql; main shows the active one through views
+-- of the same names). To run this file by hand, make and select a schema first:
+-- Setup: CREATE SCHEMA IF NOT EXISTS "cls_by-hand"; SET search_path = '"cls_by-hand",main';
+--
+-- A run writes these tables under
 -- the names next_<table> (staging) and, once it completes, replaces them in one
 -- transaction: readers see the previous complete scores until then. A killed run with
 -- the same settings continues its staging tables (next_score_progress).

@@ -101,3 +101,46 @@ def hand_workspace(root: Path, image: dict[int, np.ndarray], caption: dict[int, 
 def unit(rng: np.random.Generator, n: int, d: int) -> np.ndarray:
     v = rng.standard_normal((n, d))
     return (v / np.linalg.norm(v, axis=1, keepdims=True)).astype(np.float32)
+
+
+def in_classification(con: duckdb.DuckDBPyConnection, name: str | None = None) -> duckdb.DuckDBPyConnection:
+    """Point a raw connection's unqualified names at a named classification's schema
+    ("cls_NAME": its tables and staging next_*): by default the only one there is."""
+    if name is None:
+        schemas = sorted({r[0] for r in con.execute(
+            "SELECT schema_name FROM duckdb_tables() WHERE starts_with(schema_name, 'cls_')").fetchall()})
+        assert len(schemas) == 1, schemas
+        schema = schemas[0]
+    else:
+        schema = "cls_" + name
+    con.execute(f"SET search_path = '\"{schema}\",main'")
+    return con
+
+
+def old_layout(db: Path) -> str:
+    """Turn a classified workspace back into the layout of a curate from before named
+    classifications: the only classification's tables in main, no registry, no schema.
+    Returns the name it had."""
+    from curate.core import sql
+
+    con = duckdb.connect(str(db))
+    try:
+        [(name,)] = con.execute("SELECT name FROM classifications").fetchall()
+        schema = f'"cls_{name}"'
+        tables = [r[0] for r in con.execute("SELECT table_name FROM duckdb_tables() WHERE schema_name = ?",
+                                            [f"cls_{name}"]).fetchall()]
+        for view in ("predictions", "caption_predictions", "ensemble", "coverage",
+                     "labels", "item_scores", "label_scores", "score_settings", "score_progress"):
+            con.execute(f"DROP VIEW IF EXISTS main.{view}")
+        for t in tables:
+            con.execute(f"CREATE TABLE main.{t} AS SELECT * FROM {schema}.{t}")
+        con.execute(f"DROP SCHEMA {schema} CASCADE")
+        con.execute("DROP TABLE classifications")
+        if con.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = 'review_sets'").fetchall()[0][0]:
+            con.execute("ALTER TABLE review_sets DROP COLUMN classification")
+        if "score_settings" in tables:
+            for view in sql.VIEWS:
+                con.execute(sql.text(view))
+        return name
+    finally:
+        con.close()

@@ -84,15 +84,22 @@ def _vectors_upto(ws: Workspace, con: duckdb.DuckDBPyConnection, kind: str,
     return n, total, top, more
 
 
+def _bare(schema: str) -> str:
+    """A schema's name as information_schema spells it (the argument is a quoted identifier)."""
+    return schema[1:-1].replace('""', '"') if schema.startswith('"') else schema
+
+
 def resume_point(ws: Workspace, con: duckdb.DuckDBPyConnection, fp: str, n_labels: int,
-                  log: Callable[[str], None], prefix: str = "") -> tuple[ScoreProgress, bool] | None:
-    """Where the scores of the tables `<prefix>item_scores`... stop, if this run can continue
-    them: (progress, whether the rows after progress.last_id must go first). None: they
-    cannot be continued (absent, other settings, other vectors)."""
-    if not all(sql.has_relation(con, prefix + t) for t in SCORE_TABLES):
+                  log: Callable[[str], None], prefix: str = "", schema: str = "main"
+                  ) -> tuple[ScoreProgress, bool] | None:
+    """Where the scores of the tables `<schema>.<prefix>item_scores`... stop, if this run can
+    continue them: (progress, whether the rows after progress.last_id must go first). None:
+    they cannot be continued (absent, other settings, other vectors). `schema`: the
+    classification's, as a quoted identifier."""
+    if not all(sql.has_relation(con, prefix + t, schema=_bare(schema)) for t in SCORE_TABLES):
         return None
     rows = con.execute(f"SELECT fingerprint, last_id, images, captions, image_id_sum, caption_id_sum "
-                       f"FROM {prefix}score_progress").fetchall()
+                       f"FROM {schema}.{prefix}score_progress").fetchall()
     if len(rows) != 1:
         return None
     if rows[0][0] != fp:
@@ -100,7 +107,7 @@ def resume_point(ws: Workspace, con: duckdb.DuckDBPyConnection, fp: str, n_label
             "starting over: the workspace's scores were made with other settings (they stay in use until "
             "this run completes)")
         return None
-    if con.execute(f"SELECT count(*) FROM {prefix}labels").fetchall()[0][0] != n_labels:
+    if con.execute(f"SELECT count(*) FROM {schema}.{prefix}labels").fetchall()[0][0] != n_labels:
         return None
     p = ScoreProgress(*rows[0][1:])
     if p.last_id is None:
@@ -121,41 +128,44 @@ def resume_point(ws: Workspace, con: duckdb.DuckDBPyConnection, fp: str, n_label
     return p, False
 
 
-def staged_sql() -> str:
-    """queries/scores_tables.sql with every table named next_<table>: the staging copies."""
-    return re.sub(r"CREATE OR REPLACE TABLE (\w+)", lambda m: f"CREATE OR REPLACE TABLE {STAGE}{m.group(1)}",
+def staged_sql(schema: str = "main") -> str:
+    """queries/scores_tables.sql with every table named <schema>.next_<table>: the staging copies."""
+    return re.sub(r"CREATE OR REPLACE TABLE (\w+)",
+                  lambda m: f"CREATE OR REPLACE TABLE {schema}.{STAGE}{m.group(1)}",
                   sql.text(sql.SCORE_TABLES))
 
 
-def drop_staged(con: duckdb.DuckDBPyConnection) -> None:
+def drop_staged(con: duckdb.DuckDBPyConnection, schema: str = "main") -> None:
     for t in SCORE_TABLES:
-        con.execute(f"DROP TABLE IF EXISTS {STAGE}{t}")
+        con.execute(f"DROP TABLE IF EXISTS {schema}.{STAGE}{t}")
 
 
 def staged_point(ws: Workspace, con: duckdb.DuckDBPyConnection, fp: str, n_labels: int,
-                  log: Callable[[str], None]) -> tuple[ScoreProgress, bool, int | None] | None:
+                  log: Callable[[str], None], schema: str = "main"
+                  ) -> tuple[ScoreProgress, bool, int | None] | None:
     """An unfinished run with these settings in the staging tables: (progress, roll back, append_after).
 
     Staging tables of other settings (or that cannot be continued) are dropped.
     """
-    if not any(sql.has_relation(con, STAGE + t) for t in SCORE_TABLES):
+    if not any(sql.has_relation(con, STAGE + t, schema=_bare(schema)) for t in SCORE_TABLES):
         return None
-    point = resume_point(ws, con, fp, n_labels, log, prefix=STAGE)
+    point = resume_point(ws, con, fp, n_labels, log, prefix=STAGE, schema=schema)
     append_after = None
     if point is not None:
-        append_after = con.execute(f"SELECT append_after FROM {STAGE}score_progress").fetchall()[0][0]
-        if append_after is not None and not _live_is(con, fp):
+        append_after = con.execute(f"SELECT append_after FROM {schema}.{STAGE}score_progress").fetchall()[0][0]
+        if append_after is not None and not _live_is(con, fp, schema):
             point = None       # staged for a base that is no longer the workspace's scores
     if point is None:
-        in_transaction(con, lambda: drop_staged(con))
+        in_transaction(con, lambda: drop_staged(con, schema))
         return None
     return point[0], point[1], append_after
 
 
-def _live_is(con: duckdb.DuckDBPyConnection, fp: str) -> bool:
-    if not (sql.has_relation(con, "score_progress") and sql.has_relation(con, "score_settings")):
+def _live_is(con: duckdb.DuckDBPyConnection, fp: str, schema: str = "main") -> bool:
+    if not (sql.has_relation(con, "score_progress", schema=_bare(schema))
+            and sql.has_relation(con, "score_settings", schema=_bare(schema))):
         return False
-    rows = con.execute("SELECT fingerprint FROM score_progress").fetchall()
+    rows = con.execute(f"SELECT fingerprint FROM {schema}.score_progress").fetchall()
     return len(rows) == 1 and rows[0][0] == fp
 
 

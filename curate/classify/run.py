@@ -30,6 +30,7 @@ import numpy as np
 from ..core import sql, store
 from ..core.integrity import verify_shards
 from ..core.workspace import ModelIdentity, Workspace, check_same_model
+from . import registry
 from .label_vectors import LabelQueries, label_queries
 from .labels import LabelSet, load_label_set
 from .prompts import Wording, resolve
@@ -73,6 +74,7 @@ class ClassifyResult:
     seconds: float
     cached_vectors: bool
     resumed_vectors: int = 0     # vectors an earlier run had scored (a resumed run): not scored again
+    name: str = ""               # the classification's name (registry.py)
 
 
 _INSERT_ITEMS = """
@@ -97,8 +99,13 @@ def classify(ws_path: str | Path, label_set: str | Path | LabelSet = "places205"
              encoder: Encoder | None = None, *, logit_scale: float | None = None, top_k: int = DEFAULT_TOP_K,
              storage: str = "auto", batch_rows: int = DEFAULT_BATCH_ROWS, device: str | None = None,
              progress: Callable[[int], None] | None = None, restart: bool = False,
-             log: Callable[[str], None] | None = None, plan: Callable[[int], None] | None = None) -> ClassifyResult:
+             log: Callable[[str], None] | None = None, plan: Callable[[int], None] | None = None,
+             name: str | None = None) -> ClassifyResult:
     """Score every image and caption of a workspace against a label set; (re)create the views.
+
+    The scores are the classification `name` (default: label set and wording, e.g.
+    places205-natural), in its own schema beside any others (registry.py); completing
+    makes it the active one, the one the plain views show.
 
     `encoder` is only needed when the label vectors are not cached yet; by default the
     workspace's own model is loaded then. `storage` is full, topk or auto (by size).
@@ -114,6 +121,7 @@ def classify(ws_path: str | Path, label_set: str | Path | LabelSet = "places205"
         raise NotReady(f"no workspace at {ws.root}: run `curate build-index` first")
     ls = label_set if isinstance(label_set, LabelSet) else load_label_set(label_set)
     wording = resolve(prompts)
+    name = registry.check_name(name) if name is not None else registry.default_name(ls.name, wording.name)
     if storage not in ("auto", "full", "topk"):
         raise ValueError(f"storage must be auto, full or topk, not {storage!r}")
     if top_k < 1:
@@ -147,23 +155,29 @@ def classify(ws_path: str | Path, label_set: str | Path | LabelSet = "places205"
         if top_k >= len(ls):
             storage = "full"
         keep_k = None if storage == "full" else top_k
+        with sql.transaction(con):
+            registry.register(con, name, label_set=ls.name, prompts=wording.name, model=ident.model,
+                              logit_scale=scale, storage=storage)
         rows, resumed = _write_scores(ws, con, q, ls, wording, ident, scale, storage, keep_k, n_img, n_cap,
-                                      batch_rows, progress, restart, log or (lambda _line: None), plan)
+                                      batch_rows, progress, restart, log or (lambda _line: None), plan, name)
     finally:
         con.close()
     return ClassifyResult(ls.name, wording.name, len(ls), n_img, n_cap, storage,
                           len(ls) if keep_k is None else keep_k, scale, rows, time.time() - started, was_cached,
-                          resumed)
+                          resumed, name)
 
 
 def _write_scores(ws: Workspace, con: duckdb.DuckDBPyConnection, q: LabelQueries, ls: LabelSet, wording: Wording,
                   ident: ModelIdentity, scale: float, storage: str, keep_k: int | None, n_img: int, n_cap: int,
                   batch_rows: int, progress: Callable[[int], None] | None, restart: bool,
-                  log: Callable[[str], None], plan: Callable[[int], None] | None = None) -> tuple[int, int]:
-    """Write the scores; returns (label_scores rows, vectors scored by an earlier run).
+                  log: Callable[[str], None], plan: Callable[[int], None] | None = None,
+                  name: str = "places205-natural") -> tuple[int, int]:
+    """Write the scores of classification `name`; returns (label_scores rows, vectors scored
+    by an earlier run).
 
-    The workspace's scores (labels, item_scores, label_scores, score_settings,
-    score_progress) always hold one complete classification, or none: a run writes into
+    A classification's scores (labels, item_scores, label_scores, score_settings,
+    score_progress, in its schema "cls_<name>") always hold one complete classification,
+    or none: a run writes into
     staging copies (next_*), batch by batch, and publishes them in one transaction at the
     end, so every reader (filter, sample, report, the views in the duckdb shell) sees the
     previous complete scores until then. Batches commit one by one because DuckDB holds a
@@ -179,22 +193,25 @@ def _write_scores(ws: Workspace, con: duckdb.DuckDBPyConnection, q: LabelQueries
     con.execute("CREATE OR REPLACE TEMP MACRO nan_null(x) AS CASE WHEN isnan(x) THEN NULL ELSE x END")
     con.execute(f"SET memory_limit = '{DUCKDB_MEMORY}'")  # a constant of ours, not user text
     fp = fingerprint(q, ls, ident, scale, storage, keep_k)
+    sch = registry.schema(name)
+    live_t = sch + "."            # the published tables
+    stage_t = sch + "." + STAGE   # the staging copies
     verify_shards(ws, con)  # a shard lost or damaged under the workspace fails here, not half way
     if restart:
-        in_transaction(con, lambda: drop_staged(con))
-    staged = None if restart else staged_point(ws, con, fp, len(ls), log)
+        in_transaction(con, lambda: drop_staged(con, sch))
+    staged = None if restart else staged_point(ws, con, fp, len(ls), log, sch)
     if staged is None:
-        live = None if restart else resume_point(ws, con, fp, len(ls), log)
+        live = None if restart else resume_point(ws, con, fp, len(ls), log, schema=sch)
         done = ScoreProgress(None, 0, 0, 0, 0) if live is None else live[0]
         append_after = done.last_id
 
         def start():
-            drop_staged(con)
-            con.execute(staged_sql())
-            con.executemany(f"INSERT INTO {STAGE}labels VALUES (?, ?, ?, ?, ?)",
+            drop_staged(con, sch)
+            con.execute(staged_sql(sch))
+            con.executemany(f"INSERT INTO {stage_t}labels VALUES (?, ?, ?, ?, ?)",
                             [[i, lab, ps[0], ps, scene]
                              for i, (lab, ps, scene) in enumerate(zip(ls.labels, q.prompts, ls.scenes, strict=True))])
-            con.execute(f"INSERT INTO {STAGE}score_progress (fingerprint, last_id, images, captions, image_id_sum, "
+            con.execute(f"INSERT INTO {stage_t}score_progress (fingerprint, last_id, images, captions, image_id_sum, "
                         "caption_id_sum, finished, append_after) VALUES (?, ?, ?, ?, ?, ?, false, ?)",
                         [fp, done.last_id, done.images, done.captions, done.image_id_sum, done.caption_id_sum,
                          append_after])
@@ -208,10 +225,10 @@ def _write_scores(ws: Workspace, con: duckdb.DuckDBPyConnection, q: LabelQueries
 
             def reopen():
                 where, args = ("", []) if done.last_id is None else (" WHERE id > ?", [done.last_id])
-                con.execute(f"DELETE FROM {STAGE}item_scores" + where, args)
-                con.execute(f"DELETE FROM {STAGE}label_scores" + where, args)
-                done.save(con, STAGE)
-                con.execute(f"UPDATE {STAGE}score_progress SET append_after = ?", [append_after])
+                con.execute(f"DELETE FROM {stage_t}item_scores" + where, args)
+                con.execute(f"DELETE FROM {stage_t}label_scores" + where, args)
+                done.save(con, stage_t)
+                con.execute(f"UPDATE {stage_t}score_progress SET append_after = ?", [append_after])
 
             in_transaction(con, reopen)
     if done.last_id is not None:
@@ -220,21 +237,21 @@ def _write_scores(ws: Workspace, con: duckdb.DuckDBPyConnection, q: LabelQueries
     resumed = done.images + done.captions
     if plan:
         plan(max(0, n_img + n_cap - resumed))
-    insert_items, insert_rows = _INSERT_ITEMS.format(table=STAGE + "item_scores"), \
-        _INSERT_ROWS.format(table=STAGE + "label_scores")
+    insert_items, insert_rows = _INSERT_ITEMS.format(table=stage_t + "item_scores"), \
+        _INSERT_ROWS.format(table=stage_t + "label_scores")
     for b in aligned_batches(ws, con, batch_rows, done.last_id):
         items, scored = score_batch(b, q.vectors, scale, keep_k)
         done.add(b)
         con.register("batch_items", items)
         con.register("batch_rows", scored)
-        in_transaction(con, lambda: (con.execute(insert_items), con.execute(insert_rows), done.save(con, STAGE)))
+        in_transaction(con, lambda: (con.execute(insert_items), con.execute(insert_rows), done.save(con, stage_t)))
         con.unregister("batch_items")
         con.unregister("batch_rows")
         if progress:
             progress(len(b.image_rows) + len(b.caption_rows))
 
     def publish():
-        target = STAGE if append_after is None else ""
+        target = stage_t if append_after is None else live_t
         con.execute(f"DELETE FROM {target}score_settings")
         con.execute(f"INSERT INTO {target}score_settings (label_set, label_set_digest, prompts, model, pretrained, "
                     "embed_dim, logit_scale, storage, top_k, n_labels, images, captions, cache_key, "
@@ -243,19 +260,19 @@ def _write_scores(ws: Workspace, con: duckdb.DuckDBPyConnection, q: LabelQueries
                      storage, len(ls) if keep_k is None else keep_k, len(ls), n_img, n_cap, q.cache_key,
                      ENSEMBLE_TEXT_WEIGHT, ENSEMBLE_TEXT_MIN])
         if append_after is None:   # a whole classification: the staging tables become the scores
-            con.execute(f"UPDATE {STAGE}score_progress SET append_after = NULL")
-            done.save(con, STAGE, finished=True)
+            con.execute(f"UPDATE {stage_t}score_progress SET append_after = NULL")
+            done.save(con, stage_t, finished=True)
             for t in SCORE_TABLES:
-                con.execute(f"DROP TABLE IF EXISTS {t}")
-                con.execute(f"ALTER TABLE {STAGE}{t} RENAME TO {t}")
+                con.execute(f"DROP TABLE IF EXISTS {live_t}{t}")
+                con.execute(f"ALTER TABLE {stage_t}{t} RENAME TO {t}")
         else:                      # the new items' rows join the scores they extend
             for t in ("item_scores", "label_scores"):
-                con.execute(f"DELETE FROM {t} WHERE id > ?", [append_after])
-                con.execute(f"INSERT INTO {t} BY NAME SELECT * FROM {STAGE}{t}")
-            done.save(con, "", finished=True)
-            drop_staged(con)
-        sql.install_views(con)
+                con.execute(f"DELETE FROM {live_t}{t} WHERE id > ?", [append_after])
+                con.execute(f"INSERT INTO {live_t}{t} BY NAME SELECT * FROM {stage_t}{t}")
+            done.save(con, live_t, finished=True)
+            drop_staged(con, sch)
+        registry.completed(con, name)   # its views, and it becomes the active one
 
     in_transaction(con, publish)
-    rows = con.execute("SELECT count(*) FROM label_scores").fetchall()[0][0]
+    rows = con.execute(f"SELECT count(*) FROM {live_t}label_scores").fetchall()[0][0]
     return int(rows), resumed

@@ -40,10 +40,17 @@ def settings(con: duckdb.DuckDBPyConnection) -> dict | None:
 
 
 def unfinished(con: duckdb.DuckDBPyConnection) -> str | None:
-    """A classify run that has not completed, in words ("scored 12,000 of 40,000 vectors"), or None."""
-    for table in (STAGE + "score_progress", "score_progress"):
-        if not sql.has_relation(con, table):
-            continue
+    """A classify run that has not completed, in words ("scored 12,000 of 40,000 vectors"), or None.
+
+    Looked for where the caller's names resolve (the selected classification), then in
+    every named classification's schema.
+    """
+    candidates = [t for t in (STAGE + "score_progress", "score_progress") if sql.has_relation(con, t)]
+    candidates += [f'"{s}".{t}' for s, t in con.execute(
+        "SELECT table_schema, table_name FROM information_schema.tables WHERE table_schema LIKE 'cls\\_%' "
+        "ESCAPE '\\' AND table_name IN (?, 'score_progress') ORDER BY table_name <> ?, table_schema",
+        [STAGE + "score_progress", STAGE + "score_progress"]).fetchall()]
+    for table in candidates:
         rows = con.execute(f"SELECT images + captions, finished FROM {table}").fetchall()
         if len(rows) == 1 and not rows[0][1]:
             total = con.execute("SELECT coalesce(sum(rows), 0) FROM shards").fetchall()[0][0]

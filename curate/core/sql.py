@@ -21,6 +21,9 @@ CACHE = "label_cache"
 SCORE_TABLES = "scores_tables"
 # Views and macros over the scores, in dependency order.
 VIEWS = ("predictions", "caption_predictions", "ensemble", "coverage", "subsets")
+# The views each named classification holds in its own schema (subsets' macros stay in
+# main: a macro finds its tables through the caller's search path).
+SCHEMA_VIEWS = ("predictions", "caption_predictions", "ensemble", "coverage")
 
 
 def text(name: str) -> str:
@@ -42,15 +45,46 @@ def run(con: duckdb.DuckDBPyConnection, name: str) -> None:
     con.execute(text(name))
 
 
-def install_views(con: duckdb.DuckDBPyConnection) -> None:
-    for name in VIEWS:
-        run(con, name)
+def install_views(con: duckdb.DuckDBPyConnection, schema: str | None = None) -> None:
+    """The view files run in main, or (`schema`: a quoted identifier) in that schema.
+
+    A view binds its names in its own schema, so the views made in a classification's
+    schema read that schema's tables whatever the caller's search path.
+    """
+    if schema is None:
+        for name in VIEWS:
+            run(con, name)
+        return
+    with search_path(con, schema):
+        for name in SCHEMA_VIEWS:
+            run(con, name)
 
 
-def has_relation(con: duckdb.DuckDBPyConnection, name: str) -> bool:
-    """Whether the main schema has a table or view of that name."""
+@contextmanager
+def search_path(con: duckdb.DuckDBPyConnection, path: str) -> Iterator[None]:
+    """SET search_path for the block (names created unqualified go to its first schema)."""
+    before = con.execute("SELECT current_setting('search_path')").fetchall()[0][0]
+    con.execute(f"SET search_path = '{_lit(path)}'")
+    try:
+        yield
+    finally:
+        con.execute(f"SET search_path = '{_lit(before or 'main')}'")
+
+
+def _lit(text: str) -> str:
+    return text.replace("'", "''")
+
+
+def has_relation(con: duckdb.DuckDBPyConnection, name: str, schema: str | None = None) -> bool:
+    """Whether a table or view of that name is in `schema` (unquoted), or, by default, in
+    a schema an unqualified name is looked up in (the search path, and main)."""
+    if schema is not None:
+        return con.execute(
+            "SELECT count(*) FROM information_schema.tables WHERE table_schema = ? AND table_name = ?",
+            [schema, name]).fetchall()[0][0] > 0
     return con.execute(
-        "SELECT count(*) FROM information_schema.tables WHERE table_schema = 'main' AND table_name = ?",
+        "SELECT count(*) FROM information_schema.tables WHERE table_name = ? AND "
+        "(table_schema = 'main' OR list_contains(current_schemas(false), table_schema))",
         [name]).fetchall()[0][0] > 0
 
 

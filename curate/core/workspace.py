@@ -17,6 +17,7 @@ import platform
 import re
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,6 +36,12 @@ SCHEMA = sql.text("workspace")
 UPGRADES: list[str] = sql.statements("workspace_upgrades")
 
 KINDS = ("image", "caption")
+
+# Upgrades that a higher stage owns (the move of old score tables into a named
+# classification: curate/classify/registry.py), run at every read-write connect after
+# the core tables'. Registered when that module is imported (classify/run.py and
+# validate/sampling.py, the writers of scores and review sets, import it); each is cheap when done.
+_WRITE_HOOKS: list[Callable[[duckdb.DuckDBPyConnection], object]] = []
 
 
 @dataclass(frozen=True)
@@ -113,6 +120,8 @@ class Workspace:
         for stmt in UPGRADES:
             con.execute(stmt)
         journal.fold(con, self.root)
+        for hook in _WRITE_HOOKS:
+            hook(con)
         return con
 
     def _open(self, read_only: bool) -> duckdb.DuckDBPyConnection:
@@ -123,6 +132,12 @@ class Workspace:
         # the Python package) can open, so `duckdb ws/curate.duckdb` works.
         config = {} if self.db_path.exists() else {"storage_compatibility_version": STORAGE_VERSION}
         return duckdb.connect(str(self.db_path), config=config)
+
+    @staticmethod
+    def on_write_connect(hook: Callable[[duckdb.DuckDBPyConnection], object]) -> None:
+        """Run `hook(con)` at every read-write connect, after the core tables' upgrades."""
+        if hook not in _WRITE_HOOKS:
+            _WRITE_HOOKS.append(hook)
 
     # -- meta -----------------------------------------------------------------
     @staticmethod

@@ -17,6 +17,7 @@ from datetime import datetime
 
 import duckdb
 
+from ..classify import registry
 from ..classify.state import PREDICTION_VIEWS, require_complete
 from ..classify.subsets import where_clause
 from ..core import sql
@@ -40,6 +41,7 @@ class ReviewSet:
     seed: int
     items: int
     created_at: datetime | None
+    classification: str | None = None   # the named classification it was drawn from
 
 
 def ensure_schema(con: duckdb.DuckDBPyConnection) -> None:
@@ -61,6 +63,7 @@ def draw(
     name: str | None = None,
     replace: bool = False,
     where: tuple[tuple[str, str], ...] = (),
+    classification: str | None = None,
 ) -> ReviewSet:
     """Draw and store a review set; the same arguments always draw the same images.
 
@@ -68,54 +71,66 @@ def draw(
     `curate sample` twice). A different set under an existing name is refused unless
     `replace`: its marks stay in `judgments` either way, since they judge (image, label)
     pairs, not sets. `where` draws among the items with those values in those columns only
-    (`curate sample --where city=newyork`); its default name says so.
+    (`curate sample --where city=newyork`); its default name says so. `classification`:
+    the named classification to draw from (default: the active one); the set records it.
     """
     if source not in SOURCES:
         raise SampleError(f"unknown source {source!r}: use one of {', '.join(SOURCES)}")
     if top_classes < 1 or per_class < 1:
         raise SampleError("--top-classes and --per-class must be at least 1")
+    # the tables and macros live in main: made before the search path points elsewhere
+    ensure_schema(con)
+    sql.run(con, "sample_classes")
+    sql.run(con, "sample_items")
+    with registry.selected(con, classification) as chosen:
+        if classification is not None and name is None:
+            name = default_name(source, top_classes, per_class, seed, where) + f"-{classification}"
+        return _draw(con, source, top_classes, per_class, seed, name, replace, where, chosen)
+
+
+def _draw(con: duckdb.DuckDBPyConnection, source: str, top_classes: int, per_class: int, seed: int,
+          name: str | None, replace: bool, where: tuple[tuple[str, str], ...], chosen: str | None) -> ReviewSet:
     view = SOURCES[source]
     require_complete(con, needed=False)   # never a review set drawn from half a classification
     if not has_relation(con, view):
         raise SampleError(
             f"the workspace has no `{view}` view yet ({source} predictions): run `curate classify` first"
         )
-    ensure_schema(con)
     name = name or default_name(source, top_classes, per_class, seed, where)
     params = {"set_name": name}
     existing = get_set(con, name) if _exists(con, name) else None
     if existing is not None:
-        same = (existing.source, existing.top_classes, existing.per_class, existing.seed) == (
-            source, top_classes, per_class, seed)
+        same = (existing.source, existing.top_classes, existing.per_class, existing.seed,
+                existing.classification) == (source, top_classes, per_class, seed, chosen)
         if same and not replace:
             return existing
         if not replace:
             raise SampleError(
                 f"a review set named {name!r} exists with other parameters "
-                f"({existing.source}, top {existing.top_classes} x {existing.per_class}, seed {existing.seed}); "
+                f"({existing.source}, top {existing.top_classes} x {existing.per_class}, seed {existing.seed}"
+                + (f", classification {existing.classification}" if existing.classification != chosen else "")
+                + "); "
                 "pick another --name or pass --replace"
             )
     with sql.transaction(con):
         for table in ("review_items", "review_classes"):
-            con.execute(f"DELETE FROM {table} WHERE set_name = $set_name", params)
-        con.execute("DELETE FROM review_sets WHERE name = $set_name", params)
-        sql.run(con, "sample_classes")
-        sql.run(con, "sample_items")
+            con.execute(f"DELETE FROM main.{table} WHERE set_name = $set_name", params)
+        con.execute("DELETE FROM main.review_sets WHERE name = $set_name", params)
         if where:  # the predictions of the items in scope, as a table the macros read by name
             clause, args = where_clause(con, where)
             con.execute(f"CREATE OR REPLACE TEMP TABLE sample_scope AS SELECT p.* FROM {view} p "
                         f"JOIN items i ON i.id = p.id WHERE {clause}", args)
             view = "sample_scope"
-        con.execute("INSERT INTO review_classes SELECT $set_name, label, rank, frequency"
+        con.execute("INSERT INTO main.review_classes SELECT $set_name, label, rank, frequency"
                     " FROM sample_classes($view, $top_classes)",
                     {**params, "view": view, "top_classes": top_classes})
-        con.execute("INSERT INTO review_items SELECT * FROM sample_items($view, $set_name, $per_class, $seed)",
+        con.execute("INSERT INTO main.review_items SELECT * FROM sample_items($view, $set_name, $per_class, $seed)",
                     {**params, "view": view, "per_class": per_class, "seed": seed})
         n = con.execute("SELECT count(*) FROM review_items WHERE set_name = $set_name", params).fetchall()[0][0]
         con.execute(
-            "INSERT INTO review_sets (name, source, top_classes, per_class, seed, items)"
-            " VALUES (?, ?, ?, ?, ?, ?)",
-            [name, source, top_classes, per_class, seed, n],
+            "INSERT INTO main.review_sets (name, source, top_classes, per_class, seed, items, classification)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            [name, source, top_classes, per_class, seed, n, chosen],
         )
     if n == 0:
         scope = "".join(f", {c} = {v}" for c, v in where)
@@ -133,7 +148,7 @@ def list_sets(con: duckdb.DuckDBPyConnection) -> list[ReviewSet]:
     if not has_relation(con, "review_sets"):
         return []
     rows = con.execute(
-        "SELECT name, source, top_classes, per_class, seed, items, created_at FROM review_sets"
+        "SELECT name, source, top_classes, per_class, seed, items, created_at, classification FROM review_sets"
         " ORDER BY created_at, name"
     ).fetchall()
     return [ReviewSet(*r) for r in rows]

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import duckdb
 import pytest
+from classify_support import in_classification, old_layout
 from conftest import run_cli
 from test_classify_resume import (
     Stop,
@@ -38,9 +39,10 @@ B = [*A, "--logit-scale", "50"]                    # other settings: a new class
 
 
 def _rows(root: Path, sql: str) -> list[tuple]:
+    """A query's rows, its names read in the workspace's only classification (cls_*)."""
     con = duckdb.connect(str(root / "curate.duckdb"), read_only=True)
     try:
-        return con.execute(sql).fetchall()
+        return in_classification(con).execute(sql).fetchall()
     finally:
         con.close()
 
@@ -124,6 +126,7 @@ def test_scores_made_in_place_by_an_older_curate_and_killed_are_refused(tmp_path
     ws = tmp_path / "ws"
     make_workspace(ws, labels, 1_000, image_shard=500, caption_shard=300)
     classify(ws, labels, storage="full", batch_rows=128)
+    old_layout(ws / "curate.duckdb")   # (named classifications came later: their tables were in main)
     con = duckdb.connect(str(ws / "curate.duckdb"))
     con.execute("DELETE FROM score_settings")
     con.execute("DELETE FROM item_scores WHERE id > 300")

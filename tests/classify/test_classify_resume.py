@@ -22,6 +22,7 @@ from pathlib import Path
 import duckdb
 import numpy as np
 import pytest
+from classify_support import in_classification
 from conftest import run_cli
 
 from curate.classify.label_vectors import label_queries
@@ -133,9 +134,10 @@ def assert_same_tables(a: Path, b: Path) -> None:
 
 
 def one(root: Path, sql: str) -> tuple:
+    """The first row of a query, its names read in the workspace's only classification (cls_*)."""
     con = duckdb.connect(str(root / "curate.duckdb"), read_only=True)
     try:
-        return con.execute(sql).fetchall()[0]
+        return in_classification(con).execute(sql).fetchall()[0]
     finally:
         con.close()
 

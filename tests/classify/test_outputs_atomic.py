@@ -26,6 +26,7 @@ from pathlib import Path
 
 import duckdb
 import pytest
+from classify_support import in_classification
 from conftest import run_cli
 from test_classify_resume import label_file, make_workspace
 
@@ -44,7 +45,7 @@ def big_ws(tmp_path_factory) -> Path:
     ws = root / "ws"
     make_workspace(ws, labels, 1_000, image_shard=500, caption_shard=500)
     run_cli("classify", "-w", ws, "--set", labels, "--storage", "full")
-    con = duckdb.connect(str(ws / "curate.duckdb"))
+    con = in_classification(duckdb.connect(str(ws / "curate.duckdb")))   # its tables, not main's views
     # 1M more items with the scores of the first one: cheap to make, slow enough to write
     con.execute("INSERT INTO items (id, source_id, path, caption, status) SELECT 10000000 + i, 'x' || i, "
                 "'/photos/a/long/enough/folder/name/for/a/big/output/' || i || '.jpg', 'a caption', 'embedded' "
