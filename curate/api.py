@@ -26,7 +26,9 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .classify import registry
 from .classify.calibrated import Calibration, for_workspace
+from .classify.registry import Classification
 from .classify.run import DEFAULT_BATCH_ROWS, DEFAULT_TOP_K, ClassifyResult
 from .classify.scoring import ENSEMBLE_TEXT_MIN, ENSEMBLE_TEXT_WEIGHT
 from .classify.search import Hit
@@ -53,8 +55,8 @@ from .validate import calibration, report_render, sampling
 from .validate import report as report_mod
 from .validate.review import marks as marks_mod
 
-__all__ = ["build_index", "classify", "filter", "search", "sample", "report", "labels", "must_exist",
-           "BuildResult", "ClassifyResult", "Filtered", "Hit", "Sample", "ReportResult", "LabelRow"]
+__all__ = ["build_index", "classify", "classifications", "use_classification", "drop_classification", "filter",
+           "search", "sample", "report", "labels", "must_exist", "BuildResult", "ClassifyResult", "Filtered", "Hit", "Sample", "ReportResult", "LabelRow"]
 
 
 def _stderr(line: str) -> None:
@@ -293,13 +295,14 @@ def labels(workspace: str | Path) -> list[LabelRow]:
 def classify(workspace: str | Path = "ws", *, label_set: str | Path = "places205", prompts: str | Path = "natural",
              logit_scale: float | None = None, temperature: float | None = None, storage: str = "auto",
              top_k: int = DEFAULT_TOP_K, device: str = "auto", restart: bool = False,
-             batch_rows: int = DEFAULT_BATCH_ROWS, quiet: bool | None = None,
+             batch_rows: int = DEFAULT_BATCH_ROWS, name: str | None = None, quiet: bool | None = None,
              on_batch: Callable[[int, int], None] | None = None,
              log: Callable[[str], None] | None = None) -> ClassifyResult:
     """Score every image and caption against every label; create the SQL views.
 
-    The options are `curate classify`'s. A run with the settings of the scores in the
-    workspace continues them. `on_batch(vectors, so_far)` hears each committed batch;
+    The options are `curate classify`'s. The scores are the classification `name`
+    (default: label set and wording, e.g. places205-natural), which becomes the active one
+    when it completes. A run with the settings of that classification's scores continues them. `on_batch(vectors, so_far)` hears each committed batch;
     `log` the line said when a run resumes or starts over (default: stderr, beside the bar).
     """
     from .classify.run import classify as run_classify
@@ -330,13 +333,44 @@ def classify(workspace: str | Path = "ws", *, label_set: str | Path = "places205
     try:
         return run_classify(ws_path, label_set, prompts, logit_scale=logit_scale, storage=storage, top_k=top_k,
                             device=device, progress=progress, restart=restart, batch_rows=batch_rows, log=log,
-                            plan=bar.reset)
+                            plan=bar.reset, name=name)
     except CurateError:
         raise
     except ValueError as e:  # scores' own checks on the settings
         raise InputError(str(e)) from None
     finally:
         bar.close()
+
+
+def classifications(workspace: str | Path = "ws") -> list[Classification]:
+    """The workspace's named classifications, oldest first (`curate classify --list`)."""
+    con = Workspace(must_exist(workspace)).connect(read_only=True)
+    try:
+        return registry.list_classifications(con)
+    finally:
+        con.close()
+
+
+def use_classification(workspace: str | Path, name: str) -> None:
+    """Make a complete classification the active one: the plain views show it (`classify --use`)."""
+    con = Workspace(must_exist(workspace)).connect()
+    try:
+        registry.use(con, name)
+    finally:
+        con.close()
+
+
+def drop_classification(workspace: str | Path, name: str) -> str | None:
+    """Remove a classification and its scores (`classify --drop`); returns the active one after.
+
+    Review sets drawn from it stay (their marks judge (image, label) pairs, which count
+    for every classification); a calibration fitted on it goes with it."""
+    ws = Workspace(must_exist(workspace))
+    con = ws.connect()
+    try:
+        return registry.drop(ws, con, name)
+    finally:
+        con.close()
 
 
 # --------------------------------------------------------------------------- filter, search
@@ -377,16 +411,17 @@ def filter(workspace: str | Path = "ws", *, labels: Iterable[str] = (), min_prob
            text_min: float = ENSEMBLE_TEXT_MIN, image_max: float = 1.0, calibrated: bool = False,
            where: Iterable[str] | Iterable[tuple[str, str]] = (), out: str | Path | None = None,
            copy_to: str | Path | None = None, link_to: str | Path | None = None,
-           clean: bool = False) -> Filtered:
+           clean: bool = False, classification: str | None = None) -> Filtered:
     """Cut a labelled subset (or what cleaning drops) out of a classified workspace.
 
     The options are `curate filter`'s; `where` takes "COLUMN=VALUE" strings or (column,
     value) pairs. `out` is a file (.parquet, .csv, .jsonl); `copy_to`/`link_to` a folder.
+    `classification`: a named classification (default: the active one).
     """
     ws_path = must_exist(workspace)
     spec = FilterSpec(labels=tuple(labels), min_prob=min_prob, mode=mode, unmatched=unmatched,
                       text_weight=text_weight, text_min=text_min, image_max=image_max, calibrated=calibrated,
-                      where=_where(where))
+                      where=_where(where), classification=classification)
     if clean and not (copy_to or link_to):
         raise FilterError("--clean empties a --copy-to or --link-to folder: give one")
     r = write_subset(ws_path, spec, out, copy_to=copy_to, link_to=link_to, clean=clean)
@@ -440,18 +475,19 @@ class Sample:
 
 def sample(workspace: str | Path = "ws", *, top_classes: int = 10, per_class: int = 100, seed: int = 0,
            mode: str = "image", set_name: str | None = None, replace: bool = False,
-           where: Iterable[str] | Iterable[tuple[str, str]] = ()) -> Sample:
+           where: Iterable[str] | Iterable[tuple[str, str]] = (), classification: str | None = None) -> Sample:
     """Draw a review set: the study's stratified sample, reproducible from its seed.
 
     The options are `curate sample`'s: `mode` whose predictions (image, caption, ensemble),
-    `set_name` the set's name (default: MODE-topNxM-seedS).
+    `set_name` the set's name (default: MODE-topNxM-seedS), `classification` the named
+    classification to draw from (default: the active one; the set remembers it).
     """
     ws_path = must_exist(workspace)
     con = Workspace(ws_path).connect()
     try:
         sampling.ensure_schema(con)
         rs = sampling.draw(con, source=mode, top_classes=top_classes, per_class=per_class, seed=seed,
-                           name=set_name, replace=replace, where=_where(where))
+                           name=set_name, replace=replace, where=_where(where), classification=classification)
         found = sampling.classes(con, rs.name)
         drawn = dict(con.execute("SELECT label, count(*) FROM review_items WHERE set_name = ? GROUP BY label",
                                  [rs.name]).fetchall())
@@ -481,13 +517,15 @@ class ReportResult:
 
 def report(workspace: str | Path | None = "ws", *, set_name: str | None = None, marks: str | Path | None = None,
            out: str | Path = "report", min_hit_rate: float = report_mod.DEFAULT_MIN_HIT_RATE,
-           target_precision: float = 0.9, min_support: int = 10, grid_size: int = 24) -> ReportResult:
+           target_precision: float = 0.9, min_support: int = 10, grid_size: int = 24,
+           classification: str | None = None) -> ReportResult:
     """Accuracy per class, the threshold table, coverage and calibration from the review marks,
     written to the folder `out` (CSV, HTML, PNG; replaced whole).
 
     The options are `curate report`'s: the review set `set_name` (default: the latest), or a
     CSV sheet `marks` (label, prob, mark) instead of the workspace. The calibration fitted on
-    the marks is saved in the workspace for `filter(calibrated=True)`.
+    the marks is saved in the workspace for `filter(calibrated=True)`. The report reads the
+    classification the set was drawn from; `classification` picks the latest set drawn from it.
     """
     out = Path(out)
     cal = None
@@ -500,7 +538,9 @@ def report(workspace: str | Path | None = "ws", *, set_name: str | None = None, 
         ws_path = must_exist(workspace if workspace is not None else "ws")
         con = Workspace(ws_path).connect(read_only=True)  # a reader: it runs beside the review page
         try:
-            rep = report_mod.from_workspace(con, sampling.get_set(con, set_name).name, min_hit_rate)
+            rs = sampling.get_set(con, set_name, classification)
+            registry.select(con, rs.classification if registry.exists(con, rs.classification or "") else None)
+            rep = report_mod.from_workspace(con, rs.name, min_hit_rate)
             try:
                 cal = calibration.fit(con, rep.main.name, target_precision, min_support)
                 rep.calibration = cal

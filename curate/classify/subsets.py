@@ -21,7 +21,7 @@ import duckdb
 from ..core import sql
 from ..core.workspace import Workspace, quote_ident
 from ..errors import InputError, OutputError
-from . import calibrated, state
+from . import calibrated, registry, state
 from .labels import check_labels
 from .scoring import ENSEMBLE_TEXT_MIN, ENSEMBLE_TEXT_WEIGHT
 
@@ -54,6 +54,7 @@ class FilterSpec:
     renormalize: bool = True
     calibrated: bool = False           # calibrated probabilities and per-class thresholds (curate report)
     where: tuple[tuple[str, str], ...] = ()   # (items column, text value): one column's values OR, columns AND
+    classification: str | None = None  # a named classification (registry.py); None: the active one
 
     def sql_mode(self, settings: dict) -> str:
         """The SQL mode: the stored `ensemble` when its parameters are the study's, else ensemble_with."""
@@ -112,13 +113,15 @@ def validate(spec: FilterSpec) -> None:
             raise FilterError(f"{name.replace('_', '-')} must lie in [0, 1], not {v}")
 
 
-def open_scored(ws_path: str | Path) -> duckdb.DuckDBPyConnection:
-    """A read-only connection to a workspace that `classify` has run on."""
+def open_scored(ws_path: str | Path, classification: str | None = None) -> duckdb.DuckDBPyConnection:
+    """A read-only connection to a workspace that `classify` has run on, reading the named
+    classification (None: the active one)."""
     ws = Workspace(ws_path)
     if not ws.exists():
         raise FilterError(f"no workspace at {ws.root}: run `curate build-index` first")
     con = ws.connect(read_only=True)
     try:
+        registry.select(con, classification)
         state.require_complete(con, f"the workspace {ws.root}")
         # (item_extras comes with any read-write connect of this version: classify makes both)
         if not _has_macro(con, "subset") or not sql.has_relation(con, "item_extras"):
@@ -146,7 +149,7 @@ def write_subset(ws_path: str | Path, spec: FilterSpec, out: str | Path | None,
             raise FilterError(f"cannot tell the format of {out_path}: use one of {', '.join(FORMATS)}")
     if copy_to is not None and link_to is not None:
         raise FilterError("give --copy-to or --link-to, not both")
-    con = open_scored(ws_path)
+    con = open_scored(ws_path, spec.classification)
     try:
         known = [r[0] for r in con.execute("SELECT label FROM labels ORDER BY label_idx").fetchall()]
         check_labels(spec.labels, known)

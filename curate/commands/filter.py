@@ -17,6 +17,7 @@ from .shared import note_pending, note_random_weights
 
 @click.command("filter")
 @options.workspace_option()
+@options.classification_option
 @click.option("--label", "labels", multiple=True, help="Keep images whose top label is this (repeatable).")
 @click.option("--min-prob", type=click.FloatRange(0, 1), default=0.5, show_default=True,
               help="Keep a top label only at this probability or above.")
@@ -45,7 +46,7 @@ from .shared import note_pending, note_random_weights
 @click.option("--clean", is_flag=True,
               help="First remove from the --copy-to/--link-to folder what earlier runs of curate placed there "
                    "(listed in its .curate-files); other files are never touched.")
-def filter_cmd(ws_path: Path, labels: tuple[str, ...], min_prob: float, mode: str, unmatched: bool,
+def filter_cmd(ws_path: Path, classification: str | None, labels: tuple[str, ...], min_prob: float, mode: str, unmatched: bool,
                text_weight: float, text_min: float, image_max: float, calibrated: bool, where: tuple[str, ...],
                out: Path | None, copy_to: Path | None, link_to: Path | None, clean: bool) -> None:
     """Cut a labelled subset (or what cleaning drops) out of a classified workspace."""
@@ -55,7 +56,8 @@ def filter_cmd(ws_path: Path, labels: tuple[str, ...], min_prob: float, mode: st
     note_random_weights(ws_path)
     f = api.filter(ws_path, labels=labels, min_prob=min_prob, mode=mode, unmatched=unmatched,
                    text_weight=text_weight, text_min=text_min, image_max=image_max, calibrated=calibrated,
-                   where=pairs, out=out, copy_to=copy_to, link_to=link_to, clean=clean)
+                   where=pairs, out=out, copy_to=copy_to, link_to=link_to, clean=clean,
+                   classification=classification)
     r = f.result
     echo(safe(f.summary()))
     if copy_to or link_to:

@@ -44,6 +44,10 @@ prompts_option = click.option(
     "--prompts", default="natural", show_default=True,
     help="Wording: raw, natural, ensemble, a templates file, or one template ('a photo of {a} {label}.').")
 
+classification_option = click.option(
+    "--classification", default=None, metavar="NAME",
+    help="Which named classification to read [default: the active one; `curate classify --list` shows them].")
+
 DEFAULT_SET_HELP = "the most recently drawn (`curate sample --list` shows them)"
 review_set_option = click.option("--set", "set_name", default=None, metavar="NAME",
                                  help=f"Review set [default: {DEFAULT_SET_HELP}].")

@@ -17,6 +17,7 @@ from .shared import note_random_weights
 @click.command("report")
 @options.workspace_option("Workspace folder (not needed with --marks).", must_exist=False)
 @options.review_set_option
+@options.classification_option
 @click.option("--marks", "marks_path", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help="Report on any CSV sheet with columns label, prob, mark instead of a workspace.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("report"), show_default=True,
@@ -30,14 +31,15 @@ from .shared import note_random_weights
               help="A per-class threshold must keep at least this many marked images.")
 @click.option("--grid-size", type=click.IntRange(0), default=24, show_default=True,
               help="Images per grid (hits, misses) per class.")
-def report_cmd(ws_path: Path, set_name: str | None, marks_path: Path | None, out: Path, min_hit_rate: float,
+def report_cmd(ws_path: Path, set_name: str | None, classification: str | None, marks_path: Path | None, out: Path, min_hit_rate: float,
                target_precision: float, min_support: int, grid_size: int) -> None:
     """Accuracy per class, the threshold table, coverage and calibration: CSV, HTML, PNG."""
     if marks_path is None:
         options.must_exist(ws_path)
         note_random_weights(ws_path)
     r = api.report(ws_path, set_name=set_name, marks=marks_path, out=out, min_hit_rate=min_hit_rate,
-                   target_precision=target_precision, min_support=min_support, grid_size=grid_size)
+                   target_precision=target_precision, min_support=min_support, grid_size=grid_size,
+                   classification=classification)
     rep, files = r.report, r.files
     for p in r.problems:
         echo(safe(f"{marks_path}: {p}"), err=True)

@@ -22,6 +22,7 @@ from .shared import connect_review, default_set, note_random_weights
 @options.workspace_option("Workspace folder.")
 @wait_option
 @options.review_set_option
+@options.classification_option
 @click.option("--port", type=click.IntRange(0, 65535), default=8765, show_default=True,
               help="Port on 127.0.0.1 (0: any free port; a busy port falls back to a free one).")
 @click.option("--no-browser", is_flag=True, help="Print the address instead of opening a browser.")
@@ -32,7 +33,7 @@ from .shared import connect_review, default_set, note_random_weights
 @click.option("--import", "import_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               default=None, help="Read marks from a CSV sheet into the set it names (its review_set column; "
                                  "else --set or the default) and exit; bad rows are reported by line.")
-def review(ws_path: Path, set_name: str | None, port: int, no_browser: bool, export_path: Path | None,
+def review(ws_path: Path, set_name: str | None, classification: str | None, port: int, no_browser: bool, export_path: Path | None,
            import_path: Path | None) -> None:
     """Mark a review set by hand in the browser (or through a CSV sheet)."""
     if export_path is not None or import_path is not None:
@@ -40,7 +41,7 @@ def review(ws_path: Path, set_name: str | None, port: int, no_browser: bool, exp
         try:
             note_random_weights(ws_path, con)
             if import_path is not None:
-                target = _import_target(con, set_name, import_path)
+                target = _import_target(con, set_name, import_path, classification)
                 res = sheet.import_sheet(con, target.name, import_path)
                 for p in res.problems:
                     echo(safe(f"{import_path}: {p}"), err=True)
@@ -49,7 +50,7 @@ def review(ws_path: Path, set_name: str | None, port: int, no_browser: bool, exp
                 if export_path is None:
                     _echo_progress(con, target.name)
                     return
-            rs = default_set(con, set_name)
+            rs = default_set(con, set_name, classification)
             n = sheet.export_sheet(con, rs.name, export_path)
             echo(safe(f"wrote {n} rows of review set {rs.name} to {export_path}"))
             _echo_progress(con, rs.name)
@@ -61,7 +62,7 @@ def review(ws_path: Path, set_name: str | None, port: int, no_browser: bool, exp
     con = connect_review(ws_path, read_only=True)
     try:
         note_random_weights(ws_path, con)
-        name = default_set(con, set_name).name
+        name = default_set(con, set_name, classification).name
     finally:
         con.close()
     # The server holds no connection while it serves (curate/validate/review/server.py): other
@@ -92,12 +93,13 @@ def review(ws_path: Path, set_name: str | None, port: int, no_browser: bool, exp
                    "saves them into it", err=True)
 
 
-def _import_target(con: duckdb.DuckDBPyConnection, set_name: str | None, path: Path) -> sampling.ReviewSet:
+def _import_target(con: duckdb.DuckDBPyConnection, set_name: str | None, path: Path,
+                   classification: str | None = None) -> sampling.ReviewSet:
     """A sheet goes back to the set it was exported from (its `review_set` column), whatever
     was drawn since; a sheet without one (older, or made by hand) goes to --set or the default."""
     named = sheet.sheet_set(path)
     if named is None:
-        return default_set(con, set_name)
+        return default_set(con, set_name, classification)
     if set_name is not None and set_name != named:
         raise InputError(safe(f"{path} holds marks of review set {named!r}, not {set_name!r}: drop --set, "
                               "or give the sheet of that set"))

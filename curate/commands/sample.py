@@ -35,25 +35,28 @@ from .shared import connect_review, note_random_weights
 @click.option("--where", "where", multiple=True, metavar="COLUMN=VALUE",
               help="Draw only among images whose item has this value in one of its columns (e.g. city=newyork); "
                    "repeat it: values of one column are alternatives, columns all apply.")
+@options.classification_option
 @click.option("--list", "list_only", is_flag=True, help="List the review sets and their progress, draw nothing.")
 def sample(ws_path: Path, top_classes: int, per_class: int, seed: int, mode: str, set_name: str | None,
-           replace: bool, where: tuple[str, ...], list_only: bool) -> None:
+           replace: bool, where: tuple[str, ...], classification: str | None, list_only: bool) -> None:
     """Draw a review set: the study's stratified sample, reproducible from its seed."""
     if list_only:
         con = connect_review(ws_path, read_only=True)
         try:
             for rs in sampling.list_sets(con):
                 p = marks.progress(con, rs.name)
-                echo(safe(f"{rs.name}: {rs.source}, top {rs.top_classes} x {rs.per_class}, seed {rs.seed}; "
-                          f"{p.done} of {p.total} marked"))
+                drawn_from = f" of {rs.classification}" if rs.classification else ""
+                echo(safe(f"{rs.name}: {rs.source}{drawn_from}, top {rs.top_classes} x {rs.per_class}, "
+                          f"seed {rs.seed}; {p.done} of {p.total} marked"))
         finally:
             con.close()
         return
     pairs = parse_where(where)
     note_random_weights(ws_path)
     s = api.sample(ws_path, top_classes=top_classes, per_class=per_class, seed=seed, mode=mode,
-                   set_name=set_name, replace=replace, where=pairs)
-    echo(safe(f"review set {s.name}: {s.items} images from {mode} predictions"))
+                   set_name=set_name, replace=replace, where=pairs, classification=classification)
+    drawn_from = f" of {s.set.classification}" if s.set.classification else ""
+    echo(safe(f"review set {s.name}: {s.items} images from {mode} predictions{drawn_from}"))
     for label, rank, freq in s.classes:
         echo(f"  {rank:>3}. {safe(label):<30} {freq:>8} images in the collection")
     if s.marked:

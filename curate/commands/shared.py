@@ -53,7 +53,8 @@ def connect_review(ws_path: Path, read_only: bool = False) -> duckdb.DuckDBPyCon
     return con
 
 
-def default_set(con: duckdb.DuckDBPyConnection, set_name: str | None) -> sampling.ReviewSet:
+def default_set(con: duckdb.DuckDBPyConnection, set_name: str | None,
+                classification: str | None = None) -> sampling.ReviewSet:
     """The set `review`, `review --out` and `report` work on: the named one, else the most
-    recently drawn (the one `curate sample` just printed)."""
-    return sampling.get_set(con, set_name)
+    recently drawn (the one `curate sample` just printed), of that classification if one is named."""
+    return sampling.get_set(con, set_name, classification)

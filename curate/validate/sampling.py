@@ -154,15 +154,26 @@ def list_sets(con: duckdb.DuckDBPyConnection) -> list[ReviewSet]:
     return [ReviewSet(*r) for r in rows]
 
 
-def get_set(con: duckdb.DuckDBPyConnection, name: str | None = None) -> ReviewSet:
-    """The named set, or the most recently drawn one when `name` is None."""
+def get_set(con: duckdb.DuckDBPyConnection, name: str | None = None,
+            classification: str | None = None) -> ReviewSet:
+    """The named set, or the most recently drawn one when `name` is None; with
+    `classification`, one drawn from that named classification."""
     sets = list_sets(con)
     if not sets:
         raise SampleError("this workspace has no review set yet: run `curate sample` first")
     if name is None:
-        return sets[-1]
+        if classification is None:
+            return sets[-1]
+        mine = [s for s in sets if s.classification == classification]
+        if not mine:
+            raise SampleError(f"no review set was drawn from the classification {classification!r}: "
+                              f"run `curate sample --classification {classification}` first")
+        return mine[-1]
     for s in sets:
         if s.name == name:
+            if classification is not None and s.classification != classification:
+                raise SampleError(f"the review set {name!r} was drawn from the classification "
+                                  f"{s.classification or 'of an older curate'!s}, not {classification!r}")
             return s
     raise SampleError(f"no review set named {name!r}; there are: {', '.join(s.name for s in sets)}")
 
