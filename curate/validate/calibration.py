@@ -292,11 +292,3 @@ def save(con: duckdb.DuckDBPyConnection, cal: Calibration) -> None:
             "labels": cal.n_labels, "target_precision": cal.target_precision, "min_support": cal.min_support,
             "nll_before": cal.nll_before, "nll_after": cal.nll_after, "marks": cal.marks, "exact": cal.exact,
             "scores_column": cal.scores_column})])
-
-
-def calibrated_probs(prob: Sequence[float], prob2: Sequence[float], cal: Calibration) -> np.ndarray:
-    """The calibrated top probability from the top two probabilities (numpy, for callers
-    holding rows of the ensemble view in memory; `calibrated_predictions` does every
-    source in SQL, with all stored labels where classify kept them)."""
-    logp, w, _exact = stored_logp(list(prob), [[p2] for p2 in prob2], cal.n_labels)
-    return calibrated_top(logp, w, cal.temperature)
