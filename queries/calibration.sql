@@ -17,18 +17,19 @@ CREATE TABLE IF NOT EXISTS calibration_thresholds (
     kept BIGINT                           -- images of the collection the threshold keeps
 );
 
--- Every prediction of the calibrated source with its temperature-scaled top probability
--- (softmax of log p / T), its class's threshold, and whether it reaches it (`keep`,
--- with a tolerance of 1e-12, calibration.TOLERANCE). Where classify stored every
--- label's probability the scaling is exact; a label without a row, and every label
--- but the top two for the ensemble, shares the remaining mass evenly.
-CREATE OR REPLACE VIEW calibrated_predictions AS
+-- Every prediction of a source (image | caption | ensemble) with its temperature-scaled
+-- top probability `calibrated_prob` (softmax of log p / T): inv_t = 1 / T, n_labels = L,
+-- scores_col = the label_scores column with the source's per-label probabilities, or
+-- NULL. Where classify stored every label's probability the scaling is exact; a label
+-- without a row, and every label but the top two when scores_col is NULL, shares the
+-- remaining mass evenly. `curate report` counts what each class threshold keeps with it
+-- before saving the fit (curate/validate/calibration.py); the view below applies the
+-- saved one.
+-- Usage: SELECT count(*) FROM calibrated_probs(1 / 1.5, 'image', 205, 'image_prob');
+CREATE OR REPLACE MACRO calibrated_probs(inv_t, fit_source, n_labels, scores_col) AS TABLE
 WITH fit AS (
-    SELECT 1 / (value ->> '$.temperature')::DOUBLE AS inv_t,
-           value ->> '$.source' AS source,
-           (value ->> '$.labels')::INTEGER AS n_labels,
-           value ->> '$.scores_column' AS col
-    FROM meta WHERE key = 'calibration'
+    SELECT inv_t::DOUBLE AS inv_t, fit_source::VARCHAR AS source, n_labels::INTEGER AS n_labels,
+           scores_col::VARCHAR AS col
 ),
 p AS (
     SELECT id, label, prob, label2, prob2, margin FROM predictions
@@ -49,24 +50,32 @@ z AS (
           WHERE (SELECT col FROM fit) IS NOT NULL) s, fit
     WHERE s.x IS NOT NULL
     GROUP BY s.id
-),
-c AS (
-    SELECT p.*,
-           pow(p.prob, fit.inv_t) / CASE
-               WHEN fit.col IS NULL THEN   -- the top two + an even tail over L - 2 labels
-                   pow(p.prob, fit.inv_t) + pow(coalesce(p.prob2, 0), fit.inv_t)
-                   + CASE WHEN fit.n_labels > 2 AND 1 - p.prob - coalesce(p.prob2, 0) > 1e-12
-                          THEN (fit.n_labels - 2)
-                               * pow((1 - p.prob - coalesce(p.prob2, 0)) / (fit.n_labels - 2), fit.inv_t)
-                          ELSE 0 END
-               ELSE                        -- every stored label + an even tail over the others
-                   z.s + CASE WHEN fit.n_labels > z.n AND 1 - z.m > 1e-12
-                              THEN (fit.n_labels - z.n) * pow((1 - z.m) / (fit.n_labels - z.n), fit.inv_t)
-                              ELSE 0 END
-           END AS calibrated_prob
-    FROM p CROSS JOIN fit LEFT JOIN z ON z.id = p.id
-    WHERE fit.col IS NULL OR z.id IS NOT NULL
 )
+SELECT p.*,
+       pow(p.prob, fit.inv_t) / CASE
+           WHEN fit.col IS NULL THEN   -- the top two + an even tail over L - 2 labels
+               pow(p.prob, fit.inv_t) + pow(coalesce(p.prob2, 0), fit.inv_t)
+               + CASE WHEN fit.n_labels > 2 AND 1 - p.prob - coalesce(p.prob2, 0) > 1e-12
+                      THEN (fit.n_labels - 2)
+                           * pow((1 - p.prob - coalesce(p.prob2, 0)) / (fit.n_labels - 2), fit.inv_t)
+                      ELSE 0 END
+           ELSE                        -- every stored label + an even tail over the others
+               z.s + CASE WHEN fit.n_labels > z.n AND 1 - z.m > 1e-12
+                          THEN (fit.n_labels - z.n) * pow((1 - z.m) / (fit.n_labels - z.n), fit.inv_t)
+                          ELSE 0 END
+       END AS calibrated_prob
+FROM p CROSS JOIN fit LEFT JOIN z ON z.id = p.id
+WHERE fit.col IS NULL OR z.id IS NOT NULL;
+
+-- Every prediction of the calibrated source with its calibrated top probability (the
+-- fit saved in meta['calibration']), its class's threshold, and whether it reaches it
+-- (`keep`, with a tolerance of 1e-12, calibration.TOLERANCE).
+CREATE OR REPLACE VIEW calibrated_predictions AS
 SELECT c.*, t.threshold AS class_threshold,
        coalesce(c.calibrated_prob >= t.threshold - 1e-12, false) AS keep
-FROM c LEFT JOIN calibration_thresholds t ON t.label = c.label;
+FROM calibrated_probs(
+    (SELECT 1 / (value ->> '$.temperature')::DOUBLE FROM meta WHERE key = 'calibration'),
+    (SELECT value ->> '$.source' FROM meta WHERE key = 'calibration'),
+    (SELECT (value ->> '$.labels')::INTEGER FROM meta WHERE key = 'calibration'),
+    (SELECT value ->> '$.scores_column' FROM meta WHERE key = 'calibration')) c
+LEFT JOIN calibration_thresholds t ON t.label = c.label;

@@ -85,9 +85,12 @@ def load(con: duckdb.DuckDBPyConnection) -> Calibration | None:
 
 
 def for_workspace(ws_path: str | Path) -> Calibration | None:
-    """`load` on a workspace folder, read-only: what `curate filter --calibrated` needs.
+    """`load` on a workspace folder, on a connection of its own (read-only, closed after).
 
-    None when `curate report` has not fitted a calibration there yet.
+    For callers without an open connection: `curate filter --calibrated` reads the fit on
+    its own connection (`load`) and calls this only to explain a subset that kept nothing
+    (which classes no threshold reaches). None when `curate report` has not fitted a
+    calibration there yet.
     """
     from ..core.workspace import Workspace
 

@@ -25,37 +25,73 @@ import numpy as np
 from ..core import sql, store
 from ..core.workspace import Workspace
 
+# The one metric: vectors are L2-normalised, so inner product is cosine (faiss.METRIC_INNER_PRODUCT).
+METRIC = "inner_product"
+
 
 @dataclass(frozen=True)
 class Recipe:
+    """One indexes/*.json file, checked when it is read: the file is the only place its
+    numbers are written (code never falls back to a default of its own)."""
+
     name: str
     factory: str
     description: str
     min_items: int
     max_items: int | None
     raw: dict
+    nlist: dict | None = None               # {per_sqrt_n, min, max}: the number of lists from n
+    pq_bytes_per_dim: float | None = None   # PQ code bytes per vector dimension
+    train_points_per_list: int | None = None
+    train_max: int | None = None            # training sample cap
+    retrain_growth: float | None = None     # rebuild once the collection grew this many times
+    nprobe: int | None = None               # lists searched per query
+
+    @classmethod
+    def from_raw(cls, raw: dict, origin: str = "recipe") -> Recipe:
+        """A recipe from its JSON; ValueError naming `origin` when a field the factory needs
+        is missing, or the metric is not the inner product every index is built with."""
+        metric = raw.get("metric")
+        if metric != METRIC:
+            raise ValueError(f"{origin}: metric {metric!r} is not supported: curate's vectors are L2-normalised "
+                             f"and every index is searched by inner product (cosine); write \"metric\": \"{METRIC}\"")
+        factory = raw["factory"]
+        need = (["nlist", "train_points_per_list", "train_max", "retrain_growth", "nprobe"]
+                if "{nlist}" in factory else []) + (["pq_bytes_per_dim"] if "{pq_m}" in factory else [])
+        missing = [k for k in need if raw.get(k) is None]
+        if missing:
+            raise ValueError(f"{origin}: the factory {factory!r} needs {', '.join(missing)}")
+        return cls(raw["name"], factory, raw.get("description", ""), int(raw.get("min_items", 0)),
+                   raw.get("max_items"), raw, raw.get("nlist"), raw.get("pq_bytes_per_dim"),
+                   raw.get("train_points_per_list"), raw.get("train_max"), raw.get("retrain_growth"),
+                   raw.get("nprobe"))
 
     def factory_for(self, n: int, d: int) -> tuple[str, int]:
         """The factory string for n vectors of dimension d, and the number of lists (0 if none)."""
         nlist = 0
-        if "{nlist}" in self.factory:
-            rule = self.raw["nlist"]
+        if self.nlist is not None:
+            rule = self.nlist
             nlist = 2 ** round(math.log2(max(1.0, rule["per_sqrt_n"] * math.sqrt(max(n, 1)))))
             nlist = int(min(rule["max"], max(rule["min"], nlist)))
             nlist = max(1, min(nlist, n // 39 or 1))  # k-means wants ~39 points a centroid
-        pq_m = max(1, int(d * self.raw.get("pq_bytes_per_dim", 0.125)))
-        while d % pq_m:  # PQ needs sub-vectors of equal size
-            pq_m -= 1
+        pq_m = 0
+        if self.pq_bytes_per_dim is not None:
+            pq_m = max(1, int(d * self.pq_bytes_per_dim))
+            while d % pq_m:  # PQ needs sub-vectors of equal size
+                pq_m -= 1
         return self.factory.format(nlist=nlist, pq_m=pq_m), nlist
+
+    def train_size(self, n: int, nlist: int) -> int:
+        """How many of n vectors train an index of nlist lists."""
+        return min(n, int(self.train_max), max(nlist * int(self.train_points_per_list), 10_000))
 
 
 def recipes() -> dict[str, Recipe]:
     out = {}
     for entry in files("curate.indexes").iterdir():
         if entry.name.endswith(".json"):
-            raw = json.loads(entry.read_text())
-            out[raw["name"]] = Recipe(raw["name"], raw["factory"], raw.get("description", ""),
-                                      int(raw.get("min_items", 0)), raw.get("max_items"), raw)
+            r = Recipe.from_raw(json.loads(entry.read_text()), f"indexes/{entry.name}")
+            out[r.name] = r
     return out
 
 
@@ -73,8 +109,6 @@ def pick_recipe(n: int, name: str | None = None) -> Recipe:
 
 def gpu_available() -> bool:
     return hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
-
-
 
 
 @dataclass(frozen=True)
@@ -149,7 +183,7 @@ def build_index(ws: Workspace, con: duckdb.DuckDBPyConnection, kind: str, recipe
         mode, reason = "added", ""
         start, trained_n, factory, nlist = state["shards"], state["trained_n"], state["factory"], state["nlist"]
     if nlist:
-        faiss.extract_index_ivf(index).nprobe = int(recipe.raw.get("nprobe", 16))
+        faiss.extract_index_ivf(index).nprobe = int(recipe.nprobe)
     todo = sum(r[1] for r in committed[start:])
     if plan:
         plan(todo, mode)
@@ -195,7 +229,7 @@ def _still_fits(state: dict, recipe: Recipe, n: int, d: int) -> tuple[dict | Non
         return None, f"recipe {recipe.name}, was {state['recipe']}"
     if state["dim"] != d:
         return None, f"vectors are {d}-d, the index {state['dim']}-d"
-    growth = recipe.raw.get("retrain_growth")
+    growth = recipe.retrain_growth
     if growth and state["nlist"] and n >= float(growth) * state["trained_n"]:
         return None, (f"retrained, the collection grew {n / state['trained_n']:.1f}x since training on "
                       f"{state['trained_n']} vectors (retrain_growth {growth})")
@@ -258,8 +292,7 @@ def _dim(ws: Workspace, con: duckdb.DuckDBPyConnection, kind: str) -> int:
 
 def _training_sample(ws: Workspace, con: duckdb.DuckDBPyConnection, kind: str, n: int, recipe: Recipe,
                      nlist: int, seed: int) -> np.ndarray:
-    want = min(n, int(recipe.raw.get("train_max", 1_000_000)),
-               max(nlist * int(recipe.raw.get("train_points_per_list", 64)), 10_000))
+    want = recipe.train_size(n, nlist)
     pick = np.sort(np.random.default_rng(seed).choice(n, size=want, replace=False))
     out, offset = [], 0
     for shard in store.shard_files(ws, con, kind):
@@ -279,14 +312,3 @@ def _train(index, sample: np.ndarray) -> None:
         res = faiss.StandardGpuResources()
         ivf.clustering_index = faiss.index_cpu_to_gpu(res, 0, faiss.IndexFlatL2(ivf.d))
     index.train(sample)
-
-
-def search(index_path: Path, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Top-k (scores, item ids) for each query vector, on the GPU when there is one."""
-    index = faiss.read_index(str(index_path))
-    if gpu_available() and k <= 2048:
-        try:
-            index = faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), 0, index)
-        except RuntimeError:  # some wrappers have no GPU twin; the CPU index answers the same
-            pass
-    return index.search(np.ascontiguousarray(queries, dtype=np.float32), k)

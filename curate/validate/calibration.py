@@ -235,45 +235,28 @@ def fit(con: duckdb.DuckDBPyConnection, set_name: str | None = None, target_prec
 
 
 def _count_kept(con: duckdb.DuckDBPyConnection, cal: Calibration) -> None:
-    """Images of the whole collection each class threshold keeps, in one pass."""
+    """Images of the whole collection each class threshold keeps, in one pass, by the macro
+    `calibrated_probs` of queries/calibration.sql (the formula of `calibrated_predictions`)."""
     reached = [c for c in cal.classes if c.threshold is not None]
     if not reached:
         return
+    # The fit runs on a read-only connection, before anything is saved: the file's macro
+    # is defined as a TEMP one here (it shadows a stored one of an older curate).
+    macro = next(s for s in sql.statements("calibration") if "MACRO calibrated_probs" in s)
+    con.execute(macro.replace("CREATE OR REPLACE MACRO", "CREATE OR REPLACE TEMP MACRO", 1))
     con.register("class_thresholds", {"label": np.array([c.label for c in reached], dtype=object),
                                       "threshold": np.array([c.threshold for c in reached], np.float64)})
     try:
         kept = dict(con.execute(
-            f"SELECT t.label, count(c.label) FROM class_thresholds t LEFT JOIN ({calibrated_relation(cal)}) c"
-            f" ON c.label = t.label AND c.calibrated_prob >= t.threshold - {TOLERANCE!r} GROUP BY t.label").fetchall())
+            "SELECT t.label, count(c.label) FROM class_thresholds t"
+            " LEFT JOIN calibrated_probs($inv_t, $source, $n_labels, $col) c"
+            " ON c.label = t.label AND c.calibrated_prob >= t.threshold - $tolerance GROUP BY t.label",
+            {"inv_t": 1.0 / float(cal.temperature), "source": cal.source, "n_labels": int(cal.n_labels),
+             "col": cal.scores_column, "tolerance": TOLERANCE}).fetchall())
     finally:
         con.unregister("class_thresholds")
     for c in reached:
         c.kept = int(kept[c.label])
-
-
-def calibrated_relation(cal: Calibration) -> str:
-    """SELECT of the source view's rows plus `calibrated_prob`, the same formula as
-    `stored_logp` + `calibrated_top`, in SQL over the whole collection.
-
-    T and L are numbers we computed (formatted with repr), never user text; the view and
-    column names come from fixed lists.
-    """
-    view = sampling.SOURCES[cal.source]
-    inv_t = repr(1.0 / float(cal.temperature))
-    L = int(cal.n_labels)
-    col = cal.scores_column
-    if col is None:  # top two + an even tail over L - 2 labels
-        mass, missing = "(1 - p.prob - coalesce(p.prob2, 0))", repr(float(max(L - 2, 0)))
-        denom = (f"pow(p.prob, {inv_t}) + pow(coalesce(p.prob2, 0), {inv_t}) + CASE WHEN {missing} > 0 AND"
-                 f" {mass} > 1e-12 THEN {missing} * pow({mass} / {missing}, {inv_t}) ELSE 0 END")
-        return f"SELECT p.*, pow(p.prob, {inv_t}) / ({denom}) AS calibrated_prob FROM {view} p"
-    # every stored label of the item + an even tail over the labels without a row
-    z = (f"SELECT id, sum(pow({col}, {inv_t})) AS s, sum({col}) AS m, count(*) AS n FROM label_scores"
-         f" WHERE {col} IS NOT NULL GROUP BY id")
-    tail = (f"CASE WHEN {L} > z.n AND 1 - z.m > 1e-12 THEN ({L} - z.n) * pow((1 - z.m) / ({L} - z.n), {inv_t})"
-            f" ELSE 0 END")
-    return (f"SELECT p.*, pow(p.prob, {inv_t}) / (z.s + {tail}) AS calibrated_prob"
-            f" FROM {view} p JOIN ({z}) z ON z.id = p.id")
 
 
 # -- handing over to `curate filter --calibrated` -------------------------------------------
@@ -292,11 +275,3 @@ def save(con: duckdb.DuckDBPyConnection, cal: Calibration) -> None:
             "labels": cal.n_labels, "target_precision": cal.target_precision, "min_support": cal.min_support,
             "nll_before": cal.nll_before, "nll_after": cal.nll_after, "marks": cal.marks, "exact": cal.exact,
             "scores_column": cal.scores_column})])
-
-
-def calibrated_probs(prob: Sequence[float], prob2: Sequence[float], cal: Calibration) -> np.ndarray:
-    """The calibrated top probability from the top two probabilities (numpy, for callers
-    holding rows of the ensemble view in memory; `calibrated_predictions` does every
-    source in SQL, with all stored labels where classify kept them)."""
-    logp, w, _exact = stored_logp(list(prob), [[p2] for p2 in prob2], cal.n_labels)
-    return calibrated_top(logp, w, cal.temperature)

@@ -125,7 +125,7 @@ def test_readers_run_while_the_review_page_is_open_and_marks_are_posted(ws, tmp_
         assert srv.mark(it["id"], want[it["id"]]) == 200
     # every read command at once, while the rest of the marks are being posted
     readers = {
-        "sql": curate("sql", "-w", ws, "select count(*) as n from judgments"),
+        "sql": curate("sql", "-w", ws, "select count(*) as n from judgments", "--format", "csv"),
         "filter": curate("filter", "-w", ws, "--min-prob", "0", "--out", tmp_path / "kept.csv"),
         "search": curate("search", "-w", ws, "a photo of a bridge", "-k", "3"),
         "sample --list": curate("sample", "-w", ws, "--list"),
@@ -143,7 +143,7 @@ def test_readers_run_while_the_review_page_is_open_and_marks_are_posted(ws, tmp_
         assert rc == 0, f"{name}: exit {rc}\n{out}\n{err}"
         assert "Traceback" not in err, f"{name}: {err}"
     # each reader saw at least every mark acknowledged before it started
-    n = int(done["sql"][1].split()[2])
+    n = int(done["sql"][1].split()[1])
     assert len(first) <= n <= len(items)
     got = exported_marks(tmp_path / "sheet.csv")
     assert {i: want[i] for i in (it["id"] for it in first)}.items() <= got.items()
@@ -154,8 +154,9 @@ def test_readers_run_while_the_review_page_is_open_and_marks_are_posted(ws, tmp_
     rc, out, err = finish(curate("review", "-w", ws, "--export", tmp_path / "all.csv"))
     assert rc == 0, err
     assert exported_marks(tmp_path / "all.csv") == want
-    rc, out, _ = finish(curate("sql", "-w", ws, "select count(*) filter (mark = 'hit') as h from judgments"))
-    assert int(out.split()[2]) == list(want.values()).count("hit")
+    rc, out, _ = finish(curate("sql", "-w", ws, "select count(*) filter (mark = 'hit') as h from judgments",
+                               "--format", "csv"))
+    assert int(out.split()[1]) == list(want.values()).count("hit")
 
     # Ctrl-C: the server saves what it still holds in the journal into the database
     rc, out, err = srv.stop()
@@ -176,8 +177,9 @@ def test_marks_are_acknowledged_while_another_process_holds_the_file(ws, tmp_pat
         for i, m in want.items():
             assert srv.mark(i, m) == 200
         assert stored_marks(ws) == {}  # not in the file yet: the holder keeps the server out
-        rc, out, err = finish(curate("sql", "-w", ws, "select count(*) as n from judgments where mark = 'hit'"))
-        assert rc == 0 and out.split()[2] == "2", err
+        rc, out, err = finish(curate("sql", "-w", ws, "select count(*) as n from judgments where mark = 'hit'",
+                                     "--format", "csv"))
+        assert rc == 0 and out.split()[1] == "2", err
         # report reads beside the holder; saving its calibration needs the write lock: it says so
         rc, out, err = finish(curate("--wait", "0.5", "report", "-w", ws, "--out", tmp_path / "r",
                                      "--target-precision", "0.5", "--min-support", "1"))

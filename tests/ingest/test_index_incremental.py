@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import gc
 import json
 import os
@@ -76,9 +75,7 @@ def _patch_recipes(monkeypatch, **changes) -> None:
     real = faiss_index.recipes()
     patched = {}
     for name, r in real.items():
-        raw = {**r.raw, **changes.get(name, {})}
-        patched[name] = dataclasses.replace(r, raw=raw, min_items=int(raw.get("min_items", 0)),
-                                            max_items=raw.get("max_items"))
+        patched[name] = faiss_index.Recipe.from_raw({**r.raw, **changes.get(name, {})})
     monkeypatch.setattr(faiss_index, "recipes", lambda: patched)
 
 

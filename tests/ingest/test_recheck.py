@@ -9,13 +9,13 @@ from __future__ import annotations
 import os
 import shutil
 
+import faiss
 import numpy as np
 from conftest import make_folder, run_cli, write_jpeg
 from PIL import Image
 
 from curate.core import store
 from curate.core.workspace import Workspace
-from curate.ingest import faiss_index
 
 TINY = ("--model", "curate-tiny", "--pretrained", "none", "--workers", "0", "--shard-size", "4")
 N = 10
@@ -48,7 +48,7 @@ def _search(ws, kind="image"):
         _ids, q = store.load_all(w, con, kind)
     finally:
         con.close()
-    return faiss_index.search(w.index_path(kind), q, len(q))
+    return faiss.read_index(str(w.index_path(kind))).search(q, len(q))
 
 
 def _ranked(scores, ids):
