@@ -5,14 +5,11 @@ from __future__ import annotations
 
 import csv
 import html
-import os
-import re
-import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
 from ..classify.calibrated import Calibration
-from ..errors import OutputError
+from ..core.output_folder import replace_folder
 from .report import ClassRow, Report, SourceReport, ThresholdRow, fmt4, fmt_t, pct
 
 THRESHOLD_COLUMNS = ("threshold", "kept", "hits", "hit_rate", "errors", "error_rate", "ratio")
@@ -70,62 +67,10 @@ def comparison_rows(report: Report) -> tuple[list[str], list[list[str]]]:
     return header, rows
 
 
-REPORT_MANIFEST = ".curate-report"    # in a report folder: the files of the report, one a line
-
-
 def write(report: Report, out: str | Path, grid_size: int = 24) -> list[Path]:
-    """Write the report as the folder `out`, replacing an earlier report there; returns its files.
-
-    A report folder holds one report: the new one is written in a folder beside `out`,
-    then swapped in, so nothing of an earlier report (image grids of other classes)
-    stays, and a report killed half way leaves the earlier one whole. A folder that
-    holds files no curate report wrote (its .curate-report lists the report's files) is
-    never replaced: OutputError says so.
-    """
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise OutputError(f"cannot write the report to {out}: it is a file; choose another --out")
-    foreign = _foreign_files(out)
-    if foreign:
-        raise OutputError(f"{out} holds files that are not from a curate report ({', '.join(foreign[:3])}"
-                          f"{', ...' if len(foreign) > 3 else ''}): choose another --out, or empty that folder")
-    new, old = (out.with_name(f".{out.name}.curate-{what}") for what in ("partial", "old"))
-    for leftover in (new, old):       # from a run killed at the wrong moment
-        if leftover.exists():
-            shutil.rmtree(leftover)
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        files = _write_into(report, new, grid_size)
-        (new / REPORT_MANIFEST).write_text("".join(f"{f.relative_to(new).as_posix()}\n" for f in files),
-                                           encoding="utf-8")
-        if out.exists():
-            os.replace(out, old)
-        os.replace(new, out)
-    except OSError as e:
-        shutil.rmtree(new, ignore_errors=True)
-        if old.exists() and not out.exists():
-            os.replace(old, out)      # put the earlier report back
-        raise OutputError(f"could not write the report to {out}: {e.strerror or e}; the earlier report "
-                          "(if any) is as it was") from e
-    shutil.rmtree(old, ignore_errors=True)
-    return [out / f.relative_to(new) for f in files]
-
-
-def _foreign_files(out: Path) -> list[str]:
-    """Files in `out` that its curate report manifest does not list (all of them when it has none)."""
-    if not out.is_dir():
-        return []
-    files = sorted(f.relative_to(out).as_posix() for f in out.rglob("*") if not f.is_dir())
-    try:
-        ours = set((out / REPORT_MANIFEST).read_text(encoding="utf-8").splitlines()) | {REPORT_MANIFEST}
-    except FileNotFoundError:   # a report of a curate before the manifest: its own kinds of files only
-        if "index.html" not in files:
-            return files
-        return [f for f in files if not _OLD_REPORT_FILE.fullmatch(f)]
-    return [f for f in files if f not in ours]
-
-
-_OLD_REPORT_FILE = re.compile(r"[\w.-]+\.(csv|png|html|txt)|grids/[\w.-]+\.png")
+    """Write the report as the folder `out`, replacing an earlier report there; returns its files
+    (core.output_folder: written beside it and swapped in; a folder of foreign files is refused)."""
+    return replace_folder(out, lambda new: _write_into(report, new, grid_size), "report")
 
 
 def _write_into(report: Report, out: Path, grid_size: int) -> list[Path]:
