@@ -51,12 +51,13 @@ from .ingest.model import (
 )
 from .ingest.scan import scan_into
 from .ingest.sources import detect_source, scanned_extensions
-from .validate import calibration, report_render, sampling
+from .validate import calibration, compare_render, report_render, sampling
+from .validate import compare as compare_mod
 from .validate import report as report_mod
 from .validate.review import marks as marks_mod
 
 __all__ = ["build_index", "classify", "classifications", "use_classification", "drop_classification", "filter",
-           "search", "sample", "report", "labels", "must_exist", "BuildResult", "ClassifyResult", "Filtered", "Hit", "Sample", "ReportResult", "LabelRow"]
+           "search", "sample", "report", "compare", "labels", "must_exist", "BuildResult", "Compared", "ClassifyResult", "Filtered", "Hit", "Sample", "ReportResult", "LabelRow"]
 
 
 def _stderr(line: str) -> None:
@@ -561,3 +562,32 @@ def report(workspace: str | Path | None = "ws", *, set_name: str | None = None, 
                     con.close()
     files = report_render.write(rep, out, grid_size)
     return ReportResult(rep, out, files, cal, no_cal, not_saved, problems)
+
+
+# --------------------------------------------------------------------------- compare
+
+@dataclass
+class Compared:
+    """Classifications compared by `compare`: the tables (`comparison`) and the files written."""
+    comparison: compare_mod.Comparison
+    out: Path | None
+    files: list[Path]
+
+    @property
+    def text(self) -> str:
+        return "\n".join(compare_render.summary_lines(self.comparison))
+
+
+def compare(workspace: str | Path = "ws", names: Iterable[str] = (), *, out: str | Path | None = "compare",
+            min_prob: float = compare_mod.MIN_PROB) -> Compared:
+    """Two or more named classifications side by side (`curate compare`): coverage per kind,
+    agreement, per-label counts, and the hit rate on marked pairs, written to the folder
+    `out` (CSV, PNG, HTML; replaced whole; None: compute only)."""
+    ws_path = must_exist(workspace)
+    con = Workspace(ws_path).connect(read_only=True)
+    try:
+        cmp = compare_mod.compare(con, list(names), min_prob)
+    finally:
+        con.close()
+    files = compare_render.write(cmp, out) if out is not None else []
+    return Compared(cmp, Path(out) if out is not None else None, files)

@@ -111,7 +111,7 @@ def _set_active(con: duckdb.DuckDBPyConnection, name: str | None) -> None:
 
 def use(con: duckdb.DuckDBPyConnection, name: str) -> None:
     """Make a complete classification the active one (the plain names in main show it)."""
-    _require(con, name, complete=True)
+    require(con, name, complete=True)
     with sql.transaction(con):
         _set_active(con, name)
 
@@ -127,7 +127,7 @@ def drop(ws: Workspace, con: duckdb.DuckDBPyConnection, name: str) -> str | None
     the space back to the disk, copy the database (ATTACH a new file; COPY FROM DATABASE).
     """
     del ws   # the scores live in the database file only
-    _require(con, name, complete=False)
+    require(con, name, complete=False)
     was_active = active(con) == name
     with sql.transaction(con):
         con.execute(f"DROP SCHEMA IF EXISTS {schema(name)} CASCADE")
@@ -139,7 +139,7 @@ def drop(ws: Workspace, con: duckdb.DuckDBPyConnection, name: str) -> str | None
     return active(con)
 
 
-def _require(con: duckdb.DuckDBPyConnection, name: str, *, complete: bool) -> None:
+def require(con: duckdb.DuckDBPyConnection, name: str, *, complete: bool) -> None:
     check_name(name)
     rows = con.execute("SELECT completed_at FROM main.classifications WHERE name = ?",
                        [name]).fetchall() if _has_registry(con) else []
@@ -179,7 +179,7 @@ def select(con: duckdb.DuckDBPyConnection, name: str | None = None) -> str | Non
     if name is None:
         con.execute("SET search_path = 'main'")
         return active(con)
-    _require(con, name, complete=True)
+    require(con, name, complete=True)
     con.execute(f"SET search_path = '{schema(name)},main'")
     return name
 

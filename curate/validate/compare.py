@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import duckdb
 
-from ..classify.state import NotReady
+from ..classify import registry
 from ..core import sql
 from ..errors import InputError
 
@@ -86,25 +86,13 @@ class Comparison:
 
 def relation(name: str, view: str) -> str:
     """The qualified name of a classification's view, for query_table and FROM."""
-    return f'"cls_{name}".{view}'
+    return f"{registry.schema(name)}.{view}"
 
 
 def _compared(con: duckdb.DuckDBPyConnection, name: str) -> Compared:
-    have = [s for (s,) in con.execute(
-        "SELECT DISTINCT substr(schema_name, 5) FROM information_schema.schemata "
-        "WHERE schema_name LIKE 'cls\\_%' ESCAPE '\\' ORDER BY 1").fetchall()]
-    if name not in have:
-        known = ", ".join(have) if have else "none yet"
-        raise InputError(f"no classification named {name!r} in this workspace (it has: {known}); "
-                         "`curate classify --list` shows them")
-    try:
-        rows = con.execute(f"SELECT label_set, prompts, model, logit_scale, images, captions "
-                           f"FROM {relation(name, 'score_settings')}").fetchall()
-    except duckdb.CatalogException:
-        rows = []
-    if len(rows) != 1:
-        raise NotReady(f"classification {name!r} is not complete: run its `curate classify` command again "
-                       "to finish it before comparing")
+    registry.require(con, name, complete=True)
+    rows = con.execute(f"SELECT label_set, prompts, model, logit_scale, images, captions "
+                       f"FROM {relation(name, 'score_settings')}").fetchall()
     return Compared(name, *rows[0])
 
 
