@@ -1,9 +1,12 @@
 """The calibration as stored in a workspace: what `curate report` fitted on the review marks
 (curate/validate/calibration.py writes it), read back here for `curate filter --calibrated`.
 
-The meta key `calibration` holds the fit (temperature, source, ...), the table
+The meta key `calibration` holds the fit (temperature, source, the classification it was
+fitted on and that classification's settings fingerprint), the table
 `calibration_thresholds` each class's threshold on the calibrated probability, and the
-view `calibrated_predictions` applies both.
+view `calibrated_predictions` applies both. A calibration belongs to the classification
+whose marks and scores it was fitted on: `check_applies` refuses it for any other, and
+for the same name classified again with other settings.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import duckdb
 import numpy as np
 
 from ..core import sql
+from .state import NotReady
 
 META_KEY = "calibration"
 
@@ -44,6 +48,8 @@ class Calibration:
     exact: bool
     classes: list[ClassThreshold] = field(default_factory=list)
     scores_column: str | None = None   # label_scores column used, None: top two + even tail
+    classification: str | None = None  # the named classification it was fitted on (None: a curate before names)
+    fingerprint: str | None = None     # that classification's settings when it was fitted (resume.fingerprint)
     # marked items, for the reliability plot: raw top probability, calibrated one, hit
     raw: np.ndarray | None = None
     calibrated: np.ndarray | None = None
@@ -77,11 +83,77 @@ def load(con: duckdb.DuckDBPyConnection) -> Calibration | None:
                       float(d["target_precision"]), int(d["min_support"]), float(d["nll_before"]),
                       float(d["nll_after"]), int(d["marks"]), bool(d["exact"]))
     cal.scores_column = d.get("scores_column")
+    cal.classification, cal.fingerprint = d.get("classification"), d.get("fingerprint")
     for label, t, prec, support, marked, kept in con.execute(
             "SELECT label, threshold, precision, support, marked, kept FROM calibration_thresholds ORDER BY label"
     ).fetchall():
         cal.classes.append(ClassThreshold(label, t, prec, int(support), int(marked), kept))
     return cal
+
+
+def fingerprint_of(con: duckdb.DuckDBPyConnection, schema: str) -> str | None:
+    """The settings fingerprint of a classification's published scores (its score_progress)."""
+    try:
+        rows = con.execute(f"SELECT fingerprint FROM {schema}.score_progress").fetchall()
+    except duckdb.CatalogException:
+        return None
+    return rows[0][0] if len(rows) == 1 else None
+
+
+def check_applies(con: duckdb.DuckDBPyConnection, cal: Calibration, name: str | None, schema: str | None) -> None:
+    """Refuse the calibration for scores it was not fitted on: another classification
+    (`name`, in `schema`), or the same name classified again with other settings.
+    (A calibration saved by a curate before names carries neither: it is taken as it is.)"""
+    if cal.classification is None or name is None or schema is None:
+        return
+    if name != cal.classification:
+        raise NotReady(f"the calibration was fitted on the classification {cal.classification!r} (review set "
+                       f"{cal.set_name!r}), not {name!r}: to fit one for {name}, draw and mark a review set from it "
+                       f"(`curate sample --classification {name}`, `curate review`), then run `curate report`; "
+                       f"or filter --classification {cal.classification}")
+    if cal.fingerprint is not None and fingerprint_of(con, schema) != cal.fingerprint:
+        raise NotReady(f"the classification {name!r} was classified again with other settings after the "
+                       "calibration was fitted on it: mark a review set drawn from the new scores and run "
+                       "`curate report` to fit it again")
+
+
+def install_view(con: duckdb.DuckDBPyConnection, schema: str) -> None:
+    """The view calibrated_predictions inside the schema of the classification the calibration
+    belongs to (a DuckDB view binds its names in its own schema, so it reads that
+    classification's predictions whatever is active), and main's calibrated_predictions
+    showing it; the view leaves every other classification's schema."""
+    view = next(st for st in sql.statements("calibration") if "VIEW calibrated_predictions" in st)
+    for (other,) in con.execute("SELECT schema_name FROM duckdb_views() WHERE view_name = 'calibrated_predictions' "
+                                "AND schema_name <> 'main' AND NOT temporary").fetchall():
+        con.execute(f'DROP VIEW "{other}".calibrated_predictions')
+    con.execute(view.replace("VIEW calibrated_predictions", f"VIEW {schema}.calibrated_predictions", 1))
+    con.execute(f"CREATE OR REPLACE VIEW main.calibrated_predictions AS SELECT * FROM {schema}.calibrated_predictions")
+
+
+def forget(con: duckdb.DuckDBPyConnection, name: str) -> bool:
+    """The calibration goes with the classification it was fitted on (a dropped one):
+    returns whether there was one."""
+    cal = load(con)
+    if cal is None or cal.classification != name:
+        return False
+    con.execute("DELETE FROM meta WHERE key = ?", [META_KEY])
+    con.execute("DELETE FROM calibration_thresholds")
+    con.execute("DROP VIEW IF EXISTS main.calibrated_predictions")
+    return True
+
+
+def stamp(con: duckdb.DuckDBPyConnection, name: str, schema: str) -> None:
+    """A calibration saved before names (no classification recorded) belongs to the
+    classification the upgrade made of that workspace's scores."""
+    raw = _meta(con, META_KEY) if sql.has_relation(con, "meta", schema="main") else None
+    if raw is None:
+        return
+    d = json.loads(raw)
+    if d.get("classification") is not None:
+        return
+    d["classification"], d["fingerprint"] = name, fingerprint_of(con, schema)
+    con.execute("UPDATE meta SET value = ? WHERE key = ?", [json.dumps(d), META_KEY])
+    install_view(con, schema)
 
 
 def for_workspace(ws_path: str | Path) -> Calibration | None:

@@ -24,6 +24,7 @@ import duckdb
 from ..core import sql
 from ..core.workspace import Workspace
 from ..errors import InputError
+from . import calibrated
 from .state import SCORE_TABLES, STAGE, NotReady
 
 NAME_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
@@ -130,6 +131,8 @@ def drop(ws: Workspace, con: duckdb.DuckDBPyConnection, name: str) -> str | None
     require(con, name, complete=False)
     was_active = active(con) == name
     with sql.transaction(con):
+        if sql.has_relation(con, "calibration_thresholds", schema="main"):
+            calibrated.forget(con, name)
         con.execute(f"DROP SCHEMA IF EXISTS {schema(name)} CASCADE")
         con.execute("DELETE FROM main.classifications WHERE name = ?", [name])
         if was_active:
@@ -274,6 +277,8 @@ def upgrade(con: duckdb.DuckDBPyConnection) -> str | None:
                         "storage = ?, created_at = ?, completed_at = ? WHERE name = ?", [*st, st[-1], name])
             sql.install_views(con, schema(name))
             _set_active(con, name)
+            if sql.has_relation(con, "calibration_thresholds", schema="main"):
+                calibrated.stamp(con, name, schema(name))
         if sql.has_relation(con, "review_sets", schema="main"):
             con.execute("ALTER TABLE main.review_sets ADD COLUMN IF NOT EXISTS classification VARCHAR")
             con.execute("UPDATE main.review_sets SET classification = ? WHERE classification IS NULL",

@@ -233,6 +233,8 @@ def _select_calibrated(con: duckdb.DuckDBPyConnection, spec: FilterSpec) -> None
                           "`curate review`), then run `curate report` to fit one")
     if cal.source != spec.mode:
         raise FilterError(f"the calibration was fitted on {cal.source} predictions: use --mode {cal.source}")
+    name = spec.classification or registry.active(con)
+    calibrated.check_applies(con, cal, name, registry.schema(name) if name else None)
     query = sql.text("subset_calibrated")
     query, n = re.subn(r",\s*" + re.escape(_ITEM_EXTRAS), lambda _m: _extras(con), query)
     if n != 1:

@@ -36,6 +36,7 @@ from collections.abc import Sequence
 import duckdb
 import numpy as np
 
+from ..classify import calibrated, registry
 from ..classify.calibrated import META_KEY, Calibration, ClassThreshold
 from ..core import sql
 from ..errors import InputError
@@ -210,6 +211,17 @@ def fit(con: duckdb.DuckDBPyConnection, set_name: str | None = None, target_prec
         min_support: int = 10) -> Calibration:
     """Fit the temperature and the per-class thresholds on the marks of a review set."""
     rs = sampling.get_set(con, set_name)
+    # the scores the set was drawn from (a set of an older curate: the active classification)
+    name = rs.classification if rs.classification and registry.exists(con, rs.classification) else None
+    with registry.selected(con, name) as name:
+        cal = _fit(con, rs, target_precision, min_support)
+        cal.classification = name
+        cal.fingerprint = calibrated.fingerprint_of(con, registry.schema(name)) if name else None
+    return cal
+
+
+def _fit(con: duckdb.DuckDBPyConnection, rs: sampling.ReviewSet, target_precision: float,
+         min_support: int) -> Calibration:
     view = sampling.SOURCES[rs.source]
     L = n_labels(con, view)
     col = scores_column(con, rs.source)
@@ -274,4 +286,7 @@ def save(con: duckdb.DuckDBPyConnection, cal: Calibration) -> None:
             "temperature": cal.temperature, "source": cal.source, "review_set": cal.set_name,
             "labels": cal.n_labels, "target_precision": cal.target_precision, "min_support": cal.min_support,
             "nll_before": cal.nll_before, "nll_after": cal.nll_after, "marks": cal.marks, "exact": cal.exact,
-            "scores_column": cal.scores_column})])
+            "scores_column": cal.scores_column, "classification": cal.classification,
+            "fingerprint": cal.fingerprint})])
+        if cal.classification is not None:
+            calibrated.install_view(con, registry.schema(cal.classification))
