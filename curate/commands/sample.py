@@ -45,8 +45,8 @@ def sample(ws_path: Path, top_classes: int, per_class: int, seed: int, mode: str
         try:
             for rs in sampling.list_sets(con):
                 p = marks.progress(con, rs.name)
-                drawn_from = f" of {rs.classification}" if rs.classification else ""
-                echo(safe(f"{rs.name}: {rs.source}{drawn_from}, top {rs.top_classes} x {rs.per_class}, "
+                drawn_from = f" ({rs.classification})" if rs.classification else ""
+                echo(safe(f"{rs.name}{drawn_from}: {rs.source}, top {rs.top_classes} x {rs.per_class}, "
                           f"seed {rs.seed}; {p.done} of {p.total} marked"))
         finally:
             con.close()

@@ -8,7 +8,6 @@ import csv
 import shutil
 from pathlib import Path
 
-import duckdb
 import pytest
 
 import curate
@@ -88,9 +87,8 @@ def test_labels_shows_the_workspace_label_set(notebook, tmp_path):
     # not classified: a clear message, exit 1
     plain = tmp_path / "plain"
     shutil.copytree(notebook["ws"], plain)
-    con = duckdb.connect(str(plain / "curate.duckdb"))
-    con.execute("DROP TABLE labels")
-    con.close()
+    for c in api.classifications(plain):
+        api.drop_classification(plain, c.name)
     msg = run_cli("labels", "-w", plain, expect=1).output
     assert "not classified yet" in msg and "curate classify" in msg
     assert "no workspace at" in run_cli("labels", "-w", tmp_path / "none", expect=4).output
@@ -117,7 +115,7 @@ def test_old_spellings_still_work(notebook, tmp_path):
     out = run_cli("sample", "-w", copy, "--source", "caption", "--name", "old", "--top-classes", "2",
                   "--per-class", "1").output
     assert "review set old:" in out and "from caption predictions" in out
-    assert "old: caption, top 2 x 1" in run_cli("sample", "-w", copy, "--list").output
+    assert "old (places205-natural): caption, top 2 x 1" in run_cli("sample", "-w", copy, "--list").output
     run_cli("review", "-w", copy, "--set", "old", "--export", tmp_path / "old.csv")
     run_cli("review", "-w", copy, "--set", "old", "--out", tmp_path / "new.csv")
     assert (tmp_path / "old.csv").read_bytes() == (tmp_path / "new.csv").read_bytes()
