@@ -20,9 +20,11 @@ $(VENV)/.installed: pyproject.toml
 
 demo: install
 	$(VENV)/bin/curate build-index samples/manifest.csv -w $(DEMO_WS) --fallback-model curate-tiny
+	$(VENV)/bin/curate classify -w $(DEMO_WS) --label-set places205 --prompts raw
 	$(VENV)/bin/curate classify -w $(DEMO_WS) --label-set places205 --prompts natural
 	$(VENV)/bin/curate sql -w $(DEMO_WS) "select i.source_id, i.expected_label, p.label, round(p.prob, 4) as prob, p.label2, round(p.prob2, 4) as prob2 from predictions p join items i using (id) order by id"
 	$(VENV)/bin/curate filter -w $(DEMO_WS) --min-prob 0 --out $(DEMO_WS)/labelled.csv
+	$(VENV)/bin/curate compare places205-raw places205-natural -w $(DEMO_WS) --out $(DEMO_WS)/compare
 
 test: install
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q

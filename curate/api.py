@@ -447,11 +447,14 @@ def _explain_calibrated_nothing(ws_path: Path, spec: FilterSpec) -> str | None:
                   "(`curate report`)")
 
 
-def search(workspace: str | Path, text: str, k: int = 20, *, device: str = "auto") -> list[Hit]:
-    """The k images nearest to a text prompt, from the image index (rank, id, score, path, caption)."""
+def search(workspace: str | Path, text: str, k: int = 20, *, device: str = "auto",
+           classification: str | None = None) -> list[Hit]:
+    """The k images nearest to a text prompt, from the image index (rank, id, score, path,
+    caption), with each one's top label and probability under `classification` (default:
+    the active one; None when the workspace is not classified)."""
     from .classify.search import search_images
 
-    return search_images(must_exist(workspace), text, k, device=device)
+    return search_images(must_exist(workspace), text, k, device=device, classification=classification)
 
 
 # --------------------------------------------------------------------------- sample, report

@@ -8,7 +8,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ..core import sql
 from ..core.workspace import Workspace, check_same_model
+from . import registry, state
 from .state import NotReady
 
 if TYPE_CHECKING:  # the model module imports torch and open_clip; load it only when needed
@@ -22,11 +24,14 @@ class Hit:
     score: float                 # cosine of the prompt and the image
     path: str | None
     caption: str | None
+    label: str | None = None     # the image's top label under the classification read (None: not classified)
+    prob: float | None = None
 
 
 def search_images(ws_path: str | Path, text: str, k: int = 50, encoder: Encoder | None = None,
-                  device: str | None = None) -> list[Hit]:
-    """The k images nearest to `text`, by the same model that embedded the workspace."""
+                  device: str | None = None, classification: str | None = None) -> list[Hit]:
+    """The k images nearest to `text`, by the same model that embedded the workspace, each
+    with its top label under the classification named (default: the active one, if any)."""
     import faiss
 
     ws = Workspace(ws_path)
@@ -50,11 +55,23 @@ def search_images(ws_path: str | Path, text: str, k: int = 50, encoder: Encoder 
         scores, ids = index.search(query, min(k, max(index.ntotal, 1)))
         keep = ids[0] >= 0
         ids, scores = ids[0][keep].astype(np.int64), scores[0][keep]
-        info = {}
+        info, labels = {}, {}
         if len(ids):
             info = {r[0]: (r[1], r[2]) for r in con.execute(
                 "SELECT id, path, caption FROM items WHERE id IN (SELECT unnest(?))", [ids.tolist()]).fetchall()}
-        return [Hit(rank + 1, int(i), float(s), *info.get(int(i), (None, None)))
+            labels = _top_labels(con, ids, classification)
+        return [Hit(rank + 1, int(i), float(s), *info.get(int(i), (None, None)), *labels.get(int(i), (None, None)))
                 for rank, (i, s) in enumerate(zip(ids, scores, strict=True))]
     finally:
         con.close()
+
+
+def _top_labels(con, ids: np.ndarray, classification: str | None) -> dict[int, tuple[str, float]]:
+    """id -> (label, prob) of the images' predictions under a classification; {} when the
+    workspace has none (search needs only the index)."""
+    if registry.select(con, classification) is None and not sql.has_relation(con, "predictions"):
+        return {}
+    if state.settings(con) is None:     # a classify run stopped half way: no labels to show
+        return {}
+    return {r[0]: (r[1], r[2]) for r in con.execute(
+        "SELECT id, label, prob FROM predictions WHERE id IN (SELECT unnest(?))", [ids.tolist()]).fetchall()}

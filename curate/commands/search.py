@@ -15,14 +15,20 @@ from .shared import note_random_weights
 @click.command("search")
 @options.workspace_option()
 @click.argument("text")
+@options.classification_option
 @click.option("-k", type=click.IntRange(1), default=20, show_default=True, help="How many images.")
 @click.option("--device", default="auto", show_default=True,
               help="Device for the text encoder (the prompt): auto, cpu, cuda, cuda:1 ...")
-def search_cmd(ws_path: Path, text: str, k: int, device: str) -> None:
-    """The images nearest to a text prompt, from the image index (printed; no --out)."""
+def search_cmd(ws_path: Path, text: str, classification: str | None, k: int, device: str) -> None:
+    """The images nearest to a text prompt, from the image index, with each one's top label
+    (printed; no --out)."""
     note_random_weights(ws_path)
-    hits = api.search(ws_path, text, k, device=device)
-    click.echo(f"{'rank':>4}  {'score':>7}  {'id':>8}  path  caption")
+    hits = api.search(ws_path, text, k, device=device, classification=classification)
+    labelled = any(h.label is not None for h in hits)
+    width = max([len(safe(h.label)) for h in hits if h.label] + [5])
+    head = f"  {'label':<{width}}  {'prob':>6}" if labelled else ""
+    click.echo(f"{'rank':>4}  {'score':>7}  {'id':>8}{head}  path  caption")
     for h in hits:
         cap = (h.caption or "").replace("\n", " ")
-        click.echo(f"{h.rank:>4}  {h.score:7.4f}  {h.id:>8}  {safe(h.path)}  {safe(cap[:60])}")
+        lab = f"  {safe(h.label or ''):<{width}}  {'' if h.prob is None else f'{h.prob:.4f}':>6}" if labelled else ""
+        click.echo(f"{h.rank:>4}  {h.score:7.4f}  {h.id:>8}{lab}  {safe(h.path)}  {safe(cap[:60])}")

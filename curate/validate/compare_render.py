@@ -103,8 +103,10 @@ def summary_lines(cmp: Comparison) -> list[str]:
         if cells:
             lines.append(f"{kind}: classified at p >= {t:g}: " + ", ".join(cells))
     for g in cmp.agreement:
-        lines.append(f"{g.kind}: {g.a} vs {g.b}: same top label for {pct(g.share_same) or 'n/a'} of {g.images:,} images, "
-                     f"{pct(g.share_same_classified) or 'n/a'} of the {g.both_classified:,} both classify at {t:g}")
+        among = (f"{pct(g.share_same_classified)} of the {g.both_classified:,} both classify at {t:g}"
+                 if g.both_classified else f"no image both classify at {t:g}")
+        lines.append(f"{g.kind}: {g.a} vs {g.b}: same top label for {pct(g.share_same) or 'n/a'} of "
+                     f"{g.images:,} images, {among}")
     for m in cmp.marks:
         lines.append(f"{m.kind}: {m.name}: hit rate {pct(m.hit_rate) or 'n/a'} on {m.marked:,} marked pairs it predicts")
     return lines

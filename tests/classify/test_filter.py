@@ -208,13 +208,21 @@ def test_search_matches_brute_force(classified, tiny_encoder):
     assert [h.id for h in hits] == ids[order].tolist()
     assert [h.score for h in hits] == pytest.approx(sims[order].tolist(), abs=1e-5)
     assert all(h.path and Path(h.path).is_file() for h in hits)
-    # the command prints the same three hits, in rank order, each with its score, id and path
+    # each hit with its top label and probability under the active classification
+    con = ws.connect(read_only=True)
+    preds = {i: (label, prob) for i, label, prob in con.execute("SELECT id, label, prob FROM predictions").fetchall()}
+    con.close()
+    assert [(h.label, h.prob) for h in hits] == [preds[h.id] for h in hits]
+    # the command prints the same three hits, in rank order, each with its score, id, label, prob and path
     out = run_cli("search", "-w", classified, "a rooftop bar at night", "-k", "3").output
     lines = [ln.split() for ln in out.strip().splitlines() if ln.split() and ln.split()[0].isdigit()]
     assert [int(ln[0]) for ln in lines] == [1, 2, 3]
     assert [int(ln[2]) for ln in lines] == ids[order][:3].tolist()
     assert [float(ln[1]) for ln in lines] == pytest.approx(sims[order][:3].tolist(), abs=1e-4)
-    assert [ln[3] for ln in lines] == [h.path for h in hits[:3]]
+    assert [(ln[3], float(ln[4])) for ln in lines] == [(h.label, pytest.approx(h.prob, abs=1e-4)) for h in hits[:3]]
+    assert [ln[5] for ln in lines] == [h.path for h in hits[:3]]
+    assert "no classification named 'x'" in run_cli("search", "-w", classified, "a bar", "--classification", "x",
+                                                   expect=1).output
 
 
 def test_search_refuses_another_model(tmp_path, tiny_encoder):

@@ -42,7 +42,7 @@ def test_readme_demo_block_is_the_real_output(tmp_path):
     block = "weights for ViT-B-32" + block
     shutil.copytree(REPO / "samples", tmp_path / "samples")
     commands = _demo_commands()
-    assert [c[0] for c in commands] == ["build-index", "classify", "sql", "filter"]
+    assert [c[0] for c in commands] == ["build-index", "classify", "classify", "sql", "filter", "compare"]
     got = ""
     for args in commands:
         r = subprocess.run([sys.executable, "-m", "curate.cli", *args], cwd=tmp_path, capture_output=True,
