@@ -17,6 +17,11 @@ import numpy as np
 ENSEMBLE_TEXT_WEIGHT = 0.2
 ENSEMBLE_TEXT_MIN = 0.5
 _NO_LABEL = -1
+# Items scored at a time within a batch: the [rows, labels] float64 arrays of 4,096 items
+# (6.7 MB at 205 labels) stay in cache through the product, the top-k, the exp and the
+# ensemble; a 32,768-item batch as one piece costs ~30% more CPU (bench/README figures).
+# A batch is cut at fixed offsets from its start, so equal batches score bit for bit alike.
+SCORE_CHUNK = 4096
 
 
 @dataclass
@@ -190,9 +195,26 @@ def _ensemble_columns(img: _Modality | None, cap: _Modality | None, items: dict,
 
 def score_batch(b: Batch, q: np.ndarray, scale: float, top_k: int | None) -> tuple[dict, dict]:
     """(item_scores columns, label_scores columns) of one batch; top_k None = store all labels."""
-    n, n_labels = len(b.ids), q.shape[0]
+    q_t = np.ascontiguousarray(q.T, dtype=np.float64)   # [d, L], once a batch
+    if len(b.ids) <= SCORE_CHUNK:
+        return _score_chunk(b, q_t, scale, top_k)
+    parts = [_score_chunk(_sub_batch(b, s, s + SCORE_CHUNK), q_t, scale, top_k)
+             for s in range(0, len(b.ids), SCORE_CHUNK)]
+    return ({c: np.concatenate([p[0][c] for p in parts]) for c in parts[0][0]},
+            {c: np.concatenate([p[1][c] for p in parts]) for c in parts[0][1]})
+
+
+def _sub_batch(b: Batch, start: int, stop: int) -> Batch:
+    """The items at positions [start, stop) of a batch, with the vectors they have (views, no copy)."""
+    i0, i1 = np.searchsorted(b.image_rows, [start, stop])
+    c0, c1 = np.searchsorted(b.caption_rows, [start, stop])
+    return Batch(b.ids[start:stop], b.image_rows[i0:i1] - start, b.image[i0:i1],
+                 b.caption_rows[c0:c1] - start, b.caption[c0:c1])
+
+
+def _score_chunk(b: Batch, q_t: np.ndarray, scale: float, top_k: int | None) -> tuple[dict, dict]:
+    n, n_labels = len(b.ids), q_t.shape[1]
     k1 = min(2, n_labels) if top_k is None else min(top_k + 1, n_labels)
-    q_t = np.ascontiguousarray(q.T, dtype=np.float64)   # [d, L]: 0.2 ms a batch
     img = _score(b.image, b.image_rows, q_t, scale, k1) if len(b.image_rows) else None
     cap = _score(b.caption, b.caption_rows, q_t, scale, k1) if len(b.caption_rows) else None
     k = None if top_k is None or top_k >= n_labels else top_k

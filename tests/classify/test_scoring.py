@@ -195,3 +195,13 @@ def test_a_batch_with_one_modality_only():
     for b in (only_images, only_captions):
         for top_k in (3, None):
             _check_against_numpy(b, q, 50.0, top_k)
+
+
+def test_a_batch_scored_in_pieces_is_the_same_maths(monkeypatch):
+    """Batches are scored SCORE_CHUNK items at a time: cut at odd places, every value still holds."""
+    import curate.classify.scoring as scoring
+
+    monkeypatch.setattr(scoring, "SCORE_CHUNK", 37)
+    b, q = _mixed_batch(np.random.default_rng(13), 300, 40, 24)
+    for top_k in (5, None):
+        _check_against_numpy(b, q, 60.0, top_k)
