@@ -264,8 +264,52 @@ def step_numpy_coverage(ws: Path, args) -> dict:
     return {"seconds": seconds, "classified": counts}
 
 
+def step_classify_raw(ws: Path, args) -> dict:
+    """A second classification of the same vectors (raw label names), beside the first."""
+    from curate.classify.run import classify
+    from curate.core.workspace import Workspace
+
+    con = Workspace(ws).connect(read_only=True)
+    ident = Workspace.model_identity(con)
+    con.close()
+    t = time.perf_counter()
+    r = classify(ws, "places205", "raw", encoder=RandomTextEncoder(ident, args.dim), storage="topk",
+                 top_k=args.top_k)
+    return {"seconds": time.perf_counter() - t, "rows": r.label_score_rows}
+
+
+def step_filter_named(ws: Path, args) -> dict:
+    """filter --classification NAME, NAME not the active one (the raw classification is, now)."""
+    from curate.classify.subsets import FilterSpec, write_subset
+
+    spec = FilterSpec(labels=(FILTER_LABEL,), min_prob=FILTER_MIN, classification="places205-natural")
+    seconds, r = _median_time(lambda: write_subset(ws, spec, WORK / "classify-filter-named.parquet"))
+    return {"seconds": seconds, "kept": r.kept}
+
+
+def step_compare(ws: Path, args) -> dict:
+    """compare of the two classifications: the tables, then the tables written out (CSV, PNG, HTML)."""
+    import duckdb
+
+    from curate.validate import compare, compare_render
+
+    def tables():
+        con = duckdb.connect(str(ws / "curate.duckdb"), read_only=True)
+        try:
+            return compare.compare(con, ["places205-natural", "places205-raw"])
+        finally:
+            con.close()
+
+    seconds, cmp = _median_time(tables)
+    t = time.perf_counter()
+    compare_render.write(cmp, WORK / "classify-compare")
+    return {"seconds": seconds, "write_seconds": time.perf_counter() - t,
+            "same_top": cmp.agreement[0].same_top}
+
+
 STEPS = {f.__name__[5:]: f for f in (step_classify, step_floor, step_numpy_classify, step_filter, step_numpy_filter,
-                                     step_filter_ensemble, step_coverage, step_numpy_coverage)}
+                                     step_filter_ensemble, step_coverage, step_numpy_coverage, step_classify_raw,
+                                     step_filter_named, step_compare)}
 
 
 def child(name: str, ws: Path, args) -> dict:
@@ -316,11 +360,13 @@ def main() -> None:
             res[name]["disk_mb"] = (db.stat().st_size - base.stat().st_size) / 2**20
     assert res["filter"]["kept"] == res["numpy_filter"]["kept"], (res["filter"], res["numpy_filter"])
     assert res["coverage"]["classified"] == res["numpy_coverage"]["classified"]
+    assert res["filter_named"]["kept"] == res["filter"]["kept"]   # the same classification, read by name
 
     for p in WORK.glob("classify-*.npy"):
         p.unlink()
     for p in WORK.glob("classify-*.parquet"):
         p.unlink()
+    shutil.rmtree(WORK / "classify-compare", ignore_errors=True)
 
     f, tag = "classify.jsonl", f"n={args.n},d={args.dim},k={args.top_k}"
     print(f"\n{'':<40} {'value':>12} {'unit':<8}   ratio to numpy ({tag})")
@@ -342,6 +388,16 @@ def main() -> None:
     record(f, "filter.ensemble_with_seconds", fe["with_seconds"], "s",
            fe["with_seconds"] / res["numpy_filter"]["seconds"], f"numpy image filter, text_min=0.25, {tag}")
     record(f, "filter.kept", res["filter"]["kept"], "rows", None, f"label={FILTER_LABEL} min_prob={FILTER_MIN}")
+    record(f, "filter.named_seconds", res["filter_named"]["seconds"], "s",
+           res["filter_named"]["seconds"] / res["numpy_filter"]["seconds"],
+           f"filter --classification (not the active one), numpy image filter, {tag}")
+    cmp = res["compare"]
+    record(f, "compare.seconds", cmp["seconds"], "s", cmp["seconds"] / res["classify_raw"]["seconds"],
+           f"compare of two classifications (tables); ratio to classifying one, {tag}")
+    record(f, "compare.write_seconds", cmp["write_seconds"], "s", None, f"compare's CSV, PNG and HTML, {tag}")
+    _checkpoint(db)
+    record(f, "classify.disk_mb_two", (db.stat().st_size - base.stat().st_size) / 2**20, "MiB", None,
+           f"curate.duckdb growth after CHECKPOINT, two classifications, {tag}")
     full_matrix_mb = args.n * 205 * 8 / 2**20
     record(f, "classify.full_score_matrix_mb", full_matrix_mb, "MiB", res["classify"]["peak_mb"] / full_matrix_mb,
            "float64 [n, 205] of one kind (never held): ratio = classify peak / it")
