@@ -13,8 +13,44 @@
 -- with no row has p <= w_image * image_rest + w_caption * caption_rest (at most
 -- 1/top_k), so a top probability above that bound is exactly the full argmax:
 -- `exact` says so (always true with storage 'full'). Ties go to the first label.
+-- Only the items whose caption counts are grouped over their rows; the others take the
+-- image's own top two from item_scores (over every label), which is what the rows give.
 CREATE OR REPLACE MACRO ensemble_with(text_weight, text_min, image_min := 0.0, image_max := 1.0,
                                       renormalize := true) AS TABLE
+WITH w AS (
+    -- per item: does the caption count, and the weights that follow
+    SELECT g.*,
+           CASE WHEN g.caption_used OR NOT renormalize THEN 1 - text_weight ELSE 1.0 END AS w_image,
+           CASE WHEN g.caption_used THEN text_weight ELSE 0.0 END AS w_caption
+    FROM (
+        SELECT id, image_label, image_label2, image_prob, image_prob2, image_rest,
+               coalesce(caption_prob >= text_min AND image_prob BETWEEN image_min AND image_max, false)
+                   AS caption_used,
+               coalesce(caption_rest, 0) AS caption_rest
+        FROM item_scores
+        WHERE image_label IS NOT NULL
+    ) g
+),
+b AS (
+    -- where the caption counts: the two best labels of the mix over the item's stored rows
+    SELECT w.*, [-m.top[1][2], -m.top[2][2]] AS top_labels, [m.top[1][1], m.top[2][1]] AS top_probs
+    FROM (
+        -- (p, -label): the largest p first, and of equal ones the first label
+        SELECT s.id,
+               max((w.w_image * s.image_prob + w.w_caption * coalesce(s.caption_prob, 0),
+                    -s.label_idx::INTEGER), 2) AS top
+        FROM label_scores s
+        JOIN w ON w.id = s.id
+        WHERE w.caption_used
+        GROUP BY s.id
+    ) m
+    JOIN w ON w.id = m.id
+    UNION ALL
+    -- where it does not: the image's own two best labels, over every label (item_scores)
+    SELECT w.*, [w.image_label, w.image_label2], [w.w_image * w.image_prob, w.w_image * w.image_prob2]
+    FROM w
+    WHERE NOT w.caption_used
+)
 SELECT b.id,
        l1.label,
        b.top_probs[1] AS prob,
@@ -24,39 +60,7 @@ SELECT b.id,
        b.caption_used,
        b.top_probs[1] >= b.w_image * b.image_rest + b.w_caption * b.caption_rest AS exact,
        b.top_labels[1] AS label_idx
-FROM (
-    -- per item: the two best labels of the mix
-    SELECT m.id,
-           max_by(m.label_idx, (m.p, -m.label_idx::INTEGER), 2) AS top_labels,
-           max(m.p, 2) AS top_probs,
-           any_value(m.caption_used) AS caption_used,
-           any_value(m.w_image) AS w_image,
-           any_value(m.w_caption) AS w_caption,
-           any_value(m.image_rest) AS image_rest,
-           any_value(m.caption_rest) AS caption_rest
-    FROM (
-        -- per stored (item, label): the mixed probability
-        SELECT s.id, s.label_idx, w.caption_used, w.w_image, w.w_caption, w.image_rest, w.caption_rest,
-               w.w_image * s.image_prob + w.w_caption * coalesce(s.caption_prob, 0) AS p
-        FROM label_scores s
-        JOIN (
-            -- per item: does the caption count, and the weights that follow
-            SELECT g.id, g.caption_used, g.image_rest, g.caption_rest,
-                   CASE WHEN g.caption_used OR NOT renormalize THEN 1 - text_weight ELSE 1.0 END AS w_image,
-                   CASE WHEN g.caption_used THEN text_weight ELSE 0.0 END AS w_caption
-            FROM (
-                SELECT id,
-                       coalesce(caption_prob >= text_min AND image_prob BETWEEN image_min AND image_max, false)
-                           AS caption_used,
-                       image_rest,
-                       coalesce(caption_rest, 0) AS caption_rest
-                FROM item_scores
-                WHERE image_label IS NOT NULL
-            ) g
-        ) w ON w.id = s.id
-    ) m
-    GROUP BY m.id
-) b
+FROM b
 JOIN labels l1 ON l1.label_idx = b.top_labels[1]
 LEFT JOIN labels l2 ON l2.label_idx = b.top_labels[2];
 
