@@ -122,7 +122,7 @@ def recall_at_k(found: np.ndarray, truth: np.ndarray, self_ids: np.ndarray, k: i
 def exact_scores(index) -> bool:
     """Whether the index returns true inner products (full vectors, not PQ codes)."""
     try:
-        return not isinstance(faiss.extract_index_ivf(index), faiss.IndexIVFPQ)
+        return not isinstance(faiss.downcast_index(faiss.extract_index_ivf(index)), faiss.IndexIVFPQ)
     except RuntimeError:
         return True
 
@@ -155,7 +155,7 @@ def tune(index, queries: np.ndarray, self_ids: np.ndarray, truth: tuple[np.ndarr
     queries = np.ascontiguousarray(queries, dtype=np.float32)
     if name is None:
         lat, qps = _speed(index, queries)
-        return Tuning(None, None, 1.0, target, len(queries), lat, qps)
+        return Tuning(None, None, 1.0, target, len(queries), round(lat, 4), round(qps, 1))
     best = None
     for value in candidates(index):
         set_param(index, value)
