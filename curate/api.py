@@ -42,6 +42,7 @@ from .core.workspace import DB_NAME, ModelIdentity, Workspace, check_same_model
 from .errors import CurateError, InputError, WorkspaceBusy, WorkspaceError
 from .ingest import recheck as recheck_files
 from .ingest.images import DEFAULT_MAX_PIXELS
+from .ingest.index_memory import parse_size
 from .ingest.model import (
     DEFAULT_MODEL,
     DEFAULT_PRETRAINED,
@@ -108,10 +109,12 @@ def build_index(source: str | Path, workspace: str | Path = "ws", *, model: str 
                 max_pixels: int = DEFAULT_MAX_PIXELS, draft_decode: bool = False, limit: int | None = None,
                 infer_types: bool = False, recheck: str = "stat", retry_rejected: bool = False,
                 repair: bool = False, quiet: bool | None = None,
-                log: Callable[[str], None] = _stderr) -> BuildResult:
+                log: Callable[[str], None] = _stderr, target_recall: float = 0.95,
+                max_index_memory: str | int | None = None) -> BuildResult:
     """Ingest `source` and embed it once into FAISS indexes and a DuckDB workspace.
 
-    The options are `curate build-index`'s (`index` is its --index recipe). Running it
+    The options are `curate build-index`'s (`index` is its --index recipe, chosen within
+    `max_index_memory` (bytes or '2GB'), searched at the parameter tuned to `target_recall`). Running it
     again adds only new items; a killed run resumes where it stopped. `log` hears the one
     warning that is not an error (the fallback model's random weights).
     """
@@ -120,6 +123,12 @@ def build_index(source: str | Path, workspace: str | Path = "ws", *, model: str 
     from .ingest.embed import EmbedOptions, embed_pending
 
     started = time.time()
+    try:  # a budget that cannot be read fails before anything is embedded
+        max_index_memory = parse_size(max_index_memory)
+    except ValueError as e:
+        raise InputError(str(e)) from None
+    if not 0 < target_recall <= 1:
+        raise InputError(f"--target-recall {target_recall:g}: give a recall@10 above 0 and at most 1")
     source = Path(source)
     ws_path = Path(workspace)
     src = detect_source(source, Path(captions_dir) if captions_dir is not None else None)
@@ -193,7 +202,8 @@ def build_index(source: str | Path, workspace: str | Path = "ws", *, model: str 
             # drawn once the index says how many vectors it adds (nothing for an index up to date)
             with Progress(f"index {kind}s", 0, "vector", enabled=on) as bar:
                 built.append(faiss_index.build_index(ws, con, kind, index, bar.update,
-                                                     plan=lambda rows, _mode, bar=bar: bar.reset(total=rows)))
+                                                     plan=lambda rows, _mode, bar=bar: bar.reset(total=rows),
+                                                     target_recall=target_recall, max_memory=max_index_memory))
         status = "finished"
     except CurateError:
         refused = new and not scanned and src.kind != "clip-retrieval"
@@ -448,13 +458,16 @@ def _explain_calibrated_nothing(ws_path: Path, spec: FilterSpec) -> str | None:
 
 
 def search(workspace: str | Path, text: str, k: int = 20, *, device: str = "auto",
-           classification: str | None = None) -> list[Hit]:
+           classification: str | None = None, search_param: int | None = None) -> list[Hit]:
     """The k images nearest to a text prompt, from the image index (rank, id, score, path,
     caption), with each one's top label and probability under `classification` (default:
-    the active one; None when the workspace is not classified)."""
+    the active one; None when the workspace is not classified). The index is searched at
+    the parameter its record holds (tuned to the recall target), or at `search_param`
+    (nprobe or efSearch) when given."""
     from .classify.search import search_images
 
-    return search_images(must_exist(workspace), text, k, device=device, classification=classification)
+    return search_images(must_exist(workspace), text, k, device=device, classification=classification,
+                         search_param=search_param)
 
 
 # --------------------------------------------------------------------------- sample, report

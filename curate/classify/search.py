@@ -29,10 +29,15 @@ class Hit:
 
 
 def search_images(ws_path: str | Path, text: str, k: int = 50, encoder: Encoder | None = None,
-                  device: str | None = None, classification: str | None = None) -> list[Hit]:
+                  device: str | None = None, classification: str | None = None,
+                  search_param: int | None = None) -> list[Hit]:
     """The k images nearest to `text`, by the same model that embedded the workspace, each
-    with its top label under the classification named (default: the active one, if any)."""
+    with its top label under the classification named (default: the active one, if any).
+    The index is searched at the parameter its record holds (tuned to a recall target at
+    build-index), or at `search_param` (nprobe, efSearch) when given."""
     import faiss
+
+    from ..ingest import faiss_index, index_recall
 
     ws = Workspace(ws_path)
     if not ws.exists():
@@ -51,6 +56,8 @@ def search_images(ws_path: str | Path, text: str, k: int = 50, encoder: Encoder 
         if index.d != ident.embed_dim:
             raise NotReady(f"{path} holds {index.d}-d vectors but the workspace's model makes "
                            f"{ident.embed_dim}-d ones: rebuild the index with `curate build-index`")
+        tuned = faiss_index.search_setting(con, "image")
+        index_recall.set_param(index, search_param or (tuned.value if tuned else None))
         query = np.ascontiguousarray(encoder.encode_text([text]), dtype=np.float32)
         scores, ids = index.search(query, min(k, max(index.ntotal, 1)))
         keep = ids[0] >= 0

@@ -30,7 +30,12 @@ from .options import wait_option
 @click.option("--captions-dir", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
               help="Captions in a tree parallel to SOURCE (<captions-dir>/<same relative path>.txt).")
 @click.option("--index", "recipe", default="auto", show_default=True,
-              help="Index recipe from indexes/ (flat, ivf, ivfpq) or auto (by collection size).")
+              help="Index recipe from indexes/ (flat, hnsw, ivf, ivfpq) or auto (by collection size and "
+                   "--max-index-memory).")
+@click.option("--target-recall", type=click.FloatRange(0, 1, min_open=True), default=0.95, show_default=True,
+              help="recall@10 the search parameter (nprobe, efSearch) is tuned to, measured on the collection.")
+@click.option("--max-index-memory", default=None, metavar="SIZE",
+              help="Memory each index may take, e.g. 2GB: the recipe (and PQ size) is picked to fit.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1 ...")
 @click.option("--batch-size", type=click.IntRange(1), default=None, help="Images per forward pass [64 CPU, 256 GPU].")
 @click.option("--workers", type=click.IntRange(0), default=None, help="Decoding processes [one per core, max 16].")
@@ -54,7 +59,8 @@ from .options import wait_option
 def build_index(source: Path, ws_path: Path, model: str | None, pretrained: str | None, fallback_model: str | None,
                 captions_dir: Path | None, recipe: str, device: str, batch_size: int | None, workers: int | None,
                 shard_size: int, max_pixels: int, draft_decode: bool, limit: int | None, strict: bool,
-                infer_types: bool, recheck: str, retry_rejected: bool, repair: bool) -> None:
+                infer_types: bool, recheck: str, retry_rejected: bool, repair: bool, target_recall: float,
+                max_index_memory: str | None) -> None:
     """Ingest SOURCE and embed it once into FAISS indexes and a DuckDB workspace.
 
     SOURCE is a folder of images (captions as same-name .txt files beside them), an
@@ -67,7 +73,8 @@ def build_index(source: Path, ws_path: Path, model: str | None, pretrained: str 
                         captions_dir=captions_dir, index=recipe, device=device, batch_size=batch_size,
                         workers=workers, shard_size=shard_size, max_pixels=max_pixels, draft_decode=draft_decode,
                         limit=limit, infer_types=infer_types, recheck=recheck, retry_rejected=retry_rejected,
-                        repair=repair, log=lambda line: click.echo(line, err=True))
+                        repair=repair, log=lambda line: click.echo(line, err=True), target_recall=target_recall,
+                        max_index_memory=max_index_memory)
     counts, by_stage, n_rej, ident = r.items, r.rejected, r.n_rejected, r.model
     not_taken = ""
     if r.not_taken or r.other_files:
@@ -83,7 +90,7 @@ def build_index(source: Path, ws_path: Path, model: str | None, pretrained: str 
     for ix in r.indexes:
         if not ix.ntotal:
             continue
-        what = f"{ix.path} ({ix.factory}, {ix.ntotal} vectors)"
+        what = f"{ix.path} ({ix.factory}, {ix.ntotal} vectors" + (f"; {ix.search.describe()})" if ix.search else ")")
         if ix.mode == "added":
             click.echo(f"index: added {ix.added} vectors to {what}")
         elif ix.mode == "rebuilt":

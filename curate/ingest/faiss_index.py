@@ -2,7 +2,10 @@
 
 A recipe (indexes/*.json) says what an index is: the FAISS factory string, metric,
 training sample size, and the collection sizes it suits. The recipe is picked by size
-unless the user names one. Training runs on the GPU when faiss has one; the index is
+unless the user names one, and within the memory budget when there is one (the recipe
+for the size first, then the others from the largest to the smallest that fits; PQ
+codes shrink to fit). After every build or add the search parameter is tuned to a
+recall target (curate/ingest/index_recall.py) and kept in the index record. Training runs on the GPU when faiss has one; the index is
 always written as a CPU index, readable with plain `faiss.read_index`, and its ids are
 item ids.
 """
@@ -24,6 +27,8 @@ import numpy as np
 
 from ..core import sql, store
 from ..core.workspace import Workspace
+from . import index_memory, index_recall
+from .index_recall import Tuning
 
 # The one metric: vectors are L2-normalised, so inner product is cosine (faiss.METRIC_INNER_PRODUCT).
 METRIC = "inner_product"
@@ -45,7 +50,9 @@ class Recipe:
     train_points_per_list: int | None = None
     train_max: int | None = None            # training sample cap
     retrain_growth: float | None = None     # rebuild once the collection grew this many times
-    nprobe: int | None = None               # lists searched per query
+    nprobe: int | None = None               # lists searched per query before tuning
+    hnsw_m: int | None = None               # HNSW links per node (twice that on the bottom level)
+    ef_construction: int | None = None      # HNSW build-time search breadth
 
     @classmethod
     def from_raw(cls, raw: dict, origin: str = "recipe") -> Recipe:
@@ -57,29 +64,48 @@ class Recipe:
                              f"and every index is searched by inner product (cosine); write \"metric\": \"{METRIC}\"")
         factory = raw["factory"]
         need = (["nlist", "train_points_per_list", "train_max", "retrain_growth", "nprobe"]
-                if "{nlist}" in factory else []) + (["pq_bytes_per_dim"] if "{pq_m}" in factory else [])
+                if "{nlist}" in factory else []) + (["pq_bytes_per_dim"] if "{pq_m}" in factory else []) \
+            + (["hnsw_m", "ef_construction"] if "{hnsw_m}" in factory else [])
         missing = [k for k in need if raw.get(k) is None]
         if missing:
             raise ValueError(f"{origin}: the factory {factory!r} needs {', '.join(missing)}")
         return cls(raw["name"], factory, raw.get("description", ""), int(raw.get("min_items", 0)),
                    raw.get("max_items"), raw, raw.get("nlist"), raw.get("pq_bytes_per_dim"),
                    raw.get("train_points_per_list"), raw.get("train_max"), raw.get("retrain_growth"),
-                   raw.get("nprobe"))
+                   raw.get("nprobe"), raw.get("hnsw_m"), raw.get("ef_construction"))
 
-    def factory_for(self, n: int, d: int) -> tuple[str, int]:
-        """The factory string for n vectors of dimension d, and the number of lists (0 if none)."""
+    def factory_for(self, n: int, d: int, pq_m: int | None = None) -> tuple[str, int]:
+        """The factory string for n vectors of dimension d (PQ codes of pq_m bytes, default
+        the recipe's), and the number of lists (0 if none)."""
         nlist = 0
         if self.nlist is not None:
             rule = self.nlist
             nlist = 2 ** round(math.log2(max(1.0, rule["per_sqrt_n"] * math.sqrt(max(n, 1)))))
             nlist = int(min(rule["max"], max(rule["min"], nlist)))
             nlist = max(1, min(nlist, n // 39 or 1))  # k-means wants ~39 points a centroid
-        pq_m = 0
-        if self.pq_bytes_per_dim is not None:
-            pq_m = max(1, int(d * self.pq_bytes_per_dim))
-            while d % pq_m:  # PQ needs sub-vectors of equal size
-                pq_m -= 1
-        return self.factory.format(nlist=nlist, pq_m=pq_m), nlist
+        pq_m = pq_m or self.pq_size(d)
+        return self.factory.format(nlist=nlist, pq_m=pq_m, hnsw_m=self.hnsw_m or 0), nlist
+
+    def pq_size(self, d: int) -> int:
+        """PQ code bytes per vector by the recipe (0: no PQ)."""
+        if self.pq_bytes_per_dim is None:
+            return 0
+        return _divisor_at_most(d, max(1, int(d * self.pq_bytes_per_dim)))
+
+    def pq_sizes(self, d: int) -> list[int]:
+        """The recipe's PQ size and the smaller ones tried to fit a memory budget (down to 8
+        bytes: fewer codes lose too much), largest first."""
+        m, out = self.pq_size(d), []
+        while m and (m >= 8 or not out):
+            out.append(m)
+            m = _divisor_at_most(d, m // 2) if m > 1 else 0
+        return out
+
+    def memory(self, n: int, d: int, pq_m: int | None = None) -> int:
+        """Bytes an index of this recipe takes for n d-dimensional vectors (index_memory)."""
+        _, nlist = self.factory_for(n, d)
+        return index_memory.index_bytes(n, d, ids="ivf" if nlist else "idmap2", nlist=nlist,
+                                        pq_m=(pq_m or self.pq_size(d)), hnsw_m=self.hnsw_m or 0)
 
     def train_size(self, n: int, nlist: int) -> int:
         """How many of n vectors train an index of nlist lists."""
@@ -93,6 +119,43 @@ def recipes() -> dict[str, Recipe]:
             r = Recipe.from_raw(json.loads(entry.read_text()), f"indexes/{entry.name}")
             out[r.name] = r
     return out
+
+
+def _divisor_at_most(d: int, m: int) -> int:
+    m = max(1, m)
+    while d % m:  # PQ needs sub-vectors of equal size
+        m -= 1
+    return m
+
+
+@dataclass(frozen=True)
+class Choice:
+    recipe: Recipe
+    pq_m: int          # PQ code bytes (0: none)
+    memory: int        # estimated bytes
+
+
+def choose(n: int, d: int, name: str | None = None, budget: int | None = None) -> Choice:
+    """The recipe (and PQ size) for n d-dimensional vectors: the named one or the one for the
+    size; under a memory budget, the first of those and then the others, largest first,
+    that fits. ValueError, saying what would fit, when none does."""
+    first = pick_recipe(n, name)
+    named = bool(name and name != "auto")
+    order = [first] if named else [first] + sorted(
+        (r for r in recipes().values() if r.name != first.name), key=lambda r: -r.memory(n, d))
+    smallest = None
+    for r in order:
+        for pq_m in r.pq_sizes(d) or [0]:
+            need = r.memory(n, d, pq_m)
+            if budget is None or need <= budget:
+                return Choice(r, pq_m, need)
+            if smallest is None or need < smallest[2]:
+                smallest = (r, pq_m, need)
+    r, pq_m, need = smallest
+    what = f"{r.name}" + (f" with PQ{pq_m}" if pq_m else "")
+    raise ValueError(f"no index recipe fits --max-index-memory {index_memory.describe(budget)} for {n:,} "
+                     f"{d}-d vectors{' (recipe ' + first.name + ')' if named else ''}: the smallest, {what}, "
+                     f"needs about {index_memory.describe(need)}; raise the budget")
 
 
 def pick_recipe(n: int, name: str | None = None) -> Recipe:
@@ -119,11 +182,14 @@ class IndexResult:
     mode: str  # built (first time) | rebuilt | added | unchanged | empty
     added: int = 0
     reason: str = ""  # why it was rebuilt
+    search: Tuning | None = None  # how it is searched: the tuned parameter, recall, speed
+    memory: int = 0               # estimated bytes in memory
 
 
 def build_index(ws: Workspace, con: duckdb.DuckDBPyConnection, kind: str, recipe_name: str | None = None,
                 progress: Callable[[int], None] | None = None, seed: int = 0, rebuild: bool = False,
-                plan: Callable[[int, str], None] | None = None) -> IndexResult:
+                plan: Callable[[int, str], None] | None = None, target_recall: float = 0.95,
+                max_memory: int | str | None = None) -> IndexResult:
     """Bring ws/indexes/<kind>s.faiss up to date with the committed shards.
 
     What the file holds is recorded in the database: `index_shards` lists its shards and
@@ -133,7 +199,9 @@ def build_index(ws: Workspace, con: duckdb.DuckDBPyConnection, kind: str, recipe
     trained IVF keeps its centroids); otherwise, or when the collection has grown
     `retrain_growth` times since training, the index is rebuilt from every shard.
     `plan(rows_to_add, mode)` is called once before vectors are added; `progress(rows)` as
-    they are.
+    they are. `max_memory` (bytes or '2GB') bounds the recipe chosen; every index written is
+    tuned to `target_recall` (recall@10), and so is one left unchanged whose record was
+    tuned to another target.
 
     The file is written to a temporary name and renamed. The record of the new file (with
     the old one kept as `previous`) is committed before the rename and settled after it, so
@@ -154,19 +222,26 @@ def build_index(ws: Workspace, con: duckdb.DuckDBPyConnection, kind: str, recipe
         _save_record(con, kind, None, [])
         return IndexResult(out, "", 0, "empty")
     d = _dim(ws, con, kind)
-    recipe = pick_recipe(n, recipe_name)
+    choice = choose(n, d, recipe_name, index_memory.parse_size(max_memory))
+    recipe = choice.recipe
     on_disk, reason = _state_on_disk(con, kind, out, committed)
     state = on_disk
     if state is not None:
-        state, reason = _still_fits(state, recipe, n, d)
+        state, reason = _still_fits(state, choice, n, d)
     if rebuild and state is not None:
         state, reason = None, "asked for"
     if state is not None and state["shards"] == len(committed):  # nothing new: leave the file alone
+        tuning = Tuning.from_json(state.get("search"))
+        if tuning is None or tuning.target != target_recall:  # tuned for another target, or before tuning was
+            index = faiss.read_index(str(out))
+            tuning = _tune(ws, con, kind, index, n, target_recall, seed)
+            state = {**state, "search": tuning.to_json()}
         if _record(con, kind) != {"current": state, "previous": None} or _recorded_shards(con, kind) != committed:
             _save_record(con, kind, {"current": state, "previous": None}, committed)  # a killed run's leftovers
         if plan:
             plan(0, "unchanged")
-        return IndexResult(out, state["factory"], int(state["ntotal"]), "unchanged")
+        return IndexResult(out, state["factory"], int(state["ntotal"]), "unchanged", search=tuning,
+                           memory=choice.memory)
     if state is not None:
         index = faiss.read_index(str(out))
         if index.ntotal != state["ntotal"] or index.d != d:
@@ -175,15 +250,17 @@ def build_index(ws: Workspace, con: duckdb.DuckDBPyConnection, kind: str, recipe
     if state is None:  # from scratch
         mode = "built" if reason == "no index yet" else "rebuilt"
         start, trained_n = 0, n
-        factory, nlist = recipe.factory_for(n, d)
+        factory, nlist = recipe.factory_for(n, d, choice.pq_m)
         index = faiss.index_factory(d, factory, faiss.METRIC_INNER_PRODUCT)
+        if recipe.ef_construction:
+            faiss.ParameterSpace().set_index_parameter(index, "efConstruction", int(recipe.ef_construction))
         if not index.is_trained:
             _train(index, _training_sample(ws, con, kind, n, recipe, nlist, seed))
     else:
         mode, reason = "added", ""
         start, trained_n, factory, nlist = state["shards"], state["trained_n"], state["factory"], state["nlist"]
     if nlist:
-        faiss.extract_index_ivf(index).nprobe = int(recipe.nprobe)
+        faiss.extract_index_ivf(index).nprobe = int(recipe.nprobe)  # until tuned, below
     todo = sum(r[1] for r in committed[start:])
     if plan:
         plan(todo, mode)
@@ -194,16 +271,38 @@ def build_index(ws: Workspace, con: duckdb.DuckDBPyConnection, kind: str, recipe
                                ids[s : s + 100_000].astype(np.int64))
             if progress:
                 progress(len(ids[s : s + 100_000]))
+    tuning = _tune(ws, con, kind, index, n, target_recall, seed)  # sets the tuned value in the file too
     faiss.write_index(index, str(tmp))
     _fsync(tmp)
     new = {"recipe": recipe.name, "factory": factory, "nlist": nlist, "dim": d, "trained_n": trained_n,
-           "ntotal": int(index.ntotal), "shards": len(committed), "file": _fingerprint(tmp)}
+           "pq_m": choice.pq_m if state is None else state.get("pq_m", choice.pq_m),
+           "ntotal": int(index.ntotal), "shards": len(committed), "file": _fingerprint(tmp),
+           "search": tuning.to_json()}
     # Before the rename the file on disk is still `on_disk`; after it, `new`. Either way the
     # next run finds the file's record; once renamed, the old one is dropped.
     _save_record(con, kind, {"current": new, "previous": on_disk}, committed)
     _install(tmp, out)
     _save_record(con, kind, {"current": new, "previous": None}, None)
-    return IndexResult(out, factory, int(index.ntotal), mode, todo if mode == "added" else 0, reason)
+    return IndexResult(out, factory, int(index.ntotal), mode, todo if mode == "added" else 0, reason, tuning,
+                       choice.memory)
+
+
+def search_setting(con: duckdb.DuckDBPyConnection, kind: str) -> Tuning | None:
+    """How the index of `kind` is to be searched, as its record says (None: no record, or
+    made before indexes were tuned)."""
+    rec = _record(con, kind)
+    return Tuning.from_json((rec or {}).get("current", {}).get("search")) if rec else None
+
+
+def _tune(ws: Workspace, con: duckdb.DuckDBPyConnection, kind: str, index, n: int, target: float,
+          seed: int) -> Tuning:
+    """Queries drawn from the collection, their exact neighbours from every shard, the index tuned."""
+    qids, queries = _sample_rows(ws, con, kind, n, min(n, index_recall.QUERIES), seed + 1)
+    truth = None
+    if index_recall.param_name(index) is not None:
+        truth = index_recall.exact_neighbours(store.iter_embeddings(ws, con, kind, batch_rows=50_000), queries,
+                                              index_recall.K + 1)
+    return index_recall.tune(index, queries, qids, truth, target)
 
 
 def _state_on_disk(con: duckdb.DuckDBPyConnection, kind: str, out: Path,
@@ -224,9 +323,12 @@ def _state_on_disk(con: duckdb.DuckDBPyConnection, kind: str, out: Path,
     return state, ""
 
 
-def _still_fits(state: dict, recipe: Recipe, n: int, d: int) -> tuple[dict | None, str]:
+def _still_fits(state: dict, choice: Choice, n: int, d: int) -> tuple[dict | None, str]:
+    recipe = choice.recipe
     if state["recipe"] != recipe.name:
         return None, f"recipe {recipe.name}, was {state['recipe']}"
+    if state.get("pq_m", choice.pq_m) != choice.pq_m:
+        return None, f"PQ{choice.pq_m} codes to fit the memory budget, were PQ{state['pq_m']}"
     if state["dim"] != d:
         return None, f"vectors are {d}-d, the index {state['dim']}-d"
     growth = recipe.retrain_growth
@@ -292,16 +394,23 @@ def _dim(ws: Workspace, con: duckdb.DuckDBPyConnection, kind: str) -> int:
 
 def _training_sample(ws: Workspace, con: duckdb.DuckDBPyConnection, kind: str, n: int, recipe: Recipe,
                      nlist: int, seed: int) -> np.ndarray:
-    want = recipe.train_size(n, nlist)
+    return _sample_rows(ws, con, kind, n, recipe.train_size(n, nlist), seed)[1]
+
+
+def _sample_rows(ws: Workspace, con: duckdb.DuckDBPyConnection, kind: str, n: int, want: int,
+                 seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """`want` of the n committed rows drawn at random (in shard order): their ids and vectors."""
     pick = np.sort(np.random.default_rng(seed).choice(n, size=want, replace=False))
-    out, offset = [], 0
+    out, out_ids, offset = [], [], 0
     for shard in store.shard_files(ws, con, kind):
         rows = shard.rows
         lo, hi = np.searchsorted(pick, [offset, offset + rows])
         if hi > lo:
-            out.append(np.asarray(store.open_shard(shard)[1][pick[lo:hi] - offset]))
+            ids, vecs = store.open_shard(shard)
+            out.append(np.asarray(vecs[pick[lo:hi] - offset]))
+            out_ids.append(np.asarray(ids[pick[lo:hi] - offset], dtype=np.int64))
         offset += rows
-    return np.ascontiguousarray(np.concatenate(out), dtype=np.float32)
+    return np.concatenate(out_ids), np.ascontiguousarray(np.concatenate(out), dtype=np.float32)
 
 
 def _train(index, sample: np.ndarray) -> None:

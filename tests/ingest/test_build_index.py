@@ -259,8 +259,8 @@ def test_index_recipe_by_name(tmp_path):
     run_cli("build-index", photos, "-w", tmp_path / "ws", *TINY, "--index", "ivf")
     idx = faiss.read_index(str(tmp_path / "ws" / "indexes" / "images.faiss"))
     assert isinstance(faiss.downcast_index(idx), faiss.IndexIVFFlat) and idx.ntotal == 12
-    bad = run_cli("build-index", photos, "-w", tmp_path / "ws", *TINY, "--index", "hnsw", expect=1)
-    assert "unknown index recipe 'hnsw'" in bad.output
+    bad = run_cli("build-index", photos, "-w", tmp_path / "ws", *TINY, "--index", "annoy", expect=1)
+    assert "unknown index recipe 'annoy'" in bad.output
 
 
 def test_duckdb_shell_opens_the_workspace(built_workspace):

@@ -17,7 +17,7 @@ def _shipped(name: str) -> dict:
 
 def test_the_shipped_recipes_load_with_their_own_numbers():
     rs = faiss_index.recipes()
-    assert set(rs) == {"flat", "ivf", "ivfpq"}
+    assert set(rs) == {"flat", "hnsw", "ivf", "ivfpq"}
     for name, r in rs.items():
         raw = _shipped(name)
         assert r.raw == raw
@@ -26,6 +26,7 @@ def test_the_shipped_recipes_load_with_their_own_numbers():
     assert rs["flat"].factory_for(100, 512) == ("IDMap2,Flat", 0)
     assert rs["ivf"].factory_for(1_000_000, 512) == ("IVF1024,Flat", 1024)
     assert rs["ivfpq"].factory_for(4_000_000, 512) == ("IVF2048,PQ64", 2048)
+    assert rs["hnsw"].factory_for(1_000_000, 512) == ("IDMap2,HNSW32,Flat", 0)
 
 
 def test_training_size_comes_from_the_recipe():

@@ -1,0 +1,176 @@
+"""An index's measured recall, and the search parameter tuned to reach a target.
+
+After an index is built (or grown), a few thousand of the collection's own vectors are
+drawn as queries. They stay in the index, like the queries of dedup and of search by
+example; each query's own id is left out of both the exact and the approximate lists, so
+finding itself earns nothing. The exact top-10 comes from a flat inner-product search
+over every committed vector; the search parameter (nprobe for IVF, efSearch for HNSW) is
+then raised from small values to the smallest one whose recall@10 reaches the target.
+A flat index is exact: recall 1, nothing to tune.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+
+import faiss
+import numpy as np
+
+K = 10                    # recall@10
+QUERIES = 2000            # queries drawn from the collection
+LATENCY_QUERIES = 200     # of them, searched one at a time for the single-query latency
+LATENCY_SECONDS = 2.0     # ... or as many as fit in this time
+BATCH_QUERIES = 1000      # searched as one batch for queries/s
+EF_SEARCH = (16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024, 2048)
+
+
+@dataclass(frozen=True)
+class Tuning:
+    """What the index record keeps about how the index is searched."""
+    param: str | None        # nprobe | efSearch | None (flat: exact)
+    value: int | None
+    recall: float            # recall@10 at `value`, on `queries` of the collection's vectors
+    target: float
+    queries: int
+    latency_ms: float        # one query at a time, mean
+    qps: float               # the queries searched as one batch
+
+    @property
+    def reached(self) -> bool:
+        return self.recall >= self.target
+
+    def describe(self) -> str:
+        at = f"{self.param} {self.value}, " if self.param else "exact, "
+        miss = "" if self.reached else f" (below the target {self.target:g}: the recipe cannot reach it)"
+        return (f"{at}recall@{K} {self.recall:.3f}{miss}, {self.latency_ms:.2f} ms a query, "
+                f"{self.qps:,.0f} q/s batched")
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, raw: dict | None) -> Tuning | None:
+        return cls(**raw) if raw else None
+
+
+def param_name(index) -> str | None:
+    """The knob that trades speed for recall in this index, or None for an exact one."""
+    inner = faiss.downcast_index(index)
+    if isinstance(inner, faiss.IndexIDMap2 | faiss.IndexIDMap):
+        inner = faiss.downcast_index(inner.index)
+    if isinstance(inner, faiss.IndexHNSW):
+        return "efSearch"
+    try:
+        faiss.extract_index_ivf(index)
+        return "nprobe"
+    except RuntimeError:
+        return None
+
+
+def set_param(index, value: int | None) -> None:
+    name = param_name(index)
+    if name and value:
+        faiss.ParameterSpace().set_index_parameter(index, name, int(value))
+
+
+def candidates(index) -> list[int]:
+    """The values tried, smallest first."""
+    name = param_name(index)
+    if name == "efSearch":
+        return list(EF_SEARCH)
+    if name == "nprobe":
+        nlist = faiss.extract_index_ivf(index).nlist
+        return sorted({min(nlist, 2**i) for i in range(0, nlist.bit_length() + 1)})
+    return []
+
+
+def exact_neighbours(chunks, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Scores and ids [nq, k] of the exact top-k by inner product over `chunks` of (ids, vectors),
+    streamed."""
+    best_s = np.full((len(queries), k), -np.inf, dtype=np.float32)
+    best_i = np.full((len(queries), k), -1, dtype=np.int64)
+    for ids, vecs in chunks:
+        s, pos = faiss.knn(queries, np.ascontiguousarray(vecs, dtype=np.float32), min(k, len(ids)),
+                           metric=faiss.METRIC_INNER_PRODUCT)
+        all_s = np.concatenate([best_s, s], axis=1)
+        all_i = np.concatenate([best_i, np.where(pos >= 0, ids[np.maximum(pos, 0)], -1)], axis=1)
+        top = np.argsort(-all_s, axis=1, kind="stable")[:, :k]
+        best_s, best_i = np.take_along_axis(all_s, top, 1), np.take_along_axis(all_i, top, 1)
+    return best_s, best_i
+
+
+def recall_at_k(found: np.ndarray, truth: np.ndarray, self_ids: np.ndarray, k: int = K,
+                found_scores: np.ndarray | None = None, truth_scores: np.ndarray | None = None) -> float:
+    """Mean share of each query's true top-k (its own id left out of both) that was found.
+
+    With scores (exact ones: an index of full vectors), a found neighbour as near as the true
+    k-th also counts: among equal scores (duplicates) either id is a right answer."""
+    hits = total = 0
+    for row, (f, t, own) in enumerate(zip(found, truth, self_ids, strict=True)):
+        keep_t = (t != own) & (t >= 0)
+        t_ids = t[keep_t][:k]
+        keep_f = (f != own) & (f >= 0)
+        f_ids = f[keep_f][:k]
+        hit = np.isin(f_ids, t_ids)
+        if found_scores is not None and truth_scores is not None and len(t_ids):
+            kth = truth_scores[row][keep_t][:k][-1]
+            hit |= found_scores[row][keep_f][:k] >= kth - 1e-5
+        hits += min(int(hit.sum()), len(t_ids))
+        total += len(t_ids)
+    return hits / total if total else 1.0
+
+
+def exact_scores(index) -> bool:
+    """Whether the index returns true inner products (full vectors, not PQ codes)."""
+    try:
+        return not isinstance(faiss.downcast_index(faiss.extract_index_ivf(index)), faiss.IndexIVFPQ)
+    except RuntimeError:
+        return True
+
+
+def _recall(index, queries, self_ids, truth) -> float:
+    scores, found = index.search(queries, K + 1)
+    if exact_scores(index):
+        return recall_at_k(found, truth[1], self_ids, K, scores, truth[0])
+    return recall_at_k(found, truth[1], self_ids, K)
+
+
+def _speed(index, queries: np.ndarray) -> tuple[float, float]:
+    """Single-query latency (ms) and batch queries/s, within a few seconds even for a big flat index."""
+    batch = queries[:BATCH_QUERIES]
+    t = time.perf_counter()
+    index.search(batch, K)
+    qps = len(batch) / max(time.perf_counter() - t, 1e-9)
+    t = time.perf_counter()
+    done = 0
+    for q in queries[:LATENCY_QUERIES]:
+        index.search(q[None, :], K)
+        done += 1
+        if time.perf_counter() - t > LATENCY_SECONDS:
+            break
+    return (time.perf_counter() - t) / done * 1000, qps
+
+
+def tune(index, queries: np.ndarray, self_ids: np.ndarray, truth: tuple[np.ndarray, np.ndarray] | None,
+         target: float) -> Tuning:
+    """The smallest search parameter whose recall@10 reaches `target` (the best one when none
+    does), set on `index`, with its recall and speed. `truth` is exact_neighbours' (scores,
+    ids) for K + 1 (the query itself among them); None for an exact index."""
+    name = param_name(index)
+    queries = np.ascontiguousarray(queries, dtype=np.float32)
+    if name is None:
+        lat, qps = _speed(index, queries)
+        return Tuning(None, None, 1.0, target, len(queries), round(lat, 4), round(qps, 1))
+    best = None
+    for value in candidates(index):
+        set_param(index, value)
+        r = _recall(index, queries, self_ids, truth)
+        if best is None or r > best[1] + 1e-9:
+            best = (value, r)
+        if r >= target:
+            break
+    value, r = best
+    set_param(index, value)
+    lat, qps = _speed(index, queries)
+    return Tuning(name, int(value), round(float(r), 4), target, len(queries), round(lat, 4), round(qps, 1))

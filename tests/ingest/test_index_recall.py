@@ -1,0 +1,191 @@
+"""Indexes tuned to a recall target, chosen within a memory budget (issue 16).
+
+The collection is a real workspace of committed shards (clustered unit vectors, so
+neighbours mean something); recall is computed here, independently, with a flat index.
+"""
+
+from __future__ import annotations
+
+import json
+
+import duckdb
+import faiss
+import numpy as np
+import pytest
+from conftest import make_folder, run_cli
+
+from curate.core import store
+from curate.core.workspace import ModelIdentity, Workspace
+from curate.ingest import faiss_index, index_memory, index_recall
+
+D = 32
+
+
+def _clustered(n: int, seed: int, centres: np.ndarray) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    v = centres[rng.integers(0, len(centres), n)] + rng.standard_normal((n, D), dtype=np.float32) * 0.15
+    return (v / np.linalg.norm(v, axis=1, keepdims=True)).astype(np.float32)
+
+
+def _centres() -> np.ndarray:
+    c = np.random.default_rng(0).standard_normal((40, D), dtype=np.float32)
+    return c / np.linalg.norm(c, axis=1, keepdims=True)
+
+
+def _workspace(root, n: int, shard: int = 2000) -> Workspace:
+    """A workspace whose image shards hold n clustered vectors with ids 0..n-1."""
+    ws = Workspace(root)
+    con = ws.connect()
+    ident = ModelIdentity("curate-tiny", "none", D, True)
+    Workspace.bind_model(con, ident)
+    run = Workspace.start_run(con, "test", "synthetic", ident, "cpu")
+    _add(ws, con, 0, n, run, shard)
+    con.close()
+    return ws
+
+
+def _add(ws, con, first: int, n: int, run: int, shard: int = 2000) -> None:
+    for s in range(first, first + n, shard):
+        v = _clustered(min(shard, first + n - s), s, _centres())
+        part = store.next_part(con, "image")
+        store.record_shard(con, "image", part, store.write_shard(ws, "image", part, np.arange(s, s + len(v)), v),
+                           len(v), run)
+
+
+def _independent_recall(ws: Workspace, param: int, queries: np.ndarray) -> float:
+    """recall@10 of the index file at `param`, against a flat index over every stored vector."""
+    con = ws.connect(read_only=True)
+    try:
+        ids, vecs = store.load_all(ws, con, "image")
+    finally:
+        con.close()
+    flat = faiss.IndexIDMap2(faiss.IndexFlatIP(D))
+    flat.add_with_ids(vecs, ids)
+    _, truth = flat.search(queries, 10)
+    index = faiss.read_index(str(ws.index_path("image")))
+    faiss.ParameterSpace().set_index_parameter(index, index_recall.param_name(index), param)
+    _, found = index.search(queries, 10)
+    return float(np.mean([len(set(f) & set(t)) / 10 for f, t in zip(found, truth, strict=True)]))
+
+
+@pytest.mark.parametrize("recipe", ["ivf", "hnsw"])
+def test_the_tuned_parameter_reaches_the_target_and_is_the_smallest(tmp_path, recipe):
+    ws = _workspace(tmp_path / "ws", 6000)
+    con = ws.connect()
+    try:
+        r = faiss_index.build_index(ws, con, "image", recipe, target_recall=0.9)
+        stored = faiss_index.search_setting(con, "image")
+    finally:
+        con.close()
+    assert r.search == stored and stored.param == ("nprobe" if recipe == "ivf" else "efSearch")
+    assert stored.reached and stored.queries == 2000 and stored.latency_ms > 0 and stored.qps > 0
+    held_out = _clustered(500, 10**6, _centres())  # not in the index
+    assert _independent_recall(ws, stored.value, held_out) >= 0.9 - 0.03
+    smaller = [v for v in index_recall.candidates(faiss.read_index(str(ws.index_path("image")))) if v < stored.value]
+    if smaller:  # the value one step down misses the target: the tuning stopped at the first that reached it
+        assert _independent_recall(ws, smaller[-1], held_out) < stored.recall + 0.03
+
+
+def test_flat_is_exact_and_not_tuned(tmp_path):
+    ws = _workspace(tmp_path / "ws", 300)
+    con = ws.connect()
+    try:
+        r = faiss_index.build_index(ws, con, "image", "flat")
+    finally:
+        con.close()
+    assert (r.search.param, r.search.value, r.search.recall, r.search.queries) == (None, None, 1.0, 300)
+    assert "exact, recall@10 1.000" in r.search.describe()
+
+
+def test_the_recall_leaves_the_query_itself_out():
+    truth = np.array([[5, 1, 2]]), np.array([[5, 1, 2]])
+    assert index_recall.recall_at_k(np.array([[5, 1, 9]]), truth[1], np.array([5]), k=2) == 0.5
+    # a tie with the true k-th neighbour (a duplicate vector) counts as found
+    assert index_recall.recall_at_k(np.array([[1, 9]]), np.array([[1, 2]]), np.array([5]), 2,
+                                    np.array([[0.9, 0.8]]), np.array([[0.9, 0.8]])) == 1.0
+
+
+def test_hnsw_grows_by_incremental_adds_and_is_tuned_again(tmp_path):
+    ws = _workspace(tmp_path / "ws", 3000)
+    con = ws.connect()
+    try:
+        first = faiss_index.build_index(ws, con, "image", "hnsw")
+        run = Workspace.start_run(con, "test", "more", ModelIdentity("curate-tiny", "none", D, True), "cpu")
+        _add(ws, con, 3000, 1000, run)
+        grown = faiss_index.build_index(ws, con, "image", "hnsw")
+        ids, vecs = store.load_all(ws, con, "image")
+    finally:
+        con.close()
+    assert (first.mode, grown.mode, grown.added, grown.ntotal) == ("built", "added", 1000, 4000)
+    index = faiss.read_index(str(ws.index_path("image")))
+    assert isinstance(faiss.downcast_index(faiss.downcast_index(index).index), faiss.IndexHNSWFlat)
+    index_recall.set_param(index, grown.search.value)
+    assert (index.search(vecs[3000:], 1)[1][:, 0] == ids[3000:]).mean() > 0.99  # the added vectors are found
+    assert grown.search.reached and grown.search.queries == 2000
+
+
+def test_a_recipe_chosen_under_a_memory_budget_fits_it(tmp_path):
+    n = 6000
+    flat = faiss_index.recipes()["flat"].memory(n, D)
+    budget = flat // 3  # no full-vector index fits: PQ codes
+    choice = faiss_index.choose(n, D, None, budget)
+    assert choice.recipe.name == "ivfpq" and choice.memory <= budget
+    ws = _workspace(tmp_path / "ws", n)
+    con = ws.connect()
+    try:
+        r = faiss_index.build_index(ws, con, "image", max_memory=budget)
+    finally:
+        con.close()
+    assert r.factory == choice.recipe.factory_for(n, D, choice.pq_m)[0]
+    assert ws.index_path("image").stat().st_size <= budget
+    # a budget that holds full vectors keeps the recipe for the size
+    assert faiss_index.choose(n, D, None, 10 * flat).recipe.name == faiss_index.pick_recipe(n).name
+
+
+def test_pq_codes_shrink_to_fit_and_nothing_fitting_says_so():
+    ivfpq = faiss_index.recipes()["ivfpq"]
+    assert ivfpq.pq_sizes(512) == [64, 32, 16, 8]
+    n = 50_000_000
+    at_64, at_16 = ivfpq.memory(n, 512, 64), ivfpq.memory(n, 512, 16)
+    assert faiss_index.choose(n, 512, None, at_64).pq_m == 64
+    assert faiss_index.choose(n, 512, None, at_16).pq_m == 16
+    with pytest.raises(ValueError, match=r"no index recipe fits --max-index-memory 100 MB for 50,000,000 "
+                                         r"512-d vectors: the smallest, ivfpq with PQ8, needs about .*raise"):
+        faiss_index.choose(n, 512, None, 10**8)
+    with pytest.raises(ValueError, match=r"recipe hnsw"):
+        faiss_index.choose(1000, 512, "hnsw", 10**5)
+
+
+@pytest.mark.parametrize("text,size", [("2GB", 2 * 10**9), ("1.5GiB", int(1.5 * 2**30)), ("800mb", 8 * 10**8),
+                                       ("4096", 4096), (None, None)])
+def test_sizes_are_read_as_written(text, size):
+    assert index_memory.parse_size(text) == size
+
+
+def test_a_size_that_cannot_be_read_is_refused_before_anything_runs(tmp_path):
+    photos = make_folder(tmp_path / "p", n=3)
+    r = run_cli("build-index", photos, "-w", tmp_path / "ws", "--model", "curate-tiny", "--pretrained", "none",
+                "--workers", "0", "--max-index-memory", "lots", expect=1)
+    assert "--max-index-memory 'lots': write a size such as 2GB" in r.output
+    assert not (tmp_path / "ws").exists()
+
+
+def test_search_uses_the_stored_parameter_unless_overridden(tmp_path, monkeypatch):
+    photos = make_folder(tmp_path / "p", n=40)
+    ws = tmp_path / "ws"
+    out = run_cli("build-index", photos, "-w", ws, "--model", "curate-tiny", "--pretrained", "none",
+                  "--workers", "0", "--index", "ivf", "--target-recall", "0.9").output
+    line = next(x for x in out.splitlines() if x.startswith("index:") and "images" in x)
+    con = duckdb.connect(str(Workspace(ws).db_path), read_only=True)
+    stored = json.loads(Workspace.get_meta(con, "index.image"))["current"]["search"]
+    view = con.execute("SELECT param, value, recall FROM index_search WHERE kind = 'image'").fetchall()
+    con.close()
+    assert f"nprobe {stored['value']}, recall@10 {stored['recall']:.3f}" in line
+    assert view == [("nprobe", stored["value"], stored["recall"])]
+
+    seen = []
+    real = index_recall.set_param
+    monkeypatch.setattr(index_recall, "set_param", lambda index, value: (seen.append(value), real(index, value)))
+    run_cli("search", "-w", ws, "a photo", "-k", "3")
+    run_cli("search", "-w", ws, "a photo", "-k", "3", "--search-param", "7")
+    assert seen == [stored["value"], 7]
