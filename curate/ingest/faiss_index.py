@@ -271,7 +271,12 @@ def build_index(ws: Workspace, con: duckdb.DuckDBPyConnection, kind: str, recipe
                                ids[s : s + 100_000].astype(np.int64))
             if progress:
                 progress(len(ids[s : s + 100_000]))
-    tuning = _tune(ws, con, kind, index, n, target_recall, seed)  # sets the tuned value in the file too
+    earlier = Tuning.from_json((on_disk or {}).get("search")) if mode == "added" else None
+    if index_recall.still_tuned(earlier, target_recall, n):   # a small add: the parameter tuned before
+        tuning = earlier
+        index_recall.set_param(index, tuning.value)
+    else:
+        tuning = _tune(ws, con, kind, index, n, target_recall, seed)  # sets the tuned value in the file too
     faiss.write_index(index, str(tmp))
     _fsync(tmp)
     new = {"recipe": recipe.name, "factory": factory, "nlist": nlist, "dim": d, "trained_n": trained_n,
@@ -297,7 +302,7 @@ def search_setting(con: duckdb.DuckDBPyConnection, kind: str) -> Tuning | None:
 def _tune(ws: Workspace, con: duckdb.DuckDBPyConnection, kind: str, index, n: int, target: float,
           seed: int) -> Tuning:
     """Queries drawn from the collection, their exact neighbours from every shard, the index tuned."""
-    qids, queries = _sample_rows(ws, con, kind, n, min(n, index_recall.QUERIES), seed + 1)
+    qids, queries = _sample_rows(ws, con, kind, n, index_recall.queries_for(n, _dim(ws, con, kind)), seed + 1)
     truth = None
     if index_recall.param_name(index) is not None:
         truth = index_recall.exact_neighbours(store.iter_embeddings(ws, con, kind, batch_rows=50_000), queries,

@@ -18,7 +18,12 @@ import faiss
 import numpy as np
 
 K = 10                    # recall@10
-QUERIES = 2000            # queries drawn from the collection
+QUERIES = 2000            # queries drawn from the collection, at most ...
+MIN_QUERIES = 200         # ... and at least (recall@10 then stands on 2,000 neighbours: +-0.005)
+# The exact neighbours cost queries x vectors x d multiply-adds: fewer queries for a bigger
+# collection keep it to a few seconds a million vectors (about 5 s at 1M x 512 on 2 cores).
+EXACT_BUDGET = 1e11
+RETUNE_GROWTH = 0.10      # an index grown by less than this keeps the parameter tuned before
 LATENCY_QUERIES = 200     # of them, searched one at a time for the single-query latency
 LATENCY_SECONDS = 2.0     # ... or as many as fit in this time
 BATCH_QUERIES = 1000      # searched as one batch for queries/s
@@ -35,6 +40,7 @@ class Tuning:
     queries: int
     latency_ms: float        # one query at a time, mean
     qps: float               # the queries searched as one batch
+    n: int | None = None     # vectors in the index when it was tuned (None: an older record)
 
     @property
     def reached(self) -> bool:
@@ -52,6 +58,19 @@ class Tuning:
     @classmethod
     def from_json(cls, raw: dict | None) -> Tuning | None:
         return cls(**raw) if raw else None
+
+
+def queries_for(n: int, d: int) -> int:
+    """How many of the collection's vectors to draw as queries (see EXACT_BUDGET)."""
+    return min(n, QUERIES, max(MIN_QUERIES, int(EXACT_BUDGET / max(n * d, 1))))
+
+
+def still_tuned(tuning: Tuning | None, target: float, n: int) -> bool:
+    """Whether a tuning made earlier still stands for an index of n vectors: the same target,
+    and the index grew by less than RETUNE_GROWTH since (more vectors, the same parameter,
+    recall drifts down slowly)."""
+    return (tuning is not None and tuning.target == target and tuning.n is not None
+            and tuning.n <= n <= tuning.n * (1 + RETUNE_GROWTH))
 
 
 def param_name(index) -> str | None:
@@ -161,7 +180,7 @@ def tune(index, queries: np.ndarray, self_ids: np.ndarray, truth: tuple[np.ndarr
     queries = np.ascontiguousarray(queries, dtype=np.float32)
     if name is None:
         lat, qps = _speed(index, queries)
-        return Tuning(None, None, 1.0, target, len(queries), round(lat, 4), round(qps, 1))
+        return Tuning(None, None, 1.0, target, len(queries), round(lat, 4), round(qps, 1), int(index.ntotal))
     best = None
     for value in candidates(index):
         set_param(index, value)
@@ -173,4 +192,5 @@ def tune(index, queries: np.ndarray, self_ids: np.ndarray, truth: tuple[np.ndarr
     value, r = best
     set_param(index, value)
     lat, qps = _speed(index, queries)
-    return Tuning(name, int(value), round(float(r), 4), target, len(queries), round(lat, 4), round(qps, 1))
+    return Tuning(name, int(value), round(float(r), 4), target, len(queries), round(lat, 4), round(qps, 1),
+                  int(index.ntotal))
