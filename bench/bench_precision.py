@@ -122,7 +122,7 @@ def main() -> None:
         shutil.rmtree(work, ignore_errors=True)
     ns = len(samples)
 
-    # the same run, alternating, so that the other load on a shared machine hits both alike
+    # the same run, one precision after the other (on a shared machine the speed ratio is noisy)
     img32, rate32 = embed_images(f32, x, args.batch_size)
     img16, rate16 = embed_images(b16, x, args.batch_size)
     ls = load_label_set("places205")
