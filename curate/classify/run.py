@@ -144,7 +144,7 @@ def classify(ws_path: str | Path, label_set: str | Path | LabelSet = "places205"
         # the label prompts follow build-index's rule: a workspace that is all fp32 keeps them fp32
         held = precision_rules.workspace_precisions(con)
         if encoder is not None:
-            precision = encoder.precision
+            precision = getattr(encoder, "precision", "fp32")  # a stand-in encoder: float32
         else:
             from ..ingest.model import pick_device
 
