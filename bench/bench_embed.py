@@ -1,6 +1,7 @@
 """Embedding throughput: end to end vs model-only vs a naive per-image loop, in one run.
 
-    python bench/bench_embed.py [--n 2000] [--model ViT-B-32] [--workers N]
+    python bench/bench_embed.py [--n 2000] [--model ViT-B-32] [--workers N] [--precision auto|fp32|bf16|fp16]
+                                [--threads N] [--prefetch N]
 
 Synthetic 640x480 JPEGs (realistic size and entropy), random weights (the cost of a
 forward pass does not depend on the weights). Printed figures are also appended to
@@ -24,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import WORK, machine, record  # noqa: E402
 
 from curate.core.workspace import Workspace  # noqa: E402
-from curate.ingest.embed import EmbedOptions, embed_pending  # noqa: E402
+from curate.ingest.embed import EmbedOptions, _ChunkLoader, embed_pending  # noqa: E402
 from curate.ingest.model import load_encoder  # noqa: E402
 from curate.ingest.scan import scan_into  # noqa: E402
 from curate.ingest.sources import detect_source  # noqa: E402
@@ -53,13 +54,17 @@ def main() -> None:
     ap.add_argument("--draft-decode", action="store_true", help="reduced-scale JPEG decoding (build-index option)")
     ap.add_argument("--naive", type=int, default=64, help="images for the naive one-at-a-time loop")
     ap.add_argument("--model-only", type=int, default=512, help="pre-decoded images for the model-only figure")
+    ap.add_argument("--precision", default="auto", help="auto, fp32, bf16, fp16 (build-index --precision)")
+    ap.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch threads of the main process")
+    ap.add_argument("--prefetch", type=int, default=_ChunkLoader.PREFETCH, help="batches in flight per worker")
     args = ap.parse_args()
-    torch.set_num_threads(os.cpu_count() or 1)
+    torch.set_num_threads(args.threads)
+    _ChunkLoader.PREFETCH = args.prefetch
     print(f"machine: {machine()}; torch threads {torch.get_num_threads()}")
 
     photos = WORK / "jpegs"
     make_jpegs(photos, args.n)
-    enc = load_encoder(args.model, "none")
+    enc = load_encoder(args.model, "none", precision=args.precision)
     files = sorted(photos.glob("*.jpg"))[: args.n]
 
     # 1. model only: pre-decoded, pre-processed tensors and pre-tokenized captions, same
@@ -98,12 +103,14 @@ def main() -> None:
     e2e = ok / (time.perf_counter() - t)
     assert ok == args.n and bad == 0, (ok, bad)
     con.close()
+    shutil.rmtree(ws_dir, ignore_errors=True)
 
     f = "embed.jsonl"
-    base = (f"{args.model}, batch {args.batch_size}, {opts.n_workers()} workers, {args.n} JPEGs 640x480, "
+    base = (f"{args.model}, {enc.precision}, batch {args.batch_size}, {opts.n_workers()} workers, "
+            f"{args.threads} torch threads, prefetch {args.prefetch}, {args.n} JPEGs 640x480, "
             f"{'draft' if args.draft_decode else 'exact'} decode")
     print(f"\n{base}")
-    record(f, "embed.image_tower_only_images_per_s", image_only, "img/s")
+    record(f, "embed.image_tower_only_images_per_s", image_only, "img/s", baseline=base)
     record(f, "embed.model_only_images_per_s", model_only, "img/s", model_only / image_only, "image tower only")
     record(f, "embed.naive_loop_images_per_s", naive, "img/s")
     record(f, "embed.end_to_end_images_per_s", e2e, "img/s", e2e / model_only, "model-only (image + caption towers)")

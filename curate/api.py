@@ -92,6 +92,8 @@ class BuildResult:
     indexes: list                                # faiss_index.IndexResult, images then captions
     model: ModelIdentity
     seconds: float
+    precision: str = "fp32"                      # what this run embedded in (fp32, bf16, fp16)
+    workspace_precisions: list[str] = field(default_factory=list)  # every precision the workspace holds
     not_taken: int = 0                           # manifest rows refused at the scan
     other_files: int = 0                         # files in a folder that are not images
     notes: list[str] = field(default_factory=list)       # the scan's notes
@@ -108,7 +110,7 @@ def build_index(source: str | Path, workspace: str | Path = "ws", *, model: str 
                 batch_size: int | None = None, workers: int | None = None, shard_size: int = 10_000,
                 max_pixels: int = DEFAULT_MAX_PIXELS, draft_decode: bool = False, limit: int | None = None,
                 infer_types: bool = False, recheck: str = "stat", retry_rejected: bool = False,
-                repair: bool = False, quiet: bool | None = None,
+                repair: bool = False, precision: str = "auto", quiet: bool | None = None,
                 log: Callable[[str], None] = _stderr, target_recall: float = 0.95,
                 max_index_memory: str | int | None = None) -> BuildResult:
     """Ingest `source` and embed it once into FAISS indexes and a DuckDB workspace.
@@ -116,10 +118,13 @@ def build_index(source: str | Path, workspace: str | Path = "ws", *, model: str 
     The options are `curate build-index`'s (`index` is its --index recipe, chosen within
     `max_index_memory` (bytes or '2GB'), searched at the parameter tuned to `target_recall`). Running it
     again adds only new items; a killed run resumes where it stopped. `log` hears the one
-    warning that is not an error (the fallback model's random weights).
+    warning that is not an error (the fallback model's random weights). `precision`: auto
+    (fp16 on CUDA, bf16 on a CPU with native bf16, else fp32; a workspace that is all fp32
+    stays fp32), fp32, bf16 or fp16.
     """
     # torch and faiss load here, not at import: `curate --help` and the other commands start without them
     from .ingest import faiss_index
+    from .ingest import precision as precision_rules
     from .ingest.embed import EmbedOptions, embed_pending
 
     started = time.time()
@@ -137,21 +142,25 @@ def build_index(source: str | Path, workspace: str | Path = "ws", *, model: str 
     # run leaves no stray workspace, and one that existed before is left as it was.
     new = not ws.exists()
     have = None
+    have_precisions: list[str] = []
+    precision_rules.check(precision)
     if not new:
         con = ws.connect(read_only=True)
         try:
             have = Workspace.model_identity(con)
+            have_precisions = precision_rules.workspace_precisions(con)
         finally:
             con.close()
     model = model or (have.model if have else DEFAULT_MODEL)
     pretrained = pretrained or (have.pretrained if have else DEFAULT_PRETRAINED)
     device = pick_device(device)
+    used = precision_rules.resolve(precision, device, have_precisions)
 
     if src.kind == "clip-retrieval":
         ident = _precomputed_identity(src.root, model, pretrained)
         enc = None
     else:
-        enc = _load(model, pretrained, device, fallback_model, log)
+        enc = _load(model, pretrained, device, fallback_model, log, used)
         ident = enc.identity
     if have is not None:
         check_same_model(have, ident)
@@ -191,7 +200,10 @@ def build_index(source: str | Path, workspace: str | Path = "ws", *, model: str 
                 repairs.append(f"recheck: {rc.describe()}")
             todo = con.execute("SELECT count(*) FROM items WHERE status = 'pending'").fetchall()[0][0]
             todo = min(todo, limit) if limit else todo
-            con.execute("UPDATE runs SET decode = ? WHERE run_id = ?", ["draft" if draft_decode else "exact", run_id])
+            con.execute("UPDATE runs SET decode = ?, precision = ? WHERE run_id = ?",
+                        ["draft" if draft_decode else "exact", used, run_id])
+            if todo:
+                have_precisions = precision_rules.record(con, used)
             opts = EmbedOptions(shard_size=shard_size, max_pixels=max_pixels, limit=limit, draft_decode=draft_decode,
                                 batch_size=batch_size or (256 if device.startswith("cuda") else 64),
                                 workers=-1 if workers is None else workers, hash_files=recheck == "hash")
@@ -223,18 +235,20 @@ def build_index(source: str | Path, workspace: str | Path = "ws", *, model: str 
     finally:
         con.close()
     return BuildResult(ws_path, src.describe(), seen, added, counts, by_stage, built, ident, time.time() - started,
+                       precision=used, workspace_precisions=have_precisions,
                        not_taken=scan.not_taken if scan else 0, other_files=scan.other_files if scan else 0,
                        notes=list(scan.notes) if scan else [], repairs=repairs)
 
 
-def _load(model: str, pretrained: str, device: str, fallback: str | None, log: Callable[[str], None]):
+def _load(model: str, pretrained: str, device: str, fallback: str | None, log: Callable[[str], None],
+          precision: str = "auto"):
     try:
-        return load_encoder(model, pretrained, device)
+        return load_encoder(model, pretrained, device, precision)
     except WeightsUnavailable as e:
         if not fallback:
             raise
         log(f"{e}. Going on with {fallback} on RANDOM weights: the output only shows the pipeline works.")
-        return load_encoder(fallback, "none", device)
+        return load_encoder(fallback, "none", device, precision)
 
 
 def _has_images(root: Path) -> bool:

@@ -25,3 +25,7 @@ ALTER TABLE shards ADD COLUMN IF NOT EXISTS vec_sum VARCHAR;
 ALTER TABLE shards ADD COLUMN IF NOT EXISTS ids_sum VARCHAR;
 ALTER TABLE shards ADD COLUMN IF NOT EXISTS vec_mtime_ns BIGINT;
 ALTER TABLE shards ADD COLUMN IF NOT EXISTS ids_mtime_ns BIGINT;
+
+-- the float precision build-index embedded in (fp32, bf16, fp16: curate/ingest/precision.py);
+-- NULL for runs from before it was recorded (CPU runs were fp32, CUDA runs fp16)
+ALTER TABLE runs ADD COLUMN IF NOT EXISTS precision VARCHAR;

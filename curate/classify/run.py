@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -30,6 +30,7 @@ import numpy as np
 from ..core import sql, store
 from ..core.integrity import verify_shards
 from ..core.workspace import ModelIdentity, Workspace, check_same_model
+from ..ingest import precision as precision_rules
 from . import registry
 from .label_vectors import LabelQueries, label_queries
 from .labels import LabelSet, load_label_set
@@ -75,6 +76,8 @@ class ClassifyResult:
     cached_vectors: bool
     resumed_vectors: int = 0     # vectors an earlier run had scored (a resumed run): not scored again
     name: str = ""               # the classification's name (registry.py)
+    precision: str = "fp32"      # what the label prompts were encoded in (curate/ingest/precision.py)
+    vector_precisions: list[str] = field(default_factory=list)  # what the workspace's vectors were embedded in
 
 
 _INSERT_ITEMS = """
@@ -138,13 +141,22 @@ def classify(ws_path: str | Path, label_set: str | Path | LabelSet = "places205"
         if encoder is not None:
             check_same_model(ident, encoder.identity)
 
+        # the label prompts follow build-index's rule: a workspace that is all fp32 keeps them fp32
+        held = precision_rules.workspace_precisions(con)
+        if encoder is not None:
+            precision = getattr(encoder, "precision", "fp32")  # a stand-in encoder: float32
+        else:
+            from ..ingest.model import pick_device
+
+            precision = precision_rules.resolve("auto", pick_device(device), held)
+
         def factory():
             if encoder is not None:
                 return encoder
             from ..ingest.model import load_encoder
-            return load_encoder(ident.model, ident.pretrained, device)
+            return load_encoder(ident.model, ident.pretrained, device, precision)
 
-        q, was_cached = label_queries(con, ident, ls, wording, factory)
+        q, was_cached = label_queries(con, ident, ls, wording, factory, precision)
         if q.vectors.shape[1] != ident.embed_dim:
             raise NotReady(f"label vectors are {q.vectors.shape[1]}-d but the workspace is {ident.embed_dim}-d")
         scale = float(logit_scale) if logit_scale is not None else q.logit_scale
@@ -164,7 +176,7 @@ def classify(ws_path: str | Path, label_set: str | Path | LabelSet = "places205"
         con.close()
     return ClassifyResult(ls.name, wording.name, len(ls), n_img, n_cap, storage,
                           len(ls) if keep_k is None else keep_k, scale, rows, time.time() - started, was_cached,
-                          resumed, name)
+                          resumed, name, q.precision, held)
 
 
 def _write_scores(ws: Workspace, con: duckdb.DuckDBPyConnection, q: LabelQueries, ls: LabelSet, wording: Wording,

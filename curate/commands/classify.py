@@ -85,7 +85,8 @@ def classify_cmd(ws_path: Path, label_set: str, prompts: str, logit_scale: float
     store = "every label" if r.storage == "full" else f"top {r.top_k} labels per item + exact bound"
     click.echo(f"classification {r.name}: classified {plural(r.images, 'image')} and {plural(r.captions, 'caption')} against "
                f"{plural(r.n_labels, 'label')} "
-               f"({r.label_set}, prompts {r.prompts}, logit scale {r.logit_scale:g}; stored {store}) "
+               f"({r.label_set}, prompts {r.prompts}, logit scale {r.logit_scale:g}; stored {store}; "
+               f"precision: vectors {'+'.join(r.vector_precisions) or 'imported'}, labels {r.precision}) "
                f"in {r.seconds:.1f} s")
     if r.resumed_vectors:
         click.echo(f"continued earlier scores: {r.resumed_vectors:,} vectors were scored already")

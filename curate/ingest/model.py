@@ -20,6 +20,7 @@ import numpy as np
 
 from ..core.workspace import ModelIdentity
 from ..errors import InputError
+from . import precision as precision_rules
 
 DEFAULT_MODEL = "ViT-B-32"
 DEFAULT_PRETRAINED = "laion2b_s34b_b79k"
@@ -78,6 +79,7 @@ class Encoder:
     device: str
     image_size: int
     context_length: int
+    precision: str = "fp32"      # fp32, bf16 or fp16 (curate/ingest/precision.py): images and text alike
 
     @property
     def logit_scale(self) -> float:
@@ -150,21 +152,28 @@ class Encoder:
         return x
 
     def _autocast(self):
-        # bf16 is 3.5x slower than fp32 on these CPUs; half precision only pays on a GPU.
-        if self.device.startswith("cuda"):
-            import torch
+        if self.precision == "fp32":
+            return contextlib.nullcontext()
+        import torch
 
-            return torch.autocast("cuda", dtype=torch.float16)
-        return contextlib.nullcontext()
+        dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
+        return torch.autocast(self.device.split(":")[0], dtype=dtype)
 
 
 def load_encoder(model_name: str = DEFAULT_MODEL, pretrained: str | None = DEFAULT_PRETRAINED,
-                 device: str | None = None) -> Encoder:
-    """Build the open_clip model; raise WeightsUnavailable with a one-line reason."""
+                 device: str | None = None, precision: str = "auto") -> Encoder:
+    """Build the open_clip model; raise WeightsUnavailable with a one-line reason.
+
+    `precision`: fp32, bf16, fp16 (autocast), or auto: fp16 on CUDA, bf16 on a CPU with
+    native bf16, fp32 elsewhere (curate/ingest/precision.py).
+    """
     import open_clip
 
     register_configs()
     device = pick_device(device)
+    precision = precision_rules.check(precision)
+    if precision == "auto":
+        precision = precision_rules.for_device(device)
     if model_name.startswith("local-dir:"):
         folder = Path(model_name[len("local-dir:"):]).expanduser()
         if not folder.is_dir():
@@ -211,7 +220,8 @@ def load_encoder(model_name: str = DEFAULT_MODEL, pretrained: str | None = DEFAU
     ident = ModelIdentity(model=model_name, pretrained=pretrained or "none", embed_dim=embed_dim,
                           random_weights=random_weights)
     return Encoder(model=model, preprocess=preprocess, tokenizer=tokenizer, identity=ident, device=device,
-                   image_size=image_size, context_length=int(getattr(tokenizer, "context_length", 77)))
+                   image_size=image_size, context_length=int(getattr(tokenizer, "context_length", 77)),
+                   precision=precision)
 
 
 def suggest_models(name: str) -> str:
