@@ -68,6 +68,16 @@ def make_workspace(ws_dir: Path, n: int, dim: int) -> None:
     np.save(ws_dir / "truth.npy", truth)
 
 
+# the search measurement both children run on their index: batch q/s, single-query latency, recall@10
+MEASURE = """q, truth = np.load(ws_dir / "queries.npy"), np.load(ws_dir / "truth.npy")
+t = time.perf_counter(); _, found = index.search(q, 10); batch = time.perf_counter() - t
+t = time.perf_counter()
+for x in q[:200]:
+    index.search(x[None, :], 10)
+single = (time.perf_counter() - t) / 200
+recall = float(np.mean([len(set(f) & set(g)) / 10 for f, g in zip(found, truth)]))
+"""
+
 CHILD = """
 import json, sys, time
 import numpy as np, faiss
@@ -83,14 +93,7 @@ build = time.perf_counter() - t
 peak = next(int(x.split()[1]) for x in open("/proc/self/status") if x.startswith("VmHWM")) / 1024
 index = faiss.read_index(str(r.path))
 index_recall.set_param(index, r.search.value)
-q, truth = np.load(ws_dir / "queries.npy"), np.load(ws_dir / "truth.npy")
-t = time.perf_counter(); _, found = index.search(q, 10); batch = time.perf_counter() - t
-t = time.perf_counter()
-for x in q[:200]:
-    index.search(x[None, :], 10)
-single = (time.perf_counter() - t) / 200
-recall = float(np.mean([len(set(f) & set(g)) / 10 for f, g in zip(found, truth)]))
-print(json.dumps({"factory": r.factory, "build_s": build, "peak_mib": peak, "size_mib": r.path.stat().st_size / 2**20,
+{measure}print(json.dumps({"factory": r.factory, "build_s": build, "peak_mib": peak, "size_mib": r.path.stat().st_size / 2**20,
                   "param": r.search.param, "value": r.search.value, "tuned_recall": r.search.recall,
                   "recall": recall, "qps": len(q) / batch, "latency_ms": single * 1000,
                   "estimate_mib": r.memory / 2**20}))
@@ -108,16 +111,10 @@ index, info = build_index(vecs, save_on_disk=False, metric_type="ip", max_index_
                           current_memory_available="16G", verbose=40)
 build = time.perf_counter() - t
 peak = next(int(x.split()[1]) for x in open("/proc/self/status") if x.startswith("VmHWM")) / 1024
-q, truth = np.load(ws_dir / "queries.npy"), np.load(ws_dir / "truth.npy")
-t = time.perf_counter(); _, found = index.search(q, 10); batch = time.perf_counter() - t
-t = time.perf_counter()
-for x in q[:200]:
-    index.search(x[None, :], 10)
-single = (time.perf_counter() - t) / 200
-recall = float(np.mean([len(set(f) & set(g)) / 10 for f, g in zip(found, truth)]))
-print(json.dumps({"factory": info.get("index_key", "?"), "build_s": build, "peak_mib": peak,
+{measure}print(json.dumps({"factory": info.get("index_key", "?"), "build_s": build, "peak_mib": peak,
                   "recall": recall, "qps": len(q) / batch, "latency_ms": single * 1000}))
 """
+CHILD, AUTOFAISS = (script.replace("{measure}", MEASURE) for script in (CHILD, AUTOFAISS))
 
 
 def main() -> None:

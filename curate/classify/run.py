@@ -145,6 +145,10 @@ def classify(ws_path: str | Path, label_set: str | Path | LabelSet = "places205"
         held = precision_rules.workspace_precisions(con)
         if encoder is not None:
             precision = getattr(encoder, "precision", "fp32")  # a stand-in encoder: float32
+        elif held in ([], ["fp32"]):
+            # float32 vectors, or vectors of unknown precision (imported, or written by a
+            # program): float32 prompts, the reference; and no torch import to find the device
+            precision = "fp32"
         else:
             from ..ingest.model import pick_device
 
