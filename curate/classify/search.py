@@ -167,9 +167,11 @@ def write_hits(ws_path: str | Path, hits: list[Hit], out: str | Path) -> Path:
     con = Workspace(ws_path).connect(read_only=True)
     try:
         con.execute("CREATE TEMP TABLE hits (rank INTEGER, id BIGINT, score DOUBLE, label VARCHAR, prob DOUBLE)")
-        if hits:
-            con.executemany("INSERT INTO hits VALUES (?, ?, ?, ?, ?)",
-                            [(h.rank, h.id, h.score, h.label, h.prob) for h in hits])
+        if hits:   # one statement for any k (unnest zips the lists), not one insert a hit
+            con.execute("INSERT INTO hits SELECT unnest(?), unnest(?), unnest(?), unnest(?::VARCHAR[]), "
+                        "unnest(?::DOUBLE[])", [[h.rank for h in hits], [h.id for h in hits],
+                                                [h.score for h in hits], [h.label for h in hits],
+                                                [h.prob for h in hits]])
         extras, join = "", ""
         if sql.has_relation(con, "item_extras"):
             extras, join = _extras(con), "LEFT JOIN item_extras x ON x.id = h.id "

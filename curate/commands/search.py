@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from .. import api
-from ..classify.search import MODES, Hit
+from ..classify.search import MODES, Hit, check_query, out_format
 from ..classify.subsets import FORMATS
 from ..core.termwidth import clip, pad, width
 from ..core.textout import safe
@@ -40,6 +40,9 @@ def search_cmd(ws_path: Path, text: str | None, image: Path | None, mode: str, c
     """The images nearest to a text prompt (or to an example image, --image), from the image
     index or the caption index (--mode caption), with each one's top label; printed as a
     table, or written to a file with --out."""
+    check_query(text, image, mode)   # refused before anything else is said
+    if out is not None:
+        out_format(out)
     note_random_weights(ws_path)
     hits = api.search(ws_path, text, k, image=image, mode=mode, device=device, classification=classification,
                       search_param=search_param, out=out)
