@@ -471,17 +471,29 @@ def _explain_calibrated_nothing(ws_path: Path, spec: FilterSpec) -> str | None:
                   "(`curate report`)")
 
 
-def search(workspace: str | Path, text: str, k: int = 20, *, device: str = "auto",
-           classification: str | None = None, search_param: int | None = None) -> list[Hit]:
-    """The k images nearest to a text prompt, from the image index (rank, id, score, path,
-    caption), with each one's top label and probability under `classification` (default:
-    the active one; None when the workspace is not classified). The index is searched at
-    the parameter its record holds (tuned to the recall target), or at `search_param`
-    (nprobe or efSearch) when given."""
-    from .classify.search import search_images
+def search(workspace: str | Path, text: str | None = None, k: int = 20, *, image: str | Path | None = None,
+           mode: str = "image", device: str = "auto", classification: str | None = None,
+           search_param: int | None = None, out: str | Path | None = None) -> list[Hit]:
+    """The k items nearest to a text prompt, or to an example image (`image`, a file), in the
+    image index (`mode="image"`) or the caption index (`mode="caption"`): rank, id, score,
+    path, caption, with each one's top label and probability under `classification`
+    (default: the active one; None when the workspace is not classified). The index is
+    searched at the parameter its record holds (tuned to the recall target), or at
+    `search_param` (nprobe or efSearch) when given. `out`: also write the hits to this file
+    (format by extension, as filter's: parquet, csv, tsv, jsonl, json).
+    """
+    from .classify.search import check_query, out_format, write_hits
+    from .classify.search import search as search_items
 
-    return search_images(must_exist(workspace), text, k, device=device, classification=classification,
-                         search_param=search_param)
+    check_query(text, image, mode)   # before any model loads: an empty query is refused at once
+    if out is not None:
+        out_format(out)
+    ws_path = must_exist(workspace)
+    hits = search_items(ws_path, text, image=image, mode=mode, k=k, device=device, classification=classification,
+                        search_param=search_param)
+    if out is not None:
+        write_hits(ws_path, hits, out)
+    return hits
 
 
 # --------------------------------------------------------------------------- sample, report

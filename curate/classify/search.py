@@ -1,4 +1,6 @@
-"""A text prompt as a query against the image index (ws/indexes/images.faiss)."""
+"""A query against one of the workspace's indexes: a text prompt or an example image, searched
+in the image index (ws/indexes/images.faiss) or the caption index (captions.faiss), and the
+hits written in filter's formats."""
 
 from __future__ import annotations
 
@@ -6,59 +8,92 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import duckdb
 import numpy as np
 
 from ..core import sql
-from ..core.workspace import Workspace, check_same_model
+from ..core.workspace import Workspace, check_same_model, quote_ident
+from ..errors import InputError
 from . import registry, state
 from .state import NotReady
+from .subsets import FORMATS, item_columns, write_atomic
 
 if TYPE_CHECKING:  # the model module imports torch and open_clip; load it only when needed
     from ..ingest.model import Encoder
+
+# which index a search reads -> the predictions view its hits' labels come from (as filter --mode)
+MODES = {"image": "predictions", "caption": "caption_predictions"}
+
+
+class SearchError(InputError, ValueError):
+    """A search that cannot run as asked (no query, an empty one, an unreadable image, a bad --out)."""
 
 
 @dataclass(frozen=True)
 class Hit:
     rank: int
     id: int
-    score: float                 # cosine of the prompt and the image
+    score: float                 # cosine of the query and the image (or, --mode caption, the caption)
     path: str | None
     caption: str | None
-    label: str | None = None     # the image's top label under the classification read (None: not classified)
+    label: str | None = None     # the item's top label under the classification read (None: not classified)
     prob: float | None = None
 
 
-def search_images(ws_path: str | Path, text: str, k: int = 50, encoder: Encoder | None = None,
-                  device: str | None = None, classification: str | None = None,
-                  search_param: int | None = None) -> list[Hit]:
-    """The k images nearest to `text`, by the same model that embedded the workspace, each
-    with its top label under the classification named (default: the active one, if any).
-    The index is searched at the parameter its record holds (tuned to a recall target at
-    build-index), or at `search_param` (nprobe, efSearch) when given."""
+def check_query(text: str | None, image: str | Path | None, mode: str = "image") -> None:
+    """Refuse a search with no query, two queries, a blank text, or an unknown mode."""
+    if mode not in MODES:
+        raise SearchError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
+    if text is not None and image is not None:
+        raise SearchError("give a text query or --image, not both")
+    if image is None and (text is None or not text.strip()):
+        raise SearchError("the query is empty: give a text to search for (e.g. \"a rooftop bar at night\") "
+                          "or an example image with --image PATH")
+
+
+def out_format(out: str | Path) -> str:
+    """The COPY options for an output file, from its extension (filter's formats)."""
+    fmt = FORMATS.get(Path(out).suffix.lower())
+    if fmt is None:
+        raise SearchError(f"cannot tell the format of {out}: use one of {', '.join(FORMATS)}")
+    return fmt
+
+
+def search(ws_path: str | Path, text: str | None = None, *, image: str | Path | None = None,
+           mode: str = "image", k: int = 50, encoder: Encoder | None = None, device: str | None = None,
+           classification: str | None = None, search_param: int | None = None) -> list[Hit]:
+    """The k items nearest to a text prompt or to an example image (`image`, a file), in the
+    image index (`mode` image) or the caption index (`mode` caption), by the model and
+    precision that embedded the workspace. Each hit carries the item's top label under the
+    classification named (default: the active one, if any): its image's label in image mode,
+    its caption's in caption mode. The index is searched at the parameter its record holds
+    (tuned to a recall target at build-index), or at `search_param` (nprobe, efSearch)."""
     import faiss
 
     from ..ingest import faiss_index, index_recall
 
+    check_query(text, image, mode)
     ws = Workspace(ws_path)
     if not ws.exists():
         raise NotReady(f"no workspace at {ws.root}: run `curate build-index` first")
     con = ws.connect(read_only=True)
     try:
         ident = Workspace.model_identity(con)
-        path = ws.index_path("image")
+        path = ws.index_path(mode)
         if ident is None or not path.exists():
-            raise NotReady(f"the workspace {ws.root} has no image index: run `curate build-index` first")
+            what = "image index" if mode == "image" else "caption index (no captions embedded)"
+            raise NotReady(f"the workspace {ws.root} has no {what}: run `curate build-index` first")
         if encoder is None:
-            from ..ingest.model import load_encoder
-            encoder = load_encoder(ident.model, ident.pretrained, device)
+            encoder = _load_encoder(con, ident, device)
         check_same_model(ident, encoder.identity)
         index = faiss.read_index(str(path))
         if index.d != ident.embed_dim:
             raise NotReady(f"{path} holds {index.d}-d vectors but the workspace's model makes "
                            f"{ident.embed_dim}-d ones: rebuild the index with `curate build-index`")
-        tuned = faiss_index.search_setting(con, "image")
+        tuned = faiss_index.search_setting(con, mode)
         index_recall.set_param(index, search_param or (tuned.value if tuned else None))
-        query = np.ascontiguousarray(encoder.encode_text([text]), dtype=np.float32)
+        vec = encode_image_file(encoder, image) if image is not None else encoder.encode_text([text])
+        query = np.ascontiguousarray(vec, dtype=np.float32)
         scores, ids = index.search(query, min(k, max(index.ntotal, 1)))
         keep = ids[0] >= 0
         ids, scores = ids[0][keep].astype(np.int64), scores[0][keep]
@@ -66,19 +101,97 @@ def search_images(ws_path: str | Path, text: str, k: int = 50, encoder: Encoder 
         if len(ids):
             info = {r[0]: (r[1], r[2]) for r in con.execute(
                 "SELECT id, path, caption FROM items WHERE id IN (SELECT unnest(?))", [ids.tolist()]).fetchall()}
-            labels = _top_labels(con, ids, classification)
+            labels = _top_labels(con, ids, classification, MODES[mode])
         return [Hit(rank + 1, int(i), float(s), *info.get(int(i), (None, None)), *labels.get(int(i), (None, None)))
                 for rank, (i, s) in enumerate(zip(ids, scores, strict=True))]
     finally:
         con.close()
 
 
-def _top_labels(con, ids: np.ndarray, classification: str | None) -> dict[int, tuple[str, float]]:
-    """id -> (label, prob) of the images' predictions under a classification; {} when the
-    workspace has none (search needs only the index)."""
+def search_images(ws_path: str | Path, text: str, k: int = 50, encoder: Encoder | None = None,
+                  device: str | None = None, classification: str | None = None,
+                  search_param: int | None = None) -> list[Hit]:
+    """The k images nearest to `text` (`search` in image mode)."""
+    return search(ws_path, text, k=k, encoder=encoder, device=device, classification=classification,
+                  search_param=search_param)
+
+
+def _load_encoder(con: duckdb.DuckDBPyConnection, ident, device: str | None) -> Encoder:
+    """The workspace's model in the precision classify would use for its prompts (a workspace
+    that is all float32 stays float32), so a query vector is made as the indexed ones were."""
+    from ..ingest import precision as precision_rules
+    from ..ingest.model import load_encoder, pick_device
+
+    device = pick_device(device)
+    precision = precision_rules.resolve("auto", device, precision_rules.workspace_precisions(con))
+    return load_encoder(ident.model, ident.pretrained, device, precision)
+
+
+def encode_image_file(encoder: Encoder, path: str | Path) -> np.ndarray:
+    """The (1, d) vector of one image file, decoded and preprocessed as build-index does
+    (upright, RGB, the model's transform; full decode, never --draft-decode's)."""
+    from ..ingest.images import BadImage, open_rgb, resize_rule
+
+    try:
+        im = open_rgb(str(path), resize=resize_rule(encoder.preprocess, encoder.image_size))
+    except BadImage as e:
+        raise SearchError(f"cannot read the query image {path}: {e}") from None
+    return encoder.encode_image_tensor(encoder.preprocess(im).unsqueeze(0))
+
+
+def _top_labels(con: duckdb.DuckDBPyConnection, ids: np.ndarray, classification: str | None,
+                view: str) -> dict[int, tuple[str, float]]:
+    """id -> (label, prob) of the items' predictions (`view`) under a classification; {} when
+    the workspace has none (search needs only the index)."""
     if registry.select(con, classification) is None and not sql.has_relation(con, "predictions"):
         return {}
     if state.settings(con) is None:     # a classify run stopped half way: no labels to show
         return {}
+    if not sql.has_relation(con, view):
+        return {}
     return {r[0]: (r[1], r[2]) for r in con.execute(
-        "SELECT id, label, prob FROM predictions WHERE id IN (SELECT unnest(?))", [ids.tolist()]).fetchall()}
+        f"SELECT id, label, prob FROM {view} WHERE id IN (SELECT unnest(?))", [ids.tolist()]).fetchall()}
+
+
+# The columns a search output starts with; the source's own columns follow (a source column
+# of the same name, in any case, comes out as src_<name>, as in filter's outputs).
+OUTPUT_COLUMNS = ("rank", "id", "score", "label", "prob", "path", "caption")
+
+
+def write_hits(ws_path: str | Path, hits: list[Hit], out: str | Path) -> Path:
+    """Write the hits to `out`, format by extension (filter's: parquet, csv, tsv, jsonl, json):
+    rank, id, score, label, prob, path, caption, then the source's own columns of each item
+    (a manifest's columns). The file is whole or absent (written beside it and renamed)."""
+    out_path = Path(out)
+    fmt = out_format(out_path)
+    con = Workspace(ws_path).connect(read_only=True)
+    try:
+        con.execute("CREATE TEMP TABLE hits (rank INTEGER, id BIGINT, score DOUBLE, label VARCHAR, prob DOUBLE)")
+        if hits:   # one statement for any k (unnest zips the lists), not one insert a hit
+            con.execute("INSERT INTO hits SELECT unnest(?), unnest(?), unnest(?), unnest(?::VARCHAR[]), "
+                        "unnest(?::DOUBLE[])", [[h.rank for h in hits], [h.id for h in hits],
+                                                [h.score for h in hits], [h.label for h in hits],
+                                                [h.prob for h in hits]])
+        extras, join = "", ""
+        if sql.has_relation(con, "item_extras"):
+            extras, join = _extras(con), "LEFT JOIN item_extras x ON x.id = h.id "
+        select = (f"SELECT h.rank, h.id, h.score, h.label, h.prob, i.path, i.caption{extras} FROM hits h "
+                  f"LEFT JOIN items i ON i.id = h.id {join}ORDER BY h.rank")
+        write_atomic(out_path, lambda tmp: con.execute(f"COPY ({select}) TO ? {fmt}", [str(tmp)]))
+    finally:
+        con.close()
+    return out_path
+
+
+def _extras(con: duckdb.DuckDBPyConnection) -> str:
+    """", x.a, x.b AS src_b": the items' own columns, renamed where one would take a search column's name."""
+    out, used = [], set(OUTPUT_COLUMNS)
+    for c in item_columns(con):
+        if c == "id":
+            continue
+        name = c
+        while name.lower() in used:
+            name = "src_" + name
+        used.add(name.lower())
+        out.append(f"x.{quote_ident(c)}" + (f" AS {quote_ident(name)}" if name != c else ""))
+    return "".join(", " + x for x in out)

@@ -1,4 +1,4 @@
-"""`curate filter` and `curate search`: subsets against references, formats, files, thresholds, injection."""
+"""`curate filter`: subsets against references, formats, files, thresholds, injection."""
 
 from __future__ import annotations
 
@@ -8,16 +8,13 @@ import shutil
 from pathlib import Path
 
 import duckdb
-import faiss
 import numpy as np
 import pytest
 from classify_support import references
 from conftest import make_folder, run_cli
 
 from curate.classify.run import classify
-from curate.classify.search import search_images
 from curate.classify.subsets import FilterSpec, safe_name, write_subset
-from curate.core import store
 from curate.core.workspace import Workspace
 
 
@@ -193,52 +190,6 @@ def test_extra_columns_of_a_manifest(tmp_path, tiny_encoder):
     rows = read_out(out)
     assert len(rows) == 4
     assert {"city", "likes"} <= set(rows[0]) and rows[0]["city"] == "New York"
-
-
-def test_search_matches_brute_force(classified, tiny_encoder):
-    ws = Workspace(classified)
-    con = ws.connect(read_only=True)
-    ids, vecs = store.load_all(ws, con, "image")
-    con.close()
-    assert faiss.read_index(str(ws.index_path("image"))).ntotal == len(ids)
-    q = tiny_encoder.encode_text(["a rooftop bar at night"]).astype(np.float64)[0]
-    sims = vecs.astype(np.float64) @ q
-    order = np.argsort(-sims, kind="stable")[:5]
-    hits = search_images(classified, "a rooftop bar at night", k=5, encoder=tiny_encoder)
-    assert [h.id for h in hits] == ids[order].tolist()
-    assert [h.score for h in hits] == pytest.approx(sims[order].tolist(), abs=1e-5)
-    assert all(h.path and Path(h.path).is_file() for h in hits)
-    # each hit with its top label and probability under the active classification
-    con = ws.connect(read_only=True)
-    preds = {i: (label, prob) for i, label, prob in con.execute("SELECT id, label, prob FROM predictions").fetchall()}
-    con.close()
-    assert [(h.label, h.prob) for h in hits] == [preds[h.id] for h in hits]
-    # the command prints the same three hits, in rank order, each with its score, id, label, prob and path
-    out = run_cli("search", "-w", classified, "a rooftop bar at night", "-k", "3").output
-    lines = [ln.split() for ln in out.strip().splitlines() if ln.split() and ln.split()[0].isdigit()]
-    assert [int(ln[0]) for ln in lines] == [1, 2, 3]
-    assert [int(ln[2]) for ln in lines] == ids[order][:3].tolist()
-    assert [float(ln[1]) for ln in lines] == pytest.approx(sims[order][:3].tolist(), abs=1e-4)
-    assert [(ln[3], float(ln[4])) for ln in lines] == [(h.label, pytest.approx(h.prob, abs=1e-4)) for h in hits[:3]]
-    assert [ln[5] for ln in lines] == [h.path for h in hits[:3]]
-    assert "no classification named 'x'" in run_cli("search", "-w", classified, "a bar", "--classification", "x",
-                                                   expect=1).output
-
-
-def test_search_refuses_another_model(tmp_path, tiny_encoder):
-    from classify_support import hand_workspace
-
-    from curate.core.workspace import ModelIdentity, ModelMismatch
-
-    other = ModelIdentity("ViT-B-32", "laion2b_s34b_b79k", 64, False)
-    v = np.eye(64, dtype=np.float32)[:3]
-    root = hand_workspace(tmp_path / "ws", {i: v[i] for i in range(3)}, {}, other)
-    index = faiss.IndexIDMap2(faiss.IndexFlatIP(64))
-    index.add_with_ids(v, np.arange(3, dtype=np.int64))
-    Workspace(root).indexes_dir.mkdir(parents=True, exist_ok=True)
-    faiss.write_index(index, str(Workspace(root).index_path("image")))
-    with pytest.raises(ModelMismatch, match="ViT-B-32"):
-        search_images(root, "a street", encoder=tiny_encoder)
 
 
 def test_threshold_one_is_reachable(ws, tmp_path, tiny_encoder):
