@@ -79,7 +79,7 @@ t = time.perf_counter()
 r = faiss_index.build_index(ws, con, "image", recipe, rebuild=True, target_recall=0.95)
 build = time.perf_counter() - t
 con.close()
-res = find_duplicates(ws_dir, "image", threshold)
+res = find_duplicates(ws_dir, "image", threshold, fresh=True)  # a second recipe on one workspace: query all again
 peak = next(int(x.split()[1]) for x in open("/proc/self/status") if x.startswith("VmHWM")) / 1024
 con = duckdb.connect(str(ws_dir / "curate.duckdb"), read_only=True)
 got = con.execute("SELECT id, group_id FROM duplicates WHERE kind = 'image' ORDER BY id").fetchnumpy()
