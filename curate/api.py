@@ -28,6 +28,7 @@ from pathlib import Path
 
 from .classify import registry
 from .classify.calibrated import Calibration, for_workspace
+from .classify.dedup import DedupResult
 from .classify.registry import Classification
 from .classify.run import DEFAULT_BATCH_ROWS, DEFAULT_TOP_K, ClassifyResult
 from .classify.scoring import ENSEMBLE_TEXT_MIN, ENSEMBLE_TEXT_WEIGHT
@@ -58,7 +59,7 @@ from .validate import report as report_mod
 from .validate.review import marks as marks_mod
 
 __all__ = ["build_index", "classify", "classifications", "use_classification", "drop_classification", "filter",
-           "search", "sample", "report", "compare", "labels", "must_exist", "BuildResult", "Compared", "ClassifyResult", "Filtered", "Hit", "Sample", "ReportResult", "LabelRow"]
+           "search", "dedup", "sample", "report", "compare", "labels", "must_exist", "BuildResult", "Compared", "ClassifyResult", "DedupResult", "Filtered", "Hit", "Sample", "ReportResult", "LabelRow"]
 
 
 def _stderr(line: str) -> None:
@@ -436,17 +437,18 @@ def filter(workspace: str | Path = "ws", *, labels: Iterable[str] = (), min_prob
            text_min: float = ENSEMBLE_TEXT_MIN, image_max: float = 1.0, calibrated: bool = False,
            where: Iterable[str] | Iterable[tuple[str, str]] = (), out: str | Path | None = None,
            copy_to: str | Path | None = None, link_to: str | Path | None = None,
-           clean: bool = False, classification: str | None = None) -> Filtered:
+           clean: bool = False, classification: str | None = None, dedup: bool = False) -> Filtered:
     """Cut a labelled subset (or what cleaning drops) out of a classified workspace.
 
     The options are `curate filter`'s; `where` takes "COLUMN=VALUE" strings or (column,
     value) pairs. `out` is a file (.parquet, .csv, .jsonl); `copy_to`/`link_to` a folder.
-    `classification`: a named classification (default: the active one).
+    `classification`: a named classification (default: the active one). `dedup`: one image per
+    duplicate group (`api.dedup` first); with `unmatched`, the selection's rows dedup leaves out.
     """
     ws_path = must_exist(workspace)
     spec = FilterSpec(labels=tuple(labels), min_prob=min_prob, mode=mode, unmatched=unmatched,
                       text_weight=text_weight, text_min=text_min, image_max=image_max, calibrated=calibrated,
-                      where=_where(where), classification=classification)
+                      where=_where(where), classification=classification, dedup=dedup)
     if clean and not (copy_to or link_to):
         raise FilterError("--clean empties a --copy-to or --link-to folder: give one")
     r = write_subset(ws_path, spec, out, copy_to=copy_to, link_to=link_to, clean=clean)
@@ -633,3 +635,23 @@ def compare(workspace: str | Path = "ws", names: Iterable[str] = (), *, out: str
         con.close()
     files = compare_render.write(cmp, out) if out is not None else []
     return Compared(cmp, Path(out) if out is not None else None, files)
+
+
+# --------------------------------------------------------------------------- dedup
+
+def dedup(workspace: str | Path = "ws", *, threshold: float | None = None, kind: str = "image",
+          fresh: bool = False, quiet: bool | None = None) -> DedupResult:
+    """Find near-duplicate groups and store them in the table `duplicates` (view `duplicate_groups`).
+
+    kind "image": images at cosine >= `threshold` (default 0.94) on their embeddings, through the
+    image index; a rerun queries only vectors embedded since (`fresh`: all again). kind
+    "caption-text": items whose captions are equal after normalising whitespace and case.
+    """
+    from .classify.dedup import DEFAULT_THRESHOLD, DedupError, find_duplicates
+
+    ws_path = must_exist(workspace)
+    if kind != "image" and threshold is not None:
+        raise DedupError("--threshold is for --kind image (caption-text groups are equal texts)")
+    with Progress("dedup", None, "vector", enabled=_enabled(quiet)) as bar:
+        return find_duplicates(ws_path, kind, DEFAULT_THRESHOLD if threshold is None else threshold,
+                               fresh=fresh, progress=bar.update)

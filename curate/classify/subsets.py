@@ -21,7 +21,7 @@ import duckdb
 from ..core import sql
 from ..core.workspace import Workspace, quote_ident
 from ..errors import InputError, OutputError
-from . import calibrated, registry, state
+from . import calibrated, dedup, registry, state
 from .labels import check_labels
 from .scoring import ENSEMBLE_TEXT_MIN, ENSEMBLE_TEXT_WEIGHT
 
@@ -55,6 +55,7 @@ class FilterSpec:
     calibrated: bool = False           # calibrated probabilities and per-class thresholds (curate report)
     where: tuple[tuple[str, str], ...] = ()   # (items column, text value): one column's values OR, columns AND
     classification: str | None = None  # a named classification (registry.py); None: the active one
+    dedup: bool = False                # one image per duplicate group (dedup.py); with unmatched: what it removes
 
     def sql_mode(self, settings: dict) -> str:
         """The SQL mode: the stored `ensemble` when its parameters are the study's, else ensemble_with."""
@@ -66,7 +67,7 @@ class FilterSpec:
 
     def params(self, settings: dict) -> list:
         """The bound parameters of `subset(...)` / `subset_predictions(...)`, in order."""
-        return [self.sql_mode(settings), list(self.labels), float(self.min_prob), self.unmatched,
+        return [self.sql_mode(settings), list(self.labels), float(self.min_prob), self.unmatched and not self.dedup,
                 float(self.text_weight), float(self.text_min), float(self.image_min), float(self.image_max),
                 self.renormalize]
 
@@ -91,12 +92,17 @@ class FilterResult:
     def summary(self, spec: FilterSpec) -> str:
         rule = (f"calibrated {spec.mode} prob >= its class threshold" if spec.calibrated
                 else f"{spec.mode} prob >= {spec.min_prob:g}")
-        if spec.unmatched:
+        if spec.unmatched and spec.dedup:
+            what = ", ".join(spec.labels) or "any label"
+            line = (f"dedup removed {self.kept:,} of {self.total:,} images ({what}, prob >= {spec.min_prob:g}"
+                    f"{describe_where(spec.where)}: the duplicates --dedup leaves out, with their group)")
+        elif spec.unmatched:
             line = (f"unmatched: {self.kept:,} of {self.total:,} images (no label with {rule}"
                     f"{describe_where(spec.where)}: what cleaning drops)")
         else:
             what = ", ".join(spec.labels) or "any label"
-            line = f"kept {self.kept:,} of {self.total:,} images ({what}, {rule}{describe_where(spec.where)})"
+            line = (f"kept {self.kept:,} of {self.total:,} images ({what}, {rule}{describe_where(spec.where)}"
+                    f"{', one per duplicate group' if spec.dedup else ''})")
         if self.out is not None:
             line += f" -> {self.out}"
         return line
@@ -105,7 +111,7 @@ class FilterResult:
 def validate(spec: FilterSpec) -> None:
     if spec.mode not in MODES:
         raise FilterError(f"mode must be one of {', '.join(MODES)}, not {spec.mode!r}")
-    if spec.unmatched and spec.labels:
+    if spec.unmatched and spec.labels and not spec.dedup:
         raise FilterError("--unmatched keeps what no label claims: it takes no --label")
     for name in ("min_prob", "text_weight", "text_min", "image_min", "image_max"):
         v = getattr(spec, name)
@@ -165,6 +171,8 @@ def write_subset(ws_path: str | Path, spec: FilterSpec, out: str | Path | None,
             total = con.execute("SELECT scored_items(?)", [spec.sql_mode(st)]).fetchall()[0][0]
         if spec.where:
             _restrict(con, spec.where)
+        if spec.dedup:
+            dedup.restrict_kept(con, removed=spec.unmatched)
         kept = con.execute("SELECT count(*) FROM kept").fetchall()[0][0]
         if out_path is not None:
             write_atomic(out_path, lambda tmp: con.execute(f"COPY kept TO ? {fmt}", [str(tmp)]))
@@ -241,7 +249,7 @@ def _select_calibrated(con: duckdb.DuckDBPyConnection, spec: FilterSpec) -> None
         raise RuntimeError("subset_calibrated.sql must select the items' own columns as " + _ITEM_EXTRAS)
     con.execute(query)   # the TEMP macro subset_calibrated, with this workspace's item columns
     con.execute("CREATE TEMP TABLE kept AS SELECT * FROM subset_calibrated($wanted, $unmatched)",
-                {"wanted": list(spec.labels), "unmatched": spec.unmatched})
+                {"wanted": list(spec.labels), "unmatched": spec.unmatched and not spec.dedup})
 
 
 # How queries/subsets.sql and subset_calibrated.sql add the source's own columns of items

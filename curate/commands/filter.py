@@ -37,6 +37,9 @@ from .shared import note_pending, note_random_weights
 @click.option("--where", "where", multiple=True, metavar="COLUMN=VALUE",
               help="Keep only images whose item has this value in one of its columns (e.g. city=newyork, "
                    "compared as text); repeat it: values of one column are alternatives, columns all apply.")
+@click.option("--dedup", is_flag=True,
+              help="Keep one image per near-duplicate group found by `curate dedup` (its representative when "
+                   "selected, else the group's best-scoring one); with --unmatched: the ones it leaves out.")
 @click.option("--out", "out", type=click.Path(path_type=Path), default=None,
               help=f"Output file (not a folder); format by extension ({', '.join(FORMATS)}).")
 @click.option("--copy-to", type=click.Path(file_okay=False, path_type=Path), default=None,
@@ -48,7 +51,7 @@ from .shared import note_pending, note_random_weights
                    "(listed in its .curate-files); other files are never touched.")
 def filter_cmd(ws_path: Path, classification: str | None, labels: tuple[str, ...], min_prob: float, mode: str, unmatched: bool,
                text_weight: float, text_min: float, image_max: float, calibrated: bool, where: tuple[str, ...],
-               out: Path | None, copy_to: Path | None, link_to: Path | None, clean: bool) -> None:
+               dedup: bool, out: Path | None, copy_to: Path | None, link_to: Path | None, clean: bool) -> None:
     """Cut a labelled subset (or what cleaning drops) out of a classified workspace."""
     pairs = parse_where(where)  # a bad --where is refused before anything is said
     if clean and not (copy_to or link_to):
@@ -57,7 +60,7 @@ def filter_cmd(ws_path: Path, classification: str | None, labels: tuple[str, ...
     f = api.filter(ws_path, labels=labels, min_prob=min_prob, mode=mode, unmatched=unmatched,
                    text_weight=text_weight, text_min=text_min, image_max=image_max, calibrated=calibrated,
                    where=pairs, out=out, copy_to=copy_to, link_to=link_to, clean=clean,
-                   classification=classification)
+                   classification=classification, dedup=dedup)
     r = f.result
     echo(safe(f.summary()))
     if copy_to or link_to:
