@@ -2,7 +2,7 @@
 
 The selection is the SQL macro `subset(...)` of queries/subsets.sql; every value a
 user gives (labels, threshold, weights, the output file name) reaches DuckDB as a
-bound parameter. The output format comes from the file's extension, or `fmt`
+bound parameter. The output format comes from the file's extension, or `fmt_name`
 (webdataset shards, embeddings and the provenance: exports.py).
 """
 
