@@ -29,6 +29,7 @@ from pathlib import Path
 from .classify import registry
 from .classify.calibrated import Calibration, for_workspace
 from .classify.dedup import DedupResult
+from .classify.exports import SHARD_SIZE, command_line
 from .classify.registry import Classification
 from .classify.run import DEFAULT_BATCH_ROWS, DEFAULT_TOP_K, ClassifyResult
 from .classify.scoring import ENSEMBLE_TEXT_MIN, ENSEMBLE_TEXT_WEIGHT
@@ -58,8 +59,10 @@ from .validate import compare as compare_mod
 from .validate import report as report_mod
 from .validate.review import marks as marks_mod
 
-__all__ = ["build_index", "classify", "classifications", "use_classification", "drop_classification", "filter",
-           "search", "dedup", "sample", "report", "compare", "labels", "must_exist", "BuildResult", "Compared", "ClassifyResult", "DedupResult", "Filtered", "Hit", "Sample", "ReportResult", "LabelRow"]
+__all__ = ["build_index", "classify", "classifications", "use_classification", "drop_classification",
+           "filter", "search", "dedup", "sample", "report", "compare", "labels", "must_exist", "BuildResult",
+           "Compared", "ClassifyResult", "DedupResult", "Filtered", "Hit", "Sample", "ReportResult",
+           "LabelRow"]
 
 
 def _stderr(line: str) -> None:
@@ -437,11 +440,16 @@ def filter(workspace: str | Path = "ws", *, labels: Iterable[str] = (), min_prob
            text_min: float = ENSEMBLE_TEXT_MIN, image_max: float = 1.0, calibrated: bool = False,
            where: Iterable[str] | Iterable[tuple[str, str]] = (), out: str | Path | None = None,
            copy_to: str | Path | None = None, link_to: str | Path | None = None,
-           clean: bool = False, classification: str | None = None, dedup: bool = False) -> Filtered:
+           clean: bool = False, classification: str | None = None, dedup: bool = False,
+           format: str | None = None, shard_size: int = SHARD_SIZE,  # noqa: A002
+           with_embeddings: bool = False) -> Filtered:
     """Cut a labelled subset (or what cleaning drops) out of a classified workspace.
 
     The options are `curate filter`'s; `where` takes "COLUMN=VALUE" strings or (column,
-    value) pairs. `out` is a file (.parquet, .csv, .jsonl); `copy_to`/`link_to` a folder.
+    value) pairs. `out` is a file (.parquet, .csv, .jsonl; `format` names one when the
+    extension does not), or with format="webdataset" a folder of tar shards of
+    `shard_size` samples; `with_embeddings` writes the kept rows' image and caption
+    vectors beside it. `copy_to`/`link_to` a folder.
     `classification`: a named classification (default: the active one). `dedup`: one image per
     duplicate group (`api.dedup` first); with `unmatched`, the selection's rows dedup leaves out.
     """
@@ -451,7 +459,16 @@ def filter(workspace: str | Path = "ws", *, labels: Iterable[str] = (), min_prob
                       where=_where(where), classification=classification, dedup=dedup)
     if clean and not (copy_to or link_to):
         raise FilterError("--clean empties a --copy-to or --link-to folder: give one")
-    r = write_subset(ws_path, spec, out, copy_to=copy_to, link_to=link_to, clean=clean)
+    command = command_line(ws_path, [
+        ("--classification", classification), ("--label", spec.labels), ("--min-prob", None if calibrated else min_prob),
+        ("--mode", mode), ("--unmatched", unmatched),
+        *([("--text-weight", text_weight), ("--text-min", text_min), ("--image-max", image_max)]
+          if mode == "ensemble" else []),
+        ("--calibrated", calibrated), ("--where", spec.where), ("--format", format), ("--out", out),
+        ("--shard-size", shard_size if format == "webdataset" else None), ("--with-embeddings", with_embeddings),
+        ("--copy-to", copy_to), ("--link-to", link_to), ("--clean", clean)])
+    r = write_subset(ws_path, spec, out, copy_to=copy_to, link_to=link_to, clean=clean, fmt_name=format,
+                     shard_size=shard_size, with_embeddings=with_embeddings, command=command)
     return Filtered(spec, r, _explain_calibrated_nothing(ws_path, spec) if calibrated and r.kept == 0 else None)
 
 

@@ -2,7 +2,8 @@
 
 The selection is the SQL macro `subset(...)` of queries/subsets.sql; every value a
 user gives (labels, threshold, weights, the output file name) reaches DuckDB as a
-bound parameter. The output format comes from the file's extension.
+bound parameter. The output format comes from the file's extension, or `fmt_name`
+(webdataset shards, embeddings and the provenance: exports.py).
 """
 
 from __future__ import annotations
@@ -17,11 +18,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import duckdb
+import numpy as np
 
 from ..core import sql
 from ..core.workspace import Workspace, quote_ident
 from ..errors import InputError, OutputError
-from . import calibrated, dedup, registry, state
+from . import calibrated, dedup, exports, registry, state
 from .labels import check_labels
 from .scoring import ENSEMBLE_TEXT_MIN, ENSEMBLE_TEXT_WEIGHT
 
@@ -34,6 +36,9 @@ FORMATS = {
     ".ndjson": "(FORMAT json)",
     ".json": "(FORMAT json, ARRAY true)",
 }
+# --format NAME -> the extension whose COPY options it takes; webdataset: a folder of tar shards
+FORMAT_NAMES = {"parquet": ".parquet", "csv": ".csv", "tsv": ".tsv", "jsonl": ".jsonl", "json": ".json",
+                "webdataset": None}
 MODES = tuple(state.PREDICTION_VIEWS)
 
 
@@ -88,6 +93,7 @@ class FilterResult:
     removed: int = 0                   # files of earlier runs removed from the folder (--clean)
     others: int = 0                    # files in the folder that curate did not place there
     earlier: int = 0                   # files placed by earlier runs that this run did not place
+    exported: exports.Exported | None = None   # webdataset shards, embeddings written
 
     def summary(self, spec: FilterSpec) -> str:
         rule = (f"calibrated {spec.mode} prob >= its class threshold" if spec.calibrated
@@ -140,19 +146,32 @@ def open_scored(ws_path: str | Path, classification: str | None = None) -> duckd
 
 def write_subset(ws_path: str | Path, spec: FilterSpec, out: str | Path | None,
                  copy_to: str | Path | None = None, link_to: str | Path | None = None,
-                 clean: bool = False) -> FilterResult:
-    """Select with `subset(...)`, write it to `out` (format by extension), copy or link the files.
+                 clean: bool = False, fmt_name: str | None = None, shard_size: int = exports.SHARD_SIZE,
+                 with_embeddings: bool = False, command: str | None = None) -> FilterResult:
+    """Select with `subset(...)`, write it to `out` (format by extension, or `fmt_name`), copy or
+    link the files.
 
-    `out` is whole or absent: written under a temporary name beside it and renamed.
+    `out` is whole or absent: written under a temporary name beside it and renamed (a
+    webdataset folder: beside it, swapped in whole). Parquet carries the provenance
+    (`command`, the model, labels, thresholds...) in its key-value metadata.
+    `with_embeddings`: the kept rows' image and caption vectors beside `out`, aligned to its rows.
     `clean`: first remove what earlier runs of curate placed in the copy/link folder.
     """
     validate(spec)
     out_path = Path(out) if out is not None else None
     fmt = None
-    if out_path is not None:
-        fmt = FORMATS.get(out_path.suffix.lower())
+    webdataset = fmt_name == "webdataset"
+    if fmt_name is not None and fmt_name not in FORMAT_NAMES:
+        raise FilterError(f"unknown format {fmt_name!r}: use one of {', '.join(FORMAT_NAMES)}")
+    if (fmt_name is not None or with_embeddings) and out_path is None:
+        raise FilterError(f"{'--with-embeddings' if with_embeddings else '--format'} writes beside --out: give one")
+    if shard_size < 1:
+        raise FilterError(f"--shard-size must be at least 1, not {shard_size}")
+    if out_path is not None and not webdataset:
+        fmt = FORMATS.get(FORMAT_NAMES[fmt_name] if fmt_name else out_path.suffix.lower())
         if fmt is None:
-            raise FilterError(f"cannot tell the format of {out_path}: use one of {', '.join(FORMATS)}")
+            raise FilterError(f"cannot tell the format of {out_path}: use one of {', '.join(FORMATS)}, "
+                              "or --format webdataset for a folder of tar shards")
     if copy_to is not None and link_to is not None:
         raise FilterError("give --copy-to or --link-to, not both")
     con = open_scored(ws_path, spec.classification)
@@ -174,17 +193,66 @@ def write_subset(ws_path: str | Path, spec: FilterSpec, out: str | Path | None,
         if spec.dedup:
             dedup.restrict_kept(con, removed=spec.unmatched)
         kept = con.execute("SELECT count(*) FROM kept").fetchall()[0][0]
+        exported = None
         if out_path is not None:
-            write_atomic(out_path, lambda tmp: con.execute(f"COPY kept TO ? {fmt}", [str(tmp)]))
+            prov = _provenance(con, spec, st, command)
+            if webdataset:
+                exported = exports.write_webdataset(ws_path, con, out_path, shard_size=shard_size, prov=prov,
+                                                    with_embeddings=with_embeddings,
+                                                    runner_up=_runner_up(con, spec, st))
+            else:
+                if "parquet" in fmt:
+                    fmt = fmt[:-1] + exports.kv_metadata_option(prov) + ")"
+                write_atomic(out_path, lambda tmp: con.execute(f"COPY kept TO ? {fmt}", [str(tmp)]))
+                if with_embeddings:
+                    exported = _embeddings_beside(ws_path, con, out_path)
         placed = Placed()
         if copy_to is not None or link_to is not None:
             rows = con.execute("SELECT id, path, label FROM kept ORDER BY id").fetchall()
             placed = place_files(rows, Path(copy_to or link_to), link=link_to is not None,
                                  by_label=not spec.unmatched, clean=clean)
         return FilterResult(kept, total, out_path, placed.done, placed.missing, _inexact(con, spec, st),
-                            _unscored(con), placed.removed, placed.others, placed.earlier)
+                            _unscored(con), placed.removed, placed.others, placed.earlier, exported)
     finally:
         con.close()
+
+
+def _provenance(con: duckdb.DuckDBPyConnection, spec: FilterSpec, st: dict, command: str | None) -> dict[str, str]:
+    """What made this subset, for the parquet metadata and a webdataset's curate.json."""
+    name = spec.classification or registry.active(con)
+    if spec.calibrated:
+        cal = calibrated.load(con)
+        thresholds = {"calibrated": cal.thresholds, "temperature": cal.temperature,
+                      "target_precision": cal.target_precision, "unmatched": spec.unmatched}
+    else:
+        thresholds = {"min_prob": spec.min_prob, "unmatched": spec.unmatched}
+        if spec.mode == "ensemble":
+            thresholds |= {"text_weight": spec.text_weight, "text_min": spec.text_min,
+                           "image_min": spec.image_min, "image_max": spec.image_max,
+                           "renormalize": spec.renormalize}
+    return exports.provenance(con, st, mode=spec.sql_mode(st), classification=name, thresholds=thresholds,
+                              command=command or "")
+
+
+def _runner_up(con: duckdb.DuckDBPyConnection, spec: FilterSpec, st: dict) -> str:
+    """A TEMP table (id, label2, prob2): each kept row's second label under the rule that kept it."""
+    if spec.calibrated:
+        con.execute("CREATE OR REPLACE TEMP TABLE runner_up AS SELECT id, label2, prob2 FROM calibrated_predictions "
+                    "WHERE id IN (SELECT id FROM kept)")
+    else:
+        con.execute(f"CREATE OR REPLACE TEMP TABLE runner_up AS SELECT id, label2, prob2 "
+                    f"FROM subset_predictions{SUBSET_CALL} WHERE id IN (SELECT id FROM kept)", spec.params(st))
+    return "runner_up"
+
+
+def _embeddings_beside(ws_path: str | Path, con: duckdb.DuckDBPyConnection, out: Path) -> exports.Exported:
+    """The kept rows' vectors beside `out` (x.image.npy, x.caption.npy), each whole or absent."""
+    ids = np.asarray([r[0] for r in con.execute("SELECT id FROM kept ORDER BY id").fetchall()], dtype=np.int64)
+    res = exports.Exported()
+    for kind, path in exports.embedding_paths(out).items():
+        write_atomic(path, lambda tmp, kind=kind: exports.write_embeddings(ws_path, con, ids, {kind: tmp}))
+        res.embeddings.append(path)
+    return res
 
 
 def describe_where(where: tuple[tuple[str, str], ...]) -> str:

@@ -7,8 +7,9 @@ from pathlib import Path
 import click
 
 from .. import api
+from ..classify.exports import SHARD_SIZE, shard_pattern
 from ..classify.scoring import ENSEMBLE_TEXT_MIN, ENSEMBLE_TEXT_WEIGHT
-from ..classify.subsets import FORMATS, MODES, FilterError, parse_where
+from ..classify.subsets import FORMAT_NAMES, FORMATS, MODES, FilterError, parse_where
 from ..core.textout import echo, safe
 from ..errors import PartialResult
 from . import options
@@ -41,7 +42,15 @@ from .shared import note_pending, note_random_weights
               help="Keep one image per near-duplicate group found by `curate dedup` (its representative when "
                    "selected, else the group's best-scoring one); with --unmatched: the ones it leaves out.")
 @click.option("--out", "out", type=click.Path(path_type=Path), default=None,
-              help=f"Output file (not a folder); format by extension ({', '.join(FORMATS)}).")
+              help=f"Output file; format by extension ({', '.join(FORMATS)}); with --format webdataset a folder.")
+@click.option("--format", "fmt", type=click.Choice(list(FORMAT_NAMES)), default=None,
+              help="Output format instead of the extension's; webdataset: tar shards ({id}.jpg, .txt, .json) "
+                   "in the --out folder.")
+@click.option("--shard-size", type=click.IntRange(1), default=SHARD_SIZE, show_default=True,
+              help="webdataset: samples per tar shard.")
+@click.option("--with-embeddings", is_flag=True,
+              help="Also write the kept rows' image and caption embeddings beside --out, aligned to its rows "
+                   "(<out>.image.npy, <out>.caption.npy; in a webdataset folder image.npy, caption.npy, ids.npy).")
 @click.option("--copy-to", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Copy the kept images here, one folder per label.")
 @click.option("--link-to", type=click.Path(file_okay=False, path_type=Path), default=None,
@@ -51,7 +60,8 @@ from .shared import note_pending, note_random_weights
                    "(listed in its .curate-files); other files are never touched.")
 def filter_cmd(ws_path: Path, classification: str | None, labels: tuple[str, ...], min_prob: float, mode: str, unmatched: bool,
                text_weight: float, text_min: float, image_max: float, calibrated: bool, where: tuple[str, ...],
-               dedup: bool, out: Path | None, copy_to: Path | None, link_to: Path | None, clean: bool) -> None:
+               dedup: bool, out: Path | None, fmt: str | None, shard_size: int, with_embeddings: bool,
+               copy_to: Path | None, link_to: Path | None, clean: bool) -> None:
     """Cut a labelled subset (or what cleaning drops) out of a classified workspace."""
     pairs = parse_where(where)  # a bad --where is refused before anything is said
     if clean and not (copy_to or link_to):
@@ -60,9 +70,18 @@ def filter_cmd(ws_path: Path, classification: str | None, labels: tuple[str, ...
     f = api.filter(ws_path, labels=labels, min_prob=min_prob, mode=mode, unmatched=unmatched,
                    text_weight=text_weight, text_min=text_min, image_max=image_max, calibrated=calibrated,
                    where=pairs, out=out, copy_to=copy_to, link_to=link_to, clean=clean,
-                   classification=classification, dedup=dedup)
+                   classification=classification, dedup=dedup, format=fmt, shard_size=shard_size,
+                   with_embeddings=with_embeddings)
     r = f.result
     echo(safe(f.summary()))
+    x = r.exported
+    if x is not None and x.shards:
+        echo(safe(f"wrote {x.samples:,} samples in {len(x.shards):,} shards ({x.bytes / 1e6:,.1f} MB): "
+                  f"{shard_pattern(x.shards)}" + (f" ({x.missing:,} missing at their path)" if x.missing else "")))
+    elif x is not None and fmt == "webdataset":
+        echo(safe(f"wrote no shards to {out}" + (f" ({x.missing:,} missing at their path)" if x.missing else "")))
+    if x is not None and x.embeddings:
+        echo(safe(f"embeddings: {', '.join(str(p) for p in x.embeddings)}"))
     if copy_to or link_to:
         folder = copy_to or link_to
         if r.removed:
