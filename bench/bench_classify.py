@@ -335,6 +335,8 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=1_000_000)
     ap.add_argument("--dim", type=int, default=512)
     ap.add_argument("--top-k", type=int, default=10)
+    ap.add_argument("--keep", action="store_true",
+                    help="Keep the workspace in bench/work for the next run (it is GBs at 1M): removed by default.")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--ws", type=Path, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -401,6 +403,8 @@ def main() -> None:
     full_matrix_mb = args.n * 205 * 8 / 2**20
     record(f, "classify.full_score_matrix_mb", full_matrix_mb, "MiB", res["classify"]["peak_mb"] / full_matrix_mb,
            "float64 [n, 205] of one kind (never held): ratio = classify peak / it")
+    if not args.keep:
+        shutil.rmtree(ws, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -27,14 +27,12 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import WORK, record  # noqa: E402
+from common import WORK, record, vector_workspace  # noqa: E402
 
 THRESHOLD = 0.94
 
 
 def make_workspace(ws_dir: Path, n: int, dim: int, groups: int, seed: int = 0) -> None:
-    from curate.core import store
-    from curate.core.workspace import ModelIdentity, Workspace
 
     rng = np.random.default_rng(seed)
     centres = rng.standard_normal((max(16, n // 200), dim), dtype=np.float32)
@@ -52,17 +50,7 @@ def make_workspace(ws_dir: Path, n: int, dim: int, groups: int, seed: int = 0) -
         v[r] = v[r[0]] + rng.standard_normal((size, dim), dtype=np.float32) * (0.1 / np.sqrt(dim))
         label[r] = g
     v /= np.linalg.norm(v, axis=1, keepdims=True)
-    shutil.rmtree(ws_dir, ignore_errors=True)
-    ws = Workspace(ws_dir)
-    con = ws.connect()
-    ident = ModelIdentity("ViT-B-32", "laion2b_s34b_b79k", dim, False)
-    Workspace.bind_model(con, ident)
-    run = Workspace.start_run(con, "bench", "synthetic clusters", ident, "cpu")
-    for s in range(0, n, 100_000):
-        part = store.next_part(con, "image")
-        store.record_shard(con, "image", part, store.write_shard(ws, "image", part, np.arange(s, min(n, s + 100_000)),
-                                                                 v[s:s + 100_000]), len(v[s:s + 100_000]), run)
-    con.close()
+    vector_workspace(ws_dir, (v[s:s + 100_000] for s in range(0, n, 100_000)), dim)
     np.save(ws_dir / "planted.npy", label)
 
 

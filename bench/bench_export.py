@@ -27,7 +27,7 @@ import numpy as np
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import WORK, peak_rss_mb, record  # noqa: E402
+from common import WORK, peak_rss_mb, record, synthetic_picture  # noqa: E402
 
 from curate.classify.exports import write_webdataset  # noqa: E402
 
@@ -35,14 +35,8 @@ FILE = "export.jsonl"
 
 
 def jpeg_bytes(seed: int, size: tuple[int, int] = (160, 120)) -> bytes:
-    rng = np.random.default_rng(seed)
-    w, h = size
-    yy, xx = np.mgrid[0:h, 0:w]
-    base = np.stack([(xx * (1 + seed % 5) + yy) % 256, (yy * (2 + seed % 3)) % 256,
-                     (xx + yy * (seed % 7)) % 256], axis=-1).astype(np.float64)
-    img = np.clip(base + rng.normal(0, 20, base.shape), 0, 255).astype(np.uint8)
     buf = io.BytesIO()
-    Image.fromarray(img, "RGB").save(buf, "JPEG", quality=85)
+    Image.fromarray(synthetic_picture(size, seed), "RGB").save(buf, "JPEG", quality=85)
     return buf.getvalue()
 
 

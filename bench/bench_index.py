@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import WORK, machine, record  # noqa: E402
+from common import WORK, machine, record, vector_workspace  # noqa: E402
 
 HELD_OUT = 1000
 
@@ -40,25 +40,11 @@ def clustered(n: int, dim: int, seed: int, centres: np.ndarray, spread: float = 
 
 
 def make_workspace(ws_dir: Path, n: int, dim: int) -> None:
-    from curate.core import store
-    from curate.core.workspace import ModelIdentity, Workspace
-
     rng = np.random.default_rng(0)
     centres = rng.standard_normal((max(16, n // 200), dim), dtype=np.float32)
     centres /= np.linalg.norm(centres, axis=1, keepdims=True)
-    shutil.rmtree(ws_dir, ignore_errors=True)
-    ws = Workspace(ws_dir)
-    con = ws.connect()
-    ident = ModelIdentity("ViT-B-32", "laion2b_s34b_b79k", dim, False)
-    Workspace.bind_model(con, ident)
-    run = Workspace.start_run(con, "bench", "synthetic clusters", ident, "cpu")
     shard = 100_000
-    for s in range(0, n, shard):
-        v = clustered(min(shard, n - s), dim, 1 + s, centres)
-        part = store.next_part(con, "image")
-        store.record_shard(con, "image", part, store.write_shard(ws, "image", part, np.arange(s, s + len(v)), v),
-                           len(v), run)
-    con.close()
+    vector_workspace(ws_dir, (clustered(min(shard, n - s), dim, 1 + s, centres) for s in range(0, n, shard)), dim)
     queries = clustered(HELD_OUT, dim, 10**6, centres)
     np.save(ws_dir / "queries.npy", queries)
     all_v = np.concatenate([np.load(f) for f in sorted((ws_dir / "embeddings" / "image").glob("part-*[0-9].npy"))])

@@ -51,13 +51,7 @@ def record(file: str, name: str, value: float, unit: str, ratio: float | None = 
 
 def write_jpeg(path: Path, size: tuple[int, int], seed: int) -> None:
     """tests/conftest.write_jpeg's picture: gradients plus noise, different for each seed."""
-    rng = np.random.default_rng(seed)
-    w, h = size
-    yy, xx = np.mgrid[0:h, 0:w]
-    base = np.stack([(xx * (1 + seed % 5) + yy) % 256, (yy * (2 + seed % 3)) % 256,
-                     (xx + yy * (seed % 7)) % 256], axis=-1).astype(np.float64)
-    img = np.clip(base + rng.normal(0, 20, base.shape), 0, 255).astype(np.uint8)
-    Image.fromarray(img, "RGB").save(path, "JPEG", quality=90)
+    Image.fromarray(common.synthetic_picture(size, seed), "RGB").save(path, "JPEG", quality=90)
 
 
 def embed_images(enc: Encoder, x: torch.Tensor, bs: int) -> tuple[np.ndarray, float]:

@@ -50,3 +50,41 @@ def record(file: str, name: str, value: float, unit: str, ratio: float | None = 
     r = "" if ratio is None else f"   ratio {ratio:.3f} vs {baseline}"
     print(f"{name:<40} {value:>12.3f} {unit:<8}{r}", flush=True)
     return row
+
+
+def synthetic_picture(size: tuple[int, int], seed: int):
+    """tests/conftest.write_jpeg's picture as an RGB array: gradients plus noise, one per seed."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    w, h = size
+    yy, xx = np.mgrid[0:h, 0:w]
+    base = np.stack([(xx * (1 + seed % 5) + yy) % 256, (yy * (2 + seed % 3)) % 256,
+                     (xx + yy * (seed % 7)) % 256], axis=-1).astype(np.float64)
+    return np.clip(base + rng.normal(0, 20, base.shape), 0, 255).astype(np.uint8)
+
+
+def vector_workspace(ws_dir: Path, chunks, dim: int) -> None:
+    """A fresh workspace at ws_dir whose image shards are `chunks` (float32 [m, dim] each, ids
+    counting from 0), recorded as one run of a ViT-B-32-sized model: what the index and dedup
+    benches search."""
+    import shutil
+
+    import numpy as np
+
+    from curate.core import store
+    from curate.core.workspace import ModelIdentity, Workspace
+
+    shutil.rmtree(ws_dir, ignore_errors=True)
+    ws = Workspace(ws_dir)
+    con = ws.connect()
+    ident = ModelIdentity("ViT-B-32", "laion2b_s34b_b79k", dim, False)
+    Workspace.bind_model(con, ident)
+    run = Workspace.start_run(con, "bench", "synthetic clusters", ident, "cpu")
+    start = 0
+    for v in chunks:
+        part = store.next_part(con, "image")
+        ids = np.arange(start, start + len(v))
+        store.record_shard(con, "image", part, store.write_shard(ws, "image", part, ids, v), len(v), run)
+        start += len(v)
+    con.close()
