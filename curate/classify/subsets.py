@@ -136,7 +136,7 @@ def open_scored(ws_path: str | Path, classification: str | None = None) -> duckd
         registry.select(con, classification)
         state.require_complete(con, f"the workspace {ws.root}")
         # (item_extras comes with any read-write connect of this version: classify makes both)
-        if not _has_macro(con, "subset") or not sql.has_relation(con, "item_extras"):
+        if not sql.has_macro(con, "subset") or not sql.has_relation(con, "item_extras"):
             raise state.NotReady(f"the workspace {ws.root} has no views yet: run `curate classify` first")
     except BaseException:
         con.close()
@@ -502,8 +502,3 @@ def _inexact(con: duckdb.DuckDBPyConnection, spec: FilterSpec, st: dict) -> int:
 def _unscored(con: duckdb.DuckDBPyConnection) -> int:
     return con.execute("SELECT (SELECT count(*) FROM items WHERE status = 'embedded') - "
                        "(SELECT count(*) FROM item_scores WHERE image_label IS NOT NULL)").fetchall()[0][0]
-
-
-def _has_macro(con: duckdb.DuckDBPyConnection, name: str) -> bool:
-    return con.execute("SELECT count(*) FROM duckdb_functions() WHERE function_name = ? AND NOT internal",
-                       [name]).fetchall()[0][0] > 0
