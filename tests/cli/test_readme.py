@@ -48,8 +48,6 @@ def test_readme_demo_block_is_the_real_output(tmp_path):
     for args in commands:
         r = subprocess.run([sys.executable, "-m", "curate.cli", *args], cwd=tmp_path, capture_output=True,
                            text=True, env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin",
-                                           # precision auto = bf16, as on the machines the README was run on
-                                           "CURATE_NATIVE_BF16": "1",
                                            "HOME": str(tmp_path), "PYTHONPATH": str(REPO)})
         assert r.returncode == 0, r.stderr
         got += r.stderr + r.stdout

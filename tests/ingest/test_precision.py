@@ -41,8 +41,8 @@ def test_native_bf16_reads_the_cpu_flags_and_the_override(tmp_path, monkeypatch)
 def test_auto_and_the_mixing_rule(monkeypatch):
     monkeypatch.setenv(precision.NATIVE_BF16_ENV, "1")
     assert precision.resolve("auto", "cuda:1", []) == "fp16"
-    assert precision.resolve("auto", "cpu", []) == "bf16"
-    assert precision.resolve("auto", "cpu", ["bf16"]) == "bf16"
+    assert precision.resolve("auto", "cpu", []) == "fp32"                   # autocast bf16 measured no faster
+    assert precision.resolve("auto", "cpu", ["bf16"]) == "fp32"
     assert precision.resolve("auto", "cpu", ["fp32"]) == "fp32"              # an all-fp32 workspace stays exact
     assert precision.resolve("auto", "cuda", ["fp32"]) == "fp32"
     for asked in ("fp32", "bf16", "fp16"):                                   # reduced workspaces take any
@@ -117,9 +117,9 @@ def test_build_index_records_bf16_mixes_fp32_in_and_classify_follows(tmp_path, m
     assert "precision fp32 (the workspace holds bf16+fp32)" in r.output
     assert _runs(ws) == (["bf16", "fp32"], ["bf16", "fp32"])
 
-    monkeypatch.setenv(precision.NATIVE_BF16_ENV, "1")                       # auto is bf16 on this "CPU"
+    monkeypatch.setenv(precision.NATIVE_BF16_ENV, "1")                       # native bf16: auto is still fp32
     r = run_cli("classify", "-w", ws)
-    assert "precision: vectors bf16+fp32, labels bf16)" in r.output
+    assert "precision: vectors bf16+fp32, labels fp32)" in r.output
     con = duckdb.connect(str(ws / "curate.duckdb"), read_only=True)
     try:
         keys = con.execute("SELECT cache_key FROM label_vector_sets").fetchall()
