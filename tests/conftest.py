@@ -96,3 +96,18 @@ def built_workspace(tmp_path_factory) -> Path:
     run_cli("build-index", root / "photos", "-w", ws, "--model", "curate-tiny", "--pretrained", "none",
             "--workers", "0")
     return ws
+
+
+@pytest.fixture(scope="module")
+def classified(built_workspace, tmp_path_factory, tiny_encoder) -> Path:
+    """The shared built workspace, classified with a sharp softmax (probabilities spread over
+    0..1); one per test module, read only there (tests that write copy it). Modules that need
+    another classification define their own `classified`."""
+    import shutil
+
+    from curate.classify.run import classify
+
+    ws = tmp_path_factory.mktemp("classified") / "ws"
+    shutil.copytree(built_workspace, ws)
+    classify(ws, encoder=tiny_encoder, logit_scale=60.0)
+    return ws

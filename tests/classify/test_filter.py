@@ -18,15 +18,6 @@ from curate.classify.subsets import FilterSpec, safe_name, write_subset
 from curate.core.workspace import Workspace
 
 
-@pytest.fixture(scope="module")
-def classified(built_workspace, tmp_path_factory, tiny_encoder) -> Path:
-    """The shared built workspace, classified with a sharp softmax (probabilities spread over 0..1)."""
-    ws = tmp_path_factory.mktemp("classified") / "ws"
-    shutil.copytree(built_workspace, ws)
-    classify(ws, encoder=tiny_encoder, logit_scale=60.0)
-    return ws
-
-
 @pytest.fixture
 def ws(classified, tmp_path) -> Path:
     dst = tmp_path / "ws"

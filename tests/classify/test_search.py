@@ -15,7 +15,6 @@ import numpy as np
 import pytest
 from conftest import run_cli, write_jpeg
 
-from curate.classify.run import classify
 from curate.classify.search import Hit, encode_image_file, search, search_images
 from curate.commands.search import CAPTION_CELLS, table
 from curate.core import store
@@ -23,15 +22,6 @@ from curate.core.termwidth import clip, pad, width
 from curate.core.workspace import Workspace
 
 COLUMNS = ["rank", "id", "score", "label", "prob", "path", "caption"]
-
-
-@pytest.fixture(scope="module")
-def classified(built_workspace, tmp_path_factory, tiny_encoder) -> Path:
-    """The shared built workspace, classified (read only here: the tests copy it to write)."""
-    ws = tmp_path_factory.mktemp("searched") / "ws"
-    shutil.copytree(built_workspace, ws)
-    classify(ws, encoder=tiny_encoder, logit_scale=60.0)
-    return ws
 
 
 def brute_force(ws_path: Path, kind: str, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
