@@ -116,7 +116,7 @@ def build_index(source: str | Path, workspace: str | Path = "ws", *, model: str 
                 infer_types: bool = False, recheck: str = "stat", retry_rejected: bool = False,
                 repair: bool = False, precision: str = "auto", quiet: bool | None = None,
                 log: Callable[[str], None] = _stderr, target_recall: float = 0.95,
-                max_index_memory: str | int | None = None) -> BuildResult:
+                max_index_memory: str | int | None = None, decode: str = "cpu") -> BuildResult:
     """Ingest `source` and embed it once into FAISS indexes and a DuckDB workspace.
 
     The options are `curate build-index`'s (`index` is its --index recipe, chosen within
@@ -124,7 +124,8 @@ def build_index(source: str | Path, workspace: str | Path = "ws", *, model: str 
     again adds only new items; a killed run resumes where it stopped. `log` hears the one
     warning that is not an error (the fallback model's random weights). `precision`: auto
     (fp16 on CUDA, bf16 on a CPU with native bf16, else fp32; a workspace that is all fp32
-    stays fp32), fp32, bf16 or fp16.
+    stays fp32), fp32, bf16 or fp16. `decode`: cpu (Pillow in the loader workers) or gpu (JPEGs
+    decoded and preprocessed on the CUDA device, curate/ingest/device_decode.py).
     """
     # torch and faiss load here, not at import: `curate --help` and the other commands start without them
     from .ingest import faiss_index
@@ -158,6 +159,7 @@ def build_index(source: str | Path, workspace: str | Path = "ws", *, model: str 
     model = model or (have.model if have else DEFAULT_MODEL)
     pretrained = pretrained or (have.pretrained if have else DEFAULT_PRETRAINED)
     device = pick_device(device)
+    _check_decode(decode, device, draft_decode)
     used = precision_rules.resolve(precision, device, have_precisions)
 
     if src.kind == "clip-retrieval":
@@ -166,6 +168,10 @@ def build_index(source: str | Path, workspace: str | Path = "ws", *, model: str 
     else:
         enc = _load(model, pretrained, device, fallback_model, log, used)
         ident = enc.identity
+        if decode == "gpu":
+            from .ingest.device_decode import check_ready
+
+            check_ready(enc.preprocess, enc.image_size, device)
     if have is not None:
         check_same_model(have, ident)
     if src.kind in ("folder", "tree") and not _has_images(src.root):
@@ -205,12 +211,13 @@ def build_index(source: str | Path, workspace: str | Path = "ws", *, model: str 
             todo = con.execute("SELECT count(*) FROM items WHERE status = 'pending'").fetchall()[0][0]
             todo = min(todo, limit) if limit else todo
             con.execute("UPDATE runs SET decode = ?, precision = ? WHERE run_id = ?",
-                        ["draft" if draft_decode else "exact", used, run_id])
+                        ["gpu" if decode == "gpu" else "draft" if draft_decode else "exact", used, run_id])
             if todo:
                 have_precisions = precision_rules.record(con, used)
             opts = EmbedOptions(shard_size=shard_size, max_pixels=max_pixels, limit=limit, draft_decode=draft_decode,
                                 batch_size=batch_size or (256 if device.startswith("cuda") else 64),
-                                workers=-1 if workers is None else workers, hash_files=recheck == "hash")
+                                workers=-1 if workers is None else workers, hash_files=recheck == "hash",
+                                decode=decode)
             with Progress("embed", todo, "image", enabled=on) as bar:
                 embed_pending(ws, con, enc, run_id, opts, bar.update)
         built = []
@@ -242,6 +249,22 @@ def build_index(source: str | Path, workspace: str | Path = "ws", *, model: str 
                        precision=used, workspace_precisions=have_precisions,
                        not_taken=scan.not_taken if scan else 0, other_files=scan.other_files if scan else 0,
                        notes=list(scan.notes) if scan else [], repairs=repairs)
+
+
+def _check_decode(decode: str, device: str, draft_decode: bool) -> None:
+    """--decode gpu decodes on the model's device: it needs a CUDA one, and has no draft mode."""
+    if decode not in ("cpu", "gpu"):
+        raise InputError(f"--decode {decode}: give cpu or gpu")
+    if decode != "gpu":
+        return
+    if not device.startswith("cuda"):
+        import torch
+
+        why = "torch here sees no CUDA device" if not torch.cuda.is_available() else f"--device is {device}"
+        raise InputError(f"--decode gpu decodes JPEGs on the model's CUDA device, but {why}; use --decode cpu")
+    if draft_decode:
+        raise InputError("--draft-decode is the CPU decoder's reduced-scale mode; it does not combine with "
+                         "--decode gpu (which decodes at full size on the device)")
 
 
 def _load(model: str, pretrained: str, device: str, fallback: str | None, log: Callable[[str], None],

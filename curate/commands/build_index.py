@@ -50,6 +50,10 @@ from .options import wait_option
 @click.option("--draft-decode", is_flag=True,
               help="Decode large JPEGs at reduced scale: faster for decode-bound GPU runs, but the vectors "
                    "differ slightly from open_clip's own preprocessing (see README).")
+@click.option("--decode", type=click.Choice(("cpu", "gpu")), default="cpu", show_default=True,
+              help="Where JPEGs are decoded: cpu (Pillow, in the loader workers) or gpu (torchvision on the CUDA "
+                   "device, with the resize and crop there: for decode-bound GPU runs; other formats stay on "
+                   "the CPU; see README).")
 @click.option("--limit", type=click.IntRange(1), default=None, help="Embed at most this many pending items.")
 @click.option("--strict", is_flag=True, help="Exit with status 3 if any item was rejected.")
 @click.option("--infer-types", is_flag=True,
@@ -64,7 +68,7 @@ def build_index(source: Path, ws_path: Path, model: str | None, pretrained: str 
                 captions_dir: Path | None, recipe: str, device: str, batch_size: int | None, workers: int | None,
                 shard_size: int, max_pixels: int, draft_decode: bool, limit: int | None, strict: bool,
                 infer_types: bool, recheck: str, retry_rejected: bool, repair: bool, target_recall: float,
-                max_index_memory: str | None, precision: str) -> None:
+                max_index_memory: str | None, precision: str, decode: str) -> None:
     """Ingest SOURCE and embed it once into FAISS indexes and a DuckDB workspace.
 
     SOURCE is a folder of images (captions as same-name .txt files beside them), an
@@ -78,7 +82,7 @@ def build_index(source: Path, ws_path: Path, model: str | None, pretrained: str 
                         workers=workers, shard_size=shard_size, max_pixels=max_pixels, draft_decode=draft_decode,
                         limit=limit, infer_types=infer_types, recheck=recheck, retry_rejected=retry_rejected,
                         repair=repair, precision=precision, log=lambda line: click.echo(line, err=True),
-                        target_recall=target_recall, max_index_memory=max_index_memory)
+                        target_recall=target_recall, max_index_memory=max_index_memory, decode=decode)
     counts, by_stage, n_rej, ident = r.items, r.rejected, r.n_rejected, r.model
     not_taken = ""
     if r.not_taken or r.other_files:

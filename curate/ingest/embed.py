@@ -25,7 +25,9 @@ from torch.utils.data import DataLoader, Dataset, get_worker_info
 from ..core import store
 from ..core.workspace import Workspace
 from . import recheck
-from .images import DEFAULT_MAX_PIXELS, BadImage, ResizeRule, open_rgb, resize_rule
+from .device_decode import DeviceDecoder, Pending
+from .images import DEFAULT_MAX_PIXELS, BadImage, ResizeRule, open_rgb, read_jpeg, resize_rule
+from .images import decode_bytes as _decode_bytes
 from .model import Encoder
 
 # Pending items are fetched from the database this many at a time, so memory stays
@@ -43,6 +45,7 @@ class EmbedOptions:
     limit: int | None = None        # stop after this many items (smoke runs, benchmarks)
     draft_decode: bool = False      # reduced-scale JPEG decoding: faster, vectors differ slightly
     hash_files: bool = False        # also record a content hash of each file (--recheck hash)
+    decode: str = "cpu"             # cpu: Pillow in the workers; gpu: JPEGs decoded on the model's device
 
     def n_workers(self) -> int:
         if self.workers >= 0:
@@ -61,9 +64,10 @@ class _ItemImages(Dataset):
     """Worker side: decode + preprocess one image; never raises for a bad file."""
 
     def __init__(self, ids: np.ndarray, paths: list[str], preprocess, resize: ResizeRule, max_pixels: int,
-                 draft: bool = False, hash_files: bool = False):
+                 draft: bool = False, hash_files: bool = False, jpeg_bytes: bool = False):
         self.ids, self.paths, self.preprocess = ids, paths, preprocess
         self.resize, self.max_pixels, self.draft = resize, max_pixels, draft
+        self.jpeg_bytes = jpeg_bytes  # --decode gpu: JPEGs leave as checked bytes, decoded in the main process
         self.hash_files = hash_files
         self.kill_path = os.environ.get(FAULT_KILL_WORKER_ENV) or None
 
@@ -78,7 +82,13 @@ class _ItemImages(Dataset):
         # recheck sees a newer mtime and embeds it again (never the other way round).
         seen = recheck.file_state(path, self.hash_files)
         try:
-            im = open_rgb(path, max_pixels=self.max_pixels, resize=self.resize, draft=self.draft)
+            if self.jpeg_bytes:
+                read = read_jpeg(path, max_pixels=self.max_pixels, resize=self.resize)
+                if not isinstance(read, bytes):
+                    return int(self.ids[i]), read, None, seen
+                im = _decode_bytes(read, self.max_pixels, self.resize)
+            else:
+                im = open_rgb(path, max_pixels=self.max_pixels, resize=self.resize, draft=self.draft)
             return int(self.ids[i]), self.preprocess(im), None, seen
         except BadImage as e:
             return int(self.ids[i]), None, str(e), seen
@@ -90,7 +100,10 @@ def _collate(batch):
     ok = [(i, t) for i, t, err, _ in batch if err is None]
     bad = [(i, err) for i, _, err, _ in batch if err is not None]
     ids = np.array([i for i, _ in ok], dtype=np.int64)
-    x = torch.stack([t for _, t in ok]) if ok else None
+    x = None
+    if ok:  # tensors from Pillow, or with --decode gpu a Pending batch of JPEG bytes
+        x = torch.stack([t for _, t in ok]) if all(isinstance(t, torch.Tensor) for _, t in ok) else \
+            Pending.collate([t for _, t in ok])
     seen = [(i, *st) for i, _, _, st in batch]
     return ids, x, bad, seen
 
@@ -183,6 +196,9 @@ class _ChunkLoader:
     def __init__(self, ids: np.ndarray, paths: list[str], enc: Encoder, opts: EmbedOptions):
         self.ids, self.paths, self.enc, self.opts = ids, paths, enc, opts
         self.resize = resize_rule(enc.preprocess, enc.image_size)
+        self.decoder = None
+        if opts.decode == "gpu":
+            self.decoder = DeviceDecoder(enc.preprocess, enc.image_size, enc.device, opts.max_pixels)
         nw = opts.n_workers()
         # (batch size, workers, prefetch factor) per level of recovery
         self.levels = [(opts.batch_size, nw, self.PREFETCH)]
@@ -192,12 +208,22 @@ class _ChunkLoader:
             self.levels.append((1, 1, 1))
 
     def __iter__(self) -> Iterator:
-        return self._load(0, len(self.ids), 0)
+        if self.decoder is None:
+            return self._load(0, len(self.ids), 0)
+        return self._on_device(self._load(0, len(self.ids), 0))
+
+    def _on_device(self, batches: Iterator) -> Iterator:
+        for ids, x, bad, seen in batches:
+            if isinstance(x, Pending):
+                ids, x, more = self.decoder(ids, x)
+                bad = bad + more
+            yield ids, x, bad, seen
 
     def _loader(self, lo: int, hi: int, level: int) -> DataLoader:
         bs, nw, pf = self.levels[level]
         ds = _ItemImages(self.ids[lo:hi], self.paths[lo:hi], self.enc.preprocess, self.resize,
-                         self.opts.max_pixels, self.opts.draft_decode, self.opts.hash_files)
+                         self.opts.max_pixels, self.opts.draft_decode, self.opts.hash_files,
+                         jpeg_bytes=self.decoder is not None)
         return DataLoader(ds, batch_size=bs, num_workers=nw, collate_fn=_collate,
                           prefetch_factor=pf if nw > 0 else None, persistent_workers=False,
                           pin_memory=self.enc.device.startswith("cuda"))
@@ -240,7 +266,7 @@ class _ChunkLoader:
         seen: list[tuple] = []
 
         def group():
-            return ((np.concatenate(ids) if ids else np.zeros(0, np.int64)), (torch.cat(xs) if xs else None), bad,
+            return ((np.concatenate(ids) if ids else np.zeros(0, np.int64)), (_cat(xs) if xs else None), bad,
                     seen)
 
         try:
@@ -259,6 +285,14 @@ class _ChunkLoader:
             raise
         if ids or bad:
             yield group()
+
+
+def _cat(xs: list) -> torch.Tensor | Pending:
+    """Batches joined: Pillow's tensors, or --decode gpu's Pending batches (a mix becomes Pending)."""
+    if all(isinstance(x, torch.Tensor) for x in xs):
+        return torch.cat(xs)
+    parts = [x if isinstance(x, Pending) else Pending.collate(list(x)) for x in xs]
+    return Pending.cat(parts)
 
 
 class _Pending:

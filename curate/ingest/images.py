@@ -9,10 +9,13 @@ with a reason a person understands.
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import io
 import os
 import stat
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from types import SimpleNamespace
 
@@ -175,6 +178,67 @@ def _orientation(im: Image.Image) -> int:
 
 
 def _decode(f, max_pixels: int, resize: ResizeRule | None, draft: bool) -> Image.Image:
+    with _checked(f, max_pixels, resize) as (im, out):
+        if getattr(im, "is_animated", False):
+            im.seek(0)  # the first frame stands for an animation
+        w, h = im.size
+        if draft and out is not None and im.format == "JPEG" and w >= 2 * out[0] and h >= 2 * out[1]:
+            im.draft("RGB", out)
+        im.load()
+        # After load: Pillow applies a TIFF's orientation itself while loading and drops the tag.
+        if _orientation(im) != 1:
+            im = ImageOps.exif_transpose(im)
+        return to_rgb(im)
+
+
+def decode_bytes(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, resize: ResizeRule | None = None) -> Image.Image:
+    """open_rgb for a file already read into memory (the GPU path's fallback): the same image or reason."""
+    return _decode(io.BytesIO(data), max_pixels, resize, False)
+
+
+@dataclass(frozen=True)
+class JpegFile:
+    """A JPEG that passed the header checks, for a decoder elsewhere (`--decode gpu`)."""
+
+    data: bytes
+    orientation: int            # EXIF orientation, 1..8, applied after decoding
+    size: tuple[int, int]       # (width, height) as stored, before the orientation
+
+
+def read_jpeg(path: str, max_pixels: int = DEFAULT_MAX_PIXELS,
+              resize: ResizeRule | None = None) -> JpegFile | bytes:
+    """The file's bytes after the checks open_rgb makes before decoding (from the header alone).
+
+    A plain baseline or progressive JPEG (RGB or greyscale, ending in its end-of-image
+    marker) comes back as a JpegFile; anything else (another format, CMYK, a JPEG that does not
+    end where it should) as the raw bytes, for decode_bytes: a file the GPU decoder might read
+    differently from Pillow is decoded by Pillow. Bad files raise BadImage with open_rgb's reason.
+    """
+    f = _open_file(path)
+    with f:
+        try:
+            data = f.read()
+        except OSError as e:
+            raise BadImage(os_reason(e)) from None
+    with _checked(io.BytesIO(data), max_pixels, resize) as (im, _out):
+        # Pillow's CMYK conversion, truncated files (Pillow refuses them, a GPU decoder may
+        # fill them with grey) and MPO's extra frames stay with Pillow.
+        if im.format != "JPEG" or im.mode not in ("RGB", "L") or not _ends_with_eoi(data):
+            return data
+        return JpegFile(data, _orientation(im), im.size)
+
+
+def _ends_with_eoi(data: bytes) -> bool:
+    """Whether the JPEG ends in its end-of-image marker (FF D9), allowing trailing padding."""
+    return data[-64:].rstrip(b"\0 \t\r\n").endswith(b"\xff\xd9")
+
+
+@contextlib.contextmanager
+def _checked(f, max_pixels: int, resize: ResizeRule | None) -> Iterator[tuple[Image.Image, tuple[int, int] | None]]:
+    """The image opened lazily (header only) and checked; any failure inside becomes a BadImage.
+
+    Yields (image, its size after the model's resize or None); nothing is decoded here.
+    """
     # Truncated files must fail, not decode as grey padding.
     ImageFile.LOAD_TRUNCATED_IMAGES = False
     # Our own size check (below, before any pixel is decoded) replaces Pillow's, so the
@@ -201,15 +265,7 @@ def _decode(f, max_pixels: int, resize: ResizeRule | None, draft: bool) -> Image
                         f"extreme aspect ratio ({w}x{h}, {ratio:.0f}:1): the model's resize ({resize.describe()}) "
                         f"would make it {out[0]}x{out[1]} = {out[0] * out[1] / 1e6:.0f}M pixels, "
                         f"limit {max_pixels / 1e6:.0f}M")
-            if getattr(im, "is_animated", False):
-                im.seek(0)  # the first frame stands for an animation
-            if draft and out is not None and im.format == "JPEG" and w >= 2 * out[0] and h >= 2 * out[1]:
-                im.draft("RGB", out)
-            im.load()
-            # After load: Pillow applies a TIFF's orientation itself while loading and drops the tag.
-            if _orientation(im) != 1:
-                im = ImageOps.exif_transpose(im)
-            return to_rgb(im)
+            yield im, out
     except BadImage:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
