@@ -6,7 +6,7 @@
 #                                 build-index --decode cpu and --decode gpu, FAISS IVF at 1M x 512
 #   bench/gpu_check.sh --dry      tiny sizes on the CPU: proves the script runs, measures nothing
 #
-# Python: the repository's .venv if it has torch, else python3 (the GPU machine's has torch and
+# Python: $PYTHON if set, else the repository's .venv if it has torch, else python3 (the GPU machine's has torch and
 # torchvision). What it lacks (open_clip, duckdb, faiss) is installed from wheels in .whl/ if that
 # folder exists (bench/gpu_wheels.sh fetches them on a machine with a registry); else it says
 # what is missing and the steps that need it fail alone. Figures: bench/results/gpu.jsonl, and
@@ -21,8 +21,10 @@ LOG="$OUT_DIR/gpu_check.log"
 : >"$LOG"
 say() { echo "$@" | tee -a "$LOG"; }
 
-PY=python3
-if [ -x .venv/bin/python ] && .venv/bin/python -c "import torch" 2>/dev/null; then PY=.venv/bin/python; fi
+PY=${PYTHON:-python3}
+if [ -z "${PYTHON:-}" ] && [ -x .venv/bin/python ] && .venv/bin/python -c "import torch" 2>/dev/null; then
+    PY=.venv/bin/python
+fi
 if [ -d .whl ] && ls .whl/*.whl >/dev/null 2>&1; then
     say "installing $(ls .whl/*.whl | wc -l) carried wheels into /tmp/site"
     $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
