@@ -129,6 +129,7 @@ class ActorPlan:
     num_gpus: float
     num_cpus: float
     threads: int       # torch threads in each actor
+    decode_cpus: float = 1.0  # what one decode task reserves
 
 
 def plan_actors(resources: dict[str, float], nodes: list[dict], device: str) -> ActorPlan:
@@ -137,12 +138,15 @@ def plan_actors(resources: dict[str, float], nodes: list[dict], device: str) -> 
     GPUs: one actor per GPU (num_gpus=1). CPUs only: one actor per node, reserving half of
     the smallest node's CPUs for the model and leaving the rest to the decode tasks (the
     local engine's split on one machine: the model's threads beside the decoding workers).
+    A one-CPU node is shared half and half, so that decoding still has room beside the model.
     """
     if device.startswith("cuda"):
         return ActorPlan(max(1, int(resources.get("GPU", 0))), 1, 1, 1)
-    cpus = [n.get("Resources", {}).get("CPU", 0) for n in nodes] or [resources.get("CPU", 1)]
-    per_node = max(1.0, min(c for c in cpus if c > 0) if any(c > 0 for c in cpus) else 1.0)
-    share = max(1, int(per_node // 2))
+    cpus = [c for c in (n.get("Resources", {}).get("CPU", 0) for n in nodes) if c > 0]
+    per_node = min(cpus) if cpus else max(1.0, resources.get("CPU", 1))
+    if per_node < 2:
+        return ActorPlan(max(1, len(nodes)), 0, 0.5, 1, decode_cpus=0.5)
+    share = int(per_node // 2)
     return ActorPlan(max(1, len(nodes)), 0, share, share)
 
 
@@ -230,7 +234,7 @@ def embed_pending_ray(ws: Workspace, con: duckdb.DuckDBPyConnection, session: Ra
     store.remove_orphans(ws, con)
     plan = plan_actors(session.resources(), session.nodes(), device)
     if actors:
-        plan = ActorPlan(actors, plan.num_gpus, plan.num_cpus, plan.threads)
+        plan = ActorPlan(actors, plan.num_gpus, plan.num_cpus, plan.threads, plan.decode_cpus)
     resize = resize_rule(preprocess, image_size)
     decode_kw = {"preprocess": preprocess, "resize": resize, "max_pixels": opts.max_pixels,
                  "draft": opts.draft_decode, "hash_files": opts.hash_files, "image_size": image_size}
@@ -245,7 +249,7 @@ def embed_pending_ray(ws: Workspace, con: duckdb.DuckDBPyConnection, session: Ra
         # Ray Data from fusing the decoding into the model actors (same resources would), where it
         # would run between forward passes instead of beside them.
         ds = ds.map_batches(decode_batch, fn_kwargs=decode_kw, batch_size=opts.batch_size, batch_format="numpy",
-                            num_cpus=1, memory=DECODE_BASE_BYTES + DECODE_BYTES_PER_IMAGE * opts.batch_size)
+                            num_cpus=plan.decode_cpus, memory=DECODE_BASE_BYTES + DECODE_BYTES_PER_IMAGE * opts.batch_size)
         ds = ds.map_batches(Embedder, fn_constructor_kwargs=actor_kw, batch_size=opts.batch_size,
                             batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=plan.actors),
                             num_gpus=plan.num_gpus, num_cpus=plan.num_cpus)

@@ -174,7 +174,7 @@ def test_actor_plan():
     gpu = plan_actors({"CPU": 24, "GPU": 3}, nodes, "cuda")
     assert (gpu.actors, gpu.num_gpus) == (3, 1)
     one = plan_actors({"CPU": 1}, [{"Resources": {"CPU": 1}}], "cpu")
-    assert (one.actors, one.num_cpus) == (1, 1)
+    assert (one.actors, one.num_cpus, one.decode_cpus) == (1, 0.5, 0.5), "a one-CPU node still decodes"
 
 
 def test_address_without_the_ray_engine(source, tmp_path):
