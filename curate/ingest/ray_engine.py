@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -47,7 +48,7 @@ import numpy as np
 
 from ..core import store
 from ..core.workspace import Workspace
-from ..errors import InputError, PartialResult
+from ..errors import CurateError, InputError, PartialResult
 from .embed import FETCH_CHUNK, EmbedOptions, Pending, caption_vectors, commit, decode_item
 from .images import resize_rule
 from .model import Encoder, load_encoder
@@ -260,6 +261,7 @@ def embed_pending_ray(ws: Workspace, con: duckdb.DuckDBPyConnection, session: Ra
     remaining = opts.limit
     pending = Pending()
     left_pending = 0
+    last_error = "items missing from the stream"
     while remaining is None or remaining > 0:
         n = FETCH_CHUNK if remaining is None else min(FETCH_CHUNK, remaining)
         rows = con.execute(
@@ -284,8 +286,12 @@ def embed_pending_ray(ws: Workspace, con: duckdb.DuckDBPyConnection, session: Ra
                     if gap:
                         break  # the rest is sent again, from the first item not received
             except Exception as e:  # noqa: BLE001 - a cluster failure: keep what arrived, send the rest again
+                ours = _curate_error(e)
+                if ours is not None:  # e.g. an actor could not load the model: the same on every retry
+                    raise ours from None
                 if not _is_ray_error(ray, e):
                     raise
+                last_error = _first_line(e)
             if got.pos < len(rows):
                 tries = tries + 1 if got.pos == before else 0
                 if tries >= RETRIES:
@@ -295,9 +301,9 @@ def embed_pending_ray(ws: Workspace, con: duckdb.DuckDBPyConnection, session: Ra
         ok, nbad = commit(ws, con, run_id, pending)
         done_ok, done_bad = done_ok + ok, done_bad + nbad
     if left_pending:
-        raise PartialResult(f"the Ray cluster failed {RETRIES} times in a row on the same items: {left_pending} "
-                            "items are still pending (everything else is committed); run build-index again to "
-                            "embed them")
+        raise PartialResult(f"the Ray cluster failed {RETRIES} times in a row on the same items ({last_error}): "
+                            f"{left_pending} items are still pending (everything else is committed); run "
+                            "build-index again to embed them")
     return done_ok, done_bad
 
 
@@ -337,6 +343,39 @@ def _take(batch: dict[str, np.ndarray], got: _Received, pending: Pending,
     return gap
 
 
+def _curate_error(e: BaseException) -> CurateError | None:
+    """What will fail the same way on every retry, as a CurateError, or None.
+
+    A CurateError raised in a decode task comes back wrapped (often twice); an actor that
+    could not start (the model did not load on that node: unknown name, weights missing
+    there) comes back as an ActorDiedError whose message holds the traceback as text.
+    """
+    seen: set[int] = set()
+    todo: list[BaseException] = [e]
+    while todo:
+        x = todo.pop()
+        if id(x) in seen:
+            continue
+        seen.add(id(x))
+        if isinstance(x, CurateError):
+            return x
+        if getattr(x, "actor_init_failed", False) or getattr(x, "_actor_init_failed", False):
+            lines = [ln.strip() for ln in _ANSI.sub("", str(getattr(x, "error_msg", x))).splitlines() if ln.strip()]
+            why = lines[-1] if lines else type(x).__name__
+            return InputError(f"a model actor on the Ray cluster could not start: {why}")
+        todo += [c for c in (x.__cause__, x.__context__, getattr(x, "cause", None)) if isinstance(c, BaseException)]
+    return None
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    line = text.splitlines()[0] if text else type(e).__name__
+    return line[:200]
+
+
 def _is_ray_error(ray, e: BaseException) -> bool:
     """A failure of the cluster (a lost node, actor or object), as opposed to a bug or a bad workspace."""
     exc = getattr(ray, "exceptions", None)
@@ -355,4 +394,5 @@ def _quiet_ray_data(ray) -> None:
         if hasattr(ctx, name):
             setattr(ctx, name, False)
     logging.getLogger("ray.data").setLevel(logging.WARNING)
+    logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)  # "progress bars disabled": we know
     os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")

@@ -137,6 +137,31 @@ def test_driver_killed_then_resumed(cluster, source, reference, tmp_path):
 
 
 @needs_ray
+def test_an_actor_that_cannot_load_the_model_stops_the_run(cluster, source, tmp_path, tiny_encoder):
+    """As on a node without the weights: one clear line at once, not retries, items left pending."""
+    import ray
+
+    from curate.ingest.embed import EmbedOptions
+    from curate.ingest.ray_engine import RaySession, embed_pending_ray
+    from curate.ingest.scan import scan_into
+    from curate.ingest.sources import detect_source
+
+    ws = Workspace(tmp_path / "ws")
+    con = ws.connect()
+    try:
+        Workspace.bind_model(con, tiny_encoder.identity)
+        run_id = Workspace.start_run(con, "build-index", "test", tiny_encoder.identity, "cpu")
+        scan_into(con, detect_source(source), run_id)
+        with pytest.raises(InputError, match="could not start: .*WeightsUnavailable: unknown model architecture"):
+            embed_pending_ray(ws, con, RaySession(ray, owned=False), "no-such-model", "none", "cpu", "fp32", run_id,
+                              EmbedOptions(batch_size=4, shard_size=SHARD), tiny_encoder.preprocess,
+                              tiny_encoder.image_size)
+        assert con.execute("SELECT count(*) FROM items WHERE status = 'pending'").fetchall()[0][0] == N
+    finally:
+        con.close()
+
+
+@needs_ray
 def test_worker_node_lost_mid_run(cluster, source, reference, tmp_path):
     """Runs last: it takes the worker node away for good."""
     c, worker = cluster
