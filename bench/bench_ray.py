@@ -75,9 +75,9 @@ def commit_seconds(enc, args) -> float:
     d = enc.identity.embed_dim
     n = args.shard_size
     rng = np.random.default_rng(0)
-    rows = [(i, f"s{i}", f"/data/{i:09d}.jpg", "a caption", "pending", run_id, 0) for i in range(n * args.commits)]
-    con.executemany("INSERT INTO items (id, source_id, path, caption, status, run_id, source_no) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+    con.execute("INSERT INTO items (id, source_id, path, caption, status, run_id, source_no) "
+                "SELECT i, 's' || i, '/data/' || i || '.jpg', 'a caption', 'pending', ?, 0 FROM range(?) t(i)",
+                [run_id, n * args.commits])
     vecs = rng.standard_normal((n, d)).astype(np.float32)
     times = []
     for c in range(args.commits):

@@ -27,8 +27,8 @@ resumed run end with the same index as an uninterrupted one.
 
 Faults: Ray retries a lost decode task and restarts a lost actor by itself. If the stream
 fails anyway (or skips an item), what arrived is committed, and the rest of the chunk, from
-the first item not received, is sent again, up to RETRIES times; after that the items stay
-pending and the run says so (a rerun embeds them). A killed driver loses only the shard in
+the first item not received, is sent again, up to RETRIES times without progress; after that
+the run stops (exit status 6) with the rest pending, and a rerun goes on from there. A killed driver loses only the shard in
 flight, exactly like the local engine: pending items are those not committed.
 
 Ray is optional: nothing here imports it at module level, and `connect` turns its absence
@@ -295,15 +295,17 @@ def embed_pending_ray(ws: Workspace, con: duckdb.DuckDBPyConnection, session: Ra
             if got.pos < len(rows):
                 tries = tries + 1 if got.pos == before else 0
                 if tries >= RETRIES:
-                    left_pending += len(rows) - got.pos
+                    left_pending = len(rows) - got.pos
                     break
+        if left_pending:  # stop here: a rerun then goes on in id order, after what is committed
+            break
     if pending.n_items:
         ok, nbad = commit(ws, con, run_id, pending)
         done_ok, done_bad = done_ok + ok, done_bad + nbad
     if left_pending:
-        raise PartialResult(f"the Ray cluster failed {RETRIES} times in a row on the same items ({last_error}): "
-                            f"{left_pending} items are still pending (everything else is committed); run "
-                            "build-index again to embed them")
+        raise PartialResult(f"the Ray cluster failed {RETRIES} times in a row on the same items ({last_error}); "
+                            f"the run stopped with {left_pending} items of this chunk and all later ones still "
+                            "pending (everything before is committed): run build-index again to go on")
     return done_ok, done_bad
 
 
