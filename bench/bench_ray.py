@@ -35,7 +35,7 @@ from bench_embed import make_jpegs  # noqa: E402
 from common import WORK, machine, record  # noqa: E402
 
 from curate.core.workspace import Workspace  # noqa: E402
-from curate.ingest.embed import EmbedOptions, Pending, commit, embed_pending  # noqa: E402
+from curate.ingest.embed import EmbedOptions, ShardWork, commit, embed_pending  # noqa: E402
 from curate.ingest.model import load_encoder  # noqa: E402
 from curate.ingest.scan import scan_into  # noqa: E402
 from curate.ingest.sources import detect_source  # noqa: E402
@@ -82,7 +82,7 @@ def commit_seconds(enc, args) -> float:
     times = []
     for c in range(args.commits):
         ids = np.arange(c * n, (c + 1) * n, dtype=np.int64)
-        p = Pending()
+        p = ShardWork()
         p.img_ids, p.img_vecs = [ids], [vecs]
         p.cap_ids, p.cap_vecs = [ids], [vecs]
         p.cap_tokens = [(int(i), 5, False) for i in ids]

@@ -272,7 +272,7 @@ class _ChunkLoader:
             yield group()
 
 
-class Pending:
+class ShardWork:
     """Embedded-but-uncommitted work of the current shard (both engines collect into one)."""
 
     def __init__(self) -> None:
@@ -304,7 +304,7 @@ def embed_pending(ws: Workspace, con: duckdb.DuckDBPyConnection, enc: Encoder, r
     done_ok = done_bad = 0
     last_id = -1
     remaining = opts.limit
-    pending = Pending()
+    pending = ShardWork()
     while remaining is None or remaining > 0:
         n = FETCH_CHUNK if remaining is None else min(FETCH_CHUNK, remaining)
         rows = con.execute(
@@ -336,7 +336,7 @@ def embed_pending(ws: Workspace, con: duckdb.DuckDBPyConnection, enc: Encoder, r
     return done_ok, done_bad
 
 
-def _embed_captions(enc: Encoder, batch_ids: np.ndarray, captions: dict[int, str], pending: Pending) -> None:
+def _embed_captions(enc: Encoder, batch_ids: np.ndarray, captions: dict[int, str], pending: ShardWork) -> None:
     """Captions of the images that decoded: an item is all or nothing within a shard."""
     got = caption_vectors(enc, batch_ids, captions)
     if got is None:
@@ -360,8 +360,8 @@ def caption_vectors(enc: Encoder, batch_ids: np.ndarray, captions: dict[int, str
             [(i, c, c > limit) for i, c in zip(with_cap, counts, strict=True)])
 
 
-def commit(ws: Workspace, con: duckdb.DuckDBPyConnection, run_id: int, p: Pending) -> tuple[int, int]:
-    """Pending work made durable in one transaction (store.commit_shards); returns (embedded, rejected)."""
+def commit(ws: Workspace, con: duckdb.DuckDBPyConnection, run_id: int, p: ShardWork) -> tuple[int, int]:
+    """A shard's work made durable in one transaction (store.commit_shards); returns (embedded, rejected)."""
     img_ids = np.concatenate(p.img_ids) if p.img_ids else np.zeros(0, np.int64)
     vectors = {}
     if len(img_ids):

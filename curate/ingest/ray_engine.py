@@ -49,7 +49,7 @@ import numpy as np
 from ..core import store
 from ..core.workspace import Workspace
 from ..errors import CurateError, InputError, PartialResult
-from .embed import FETCH_CHUNK, EmbedOptions, Pending, caption_vectors, commit, decode_item
+from .embed import FETCH_CHUNK, EmbedOptions, ShardWork, caption_vectors, commit, decode_item
 from .images import resize_rule
 from .model import Encoder, load_encoder
 
@@ -259,7 +259,7 @@ def embed_pending_ray(ws: Workspace, con: duckdb.DuckDBPyConnection, session: Ra
     done_ok = done_bad = 0
     last_id = -1
     remaining = opts.limit
-    pending = Pending()
+    pending = ShardWork()
     left_pending = 0
     last_error = "items missing from the stream"
     while remaining is None or remaining > 0:
@@ -309,7 +309,7 @@ def embed_pending_ray(ws: Workspace, con: duckdb.DuckDBPyConnection, session: Ra
     return done_ok, done_bad
 
 
-def _take(batch: dict[str, np.ndarray], got: _Received, pending: Pending,
+def _take(batch: dict[str, np.ndarray], got: _Received, pending: ShardWork,
           progress: Callable[[int], None] | None) -> bool:
     """Add one returned batch to the shard in progress; True when an item is missing (a gap)."""
     ids = batch["id"].astype(np.int64)
