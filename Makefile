@@ -1,4 +1,5 @@
-# curate: `make demo` installs and runs the main job on the bundled photos; `make test` runs the tests.
+# curate: `make demo` installs and runs the main job on the bundled photos; `make test` runs the tests;
+# `make install RAY=1` adds Ray for build-index --engine ray.
 VENV    ?= .venv
 PY      := $(VENV)/bin/python
 # torch 2.14.1 / torchvision 0.29.1 are the pair that import together here (pip takes them from
@@ -7,6 +8,11 @@ TORCH   ?= torch==2.14.1 torchvision==0.29.1
 # cpu or gpu: faiss-cpu and faiss-gpu install the same module, so exactly one of them.
 FAISS   ?= cpu
 DEMO_WS ?= demo-ws
+# RAY=1: the `ray` extra (Ray Data) for `build-index --engine ray`. The test extra holds it too, so
+# that the Ray engine's tests run wherever `make test` does; RAY=1 states it for an install that is to stay.
+RAY     ?=
+comma   := ,
+EXTRAS  := $(FAISS),test$(if $(RAY),$(comma)ray)
 
 .PHONY: install demo test bench lint clean
 
@@ -15,7 +21,7 @@ install: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q $(TORCH)
-	$(PY) -m pip install -q -e '.[$(FAISS),test]'
+	$(PY) -m pip install -q -e '.[$(EXTRAS)]'
 	touch $@
 
 demo: install

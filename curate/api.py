@@ -108,6 +108,10 @@ class BuildResult:
         return sum(self.rejected.values())
 
 
+# where build-index embeds: this machine, or a Ray cluster (curate/ingest/ray_engine.py)
+ENGINES = ("local", "ray")
+
+
 def build_index(source: str | Path, workspace: str | Path = "ws", *, model: str | None = None,
                 pretrained: str | None = None, fallback_model: str | None = None,
                 captions_dir: str | Path | None = None, index: str = "auto", device: str = "auto",
@@ -116,7 +120,8 @@ def build_index(source: str | Path, workspace: str | Path = "ws", *, model: str 
                 infer_types: bool = False, recheck: str = "stat", retry_rejected: bool = False,
                 repair: bool = False, precision: str = "auto", quiet: bool | None = None,
                 log: Callable[[str], None] = _stderr, target_recall: float = 0.95,
-                max_index_memory: str | int | None = None, decode: str = "cpu") -> BuildResult:
+                max_index_memory: str | int | None = None, decode: str = "cpu", engine: str = "local",
+                address: str | None = None) -> BuildResult:
     """Ingest `source` and embed it once into FAISS indexes and a DuckDB workspace.
 
     The options are `curate build-index`'s (`index` is its --index recipe, chosen within
@@ -125,13 +130,10 @@ def build_index(source: str | Path, workspace: str | Path = "ws", *, model: str 
     warning that is not an error (the fallback model's random weights). `precision`: auto
     (fp16 on CUDA, bf16 on a CPU with native bf16, else fp32; a workspace that is all fp32
     stays fp32), fp32, bf16 or fp16. `decode`: cpu (Pillow in the loader workers) or gpu (JPEGs
-    decoded and preprocessed on the CUDA device, curate/ingest/device_decode.py).
+    decoded and preprocessed on the CUDA device, curate/ingest/device_decode.py). `engine`: local
+    (this machine) or ray (the embedding step on the Ray cluster at `address`, or on a local Ray
+    started for the run; curate/ingest/ray_engine.py); `device` then means the actors' device.
     """
-    # torch and faiss load here, not at import: `curate --help` and the other commands start without them
-    from .ingest import faiss_index
-    from .ingest import precision as precision_rules
-    from .ingest.embed import EmbedOptions, embed_pending
-
     started = time.time()
     try:  # a budget that cannot be read fails before anything is embedded
         max_index_memory = parse_size(max_index_memory)
@@ -139,9 +141,40 @@ def build_index(source: str | Path, workspace: str | Path = "ws", *, model: str 
         raise InputError(str(e)) from None
     if not 0 < target_recall <= 1:
         raise InputError(f"--target-recall {target_recall:g}: give a recall@10 above 0 and at most 1")
+    if engine not in ENGINES:
+        raise InputError(f"--engine {engine}: choose one of {', '.join(ENGINES)}")
+    if address is not None and engine != "ray":
+        raise InputError("--address is the Ray cluster's address: it goes with --engine ray")
+    if engine == "ray" and decode == "gpu":  # before a cluster is started for nothing
+        raise InputError("--decode gpu decodes in the local engine's main process; the Ray engine decodes in "
+                         "its CPU tasks: use --decode cpu with --engine ray")
     source = Path(source)
     ws_path = Path(workspace)
     src = detect_source(source, Path(captions_dir) if captions_dir is not None else None)
+    session = None
+    if engine == "ray" and src.kind != "clip-retrieval":  # an import embeds nothing: no cluster needed
+        from .ingest import ray_engine
+
+        session = ray_engine.connect(address)  # before the model loads: a missing Ray fails at once
+    try:
+        return _build_index(source, ws_path, src, session, model, pretrained, fallback_model, index, device,
+                            batch_size, workers, shard_size, max_pixels, draft_decode, limit, infer_types, recheck,
+                            retry_rejected, repair, precision, quiet, log, target_recall, max_index_memory, decode,
+                            started)
+    finally:
+        if session is not None:
+            session.close()
+
+
+def _build_index(source: Path, ws_path: Path, src, session, model, pretrained, fallback_model, index, device,
+                 batch_size, workers, shard_size, max_pixels, draft_decode, limit, infer_types, recheck,
+                 retry_rejected, repair, precision, quiet, log, target_recall, max_index_memory, decode,
+                 started: float) -> BuildResult:
+    # torch and faiss load here, not at import: `curate --help` and the other commands start without them
+    from .ingest import faiss_index
+    from .ingest import precision as precision_rules
+    from .ingest.embed import EmbedOptions, embed_pending
+
     ws = Workspace(ws_path)
     # Nothing is created until the model has loaded and the source gave items: a failed first
     # run leaves no stray workspace, and one that existed before is left as it was.
@@ -158,7 +191,9 @@ def build_index(source: str | Path, workspace: str | Path = "ws", *, model: str 
             con.close()
     model = model or (have.model if have else DEFAULT_MODEL)
     pretrained = pretrained or (have.pretrained if have else DEFAULT_PRETRAINED)
-    device = pick_device(device)
+    # with Ray the model runs in the cluster's actors: their device decides the precision, and the
+    # driver's copy (on its CPU) only names the model and gives the decode tasks its preprocessing
+    device = session.device(device) if session is not None else pick_device(device)
     _check_decode(decode, device, draft_decode)
     used = precision_rules.resolve(precision, device, have_precisions)
 
@@ -166,7 +201,8 @@ def build_index(source: str | Path, workspace: str | Path = "ws", *, model: str 
         ident = _precomputed_identity(src.root, model, pretrained)
         enc = None
     else:
-        enc = _load(model, pretrained, device, fallback_model, log, used)
+        enc = (_load(model, pretrained, device, fallback_model, log, used) if session is None
+               else _load(model, pretrained, "cpu", fallback_model, log, "fp32"))
         ident = enc.identity
         if decode == "gpu":
             from .ingest.device_decode import check_ready
@@ -219,7 +255,14 @@ def build_index(source: str | Path, workspace: str | Path = "ws", *, model: str 
                                 workers=-1 if workers is None else workers, hash_files=recheck == "hash",
                                 decode=decode)
             with Progress("embed", todo, "image", enabled=on) as bar:
-                embed_pending(ws, con, enc, run_id, opts, bar.update)
+                if session is None:
+                    embed_pending(ws, con, enc, run_id, opts, bar.update)
+                else:
+                    from .ingest.ray_engine import embed_pending_ray
+
+                    # the identity, not the names asked for: a fallback model is what the actors load
+                    embed_pending_ray(ws, con, session, ident.model, ident.pretrained, device, used, run_id, opts,
+                                      enc.preprocess, enc.image_size, bar.update)
         built = []
         for kind in ("image", "caption"):
             # drawn once the index says how many vectors it adds (nothing for an index up to date)

@@ -36,6 +36,12 @@ from .options import wait_option
               help="recall@10 the search parameter (nprobe, efSearch) is tuned to, measured on the collection.")
 @click.option("--max-index-memory", default=None, metavar="SIZE",
               help="Memory each index may take, e.g. 2GB: the recipe (and PQ size) is picked to fit.")
+@click.option("--engine", type=click.Choice(api.ENGINES), default="local", show_default=True,
+              help="Where images are embedded: local (this machine) or ray (a Ray cluster: decoding as tasks, "
+                   "the model as one actor per GPU, this process commits; needs pip install 'curate[ray]').")
+@click.option("--address", default=None, metavar="ADDRESS",
+              help="With --engine ray: the cluster to join (auto, ray://host:10001, host:6379) "
+                   "[default: start a local Ray for the run].")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1 ...")
 @click.option("--precision", type=click.Choice(("auto", "fp32", "bf16", "fp16")), default="auto", show_default=True,
               help="Float precision of the model (images and captions): auto is fp16 on CUDA, bf16 on a CPU with "
@@ -68,7 +74,7 @@ def build_index(source: Path, ws_path: Path, model: str | None, pretrained: str 
                 captions_dir: Path | None, recipe: str, device: str, batch_size: int | None, workers: int | None,
                 shard_size: int, max_pixels: int, draft_decode: bool, limit: int | None, strict: bool,
                 infer_types: bool, recheck: str, retry_rejected: bool, repair: bool, target_recall: float,
-                max_index_memory: str | None, precision: str, decode: str) -> None:
+                max_index_memory: str | None, precision: str, decode: str, engine: str, address: str | None) -> None:
     """Ingest SOURCE and embed it once into FAISS indexes and a DuckDB workspace.
 
     SOURCE is a folder of images (captions as same-name .txt files beside them), an
@@ -82,7 +88,8 @@ def build_index(source: Path, ws_path: Path, model: str | None, pretrained: str 
                         workers=workers, shard_size=shard_size, max_pixels=max_pixels, draft_decode=draft_decode,
                         limit=limit, infer_types=infer_types, recheck=recheck, retry_rejected=retry_rejected,
                         repair=repair, precision=precision, log=lambda line: click.echo(line, err=True),
-                        target_recall=target_recall, max_index_memory=max_index_memory, decode=decode)
+                        target_recall=target_recall, max_index_memory=max_index_memory, decode=decode,
+                        engine=engine, address=address)
     counts, by_stage, n_rej, ident = r.items, r.rejected, r.n_rejected, r.model
     not_taken = ""
     if r.not_taken or r.other_files:

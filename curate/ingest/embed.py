@@ -78,22 +78,34 @@ class _ItemImages(Dataset):
         path = self.paths[i]
         if self.kill_path is not None and path == self.kill_path and get_worker_info() is not None:
             os.kill(os.getpid(), signal.SIGKILL)
-        # The file as it is before decoding: if it changes while we decode, the next run's
-        # recheck sees a newer mtime and embeds it again (never the other way round).
-        seen = recheck.file_state(path, self.hash_files)
-        try:
-            if self.jpeg_bytes:
-                read = read_jpeg(path, max_pixels=self.max_pixels, resize=self.resize)
-                if not isinstance(read, bytes):
-                    return int(self.ids[i]), read, None, seen
-                im = _decode_bytes(read, self.max_pixels, self.resize)
-            else:
-                im = open_rgb(path, max_pixels=self.max_pixels, resize=self.resize, draft=self.draft)
-            return int(self.ids[i]), self.preprocess(im), None, seen
-        except BadImage as e:
-            return int(self.ids[i]), None, str(e), seen
-        except Exception as e:  # noqa: BLE001 - one odd file must not stop a 100M-image run
-            return int(self.ids[i]), None, f"cannot decode: {type(e).__name__}: {e}", seen
+        return decode_item(int(self.ids[i]), path, self.preprocess, self.resize, self.max_pixels, self.draft,
+                           self.hash_files, self.jpeg_bytes)
+
+
+def decode_item(item_id: int, path: str, preprocess, resize: ResizeRule, max_pixels: int, draft: bool = False,
+                hash_files: bool = False, jpeg_bytes: bool = False) -> tuple[int, object, str | None, tuple]:
+    """One item decoded and preprocessed: (id, tensor or None, reason or None, file state).
+
+    Every engine decodes through here (the loader workers, the Ray engine's decode tasks),
+    so a bad file is rejected with the same reason whichever engine ran. `jpeg_bytes`
+    (--decode gpu): a JPEG comes back as its checked, undecoded bytes for the device decoder.
+    """
+    # The file as it is before decoding: if it changes while we decode, the next run's
+    # recheck sees a newer mtime and embeds it again (never the other way round).
+    seen = recheck.file_state(path, hash_files)
+    try:
+        if jpeg_bytes:
+            read = read_jpeg(path, max_pixels=max_pixels, resize=resize)
+            if not isinstance(read, bytes):
+                return item_id, read, None, seen
+            im = _decode_bytes(read, max_pixels, resize)
+        else:
+            im = open_rgb(path, max_pixels=max_pixels, resize=resize, draft=draft)
+        return item_id, preprocess(im), None, seen
+    except BadImage as e:
+        return item_id, None, str(e), seen
+    except Exception as e:  # noqa: BLE001 - one odd file must not stop a 100M-image run
+        return item_id, None, f"cannot decode: {type(e).__name__}: {e}", seen
 
 
 def _collate(batch):
@@ -295,8 +307,8 @@ def _cat(xs: list) -> torch.Tensor | Pending:
     return Pending.cat(parts)
 
 
-class _Pending:
-    """Embedded-but-uncommitted work of the current shard."""
+class ShardWork:
+    """Embedded-but-uncommitted work of the current shard (both engines collect into one)."""
 
     def __init__(self) -> None:
         self.clear()
@@ -315,6 +327,10 @@ class _Pending:
     def n_items(self) -> int:
         return sum(len(a) for a in self.img_ids) + len(self.rejected)
 
+    def due(self, opts: EmbedOptions) -> bool:
+        """Whether the shard is full or has waited long enough to be committed."""
+        return self.n_items >= opts.shard_size or time.monotonic() - self.started >= opts.commit_seconds
+
 
 def embed_pending(ws: Workspace, con: duckdb.DuckDBPyConnection, enc: Encoder, run_id: int,
                   opts: EmbedOptions, progress: Callable[[int], None] | None = None) -> tuple[int, int]:
@@ -323,7 +339,7 @@ def embed_pending(ws: Workspace, con: duckdb.DuckDBPyConnection, enc: Encoder, r
     done_ok = done_bad = 0
     last_id = -1
     remaining = opts.limit
-    pending = _Pending()
+    pending = ShardWork()
     while remaining is None or remaining > 0:
         n = FETCH_CHUNK if remaining is None else min(FETCH_CHUNK, remaining)
         rows = con.execute(
@@ -346,29 +362,41 @@ def embed_pending(ws: Workspace, con: duckdb.DuckDBPyConnection, enc: Encoder, r
             pending.rejected.extend(bad)
             if progress:
                 progress(len(batch_ids) + len(bad))
-            if pending.n_items >= opts.shard_size or time.monotonic() - pending.started >= opts.commit_seconds:
-                ok, nbad = _commit(ws, con, run_id, pending)
+            if pending.due(opts):
+                ok, nbad = commit(ws, con, run_id, pending)
                 done_ok, done_bad = done_ok + ok, done_bad + nbad
     if pending.n_items:
-        ok, nbad = _commit(ws, con, run_id, pending)
+        ok, nbad = commit(ws, con, run_id, pending)
         done_ok, done_bad = done_ok + ok, done_bad + nbad
     return done_ok, done_bad
 
 
-def _embed_captions(enc: Encoder, batch_ids: np.ndarray, captions: dict[int, str], pending: _Pending) -> None:
+def _embed_captions(enc: Encoder, batch_ids: np.ndarray, captions: dict[int, str], pending: ShardWork) -> None:
     """Captions of the images that decoded: an item is all or nothing within a shard."""
+    got = caption_vectors(enc, batch_ids, captions)
+    if got is None:
+        return
+    with_cap, vecs, tokens = got
+    pending.cap_ids.append(with_cap)
+    pending.cap_vecs.append(vecs)
+    pending.cap_tokens.extend(tokens)
+
+
+def caption_vectors(enc: Encoder, batch_ids: np.ndarray, captions: dict[int, str]
+                    ) -> tuple[np.ndarray, np.ndarray, list[tuple[int, int, bool]]] | None:
+    """The captions of these items that have one: (ids, vectors, (id, tokens, truncated) each), or None."""
     with_cap = [int(i) for i in batch_ids if int(i) in captions]
     if not with_cap:
-        return
+        return None
     texts = [captions[i] for i in with_cap]
     counts = enc.token_counts(texts)
-    pending.cap_ids.append(np.array(with_cap, dtype=np.int64))
-    pending.cap_vecs.append(enc.encode_tokens(enc.tokenize(texts)))
     limit = enc.context_length - 2  # start and end markers take two places
-    pending.cap_tokens.extend((i, c, c > limit) for i, c in zip(with_cap, counts, strict=True))
+    return (np.array(with_cap, dtype=np.int64), enc.encode_tokens(enc.tokenize(texts)),
+            [(i, c, c > limit) for i, c in zip(with_cap, counts, strict=True)])
 
 
-def _commit(ws: Workspace, con: duckdb.DuckDBPyConnection, run_id: int, p: _Pending) -> tuple[int, int]:
+def commit(ws: Workspace, con: duckdb.DuckDBPyConnection, run_id: int, p: ShardWork) -> tuple[int, int]:
+    """A shard's work made durable in one transaction (store.commit_shards); returns (embedded, rejected)."""
     img_ids = np.concatenate(p.img_ids) if p.img_ids else np.zeros(0, np.int64)
     vectors = {}
     if len(img_ids):
