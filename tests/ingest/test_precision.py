@@ -172,3 +172,24 @@ def test_label_cache_keys_keep_fp32_as_before_and_separate_the_rest():
     prompts = [["a tower"], ["a street"]]
     assert cache_key(ident, prompts) == cache_key(ident, prompts, "fp32")
     assert len({cache_key(ident, prompts, p) for p in ("fp32", "bf16", "fp16")}) == 3
+
+
+def test_auto_on_a_native_bf16_cpu_embeds_a_new_workspace_in_bf16_weights(tmp_path, monkeypatch):
+    monkeypatch.setenv(precision.NATIVE_BF16_ENV, "1")
+    photos = make_folder(tmp_path / "photos", n=3)
+    ws = tmp_path / "ws"
+    r = run_cli("build-index", photos, "-w", ws, *TINY)
+    assert "precision bf16;" in r.output
+    assert _runs(ws) == (["bf16"], ["bf16"])
+    con = Workspace(ws).connect(read_only=True)
+    try:
+        ids, vecs = store.load_all(Workspace(ws), con, "image")
+    finally:
+        con.close()
+    assert vecs.dtype == np.float32 and np.allclose(np.linalg.norm(vecs, axis=1), 1.0, atol=1e-5)
+    ref = load_encoder("curate-tiny", "none", "cpu", "fp32")
+    assert load_encoder("curate-tiny", "none", "cpu", "auto").mode == "weights"
+    from PIL import Image
+    x = torch.stack([ref.preprocess(Image.open(p).convert("RGB")) for p in sorted(photos.glob("*.jpg"))])
+    order = np.argsort(ids)
+    assert np.min(np.sum(ref.encode_image_tensor(x) * vecs[order], axis=1)) > 0.99   # bf16, not another image
