@@ -17,7 +17,8 @@ sentences/s of all three.
 
 Cheap wins (model only, the image tower, `--wins-n` pre-decoded images, each against its
 baseline in the same run): torch.inference_mode vs no_grad, batch 32 / 64 / 128, torch
-threads 1 vs all, and with `--compile` torch.compile (its compile time is reported too).
+threads 1 vs all, OpenMP threads pinned to cores vs not (fresh processes), and with
+`--compile` torch.compile (its compile time is reported too; 130 s on 2 loaded cores).
 JSON lines are appended to bench/results/precision.jsonl; the work files are removed.
 """
 
@@ -179,6 +180,34 @@ def cheap_wins(f32: Encoder, bw: Encoder, x: torch.Tensor, bs: int, compile_too:
                    f"eager visual tower, same run; {b}")
 
 
+def _child_rate(model: str, n: int, bs: int) -> None:
+    """--child-rate: the bf16-weights image tower's images/s on n random inputs, printed as JSON
+    (run in a fresh process, so that OpenMP reads the thread-binding variables it was given)."""
+    enc = load_encoder(model, "none", "cpu", "bf16")
+    x = torch.rand(n, 3, enc.image_size, enc.image_size, generator=torch.Generator().manual_seed(0))
+    print(json.dumps({"rate": image_rate(enc.model.encode_image, x.to(torch.bfloat16), bs)}))
+
+
+def affinity(model: str, n: int, bs: int, base: str) -> None:
+    """Threads pinned to cores (OMP_PROC_BIND=close, OMP_PLACES=cores) against unpinned, each in
+    a fresh process, alternated twice so that a drift of the machine's load shows."""
+    import subprocess
+
+    rates: dict[bool, list[float]] = {False: [], True: []}
+    for pinned in (False, True, False, True):
+        env = {k: v for k, v in os.environ.items() if k not in ("OMP_PROC_BIND", "OMP_PLACES")}
+        if pinned:
+            env.update(OMP_PROC_BIND="close", OMP_PLACES="cores")
+        out = subprocess.run([sys.executable, __file__, "--child-rate", "--model", model, "--wins-n", str(n),
+                              "--batch-size", str(bs)], env=env, capture_output=True, text=True, check=True)
+        rates[pinned].append(json.loads(out.stdout.strip().splitlines()[-1])["rate"])
+    free, pinned = max(rates[False]), max(rates[True])
+    b = f"bf16_weights, {n} random inputs, best of 2 fresh processes each; {base}"
+    record(FILE, "precision.wins.bf16_weights.unpinned_images_per_s", free, "img/s", baseline=b)
+    record(FILE, "precision.wins.bf16_weights.pinned_images_per_s", pinned, "img/s", pinned / free,
+           f"unpinned; {b}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=2000, help="synthetic JPEGs (besides the 5 bundled photos)")
@@ -189,7 +218,10 @@ def main() -> None:
     ap.add_argument("--wins-n", type=int, default=384, help="pre-decoded images for the cheap-win ratios")
     ap.add_argument("--no-wins", action="store_true", help="skip the cheap-win ratios")
     ap.add_argument("--compile", action="store_true", help="also torch.compile the image tower (minutes)")
+    ap.add_argument("--child-rate", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.child_rate:
+        return _child_rate(args.model, args.wins_n, args.batch_size)
     torch.set_num_threads(os.cpu_count() or 1)
     print(f"machine: {machine()}; torch {torch.__version__}, threads {torch.get_num_threads()}, "
           f"cpu capability {torch.backends.cpu.get_cpu_capability()}")
@@ -240,6 +272,7 @@ def main() -> None:
     if not args.no_wins:
         del img32, imgw, imga
         cheap_wins(f32, bw, x[: args.wins_n], args.batch_size, args.compile, base)
+        affinity(args.model, args.wins_n, args.batch_size, base)
 
 
 if __name__ == "__main__":
