@@ -80,16 +80,19 @@ class Encoder:
     image_size: int
     context_length: int
     precision: str = "fp32"      # fp32, bf16 or fp16 (curate/ingest/precision.py): images and text alike
+    mode: str = "fp32"           # how it runs: fp32, autocast, or weights (cast to bf16 by load_encoder)
 
     @property
     def logit_scale(self) -> float:
-        return float(self.model.logit_scale.exp().item())
+        return float(self.model.logit_scale.float().exp().item())
 
     # -- images ---------------------------------------------------------------
     def encode_image_tensor(self, batch: torch.Tensor) -> np.ndarray:
         import torch
 
         x = batch.to(self.device, non_blocking=True)
+        if self.mode == "weights":
+            x = x.to(torch.bfloat16)
         with torch.inference_mode():
             with self._autocast():
                 feats = self.model.encode_image(x)
@@ -152,7 +155,7 @@ class Encoder:
         return x
 
     def _autocast(self):
-        if self.precision == "fp32":
+        if self.mode != "autocast":
             return contextlib.nullcontext()
         import torch
 
@@ -164,8 +167,8 @@ def load_encoder(model_name: str = DEFAULT_MODEL, pretrained: str | None = DEFAU
                  device: str | None = None, precision: str = "auto") -> Encoder:
     """Build the open_clip model; raise WeightsUnavailable with a one-line reason.
 
-    `precision`: fp32, bf16, fp16 (autocast), or auto: fp16 on CUDA, bf16 on a CPU with
-    native bf16, fp32 elsewhere (curate/ingest/precision.py).
+    `precision`: fp32, bf16, fp16, or auto: fp16 on CUDA, bf16 on a CPU with native bf16,
+    fp32 elsewhere; bf16 on a CPU casts the weights (curate/ingest/precision.py).
     """
     import open_clip
 
@@ -217,11 +220,27 @@ def load_encoder(model_name: str = DEFAULT_MODEL, pretrained: str | None = DEFAU
     tokenizer = open_clip.get_tokenizer(model_name)
     image_size = _image_size(model)
     embed_dim = _embed_dim(model, device, image_size)
+    mode = precision_rules.mode(precision, device)
+    if mode == "weights":
+        _cast_weights_bf16(model)
     ident = ModelIdentity(model=model_name, pretrained=pretrained or "none", embed_dim=embed_dim,
                           random_weights=random_weights)
     return Encoder(model=model, preprocess=preprocess, tokenizer=tokenizer, identity=ident, device=device,
                    image_size=image_size, context_length=int(getattr(tokenizer, "context_length", 77)),
-                   precision=precision)
+                   precision=precision, mode=mode)
+
+
+def _cast_weights_bf16(model) -> None:
+    """The model's weights and buffers to bf16, in place (half the memory), except the
+    parameters no forward pass uses: logit_scale and logit_bias keep float32, which bf16
+    would round (a logit scale of 100 would read 98.9)."""
+    import torch
+
+    keep = {name: p.detach().clone() for name in ("logit_scale", "logit_bias")
+            if isinstance(p := getattr(model, name, None), torch.nn.Parameter)}
+    model.to(torch.bfloat16)
+    for name, value in keep.items():
+        getattr(model, name).data = value
 
 
 def suggest_models(name: str) -> str:
