@@ -3,7 +3,8 @@
 A recipe (indexes/*.json) says what an index is: the FAISS factory string, metric,
 training sample size, and the collection sizes it suits. The recipe is picked by size
 unless the user names one, and within the memory budget when there is one (the recipe
-for the size first, then the others from the largest to the smallest that fits; PQ
+for the size first, then the others meant for that size or larger ones, from the
+largest to the smallest that fits; PQ
 codes shrink to fit). After every build or add the search parameter is tuned to a
 recall target (curate/ingest/index_recall.py) and kept in the index record. Training runs on the GPU when faiss has one; the index is
 always written as a CPU index, readable with plain `faiss.read_index`, and its ids are
@@ -137,12 +138,15 @@ class Choice:
 
 def choose(n: int, d: int, name: str | None = None, budget: int | None = None) -> Choice:
     """The recipe (and PQ size) for n d-dimensional vectors: the named one or the one for the
-    size; under a memory budget, the first of those and then the others, largest first,
-    that fits. ValueError, saying what would fit, when none does."""
+    size; under a memory budget, the first of those and then the others meant for n items or
+    more, largest first, that fits. ValueError, saying what would fit, when none does."""
     first = pick_recipe(n, name)
     named = bool(name and name != "auto")
+    # A recipe whose size range ends below n (flat's exact scan, a graph's build time) is not a
+    # fallback: under a budget the index shrinks to other lists or to PQ codes instead.
     order = [first] if named else [first] + sorted(
-        (r for r in recipes().values() if r.name != first.name), key=lambda r: -r.memory(n, d))
+        (r for r in recipes().values() if r.name != first.name and (r.max_items is None or n < r.max_items)),
+        key=lambda r: -r.memory(n, d))
     smallest = None
     for r in order:
         for pq_m in r.pq_sizes(d) or [0]:

@@ -142,6 +142,17 @@ def test_a_recipe_chosen_under_a_memory_budget_fits_it(tmp_path):
     assert faiss_index.choose(n, D, None, 10 * flat).recipe.name == faiss_index.pick_recipe(n).name
 
 
+def test_auto_picks_the_graph_from_100k_to_1m_and_a_budget_it_misses_falls_back_to_lists():
+    assert [faiss_index.pick_recipe(n).name for n in (99_999, 100_000, 999_999, 1_000_000, 20_000_000)] == \
+        ["flat", "hnsw", "hnsw", "ivf", "ivfpq"]
+    n, rs = 500_000, faiss_index.recipes()
+    budget = rs["flat"].memory(n, 512)  # holds full vectors, not the graph's links
+    assert rs["ivf"].memory(n, 512) <= budget < rs["hnsw"].memory(n, 512)
+    choice = faiss_index.choose(n, 512, None, budget)
+    assert choice.recipe.name == "ivf"  # not flat, which fits too: an exact scan is for fewer than 100K items
+    assert faiss_index.choose(50_000, 512, None, budget).recipe.name == "flat"
+
+
 def test_pq_codes_shrink_to_fit_and_nothing_fitting_says_so():
     ivfpq = faiss_index.recipes()["ivfpq"]
     assert ivfpq.pq_sizes(512) == [64, 32, 16, 8]
