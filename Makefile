@@ -25,7 +25,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 demo: install
-	$(VENV)/bin/curate build-index samples/manifest.csv -w $(DEMO_WS) --fallback-model curate-tiny
+	$(VENV)/bin/curate build-index samples/manifest.csv -w $(DEMO_WS) --fallback-model curate-tiny --precision fp32
 	$(VENV)/bin/curate classify -w $(DEMO_WS) --label-set places205 --prompts raw
 	$(VENV)/bin/curate classify -w $(DEMO_WS) --label-set places205 --prompts natural
 	$(VENV)/bin/curate sql -w $(DEMO_WS) "select i.source_id, i.expected_label, p.label, round(p.prob, 4) as prob, p.label2, round(p.prob2, 4) as prob2 from predictions p join items i using (id) order by id"
