@@ -332,14 +332,14 @@ class ShardWork:
         return self.n_items >= opts.shard_size or time.monotonic() - self.started >= opts.commit_seconds
 
 
-def embed_pending(ws: Workspace, con: duckdb.DuckDBPyConnection, enc: Encoder, run_id: int,
-                  opts: EmbedOptions, progress: Callable[[int], None] | None = None) -> tuple[int, int]:
-    """Embed every pending item; returns (embedded, rejected) for this call."""
-    store.remove_orphans(ws, con)
-    done_ok = done_bad = 0
+def pending_chunks(con: duckdb.DuckDBPyConnection, limit: int | None = None) -> Iterator[list[tuple]]:
+    """The pending items as (id, path, caption) rows in id order, FETCH_CHUNK at a time, `limit` in all.
+
+    Keyed on the last id seen, not an offset: the caller commits (and so un-pends) items
+    between two fetches.
+    """
     last_id = -1
-    remaining = opts.limit
-    pending = ShardWork()
+    remaining = limit
     while remaining is None or remaining > 0:
         n = FETCH_CHUNK if remaining is None else min(FETCH_CHUNK, remaining)
         rows = con.execute(
@@ -347,10 +347,20 @@ def embed_pending(ws: Workspace, con: duckdb.DuckDBPyConnection, enc: Encoder, r
             [last_id, n],
         ).fetchall()
         if not rows:
-            break
+            return
         last_id = rows[-1][0]
         if remaining is not None:
             remaining -= len(rows)
+        yield rows
+
+
+def embed_pending(ws: Workspace, con: duckdb.DuckDBPyConnection, enc: Encoder, run_id: int,
+                  opts: EmbedOptions, progress: Callable[[int], None] | None = None) -> tuple[int, int]:
+    """Embed every pending item; returns (embedded, rejected) for this call."""
+    store.remove_orphans(ws, con)
+    done_ok = done_bad = 0
+    pending = ShardWork()
+    for rows in pending_chunks(con, opts.limit):
         ids = np.array([r[0] for r in rows], dtype=np.int64)
         captions = {r[0]: r[2] for r in rows if r[2] is not None}
         for batch_ids, x, bad, seen in _ChunkLoader(ids, [r[1] for r in rows], enc, opts):

@@ -49,7 +49,7 @@ import numpy as np
 from ..core import store
 from ..core.workspace import Workspace
 from ..errors import CurateError, InputError, PartialResult
-from .embed import FETCH_CHUNK, EmbedOptions, ShardWork, caption_vectors, commit, decode_item
+from .embed import EmbedOptions, ShardWork, caption_vectors, commit, decode_item, pending_chunks
 from .images import resize_rule
 from .model import Encoder, load_encoder
 
@@ -136,10 +136,14 @@ class ActorPlan:
 def plan_actors(resources: dict[str, float], nodes: list[dict], device: str) -> ActorPlan:
     """How many model actors, and what each reserves.
 
-    GPUs: one actor per GPU (num_gpus=1). CPUs only: one actor per node, reserving half of
-    the smallest node's CPUs for the model and leaving the rest to the decode tasks (the
-    local engine's split on one machine: the model's threads beside the decoding workers).
-    A one-CPU node is shared half and half, so that decoding still has room beside the model.
+    GPUs: one actor per GPU (num_gpus=1). CPUs only: one actor per node, running one torch
+    thread per core of the smallest node (as the local engine does) and reserving all but
+    an eighth of them (at least one core): decoding a 640x480 JPEG costs ~6 ms of a core
+    where ViT-B-32 costs ~50 ms (bf16) to ~130 ms (float32) of core time an image, so the
+    decode tasks need about a tenth of the cores. Giving the model only half of them, as
+    this engine first did, ran it at 0.55x the local engine on 2 cores (bench_ray.py): one
+    torch thread instead of two is 0.5x. A one-CPU node is shared half and half, so that
+    decoding still has room beside the model.
     """
     if device.startswith("cuda"):
         return ActorPlan(max(1, int(resources.get("GPU", 0))), 1, 1, 1)
@@ -147,8 +151,8 @@ def plan_actors(resources: dict[str, float], nodes: list[dict], device: str) -> 
     per_node = min(cpus) if cpus else max(1.0, resources.get("CPU", 1))
     if per_node < 2:
         return ActorPlan(max(1, len(nodes)), 0, 0.5, 1, decode_cpus=0.5)
-    share = int(per_node // 2)
-    return ActorPlan(max(1, len(nodes)), 0, share, share)
+    decode = max(1, -(-int(per_node) // 8))
+    return ActorPlan(max(1, len(nodes)), 0, per_node - decode, int(per_node))
 
 
 def decode_batch(batch: dict[str, np.ndarray], *, preprocess, resize, max_pixels: int, draft: bool,
@@ -257,22 +261,10 @@ def embed_pending_ray(ws: Workspace, con: duckdb.DuckDBPyConnection, session: Ra
         return ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=2)
 
     done_ok = done_bad = 0
-    last_id = -1
-    remaining = opts.limit
     pending = ShardWork()
     left_pending = 0
     last_error = "items missing from the stream"
-    while remaining is None or remaining > 0:
-        n = FETCH_CHUNK if remaining is None else min(FETCH_CHUNK, remaining)
-        rows = con.execute(
-            "SELECT id, path, caption FROM items WHERE status = 'pending' AND id > ? ORDER BY id LIMIT ?",
-            [last_id, n],
-        ).fetchall()
-        if not rows:
-            break
-        last_id = rows[-1][0]
-        if remaining is not None:
-            remaining -= len(rows)
+    for rows in pending_chunks(con, opts.limit):
         got = _Received(np.array([r[0] for r in rows], dtype=np.int64))
         tries = 0
         while got.pos < len(rows):

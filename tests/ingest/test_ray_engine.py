@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import CAPTIONS, write_jpeg
+from ingest_support import workspace_state
 
 from curate import api
-from curate.core import store
 from curate.core.workspace import Workspace
 from curate.errors import InputError, PartialResult
 from curate.ingest.ray_engine import plan_actors
@@ -73,18 +73,7 @@ def cluster():
 
 
 def _state(ws: Path):
-    w = Workspace(ws)
-    con = w.connect(read_only=True)
-    try:
-        items = con.execute("SELECT id, source_id, path, caption, status, caption_tokens, caption_truncated "
-                            "FROM items ORDER BY id").fetchall()
-        rejected = con.execute("SELECT item_id, source_id, reason FROM rejected ORDER BY item_id").fetchall()
-        files = con.execute("SELECT item_id, size, mtime_ns FROM item_files ORDER BY item_id").fetchall()
-        img = store.load_all(w, con, "image")
-        cap = store.load_all(w, con, "caption")
-    finally:
-        con.close()
-    return items, rejected, files, img, cap
+    return workspace_state(ws)
 
 
 def _assert_same(got, want) -> None:
@@ -195,7 +184,12 @@ def test_worker_node_lost_mid_run(cluster, source, reference, tmp_path):
 def test_actor_plan():
     nodes = [{"Resources": {"CPU": 16}}, {"Resources": {"CPU": 8}}]
     cpu = plan_actors({"CPU": 24}, nodes, "cpu")
-    assert (cpu.actors, cpu.num_gpus, cpu.num_cpus, cpu.threads) == (2, 0, 4, 4)
+    # the smallest node decides: 8 torch threads, all but one core reserved (the decode tasks take one)
+    assert (cpu.actors, cpu.num_gpus, cpu.num_cpus, cpu.threads, cpu.decode_cpus) == (2, 0, 7, 8, 1)
+    two = plan_actors({"CPU": 2}, [{"Resources": {"CPU": 2}}], "cpu")
+    assert (two.num_cpus, two.threads) == (1, 2), "the model gets both cores' threads, as in the local engine"
+    big = plan_actors({"CPU": 64}, [{"Resources": {"CPU": 64}}], "cpu")
+    assert (big.num_cpus, big.threads) == (56, 64)
     gpu = plan_actors({"CPU": 24, "GPU": 3}, nodes, "cuda")
     assert (gpu.actors, gpu.num_gpus) == (3, 1)
     one = plan_actors({"CPU": 1}, [{"Resources": {"CPU": 1}}], "cpu")

@@ -11,9 +11,7 @@ import time
 import faiss
 import numpy as np
 from conftest import write_jpeg
-
-from curate.core import store
-from curate.core.workspace import Workspace
+from ingest_support import workspace_state
 
 N = 120
 
@@ -36,17 +34,8 @@ def kill_when_written(src, ws, part: str, env: dict) -> subprocess.Popen:
 
 
 def _state(ws):
-    w = Workspace(ws)
-    con = w.connect(read_only=True)
-    try:
-        items = con.execute("SELECT id, source_id, path, caption, status, caption_tokens, caption_truncated "
-                            "FROM items ORDER BY id").fetchall()
-        rejected = con.execute("SELECT item_id, source_id, reason FROM rejected ORDER BY item_id").fetchall()
-        img = store.load_all(w, con, "image")
-        cap = store.load_all(w, con, "caption")
-    finally:
-        con.close()
-    return items, rejected, img, cap
+    st = workspace_state(ws)
+    return st.items, st.rejected, st.image, st.caption
 
 
 def test_killed_run_resumes_to_the_same_result(tmp_path):
