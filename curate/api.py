@@ -251,7 +251,7 @@ def _build_index(source: Path, ws_path: Path, src, session, model, pretrained, f
             if todo:
                 have_precisions = precision_rules.record(con, used)
             opts = EmbedOptions(shard_size=shard_size, max_pixels=max_pixels, limit=limit, draft_decode=draft_decode,
-                                batch_size=batch_size or (256 if device.startswith("cuda") else 64),
+                                batch_size=batch_size or (256 if device.startswith("cuda") else EmbedOptions.batch_size),
                                 workers=-1 if workers is None else workers, hash_files=recheck == "hash",
                                 decode=decode)
             with Progress("embed", todo, "image", enabled=on) as bar:
