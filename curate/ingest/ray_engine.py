@@ -40,6 +40,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import socket
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -110,6 +111,8 @@ def connect(address: str | None) -> RaySession:
     A session already open in this process (a test, a notebook) is used as it is.
     """
     ray = _import_ray()
+    if address is not None:
+        _check_reachable(address)
     if ray.is_initialized():
         return RaySession(ray, owned=False)
     kw: dict = {"logging_level": logging.WARNING, "log_to_driver": False}
@@ -122,6 +125,28 @@ def connect(address: str | None) -> RaySession:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise InputError(f"--address {where}: cannot connect to the Ray cluster: {first}") from None
     return RaySession(ray, owned=True)
+
+
+# How long a head's port may take to answer before --address is called unreachable.
+CONNECT_TIMEOUT_S = 5.0
+
+
+def _check_reachable(address: str) -> None:
+    """Fail at once where nothing listens at host:port (or ray://host:port).
+
+    Without this, ray.init waits for the cluster's control service for a minute or more,
+    printing its own retry lines, before it gives up on a mistyped address.
+    """
+    m = re.fullmatch(r"(?:ray://)?\[?([^\]\s]+?)\]?:(\d+)", address.strip())
+    if m is None:  # auto, or a form Ray resolves itself
+        return
+    host, port = m.group(1), int(m.group(2))
+    try:
+        socket.create_connection((host, port), timeout=CONNECT_TIMEOUT_S).close()
+    except OSError as e:
+        why = e.strerror or type(e).__name__
+        raise InputError(f"--address {address}: nothing answers at {host}:{port} ({why}); start the cluster's "
+                         "head there (`ray start --head`) or give its address") from None
 
 
 @dataclass(frozen=True)

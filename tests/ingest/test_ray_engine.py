@@ -221,3 +221,17 @@ def test_gpu_decoding_is_the_local_engines(source, tmp_path):
     with pytest.raises(InputError, match="--decode cpu with --engine ray"):
         api.build_index(source, tmp_path / "ws", engine="ray", decode="gpu", **MODEL)
     assert not (tmp_path / "ws").exists()
+
+
+def test_an_address_where_nothing_listens_fails_at_once(source, tmp_path):
+    """A mistyped head address: one line within seconds, not Ray's minute of retries."""
+    import socket
+
+    with socket.socket() as s:  # a port that was free a moment ago: nothing listens there now
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    t0 = time.monotonic()
+    with pytest.raises(InputError, match=rf"nothing answers at 127\.0\.0\.1:{port}"):
+        api.build_index(source, tmp_path / "ws", engine="ray", address=f"127.0.0.1:{port}", **MODEL)
+    assert time.monotonic() - t0 < 30
+    assert not (tmp_path / "ws").exists()
