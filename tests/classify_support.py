@@ -6,6 +6,8 @@ plain numpy, label by label, without any code of curate's classify stage.
 
 from __future__ import annotations
 
+import csv
+import json
 from pathlib import Path
 
 import duckdb
@@ -144,3 +146,18 @@ def old_layout(db: Path) -> str:
         return name
     finally:
         con.close()
+
+
+def read_out(path: Path) -> list[dict]:
+    """The rows of a filter or search output, read back by a reader of its format (DuckDB for parquet)."""
+    if path.suffix == ".parquet":
+        con = duckdb.connect()
+        rel = con.execute("SELECT * FROM read_parquet(?)", [str(path)])
+        cols = [d[0] for d in rel.description]
+        return [dict(zip(cols, r, strict=True)) for r in rel.fetchall()]
+    if path.suffix in (".csv", ".tsv"):
+        with path.open(encoding="utf-8", newline="") as f:
+            return list(csv.DictReader(f, delimiter="\t" if path.suffix == ".tsv" else ","))
+    if path.suffix == ".json":
+        return json.loads(path.read_text(encoding="utf-8"))
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]

@@ -19,6 +19,16 @@ class WorkspaceState(NamedTuple):
     caption: tuple[np.ndarray, np.ndarray]
 
 
+def stored_vectors(ws: Path, kind: str = "image") -> tuple[np.ndarray, np.ndarray]:
+    """One kind's stored (ids, vectors), in shard order, from a read-only connection."""
+    w = Workspace(ws)
+    con = w.connect(read_only=True)
+    try:
+        return store.load_all(w, con, kind)
+    finally:
+        con.close()
+
+
 def workspace_state(ws: Path) -> WorkspaceState:
     w = Workspace(ws)
     con = w.connect(read_only=True)

@@ -12,11 +12,10 @@ import duckdb
 import numpy as np
 import pytest
 from conftest import CAPTIONS, run_cli, write_jpeg
+from ingest_support import stored_vectors
 
 from curate.classify.exports import command_line, kv_metadata_option
 from curate.classify.run import classify
-from curate.core import store
-from curate.core.workspace import Workspace
 
 TINY = ("--model", "curate-tiny", "--pretrained", "none", "--workers", "0")
 N = 10
@@ -46,12 +45,7 @@ def _rows(con: duckdb.DuckDBPyConnection, query: str, params: list | None = None
 
 
 def _stored(ws: Path, kind: str) -> dict[int, np.ndarray]:
-    w = Workspace(ws)
-    con = w.connect(read_only=True)
-    try:
-        ids, vecs = store.load_all(w, con, kind)
-    finally:
-        con.close()
+    ids, vecs = stored_vectors(ws, kind)
     return {int(i): v for i, v in zip(ids, vecs, strict=True)}
 
 

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import csv
-import json
 import shutil
 from pathlib import Path
 
 import duckdb
 import numpy as np
 import pytest
-from classify_support import references
+from classify_support import read_out, references
 from conftest import make_folder, run_cli
 
 from curate.classify.run import classify
@@ -23,18 +22,6 @@ def ws(classified, tmp_path) -> Path:
     dst = tmp_path / "ws"
     shutil.copytree(classified, dst)
     return dst
-
-
-def read_out(path: Path) -> list[dict]:
-    if path.suffix == ".parquet":
-        con = duckdb.connect()
-        rel = con.execute("SELECT * FROM read_parquet(?)", [str(path)])
-        cols = [d[0] for d in rel.description]
-        return [dict(zip(cols, r, strict=True)) for r in rel.fetchall()]
-    if path.suffix == ".csv":
-        with path.open(encoding="utf-8", newline="") as f:
-            return list(csv.DictReader(f))
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
 
 
 def top_by_id(ws: Path) -> dict[int, tuple[str, float]]:

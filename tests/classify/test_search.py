@@ -4,8 +4,6 @@ the terminal table aligned by terminal cells."""
 
 from __future__ import annotations
 
-import csv
-import json
 import shutil
 from pathlib import Path
 
@@ -13,6 +11,7 @@ import duckdb
 import faiss
 import numpy as np
 import pytest
+from classify_support import read_out
 from conftest import run_cli, write_jpeg
 
 from curate.classify.search import Hit, encode_image_file, search, search_images
@@ -41,21 +40,6 @@ def predictions(ws_path: Path, view: str) -> dict[int, tuple[str, float]]:
         return {i: (label, prob) for i, label, prob in con.execute(f"SELECT id, label, prob FROM {view}").fetchall()}
     finally:
         con.close()
-
-
-def read_out(path: Path) -> list[dict]:
-    """The rows of a search output, read back by a reader of its format (DuckDB for parquet)."""
-    if path.suffix == ".parquet":
-        con = duckdb.connect()
-        rel = con.execute("SELECT * FROM read_parquet(?)", [str(path)])
-        cols = [d[0] for d in rel.description]
-        return [dict(zip(cols, r, strict=True)) for r in rel.fetchall()]
-    if path.suffix in (".csv", ".tsv"):
-        with path.open(encoding="utf-8", newline="") as f:
-            return list(csv.DictReader(f, delimiter="\t" if path.suffix == ".tsv" else ","))
-    if path.suffix == ".json":
-        return json.loads(path.read_text(encoding="utf-8"))
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
 
 
 def test_search_matches_brute_force(classified, tiny_encoder):

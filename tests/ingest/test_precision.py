@@ -9,8 +9,8 @@ import duckdb
 import numpy as np
 import pytest
 import torch
+from ingest_support import stored_vectors
 
-from curate.core import store
 from curate.core.workspace import Workspace
 from curate.errors import InputError
 from curate.ingest import precision
@@ -126,11 +126,7 @@ def test_build_index_records_bf16_mixes_fp32_in_and_classify_follows(tmp_path, m
     assert "precision bf16;" in r.output
     assert _runs(ws) == (["bf16"], ["bf16"])
 
-    con = Workspace(ws).connect(read_only=True)
-    try:
-        ids, vecs = store.load_all(Workspace(ws), con, "image")
-    finally:
-        con.close()
+    ids, vecs = stored_vectors(ws)
     assert len(ids) == 4 and np.allclose(np.linalg.norm(vecs, axis=1), 1.0, atol=1e-5)
 
     make_folder(tmp_path / "more", n=6)
@@ -181,11 +177,7 @@ def test_auto_on_a_native_bf16_cpu_embeds_a_new_workspace_in_bf16_weights(tmp_pa
     r = run_cli("build-index", photos, "-w", ws, *TINY)
     assert "precision bf16;" in r.output
     assert _runs(ws) == (["bf16"], ["bf16"])
-    con = Workspace(ws).connect(read_only=True)
-    try:
-        ids, vecs = store.load_all(Workspace(ws), con, "image")
-    finally:
-        con.close()
+    ids, vecs = stored_vectors(ws)
     assert vecs.dtype == np.float32 and np.allclose(np.linalg.norm(vecs, axis=1), 1.0, atol=1e-5)
     ref = load_encoder("curate-tiny", "none", "cpu", "fp32")
     assert load_encoder("curate-tiny", "none", "cpu", "auto").mode == "weights"

@@ -12,6 +12,7 @@ import shutil
 import faiss
 import numpy as np
 from conftest import make_folder, run_cli, write_jpeg
+from ingest_support import stored_vectors
 from PIL import Image
 
 from curate.core import store
@@ -42,13 +43,8 @@ def _state(ws):
 
 
 def _search(ws, kind="image"):
-    w = Workspace(ws)
-    con = w.connect(read_only=True)
-    try:
-        _ids, q = store.load_all(w, con, kind)
-    finally:
-        con.close()
-    return faiss.read_index(str(w.index_path(kind))).search(q, len(q))
+    _ids, q = stored_vectors(ws, kind)
+    return faiss.read_index(str(Workspace(ws).index_path(kind))).search(q, len(q))
 
 
 def _ranked(scores, ids):
