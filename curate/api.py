@@ -36,7 +36,7 @@ from .classify.scoring import ENSEMBLE_TEXT_MIN, ENSEMBLE_TEXT_WEIGHT
 from .classify.search import Hit
 from .classify.state import NotReady
 from .classify.subsets import FilterError, FilterResult, FilterSpec, parse_where, write_subset
-from .core import integrity
+from .core import check, integrity
 from .core.progress import Progress
 from .core.sql import has_relation
 from .core.textout import safe
@@ -73,6 +73,7 @@ def _enabled(quiet: bool | None) -> bool | None:
     return None if quiet is None else not quiet
 
 
+@check.params(workspace=check.path())
 def must_exist(workspace: str | Path) -> Path:
     """Refuse a folder without a workspace database, the same way for every step (exit 4)."""
     value = Path(workspace)
@@ -112,6 +113,15 @@ class BuildResult:
 ENGINES = ("local", "ray")
 
 
+@check.params(
+    source=check.path(), workspace=check.path(), model=check.text(none=True), pretrained=check.text(none=True),
+    fallback_model=check.text(none=True), captions_dir=check.path(none=True), index=check.text(),
+    device=check.text(), batch_size=check.integer(1, none=True), workers=check.integer(0, none=True),
+    shard_size=check.integer(1), max_pixels=check.integer(1), draft_decode=check.flag(),
+    limit=check.integer(1, none=True), infer_types=check.flag(), recheck=check.text(), retry_rejected=check.flag(),
+    repair=check.flag(), precision=check.text(), quiet=check.flag(none=True), log=check.function(),
+    target_recall=check.number(0, 1, lo_open=True), max_index_memory=check.size(none=True), decode=check.text(),
+    engine=check.text(), address=check.text(none=True))
 def build_index(source: str | Path, workspace: str | Path = "ws", *, model: str | None = None,
                 pretrained: str | None = None, fallback_model: str | None = None,
                 captions_dir: str | Path | None = None, index: str = "auto", device: str = "auto",
@@ -373,6 +383,7 @@ class LabelRow:
     scene: str
 
 
+@check.params(workspace=check.path())
 def labels(workspace: str | Path) -> list[LabelRow]:
     """The label set the workspace was classified with (its `labels` table), in label order."""
     ws_path = must_exist(workspace)
@@ -387,6 +398,11 @@ def labels(workspace: str | Path) -> list[LabelRow]:
     return [LabelRow(int(i), lab, list(ps), scene) for i, lab, ps, scene in rows]
 
 
+@check.params(
+    workspace=check.path(), label_set=check.path(), prompts=check.path(), logit_scale=check.number(0, lo_open=True, none=True),
+    temperature=check.number(0, lo_open=True, none=True), storage=check.text(), top_k=check.integer(1),
+    device=check.text(), restart=check.flag(), batch_rows=check.integer(1), name=check.text(none=True),
+    quiet=check.flag(none=True), on_batch=check.function(none=True), log=check.function(none=True))
 def classify(workspace: str | Path = "ws", *, label_set: str | Path = "places205", prompts: str | Path = "natural",
              logit_scale: float | None = None, temperature: float | None = None, storage: str = "auto",
              top_k: int = DEFAULT_TOP_K, device: str = "auto", restart: bool = False,
@@ -437,6 +453,7 @@ def classify(workspace: str | Path = "ws", *, label_set: str | Path = "places205
         bar.close()
 
 
+@check.params(workspace=check.path())
 def classifications(workspace: str | Path = "ws") -> list[Classification]:
     """The workspace's named classifications, oldest first (`curate classify --list`)."""
     con = Workspace(must_exist(workspace)).connect(read_only=True)
@@ -446,6 +463,7 @@ def classifications(workspace: str | Path = "ws") -> list[Classification]:
         con.close()
 
 
+@check.params(workspace=check.path(), name=check.text())
 def use_classification(workspace: str | Path, name: str) -> None:
     """Make a complete classification the active one: the plain views show it (`classify --use`)."""
     con = Workspace(must_exist(workspace)).connect()
@@ -455,6 +473,7 @@ def use_classification(workspace: str | Path, name: str) -> None:
         con.close()
 
 
+@check.params(workspace=check.path(), name=check.text())
 def drop_classification(workspace: str | Path, name: str) -> str | None:
     """Remove a classification and its scores (`classify --drop`); returns the active one after.
 
@@ -494,13 +513,18 @@ class Filtered:
         return self.result.summary(self.spec)
 
 
-def _where(where: Iterable[str] | Iterable[tuple[str, str]]) -> tuple[tuple[str, str], ...]:
-    items = tuple(where)
-    if all(isinstance(w, str) for w in items):
-        return parse_where(items)  # type: ignore[arg-type]
-    return tuple((str(c), str(v)) for c, v in items)  # type: ignore[misc]
+def _where(where: Iterable[str | tuple[str, str]]) -> tuple[tuple[str, str], ...]:
+    """(column, value) pairs from check.conditions' mix of "COLUMN=VALUE" strings and pairs."""
+    return tuple(p for w in where for p in (parse_where((w,)) if isinstance(w, str) else (w,)))
 
 
+@check.params(
+    workspace=check.path(), labels=check.names(), min_prob=check.probability(), mode=check.text(),
+    unmatched=check.flag(), text_weight=check.probability(), text_min=check.probability(),
+    image_max=check.probability(), calibrated=check.flag(), where=check.conditions(), out=check.path(none=True),
+    copy_to=check.path(none=True), link_to=check.path(none=True), clean=check.flag(),
+    classification=check.text(none=True), dedup=check.flag(), format=check.text(none=True),
+    shard_size=check.integer(1), with_embeddings=check.flag())
 def filter(workspace: str | Path = "ws", *, labels: Iterable[str] = (), min_prob: float = 0.5,  # noqa: A001
            mode: str = "image", unmatched: bool = False, text_weight: float = ENSEMBLE_TEXT_WEIGHT,
            text_min: float = ENSEMBLE_TEXT_MIN, image_max: float = 1.0, calibrated: bool = False,
@@ -556,6 +580,10 @@ def _explain_calibrated_nothing(ws_path: Path, spec: FilterSpec) -> str | None:
                   "(`curate report`)")
 
 
+@check.params(
+    workspace=check.path(), text=check.text(none=True, empty=True), k=check.integer(1), image=check.path(none=True),
+    mode=check.text(), device=check.text(), classification=check.text(none=True),
+    search_param=check.integer(1, none=True), out=check.path(none=True))
 def search(workspace: str | Path, text: str | None = None, k: int = 20, *, image: str | Path | None = None,
            mode: str = "image", device: str = "auto", classification: str | None = None,
            search_param: int | None = None, out: str | Path | None = None) -> list[Hit]:
@@ -601,6 +629,10 @@ class Sample:
         return self.set.items
 
 
+@check.params(
+    workspace=check.path(), top_classes=check.integer(1), per_class=check.integer(1), seed=check.integer(),
+    mode=check.text(), set_name=check.text(none=True), replace=check.flag(), where=check.conditions(),
+    classification=check.text(none=True))
 def sample(workspace: str | Path = "ws", *, top_classes: int = 10, per_class: int = 100, seed: int = 0,
            mode: str = "image", set_name: str | None = None, replace: bool = False,
            where: Iterable[str] | Iterable[tuple[str, str]] = (), classification: str | None = None) -> Sample:
@@ -643,6 +675,10 @@ class ReportResult:
         return report_render.text_tables(self.report)
 
 
+@check.params(
+    workspace=check.path(none=True), set_name=check.text(none=True), marks=check.path(none=True), out=check.path(),
+    min_hit_rate=check.probability(), target_precision=check.number(0, 1, lo_open=True),
+    min_support=check.integer(1), grid_size=check.integer(0), classification=check.text(none=True))
 def report(workspace: str | Path | None = "ws", *, set_name: str | None = None, marks: str | Path | None = None,
            out: str | Path = "report", min_hit_rate: float = report_mod.DEFAULT_MIN_HIT_RATE,
            target_precision: float = 0.9, min_support: int = 10, grid_size: int = 24,
@@ -705,6 +741,8 @@ class Compared:
         return "\n".join(compare_render.summary_lines(self.comparison))
 
 
+@check.params(workspace=check.path(), names=check.names(), out=check.path(none=True),
+              min_prob=check.probability())
 def compare(workspace: str | Path = "ws", names: Iterable[str] = (), *, out: str | Path | None = "compare",
             min_prob: float = compare_mod.MIN_PROB) -> Compared:
     """Two or more named classifications side by side (`curate compare`): coverage per kind,
@@ -722,6 +760,8 @@ def compare(workspace: str | Path = "ws", names: Iterable[str] = (), *, out: str
 
 # --------------------------------------------------------------------------- dedup
 
+@check.params(workspace=check.path(), threshold=check.number(0, 1, lo_open=True, none=True), kind=check.text(),
+              fresh=check.flag(), quiet=check.flag(none=True))
 def dedup(workspace: str | Path = "ws", *, threshold: float | None = None, kind: str = "image",
           fresh: bool = False, quiet: bool | None = None) -> DedupResult:
     """Find near-duplicate groups and store them in the table `duplicates` (view `duplicate_groups`).
