@@ -149,11 +149,13 @@ def repair(ws: Workspace, con: duckdb.DuckDBPyConnection, damaged: list[Damage])
 
 
 def verify_shards(ws: Workspace, con: duckdb.DuckDBPyConnection) -> None:
-    """For readers (classify): every committed shard is present with the recorded shape, or a
-    WorkspaceError naming the first file that is not and saying how to repair it."""
+    """For readers (classify): every committed shard is present with the recorded shape and, where
+    its mtime is not the recorded one, the recorded checksum; else a WorkspaceError naming the
+    first file that is not and saying how to repair it."""
     ident = Workspace.model_identity(con)
     for kind in KINDS:
-        for vec_path, ids_path, n in store.shard_files(ws, con, kind):
+        for shard in store.shard_files(ws, con, kind):
+            vec_path, ids_path, n = shard.vectors, shard.ids, shard.rows
             dim = ident.embed_dim if ident else None
             for path, shape, dtype in ((ids_path, (n,), np.dtype(np.int64)), (vec_path, (n, dim), np.dtype(np.float32))):
                 if dim is None and path == vec_path:
@@ -164,3 +166,5 @@ def verify_shards(ws: Workspace, con: duckdb.DuckDBPyConnection) -> None:
                 problem = check_file(path, shape, dtype)
                 if problem:
                     raise store.shard_error(path, problem)
+            store.check_content(ids_path, shard.ids_sum, shard.ids_mtime_ns)
+            store.check_content(vec_path, shard.vec_sum, shard.vec_mtime_ns)
