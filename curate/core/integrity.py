@@ -4,7 +4,9 @@ Every run checks each committed shard cheaply: both files present, the .npy head
 the recorded shape and dtype, the file sizes fit the headers, and a file whose mtime is
 not the one recorded at write time is hashed and compared with its recorded checksum
 (an ids file overwritten by hand is caught this way). `build-index --repair` hashes every
-file (reads the whole store) and checks the ids against `items`.
+file (reads the whole store) and checks the ids against `items`. Readers make the same
+per-file checks (`verify_shards`, `store.open_shard`) but cannot record a new mtime (their
+connection is read-only): they hash such a file each time, until build-index records it.
 
 A damaged shard is dropped: its row goes, and the items it held (embedded items in its
 recorded id range found in no intact shard of its kind) lose their other vectors too and

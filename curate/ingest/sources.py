@@ -11,7 +11,8 @@ half-way and run again numbers items as an uninterrupted one.
 Nothing the scan sees is dropped silently: a file it does not take is counted, and
 recorded in `rejected` (stage 'scan') when it is a likely image; a bad entry (a name
 that is not UTF-8, a folder that cannot be listed, an unreadable caption) costs that
-entry only, never the scan.
+entry only, never the scan. Folders curate itself made (a workspace, report, compare and
+--copy-to outputs) are not scanned, and one note names them.
 """
 
 from __future__ import annotations
