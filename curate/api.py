@@ -243,7 +243,8 @@ def _build_index(source: Path, ws_path: Path, src, session, model, pretrained, f
             from .ingest.precomputed import count_rows, import_clip_retrieval
 
             with Progress("import", count_rows(src.root), "row", enabled=on) as bar:
-                seen, added, _bad = import_clip_retrieval(ws, con, src.root, run_id, ident.embed_dim, bar.update)
+                seen, added, _bad = import_clip_retrieval(ws, con, src.root, run_id, ident.embed_dim, bar.update,
+                                                          shard_size=shard_size)
         else:
             with Progress("scan", None, "item", enabled=on) as bar:
                 scan = scan_into(con, src, run_id, bar.update, infer_types=infer_types)

@@ -1,11 +1,17 @@
-"""Test helpers for ingestion: a workspace's whole embedded state, read back for comparison."""
+"""Test helpers for ingestion: a workspace's whole embedded state, read back for comparison; folder
+permissions that hold for a test run as root."""
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
+import pytest
 
 from curate.core import store
 from curate.core.workspace import Workspace
@@ -42,3 +48,40 @@ def workspace_state(ws: Path) -> WorkspaceState:
             store.load_all(w, con, "caption"))
     finally:
         con.close()
+
+
+@contextlib.contextmanager
+def permissions_apply() -> Iterator[None]:
+    """Folder permissions that stop this thread even when it runs as root: the thread's effective
+    capabilities to override them (CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH) are dropped for the
+    block and restored after. Capabilities belong to a thread (capset), so DuckDB's own threads
+    keep theirs; the walk runs in this one."""
+    if os.geteuid() != 0:
+        yield
+        return
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        capget, capset = libc.capget, libc.capset
+    except (OSError, AttributeError):
+        pytest.skip("no capget/capset here to take root's override of folder permissions away")
+
+    class Header(ctypes.Structure):
+        _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+    class Data(ctypes.Structure):
+        _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32),
+                    ("inheritable", ctypes.c_uint32)]
+
+    version3 = 0x20080522
+    data = (Data * 2)()
+    if capget(ctypes.byref(Header(version3, 0)), data) != 0:
+        pytest.skip("capget failed")
+    saved = data[0].effective
+    data[0].effective &= ~((1 << 1) | (1 << 2))  # CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH
+    if capset(ctypes.byref(Header(version3, 0)), data) != 0:
+        pytest.skip("capset failed")
+    try:
+        yield
+    finally:
+        data[0].effective = saved
+        capset(ctypes.byref(Header(version3, 0)), data)

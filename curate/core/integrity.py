@@ -4,7 +4,9 @@ Every run checks each committed shard cheaply: both files present, the .npy head
 the recorded shape and dtype, the file sizes fit the headers, and a file whose mtime is
 not the one recorded at write time is hashed and compared with its recorded checksum
 (an ids file overwritten by hand is caught this way). `build-index --repair` hashes every
-file (reads the whole store) and checks the ids against `items`.
+file (reads the whole store) and checks the ids against `items`. Readers make the same
+per-file checks (`verify_shards`, `store.open_shard`) but cannot record a new mtime (their
+connection is read-only): they hash such a file each time, until build-index records it.
 
 A damaged shard is dropped: its row goes, and the items it held (embedded items in its
 recorded id range found in no intact shard of its kind) lose their other vectors too and
@@ -149,11 +151,13 @@ def repair(ws: Workspace, con: duckdb.DuckDBPyConnection, damaged: list[Damage])
 
 
 def verify_shards(ws: Workspace, con: duckdb.DuckDBPyConnection) -> None:
-    """For readers (classify): every committed shard is present with the recorded shape, or a
-    WorkspaceError naming the first file that is not and saying how to repair it."""
+    """For readers (classify): every committed shard is present with the recorded shape and, where
+    its mtime is not the recorded one, the recorded checksum; else a WorkspaceError naming the
+    first file that is not and saying how to repair it."""
     ident = Workspace.model_identity(con)
     for kind in KINDS:
-        for vec_path, ids_path, n in store.shard_files(ws, con, kind):
+        for shard in store.shard_files(ws, con, kind):
+            vec_path, ids_path, n = shard.vectors, shard.ids, shard.rows
             dim = ident.embed_dim if ident else None
             for path, shape, dtype in ((ids_path, (n,), np.dtype(np.int64)), (vec_path, (n, dim), np.dtype(np.float32))):
                 if dim is None and path == vec_path:
@@ -164,3 +168,5 @@ def verify_shards(ws: Workspace, con: duckdb.DuckDBPyConnection) -> None:
                 problem = check_file(path, shape, dtype)
                 if problem:
                     raise store.shard_error(path, problem)
+            store.check_content(ids_path, shard.ids_sum, shard.ids_mtime_ns)
+            store.check_content(vec_path, shard.vec_sum, shard.vec_mtime_ns)

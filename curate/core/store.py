@@ -40,22 +40,30 @@ def ids_name(name: str) -> str:
 
 
 class ShardFile(NamedTuple):
-    """A committed shard's files and its recorded row count."""
+    """A committed shard's files, its recorded row count and what was recorded when it was written
+    (checksums and mtimes: None for a shard recorded without them)."""
 
     vectors: Path
     ids: Path
     rows: int
+    vec_sum: str | None = None
+    ids_sum: str | None = None
+    vec_mtime_ns: int | None = None
+    ids_mtime_ns: int | None = None
 
 
-def shard_file(ws: Workspace, kind: str, name: str, rows: int) -> ShardFile:
+def shard_file(ws: Workspace, kind: str, name: str, rows: int, vec_sum: str | None = None,
+               ids_sum: str | None = None, vec_mtime_ns: int | None = None,
+               ids_mtime_ns: int | None = None) -> ShardFile:
     d = ws.embeddings_dir(kind)
-    return ShardFile(d / name, d / ids_name(name), int(rows))
+    return ShardFile(d / name, d / ids_name(name), int(rows), vec_sum, ids_sum, vec_mtime_ns, ids_mtime_ns)
 
 
 def shard_files(ws: Workspace, con: duckdb.DuckDBPyConnection, kind: str) -> list[ShardFile]:
     """Committed shards of one kind, in part order (= item-id order, as build-index writes them)."""
-    rows = con.execute("SELECT file, rows FROM shards WHERE kind = ? ORDER BY part", [kind]).fetchall()
-    return [shard_file(ws, kind, f, n) for f, n in rows]
+    rows = con.execute("SELECT file, rows, vec_sum, ids_sum, vec_mtime_ns, ids_mtime_ns FROM shards "
+                       "WHERE kind = ? ORDER BY part", [kind]).fetchall()
+    return [shard_file(ws, kind, *r) for r in rows]
 
 
 def next_part(con: duckdb.DuckDBPyConnection, kind: str) -> int:
@@ -122,33 +130,40 @@ def record_shard(con: duckdb.DuckDBPyConnection, kind: str, part: int, w: Writte
 
 def commit_shards(ws: Workspace, con: duckdb.DuckDBPyConnection, run_id: int,
                   vectors: dict[str, tuple[np.ndarray, np.ndarray]],
-                  items: Callable[[duckdb.DuckDBPyConnection], None] | None = None) -> dict[str, Written]:
+                  items: Callable[[duckdb.DuckDBPyConnection], None] | None = None,
+                  max_rows: int | None = None) -> dict[str, list[Written]]:
     """The resume promise, in one place: new vectors made durable together with their items.
 
-    `vectors` maps a kind to (ids, vecs); an empty kind writes nothing. Each kind's shard
-    is written first (temporary name, fsync, rename), under the next part number; then
-    one transaction records the shards, runs `items(con)` (the caller's own changes to
-    its items: new rows, rejections, caption token counts...) and marks the items of the
-    image shard `embedded`. A process killed before the COMMIT leaves files no row owns,
+    `vectors` maps a kind to (ids, vecs); an empty kind writes nothing. Each kind's
+    vectors are written as shards of at most `max_rows` rows (one shard when None), in
+    order, under the next part numbers (temporary name, fsync, rename); then one
+    transaction records the shards, runs `items(con)` (the caller's own changes to its
+    items: new rows, rejections, caption token counts...) and marks the items of the
+    image shards `embedded`. A process killed before the COMMIT leaves files no row owns,
     which `remove_orphans` deletes at the next start; after it, everything is there.
     Returns what was written, by kind.
     """
-    written: dict[str, Written] = {}
-    parts: dict[str, int] = {}
+    if max_rows is not None and max_rows < 1:
+        raise ValueError(f"max_rows {max_rows}: a shard holds at least one row")
+    written: dict[str, list[tuple[int, Written]]] = {}
     for kind, (ids, vecs) in vectors.items():
-        if len(ids):
-            parts[kind] = next_part(con, kind)
-            written[kind] = write_shard(ws, kind, parts[kind], ids, vecs)
+        step = max_rows or max(len(ids), 1)
+        part = next_part(con, kind)
+        for s in range(0, len(ids), step):
+            written.setdefault(kind, []).append((part, write_shard(ws, kind, part, ids[s : s + step],
+                                                                   vecs[s : s + step])))
+            part += 1
     with transaction(con):
-        for kind, w in written.items():
-            record_shard(con, kind, parts[kind], w, w.rows, run_id)
+        for kind, shards in written.items():
+            for part, w in shards:
+                record_shard(con, kind, part, w, w.rows, run_id)
         if items is not None:
             items(con)
         if "image" in written:
             con.register("embedded_ids", {"id": np.asarray(vectors["image"][0], dtype=np.int64)})
             con.execute("UPDATE items SET status = 'embedded' FROM embedded_ids e WHERE items.id = e.id")
             con.unregister("embedded_ids")
-    return written
+    return {kind: [w for _part, w in shards] for kind, shards in written.items()}
 
 
 def remove_orphans(ws: Workspace, con: duckdb.DuckDBPyConnection) -> int:
@@ -220,12 +235,14 @@ def drop_items(ws: Workspace, con: duckdb.DuckDBPyConnection, ids: np.ndarray,
     removed = 0
     for kind in KINDS:
         rows = con.execute(
-            "SELECT part, file, rows FROM shards WHERE kind = ? AND (min_id IS NULL OR (min_id <= ? AND max_id >= ?)) "
-            "ORDER BY part", [kind, hi, lo]).fetchall()
-        for part, name, n in rows:
+            "SELECT part, file, rows, vec_sum, ids_sum, vec_mtime_ns, ids_mtime_ns FROM shards "
+            "WHERE kind = ? AND (min_id IS NULL OR (min_id <= ? AND max_id >= ?)) ORDER BY part",
+            [kind, hi, lo]).fetchall()
+        for part, name, n, *recorded in rows:
             if (kind, part) in drop_shards:
                 continue
-            have, vecs = open_shard(shard_file(ws, kind, name, n))
+            # checked: a rewrite must never give damaged vectors a new, right checksum
+            have, vecs = open_shard(shard_file(ws, kind, name, n, *recorded))
             drop = np.isin(have, ids)
             if not drop.any():
                 continue
@@ -263,13 +280,49 @@ def shard_error(path: Path, problem: str) -> WorkspaceError:
                           "run curate build-index SOURCE again to repair it")
 
 
+# Files whose checksum was found right in this process, by (path, inode, size, mtime_ns, checksum):
+# a reader that opens a shard again (dedup, classify after verify_shards) does not hash it twice.
+_verified: set[tuple[str, int, int, int, str]] = set()
+
+
+def check_content(path: Path, want_sum: str | None, recorded_mtime_ns: int | None) -> None:
+    """A WorkspaceError naming the file when it changed on disk since it was written.
+
+    What build-index checks each run, for readers, which cannot record anything (their
+    connection is read-only): a file whose mtime is the one recorded at write time costs
+    one stat; another mtime (touched, copied, overwritten) is hashed and compared with the
+    recorded checksum, every time until build-index records the new mtime. A shard
+    recorded without a checksum is checked by shape only.
+    """
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise shard_error(path, "missing") from None
+    except OSError as e:
+        raise shard_error(path, f"cannot be read: {e.strerror or e}") from None
+    if not want_sum or st.st_mtime_ns == recorded_mtime_ns:
+        return
+    key = (str(path), st.st_ino, st.st_size, st.st_mtime_ns, want_sum)
+    if key in _verified:
+        return
+    try:
+        have = file_sum(path)
+    except OSError as e:
+        raise shard_error(path, f"cannot be read: {e.strerror or e}") from None
+    if have != want_sum:
+        raise shard_error(path, "its content is not what was written: the checksum differs; it changed on disk "
+                                "after curate wrote it")
+    _verified.add(key)
+
+
 def open_shard(shard: ShardFile, mmap: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """A shard's (ids, vectors), checked against its record: a WorkspaceError naming the file otherwise.
 
-    The vectors are memory-mapped (unless `mmap` is False), so a reader that needs only
-    the ids reads only the ids file and the vectors' header.
+    Both files are checked as `check_content` says too (a stat each while their mtimes are
+    the recorded ones). The vectors are memory-mapped (unless `mmap` is False), so a reader that
+    needs only the ids reads only the ids file and the vectors' header.
     """
-    vec_path, ids_path, rows = shard
+    vec_path, ids_path, rows = shard.vectors, shard.ids, shard.rows
     for path in (ids_path, vec_path):
         if not os.path.exists(path):
             raise shard_error(path, "missing")
@@ -285,4 +338,6 @@ def open_shard(shard: ShardFile, mmap: bool = True) -> tuple[np.ndarray, np.ndar
         raise shard_error(ids_path, f"holds {ids.dtype} {ids.shape}, expected int64 ({rows},)")
     if vecs.dtype != np.float32 or vecs.ndim != 2 or vecs.shape[0] != rows:
         raise shard_error(vec_path, f"holds {vecs.dtype} {vecs.shape}, expected float32 ({rows}, d)")
+    check_content(ids_path, shard.ids_sum, shard.ids_mtime_ns)
+    check_content(vec_path, shard.vec_sum, shard.vec_mtime_ns)
     return ids, vecs

@@ -327,11 +327,42 @@ class ShardWork:
 
     @property
     def n_items(self) -> int:
-        return sum(len(a) for a in self.img_ids) + len(self.rejected)
+        return self.n_images + len(self.rejected)
+
+    @property
+    def n_images(self) -> int:
+        return sum(len(a) for a in self.img_ids)
+
+    def take_through(self, last: int) -> ShardWork:
+        """The work of items with ids up to `last`, moved out into a ShardWork of its own (ids come
+        in increasing order, so what stays is the later items)."""
+        head = ShardWork()
+        head.img_ids, head.img_vecs, self.img_ids, self.img_vecs = _split(self.img_ids, self.img_vecs, last)
+        head.cap_ids, head.cap_vecs, self.cap_ids, self.cap_vecs = _split(self.cap_ids, self.cap_vecs, last)
+        for name in ("cap_tokens", "rejected", "seen"):
+            rows = getattr(self, name)
+            setattr(head, name, [r for r in rows if r[0] <= last])
+            setattr(self, name, [r for r in rows if r[0] > last])
+        head.started = self.started
+        return head
 
     def due(self, opts: EmbedOptions) -> bool:
         """Whether the shard is full or has waited long enough to be committed."""
         return self.n_items >= opts.shard_size or time.monotonic() - self.started >= opts.commit_seconds
+
+
+def _split(ids: list[np.ndarray], vecs: list[np.ndarray], last: int) -> tuple[list, list, list, list]:
+    """(ids, vecs) batches cut at id `last`: those up to it, then those after it."""
+    head_i, head_v, tail_i, tail_v = [], [], [], []
+    for i, v in zip(ids, vecs, strict=True):
+        m = i <= last
+        if m.any():
+            head_i.append(i[m])
+            head_v.append(v[m])
+        if not m.all():
+            tail_i.append(i[~m])
+            tail_v.append(v[~m])
+    return head_i, head_v, tail_i, tail_v
 
 
 def pending_chunks(con: duckdb.DuckDBPyConnection, limit: int | None = None) -> Iterator[list[tuple]]:
@@ -375,10 +406,10 @@ def embed_pending(ws: Workspace, con: duckdb.DuckDBPyConnection, enc: Encoder, r
             if progress:
                 progress(len(batch_ids) + len(bad))
             if pending.due(opts):
-                ok, nbad = commit(ws, con, run_id, pending)
+                ok, nbad = commit(ws, con, run_id, pending, opts.shard_size, whole=pending.n_images < opts.shard_size)
                 done_ok, done_bad = done_ok + ok, done_bad + nbad
     if pending.n_items:
-        ok, nbad = commit(ws, con, run_id, pending)
+        ok, nbad = commit(ws, con, run_id, pending, opts.shard_size)
         done_ok, done_bad = done_ok + ok, done_bad + nbad
     return done_ok, done_bad
 
@@ -407,8 +438,28 @@ def caption_vectors(enc: Encoder, batch_ids: np.ndarray, captions: dict[int, str
             [(i, c, c > limit) for i, c in zip(with_cap, counts, strict=True)])
 
 
-def commit(ws: Workspace, con: duckdb.DuckDBPyConnection, run_id: int, p: ShardWork) -> tuple[int, int]:
-    """A shard's work made durable in one transaction (store.commit_shards); returns (embedded, rejected)."""
+def commit(ws: Workspace, con: duckdb.DuckDBPyConnection, run_id: int, p: ShardWork,
+           shard_rows: int | None = None, whole: bool = True) -> tuple[int, int]:
+    """The collected work made durable in shards of at most `shard_rows` image rows, one transaction
+    each (store.commit_shards); returns (embedded, rejected).
+
+    Full shards go first, in id order. The rest (fewer rows) is committed too when `whole`,
+    else it stays in `p` to be filled by the next batches: a batch that overfills a shard
+    does not leave a small shard behind every full one.
+    """
+    n_ok = n_bad = 0
+    while shard_rows and p.n_images >= shard_rows and (p.n_images > shard_rows or not whole):
+        last = int(np.concatenate(p.img_ids)[shard_rows - 1])
+        ok, bad = _commit(ws, con, run_id, p.take_through(last))
+        n_ok, n_bad = n_ok + ok, n_bad + bad
+    if whole and p.n_items:
+        ok, bad = _commit(ws, con, run_id, p)
+        n_ok, n_bad = n_ok + ok, n_bad + bad
+    return n_ok, n_bad
+
+
+def _commit(ws: Workspace, con: duckdb.DuckDBPyConnection, run_id: int, p: ShardWork) -> tuple[int, int]:
+    """One shard's work made durable in one transaction (store.commit_shards); returns (embedded, rejected)."""
     img_ids = np.concatenate(p.img_ids) if p.img_ids else np.zeros(0, np.int64)
     vectors = {}
     if len(img_ids):

@@ -24,6 +24,7 @@ from ..errors import PartialResult
 from .sources import Source, SourceError, clean_sql, column_targets, register_source
 
 CHUNK = 100_000
+NPY_MAGIC = np.lib.format.MAGIC_PREFIX  # the first bytes of every .npy file
 
 
 def _parts(root: Path) -> list[tuple[int, Path, Path | None, Path]]:
@@ -46,6 +47,17 @@ def _parts(root: Path) -> list[tuple[int, Path, Path | None, Path]]:
 def open_vectors(f: Path, want_rows: int | None = None, want_dim: int | None = None,
                  like: Path | None = None) -> np.ndarray:
     """A memory map of an embeddings file, or an InputError naming the file and what is wrong with it."""
+    # np.load takes anything without the .npy magic for a pickle, so a text or CSV file named
+    # .npy would be called "pickled": look at the first bytes first.
+    try:
+        with open(f, "rb") as fh:
+            head = fh.read(len(NPY_MAGIC))
+    except OSError as e:
+        raise SourceError(f"{f}: cannot read: {e.strerror or e}") from None
+    if head != NPY_MAGIC:
+        what = "it is empty" if not head else f"it starts with {head!r}, not the .npy magic {NPY_MAGIC!r}"
+        raise SourceError(f"{f}: not an .npy file ({what}); save the vectors with numpy.save as a "
+                          "float16/float32 array [rows, dim]")
     try:
         a = np.load(f, mmap_mode="r")
     except ValueError as e:
@@ -97,8 +109,13 @@ def _reason(nonfinite: np.ndarray, what: str) -> np.ndarray:
 
 def import_clip_retrieval(ws: Workspace, con: duckdb.DuckDBPyConnection, root: Path, run_id: int,
                           expect_dim: int, progress: Callable[[int], None] | None = None,
-                          chunk: int = CHUNK) -> tuple[int, int, int]:
-    """Import every part; returns (rows seen, items added, rejected)."""
+                          chunk: int = CHUNK, shard_size: int | None = None) -> tuple[int, int, int]:
+    """Import every part in shards of at most `shard_size` rows; returns (rows seen, items added, rejected)."""
+    if shard_size is not None:
+        if shard_size < 1:
+            raise SourceError(f"--shard-size {shard_size}: a shard holds at least one row")
+        # a chunk (one transaction) is whole shards where it can be, so no small shard ends each chunk
+        chunk = shard_size * max(1, chunk // shard_size) if shard_size <= chunk else chunk
     store.remove_orphans(ws, con)
     source_no = register_source(con, Source("clip-retrieval", root), run_id)
     seen = added = bad = 0
@@ -124,7 +141,7 @@ def import_clip_retrieval(ws: Workspace, con: duckdb.DuckDBPyConnection, root: P
         for start in range(0, n_rows, chunk):
             stop = min(start + chunk, n_rows)
             a, b, c = _import_chunk(ws, con, run_id, part, img_f, text_f, start, stop, cols, path_col, id_col,
-                                    extras, targets, source_no)
+                                    extras, targets, source_no, shard_size)
             seen, added, bad = seen + a, added + b, bad + c
             if progress:
                 progress(stop - start)
@@ -171,7 +188,7 @@ def _rows(f: Path, start: int, stop: int, rows: np.ndarray) -> np.ndarray:
 
 
 def _import_chunk(ws, con, run_id, part, img_f, text_f, start, stop, cols, path_col, id_col, extras, targets,
-                  source_no):
+                  source_no, shard_size=None):
     sid_expr = f"CAST({quote_ident(id_col)} AS VARCHAR)" if id_col else "NULL"
     path_expr = f"CAST({quote_ident(path_col)} AS VARCHAR)" if path_col else "NULL"
     fallback = f"'part{part}:' || _row"
@@ -241,5 +258,5 @@ def _import_chunk(ws, con, run_id, part, img_f, text_f, start, stop, cols, path_
                         "FROM cr_cap n JOIN cr_chunk c USING (_row)", [run_id, source_no])
             con.unregister("cr_cap")
 
-    store.commit_shards(ws, con, run_id, vectors, items)
+    store.commit_shards(ws, con, run_id, vectors, items, max_rows=shard_size)
     return stop - start, int(fresh.sum()), int((~ok & fresh).sum())

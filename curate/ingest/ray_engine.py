@@ -298,7 +298,8 @@ def embed_pending_ray(ws: Workspace, con: duckdb.DuckDBPyConnection, session: Ra
                 for batch in stream(rows[got.pos:]):
                     gap = _take(batch, got, pending, progress)
                     if pending.due(opts):
-                        ok, nbad = commit(ws, con, run_id, pending)
+                        ok, nbad = commit(ws, con, run_id, pending, opts.shard_size,
+                                          whole=pending.n_images < opts.shard_size)
                         done_ok, done_bad = done_ok + ok, done_bad + nbad
                     if gap:
                         break  # the rest is sent again, from the first item not received
@@ -317,7 +318,7 @@ def embed_pending_ray(ws: Workspace, con: duckdb.DuckDBPyConnection, session: Ra
         if left_pending:  # stop here: a rerun then goes on in id order, after what is committed
             break
     if pending.n_items:
-        ok, nbad = commit(ws, con, run_id, pending)
+        ok, nbad = commit(ws, con, run_id, pending, opts.shard_size)
         done_ok, done_bad = done_ok + ok, done_bad + nbad
     if left_pending:
         raise PartialResult(f"the Ray cluster failed {RETRIES} times in a row on the same items ({last_error}); "

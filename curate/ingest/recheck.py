@@ -9,7 +9,11 @@ as it is now:
 - embedded items whose file changed are embedded again under the same id, after their
   old vectors are taken out of the shards (`store.drop_items`), so nothing is there twice
   and the indexes are rebuilt from what remains;
-- a file that disappeared after it was embedded keeps its vectors (nothing new to embed).
+- a file that disappeared after it was embedded keeps its vectors (nothing new to embed);
+- the first `--recheck hash` of items embedded without a hash records one only where the
+  file's size and mtime are still what was embedded (else it is embedded again), and says
+  that those files are trusted as they are now: a change made before that kept both is
+  beyond what can be seen.
 
 Cost: one stat per item, run in a thread pool (stat is a syscall that releases the GIL,
 and on network file systems many in flight hide the latency). `--recheck rejected`
@@ -70,7 +74,10 @@ class Rechecked:
     changed: int = 0        # embedded items whose file changed: embedded again
     retried: int = 0        # rejected items tried again
     missing: int = 0        # embedded items whose file is gone: vectors kept
-    adopted: int = 0        # items with no record yet (older workspace): recorded now, not re-embedded
+    adopted: int = 0        # items with no record yet (older workspace): recorded as they are now, not re-embedded
+    first_hashes: int = 0   # --recheck hash, no hash recorded yet, size and mtime as embedded: hash recorded now
+    changed_unhashed: int = 0   # of `changed`: no hash recorded yet, and size or mtime not as embedded
+    unhashable: int = 0     # no hash recorded yet, size and mtime as embedded, but the file could not be read
 
     def describe(self) -> str:
         out = [f"{self.checked} files checked", f"{self.changed} changed (embedded again)",
@@ -78,7 +85,18 @@ class Rechecked:
         if self.missing:
             out.append(f"{self.missing} embedded files gone (vectors kept)")
         if self.adopted:
-            out.append(f"{self.adopted} recorded for the first time")
+            out.append(f"{self.adopted} recorded for the first time (no record of them as embedded: "
+                       "trusted as they are now)")
+        if self.first_hashes:
+            out.append(f"{self.first_hashes} hashes recorded for the first time: those files are trusted as they "
+                       "are now (size and mtime as embedded; a change made before this run that kept both cannot "
+                       "be seen)")
+        if self.changed_unhashed:
+            out.append(f"{self.changed_unhashed} of the changed had no hash yet and could not be trusted (size or "
+                       "mtime not as embedded): embedded again, hashed as they are read")
+        if self.unhashable:
+            out.append(f"{self.unhashable} could not be hashed (the file cannot be read): compared by size and "
+                       "mtime only, hashed at the next --recheck hash")
         return ", ".join(out)
 
 
@@ -119,11 +137,24 @@ def recheck(ws, con: duckdb.DuckDBPyConnection, source: str, mode: str = "stat",
                 if retry_rejected or (size, mtime) != (n_size, n_mtime) or (mode == "hash" and digest != n_hash):
                     retry.append(i)
                 continue
+            first_hash = mode == "hash" and digest is None
             if n_size is None:
                 out.missing += 1
-            elif size is None or (mode == "hash" and digest is None and (size, mtime) == (n_size, n_mtime)):
+            elif size is None:  # nothing recorded when it was embedded: nothing to compare with
                 adopt.append((i, n_size, n_mtime, n_hash))
-            elif (size, mtime) != (n_size, n_mtime) or (mode == "hash" and digest != n_hash):
+                out.adopted += 1
+            elif (size, mtime) != (n_size, n_mtime):
+                redo.append(i)
+                out.changed_unhashed += first_hash
+            elif first_hash:
+                # A first hash is taken only of a file whose stat is what was embedded: the best
+                # evidence there is that it is the file that was embedded. Said so in describe().
+                if n_hash is None:
+                    out.unhashable += 1
+                else:
+                    adopt.append((i, n_size, n_mtime, n_hash))
+                    out.first_hashes += 1
+            elif mode == "hash" and digest != n_hash:
                 redo.append(i)
     if adopt:
         a = list(zip(*adopt, strict=True))
@@ -132,7 +163,6 @@ def recheck(ws, con: duckdb.DuckDBPyConnection, source: str, mode: str = "stat",
         con.execute("INSERT OR REPLACE INTO item_files SELECT a.id, a.size, a.mtime, "
                     "coalesce(a.hash::VARCHAR, (SELECT f.hash FROM item_files f WHERE f.item_id = a.id)) FROM adopt a")
         con.unregister("adopt")
-        out.adopted = len(adopt)
     if redo or retry:
         store.drop_items(ws, con, np.array(sorted(redo + retry), np.int64))
     out.changed, out.retried = len(redo), len(retry)

@@ -11,13 +11,15 @@ half-way and run again numbers items as an uninterrupted one.
 Nothing the scan sees is dropped silently: a file it does not take is counted, and
 recorded in `rejected` (stage 'scan') when it is a likely image; a bad entry (a name
 that is not UTF-8, a folder that cannot be listed, an unreadable caption) costs that
-entry only, never the scan.
+entry only, never the scan. Folders curate itself made (a workspace, report, compare and
+--copy-to outputs) are not scanned, and one note names them.
 """
 
 from __future__ import annotations
 
 import os
 import posixpath
+import re
 import stat
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -28,8 +30,9 @@ import duckdb
 import numpy as np
 from PIL import Image
 
+from ..core import output_folder
 from ..core.sql import transaction
-from ..core.workspace import SCHEMA, UPGRADES, quote_ident
+from ..core.workspace import DB_NAME, SCHEMA, UPGRADES, quote_ident
 from ..errors import InputError
 
 MANIFEST_EXTENSIONS = {".csv": "csv", ".tsv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl",
@@ -96,6 +99,26 @@ class Source:
         return self.manifest if self.manifest is not None else self.root
 
 
+# What curate itself writes: a workspace (its database) and the output folders of report and
+# compare (their manifest) and of filter/search --copy-to (classify/subsets.py MANIFEST). A scan
+# that met one inside a source would take report pictures or copies of the source's own photos
+# as new items; it skips the folder and says so.
+COPY_MANIFEST = ".curate-files"
+
+
+def curate_folder(path: str) -> str | None:
+    """What curate made this folder for (a workspace, an output folder), or None for any other folder."""
+    if os.path.lexists(os.path.join(path, DB_NAME)):
+        return "a curate workspace"
+    if os.path.lexists(os.path.join(path, output_folder.MANIFEST)):
+        return "a curate report or compare folder"
+    if os.path.lexists(os.path.join(path, COPY_MANIFEST)):
+        return "a curate --copy-to folder"
+    if re.fullmatch(r"\..+\.curate-(partial|old)", os.path.basename(path)):
+        return "a curate output folder being written"
+    return None
+
+
 @dataclass
 class ScanResult:
     seen: int = 0           # items the source offers (image files taken, manifest rows)
@@ -103,6 +126,7 @@ class ScanResult:
     not_taken: int = 0      # entries recorded in `rejected` at stage 'scan' (this run or before)
     other_files: int = 0    # files seen that are not images (counted only)
     caption_problems: int = 0
+    skipped: list[str] = field(default_factory=list)   # folders curate made (workspaces, outputs): not scanned
     notes: list[str] = field(default_factory=list)
 
     def __iter__(self):  # `seen, added = scan_into(...)` keeps working
@@ -121,6 +145,11 @@ def detect_source(path: str | Path, captions_dir: str | Path | None = None) -> S
         if p.suffix.lower() not in MANIFEST_EXTENSIONS:
             raise SourceError(f"{path}: a manifest must be .csv, .tsv, .jsonl or .parquet (got '{p.suffix}')")
         return Source("manifest", p.parent, manifest=p)
+    try:
+        with os.scandir(p):
+            pass
+    except OSError as e:
+        raise SourceError(f"{path}: the folder cannot be listed: {e.strerror or e}") from None
     if (p / "img_emb").is_dir():
         return Source("clip-retrieval", p)
     if captions_dir is not None:
@@ -344,15 +373,18 @@ def _folder_entries(src: Source, res: ScanResult) -> Iterator[_Entry]:
     the same folder) is recorded and not entered twice.
     """
     root = str(src.root)
+    made = curate_folder(root)
+    if made == "a curate workspace":
+        raise SourceError(f"{root} is {made} (it holds {DB_NAME}), not a folder of photos; give the photo folder")
     taken = scanned_extensions()
     st = os.stat(root)
     visited = {(st.st_dev, st.st_ino)}
+    # os.walk reports a folder it cannot list through onerror, when it gets to it: after the
+    # parent's step, and for the last folder walked after the last step. Every error is taken
+    # at the next step and once more when the walk ends.
     walk_errors: list[OSError] = []
     for dirpath, dirnames, filenames in os.walk(root, onerror=walk_errors.append, followlinks=True):
-        while walk_errors:
-            e = walk_errors.pop()
-            where = shown(str(e.filename or dirpath))
-            yield _Entry(_rel(where, root), where, reject=f"folder cannot be listed: {e.strerror or e}")
+        yield from _walk_errors(walk_errors, root)
         dirnames.sort()
         keep = []
         for d in dirnames:
@@ -372,6 +404,9 @@ def _folder_entries(src: Source, res: ScanResult) -> Iterator[_Entry]:
                              reject=f"link to a folder already scanned ({os.path.realpath(full)}): not scanned twice")
                 continue
             visited.add((ds.st_dev, ds.st_ino))
+            if curate_folder(full):
+                res.skipped.append(_rel(full, root))
+                continue
             keep.append(d)
         dirnames[:] = keep
         for name in sorted(filenames):
@@ -401,6 +436,17 @@ def _folder_entries(src: Source, res: ScanResult) -> Iterator[_Entry]:
                 cap_path = os.path.splitext(full)[0] + ".txt"
             text, problem = read_caption(cap_path)
             yield _Entry(rel, full, text, problem, cap_path)
+    yield from _walk_errors(walk_errors, root)
+
+
+def _walk_errors(errors: list[OSError], root: str) -> Iterator[_Entry]:
+    """The folders os.walk could not list, in the order it met them, as entries not taken."""
+    for e in errors:
+        where = shown(os.fsdecode(e.filename)) if e.filename is not None else root
+        if os.path.realpath(where) == os.path.realpath(root):
+            raise SourceError(f"{root}: the folder cannot be listed: {e.strerror or e}")
+        yield _Entry(_rel(where, root), where, reject=f"folder cannot be listed: {e.strerror or e}")
+    errors.clear()
 
 
 def _rel(full: str, root: str) -> str:
@@ -426,6 +472,10 @@ def scan_folder(con: duckdb.DuckDBPyConnection, src: Source, source_no: int, run
         if len(batch) >= SCAN_BATCH:
             flush()
     flush()
+    if res.skipped:
+        shown_ = ", ".join(res.skipped[:3]) + (f" and {len(res.skipped) - 3} more" if len(res.skipped) > 3 else "")
+        res.notes.append(f"{len(res.skipped)} folder(s) under the source are curate's own (workspaces, outputs) "
+                         f"and were not scanned: {shown_}")
     if src.city_folders:
         set_cities(con, source_no)
     return res

@@ -348,7 +348,7 @@ def test_a_failed_run_leaves_the_previous_scores(ws, tiny_encoder):
     classify(ws, encoder=tiny_encoder)
     before = run_cli("filter", "-w", ws, "--min-prob", "0").output
     con = Workspace(ws).connect()
-    vec_path, _ids, _n = store.shard_files(Workspace(ws), con, "caption")[-1]
+    vec_path = store.shard_files(Workspace(ws), con, "caption")[-1].vectors
     con.close()
     vec_path.unlink()                                   # a shard lost from under the workspace
     with pytest.raises(WorkspaceError, match="build-index SOURCE again to repair"):

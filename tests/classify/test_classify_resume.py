@@ -290,7 +290,7 @@ def test_lost_shard_fails_before_looking_classified(small):
     labels, a, _b = small
     classify(a, labels, batch_rows=128)
     con = Workspace(a).connect()
-    vec_path, _ids, _n = store.shard_files(Workspace(a), con, "image")[0]
+    vec_path = store.shard_files(Workspace(a), con, "image")[0].vectors
     con.close()
     vec_path.unlink()
     with pytest.raises(WorkspaceError, match="missing"):

@@ -9,12 +9,14 @@ import sys
 from pathlib import Path
 
 import duckdb
+import pytest
 from conftest import make_folder, run_cli, write_jpeg
+from ingest_support import permissions_apply
 from PIL import Image
 
 from curate.core.workspace import Workspace
 from curate.ingest.scan import scan_into
-from curate.ingest.sources import CAPTION_MAX_BYTES, detect_source
+from curate.ingest.sources import CAPTION_MAX_BYTES, SourceError, detect_source
 
 TINY = ("--model", "curate-tiny", "--pretrained", "none", "--workers", "0")
 REPO = Path(__file__).resolve().parents[2]
@@ -199,3 +201,92 @@ def test_bad_entries_cost_only_themselves(tmp_path):
                      "file name is not valid UTF-8 (bytes shown as \\xNN); rename the file")]
     n = con.execute("SELECT count(*) FROM rejected").fetchone()[0]
     assert f"rejected this run: {n} (caption 5, scan 1;" in proc.stdout
+
+
+@pytest.mark.parametrize("locked", [
+    ["a_first"],                      # the first folder walked
+    ["m_middle"],                     # between two readable ones
+    ["z_last"],                       # the last folder walked: once dropped silently
+    ["z_last/deeper/deepest"],        # nested, and last
+    ["a_first", "m_middle/inner", "z_last"],
+])
+def test_every_folder_that_cannot_be_listed_is_recorded_wherever_it_is(tmp_path, locked):
+    d = tmp_path / "photos"
+    for sub in ("a_first", "m_middle", "m_middle/inner", "z_last", "z_last/deeper", "z_last/deeper/deepest"):
+        write_jpeg(d / sub / "p.jpg", seed=len(sub))
+    write_jpeg(d / "top.jpg", seed=99)
+    for sub in locked:
+        (d / sub).chmod(0)
+    try:
+        with permissions_apply():
+            con, res = _scan(tmp_path / "ws", d)
+    finally:
+        for sub in locked:
+            (d / sub).chmod(0o755)
+    rej = _rejected(con, "scan")
+    assert sorted(sid for sid, _p, _r in rej) == sorted(locked)
+    assert all(r.startswith("folder cannot be listed: Permission denied") for _s, _p, r in rej)
+    assert res.not_taken == len(locked)
+    taken = {sid for (sid,) in con.execute("SELECT source_id FROM items").fetchall()}
+    assert "top.jpg" in taken and not any(sid.startswith(tuple(f"{x}/" for x in locked)) for sid in taken)
+
+
+def test_a_source_folder_that_cannot_be_listed_is_a_clear_error(tmp_path):
+    d = tmp_path / "photos"
+    write_jpeg(d / "p.jpg", seed=1)
+    d.chmod(0)
+    try:
+        with permissions_apply():
+            with pytest.raises(SourceError, match="photos: the folder cannot be listed: Permission denied"):
+                detect_source(d)
+    finally:
+        d.chmod(0o755)
+
+
+def test_curate_workspaces_and_outputs_inside_a_source_are_not_scanned(tmp_path):
+    """A workspace kept inside its source folder (its report's pictures), another one deeper, a report
+    folder, a --copy-to folder and an output folder half written: none of their images become items,
+    and one note says which folders were skipped."""
+    src = make_folder(tmp_path / "photos", n=3)
+    write_jpeg(src / "trips" / "t.jpg", seed=7)
+    ws = src / "ws"
+    run_cli("build-index", src, "-w", ws, *TINY)
+    write_jpeg(ws / "report" / "grids" / "class.png", seed=8)              # as `report --out ws/report` leaves
+    (ws / "report" / ".curate-report").write_text("grids/class.png\n")
+    deeper = src / "trips" / "old" / "ws2"
+    write_jpeg(deeper / "x.jpg", seed=9)
+    Workspace(deeper).connect().close()
+    write_jpeg(src / "out" / "cmp" / "coverage.png", seed=10)              # compare --out photos/out/cmp
+    (src / "out" / "cmp" / ".curate-report").write_text("coverage.png\n")
+    write_jpeg(src / "dogs" / "dog" / "img_000.jpg", seed=0)               # filter --copy-to photos/dogs
+    (src / "dogs" / ".curate-files").write_text("dog/img_000.jpg\n")
+    write_jpeg(src / ".rep.curate-partial" / "a.png", seed=11)              # a report being written
+    out = run_cli("build-index", src, "-w", ws, *TINY).output
+    con = Workspace(ws).connect(read_only=True)
+    try:
+        ids = [sid for (sid,) in con.execute("SELECT source_id FROM items ORDER BY id").fetchall()]
+        scan_rejects = con.execute("SELECT count(*) FROM rejected WHERE stage = 'scan'").fetchone()[0]
+    finally:
+        con.close()
+    assert ids == ["img_000.jpg", "img_001.jpg", "img_002.jpg", "trips/t.jpg"]
+    assert scan_rejects == 0
+    notes = [line for line in out.splitlines() if line.startswith("note:")]
+    assert len(notes) == 1, out
+    assert "5 folder(s)" in notes[0] and "ws" in notes[0] and "not scanned" in notes[0]
+    assert "4 seen, 0 new" in out
+
+
+def test_the_markers_the_scan_skips_are_the_ones_curate_writes():
+    from curate.classify import subsets
+    from curate.ingest import sources
+
+    assert sources.COPY_MANIFEST == subsets.MANIFEST
+
+
+def test_a_workspace_given_as_the_source_is_refused(tmp_path):
+    ws = tmp_path / "ws"
+    write_jpeg(ws / "report" / "a.png", seed=1)
+    Workspace(ws).connect().close()
+    out = run_cli("build-index", ws, "-w", tmp_path / "other", *TINY, expect=None).output
+    assert "is a curate workspace" in out and "Traceback" not in out
+    assert not (tmp_path / "other").exists()

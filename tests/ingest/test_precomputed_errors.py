@@ -118,3 +118,26 @@ def test_pickle_is_never_loaded(tmp_path):
     assert pickle  # the file above holds a pickle; curate must not call pickle.load on it
     out = _import(src, tmp_path / "ws", expect=1)
     assert "pickled" in out
+
+
+@pytest.mark.parametrize("content, word", [
+    (b"0.1,0.2,0.3\n0.4,0.5,0.6\n", "starts with b'0.1,0.'"),       # a CSV saved under the .npy name
+    (pickle.dumps([[0.1, 0.2]]), "starts with b'\\x80"),            # a bare pickle, not numpy.save's
+    (b"", "it is empty"),
+    (b"\x93NUM", "starts with b'\\x93NUM'"),                         # cut inside the magic
+], ids=["csv", "pickle", "empty", "cut"])
+def test_a_file_that_is_not_npy_is_named_so(tmp_path, content, word):
+    """Only a file with the .npy magic is read as one; anything else is "not an .npy file", never "pickled"."""
+    src = _make(tmp_path / "e", _unit(3).astype(np.float32))
+    (src / "img_emb" / "img_emb_0.npy").write_bytes(content)
+    out = _import(src, tmp_path / "ws", expect=1)
+    assert "img_emb_0.npy: not an .npy file" in out and word in out, out
+    assert "pickled" not in out and "Traceback" not in out
+    assert not (tmp_path / "ws").exists()
+
+
+def test_text_emb_that_is_not_npy_is_named_so(tmp_path):
+    src = _make(tmp_path / "e", _unit(3).astype(np.float32), _unit(3).astype(np.float32))
+    (src / "text_emb" / "text_emb_0.npy").write_text("a caption vector, as text\n")
+    out = _import(src, tmp_path / "ws", expect=1)
+    assert "text_emb_0.npy: not an .npy file" in out and "pickled" not in out

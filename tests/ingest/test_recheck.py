@@ -12,10 +12,11 @@ import shutil
 import faiss
 import numpy as np
 from conftest import make_folder, run_cli, write_jpeg
-from ingest_support import stored_vectors
+from ingest_support import permissions_apply, stored_vectors
 from PIL import Image
 
 from curate.core import store
+from curate.core.store import file_sum
 from curate.core.workspace import Workspace
 
 TINY = ("--model", "curate-tiny", "--pretrained", "none", "--workers", "0", "--shard-size", "4")
@@ -195,3 +196,54 @@ def test_a_rerun_killed_while_embedding_changed_files_resumes(tmp_path):
     assert any(s == "pending" for *_, s, _t, _u in _state(ws)[0]), "the kill must land mid-embedding"
     subprocess.run(_cmd(src, ws), env=env, check=True, capture_output=True)
     assert_same_as_fresh(ws, src, tmp_path)
+
+
+def _hashes(ws):
+    con = Workspace(ws).connect(read_only=True)
+    try:
+        return dict(con.execute("SELECT i.source_id, f.hash FROM items i JOIN item_files f ON f.item_id = i.id")
+                    .fetchall())
+    finally:
+        con.close()
+
+
+def test_a_first_recheck_hash_trusts_only_files_whose_stat_is_as_embedded_and_says_so(tmp_path):
+    """Embedded without hashes, then `--recheck hash`: a file whose size or mtime moved is embedded
+    again (never hashed as if it had been embedded), one that cannot be read gets no hash, and
+    the others' first hashes are recorded with a line saying they are trusted as they are now."""
+    src = tmp_path / "photos"
+    src.mkdir()
+    for i in range(5):
+        _bmp(src / f"b{i}.bmp", i)
+    ws = tmp_path / "ws"
+    _build(src, ws)                                                   # --recheck stat: no hashes recorded
+    assert set(_hashes(ws).values()) == {None}
+    st = (src / "b2.bmp").stat()                                      # swapped keeping size and mtime:
+    _bmp(src / "b2.bmp", 99)                                          # beyond what a first hash can see
+    os.utime(src / "b2.bmp", ns=(st.st_atime_ns, st.st_mtime_ns))
+    _bmp(src / "b3.bmp", 98)                                          # changed: another mtime
+    _bump_mtime(src / "b3.bmp")
+    (src / "b4.bmp").chmod(0)                                         # stat as embedded, cannot be read
+    try:
+        with permissions_apply():
+            out = _build(src, ws, "--recheck", "hash")
+    finally:
+        (src / "b4.bmp").chmod(0o644)
+    line = next(x for x in out.splitlines() if x.startswith("recheck:"))
+    assert "5 files checked, 1 changed (embedded again)" in line
+    assert "3 hashes recorded for the first time: those files are trusted as they are now" in line
+    assert "1 of the changed had no hash yet and could not be trusted" in line
+    assert "1 could not be hashed" in line
+    hashes = _hashes(ws)
+    assert hashes["b3.bmp"] == file_sum(src / "b3.bmp")               # hashed as it was embedded again
+    assert hashes["b4.bmp"] is None
+    assert {k: hashes[k] for k in ("b0.bmp", "b1.bmp", "b2.bmp")} == {
+        k: file_sum(src / k) for k in ("b0.bmp", "b1.bmp", "b2.bmp")}
+    # from now on a same-size, same-mtime change is caught, and b4 gets its first hash
+    _bmp(src / "b1.bmp", 97)
+    st = (src / "b1.bmp").stat()
+    os.utime(src / "b1.bmp", ns=(st.st_atime_ns, st.st_mtime_ns))
+    out = _build(src, ws, "--recheck", "hash")
+    line = next(x for x in out.splitlines() if x.startswith("recheck:"))
+    assert "1 changed" in line and "1 hashes recorded for the first time" in line
+    assert "could not" not in line

@@ -48,13 +48,13 @@ def _shard(ws, kind, k):
 
 def _damage(ws):
     """One shard deleted, one truncated, the ids file of a third overwritten (same shape)."""
-    vec1, _, _ = _shard(ws, "image", 1)
+    vec1 = _shard(ws, "image", 1).vectors
     vec1.unlink()
-    vec3, _, _ = _shard(ws, "image", 3)
+    vec3 = _shard(ws, "image", 3).vectors
     data = vec3.read_bytes()
     vec3.write_bytes(data[: len(data) - 100])
-    _, ids4, _ = _shard(ws, "caption", 2)
-    _, ids5, _ = _shard(ws, "caption", 4)
+    ids4 = _shard(ws, "caption", 2).ids
+    ids5 = _shard(ws, "caption", 4).ids
     ids4.write_bytes(ids5.read_bytes())   # a copy-paste slip: a valid file, the wrong ids
 
 
@@ -87,7 +87,7 @@ def test_damaged_shards_are_found_and_embedded_again(intact, tmp_path):
 def test_readers_name_the_damaged_file(intact, tmp_path):
     src, _ = intact
     ws = _copy(intact, tmp_path)
-    vec3, _, _ = _shard(ws, "image", 3)
+    vec3 = _shard(ws, "image", 3).vectors
     vec3.write_bytes(vec3.read_bytes()[:-100])
     w = Workspace(ws)
     con = w.connect(read_only=True)
@@ -104,7 +104,7 @@ def test_repair_finds_what_the_cheap_check_cannot(intact, tmp_path):
     """Bytes changed in place, size and mtime kept: only --repair's checksums see it."""
     src, ref = intact
     ws = _copy(intact, tmp_path)
-    vec2, _, _ = _shard(ws, "image", 2)
+    vec2 = _shard(ws, "image", 2).vectors
     st = vec2.stat()
     raw = bytearray(vec2.read_bytes())
     raw[-8:] = b"\x00" * 8
