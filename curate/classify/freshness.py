@@ -76,13 +76,10 @@ def _ids(con: duckdb.DuckDBPyConnection, query: str) -> np.ndarray:
     return np.asarray(col, dtype=np.int64)
 
 
-def changes(ws: Workspace, con: duckdb.DuckDBPyConnection, schema: str, prefix: str = "",
-            upto: int | None = None) -> Changes:
+def changes(ws: Workspace, con: duckdb.DuckDBPyConnection, schema: str, prefix: str = "") -> Changes:
     """The changes under `schema`.<prefix>item_scores since its shards were recorded.
 
-    `upto`: only vectors at or below this id count as new (a staging copy that has
-    scored up to there; the rest is still to come). Reads the ids files of the current
-    shards (8 bytes an item), never the vectors.
+    Reads the ids files of the current shards (8 bytes an item), never the vectors.
     """
     scored_parts = {(k, p, r) for k, p, r in con.execute(
         f"SELECT kind, part, run_id FROM {schema}.{prefix}scored_shards").fetchall()}
@@ -101,8 +98,7 @@ def changes(ws: Workspace, con: duckdb.DuckDBPyConnection, schema: str, prefix: 
     for kind in KINDS:
         scored = _ids(con, f"SELECT id FROM {schema}.{prefix}item_scores WHERE {kind}_label IS NOT NULL")
         stale.append(np.setdiff1d(scored, cat(kept[kind]), assume_unique=True))
-        n = cat(new[kind])
-        fresh_new.append(n if upto is None else n[n <= upto])
+        fresh_new.append(cat(new[kind]))
     stale_ids = np.unique(np.concatenate(stale))
     rescore = np.union1d(np.intersect1d(stale_ids, have, assume_unique=True), np.unique(np.concatenate(fresh_new)))
     gone = np.setdiff1d(stale_ids, have, assume_unique=True)

@@ -132,8 +132,8 @@ def resume_point(ws: Workspace, con: duckdb.DuckDBPyConnection, fp: str, n_label
         log("starting over: these scores do not record which vectors they were made from (an older curate "
             "made them)")
         return None
-    ch = freshness.changes(ws, con, schema, prefix, upto=p.last_id)
-    if ch:
+    ch = freshness.changes(ws, con, schema, prefix)
+    if len(ch.stale) or (len(ch.rescore) and ch.rescore[0] <= p.last_id):   # changed where already scored
         if not prefix:
             return ch
         log("starting over: items were embedded again under the unfinished classify run")

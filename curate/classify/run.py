@@ -29,6 +29,7 @@ import numpy as np
 
 from ..core import sql, store
 from ..core.integrity import verify_shards
+from ..core.progress import plural
 from ..core.workspace import ModelIdentity, Workspace, check_same_model
 from ..ingest import precision as precision_rules
 from . import freshness, registry
@@ -343,11 +344,13 @@ def _refresh_line(ch: Changes, name: str) -> str:
     again = len(np.intersect1d(ch.rescore, ch.stale, assume_unique=True))
     parts = []
     if again:
-        parts.append(f"{again:,} items re-embedded since {name} was last classified: rescored")
+        parts.append(f"{plural(again, 'item')} re-embedded since {name} was last classified: rescored")
     if len(ch.rescore) > again:
-        parts.append(f"{len(ch.rescore) - again:,} items embedded since (or given a vector they lacked): scored")
+        parts.append(f"{plural(len(ch.rescore) - again, 'item')} embedded since (or given a vector they lacked): "
+                     "scored")
     if len(ch.gone):
-        parts.append(f"{len(ch.gone):,} items without vectors now (rejected or not embedded): their scores removed")
+        parts.append(f"{plural(len(ch.gone), 'item')} without vectors now (rejected or not embedded): "
+                     "their scores removed")
     return "; ".join(parts)
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import duckdb
 
 from ..core import sql
+from ..core.progress import plural
 from ..errors import CurateError
 from . import freshness
 
@@ -113,5 +114,5 @@ def require_fresh(con: duckdb.DuckDBPyConnection, name: str | None = None) -> No
     n = len(freshness.changes(ws, con, sch).stale)
     st = con.execute(f"SELECT label_set, prompts FROM {sch}.score_settings").fetchall()
     made = f" (label set {st[0][0]}, prompts {st[0][1]})" if st else ""
-    raise NotReady(f"{n:,} items changed since classification {name!r} was scored (embedded again or rejected): "
+    raise NotReady(f"{plural(n, 'item')} changed since classification {name!r} was scored (embedded again or rejected): "
                    f"run `curate classify -w {ws.root} --name {name}`{made} to rescore them")
