@@ -40,9 +40,6 @@ class Changes:
     gone: np.ndarray        # stale items with no vector now (rejected, pending): their rows go
     new_max: int | None     # the largest id among `rescore`
 
-    def __bool__(self) -> bool:
-        return bool(len(self.stale) or len(self.rescore))
-
 
 def workspace_of(con: duckdb.DuckDBPyConnection) -> Workspace:
     """The workspace a connection was opened on (its database file's folder)."""

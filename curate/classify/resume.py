@@ -132,8 +132,9 @@ def resume_point(ws: Workspace, con: duckdb.DuckDBPyConnection, fp: str, n_label
         log("starting over: these scores do not record which vectors they were made from (an older curate "
             "made them)")
         return None
-    ch = freshness.changes(ws, con, schema, prefix)
-    if len(ch.stale) or (len(ch.rescore) and ch.rescore[0] <= p.last_id):   # changed where already scored
+    same = freshness.same_shards(con, f"{schema}.{prefix}scored_shards")   # the common case: reads no file
+    ch = None if same else freshness.changes(ws, con, schema, prefix)
+    if ch is not None and (len(ch.stale) or (len(ch.rescore) and ch.rescore[0] <= p.last_id)):  # changed where scored
         if not prefix:
             return ch
         log("starting over: items were embedded again under the unfinished classify run")
