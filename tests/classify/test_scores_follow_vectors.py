@@ -165,6 +165,9 @@ def test_re_embedded_items_refuse_readers_then_are_rescored_to_a_fresh_classific
     lines = []
     r = classify(ws, labels, "natural", tiny_encoder, name="a", logit_scale=60.0, log=lines.append)
     assert lines == ["a: already classified, nothing to do"] and not r.interrupted
+    out = run_cli("classify", "-w", ws, "--label-set", labels, "--prompts", "natural", "--name", "a",
+                  "--logit-scale", "60").output
+    assert "already classified, nothing to do" in out and "continued" not in out and "resuming" not in out
 
 
 def _assert_close_schema(a: Path, b: Path, schema: str) -> None:
