@@ -10,4 +10,5 @@ SELECT s.id,
        s.caption_sim AS sim
 FROM item_scores s
 JOIN labels l1 ON l1.label_idx = s.caption_label
-LEFT JOIN labels l2 ON l2.label_idx = s.caption_label2;
+LEFT JOIN labels l2 ON l2.label_idx = s.caption_label2
+WHERE (SELECT fresh FROM scores_fresh);   -- never a score older than its vector (scores_fresh.sql)

@@ -28,7 +28,7 @@ WITH w AS (
                    AS caption_used,
                coalesce(caption_rest, 0) AS caption_rest
         FROM item_scores
-        WHERE image_label IS NOT NULL
+        WHERE image_label IS NOT NULL AND (SELECT fresh FROM scores_fresh)
     ) g
 ),
 b AS (
@@ -81,4 +81,5 @@ SELECT s.id,
        s.ensemble_label AS label_idx
 FROM item_scores s
 JOIN labels l1 ON l1.label_idx = s.ensemble_label
-LEFT JOIN labels l2 ON l2.label_idx = s.ensemble_label2;
+LEFT JOIN labels l2 ON l2.label_idx = s.ensemble_label2
+WHERE (SELECT fresh FROM scores_fresh);   -- never a score older than its vector (scores_fresh.sql)

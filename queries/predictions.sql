@@ -12,4 +12,5 @@ SELECT s.id,
        s.image_sim AS sim
 FROM item_scores s
 JOIN labels l1 ON l1.label_idx = s.image_label
-LEFT JOIN labels l2 ON l2.label_idx = s.image_label2;
+LEFT JOIN labels l2 ON l2.label_idx = s.image_label2
+WHERE (SELECT fresh FROM scores_fresh);   -- never a score older than its vector (scores_fresh.sql)

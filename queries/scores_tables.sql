@@ -96,5 +96,23 @@ CREATE OR REPLACE TABLE score_progress (
     finished BOOLEAN NOT NULL,            -- the last run went to the end (score_settings written)
     append_after BIGINT,                  -- staging only: these rows extend the published scores
                                           -- after this id (items embedded since); NULL: a whole run
+    rescore BOOLEAN NOT NULL DEFAULT false, -- staging only: these rows replace the published rows of
+                                          -- the same items (items embedded again since they were scored)
     updated_at TIMESTAMP DEFAULT current_timestamp
+);
+
+-- The shards (main.shards) whose vectors the scores were made from, as they were then.
+-- An item's vector is known by its shard's (kind, part, run_id): build-index rewrites a
+-- shard only to take items out (file part-NNNNNN.rK.npy, same part and run), and writes
+-- every vector it makes into a new shard. A recorded shard rewritten or gone means some
+-- scores are older than their item's vector (re-embedded, rejected, repaired):
+-- scores_fresh.sql refuses to show them, and the next `curate classify` rescores those
+-- items only (docs/scores.md).
+CREATE OR REPLACE TABLE scored_shards (
+    kind VARCHAR NOT NULL,
+    part INTEGER NOT NULL,
+    run_id INTEGER,
+    file VARCHAR NOT NULL,
+    rows BIGINT NOT NULL,
+    vec_sum VARCHAR
 );

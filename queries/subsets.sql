@@ -47,7 +47,8 @@ ORDER BY k.id;
 -- How many items a mode scores (the "out of" of a filter's summary).
 CREATE OR REPLACE MACRO scored_items(mode) AS
 (SELECT count(*) FROM item_scores
- WHERE CASE WHEN mode = 'caption' THEN caption_label IS NOT NULL ELSE image_label IS NOT NULL END);
+ WHERE CASE WHEN mode = 'caption' THEN caption_label IS NOT NULL ELSE image_label IS NOT NULL END
+   AND (SELECT fresh FROM scores_fresh));
 
 -- coverage_for(mode): the study's Table 1 (coverage.sql) by `curate filter --mode`
 -- (image | caption | ensemble), out of the mode's items (images: every embedded image;

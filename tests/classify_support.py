@@ -131,8 +131,8 @@ def old_layout(db: Path) -> str:
         schema = f'"cls_{name}"'
         tables = [r[0] for r in con.execute("SELECT table_name FROM duckdb_tables() WHERE schema_name = ?",
                                             [f"cls_{name}"]).fetchall()]
-        for view in ("predictions", "caption_predictions", "ensemble", "coverage",
-                     "labels", "item_scores", "label_scores", "score_settings", "score_progress"):
+        for view in ("predictions", "caption_predictions", "ensemble", "coverage", "scores_fresh", "stale_shards",
+                     "labels", "item_scores", "label_scores", "score_settings", "score_progress", "scored_shards"):
             con.execute(f"DROP VIEW IF EXISTS main.{view}")
         for t in tables:
             con.execute(f"CREATE TABLE main.{t} AS SELECT * FROM {schema}.{t}")

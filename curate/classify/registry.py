@@ -25,12 +25,14 @@ from ..core import sql
 from ..core.workspace import Workspace
 from ..errors import InputError
 from . import calibrated
-from .state import SCORE_TABLES, STAGE, NotReady
+from .state import SCORE_TABLES, STAGE, NotReady, require_fresh
 
 NAME_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
 SCHEMA_PREFIX = "cls_"
 # Settings of a workspace classified before names existed are moved here by `upgrade`.
 _MAIN_VIEWS = SCORE_TABLES
+# The view files' views of one classification (sql.SCHEMA_VIEWS), the ones that depend on others first.
+_VIEWS = ("coverage", "predictions", "caption_predictions", "ensemble", "scores_fresh", "stale_shards")
 
 
 class UnknownClassification(InputError, LookupError):
@@ -110,9 +112,21 @@ def _set_active(con: duckdb.DuckDBPyConnection, name: str | None) -> None:
     install_main(con)
 
 
+def ensure_recorded(con: duckdb.DuckDBPyConnection, sch: str) -> None:
+    """Scores made by a curate that did not record their shards get an empty record (the
+    views need the table): nothing is known stale, and the next `classify` of that name
+    starts over rather than trust them (resume.resume_point)."""
+    if not sql.has_relation(con, "scored_shards", schema=sch[1:-1].replace('""', '"')):
+        ddl = next(st for st in sql.statements(sql.SCORE_TABLES) if "TABLE scored_shards" in st)
+        with sql.search_path(con, sch):
+            con.execute(ddl)
+
+
 def use(con: duckdb.DuckDBPyConnection, name: str) -> None:
-    """Make a complete classification the active one (the plain names in main show it)."""
+    """Make a complete classification the active one (the plain names in main show it);
+    refused while its scores are older than some items' vectors (state.require_fresh)."""
     require(con, name, complete=True)
+    require_fresh(con, name)
     with sql.transaction(con):
         _set_active(con, name)
 
@@ -160,12 +174,13 @@ def require(con: duckdb.DuckDBPyConnection, name: str, *, complete: bool) -> Non
 def install_main(con: duckdb.DuckDBPyConnection) -> None:
     """main's plain names for the active classification, or none of them when none is complete."""
     name = active(con)
-    for v in ("predictions", "caption_predictions", "ensemble", "coverage"):
+    for v in _VIEWS:
         con.execute(f"DROP VIEW IF EXISTS main.{v}")
     for t in _MAIN_VIEWS:
         con.execute(f"DROP VIEW IF EXISTS main.{t}")
     if name is None:
         return
+    ensure_recorded(con, schema(name))
     for t in _MAIN_VIEWS:
         con.execute(f"CREATE VIEW main.{t} AS SELECT * FROM {schema(name)}.{t}")
     with sql.search_path(con, "main"):
@@ -264,7 +279,7 @@ def upgrade(con: duckdb.DuckDBPyConnection) -> str | None:
     with sql.transaction(con):
         ensure(con)
         con.execute(f"CREATE SCHEMA IF NOT EXISTS {schema(name)}")
-        for v in ("predictions", "caption_predictions", "ensemble", "coverage"):
+        for v in _VIEWS:
             con.execute(f"DROP VIEW IF EXISTS main.{v}")
         for t in tables:
             con.execute(f"CREATE TABLE {schema(name)}.{t} AS SELECT * FROM main.{t}")
@@ -275,6 +290,7 @@ def upgrade(con: duckdb.DuckDBPyConnection) -> str | None:
                              f"FROM {schema(name)}.score_settings").fetchall()[0]
             con.execute("UPDATE main.classifications SET label_set = ?, prompts = ?, model = ?, logit_scale = ?, "
                         "storage = ?, created_at = ?, completed_at = ? WHERE name = ?", [*st, st[-1], name])
+            ensure_recorded(con, schema(name))
             sql.install_views(con, schema(name))
             _set_active(con, name)
             if sql.has_relation(con, "calibration_thresholds", schema="main"):

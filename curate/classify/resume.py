@@ -13,6 +13,8 @@ import duckdb
 
 from ..core import sql, store
 from ..core.workspace import ModelIdentity, Workspace
+from . import freshness
+from .freshness import Changes
 from .label_vectors import LabelQueries
 from .labels import LabelSet
 from .scoring import ENSEMBLE_TEXT_MIN, ENSEMBLE_TEXT_WEIGHT, Batch
@@ -84,6 +86,13 @@ def _vectors_upto(ws: Workspace, con: duckdb.DuckDBPyConnection, kind: str,
     return n, total, top, more
 
 
+def covered(ws: Workspace, con: duckdb.DuckDBPyConnection, last_id: int | None) -> ScoreProgress:
+    """The progress record of scores that hold every current vector up to last_id."""
+    n_img, sum_img, _t, _m = _vectors_upto(ws, con, "image", last_id)
+    n_cap, sum_cap, _t, _m = _vectors_upto(ws, con, "caption", last_id)
+    return ScoreProgress(last_id, n_img, n_cap, sum_img, sum_cap)
+
+
 def _bare(schema: str) -> str:
     """A schema's name as information_schema spells it (the argument is a quoted identifier)."""
     return schema[1:-1].replace('""', '"') if schema.startswith('"') else schema
@@ -91,12 +100,19 @@ def _bare(schema: str) -> str:
 
 def resume_point(ws: Workspace, con: duckdb.DuckDBPyConnection, fp: str, n_labels: int,
                   log: Callable[[str], None], prefix: str = "", schema: str = "main"
-                  ) -> tuple[ScoreProgress, bool] | None:
+                  ) -> tuple[ScoreProgress, bool] | Changes | None:
     """Where the scores of the tables `<schema>.<prefix>item_scores`... stop, if this run can
     continue them: (progress, whether the rows after progress.last_id must go first). None:
     they cannot be continued (absent, other settings, other vectors). `schema`: the
-    classification's, as a quoted identifier."""
+    classification's, as a quoted identifier.
+
+    Published scores (no prefix) under which vectors changed (items embedded again,
+    rejected, embedded late at or below the last id scored) give the Changes instead: a
+    run rescores those items only. A staging copy with such changes starts over."""
     if not all(sql.has_relation(con, prefix + t, schema=_bare(schema)) for t in SCORE_TABLES):
+        if not prefix and sql.has_relation(con, "item_scores", schema=_bare(schema)):
+            log("starting over: these scores do not record which vectors they were made from (an older curate "
+                "made them)")
         return None
     rows = con.execute(f"SELECT fingerprint, last_id, images, captions, image_id_sum, caption_id_sum "
                        f"FROM {schema}.{prefix}score_progress").fetchall()
@@ -112,6 +128,17 @@ def resume_point(ws: Workspace, con: duckdb.DuckDBPyConnection, fp: str, n_label
     p = ScoreProgress(*rows[0][1:])
     if p.last_id is None:
         return p, False
+    if not prefix and con.execute(f"SELECT count(*) FROM {schema}.scored_shards").fetchall()[0][0] == 0:
+        log("starting over: these scores do not record which vectors they were made from (an older curate "
+            "made them)")
+        return None
+    same = freshness.same_shards(con, f"{schema}.{prefix}scored_shards")   # the common case: reads no file
+    ch = None if same else freshness.changes(ws, con, schema, prefix)
+    if ch is not None and (len(ch.stale) or (len(ch.rescore) and ch.rescore[0] <= p.last_id)):  # changed where scored
+        if not prefix:
+            return ch
+        log("starting over: items were embedded again under the unfinished classify run")
+        return None
     # The shards must still hold exactly the vectors scored, up to the last id scored;
     # what was embedded since must come after it.
     n_img, sum_img, top_img, more_img = _vectors_upto(ws, con, "image", p.last_id)
@@ -140,25 +167,44 @@ def drop_staged(con: duckdb.DuckDBPyConnection, schema: str = "main") -> None:
         con.execute(f"DROP TABLE IF EXISTS {schema}.{STAGE}{t}")
 
 
-def staged_point(ws: Workspace, con: duckdb.DuckDBPyConnection, fp: str, n_labels: int,
-                  log: Callable[[str], None], schema: str = "main"
-                  ) -> tuple[ScoreProgress, bool, int | None] | None:
-    """An unfinished run with these settings in the staging tables: (progress, roll back, append_after).
+@dataclass
+class Staged:
+    """An unfinished run in the staging tables that this run continues."""
 
-    Staging tables of other settings (or that cannot be continued) are dropped.
+    progress: ScoreProgress
+    roll_back: bool              # the staged rows after progress.last_id go first
+    append_after: int | None     # the rows extend the published scores after this id
+    rescore: bool                # the rows replace the published rows of changed items
+
+
+def staged_point(ws: Workspace, con: duckdb.DuckDBPyConnection, fp: str, n_labels: int,
+                  log: Callable[[str], None], schema: str = "main") -> Staged | None:
+    """An unfinished run with these settings in the staging tables, if it can be continued.
+
+    Staging tables of other settings (or that cannot be continued) are dropped. A run
+    that rescores changed items continues only while the shards are exactly those it
+    started from (the items to rescore are then the same).
     """
     if not any(sql.has_relation(con, STAGE + t, schema=_bare(schema)) for t in SCORE_TABLES):
         return None
-    point = resume_point(ws, con, fp, n_labels, log, prefix=STAGE, schema=schema)
-    append_after = None
-    if point is not None:
-        append_after = con.execute(f"SELECT append_after FROM {schema}.{STAGE}score_progress").fetchall()[0][0]
-        if append_after is not None and not _live_is(con, fp, schema):
-            point = None       # staged for a base that is no longer the workspace's scores
-    if point is None:
+    rescore = (all(sql.has_relation(con, STAGE + t, schema=_bare(schema)) for t in SCORE_TABLES)
+               and con.execute(f"SELECT bool_or(rescore) FROM {schema}.{STAGE}score_progress").fetchall()[0][0])
+    staged = None
+    if rescore:
+        rows = con.execute(f"SELECT fingerprint, last_id, images, captions, image_id_sum, caption_id_sum "
+                           f"FROM {schema}.{STAGE}score_progress").fetchall()
+        if (len(rows) == 1 and rows[0][0] == fp and _live_is(con, fp, schema)
+                and freshness.same_shards(con, f"{schema}.{STAGE}scored_shards")):
+            staged = Staged(ScoreProgress(*rows[0][1:]), False, None, True)
+    else:
+        point = resume_point(ws, con, fp, n_labels, log, prefix=STAGE, schema=schema)
+        if isinstance(point, tuple):
+            append_after = con.execute(f"SELECT append_after FROM {schema}.{STAGE}score_progress").fetchall()[0][0]
+            if append_after is None or _live_is(con, fp, schema):  # else staged for a base no longer there
+                staged = Staged(point[0], point[1], append_after, False)
+    if staged is None:
         in_transaction(con, lambda: drop_staged(con, schema))
-        return None
-    return point[0], point[1], append_after
+    return staged
 
 
 def _live_is(con: duckdb.DuckDBPyConnection, fp: str, schema: str = "main") -> bool:

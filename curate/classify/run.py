@@ -29,14 +29,17 @@ import numpy as np
 
 from ..core import sql, store
 from ..core.integrity import verify_shards
+from ..core.progress import plural
 from ..core.workspace import ModelIdentity, Workspace, check_same_model
 from ..ingest import precision as precision_rules
-from . import registry
+from . import freshness, registry
+from .freshness import Changes
 from .label_vectors import LabelQueries, label_queries
 from .labels import LabelSet, load_label_set
 from .prompts import Wording, resolve
 from .resume import (
     ScoreProgress,
+    covered,
     drop_staged,
     fingerprint,
     in_transaction,
@@ -46,7 +49,7 @@ from .resume import (
 )
 from .scoring import ENSEMBLE_TEXT_MIN, ENSEMBLE_TEXT_WEIGHT, score_batch
 from .state import SCORE_TABLES, STAGE, NotReady
-from .vector_stream import aligned_batches
+from .vector_stream import aligned_batches, subset_batches
 
 if TYPE_CHECKING:  # the model module imports torch and open_clip; load it only when needed
     from ..ingest.model import Encoder
@@ -78,6 +81,7 @@ class ClassifyResult:
     name: str = ""               # the classification's name (registry.py)
     precision: str = "fp32"      # what the label prompts were encoded in (curate/ingest/precision.py)
     vector_precisions: list[str] = field(default_factory=list)  # what the workspace's vectors were embedded in
+    interrupted: bool = False    # it continued a run that had stopped (killed) before completing
 
 
 _INSERT_ITEMS = """
@@ -174,22 +178,22 @@ def classify(ws_path: str | Path, label_set: str | Path | LabelSet = "places205"
         with sql.transaction(con):
             registry.register(con, name, label_set=ls.name, prompts=wording.name, model=ident.model,
                               logit_scale=scale, storage=storage)
-        rows, resumed = _write_scores(ws, con, q, ls, wording, ident, scale, storage, keep_k, n_img, n_cap,
+        rows, resumed, interrupted = _write_scores(ws, con, q, ls, wording, ident, scale, storage, keep_k, n_img, n_cap,
                                       batch_rows, progress, restart, log or (lambda _line: None), plan, name)
     finally:
         con.close()
     return ClassifyResult(ls.name, wording.name, len(ls), n_img, n_cap, storage,
                           len(ls) if keep_k is None else keep_k, scale, rows, time.time() - started, was_cached,
-                          resumed, name, q.precision, held)
+                          resumed, name, q.precision, held, interrupted)
 
 
 def _write_scores(ws: Workspace, con: duckdb.DuckDBPyConnection, q: LabelQueries, ls: LabelSet, wording: Wording,
                   ident: ModelIdentity, scale: float, storage: str, keep_k: int | None, n_img: int, n_cap: int,
                   batch_rows: int, progress: Callable[[int], None] | None, restart: bool,
                   log: Callable[[str], None], plan: Callable[[int], None] | None = None,
-                  name: str = "places205-natural") -> tuple[int, int]:
+                  name: str = "places205-natural") -> tuple[int, int, bool]:
     """Write the scores of classification `name`; returns (label_scores rows, vectors scored
-    by an earlier run).
+    by an earlier run, whether it continued a stopped run).
 
     A classification's scores (labels, item_scores, label_scores, score_settings,
     score_progress, in its schema "cls_<name>") always hold one complete classification,
@@ -203,8 +207,11 @@ def _write_scores(ws: Workspace, con: duckdb.DuckDBPyConnection, q: LabelQueries
 
     A run that continues the workspace's own finished scores (items embedded since)
     stages only the new items' rows (append_after: the last id of the scores it
-    extends) and appends them when it completes; any other run stages a whole
-    classification, published by renaming the tables (no copy).
+    extends) and appends them when it completes; one over scores whose vectors changed
+    since (items embedded again, rejected, repaired: freshness.py) stages the rows of
+    those items only (rescore) and replaces theirs with them; any other run stages a
+    whole classification, published by renaming the tables (no copy). Every publish
+    records the shards the scores now reflect (scored_shards).
     """
     con.execute("CREATE OR REPLACE TEMP MACRO nan_null(x) AS CASE WHEN isnan(x) THEN NULL ELSE x END")
     con.execute(f"SET memory_limit = '{DUCKDB_MEMORY}'")  # a constant of ours, not user text
@@ -216,10 +223,24 @@ def _write_scores(ws: Workspace, con: duckdb.DuckDBPyConnection, q: LabelQueries
     if restart:
         in_transaction(con, lambda: drop_staged(con, sch))
     staged = None if restart else staged_point(ws, con, fp, len(ls), log, sch)
+    refresh: Changes | None = None     # vectors changed under the published scores: rescore those items
+    interrupted = staged is not None
     if staged is None:
         live = None if restart else resume_point(ws, con, fp, len(ls), log, schema=sch)
+        if isinstance(live, Changes):
+            refresh, live = live, None
         done = ScoreProgress(None, 0, 0, 0, 0) if live is None else live[0]
         append_after = done.last_id
+        if live is not None and not live[1] and done.images + done.captions == n_img + n_cap:
+            log(f"{name}: already classified, nothing to do")
+
+            def again():     # it becomes the active one, as a run that scored something would
+                freshness.snapshot(con, live_t + "scored_shards")
+                registry.completed(con, name)
+
+            in_transaction(con, again)
+            rows = con.execute(f"SELECT count(*) FROM {live_t}label_scores").fetchall()[0][0]
+            return int(rows), done.images + done.captions, False
 
         def start():
             drop_staged(con, sch)
@@ -228,34 +249,54 @@ def _write_scores(ws: Workspace, con: duckdb.DuckDBPyConnection, q: LabelQueries
                             [[i, lab, ps[0], ps, scene]
                              for i, (lab, ps, scene) in enumerate(zip(ls.labels, q.prompts, ls.scenes, strict=True))])
             con.execute(f"INSERT INTO {stage_t}score_progress (fingerprint, last_id, images, captions, image_id_sum, "
-                        "caption_id_sum, finished, append_after) VALUES (?, ?, ?, ?, ?, ?, false, ?)",
+                        "caption_id_sum, finished, append_after, rescore) VALUES (?, ?, ?, ?, ?, ?, false, ?, ?)",
                         [fp, done.last_id, done.images, done.captions, done.image_id_sum, done.caption_id_sum,
-                         append_after])
+                         append_after, refresh is not None])
+            freshness.snapshot(con, stage_t + "scored_shards")
 
         in_transaction(con, start)
+    elif staged.rescore:
+        done, append_after = staged.progress, None
+        refresh = freshness.changes(ws, con, sch)   # the shards are as the run found them: the same items
     else:
-        done, roll_back, append_after = staged
-        if roll_back:
+        done, append_after = staged.progress, staged.append_after
+        if staged.roll_back:
             if append_after is not None and (done.last_id is None or done.last_id < append_after):
                 append_after = done.last_id
 
-            def reopen():
+        def reopen():
+            if staged.roll_back:
                 where, args = ("", []) if done.last_id is None else (" WHERE id > ?", [done.last_id])
                 con.execute(f"DELETE FROM {stage_t}item_scores" + where, args)
                 con.execute(f"DELETE FROM {stage_t}label_scores" + where, args)
                 done.save(con, stage_t)
                 con.execute(f"UPDATE {stage_t}score_progress SET append_after = ?", [append_after])
+            freshness.snapshot(con, stage_t + "scored_shards")   # the shards its rows were checked against
 
-            in_transaction(con, reopen)
-    if done.last_id is not None:
-        log(f"resuming after item id {done.last_id:,}: {done.images:,} image and {done.captions:,} caption "
-            "vectors are scored already")
-    resumed = done.images + done.captions
+        in_transaction(con, reopen)
+    if refresh is not None:
+        if done.last_id is not None:
+            log(f"resuming after item id {done.last_id:,}: {done.images:,} image and {done.captions:,} caption "
+                "vectors of the changed items are rescored already")
+        log(_refresh_line(refresh, name))
+        batches = subset_batches(ws, con, refresh.rescore, batch_rows, done.last_id)
+        todo = max(0, _count_located(ws, con, refresh.rescore) - done.images - done.captions)
+    else:
+        if done.last_id is not None:
+            if interrupted:
+                log(f"resuming after item id {done.last_id:,}: {done.images:,} image and {done.captions:,} caption "
+                    "vectors are scored already")
+            else:
+                log(f"{n_img + n_cap - done.images - done.captions:,} vectors embedded since {name} was classified "
+                    f"(items after id {done.last_id:,}): scoring them")
+        batches = aligned_batches(ws, con, batch_rows, done.last_id)
+        todo = max(0, n_img + n_cap - done.images - done.captions)
+    resumed = done.images + done.captions if refresh is None else n_img + n_cap - todo
     if plan:
-        plan(max(0, n_img + n_cap - resumed))
+        plan(todo)
     insert_items, insert_rows = _INSERT_ITEMS.format(table=stage_t + "item_scores"), \
         _INSERT_ROWS.format(table=stage_t + "label_scores")
-    for b in aligned_batches(ws, con, batch_rows, done.last_id):
+    for b in batches:
         items, scored = score_batch(b, q.vectors, scale, keep_k)
         done.add(b)
         con.register("batch_items", items)
@@ -267,7 +308,7 @@ def _write_scores(ws: Workspace, con: duckdb.DuckDBPyConnection, q: LabelQueries
             progress(len(b.image_rows) + len(b.caption_rows))
 
     def publish():
-        target = stage_t if append_after is None else live_t
+        target = stage_t if append_after is None and refresh is None else live_t
         con.execute(f"DELETE FROM {target}score_settings")
         con.execute(f"INSERT INTO {target}score_settings (label_set, label_set_digest, prompts, model, pretrained, "
                     "embed_dim, logit_scale, storage, top_k, n_labels, images, captions, cache_key, "
@@ -275,7 +316,19 @@ def _write_scores(ws: Workspace, con: duckdb.DuckDBPyConnection, q: LabelQueries
                     [ls.name, ls.digest, wording.name, ident.model, ident.pretrained, ident.embed_dim, scale,
                      storage, len(ls) if keep_k is None else keep_k, len(ls), n_img, n_cap, q.cache_key,
                      ENSEMBLE_TEXT_WEIGHT, ENSEMBLE_TEXT_MIN])
-        if append_after is None:   # a whole classification: the staging tables become the scores
+        freshness.snapshot(con, target + "scored_shards")    # the shards these scores now reflect
+        if refresh is not None:    # the changed items' rows replace theirs; the gone ones' go
+            con.register("replaced", {"id": np.concatenate([refresh.rescore, refresh.gone])})
+            for t in ("item_scores", "label_scores"):
+                con.execute(f"DELETE FROM {live_t}{t} WHERE id IN (SELECT id FROM replaced)")
+                con.execute(f"INSERT INTO {live_t}{t} BY NAME SELECT * FROM {stage_t}{t}")
+            con.unregister("replaced")
+            last = con.execute(f"SELECT last_id FROM {live_t}score_progress").fetchall()[0][0]
+            if refresh.new_max is not None:
+                last = refresh.new_max if last is None else max(last, refresh.new_max)
+            covered(ws, con, last).save(con, live_t, finished=True)
+            drop_staged(con, sch)
+        elif append_after is None:   # a whole classification: the staging tables become the scores
             con.execute(f"UPDATE {stage_t}score_progress SET append_after = NULL")
             done.save(con, stage_t, finished=True)
             for t in SCORE_TABLES:
@@ -291,4 +344,25 @@ def _write_scores(ws: Workspace, con: duckdb.DuckDBPyConnection, q: LabelQueries
 
     in_transaction(con, publish)
     rows = con.execute(f"SELECT count(*) FROM {live_t}label_scores").fetchall()[0][0]
-    return int(rows), resumed
+    return int(rows), resumed, interrupted
+
+
+def _refresh_line(ch: Changes, name: str) -> str:
+    """What a run that rescores changed items says it does, in one line."""
+    again = int(np.isin(ch.rescore, ch.stale).sum())
+    parts = []
+    if again:
+        parts.append(f"{plural(again, 'item')} re-embedded since {name} was last classified: rescored")
+    if len(ch.rescore) > again:
+        parts.append(f"{plural(len(ch.rescore) - again, 'item')} embedded since (or given a vector they lacked): "
+                     "scored")
+    if len(ch.gone):
+        parts.append(f"{plural(len(ch.gone), 'item')} without vectors now (rejected or not embedded): "
+                     "their scores removed")
+    return "; ".join(parts)
+
+
+def _count_located(ws: Workspace, con: duckdb.DuckDBPyConnection, ids: np.ndarray) -> int:
+    """How many image and caption vectors these items have (what rescoring them scores)."""
+    return sum(int(np.isin(store.open_shard(sh)[0], ids).sum())
+               for kind in ("image", "caption") for sh in store.shard_files(ws, con, kind))

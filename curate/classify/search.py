@@ -147,6 +147,7 @@ def _top_labels(con: duckdb.DuckDBPyConnection, ids: np.ndarray, classification:
         return {}
     if state.settings(con) is None:     # a classify run stopped half way: no labels to show
         return {}
+    state.require_fresh(con)            # never a label older than the item's vector
     if not sql.has_relation(con, view):
         return {}
     return {r[0]: (r[1], r[2]) for r in con.execute(

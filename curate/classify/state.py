@@ -8,11 +8,13 @@ from pathlib import Path
 import duckdb
 
 from ..core import sql
+from ..core.progress import plural
 from ..errors import CurateError
+from . import freshness
 
 # The tables of one classification (queries/scores_tables.sql). A run writes them under
 # STAGE + name and publishes them when it completes (see _write_scores).
-SCORE_TABLES = ("labels", "item_scores", "label_scores", "score_settings", "score_progress")
+SCORE_TABLES = ("labels", "item_scores", "label_scores", "score_settings", "score_progress", "scored_shards")
 STAGE = "next_"
 
 # Which view holds each kind of prediction (queries/predictions.sql, caption_predictions.sql,
@@ -71,6 +73,7 @@ def require_complete(con: duckdb.DuckDBPyConnection, where: str | Path = "the wo
     """
     st = settings(con)
     if st is not None:
+        require_fresh(con)
         return st
     stopped = unfinished(con)
     if stopped is not None:
@@ -79,3 +82,37 @@ def require_complete(con: duckdb.DuckDBPyConnection, where: str | Path = "the wo
     if needed:
         raise NotReady(f"{where} has no scores yet: run `curate classify` first")
     return None
+
+
+def _selected(con: duckdb.DuckDBPyConnection) -> str | None:
+    """The classification this connection's unqualified names read: the first cls_ schema of
+    its search path, else the active one (registry.active); None: none (an older layout)."""
+    path = con.execute("SELECT current_setting('search_path')").fetchall()[0][0] or ""
+    for part in path.split(","):
+        part = part.strip().strip('"')
+        if part.startswith("cls_"):
+            return part[len("cls_"):]
+    if not sql.has_relation(con, "classifications", schema="main"):
+        return None
+    rows = con.execute("SELECT name FROM main.classifications WHERE completed_at IS NOT NULL "
+                       "ORDER BY active DESC, completed_at DESC, name LIMIT 1").fetchall()
+    return rows[0][0] if rows else None
+
+
+def require_fresh(con: duckdb.DuckDBPyConnection, name: str | None = None) -> None:
+    """NotReady when classification `name` (None: the one this connection reads) holds scores
+    older than some items' vectors: items embedded again, rejected or repaired since it was
+    scored (freshness.py). Every reader of scores calls this (through require_complete);
+    the views refuse the same way (queries/scores_fresh.sql)."""
+    name = name if name is not None else _selected(con)
+    if name is None:
+        return
+    sch = '"cls_' + name.replace('"', '""') + '"'
+    if freshness.stale_shards(con, sch) == 0:
+        return
+    ws = freshness.workspace_of(con)
+    n = len(freshness.changes(ws, con, sch).stale)
+    st = con.execute(f"SELECT label_set, prompts FROM {sch}.score_settings").fetchall()
+    made = f" (label set {st[0][0]}, prompts {st[0][1]})" if st else ""
+    raise NotReady(f"{plural(n, 'item')} changed since classification {name!r} was scored (embedded again or rejected): "
+                   f"run `curate classify -w {ws.root} --name {name}`{made} to rescore them")

@@ -144,3 +144,60 @@ class _Buffered:
         if not take_i:
             return np.zeros(0, np.int64), np.zeros((0, 0), np.float32)
         return np.concatenate(take_i), np.concatenate(take_v)
+
+
+def subset_batches(ws: Workspace, con: duckdb.DuckDBPyConnection, ids: np.ndarray, batch_rows: int,
+                   after: int | None = None) -> Iterator[Batch]:
+    """The current image and caption vectors of these items (sorted, unique ids), in id order,
+    `batch_rows` items at a time: what a classify that rescores changed items scores.
+
+    Batches are cut at fixed positions of `ids`, so a run resumed `after` the last id of a
+    batch makes the batches an uninterrupted one makes. Reads the ids files of every shard
+    and, memory-mapped, only the vectors of these items.
+    """
+    ids = np.asarray(ids, dtype=np.int64)
+    located = {kind: _locate(ws, con, kind, ids) for kind in ("image", "caption")}
+    first = 0 if after is None else int(np.searchsorted(ids, after, side="right"))
+    for s in range(first - first % batch_rows, len(ids), batch_rows):
+        chunk = ids[max(s, first):s + batch_rows]
+        if not len(chunk):
+            continue
+        got = {kind: loc.take(int(chunk[0]), int(chunk[-1])) for kind, loc in located.items()}
+        (img_ids, img), (cap_ids, cap) = got["image"], got["caption"]
+        yield Batch(chunk, np.searchsorted(chunk, img_ids), img, np.searchsorted(chunk, cap_ids), cap)
+
+
+class _Located:
+    """Where some items' vectors of one kind are: (id, shard, row), sorted by id."""
+
+    def __init__(self, ids: np.ndarray, shard: np.ndarray, row: np.ndarray, mms: list[np.ndarray], dim: int):
+        self.ids, self.shard, self.row, self.mms, self.dim = ids, shard, row, mms, dim
+
+    def take(self, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray]:
+        a, b = np.searchsorted(self.ids, lo, side="left"), np.searchsorted(self.ids, hi, side="right")
+        out = np.empty((b - a, self.dim), np.float32)
+        shard, row = self.shard[a:b], self.row[a:b]
+        for sh in np.unique(shard):
+            m = shard == sh
+            out[m] = self.mms[sh][row[m]]
+        return self.ids[a:b], out
+
+
+def _locate(ws: Workspace, con: duckdb.DuckDBPyConnection, kind: str, wanted: np.ndarray) -> _Located:
+    found_ids, found_shard, found_row, mms = [], [], [], []
+    dim = 0
+    for shard in store.shard_files(ws, con, kind):
+        have, vecs = store.open_shard(shard)
+        dim = vecs.shape[1]
+        rows = np.nonzero(np.isin(have, wanted))[0]
+        if not len(rows):
+            continue
+        found_ids.append(have[rows])
+        found_shard.append(np.full(len(rows), len(mms), np.int32))
+        found_row.append(rows)
+        mms.append(vecs)
+    if not found_ids:
+        return _Located(np.zeros(0, np.int64), np.zeros(0, np.int32), np.zeros(0, np.int64), [], dim)
+    all_ids = np.concatenate(found_ids)
+    order = np.argsort(all_ids, kind="stable")
+    return _Located(all_ids[order], np.concatenate(found_shard)[order], np.concatenate(found_row)[order], mms, dim)

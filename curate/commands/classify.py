@@ -88,7 +88,7 @@ def classify_cmd(ws_path: Path, label_set: str, prompts: str, logit_scale: float
                f"({r.label_set}, prompts {r.prompts}, logit scale {r.logit_scale:g}; stored {store}; "
                f"precision: vectors {'+'.join(r.vector_precisions) or 'imported'}, labels {r.precision}) "
                f"in {r.seconds:.1f} s")
-    if r.resumed_vectors:
+    if r.resumed_vectors and r.interrupted:   # only after a stopped run (a finished one logs its own line)
         click.echo(f"continued earlier scores: {r.resumed_vectors:,} vectors were scored already")
     click.echo("views: predictions, caption_predictions, ensemble, coverage (see `curate filter`)")
     note_pending(ws_path)

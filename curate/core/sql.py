@@ -20,10 +20,10 @@ CACHE = "label_cache"
 # Tables of one classify run (replaced as a whole).
 SCORE_TABLES = "scores_tables"
 # Views and macros over the scores, in dependency order.
-VIEWS = ("predictions", "caption_predictions", "ensemble", "coverage", "subsets")
+VIEWS = ("scores_fresh", "predictions", "caption_predictions", "ensemble", "coverage", "subsets")
 # The views each named classification holds in its own schema (subsets' macros stay in
 # main: a macro finds its tables through the caller's search path).
-SCHEMA_VIEWS = ("predictions", "caption_predictions", "ensemble", "coverage")
+SCHEMA_VIEWS = ("scores_fresh", "predictions", "caption_predictions", "ensemble", "coverage")
 
 
 def text(name: str) -> str:

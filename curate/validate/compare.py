@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import duckdb
 
 from ..classify import registry
+from ..classify.state import require_fresh
 from ..core import sql
 from ..errors import InputError
 
@@ -91,6 +92,7 @@ def relation(name: str, view: str) -> str:
 
 def _compared(con: duckdb.DuckDBPyConnection, name: str) -> Compared:
     registry.require(con, name, complete=True)
+    require_fresh(con, name)     # never compare scores older than their vectors
     rows = con.execute(f"SELECT label_set, prompts, model, logit_scale, images, captions "
                        f"FROM {relation(name, 'score_settings')}").fetchall()
     return Compared(name, *rows[0])
