@@ -449,9 +449,13 @@ def _place(src: Path, dst: Path, link: bool, same: bool) -> None:
         target = src.resolve()
         if not (dst.is_symlink() and os.readlink(dst) == str(target)):
             tmp = partial_path(dst)
-            tmp.unlink(missing_ok=True)
-            os.symlink(target, tmp)
-            os.replace(tmp, dst)            # a link or file at dst is replaced itself, never followed
+            try:
+                tmp.unlink(missing_ok=True)
+                os.symlink(target, tmp)
+                os.replace(tmp, dst)        # a link or file at dst is replaced itself, never followed
+            except OSError as e:
+                tmp.unlink(missing_ok=True)
+                raise OutputError(f"could not link {dst}: {e.strerror or e}") from e
     elif not (same and dst.is_file() and not dst.is_symlink() and dst.stat().st_size == src.stat().st_size):
         write_atomic(dst, lambda tmp: shutil.copy2(src, tmp), checked=True)
 

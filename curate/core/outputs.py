@@ -42,12 +42,13 @@ def workspace_entry(path: str | Path) -> tuple[Path, str] | None:
     for p in dict.fromkeys((lexical, lexical.resolve())):
         if (p / DB_NAME).is_file():
             return p, ""
-        if p.name == DB_NAME:
-            return p.parent, DB_NAME
+        if p.name.lower() == DB_NAME:
+            return p.parent, p.name
         for root in p.parents:
             if (root / DB_NAME).is_file():
                 entry = p.relative_to(root).parts[0]
-                if entry.startswith(_OWN_PREFIXES) or entry in _OWN_FOLDERS:
+                # in any case: on a case-insensitive file system Curate.duckdb is the database
+                if entry.lower().startswith(_OWN_PREFIXES) or entry.lower() in _OWN_FOLDERS:
                     return root, entry
                 break   # the nearest workspace decides; an output beside its own files is fine
     return None
