@@ -38,8 +38,8 @@ def workspace_entry(path: str | Path) -> tuple[Path, str] | None:
     """(workspace root, its entry) when `path` is, or lies inside, a workspace's own files;
     (root, "") when `path` is a workspace's root; None otherwise. Checked on the path as
     written and on the path with every symbolic link resolved."""
-    lexical = Path(os.path.abspath(path))
-    for p in dict.fromkeys((lexical, lexical.resolve())):
+    # resolved from the path as given: `link/..` is the parent of the link's target
+    for p in dict.fromkeys((Path(os.path.abspath(path)), Path(path).resolve())):
         if (p / DB_NAME).is_file():
             return p, ""
         if p.name.lower() == DB_NAME:
