@@ -471,7 +471,11 @@ class _Record:
 
     def __enter__(self) -> _Record:
         self.fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY)
-        self._open()
+        try:
+            self._open()
+        except BaseException:
+            os.close(self.fd)
+            raise
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -502,13 +506,26 @@ class _Record:
         data = "".join(f"{r}\n" for r in rels).encode("utf-8", errors="surrogateescape")
         if not data:
             return
-        size = os.fstat(self._file).st_size
-        if size and os.pread(self._file, 1, size - 1) != b"\n":
-            data = b"\n" + data             # never glue a name onto a line a kill cut short
-        os.write(self._file, data)
-        os.fsync(self._file)
+        with self._failing():
+            size = os.fstat(self._file).st_size
+            if size and os.pread(self._file, 1, size - 1) != b"\n":
+                data = b"\n" + data         # never glue a name onto a line a kill cut short
+            os.write(self._file, data)
+            os.fsync(self._file)
+
+    @contextlib.contextmanager
+    def _failing(self) -> Iterator[None]:
+        try:
+            yield
+        except OSError as e:
+            full = "disk full: " if e.errno == errno.ENOSPC else ""
+            raise OutputError(f"{full}could not write {self.root / MANIFEST}: {e.strerror or e}") from e
 
     def rewrite(self, rels: set[str]) -> None:
+        with self._failing():
+            self._rewrite(rels)
+
+    def _rewrite(self, rels: set[str]) -> None:
         tmp = MANIFEST + PARTIAL
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp, dir_fd=self.fd)
