@@ -8,12 +8,14 @@ bound parameter. The output format comes from the file's extension, or `fmt_name
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import os
 import re
 import shutil
-from collections.abc import Callable
+import stat
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +23,7 @@ import duckdb
 import numpy as np
 
 from ..core import sql
+from ..core.outputs import PARTIAL, check_output, partial_path, write_atomic
 from ..core.workspace import Workspace, quote_ident
 from ..errors import InputError, OutputError
 from . import calibrated, dedup, exports, registry, state
@@ -94,6 +97,7 @@ class FilterResult:
     others: int = 0                    # files in the folder that curate did not place there
     earlier: int = 0                   # files placed by earlier runs that this run did not place
     exported: exports.Exported | None = None   # webdataset shards, embeddings written
+    refused: int = 0                   # lines of the folder's record left alone (outside it, through a link)
 
     def summary(self, spec: FilterSpec) -> str:
         rule = (f"calibrated {spec.mode} prob >= its class threshold" if spec.calibrated
@@ -174,6 +178,15 @@ def write_subset(ws_path: str | Path, spec: FilterSpec, out: str | Path | None,
                               "or --format webdataset for a folder of tar shards")
     if copy_to is not None and link_to is not None:
         raise FilterError("give --copy-to or --link-to, not both")
+    # refused before any work is done (each writer checks again where it writes)
+    if out_path is not None:
+        check_output(out_path, "webdataset" if webdataset else "subset")
+        if with_embeddings and not webdataset:
+            for path in exports.embedding_paths(out_path).values():
+                check_output(path, "embeddings")
+    for folder, what in ((copy_to, "copies"), (link_to, "links")):
+        if folder is not None:
+            check_output(folder, what)
     con = open_scored(ws_path, spec.classification)
     try:
         known = [r[0] for r in con.execute("SELECT label FROM labels ORDER BY label_idx").fetchall()]
@@ -203,7 +216,7 @@ def write_subset(ws_path: str | Path, spec: FilterSpec, out: str | Path | None,
             else:
                 if "parquet" in fmt:
                     fmt = fmt[:-1] + exports.kv_metadata_option(prov) + ")"
-                write_atomic(out_path, lambda tmp: con.execute(f"COPY kept TO ? {fmt}", [str(tmp)]))
+                write_atomic(out_path, lambda tmp: con.execute(f"COPY kept TO ? {fmt}", [str(tmp)]), "subset")
                 if with_embeddings:
                     exported = _embeddings_beside(ws_path, con, out_path)
         placed = Placed()
@@ -212,7 +225,7 @@ def write_subset(ws_path: str | Path, spec: FilterSpec, out: str | Path | None,
             placed = place_files(rows, Path(copy_to or link_to), link=link_to is not None,
                                  by_label=not spec.unmatched, clean=clean)
         return FilterResult(kept, total, out_path, placed.done, placed.missing, _inexact(con, spec, st),
-                            _unscored(con), placed.removed, placed.others, placed.earlier, exported)
+                            _unscored(con), placed.removed, placed.others, placed.earlier, exported, placed.refused)
     finally:
         con.close()
 
@@ -250,7 +263,8 @@ def _embeddings_beside(ws_path: str | Path, con: duckdb.DuckDBPyConnection, out:
     ids = np.asarray([r[0] for r in con.execute("SELECT id FROM kept ORDER BY id").fetchall()], dtype=np.int64)
     res = exports.Exported()
     for kind, path in exports.embedding_paths(out).items():
-        write_atomic(path, lambda tmp, kind=kind: exports.write_embeddings(ws_path, con, ids, {kind: tmp}))
+        write_atomic(path, lambda tmp, kind=kind: exports.write_embeddings(ws_path, con, ids, {kind: tmp}),
+                     "embeddings")
         res.embeddings.append(path)
     return res
 
@@ -356,36 +370,11 @@ class Placed:
     removed: int = 0         # files of earlier runs removed first (clean)
     others: int = 0          # files in the folder curate never placed there (the user's)
     earlier: int = 0         # files curate placed in an earlier run and not in this one
+    refused: int = 0         # lines of the record that lead outside the folder or through a link (left alone)
 
 
 MANIFEST = ".curate-files"     # in the folder: one relative path a line, what curate placed there
-PARTIAL = ".curate-partial"    # suffix of a file being written; renamed to its name when whole
-
-
-def write_atomic(path: Path, write: Callable[[Path], object]) -> None:
-    """Call write(tmp) for a temporary file beside `path`, then rename it to `path`.
-
-    A reader never sees a half-written `path`: it is the earlier file or the whole new
-    one. On failure the temporary file is removed (a kill leaves it, hidden, and the
-    next write to `path` removes it) and OutputError says what happened.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}{PARTIAL}")
-    try:
-        tmp.unlink(missing_ok=True)
-        write(tmp)
-        with open(tmp, "rb") as f:          # on disk before the rename makes it visible
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except (OSError, duckdb.Error) as e:
-        tmp.unlink(missing_ok=True)
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        full = getattr(e, "errno", None) == errno.ENOSPC or "no space left" in first.lower()
-        raise OutputError(f"{'disk full: ' if full else ''}could not write {path}: {first}; nothing was left at "
-                          "that name (free space or fix permissions and run the same command again)") from e
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+RECORD_BATCH = 64              # files recorded (written and fsynced) at a time, before they are placed
 
 
 def place_files(rows: list[tuple[int, str, str]], folder: Path, link: bool, by_label: bool,
@@ -395,74 +384,261 @@ def place_files(rows: list[tuple[int, str, str]], folder: Path, link: bool, by_l
     The id in the name keeps two photos called IMG_0001.jpg apart; an existing
     destination of the same size is taken as done, so a rerun only adds what is new.
     Each copy is written under a temporary name and renamed: a file at its final name
-    is always whole. Every file placed is recorded in folder/.curate-files, so that
-    `clean` removes only what curate placed there, never the user's own files.
+    is always whole.
+
+    What curate placed is recorded in folder/.curate-files, each batch of names written
+    and fsynced before those files are placed: a run killed at any moment leaves every
+    file it placed recorded, so `clean` removes exactly curate's files, never the user's.
+    The folder is taken as given (a link to it is followed, once: it is the user's
+    choice); below it nothing is followed: a label folder or a recorded name that is now
+    a link, a name leading out of the folder (`..`, absolute), is left alone and counted
+    (`refused`), and a link at a recorded name is removed itself, never what it points to.
     """
-    folder.mkdir(parents=True, exist_ok=True)
-    recorded = _read_manifest(folder)
+    root = check_output(folder, "copies" if not link else "links")
+    root.mkdir(parents=True, exist_ok=True)
+    root = root.resolve()
+    if not root.is_dir():
+        raise OutputError(f"cannot place files in {folder}: it is not a folder")
     out = Placed()
-    if clean:
-        for rel in sorted(recorded):
-            f = folder / rel
-            if f.is_file() or f.is_symlink():
-                f.unlink()
-                out.removed += 1
-            _remove_empty_parents(f.parent, folder)
-        recorded = set()
-        _write_manifest(folder, recorded)
-    placed: set[str] = set()
-    try:
-        for item_id, path, label in rows:
-            src = Path(path)
-            if not src.is_file():
-                out.missing += 1
-                continue
-            rel = f"{safe_name(label)}/{item_id}_{src.name}" if by_label else f"{item_id}_{src.name}"
-            dst = folder / rel
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            if link:
-                if not (dst.is_symlink() and os.readlink(dst) == str(src.resolve())):
-                    tmp = dst.with_name(f".{dst.name}{PARTIAL}")
-                    tmp.unlink(missing_ok=True)
-                    os.symlink(src.resolve(), tmp)
-                    os.replace(tmp, dst)
-            elif not (dst.is_file() and not dst.is_symlink() and dst.stat().st_size == src.stat().st_size
-                      and rel in recorded):
-                write_atomic(dst, lambda tmp, src=src: shutil.copy2(src, tmp))
-            placed.add(rel)
-            out.done += 1
-    finally:
-        _write_manifest(folder, recorded | placed)
-    out.earlier = sum(1 for rel in recorded - placed if (folder / rel).exists())
-    out.others = sum(1 for f in folder.rglob("*")
-                     if (f.is_file() or f.is_symlink()) and f.name != MANIFEST
-                     and f.relative_to(folder).as_posix() not in recorded | placed)
+    with _Record(root) as record:
+        recorded = record.read()
+        if clean:
+            refused = set()
+            for rel in sorted(recorded):
+                status = _remove_below(record.fd, rel)
+                out.removed += status == "removed"
+                if status == "refused":
+                    refused.add(rel)
+            out.refused = len(refused)
+            recorded = set()
+            record.rewrite(recorded)
+        placed: set[str] = set()
+        label_dirs: set[str] = set()
+        try:
+            for start in range(0, len(rows), RECORD_BATCH):
+                batch = []
+                for item_id, path, label in rows[start:start + RECORD_BATCH]:
+                    src = Path(path)
+                    if not src.is_file():
+                        out.missing += 1
+                        continue
+                    sub = safe_name(label) if by_label else ""
+                    batch.append((src, sub, f"{sub}/{item_id}_{src.name}" if sub else f"{item_id}_{src.name}"))
+                record.add(rel for _, _, rel in batch)
+                for src, sub, rel in batch:
+                    if sub and sub not in label_dirs:
+                        _real_folder(record.fd, root, sub)
+                        label_dirs.add(sub)
+                    _place(src, root / rel, link, same=rel in recorded)
+                    placed.add(rel)
+                    out.done += 1
+        finally:
+            # what is recorded from now on: the earlier record and what this run placed (a
+            # name recorded ahead of a failure that stopped the run is not kept)
+            record.rewrite(recorded | placed)
+        out.earlier = sum(1 for rel in recorded - placed if _lstat_below(record.fd, rel) is not None)
+    ours = recorded | placed | {MANIFEST}
+    out.others = sum(1 for rel in _entries(root) if rel not in ours)
     return out
 
 
-def _read_manifest(folder: Path) -> set[str]:
-    try:
-        lines = (folder / MANIFEST).read_text(encoding="utf-8").splitlines()
-    except FileNotFoundError:
-        return set()
-    # only plain relative paths inside the folder: a hand-edited line can never reach outside it
-    return {x for x in lines if x and not x.startswith("/") and ".." not in Path(x).parts}
+def _place(src: Path, dst: Path, link: bool, same: bool) -> None:
+    """One file at `dst`: a link to `src` or a whole copy of it (kept when an earlier run's copy
+    of the same size is there already)."""
+    if link:
+        target = src.resolve()
+        if not (dst.is_symlink() and os.readlink(dst) == str(target)):
+            tmp = partial_path(dst)
+            try:
+                tmp.unlink(missing_ok=True)
+                os.symlink(target, tmp)
+                os.replace(tmp, dst)        # a link or file at dst is replaced itself, never followed
+            except OSError as e:
+                tmp.unlink(missing_ok=True)
+                raise OutputError(f"could not link {dst}: {e.strerror or e}") from e
+    elif not (same and dst.is_file() and not dst.is_symlink() and dst.stat().st_size == src.stat().st_size):
+        write_atomic(dst, lambda tmp: shutil.copy2(src, tmp), checked=True)
 
 
-def _write_manifest(folder: Path, rels: set[str]) -> None:
-    path = folder / MANIFEST
-    tmp = path.with_name(path.name + PARTIAL)
-    tmp.write_text("".join(f"{r}\n" for r in sorted(rels)), encoding="utf-8")
-    os.replace(tmp, path)
+class _Record:
+    """folder/.curate-files, opened once (never through a link): read, appended batch by batch
+    (fsynced), rewritten whole at the end. Every access is relative to the folder's descriptor."""
 
+    def __init__(self, root: Path):
+        self.root = root
+        self.fd = -1
+        self._file = -1
 
-def _remove_empty_parents(d: Path, top: Path) -> None:
-    while d != top and top in d.parents:
+    def __enter__(self) -> _Record:
+        self.fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY)
         try:
-            d.rmdir()
-        except OSError:
+            self._open()
+        except BaseException:
+            os.close(self.fd)
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        os.close(self._file)
+        os.close(self.fd)
+
+    def _open(self) -> None:
+        try:
+            self._file = os.open(MANIFEST, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o644,
+                                 dir_fd=self.fd)
+        except OSError as e:
+            if e.errno in (errno.ELOOP, errno.EISDIR):
+                raise OutputError(f"{self.root / MANIFEST} is not curate's record of the files it placed "
+                                  f"(a {'link' if e.errno == errno.ELOOP else 'folder'}): remove it, or choose "
+                                  "another folder") from None
+            raise OutputError(f"could not write {self.root / MANIFEST}: {e.strerror}") from e
+        if not stat.S_ISREG(os.fstat(self._file).st_mode):
+            raise OutputError(f"{self.root / MANIFEST} is not a regular file: remove it, or choose another folder")
+
+    def read(self) -> set[str]:
+        """The recorded names; a last line cut short by a kill (no newline) was never whole."""
+        size = os.fstat(self._file).st_size
+        raw = os.pread(self._file, size, 0) if size else b""
+        lines = raw.decode("utf-8", errors="surrogateescape").split("\n")
+        return {x for x in lines[:-1] if x}
+
+    def add(self, rels: Iterable[str]) -> None:
+        data = "".join(f"{r}\n" for r in rels).encode("utf-8", errors="surrogateescape")
+        if not data:
             return
-        d = d.parent
+        with self._failing():
+            size = os.fstat(self._file).st_size
+            if size and os.pread(self._file, 1, size - 1) != b"\n":
+                data = b"\n" + data         # never glue a name onto a line a kill cut short
+            os.write(self._file, data)
+            os.fsync(self._file)
+
+    @contextlib.contextmanager
+    def _failing(self) -> Iterator[None]:
+        try:
+            yield
+        except OSError as e:
+            full = "disk full: " if e.errno == errno.ENOSPC else ""
+            raise OutputError(f"{full}could not write {self.root / MANIFEST}: {e.strerror or e}") from e
+
+    def rewrite(self, rels: set[str]) -> None:
+        with self._failing():
+            self._rewrite(rels)
+
+    def _rewrite(self, rels: set[str]) -> None:
+        tmp = MANIFEST + PARTIAL
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp, dir_fd=self.fd)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644, dir_fd=self.fd)
+        try:
+            os.write(fd, "".join(f"{r}\n" for r in sorted(rels)).encode("utf-8", errors="surrogateescape"))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, MANIFEST, src_dir_fd=self.fd, dst_dir_fd=self.fd)
+        os.fsync(self.fd)                   # the rename survives a crash too
+        os.close(self._file)
+        self._open()
+
+
+def _parts(rel: str) -> list[str] | None:
+    """The names of a recorded relative path; None for one that could lead out of the folder."""
+    parts = rel.split("/")
+    if rel.startswith("/") or "\\" in rel or any(p in ("", ".", "..") for p in parts) or "\0" in rel:
+        return None
+    return parts
+
+
+def _walk_below(root_fd: int, rel: str) -> tuple[list[int], str] | str:
+    """Descend to the folder holding `rel` without following any link: (descriptors from the
+    root down, the last name), "gone" when a folder on the way is missing, "refused" when one
+    is a link or not a folder (or the name could lead out of the folder)."""
+    parts = _parts(rel)
+    if parts is None:
+        return "refused"
+    fds = [root_fd]
+    try:
+        for name in parts[:-1]:
+            fds.append(os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fds[-1]))
+    except FileNotFoundError:
+        _close(fds[1:])
+        return "gone"
+    except OSError as e:
+        _close(fds[1:])
+        if e.errno in (errno.ELOOP, errno.ENOTDIR):
+            return "refused"
+        raise
+    return fds, parts[-1]
+
+
+def _close(fds: list[int]) -> None:
+    for fd in fds:
+        os.close(fd)
+
+
+def _lstat_below(root_fd: int, rel: str) -> os.stat_result | None:
+    walked = _walk_below(root_fd, rel)
+    if isinstance(walked, str):
+        return None
+    fds, name = walked
+    try:
+        return os.stat(name, dir_fd=fds[-1], follow_symlinks=False)
+    except FileNotFoundError:
+        return None
+    finally:
+        _close(fds[1:])
+
+
+def _remove_below(root_fd: int, rel: str) -> str:
+    """Remove the file (or link, itself) recorded at `rel` and its half-written temporary, then
+    the folders it leaves empty: "removed", "gone" or "refused" (a link or a folder on the way, or
+    at the name something that is neither a file nor a link)."""
+    walked = _walk_below(root_fd, rel)
+    if isinstance(walked, str):
+        return walked
+    fds, name = walked
+    status = "gone"
+    try:
+        for i, n in enumerate((name, f".{name}{PARTIAL}")):
+            try:
+                st = os.stat(n, dir_fd=fds[-1], follow_symlinks=False)
+            except FileNotFoundError:
+                continue
+            if not (stat.S_ISREG(st.st_mode) or stat.S_ISLNK(st.st_mode)):
+                if i == 0:
+                    status = "refused"
+                continue
+            os.unlink(n, dir_fd=fds[-1])
+            if i == 0:
+                status = "removed"
+        for depth in range(len(fds) - 1, 0, -1):    # the label folders left empty, deepest first
+            try:
+                os.rmdir(rel.split("/")[depth - 1], dir_fd=fds[depth - 1])
+            except OSError:
+                break
+    finally:
+        _close(fds[1:])
+    return status
+
+
+def _real_folder(root_fd: int, root: Path, name: str) -> None:
+    """Make the label folder `name` in the folder, or check the one there is a real folder (a
+    link would put copies outside the folder)."""
+    with contextlib.suppress(FileExistsError):
+        os.mkdir(name, dir_fd=root_fd)
+    st = os.stat(name, dir_fd=root_fd, follow_symlinks=False)
+    if not stat.S_ISDIR(st.st_mode):
+        raise OutputError(f"cannot place files in {root / name}: it is {'a link' if stat.S_ISLNK(st.st_mode) else 'not a folder'}, "
+                          "and curate places files only in real folders inside the one it was given; remove it "
+                          "or choose another folder")
+
+
+def _entries(root: Path) -> Iterator[str]:
+    """Every file and link below `root` (links not followed), as relative paths."""
+    for d, dirs, files in os.walk(root):
+        base = Path(d).relative_to(root)
+        for name in files + [x for x in dirs if os.path.islink(os.path.join(d, x))]:
+            yield (base / name).as_posix()
 
 
 # Names Windows reserves for devices, with any extension (con.txt too).

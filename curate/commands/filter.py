@@ -94,6 +94,9 @@ def filter_cmd(ws_path: Path, classification: str | None, labels: tuple[str, ...
         if r.others:
             echo(safe(f"note: {folder} also holds {r.others:,} files curate did not place there (left as they are)"),
                  err=True)
+        if r.refused:
+            echo(safe(f"note: left {r.refused:,} names of {folder}/.curate-files alone: they lead out of the "
+                      "folder or through a link, so curate did not place them there"), err=True)
     if r.inexact:
         click.echo(f"note: {r.inexact:,} kept rows fall under the top-k bound (their label may not be the full "
                    "argmax); run `curate classify --storage full` for exact ensemble labels at this threshold",

@@ -1,10 +1,20 @@
-"""`curate sql`: a query against the workspace (read-only), printed the way the duckdb shell
-prints it, or every row written as CSV or JSON."""
+"""`curate sql`: a query against the workspace, printed the way the duckdb shell prints it, or
+every row written as CSV or JSON.
+
+Read-only in every way: nothing typed here changes a database or writes a file. The
+connection is read-only, and before the query runs DuckDB itself is closed around it
+(`lock_down`): no access to files but the workspace (no ATTACH, COPY, EXPORT, INSTALL,
+read_csv of other files), Python objects not scanned, and the configuration locked so no
+SET can undo it. Only queries are run (SELECT and its kin); any other statement is refused
+with one line before anything runs. `--out` is the one way to write, through the atomic
+writer (core/outputs.py), to the one file DuckDB is allowed to write.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import io
+import re
 import shutil
 import sys
 import tempfile
@@ -13,7 +23,7 @@ from pathlib import Path
 import click
 import duckdb
 
-from ..classify.subsets import write_atomic
+from ..core.outputs import check_output, partial_path, write_atomic
 from ..core.textout import safe
 from ..core.workspace import Workspace
 from ..errors import InputError
@@ -29,6 +39,12 @@ _UNLIMITED = 1 << 20
 _QUERY_ERRORS = (duckdb.ParserException, duckdb.BinderException, duckdb.CatalogException,
                  duckdb.ConversionException, duckdb.InvalidInputException, duckdb.PermissionException,
                  duckdb.NotImplementedException, duckdb.OutOfRangeException, duckdb.TypeMismatchException)
+# The statements sql runs: queries, and what only reads or sets a variable (SET of a DuckDB
+# setting is refused by the locked configuration). Everything else (COPY, EXPORT, ATTACH,
+# DETACH, INSTALL/LOAD, CREATE, INSERT, PREPARE ...) is refused before anything runs.
+_READING = {duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN, duckdb.StatementType.PRAGMA,
+            duckdb.StatementType.CALL, duckdb.StatementType.SET, duckdb.StatementType.TRANSACTION}
+_EXPLAIN = re.compile(r"\s*explain(\s+analy[sz]e)?\s", re.IGNORECASE)
 
 
 @click.command("sql")
@@ -44,24 +60,70 @@ _QUERY_ERRORS = (duckdb.ParserException, duckdb.BinderException, duckdb.CatalogE
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Write csv or json to this file (replaced whole, never half-written) instead of stdout.")
 def sql(query: str, ws_path: Path, max_rows: int, fmt: str | None, out: Path | None) -> None:
-    """Run QUERY on the workspace's database, read-only (the same as `duckdb ws/curate.duckdb`)."""
+    """Run QUERY on the workspace's database, read-only (the same as `duckdb -readonly -safe
+    ws/curate.duckdb`): it reads the workspace and no other file, and changes and writes nothing
+    (--out writes the result)."""
     fmt = _format(fmt, out)
+    if out is not None:
+        out = check_output(out, "query result")
     con = Workspace(ws_path).connect(read_only=True)
+    scratch = Path(tempfile.mkdtemp(prefix="curate-sql-"))
     try:
+        result = partial_path(out) if out is not None else scratch / f"result.{fmt}"
+        lock_down(con, scratch / "spill", result)
+        check_statements(con, query)
         try:
             rel = con.sql(query)
         except _QUERY_ERRORS as e:
             raise _query_failed(e) from None
-        if rel is None:  # a statement without a result (SET, PRAGMA ...)
+        if rel is None:  # a statement without a result (SET VARIABLE, PRAGMA ...)
             return
         if fmt == "table":
             click.echo(_table(rel, max_rows))
         elif out is not None:
-            write_atomic(out, lambda tmp: _copy(con, rel, fmt, tmp))
+            write_atomic(out, lambda tmp: _copy(con, rel, fmt, tmp), "query result")
         else:
-            _to_stdout(con, rel, fmt)
+            _to_stdout(con, rel, fmt, result)
     finally:
         con.close()
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def lock_down(con: duckdb.DuckDBPyConnection, spill: Path, result: Path) -> None:
+    """Close DuckDB around a read-only connection: no file but the database (and `spill`, its
+    temporary folder for what does not fit in memory, and `result`, the one file curate writes
+    the result to), no Python objects scanned, and the configuration locked (no SET undoes this)."""
+    con.execute(f"SET temp_directory = {_literal(spill)}")
+    con.execute(f"SET allowed_paths = [{_literal(result)}]")
+    con.execute("SET enable_external_access = false")
+    con.execute("SET python_enable_replacements = false")
+    con.execute("SET lock_configuration = true")
+
+
+def check_statements(con: duckdb.DuckDBPyConnection, query: str) -> None:
+    """Refuse (InputError, nothing run) a query holding any statement that is not a query."""
+    try:
+        statements = con.extract_statements(query)
+    except _QUERY_ERRORS as e:
+        raise _query_failed(e) from None
+    for st in statements:
+        try:
+            kind = st.type
+        except ValueError:   # a statement type this duckdb package has no name for
+            kind = None
+        if kind == duckdb.StatementType.EXPLAIN:
+            inner = _EXPLAIN.match(st.query)
+            if inner:
+                check_statements(con, st.query[inner.end():])
+                continue
+        if kind not in _READING:
+            word = (st.query.split() or ["that"])[0].upper()
+            raise InputError(f"curate sql only reads: {word} statements are refused (nothing ran; "
+                             "write a query's result with --out FILE)")
+
+
+def _literal(path: Path) -> str:
+    return "'" + str(path).replace("'", "''") + "'"
 
 
 def _format(fmt: str | None, out: Path | None) -> str:
@@ -76,7 +138,12 @@ def _format(fmt: str | None, out: Path | None) -> str:
 
 
 def _query_failed(e: duckdb.Error) -> InputError:
-    return InputError(f"the query failed: {str(e).strip().splitlines()[0]}")
+    first = str(e).strip().splitlines()[0]
+    if isinstance(e, duckdb.PermissionException):
+        return InputError(f"curate sql reads the workspace and no other file, and writes nothing: {first}")
+    if "configuration has been locked" in first:
+        return InputError(f"curate sql does not change DuckDB's settings: {first}")
+    return InputError(f"the query failed: {first}")
 
 
 def _table(rel: duckdb.DuckDBPyRelation, max_rows: int) -> str:
@@ -99,22 +166,20 @@ def _table(rel: duckdb.DuckDBPyRelation, max_rows: int) -> str:
 
 def _copy(con: duckdb.DuckDBPyConnection, rel: duckdb.DuckDBPyRelation, fmt: str, path: Path) -> None:
     """Every row of the result into `path`, written by DuckDB's COPY."""
-    target = "'" + str(path).replace("'", "''") + "'"
     try:
-        con.execute(f"COPY ({rel.sql_query()}) TO {target} {_COPY[fmt]}")
+        con.execute(f"COPY ({rel.sql_query()}) TO {_literal(path)} {_COPY[fmt]}")
     except _QUERY_ERRORS as e:
         raise _query_failed(e) from None
 
 
-def _to_stdout(con: duckdb.DuckDBPyConnection, rel: duckdb.DuckDBPyRelation, fmt: str) -> None:
-    """The bytes COPY writes, on stdout; on a terminal, control characters are shown escaped."""
-    with tempfile.TemporaryDirectory(prefix="curate-sql-") as d:
-        path = Path(d) / f"result.{fmt}"
-        _copy(con, rel, fmt, path)
-        if sys.stdout.isatty():
-            click.echo(safe(path.read_text(encoding="utf-8"), keep_newlines=True), nl=False)
-            return
-        sys.stdout.flush()
-        with open(path, "rb") as f:
-            shutil.copyfileobj(f, sys.stdout.buffer)
-        sys.stdout.buffer.flush()
+def _to_stdout(con: duckdb.DuckDBPyConnection, rel: duckdb.DuckDBPyRelation, fmt: str, path: Path) -> None:
+    """The bytes COPY writes (to `path`, a scratch file), on stdout; on a terminal, control
+    characters are shown escaped."""
+    _copy(con, rel, fmt, path)
+    if sys.stdout.isatty():
+        click.echo(safe(path.read_text(encoding="utf-8"), keep_newlines=True), nl=False)
+        return
+    sys.stdout.flush()
+    with open(path, "rb") as f:
+        shutil.copyfileobj(f, sys.stdout.buffer)
+    sys.stdout.buffer.flush()

@@ -3,7 +3,8 @@
 `curate report` and `curate compare` write folders of CSVs, pictures and a page. A
 second run must not leave files of the first (grids of classes no longer there), and
 a run killed half way must leave the earlier folder whole. A folder holding files no
-curate run wrote (its manifest lists ours) is never replaced.
+curate run wrote (its manifest lists ours) is never replaced, nor is a workspace or a folder
+holding one, whatever its manifest says (core/outputs.py: where no output may go).
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..errors import OutputError
+from .outputs import check_output
+from .workspace import DB_NAME
 
 MANIFEST = ".curate-report"    # in an output folder: the files curate wrote there, one a line
 # a report of a curate from before the manifest: only its own kinds of files
@@ -27,7 +30,7 @@ def replace_folder(out: str | Path, fill: Callable[[Path], list[Path]], what: st
     Returns the files at their final place. OutputError when `out` is a file, holds
     foreign files, or cannot be written (then the earlier folder is as it was).
     """
-    out = Path(out)
+    out = check_output(out, what)
     if out.exists() and not out.is_dir():
         raise OutputError(f"cannot write the {what} to {out}: it is a file; choose another --out")
     foreign = foreign_files(out)
@@ -58,12 +61,14 @@ def replace_folder(out: str | Path, fill: Callable[[Path], list[Path]], what: st
 
 
 def foreign_files(out: Path) -> list[str]:
-    """Files in `out` that its manifest does not list (all of them when it has none)."""
+    """Files in `out` that its manifest does not list (all of them when it has none); a
+    workspace's database is never ours, even if a hand-edited manifest lists it."""
     if not out.is_dir():
         return []
     files = sorted(f.relative_to(out).as_posix() for f in out.rglob("*") if not f.is_dir())
     try:
-        ours = set((out / MANIFEST).read_text(encoding="utf-8").splitlines()) | {MANIFEST}
+        ours = {f for f in (out / MANIFEST).read_text(encoding="utf-8").splitlines()
+                if Path(f).name != DB_NAME} | {MANIFEST}
     except FileNotFoundError:
         if "index.html" not in files:
             return files

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import duckdb
 
+from ...core.outputs import write_atomic
 from ...core.sql import transaction
 from ...errors import InputError
 from . import marks
@@ -60,13 +61,18 @@ class MarkedRow:
 
 
 def export_sheet(con: duckdb.DuckDBPyConnection, set_name: str, path: str | Path) -> int:
-    """Write the set as a sheet; returns the number of rows."""
+    """Write the set as a sheet (whole or not at all, never into a workspace: core/outputs.py);
+    returns the number of rows."""
     items = marks.rows(con, set_name)
-    with open(path, "w", encoding=ENCODING_OUT, newline="") as f:
-        w = csv.writer(f)
-        w.writerow(COLUMNS)
-        for r in items:
-            w.writerow([r.id, r.path or "", r.caption or "", r.label, repr(r.prob), r.mark or "", set_name])
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "w", encoding=ENCODING_OUT, newline="") as f:
+            w = csv.writer(f)
+            w.writerow(COLUMNS)
+            for r in items:
+                w.writerow([r.id, r.path or "", r.caption or "", r.label, repr(r.prob), r.mark or "", set_name])
+
+    write_atomic(path, write, "review sheet")
     return len(items)
 
 
