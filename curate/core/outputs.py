@@ -25,12 +25,14 @@ import duckdb
 
 from ..errors import OutputError
 from .journal import NAME as JOURNAL_NAME
+from .journal import REJECTED as JOURNAL_REJECTED
 from .workspace import DB_NAME
 
 PARTIAL = ".curate-partial"    # suffix of a file being written; renamed to its name when whole
 # A workspace's own entries at its root: the database and what DuckDB keeps beside it
-# (curate.duckdb.wal, .tmp), the journal and anything named after it, the shard and index folders.
-_OWN_PREFIXES = (DB_NAME, JOURNAL_NAME)
+# (curate.duckdb.wal, .tmp), the journal and anything named after it, its set-aside bad lines,
+# the shard and index folders.
+_OWN_PREFIXES = (DB_NAME, JOURNAL_NAME, JOURNAL_REJECTED)
 _OWN_FOLDERS = ("embeddings", "indexes")
 
 
