@@ -4,10 +4,12 @@ here, some of them hostile, by the real build-index and classify with the tiny m
 from __future__ import annotations
 
 import json
+import shutil
 import urllib.error
 import urllib.request
 from pathlib import Path
 
+import pytest
 from conftest import make_folder, run_cli, write_jpeg
 from PIL import Image
 
@@ -65,3 +67,16 @@ def item_id(ws: Path, name: str) -> int:
         return con.execute("SELECT id FROM items WHERE path LIKE '%/' || ?", [name]).fetchall()[0][0]
     finally:
         con.close()
+
+
+@pytest.fixture(scope="session")
+def app_built(tmp_path_factory, tiny_encoder) -> Path:
+    """The built, classified workspace the app's test modules share (each copies it: the app
+    writes ws/app/). Import it into a test module to use it."""
+    return build(tmp_path_factory.mktemp("app-built"), tiny_encoder)
+
+
+def copy_of(app_built: Path, tmp_path_factory) -> Path:
+    copy = tmp_path_factory.mktemp("app") / "ws"
+    shutil.copytree(app_built, copy)
+    return copy

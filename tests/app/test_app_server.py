@@ -15,7 +15,18 @@ from pathlib import Path
 
 import duckdb
 import pytest
-from app_support import DELETED, HOSTILE_CAPTION, ODD_NAMES, STRIP, get_json, item_id, post, req
+from app_support import (
+    DELETED,
+    HOSTILE_CAPTION,
+    ODD_NAMES,
+    STRIP,
+    app_built,
+    copy_of,
+    get_json,
+    item_id,
+    post,
+    req,
+)
 from conftest import run_cli
 
 from curate.app.server import AppServer
@@ -23,6 +34,13 @@ from curate.app.thumbnails import Thumbnails
 from curate.core.workspace import Workspace
 from curate.validate import sampling
 from curate.validate.review import marks as review_marks
+
+__all__ = ["app_built"]   # the shared workspace fixture (app_support)
+
+
+@pytest.fixture(scope="module")
+def ws(app_built, tmp_path_factory) -> Path:
+    return copy_of(app_built, tmp_path_factory)
 
 
 @pytest.fixture(scope="module")
