@@ -123,7 +123,10 @@ async function reload() {
   } catch (e) {
     if (gen === view.generation) showError(e.message);
   }
-  if (gen === view.generation) document.body.dataset.state = "ready";
+  if (gen === view.generation) {
+    document.body.dataset.classification = view.sel.classification || "";
+    document.body.dataset.state = "ready";
+  }
 }
 
 async function loadCounts(gen) {
@@ -383,6 +386,7 @@ function wire() {
     slideTimer = setTimeout(() => { view.sel.min_prob = v; reload(); }, 150);
   });
   $("classification").addEventListener("change", async () => {
+    document.body.dataset.state = "loading";
     view.sel.classification = $("classification").value;
     try { await loadOverview(); } catch (e) { showError(e.message); return; }
     reload();
