@@ -68,11 +68,14 @@ def _check_mode(r: Reader, sel: Selection) -> None:
 
 
 def _where(r: Reader, sel: Selection) -> tuple[str, list]:
-    """' AND <the where filters over items i>' and its parameters ('' without filters)."""
+    """' AND p.id IN (<items passing the where filters>)' and its parameters ('' without filters).
+
+    A semi-join on ids: the grid's top-N runs over ids and probabilities alone, and only the
+    page's rows are joined to items for their path and caption."""
     if not sel.where:
         return "", []
     clause, params = where_clause(r.con, sel.where)
-    return f" AND {clause}", params
+    return f" AND p.id IN (SELECT i.id FROM items i WHERE {clause})", params
 
 
 def overview(ws: Workspace, classification: str | None = None) -> dict:
@@ -119,15 +122,17 @@ def page(ws: Workspace, sel: Selection, after: tuple[float, int] | None = None, 
         if sel.status == "rejected":
             last = -1 if after is None else int(after[1])
             rows = r.con.execute(
-                "SELECT i.id, NULL, NULL, i.path, i.caption, x.reason FROM app_rejected() x JOIN items i ON i.id = x.id "
-                f"WHERE i.id > ?{extra} ORDER BY i.id LIMIT ?", [last, *params, n]).fetchall()
+                "SELECT p.id, NULL, NULL, i.path, i.caption, p.reason FROM app_rejected() p JOIN items i ON i.id = p.id "
+                f"WHERE p.id > ?{extra} ORDER BY p.id LIMIT ?", [last, *params, n]).fetchall()
         else:
             _check_mode(r, sel)
             keyset = "" if after is None else " AND (p.prob < ? OR (p.prob = ? AND p.id > ?))"
             kp = [] if after is None else [float(after[0]), float(after[0]), int(after[1])]
             rows = r.con.execute(
-                "SELECT p.id, p.label, p.prob, i.path, i.caption, NULL FROM app_view(?, ?, ?) p "
-                f"JOIN items i ON i.id = p.id WHERE true{keyset}{extra} ORDER BY p.prob DESC, p.id LIMIT ?",
+                "SELECT p.id, p.label, p.prob, i.path, i.caption, NULL FROM ("
+                f"  SELECT p.id, p.label, p.prob FROM app_view(?, ?, ?) p WHERE true{keyset}{extra}"
+                "   ORDER BY p.prob DESC, p.id LIMIT ?) p "
+                "JOIN items i ON i.id = p.id ORDER BY p.prob DESC, p.id",
                 [sel.relation, sel.floor, list(sel.labels), *kp, *params, n]).fetchall()
         tiles = [_tile(*row, status=sel.status) for row in rows]
         nxt = None
@@ -147,10 +152,10 @@ def count(ws: Workspace, sel: Selection) -> int:
     with reading(ws, sel.classification) as r:
         extra, params = _where(r, sel)
         if sel.status == "rejected":
-            q = f"SELECT count(*) FROM app_rejected() x JOIN items i ON i.id = x.id WHERE true{extra}"
+            q = f"SELECT count(*) FROM app_rejected() p WHERE true{extra}"
             return int(r.con.execute(q, params).fetchall()[0][0])
         _check_mode(r, sel)
-        q = f"SELECT count(*) FROM app_view(?, ?, ?) p JOIN items i ON i.id = p.id WHERE true{extra}"
+        q = f"SELECT count(*) FROM app_view(?, ?, ?) p WHERE true{extra}"
         return int(r.con.execute(q, [sel.relation, sel.floor, list(sel.labels), *params]).fetchall()[0][0])
 
 
@@ -163,7 +168,7 @@ def label_counts(ws: Workspace, sel: Selection) -> dict:
         if extra:
             rows = r.con.execute(
                 "SELECT l.label, count(p.id) FILTER (p.prob >= ?), count(p.id) FROM labels l "
-                "LEFT JOIN (SELECT p.* FROM query_table(?) p JOIN items i ON i.id = p.id WHERE true"
+                "LEFT JOIN (SELECT p.* FROM query_table(?) p WHERE true"
                 f"{extra}) p ON p.label = l.label GROUP BY l.label, l.label_idx "
                 "ORDER BY 2 DESC, 3 DESC, l.label_idx", [sel.floor, sel.relation, *params]).fetchall()
         else:
@@ -191,7 +196,7 @@ def hits_page(ws: Workspace, sel: Selection, ids: np.ndarray, scores: np.ndarray
                 f"WHERE true{extra} ORDER BY h.rank LIMIT ? OFFSET ?",
                 [sel.relation, sel.floor, list(sel.labels), *params, n, max(0, int(offset))]).fetchall()
             passing = r.con.execute(
-                "SELECT count(*) FROM app_hits h JOIN app_view(?, ?, ?) p ON p.id = h.id JOIN items i ON i.id = h.id "
+                "SELECT count(*) FROM app_hits h JOIN app_view(?, ?, ?) p ON p.id = h.id "
                 f"WHERE true{extra}", [sel.relation, sel.floor, list(sel.labels), *params]).fetchall()[0][0]
         finally:
             r.con.unregister("app_hits")
