@@ -153,6 +153,7 @@ def _status(pid: int) -> dict[str, float]:
 
 def run(ws_dir: Path, n: int, browser: bool) -> None:
     base = f"n={n:,}"
+    shutil.rmtree(ws_dir / "app", ignore_errors=True)   # no thumbnails or marks of an earlier run
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     child = subprocess.Popen([sys.executable, "-c", CHILD, str(ws_dir)], stdout=subprocess.PIPE, text=True, env=env)
     try:
