@@ -322,3 +322,35 @@ def test_bad_selections_are_one_line_errors(server):
         assert status in (400, 404) and words in got["error"] and "\n" not in got["error"], (sel, got)
     status, got = post(server.url, "/api/grid", {"selection": {}, "search": {"text": "x"}})
     assert status == 400 and "model" in got["error"]            # started without the model: said, not a crash
+
+
+def test_curate_app_killed_loses_no_acknowledged_mark(ws, tmp_path):
+    """`curate app` as a user starts it, killed with SIGKILL: every mark it acknowledged is on disk."""
+    import os
+    import re
+    import signal
+
+    from curate.core import journal
+
+    copy = tmp_path / "ws"
+    shutil.copytree(ws, copy)
+    shutil.rmtree(copy / "app", ignore_errors=True)
+    proc = subprocess.Popen([sys.executable, "-u", "-m", "curate.cli", "app", "-w", str(copy), "--port", "0",
+                             "--no-browser"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        url = None
+        for line in proc.stdout:
+            m = re.search(r"curate app on (http://127\.0\.0\.1:\d+/)", line)
+            if m:
+                url = m.group(1)
+                break
+        assert url, "the app did not print its address"
+        _, page = post(url, "/api/grid", {"selection": {}})
+        for t in page["tiles"][:5]:
+            assert post(url, "/api/mark", {"id": t["id"], "mark": "skip", "selection": {}})[0] == 200
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+    assert sorted((i, label) for i, label, mark, _ in journal.read(copy / "app")) == \
+        sorted((t["id"], t["label"]) for t in page["tiles"][:5])
