@@ -12,7 +12,16 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from app_support import DELETED, HOSTILE_CAPTION, STRIP, app_built, copy_of, item_id, post
+from app_support import (
+    DELETED,
+    HOSTILE_CAPTION,
+    ODD_NAMES,
+    STRIP,
+    app_built,
+    copy_of,
+    item_id,
+    post,
+)
 from conftest import run_cli
 
 from curate.app.server import AppServer
@@ -206,7 +215,13 @@ def test_the_export_button_writes_what_the_shown_command_writes(page, ws, tmp_pa
     assert out.read_bytes() == by_app
 
 
-def test_a_deleted_file_shows_a_placeholder_saying_so(page, ws):
+def test_odd_file_names_show_as_text_and_a_deleted_file_as_a_placeholder(page, ws):
+    for name in ODD_NAMES:
+        i = item_id(ws, name)
+        page.wait_for_selector(f'.tile[data-id="{i}"]')
+        assert page.inner_text(f'.tile[data-id="{i}"] .name') == name
+        assert page.locator(f'.tile[data-id="{i}"] .name b').count() == 0
+        page.wait_for_function(f"() => document.querySelector('.tile[data-id=\"{i}\"] img').naturalWidth > 1")
     gone = item_id(ws, DELETED)
     page.wait_for_selector(f'.tile[data-id="{gone}"]')
     page.wait_for_function(f"() => document.querySelector('.tile[data-id=\"{gone}\"] img').naturalWidth > 0")
