@@ -38,16 +38,17 @@ class Reader:
 
 
 @contextmanager
-def reading(ws: Workspace, classification: str | None = None) -> Iterator[Reader]:
+def reading(ws: Workspace, classification: str | None = None, calibration: bool = True) -> Iterator[Reader]:
     """A read-only connection pointed at a complete classification (None: the active one), the
-    app's macros made on it; closed after the block."""
+    app's macros made on it; closed after the block. `calibration`: look for a calibration that
+    applies (the calibrated view; a few catalog reads, skipped by the reads that need none)."""
     con = ws.connect(read_only=True, wait=WAIT)
     try:
         name = registry.select(con, classification)
         st = state.require_complete(con, f"the workspace {ws.root}")
         sql.run(con, "app_browse")
         source = None
-        cal = calibrated.load(con)
+        cal = calibrated.load(con) if calibration else None
         if cal is not None:
             try:
                 calibrated.check_applies(con, cal, name, registry.schema(name) if name else None)
@@ -117,7 +118,7 @@ def page(ws: Workspace, sel: Selection, after: tuple[float, int] | None = None, 
     """One page of the grid, the most probable first (then by id): `after` is the last tile's
     (prob, id) of the page before. Rejected items come by id with their reason."""
     n = max(1, min(int(n), PAGE))
-    with reading(ws, sel.classification) as r:
+    with reading(ws, sel.classification, calibration=sel.mode == "calibrated") as r:
         extra, params = _where(r, sel)
         if sel.status == "rejected":
             last = -1 if after is None else int(after[1])
@@ -149,7 +150,7 @@ def _tile(item_id, label, prob, path, caption, reason, status: str = "embedded")
 
 def count(ws: Workspace, sel: Selection) -> int:
     """How many items the selection holds (what the export writes)."""
-    with reading(ws, sel.classification) as r:
+    with reading(ws, sel.classification, calibration=sel.mode == "calibrated") as r:
         extra, params = _where(r, sel)
         if sel.status == "rejected":
             q = f"SELECT count(*) FROM app_rejected() p WHERE true{extra}"
@@ -162,7 +163,7 @@ def count(ws: Workspace, sel: Selection) -> int:
 def label_counts(ws: Workspace, sel: Selection) -> dict:
     """The sidebar: each label's items at the selection's threshold (and its where filters), of all
     its items; and the selection's own count."""
-    with reading(ws, sel.classification) as r:
+    with reading(ws, sel.classification, calibration=sel.mode == "calibrated") as r:
         _check_mode(r, sel)
         extra, params = _where(r, sel)
         if extra:
@@ -183,7 +184,7 @@ def hits_page(ws: Workspace, sel: Selection, ids: np.ndarray, scores: np.ndarray
               n: int = PAGE) -> dict:
     """Search hits (ids by rank, their cosine) that pass the selection's filters, from `offset`."""
     n = max(1, min(int(n), PAGE))
-    with reading(ws, sel.classification) as r:
+    with reading(ws, sel.classification, calibration=sel.mode == "calibrated") as r:
         _check_mode(r, sel)
         extra, params = _where(r, sel)
         r.con.register("app_hits", {"id": np.asarray(ids, dtype=np.int64),
@@ -214,7 +215,7 @@ def item(ws: Workspace, item_id: int, classification: str | None = None) -> dict
     """One item in detail: its file and caption, status (and reason), the top 5 labels of each
     view, its duplicate group, and the review marks on it (the marks made while browsing are
     the caller's: curate/app/marks.py)."""
-    with reading(ws, classification) as r:
+    with reading(ws, classification, calibration=False) as r:
         con = r.con
         rows = con.execute("SELECT id, path, caption, status FROM items WHERE id = ?", [item_id]).fetchall()
         if not rows:
@@ -253,7 +254,7 @@ def item(ws: Workspace, item_id: int, classification: str | None = None) -> dict
 
 def label_of(ws: Workspace, sel: Selection, item_id: int) -> str:
     """The label the selection's view gives an item: what a mark on its tile judges."""
-    with reading(ws, sel.classification) as r:
+    with reading(ws, sel.classification, calibration=sel.mode == "calibrated") as r:
         _check_mode(r, sel)
         rel = RELATIONS[r.calibration_source or "image"] if sel.mode == "calibrated" else sel.relation
         rows = r.con.execute("SELECT label FROM app_view(?, 0.0, []) WHERE id = ?", [rel, item_id]).fetchall()

@@ -354,3 +354,32 @@ def test_curate_app_killed_loses_no_acknowledged_mark(ws, tmp_path):
         proc.wait(timeout=10)
     assert sorted((i, label) for i, label, mark, _ in journal.read(copy / "app")) == \
         sorted((t["id"], t["label"]) for t in page["tiles"][:5])
+
+
+def test_the_calibrated_view_is_what_filter_calibrated_keeps(ws, tmp_path, monkeypatch):
+    """With a calibration fitted by `curate report`, the mode `calibrated` shows what
+    `filter --calibrated` keeps, and its command says --calibrated (no min-prob)."""
+    copy = tmp_path / "ws"
+    shutil.copytree(ws, copy)
+    run_cli("sample", "-w", copy, "--top-classes", "3", "--per-class", "4", "--seed", "7")
+    con = duckdb.connect(str(copy / "curate.duckdb"))
+    con.execute("INSERT INTO judgments (id, label, mark) SELECT id, label,"
+                " CASE WHEN position % 2 = 0 THEN 'hit' ELSE 'miss' END FROM review_items")
+    con.close()
+    run_cli("report", "-w", copy, "--out", tmp_path / "report", "--target-precision", "0.5", "--min-support", "1")
+    srv = AppServer(copy, 0, load_model=False).start()
+    try:
+        _, o = get_json(srv.url, "/api/overview")
+        assert o["modes"][-1] == "calibrated" and o["calibration_source"] == "image"
+        tiles = _all_tiles(srv.url, {"mode": "calibrated", "min_prob": 0.9})   # min-prob: not this view's rule
+        monkeypatch.chdir(tmp_path)
+        _, shown = post(srv.url, "/api/command", {"selection": {"mode": "calibrated"}, "out": "c.csv"})
+    finally:
+        srv.stop()
+    words = shlex.split(shown["command"])
+    assert "--calibrated" in words and "--min-prob" not in words and words[words.index("--mode") + 1] == "image"
+    run_cli(*words[1:])
+    with open(tmp_path / "c.csv", newline="", encoding="utf-8") as f:
+        rows = {int(r["id"]): float(r["prob"]) for r in csv.DictReader(f)}
+    assert rows and {t["id"]: t["prob"] for t in tiles} == pytest.approx(rows)
+    assert shown["count"] == len(rows)
