@@ -31,9 +31,9 @@ from .workspace import DB_NAME
 PARTIAL = ".curate-partial"    # suffix of a file being written; renamed to its name when whole
 # A workspace's own entries at its root: the database and what DuckDB keeps beside it
 # (curate.duckdb.wal, .tmp), the journal and anything named after it, its set-aside bad lines,
-# the shard and index folders.
+# the shard and index folders, the app's folder.
 _OWN_PREFIXES = (DB_NAME, JOURNAL_NAME, JOURNAL_REJECTED)
-_OWN_FOLDERS = ("embeddings", "indexes")
+_OWN_FOLDERS = ("embeddings", "indexes", "app")  # app: `curate app`'s thumbnails and browsing marks
 
 
 def workspace_entry(path: str | Path) -> tuple[Path, str] | None:

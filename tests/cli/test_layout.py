@@ -8,7 +8,8 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[2] / "curate"
 # errors and the package face at the bottom, then the stages, the Python API, then the commands and the CLI
-RANK = {"errors": 0, "core": 1, "ingest": 2, "classify": 3, "validate": 4, "api": 5, "commands": 6, "cli": 7}
+RANK = {"errors": 0, "core": 1, "ingest": 2, "classify": 3, "validate": 4, "api": 5, "app": 6, "commands": 7,
+        "cli": 8}
 
 
 def _modules() -> dict[str, Path]:

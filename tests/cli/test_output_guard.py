@@ -164,6 +164,7 @@ def test_workspace_entry_follows_links_and_names_the_nearest_workspace(tmp_path)
     assert workspace_entry(ws / "curate.duckdb.wal") == (ws, "curate.duckdb.wal")
     assert workspace_entry(ws / "marks.jsonl.lock") == (ws, "marks.jsonl.lock")
     assert workspace_entry(ws / "marks.rejected.jsonl") == (ws, "marks.rejected.jsonl")  # the journal's bad lines
+    assert workspace_entry(ws / "app" / "marks.jsonl") == (ws, "app")  # `curate app`'s browsing marks
     assert workspace_entry(ws / "embeddings" / "image" / "new" / "deep.csv") == (ws, "embeddings")
     assert workspace_entry(ws / "Indexes" / "x.csv") == (ws, "Indexes")     # a case-insensitive file system
     assert workspace_entry(ws / "report") is None and workspace_entry(tmp_path / "x.csv") is None

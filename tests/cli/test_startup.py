@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from conftest import run_cli
 
-HEAVY = ("torch", "open_clip", "faiss", "matplotlib")
+HEAVY = ("torch", "open_clip", "faiss", "matplotlib", "starlette", "uvicorn")
 
 # Runs the given CLI invocations in-process (click's runner), then prints the heavy modules loaded.
 PROBE = """

@@ -1,0 +1,104 @@
+"""What the page shows, as one checked value: the selection behind a grid, and the
+`curate filter` command (and api.filter call) that writes exactly that selection.
+
+Every field comes from the page, so from an untrusted client: each is checked here and
+reaches SQL only as a bound parameter or as one of the fixed relation names below.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..classify.exports import command_line
+from ..classify.registry import NAME_RE
+from ..classify.scoring import ENSEMBLE_TEXT_MIN, ENSEMBLE_TEXT_WEIGHT
+from ..errors import InputError
+
+# mode -> the relation app_view reads (queries/app_browse.sql, app_calibrated.sql): fixed names
+RELATIONS = {"image": "predictions", "caption": "caption_predictions", "ensemble": "ensemble",
+             "calibrated": "app_calibrated"}
+STATUSES = ("embedded", "rejected")
+MAX_LABELS = 500
+MAX_WHERE = 50
+MAX_TEXT = 1000
+
+
+class BadSelection(InputError, ValueError):
+    """A selection the page sent that cannot be shown (an unknown mode, a probability out of range...)."""
+
+
+@dataclass(frozen=True)
+class Selection:
+    classification: str | None = None      # None: the active one
+    mode: str = "image"                    # a key of RELATIONS
+    labels: tuple[str, ...] = ()           # empty: any label
+    min_prob: float = 0.0
+    where: tuple[tuple[str, str], ...] = ()
+    status: str = "embedded"
+
+    @property
+    def relation(self) -> str:
+        return RELATIONS[self.mode]
+
+    @property
+    def floor(self) -> float:
+        """The min-prob the SQL applies: a calibrated view keeps by each class's own threshold."""
+        return 0.0 if self.mode == "calibrated" else self.min_prob
+
+    @classmethod
+    def parse(cls, raw: Mapping) -> Selection:
+        """From the page's JSON object; BadSelection naming the field otherwise."""
+        if not isinstance(raw, Mapping):
+            raise BadSelection("the selection must be a JSON object")
+        name = raw.get("classification")
+        if name is not None and (not isinstance(name, str) or NAME_RE.fullmatch(name) is None):
+            raise BadSelection(f"classification: {str(name)[:80]!r} is not a classification's name")
+        mode = raw.get("mode", "image")
+        if mode not in RELATIONS:
+            raise BadSelection(f"mode must be one of {', '.join(RELATIONS)}, not {str(mode)[:40]!r}")
+        labels = raw.get("labels", [])
+        if not isinstance(labels, list) or len(labels) > MAX_LABELS or \
+                not all(isinstance(x, str) and 0 < len(x) <= MAX_TEXT for x in labels):
+            raise BadSelection(f"labels must be a list of at most {MAX_LABELS} label names")
+        prob = raw.get("min_prob", 0.0)
+        if isinstance(prob, bool) or not isinstance(prob, int | float) or not math.isfinite(prob) \
+                or not 0.0 <= prob <= 1.0:
+            raise BadSelection(f"min_prob must be a number in [0, 1], not {str(prob)[:40]}")
+        where = raw.get("where", [])
+        if not isinstance(where, list) or len(where) > MAX_WHERE or not all(
+                isinstance(w, list | tuple) and len(w) == 2 and all(isinstance(x, str) and len(x) <= MAX_TEXT for x in w)
+                and w[0].strip() for w in where):
+            raise BadSelection("where must be a list of [column, value] pairs")
+        status = raw.get("status", "embedded")
+        if status not in STATUSES:
+            raise BadSelection(f"status must be one of {', '.join(STATUSES)}, not {str(status)[:40]!r}")
+        return cls(name, mode, tuple(dict.fromkeys(labels)), round(float(prob), 6),
+                   tuple((c.strip(), v) for c, v in where), status)
+
+    def filter_kwargs(self, source_mode: str | None = None) -> dict:
+        """The keyword arguments of api.filter that write this selection (`source_mode`: the mode
+        the calibration was fitted on, for the calibrated view)."""
+        if self.status != "embedded":
+            raise BadSelection("only classified items can be exported (`curate filter` writes predictions)")
+        calibrated = self.mode == "calibrated"
+        mode = (source_mode or "image") if calibrated else self.mode
+        kw: dict = {"classification": self.classification, "labels": list(self.labels), "mode": mode,
+                    "calibrated": calibrated, "where": list(self.where)}
+        if not calibrated:
+            kw["min_prob"] = self.min_prob
+        return kw
+
+    def filter_command(self, ws_path: str | Path, out: str | Path, source_mode: str | None = None) -> str:
+        """The `curate filter` command line that writes this selection to `out`: the options in
+        the order and spelling api.filter records as a subset's provenance."""
+        kw = self.filter_kwargs(source_mode)
+        return command_line(ws_path, [
+            ("--classification", kw["classification"]), ("--label", tuple(kw["labels"])),
+            ("--min-prob", kw.get("min_prob")), ("--mode", kw["mode"]),
+            *([("--text-weight", ENSEMBLE_TEXT_WEIGHT), ("--text-min", ENSEMBLE_TEXT_MIN), ("--image-max", 1.0)]
+              if kw["mode"] == "ensemble" else []),
+            ("--calibrated", kw["calibrated"]),
+            ("--where", tuple(kw["where"])), ("--out", out)])

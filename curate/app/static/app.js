@@ -1,0 +1,456 @@
+// curate app: the page. Plain JavaScript module, no build step. Everything from the
+// workspace (captions, labels, file names, reasons) is drawn with textContent: never markup.
+
+const $ = (id) => document.getElementById(id);
+
+const view = {
+  sel: { classification: null, mode: "image", labels: [], min_prob: 0, where: [], status: "embedded" },
+  search: null,          // null | {text} | {like: id}
+  next: null,            // the cursor of the next page; null: the end
+  loading: false,
+  generation: 0,         // a reply for an older view is dropped
+  overview: null,
+  detailId: null,
+};
+
+function el(tag, props = {}, ...children) {
+  const e = document.createElement(tag);
+  for (const [k, v] of Object.entries(props)) {
+    if (k === "text") e.textContent = v;
+    else if (k === "dataset") Object.assign(e.dataset, v);
+    else if (k === "class") e.className = v;
+    else e.setAttribute(k, v);
+  }
+  for (const c of children) e.append(c);
+  return e;
+}
+
+async function api(path, body) {
+  const opts = body === undefined ? {} : {
+    method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body),
+  };
+  const resp = await fetch(path, opts);
+  let data;
+  try { data = await resp.json(); } catch { data = { ok: false, error: `HTTP ${resp.status}` }; }
+  if (!resp.ok) throw new Error(data.error || `HTTP ${resp.status}`);
+  return data;
+}
+
+function showError(msg) {
+  const box = $("error");
+  box.textContent = msg || "";
+  box.hidden = !msg;
+}
+
+// ------------------------------------------------------------------ overview, banner
+
+async function loadOverview() {
+  const q = view.sel.classification ? `?classification=${encodeURIComponent(view.sel.classification)}` : "";
+  const o = await api(`/api/overview${q}`);
+  view.overview = o;
+  view.sel.classification = o.classification;
+  const m = o.model;
+  const model = $("model");
+  model.textContent = "";
+  model.append(el("span", { text: `model ${m.model || "?"}${m.pretrained ? " (" + m.pretrained + ")" : ""}` }));
+  if (m.random_weights) {
+    model.append(el("span", { class: "random", text: "random weights: these results carry no meaning" }));
+  }
+  document.body.dataset.randomWeights = m.random_weights ? "yes" : "no";
+  fillSelect($("classification"), o.classifications.map((c) => c.name), o.classification);
+  if (!o.modes.includes(view.sel.mode)) view.sel.mode = "image";
+  fillSelect($("mode"), o.modes, view.sel.mode);
+  fillSelect($("where-col"), o.columns, o.columns[0]);
+  $("where-form").hidden = o.columns.length === 0;
+  view.sel.labels = view.sel.labels.filter((l) => o.labels.includes(l));
+  drawWarm(o.warm);
+  drawBrowseMarks(o.browse_marks);
+}
+
+function fillSelect(select, values, current) {
+  select.textContent = "";
+  for (const v of values) select.append(el("option", { value: v, text: v }));
+  if (current !== null && current !== undefined) select.value = current;
+}
+
+function drawWarm(w) {
+  const box = $("warm");
+  let text;
+  if (w.model === "ready") text = w.index === "ready" ? "model ready" : `index: ${w.index_error || w.index}`;
+  else if (w.model === "loading") text = "model loading…";
+  else text = `text search unavailable: ${w.model_error || "no model"}`;
+  box.textContent = text;
+  document.body.dataset.model = w.model;
+  return w.model === "loading" || w.index === "loading";
+}
+
+async function pollWarm() {
+  try {
+    const w = await api("/api/status");
+    if (drawWarm(w)) setTimeout(pollWarm, 500);
+  } catch (e) {
+    setTimeout(pollWarm, 2000);
+  }
+}
+
+function drawBrowseMarks(c) {
+  const box = $("browse-marks");
+  box.textContent = "";
+  if (!c) return;
+  box.append(el("h2", { text: "your marks while browsing" }),
+    el("div", { text: `${c.hit} hit · ${c.miss} miss · ${c.skip} skip` }),
+    el("div", { class: "note", text: "kept apart from review sets: the report never counts them" }));
+}
+
+// ------------------------------------------------------------------ the view
+
+function calibrated() { return view.sel.mode === "calibrated"; }
+
+async function reload() {
+  view.generation += 1;
+  view.next = null;
+  view.loading = false;
+  $("grid").textContent = "";
+  $("end").hidden = true;
+  showError("");
+  document.body.dataset.state = "loading";
+  $("minprob").disabled = calibrated() || view.sel.status !== "embedded";
+  $("calibrated-note").hidden = !calibrated();
+  drawSearchChip();
+  const gen = view.generation;
+  try {
+    await Promise.all([loadCounts(gen), loadPage(gen, true), loadCommand(gen)]);
+  } catch (e) {
+    if (gen === view.generation) showError(e.message);
+  }
+  if (gen === view.generation) {
+    document.body.dataset.classification = view.sel.classification || "";
+    document.body.dataset.state = "ready";
+  }
+}
+
+async function loadCounts(gen) {
+  const c = await api("/api/counts", { selection: view.sel });
+  if (gen !== view.generation) return;
+  const list = $("labels");
+  list.textContent = "";
+  for (const row of c.labels) {
+    if (row.items === 0) continue;
+    const on = view.sel.labels.includes(row.label);
+    const b = el("button", { type: "button", class: on ? "label on" : "label", dataset: { label: row.label } },
+      el("span", { class: "name", text: row.label }), el("span", { class: "n", text: String(row.kept) }));
+    b.addEventListener("click", () => toggleLabel(row.label));
+    list.append(el("li", {}, b));
+  }
+  $("labels-clear").hidden = view.sel.labels.length === 0;
+  document.body.dataset.count = String(c.count);
+  if (!view.search) $("summary").textContent = summaryText(c.count);
+}
+
+function summaryText(count) {
+  const s = view.sel;
+  if (s.status === "rejected") return `${count} rejected items`;
+  const what = s.labels.length ? s.labels.join(", ") : "any label";
+  const rule = calibrated() ? "calibrated, each class at its threshold" : `${s.mode} prob ≥ ${s.min_prob.toFixed(2)}`;
+  return `${count} images · ${what} · ${rule}`;
+}
+
+async function loadPage(gen, first = false) {
+  if (view.loading || (!first && view.next === null)) return;
+  view.loading = true;
+  try {
+    const body = { selection: view.sel, after: first ? null : view.next };
+    if (view.search) body.search = view.search;
+    const page = await api("/api/grid", body);
+    if (gen !== view.generation) return;
+    const grid = $("grid");
+    for (const t of page.tiles) grid.append(tile(t));
+    view.next = page.next;
+    $("end").hidden = view.next !== null;
+    document.body.dataset.tiles = String(grid.children.length);
+    if (view.search) {
+      $("summary").textContent = `${page.count} of the ${page.searched} nearest images pass the filters`;
+      document.body.dataset.count = String(page.count);
+    }
+  } finally {
+    if (gen === view.generation) view.loading = false;
+  }
+  // a short page may leave the sentinel in view: keep filling
+  if (gen === view.generation && view.next !== null && sentinelVisible()) loadPage(gen);
+}
+
+function sentinelVisible() {
+  const r = $("sentinel").getBoundingClientRect();
+  return r.top < window.innerHeight + 400;
+}
+
+function tile(t) {
+  const box = el("div", { class: "tile", tabindex: "0", dataset: { id: String(t.id), mark: t.mark || "" } });
+  const img = el("img", { alt: "", loading: "lazy", src: `/api/thumb/${t.id}` });
+  box.append(img);
+  const info = el("div", { class: "info" });
+  if (t.status === "rejected") {
+    info.append(el("div", { class: "reason", text: t.reason || "rejected" }));
+  } else {
+    info.append(el("span", { class: "lab", text: t.label }),
+      el("span", { class: "p", text: t.prob.toFixed(3) }));
+    if (t.score !== undefined) info.append(el("span", { class: "score", text: `cos ${t.score.toFixed(3)}` }));
+  }
+  info.append(el("div", { class: "name", text: t.name || "" }));
+  box.append(info);
+  if (t.status !== "rejected") {
+    const bar = el("div", { class: "marks" });
+    for (const [mark, sym] of [["hit", "✓"], ["miss", "✗"], ["skip", "–"]]) {
+      const b = el("button", { type: "button", class: `mk ${mark}`, title: mark, "aria-label": mark,
+        dataset: { mark } });
+      b.textContent = sym;
+      b.addEventListener("click", (ev) => { ev.stopPropagation(); mark_(box, mark); });
+      bar.append(b);
+    }
+    const like = el("button", { type: "button", class: "like", title: "more like this", text: "≈" });
+    like.addEventListener("click", (ev) => { ev.stopPropagation(); moreLike(t.id); });
+    bar.append(like);
+    box.append(bar);
+  }
+  box.dataset.status = t.status;
+  box.addEventListener("click", () => openDetail(t.id));
+  return box;
+}
+
+// ------------------------------------------------------------------ marks
+
+async function mark_(box, mark) {
+  const id = Number(box.dataset.id);
+  box.dataset.saving = mark;
+  box.classList.remove("unsaved");
+  try {
+    const got = await api("/api/mark", { id, mark, selection: view.sel });
+    box.dataset.mark = got.mark;        // shown only once it is on disk
+    delete box.dataset.saving;
+    if (view.detailId === id) $("d-label").dataset.mark = got.mark;
+    drawBrowseMarks(got.counts);
+  } catch (e) {
+    delete box.dataset.saving;
+    box.classList.add("unsaved");
+    showError(`mark not saved: ${e.message}`);
+  }
+}
+
+function tileOf(id) { return document.querySelector(`.tile[data-id="${CSS.escape(String(id))}"]`); }
+
+const KEYMARKS = { h: "hit", y: "hit", 1: "hit", m: "miss", n: "miss", 2: "miss", s: "skip", " ": "skip", 3: "skip" };
+
+document.addEventListener("keydown", (ev) => {
+  if (ev.ctrlKey || ev.metaKey || ev.altKey) return;
+  const t = ev.target;
+  if (t instanceof HTMLInputElement || t instanceof HTMLSelectElement || t instanceof HTMLTextAreaElement) return;
+  if (!$("detail").hidden) {
+    if (ev.key === "Escape") { closeDetail(); ev.preventDefault(); return; }
+    const box = tileOf(view.detailId);
+    const mk = KEYMARKS[ev.key.toLowerCase()];
+    if (mk && box && box.dataset.status !== "rejected") { mark_(box, mk); ev.preventDefault(); }
+    return;
+  }
+  if (!(t instanceof HTMLElement) || !t.classList.contains("tile")) return;
+  const mk = KEYMARKS[ev.key.toLowerCase()];
+  if (mk && t.dataset.status !== "rejected") { mark_(t, mk); ev.preventDefault(); return; }
+  if (ev.key === "Enter") { openDetail(Number(t.dataset.id)); ev.preventDefault(); return; }
+  if (ev.key.toLowerCase() === "l") { moreLike(Number(t.dataset.id)); ev.preventDefault(); return; }
+  const tiles = [...document.querySelectorAll(".tile")];
+  const i = tiles.indexOf(t);
+  const perRow = Math.max(1, Math.round($("grid").clientWidth / t.offsetWidth));
+  const step = { ArrowRight: 1, ArrowLeft: -1, ArrowDown: perRow, ArrowUp: -perRow }[ev.key];
+  if (step !== undefined) {
+    const j = Math.min(tiles.length - 1, Math.max(0, i + step));
+    tiles[j].focus();
+    ev.preventDefault();
+  }
+});
+
+// ------------------------------------------------------------------ detail
+
+async function openDetail(id) {
+  view.detailId = id;
+  const q = view.sel.classification ? `?classification=${encodeURIComponent(view.sel.classification)}` : "";
+  let d;
+  try { d = await api(`/api/item/${id}${q}`); } catch (e) { showError(e.message); return; }
+  $("d-title").textContent = `item ${d.id}`;
+  $("d-image").src = `/api/image/${d.id}`;
+  $("d-path").textContent = d.path || "";
+  $("d-reason").textContent = d.status === "rejected" ? `rejected: ${d.reason || "?"}` : "";
+  $("d-caption").textContent = d.caption;
+  const cols = $("d-columns");
+  cols.textContent = "";
+  for (const [k, v] of Object.entries(d.columns)) cols.append(el("div", { text: `${k}: ${v ?? ""}` }));
+  const box = tileOf(id);
+  const lab = $("d-label");
+  lab.textContent = box && box.querySelector(".lab") ? `${box.querySelector(".lab").textContent}?` : "";
+  lab.dataset.mark = box ? box.dataset.mark : "";
+  $("d-marking").hidden = d.status === "rejected";
+  const top = $("d-top");
+  top.textContent = "";
+  for (const v of ["image", "caption", "ensemble"]) {
+    if (!d.top[v].length) continue;
+    const tbl = el("table", { class: "top", dataset: { view: v } }, el("caption", { text: `top 5 by ${v}` }));
+    for (const r of d.top[v]) tbl.append(el("tr", {}, el("td", { text: r.label }), el("td", { text: r.prob.toFixed(3) })));
+    top.append(tbl);
+  }
+  const dups = $("d-dups");
+  dups.textContent = "";
+  if (d.duplicates.length) {
+    dups.append(el("h3", { text: `duplicate group (${d.duplicates.length})` }));
+    const row = el("div", { class: "dups" });
+    for (const g of d.duplicates) {
+      const im = el("img", { alt: "", src: `/api/thumb/${g.id}`, title: g.representative ? "representative" : "" });
+      im.addEventListener("click", () => openDetail(g.id));
+      row.append(im);
+    }
+    dups.append(row);
+  }
+  const marks = $("d-marks");
+  marks.textContent = "";
+  if (d.review_marks.length || d.browse_marks.length) marks.append(el("h3", { text: "marks" }));
+  for (const m of d.review_marks) marks.append(el("div", { text: `review set: ${m.label}: ${m.mark}` }));
+  for (const m of d.browse_marks) marks.append(el("div", { text: `browsing: ${m.label}: ${m.mark}` }));
+  $("detail").hidden = false;
+  document.body.dataset.detail = String(id);
+  $("d-close").focus();
+}
+
+function closeDetail() {
+  $("detail").hidden = true;
+  delete document.body.dataset.detail;
+  const box = tileOf(view.detailId);
+  view.detailId = null;
+  if (box) box.focus();
+}
+
+// ------------------------------------------------------------------ search, export
+
+function moreLike(id) {
+  closeDetailIfOpen();
+  view.search = { like: id };
+  reload();
+}
+
+function closeDetailIfOpen() { if (!$("detail").hidden) closeDetail(); }
+
+function drawSearchChip() {
+  $("search-chip").hidden = !view.search;
+  if (!view.search) return;
+  $("search-what").textContent = view.search.text !== undefined ? `search: “${view.search.text}”`
+    : `more like item ${view.search.like}`;
+}
+
+async function loadCommand(gen) {
+  const out = $("out").value.trim() || "subset.parquet";
+  const exportable = view.sel.status === "embedded";
+  $("export").disabled = !exportable;
+  if (!exportable) { $("command").textContent = "rejected items are not exported (`curate filter` writes predictions)"; return; }
+  const c = await api("/api/command", { selection: view.sel, out });
+  if (gen !== view.generation) return;
+  $("command").textContent = c.command;
+  $("export").title = view.search ? "writes the selection (without the search)" : "";
+}
+
+async function exportNow() {
+  const out = $("out").value.trim();
+  const res = $("export-result");
+  res.textContent = "writing…";
+  document.body.dataset.export = "running";
+  try {
+    const got = await api("/api/export", { selection: view.sel, out });
+    res.textContent = got.summary;
+    document.body.dataset.export = "done";
+  } catch (e) {
+    res.textContent = `not written: ${e.message}`;
+    document.body.dataset.export = "failed";
+  }
+}
+
+// ------------------------------------------------------------------ controls
+
+function toggleLabel(label) {
+  const s = view.sel;
+  s.labels = s.labels.includes(label) ? s.labels.filter((l) => l !== label) : [...s.labels, label];
+  reload();
+}
+
+let slideTimer = null;
+
+function wire() {
+  $("minprob").addEventListener("input", () => {
+    const v = Number($("minprob").value);
+    $("minprob-value").textContent = v.toFixed(2);
+    clearTimeout(slideTimer);
+    slideTimer = setTimeout(() => { view.sel.min_prob = v; reload(); }, 150);
+  });
+  $("classification").addEventListener("change", async () => {
+    document.body.dataset.state = "loading";
+    view.sel.classification = $("classification").value;
+    try { await loadOverview(); } catch (e) { showError(e.message); return; }
+    reload();
+  });
+  $("mode").addEventListener("change", () => { view.sel.mode = $("mode").value; reload(); });
+  $("status").addEventListener("change", () => {
+    view.sel.status = $("status").value;
+    if (view.sel.status !== "embedded") view.search = null;
+    reload();
+  });
+  $("labels-clear").addEventListener("click", () => { view.sel.labels = []; reload(); });
+  $("search-form").addEventListener("submit", (ev) => {
+    ev.preventDefault();
+    const text = $("q").value.trim();
+    if (!text) return;
+    view.search = { text };
+    if (view.sel.status !== "embedded") { view.sel.status = "embedded"; $("status").value = "embedded"; }
+    reload();
+  });
+  $("search-clear").addEventListener("click", () => { view.search = null; $("q").value = ""; reload(); });
+  $("where-form").addEventListener("submit", (ev) => {
+    ev.preventDefault();
+    const col = $("where-col").value;
+    const val = $("where-val").value;
+    if (!col) return;
+    view.sel.where = [...view.sel.where, [col, val]];
+    $("where-val").value = "";
+    drawWhere();
+    reload();
+  });
+  $("out").addEventListener("change", () => loadCommand(view.generation).catch((e) => showError(e.message)));
+  $("export").addEventListener("click", exportNow);
+  $("d-close").addEventListener("click", closeDetail);
+  $("detail").addEventListener("click", (ev) => { if (ev.target === $("detail")) closeDetail(); });
+  for (const b of document.querySelectorAll("#d-marking .mk")) {
+    b.addEventListener("click", () => { const box = tileOf(view.detailId); if (box) mark_(box, b.dataset.mark); });
+  }
+  $("d-like").addEventListener("click", () => moreLike(view.detailId));
+  new IntersectionObserver((entries) => {
+    if (entries.some((e) => e.isIntersecting)) loadPage(view.generation).catch((e) => showError(e.message));
+  }, { rootMargin: "400px" }).observe($("sentinel"));
+}
+
+function drawWhere() {
+  const list = $("where-list");
+  list.textContent = "";
+  view.sel.where.forEach(([c, v], i) => {
+    const b = el("button", { type: "button", title: "remove", text: "×" });
+    b.addEventListener("click", () => { view.sel.where.splice(i, 1); drawWhere(); reload(); });
+    list.append(el("li", {}, el("span", { text: `${c} = ${v}` }), b));
+  });
+}
+
+async function main() {
+  wire();
+  try {
+    await loadOverview();
+  } catch (e) {
+    showError(e.message);
+    document.body.dataset.state = "failed";
+    return;
+  }
+  pollWarm();
+  await reload();
+}
+
+main();

@@ -1,0 +1,150 @@
+"""What a search needs, loaded once in the background while the page is already usable:
+the workspace's model (its text tower encodes a query; build-index's model and precision,
+as `curate search` loads it) and the image index (FAISS, searched at the parameter its
+record holds: tuned at build-index to the recall target).
+
+A text search then costs one text encoding and one index search; "more like this" reads
+the item's stored vector from its shard and searches the index: no model at all.
+The index is read again when its file changes (build-index ran meanwhile).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections import OrderedDict
+
+import numpy as np
+
+from ..core.workspace import Workspace
+from ..errors import CurateError
+from . import data
+
+K = 1000            # hits a search keeps; the grid's filters then apply to these
+_CACHE = 32         # recent queries kept (the grid asks again for each page)
+
+
+class Warm:
+    def __init__(self, ws: Workspace, device: str | None = "cpu", load_model: bool = True):
+        self.ws = ws
+        self.device = device
+        self.lock = threading.Lock()
+        self.state = "loading"          # loading | ready | failed
+        self.error: str | None = None
+        self.index_state = "loading"
+        self.index_error: str | None = None
+        self.encoder = None
+        self._index = None
+        self._index_key: tuple | None = None
+        self._param: int | None = None
+        self._cache: OrderedDict[tuple, tuple[np.ndarray, np.ndarray]] = OrderedDict()
+        self._load_model = load_model
+        self.thread = threading.Thread(target=self._load, name="curate-app-warm", daemon=True)
+
+    def start(self) -> Warm:
+        self.thread.start()
+        return self
+
+    def _load(self) -> None:
+        try:
+            self.index()
+            self.index_state = "ready"
+        except Exception as e:  # noqa: BLE001 - the page says it; browsing goes on
+            self.index_state, self.index_error = "failed", _say(e)
+        if not self._load_model:
+            self.state, self.error = "failed", "the model is not loaded in this app (started without it)"
+            return
+        try:
+            from ..classify.search import _load_encoder
+
+            con = self.ws.connect(read_only=True)
+            try:
+                ident = Workspace.model_identity(con)
+                if ident is None:
+                    raise CurateError("the workspace has no model recorded: run `curate build-index` first")
+                encoder = _load_encoder(con, ident, self.device)
+            finally:
+                con.close()
+            _text_only(encoder)
+            self.encoder = encoder
+            self.state = "ready"
+        except Exception as e:  # noqa: BLE001
+            self.state, self.error = "failed", _say(e)
+
+    def status(self) -> dict:
+        return {"model": self.state, "model_error": self.error, "index": self.index_state,
+                "index_error": self.index_error, "search_param": self._param}
+
+    def index(self):
+        """The image index, read again if its file changed; the tuned search parameter set."""
+        import faiss
+
+        from ..ingest import faiss_index, index_recall
+
+        path = self.ws.index_path("image")
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            raise CurateError(f"the workspace {self.ws.root} has no image index: run `curate build-index` first") \
+                from None
+        key = (st.st_size, st.st_mtime_ns, st.st_ino)
+        with self.lock:
+            if self._index is None or key != self._index_key:
+                index = faiss.read_index(str(path))
+                con = self.ws.connect(read_only=True)
+                try:
+                    tuned = faiss_index.search_setting(con, "image")
+                finally:
+                    con.close()
+                self._param = tuned.value if tuned else None
+                index_recall.set_param(index, self._param)
+                self._index, self._index_key = index, key
+                self._cache.clear()
+            return self._index
+
+    def _search(self, key: tuple, vector) -> tuple[np.ndarray, np.ndarray]:
+        index = self.index()
+        with self.lock:
+            if key in self._cache:
+                self._cache.move_to_end(key)
+                return self._cache[key]
+        scores, ids = index.search(np.ascontiguousarray(vector(), dtype=np.float32), min(K, max(index.ntotal, 1)))
+        keep = ids[0] >= 0
+        got = (ids[0][keep].astype(np.int64), scores[0][keep].astype(np.float64))
+        with self.lock:
+            self._cache[key] = got
+            while len(self._cache) > _CACHE:
+                self._cache.popitem(last=False)
+        return got
+
+    def text(self, query: str) -> tuple[np.ndarray, np.ndarray]:
+        """Item ids and cosines of the K images nearest to a text, best first."""
+        if self.state != "ready":
+            raise ModelNotReady("the model is still loading" if self.state == "loading" else
+                                f"the model could not be loaded: {self.error}")
+        return self._search(("text", query), lambda: self.encoder.encode_text([query]))
+
+    def like(self, item_id: int) -> tuple[np.ndarray, np.ndarray]:
+        """The K images nearest to an item's own image (its stored vector: no model needed)."""
+        return self._search(("like", item_id), lambda: data.vector_of(self.ws, item_id))
+
+
+def _text_only(encoder) -> None:
+    """Drop the image tower: the app encodes texts only ("more like this" reads stored vectors).
+    About 350 MB of ViT-B-32's 600 MB of float32 weights."""
+    import gc
+
+    import torch
+
+    if isinstance(getattr(encoder.model, "visual", None), torch.nn.Module):
+        encoder.model.visual = torch.nn.Identity()
+        gc.collect()
+
+
+class ModelNotReady(CurateError, RuntimeError):
+    """A text search before the model has loaded (or after it failed to)."""
+
+
+def _say(e: Exception) -> str:
+    first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    return first
