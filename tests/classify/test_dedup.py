@@ -157,7 +157,7 @@ def test_rerun_takes_new_items_into_account_and_matches_a_fresh_run(ws, tmp_path
     shutil.copy(photos / "photo_07.jpg", photos / "late_copy_of_07.jpg")
     run_cli("build-index", photos, "-w", ws, "--model", "curate-tiny", "--pretrained", "none", "--workers", "0")
     out = run_cli("dedup", "-w", ws, "--threshold", "0.998").output
-    assert "1 vectors queried" in out and "new shards only" in out
+    assert "1 vector queried by" in out and "new shards only" in out
     after = _groups(ws)
     assert len(after) == len(before) + 1
     again = run_cli("dedup", "-w", ws, "--threshold", "0.998", "--fresh").output
@@ -168,7 +168,7 @@ def test_rerun_takes_new_items_into_account_and_matches_a_fresh_run(ws, tmp_path
 
 def test_caption_text_groups_normalise_whitespace_and_case(ws):
     out = run_cli("dedup", "-w", ws, "--kind", "caption-text").output
-    assert "1 groups of same caption text hold 2" in out
+    assert "1 group of same caption text holds 2 of" in out
     by_name, _, _ = _cosines(ws)
     assert _groups(ws, "caption-text") == [{by_name["v_q40.jpg"], by_name["photo_05.jpg"]}]
     run_cli("dedup", "-w", ws, "--kind", "caption-text", "--threshold", "0.9", expect=1)
