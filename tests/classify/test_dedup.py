@@ -20,6 +20,7 @@ import sys
 from pathlib import Path
 
 import duckdb
+import faiss
 import numpy as np
 import pytest
 from conftest import run_cli, write_jpeg
@@ -355,3 +356,24 @@ def test_search_by_text_and_image_on_every_recipe(recipe_ws, tmp_path):
         assert len(hits) == 7 and set(h[0] for h in hits) <= set(ids.tolist())
         scores = [h[1] for h in hits]
         assert scores == sorted(scores, reverse=True)
+
+
+def test_dedup_at_100k_on_the_hnsw_auto_picks(tmp_path):
+    """The case that aborted: 100K vectors, where auto builds HNSW32; checked against numpy
+    brute force on 2,000 items drawn at random and on every member of the group of 80."""
+    v = _planted(100_000)
+    ws = _import(tmp_path, v)
+    assert faiss.read_index(str(ws / "indexes" / "images.faiss")).ntotal == 100_000
+    rec = json.loads(duckdb.connect(str(ws / "curate.duckdb"), read_only=True).execute(
+        "SELECT value FROM meta WHERE key = 'index.image'").fetchall()[0][0])["current"]
+    assert rec["recipe"] == "hnsw" and rec["factory"] == "IDMap2,HNSW32,Flat"
+    r = _curate("dedup", "-w", ws, "--threshold", THRESHOLD)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "100,000 vectors queried by k-NN" in r.stdout
+    ids, _ = _stored(ws)
+    big = max(_groups(ws), key=len)
+    rows = np.union1d(np.random.default_rng(1).choice(len(ids), 2000, replace=False),
+                      np.flatnonzero(np.isin(ids, list(big))))
+    recall = _check_against_brute_force(ws, rows, exact=False)
+    print("100K hnsw: recall of the pairs", recall)
+    assert recall >= 0.99
