@@ -7,8 +7,9 @@ is exact and safe, a flat index and IVF lists of full vectors (the tuned nprobe)
 index (HNSW, PQ codes, a GPU copy) answers a k-NN search whose k doubles for the queries whose
 k-th neighbour still scores at the threshold, so no neighbour above it is cut off at k.
 HNSW's range search is not used: in faiss 1.15 it finalises its results once per block of
-queries that the Python interrupt check cuts (a few dozen at efSearch 2048, 512-d), and the
-second block aborts the process (RangeSearchResult::do_allocation). Indexes whose scores are
+queries that the Python interrupt check cuts (1e8 / (levels x d x efSearch) queries: a few dozen
+at efSearch 2048, 512-d), and a second block can abort the process
+(RangeSearchResult::do_allocation: 100K x 512-d at efSearch 2048, 5K x 64-d at 384). Indexes whose scores are
 approximate (PQ codes) only propose candidates: each is scored again from the stored vectors,
 so a pair reported is at the threshold by its true cosine.
 
