@@ -1,11 +1,20 @@
 """Near-duplicates: groups of items that are the same photo, or carry the same caption text.
 
 Image groups come from the image index: each stored vector is a query, and every other
-vector at cosine >= the threshold is its duplicate. A flat or IVF index answers a range
-search (exact for flat; IVF at the nprobe build-index tuned); an index without range
-search (or a GPU copy) answers a k-NN search whose hits under the threshold are dropped.
-Queries stream shard by shard in batches, so memory holds one batch's results and the
-pairs found, never an n x n matrix. Groups are the connected components of the pairs.
+vector at cosine >= the threshold (less TOLERANCE) is its duplicate. How the index is asked
+depends on its type, never on trying and catching: FAISS's range search is used only where it
+is exact and safe, a flat index and IVF lists of full vectors (the tuned nprobe). Every other
+index (HNSW, PQ codes, a GPU copy) answers a k-NN search whose k doubles for the queries whose
+k-th neighbour still scores at the threshold, so no neighbour above it is cut off at k.
+HNSW's range search is not used: in faiss 1.15 it finalises its results once per block of
+queries that the Python interrupt check cuts (1e8 / (levels x d x efSearch) queries: a few dozen
+at efSearch 2048, 512-d), and a second block can abort the process
+(RangeSearchResult::do_allocation: 100K x 512-d at efSearch 2048, 5K x 64-d at 384). Indexes whose scores are
+approximate (PQ codes) only propose candidates: each is scored again from the stored vectors,
+so a pair reported is at the threshold by its true cosine.
+
+Queries stream shard by shard in batches, so memory holds one batch's results and the pairs
+found, never an n x n matrix. Groups are the connected components of the pairs.
 
 The pairs are kept (table duplicate_pairs, queries/duplicates.sql) with the shards they
 came from, so a rerun after new items were embedded queries only the new shards: their
@@ -37,8 +46,18 @@ from .state import NotReady
 DEFAULT_THRESHOLD = 0.94
 KINDS = ("image", "caption-text")
 BATCH_ROWS = 4096
-KNN_K = 32          # neighbours a query gets when the index has no range search
+KNN_K = 32          # neighbours a query first gets when the index is asked by k-NN (doubled as needed)
+KNN_ENTRIES = 1 << 22   # rows x k of one k-NN call: memory stays bounded as k grows for big groups
+GPU_MAX_K = 2048    # FAISS's GPU indexes answer k <= 2048: beyond, the CPU index answers
+# Byte-identical images have the same stored vector, yet its cosine with itself comes out of
+# float32 as 0.99999994 or 1.0000001 (measured up to 7e-7 from 1 at 512-d; the rounding of a
+# d-term dot product is bounded by about d x 6e-8). A pair within TOLERANCE below the
+# threshold counts, so --threshold 1 groups exact copies; no two different photos are told
+# apart by a cosine difference that small.
+TOLERANCE = 1e-5
 META_KEY = "dedup.image"
+RANGE = "range search"
+KNN = "k-NN"
 
 
 class DedupError(InputError, ValueError):
@@ -65,11 +84,12 @@ class DedupResult:
 
     def summary(self) -> str:
         what = ("images at cosine >= " + f"{self.threshold:g}") if self.kind == "image" else "same caption text"
-        line = (f"dedup {self.kind}: {self.groups:,} groups of {what} hold {self.in_groups:,} of {self.items:,} "
+        groups = f"{self.groups:,} group{'' if self.groups == 1 else 's'} of {what} hold{'s' if self.groups == 1 else ''}"
+        line = (f"dedup {self.kind}: {groups} {self.in_groups:,} of {self.items:,} "
                 f"items ({self.removed:,} beside one per group")
         line += (", what `filter --dedup` leaves out)" if self.kind == "image" else ")")
         if self.kind == "image":
-            line += (f" ({self.queried:,} vectors queried by {self.method}"
+            line += (f" ({self.queried:,} vector{'' if self.queried == 1 else 's'} queried by {self.method}"
                      f"{', all again' if self.started_over else ', new shards only'}, {self.seconds:.1f}s)")
         return line
 
@@ -120,7 +140,8 @@ def _image(ws: Workspace, con: duckdb.DuckDBPyConnection, items: int, threshold:
                        "run `curate build-index` again to bring it up to date")
     tuned = faiss_index.search_setting(con, "image")
     index_recall.set_param(index, tuned.value if tuned else None)
-    index, on_gpu = _to_gpu(faiss, index)
+    method, exact = ask_by(index)
+    asked = _Asker(index, method, exact, threshold, k, shards)
 
     names = [s.vectors.name for s in shards]
     before = json.loads(Workspace.get_meta(con, META_KEY) or "null")
@@ -128,7 +149,6 @@ def _image(ws: Workspace, con: duckdb.DuckDBPyConnection, items: int, threshold:
                   or not set(before.get("shards", [])) <= set(names))
     todo = shards if start_over else [s for s in shards if s.vectors.name not in set(before["shards"])]
 
-    method = "k-NN" if on_gpu else "range search"
     found_a, found_b, found_s = [], [], []
     queried = 0
     for shard in todo:
@@ -136,7 +156,7 @@ def _image(ws: Workspace, con: duckdb.DuckDBPyConnection, items: int, threshold:
         for s in range(0, len(ids), batch_rows):
             q_ids = np.asarray(ids[s:s + batch_rows], dtype=np.int64)
             q = np.ascontiguousarray(vecs[s:s + batch_rows], dtype=np.float32)
-            a, b, sim, method = _neighbours(index, q_ids, q, threshold, k, method)
+            a, b, sim = asked.pairs(q_ids, q)
             found_a.append(a)
             found_b.append(b)
             found_s.append(sim)
@@ -174,12 +194,145 @@ def _image(ws: Workspace, con: duckdb.DuckDBPyConnection, items: int, threshold:
             _similarities(ws, con, shards)
         Workspace.set_meta(con, META_KEY, json.dumps({"threshold": threshold, "shards": names}))
     groups, members = _counts(con, "image")
-    return DedupResult("image", threshold, items, queried, len(pa), groups, members, method, start_over,
+    return DedupResult("image", threshold, items, queried, len(pa), groups, members, asked.describe(), start_over,
                        time.monotonic() - started)
 
 
-def _to_gpu(faiss, index):
+def ask_by(index) -> tuple[str, bool]:
+    """How dedup asks this (CPU) index, by its type: RANGE where FAISS's range search is exact
+    and safe (flat; IVF lists of full vectors), else KNN; and whether the index's scores are
+    true inner products of the stored vectors (full vectors: flat, IVF-Flat, HNSW-Flat) or
+    approximate ones to be scored again (PQ or scalar-quantised codes, anything unknown)."""
+    import faiss
+
+    inner = faiss.downcast_index(index)
+    if isinstance(inner, faiss.IndexIDMap2 | faiss.IndexIDMap):
+        inner = faiss.downcast_index(inner.index)
+    if isinstance(inner, faiss.IndexFlat):
+        return RANGE, True
+    if isinstance(inner, faiss.IndexIVF):
+        return (RANGE, True) if isinstance(inner, faiss.IndexIVFFlat) else (KNN, False)
+    if isinstance(inner, faiss.IndexHNSW):
+        return KNN, isinstance(faiss.downcast_index(inner.storage), faiss.IndexFlat)
+    return KNN, False
+
+
+class _Asker:
+    """The pairs of one batch of queries at or above the threshold, asked the way ask_by says."""
+
+    def __init__(self, index, method: str, exact: bool, threshold: float, k: int, shards: list) -> None:
+        self.cpu = index
+        self.index, self.on_gpu = _to_gpu(index)
+        self.method = KNN if self.on_gpu else method
+        self.exact = exact
+        self.floor = np.float32(threshold - TOLERANCE)   # a pair's true cosine must reach this
+        self.k = k
+        self.k_max = 0                 # the largest k asked
+        self.margin: float | None = 0.0 if exact else None   # how far below the floor candidates are taken
+        self.stored = None if exact else _StoredVectors(shards)
+
+    def describe(self) -> str:
+        if self.method == RANGE:
+            return RANGE
+        grown = f", up to {self.k_max - 1} where groups are larger" if self.k_max > self.k + 1 else ""
+        checked = "" if self.exact else (f"; approximate scores, candidates from {self.margin:.3f} below the "
+                                         "threshold scored again from the stored vectors")
+        return f"{KNN} ({self.k} neighbours a query{grown}{checked})"
+
+    def pairs(self, q_ids: np.ndarray, q: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        if self.method == RANGE:
+            # FAISS keeps scores strictly above the radius: the floor itself must pass
+            lims, dist, hit = self.index.range_search(q, float(np.nextafter(self.floor, np.float32(-2))))
+            src = np.repeat(q_ids, np.diff(lims).astype(np.int64))
+        else:
+            if self.margin is None:
+                self.margin = self._measure_margin(q_ids, q)
+            src, hit, dist = self._knn(q_ids, q, np.float32(self.floor - self.margin))
+            if not self.exact:
+                dist = self.stored.dots(q, q_ids, src, hit)
+        keep = (hit >= 0) & (hit != src) & (dist >= self.floor)
+        src, hit, dist = src[keep], hit[keep].astype(np.int64), dist[keep].astype(np.float32)
+        return np.minimum(src, hit), np.maximum(src, hit), np.minimum(dist, np.float32(1.0))
+
+    def _search(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        self.k_max = max(self.k_max, k)
+        index = self.cpu if self.on_gpu and k > GPU_MAX_K else self.index
+        return index.search(q, k)
+
+    def _knn(self, q_ids: np.ndarray, q: np.ndarray, floor: np.float32) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Every neighbour scoring >= floor: k doubles for the queries whose k-th neighbour still does."""
+        n = int(self.cpu.ntotal)
+        k = min(self.k + 1, n)         # + 1: the query itself is among its neighbours
+        rows = np.arange(len(q))
+        src, hit, dist = [], [], []
+        while len(rows):
+            more = []
+            step = max(1, KNN_ENTRIES // k)
+            for s in range(0, len(rows), step):
+                r = rows[s:s + step]
+                d, i = self._search(q[r], k)
+                full = (i[:, -1] >= 0) & (d[:, -1] >= floor) if k < n else np.zeros(len(r), bool)
+                d, i = d[~full], i[~full]
+                keep = (i >= 0) & (d >= floor)
+                src.append(np.repeat(q_ids[r[~full]], k).reshape(d.shape)[keep])
+                hit.append(i[keep])
+                dist.append(d[keep])
+                more.append(r[full])
+            rows = np.concatenate(more)
+            k = min(2 * k, n)
+        return np.concatenate(src), np.concatenate(hit).astype(np.int64), np.concatenate(dist)
+
+    def _measure_margin(self, q_ids: np.ndarray, q: np.ndarray) -> float:
+        """How far an approximate score strays from the true cosine, measured on the first
+        batch's nearest neighbours (twice the largest error seen): candidates are taken that far
+        below the threshold, then scored exactly."""
+        d, i = self._search(q, min(self.k + 1, int(self.cpu.ntotal)))
+        src = np.repeat(q_ids, d.shape[1])
+        ok = i.ravel() >= 0
+        true = self.stored.dots(q, q_ids, src[ok], i.ravel()[ok])
+        err = np.abs(d.ravel()[ok] - true)
+        return float(2 * err.max()) if len(err) else 0.0
+
+
+class _StoredVectors:
+    """The workspace's stored vectors by item id (memory-mapped shards), to score candidate pairs exactly."""
+
+    def __init__(self, shards: list) -> None:
+        self.vecs = []
+        ids, where = [], []
+        for j, shard in enumerate(shards):
+            sid, v = store.open_shard(shard)
+            self.vecs.append(v)
+            ids.append(np.asarray(sid, dtype=np.int64))
+            where.append(np.full(len(sid), j, dtype=np.int32))
+        self.ids = np.concatenate(ids) if ids else np.zeros(0, np.int64)
+        self.shard = np.concatenate(where) if where else np.zeros(0, np.int32)
+        self.row = np.concatenate([np.arange(len(x)) for x in ids]) if ids else np.zeros(0, np.int64)
+        self.order = np.argsort(self.ids, kind="stable")
+
+    def get(self, ids: np.ndarray) -> np.ndarray:
+        pos = self.order[np.searchsorted(self.ids, ids, sorter=self.order)]
+        out = np.empty((len(ids), self.vecs[0].shape[1] if self.vecs else 0), dtype=np.float32)
+        for j in np.unique(self.shard[pos]):
+            sel = np.flatnonzero(self.shard[pos] == j)
+            rows = self.row[pos[sel]]
+            by = np.argsort(rows, kind="stable")           # in file order: the memory map reads forward
+            out[sel[by]] = self.vecs[j][rows[by]]
+        return out
+
+    def dots(self, q: np.ndarray, q_ids: np.ndarray, src: np.ndarray, hit: np.ndarray) -> np.ndarray:
+        """The cosine of each pair (src[i], hit[i]): src among the batch's queries q_ids (rows of q)."""
+        if len(src) == 0:
+            return np.zeros(0, np.float32)
+        order = np.argsort(q_ids, kind="stable")
+        at = order[np.searchsorted(q_ids, src, sorter=order)]
+        return np.einsum("ij,ij->i", q[at], self.get(hit)).astype(np.float32)
+
+
+def _to_gpu(index):
     """The index on the GPUs when FAISS has them (k-NN there: GPU indexes have no range search)."""
+    import faiss
+
     try:
         n = faiss.get_num_gpus()
     except AttributeError:
@@ -190,26 +343,6 @@ def _to_gpu(faiss, index):
         return faiss.index_cpu_to_all_gpus(index), True
     except (RuntimeError, AttributeError):   # an index type the GPU does not take (HNSW): stay on the CPU
         return index, False
-
-
-def _neighbours(index, q_ids: np.ndarray, q: np.ndarray, threshold: float, k: int,
-                method: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, str]:
-    """The pairs (a < b, cosine) of this batch at or above the threshold."""
-    if method == "range search":
-        try:
-            lims, dist, hit = index.range_search(q, threshold)
-            src = np.repeat(q_ids, np.diff(lims).astype(np.int64))
-        except RuntimeError:       # an index type without range search
-            method = "k-NN"
-    if method != "range search":
-        kk = min(k + 1, index.ntotal)
-        dist, hit = index.search(q, kk)
-        src = np.repeat(q_ids, kk)
-        dist, hit = dist.ravel(), hit.ravel()
-        method = f"k-NN (k={k})"
-    keep = (hit >= 0) & (hit != src) & (dist >= threshold)
-    src, hit, dist = src[keep], hit[keep].astype(np.int64), dist[keep].astype(np.float32)
-    return np.minimum(src, hit), np.maximum(src, hit), np.minimum(dist, np.float32(1.0)), method
 
 
 def components(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

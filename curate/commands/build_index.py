@@ -115,6 +115,8 @@ def build_index(source: Path, ws_path: Path, model: str | None, pretrained: str 
             click.echo(f"index: {what}, up to date")
         else:
             click.echo(f"index: {what}")
+        if ix.note:
+            click.echo(f"note: {ix.note}")
     if n_rej:
         stages = ", ".join(f"{k} {v}" for k, v in by_stage.items())
         click.echo(f"rejected this run: {n_rej} ({stages}; reasons: duckdb -readonly {Workspace(ws_path).db_path} "

@@ -33,6 +33,10 @@ from .index_recall import Tuning
 
 # The one metric: vectors are L2-normalised, so inner product is cosine (faiss.METRIC_INNER_PRODUCT).
 METRIC = "inner_product"
+# FAISS's k-means asks for 39 points a centroid (fewer: a warning and poor centroids; fewer
+# points than centroids: an error), and its PQ codes are 8 bits: 256 centroids per sub-vector.
+POINTS_PER_CENTROID = 39
+PQ_CENTROIDS = 256
 
 
 @dataclass(frozen=True)
@@ -83,9 +87,15 @@ class Recipe:
             rule = self.nlist
             nlist = 2 ** round(math.log2(max(1.0, rule["per_sqrt_n"] * math.sqrt(max(n, 1)))))
             nlist = int(min(rule["max"], max(rule["min"], nlist)))
-            nlist = max(1, min(nlist, n // 39 or 1))  # k-means wants ~39 points a centroid
+            nlist = max(1, min(nlist, n // POINTS_PER_CENTROID or 1))
         pq_m = pq_m or self.pq_size(d)
         return self.factory.format(nlist=nlist, pq_m=pq_m, hnsw_m=self.hnsw_m or 0), nlist
+
+    def min_train(self) -> int:
+        """Vectors this recipe needs before it can be trained: PQ codes' 256 centroids a
+        sub-vector at 39 points each (lists shrink to the vectors there are; flat and HNSW
+        train nothing)."""
+        return PQ_CENTROIDS * POINTS_PER_CENTROID if self.pq_bytes_per_dim is not None else 0
 
     def pq_size(self, d: int) -> int:
         """PQ code bytes per vector by the recipe (0: no PQ)."""
@@ -134,25 +144,35 @@ class Choice:
     recipe: Recipe
     pq_m: int          # PQ code bytes (0: none)
     memory: int        # estimated bytes
+    note: str = ""     # why it is not the recipe named
 
 
 def choose(n: int, d: int, name: str | None = None, budget: int | None = None) -> Choice:
     """The recipe (and PQ size) for n d-dimensional vectors: the named one or the one for the
     size; under a memory budget, the first of those and then the others meant for n items or
-    more, largest first, that fits. ValueError, saying what would fit, when none does."""
+    more, largest first, that fits. A recipe that cannot be trained on n vectors is never
+    built: a named one gives way to the one auto picks, and the Choice's note says so.
+    ValueError, saying what would fit, when none does."""
     first = pick_recipe(n, name)
     named = bool(name and name != "auto")
+    untrainable = first if n < first.min_train() else None
+    if untrainable:
+        first, named = pick_recipe(n), False
     # A recipe whose size range ends below n (flat's exact scan, a graph's build time) is not a
     # fallback: under a budget the index shrinks to other lists or to PQ codes instead.
     order = [first] if named else [first] + sorted(
-        (r for r in recipes().values() if r.name != first.name and (r.max_items is None or n < r.max_items)),
+        (r for r in recipes().values() if r.name != first.name and (r.max_items is None or n < r.max_items)
+         and n >= r.min_train()),
         key=lambda r: -r.memory(n, d))
     smallest = None
     for r in order:
         for pq_m in r.pq_sizes(d) or [0]:
             need = r.memory(n, d, pq_m)
             if budget is None or need <= budget:
-                return Choice(r, pq_m, need)
+                note = "" if untrainable is None else (
+                    f"recipe {untrainable.name} needs {untrainable.min_train():,} vectors to train its codes "
+                    f"and there are {n:,}: built {r.name} instead, as auto would")
+                return Choice(r, pq_m, need, note)
             if smallest is None or need < smallest[2]:
                 smallest = (r, pq_m, need)
     r, pq_m, need = smallest
@@ -188,6 +208,7 @@ class IndexResult:
     reason: str = ""  # why it was rebuilt
     search: Tuning | None = None  # how it is searched: the tuned parameter, recall, speed
     memory: int = 0               # estimated bytes in memory
+    note: str = ""                # why it is not the recipe asked for (Choice.note)
 
 
 def build_index(ws: Workspace, con: duckdb.DuckDBPyConnection, kind: str, recipe_name: str | None = None,
@@ -245,7 +266,7 @@ def build_index(ws: Workspace, con: duckdb.DuckDBPyConnection, kind: str, recipe
         if plan:
             plan(0, "unchanged")
         return IndexResult(out, state["factory"], int(state["ntotal"]), "unchanged", search=tuning,
-                           memory=choice.memory)
+                           memory=choice.memory, note=choice.note)
     if state is not None:
         index = faiss.read_index(str(out))
         if index.ntotal != state["ntotal"] or index.d != d:
@@ -293,7 +314,7 @@ def build_index(ws: Workspace, con: duckdb.DuckDBPyConnection, kind: str, recipe
     _install(tmp, out)
     _save_record(con, kind, {"current": new, "previous": None}, None)
     return IndexResult(out, factory, int(index.ntotal), mode, todo if mode == "added" else 0, reason, tuning,
-                       choice.memory)
+                       choice.memory, choice.note)
 
 
 def search_setting(con: duckdb.DuckDBPyConnection, kind: str) -> Tuning | None:

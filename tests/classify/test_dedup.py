@@ -12,17 +12,22 @@ and nothing else; the bordered copy cannot be told from a distinct photo by this
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import duckdb
+import faiss
 import numpy as np
 import pytest
 from conftest import run_cli, write_jpeg
 from PIL import Image, ImageOps
 
 from curate import api
-from curate.classify.dedup import DedupError, components
+from curate.classify.dedup import TOLERANCE, DedupError, components
 from curate.core import store
 from curate.core.workspace import Workspace
 
@@ -157,7 +162,7 @@ def test_rerun_takes_new_items_into_account_and_matches_a_fresh_run(ws, tmp_path
     shutil.copy(photos / "photo_07.jpg", photos / "late_copy_of_07.jpg")
     run_cli("build-index", photos, "-w", ws, "--model", "curate-tiny", "--pretrained", "none", "--workers", "0")
     out = run_cli("dedup", "-w", ws, "--threshold", "0.998").output
-    assert "1 vectors queried" in out and "new shards only" in out
+    assert "1 vector queried by" in out and "new shards only" in out
     after = _groups(ws)
     assert len(after) == len(before) + 1
     again = run_cli("dedup", "-w", ws, "--threshold", "0.998", "--fresh").output
@@ -168,7 +173,7 @@ def test_rerun_takes_new_items_into_account_and_matches_a_fresh_run(ws, tmp_path
 
 def test_caption_text_groups_normalise_whitespace_and_case(ws):
     out = run_cli("dedup", "-w", ws, "--kind", "caption-text").output
-    assert "1 groups of same caption text hold 2" in out
+    assert "1 group of same caption text holds 2 of" in out
     by_name, _, _ = _cosines(ws)
     assert _groups(ws, "caption-text") == [{by_name["v_q40.jpg"], by_name["photo_05.jpg"]}]
     run_cli("dedup", "-w", ws, "--kind", "caption-text", "--threshold", "0.9", expect=1)
@@ -197,3 +202,178 @@ def test_filter_dedup_keeps_one_per_group_and_unmatched_lists_the_rest(ws, tmp_p
     for g in groups:
         assert len(g & kept) == 1
     assert all(r[2] in kept and r[0] != r[2] for r in removed)
+
+
+# --------------------------------------------------------------------------- every index recipe
+# Vectors imported precomputed (clip-retrieval layout, curate-tiny's 64-d), with planted
+# near-duplicate groups (2-5 members, and one of 80: more than the 32 neighbours a k-NN asks
+# first) and 20 byte-identical copies. Each recipe is built where it really is that recipe:
+# flat by auto; IVF and IVF-PQ named (IVF-PQ at the 9,984 vectors its codes need to train);
+# HNSW named on isotropic vectors tuned to recall 1, so its efSearch (384) is high enough that
+# faiss 1.15's HNSW range search, which dedup used to call, aborts the process; auto's HNSW at
+# 100K is test_dedup_at_100k_on_the_hnsw_auto_picks.
+
+THRESHOLD = 0.95
+BIG = 80
+
+
+def _planted(n: int, seed: int = 0, clustered: bool = True, d: int = 64) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    if clustered:
+        centres = rng.standard_normal((max(16, n // 200), d)).astype(np.float32)
+        centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+        v = centres[rng.integers(0, len(centres), n)] + rng.standard_normal((n, d)).astype(np.float32) * (0.6 / d**0.5)
+    else:
+        v = rng.standard_normal((n, d)).astype(np.float32)
+    rows = rng.permutation(n)
+    s = 0
+    for size in [*rng.integers(2, 6, max(10, n // 100)), BIG]:
+        r = rows[s:s + size]
+        s += size
+        v[r] = v[r[0]] + rng.standard_normal((size, d)).astype(np.float32) * (0.1 / d**0.5) * np.linalg.norm(v[r[0]])
+    v[rows[s + 20:s + 40]] = v[rows[s:s + 20]]     # byte-identical copies
+    return v
+
+
+def _import(root: Path, v: np.ndarray, *args: str) -> Path:
+    src = root / "src"
+    for p in ("img_emb", "metadata"):
+        (src / p).mkdir(parents=True, exist_ok=True)
+    np.save(src / "img_emb" / "img_emb_0.npy", v)
+    duckdb.sql(f"COPY (SELECT 'k' || i AS key, 'http://x/' || i || '.jpg' AS url FROM range({len(v)}) t(i)) "
+               f"TO '{src / 'metadata' / 'metadata_0.parquet'}' (FORMAT parquet)")
+    run_cli("build-index", src, "-w", root / "ws", "--model", "curate-tiny", "--pretrained", "none", *args)
+    return root / "ws"
+
+
+def _curate(*args) -> subprocess.CompletedProcess:
+    """`curate ...` in a child process: a FAISS abort fails the test instead of killing pytest."""
+    return subprocess.run([sys.executable, "-c", "from curate.cli import cli; cli()", *map(str, args)],
+                          capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+
+
+def _stored(ws: Path) -> tuple[np.ndarray, np.ndarray]:
+    w = Workspace(ws)
+    con = w.connect(read_only=True)
+    try:
+        return store.load_all(w, con, "image")
+    finally:
+        con.close()
+
+
+def _pairs(ws: Path) -> set[tuple[int, int]]:
+    con = duckdb.connect(str(ws / "curate.duckdb"), read_only=True)
+    try:
+        return set(con.execute("SELECT a, b FROM duplicate_pairs WHERE kind = 'image'").fetchall())
+    finally:
+        con.close()
+
+
+def _true_pairs(ids: np.ndarray, vecs: np.ndarray, rows: np.ndarray, threshold: float) -> set[tuple[int, int]]:
+    """Brute force (numpy): every pair of a row in `rows` with any vector at cosine >= threshold - TOLERANCE."""
+    out = set()
+    for s in range(0, len(rows), 1024):
+        r = rows[s:s + 1024]
+        i, j = np.nonzero(vecs[r] @ vecs.T >= np.float32(threshold - TOLERANCE))
+        a, b = ids[r[i]], ids[j]
+        keep = a != b
+        out |= set(zip(np.minimum(a, b)[keep].tolist(), np.maximum(a, b)[keep].tolist(), strict=True))
+    return out
+
+
+def _check_against_brute_force(ws: Path, rows: np.ndarray | None, exact: bool) -> float:
+    """Every pair dedup found is over the threshold by the stored vectors' true cosine; the
+    pairs of `rows` (all: None) it missed are none (an exact index) or few; the group of 80 is
+    whole. Returns the recall."""
+    ids, vecs = _stored(ws)
+    pos = {int(i): k for k, i in enumerate(ids)}
+    found = _pairs(ws)
+    a = np.array([pos[p[0]] for p in found])
+    b = np.array([pos[p[1]] for p in found])
+    assert len(found) and (np.einsum("ij,ij->i", vecs[a], vecs[b]) >= np.float32(THRESHOLD - TOLERANCE)).all()
+    rows = np.arange(len(ids)) if rows is None else rows
+    truth = _true_pairs(ids, vecs, rows, THRESHOLD)
+    in_rows = set(ids[rows].tolist())
+    mine = {p for p in found if p[0] in in_rows or p[1] in in_rows}
+    recall = len(mine & truth) / len(truth)
+    assert mine <= truth
+    if exact:
+        assert mine == truth
+    sizes = [len(g) for g in _groups(ws)]
+    assert max(sizes) >= BIG
+    return recall
+
+
+RECIPES = {  # name: (vectors, clustered, build-index options, factory prefix)
+    "flat": (3000, True, (), "IDMap2,Flat"),
+    "hnsw": (5000, False, ("--index", "hnsw", "--target-recall", "1"), "IDMap2,HNSW32"),
+    "ivf": (3000, True, ("--index", "ivf"), "IVF"),
+    "ivfpq": (10_000, True, ("--index", "ivfpq"), "IVF"),
+}
+
+
+@pytest.fixture(scope="module", params=sorted(RECIPES))
+def recipe_ws(request, tmp_path_factory) -> tuple[str, Path]:
+    n, clustered, args, factory = RECIPES[request.param]
+    ws = _import(tmp_path_factory.mktemp(request.param), _planted(n, clustered=clustered), *args)
+    rec = json.loads(duckdb.connect(str(ws / "curate.duckdb"), read_only=True).execute(
+        "SELECT value FROM meta WHERE key = 'index.image'").fetchall()[0][0])["current"]
+    assert rec["recipe"] == request.param and rec["factory"].startswith(factory)
+    return request.param, ws
+
+
+def test_dedup_finds_what_brute_force_finds_on_every_recipe(recipe_ws):
+    name, ws = recipe_ws
+    r = _curate("dedup", "-w", ws, "--threshold", THRESHOLD)
+    assert r.returncode == 0, r.stdout + r.stderr
+    want = {"flat": "range search", "ivf": "range search", "hnsw": "k-NN (32 neighbours a query, up to",
+            "ivfpq": "approximate scores"}[name]
+    assert want in r.stdout
+    recall = _check_against_brute_force(ws, None, exact=name == "flat")
+    print(name, "recall of the pairs", recall)
+    assert recall >= 0.99
+
+
+def test_threshold_1_groups_byte_identical_copies_on_every_recipe(recipe_ws):
+    _name, ws = recipe_ws
+    r = _curate("dedup", "-w", ws, "--threshold", 1)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "20 groups of images at cosine >= 1 hold 40" in r.stdout
+    ids, vecs = _stored(ws)
+    pos = {int(i): k for k, i in enumerate(ids)}
+    for g in _groups(ws):
+        x, y = (vecs[pos[i]] for i in g)
+        assert len(g) == 2 and np.array_equal(x, y)
+
+
+def test_search_by_text_and_image_on_every_recipe(recipe_ws, tmp_path):
+    _name, ws = recipe_ws
+    ids, vecs = _stored(ws)
+    write_jpeg(tmp_path / "q.jpg", seed=3)
+    for query in (("a red car",), ("--image", tmp_path / "q.jpg")):
+        run_cli("search", *query, "-w", ws, "-k", 7, "--out", tmp_path / "hits.csv")
+        hits = duckdb.sql(f"SELECT id, score FROM '{tmp_path / 'hits.csv'}' ORDER BY rank").fetchall()
+        assert len(hits) == 7 and set(h[0] for h in hits) <= set(ids.tolist())
+        scores = [h[1] for h in hits]
+        assert scores == sorted(scores, reverse=True)
+
+
+def test_dedup_at_100k_on_the_hnsw_auto_picks(tmp_path):
+    """The case that aborted: 100K vectors, where auto builds HNSW32; checked against numpy
+    brute force on 2,000 items drawn at random and on every member of the group of 80."""
+    v = _planted(100_000)
+    ws = _import(tmp_path, v)
+    assert faiss.read_index(str(ws / "indexes" / "images.faiss")).ntotal == 100_000
+    rec = json.loads(duckdb.connect(str(ws / "curate.duckdb"), read_only=True).execute(
+        "SELECT value FROM meta WHERE key = 'index.image'").fetchall()[0][0])["current"]
+    assert rec["recipe"] == "hnsw" and rec["factory"] == "IDMap2,HNSW32,Flat"
+    r = _curate("dedup", "-w", ws, "--threshold", THRESHOLD)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "100,000 vectors queried by k-NN" in r.stdout
+    ids, _ = _stored(ws)
+    big = max(_groups(ws), key=len)
+    rows = np.union1d(np.random.default_rng(1).choice(len(ids), 2000, replace=False),
+                      np.flatnonzero(np.isin(ids, list(big))))
+    recall = _check_against_brute_force(ws, rows, exact=False)
+    print("100K hnsw: recall of the pairs", recall)
+    assert recall >= 0.99

@@ -25,7 +25,7 @@ def test_the_shipped_recipes_load_with_their_own_numbers():
                                                               raw.get("retrain_growth"))
     assert rs["flat"].factory_for(100, 512) == ("IDMap2,Flat", 0)
     assert rs["ivf"].factory_for(1_000_000, 512) == ("IVF1024,Flat", 1024)
-    assert rs["ivfpq"].factory_for(4_000_000, 512) == ("IVF2048,PQ64", 2048)
+    assert rs["ivfpq"].factory_for(4_000_000, 512) == ("IVF2048,PQ64np", 2048)
     assert rs["hnsw"].factory_for(1_000_000, 512) == ("IDMap2,HNSW32,Flat", 0)
 
 
@@ -48,3 +48,45 @@ def test_a_field_the_factory_needs_must_be_in_the_file():
     raw = {k: v for k, v in _shipped("ivfpq").items() if k not in ("nprobe", "pq_bytes_per_dim")}
     with pytest.raises(ValueError, match=r"needs nprobe, pq_bytes_per_dim"):
         Recipe.from_raw(raw, "indexes/ivfpq.json")
+
+
+def test_a_recipe_is_never_built_on_fewer_vectors_than_it_trains_on():
+    ivfpq = faiss_index.recipes()["ivfpq"]
+    need = ivfpq.min_train()
+    assert need == 256 * 39 and faiss_index.recipes()["ivf"].min_train() == 0
+    named = faiss_index.choose(need - 1, 64, "ivfpq")
+    assert named.recipe.name == "flat" and named.note == (
+        f"recipe ivfpq needs {need:,} vectors to train its codes and there are {need - 1:,}: "
+        "built flat instead, as auto would")
+    assert faiss_index.choose(need, 64, "ivfpq").recipe.name == "ivfpq"
+    assert faiss_index.choose(need, 64, "ivfpq").note == ""
+    # under a budget only PQ codes would fit, yet they cannot be trained: a clear refusal, not a crash later
+    with pytest.raises(ValueError, match="no index recipe fits"):
+        faiss_index.choose(300, 512, None, 10_000)
+
+
+def test_build_index_ivfpq_on_too_few_vectors_builds_the_size_s_recipe_and_says_so(tmp_path):
+    import duckdb
+    import faiss
+    import numpy as np
+    from conftest import run_cli
+
+    src = tmp_path / "src"
+    for p in ("img_emb", "metadata"):
+        (src / p).mkdir(parents=True)
+    np.save(src / "img_emb" / "img_emb_0.npy", np.random.default_rng(0).standard_normal((200, 64)).astype(np.float32))
+    duckdb.sql(f"COPY (SELECT 'k' || i AS key, 'http://x/' || i AS url FROM range(200) t(i)) "
+               f"TO '{src / 'metadata' / 'metadata_0.parquet'}' (FORMAT parquet)")
+    out = run_cli("build-index", src, "-w", tmp_path / "ws", "--model", "curate-tiny", "--pretrained", "none",
+                  "--index", "ivfpq").output
+    assert "note: recipe ivfpq needs 9,984 vectors to train its codes and there are 200: built flat instead" in out
+    assert "internal error" not in out
+    index = faiss.read_index(str(tmp_path / "ws" / "indexes" / "images.faiss"))
+    assert isinstance(faiss.downcast_index(index), faiss.IndexIDMap2) and index.ntotal == 200
+    con = duckdb.connect(str(tmp_path / "ws" / "curate.duckdb"), read_only=True)
+    assert con.execute("SELECT status FROM runs").fetchall() == [("finished",)]
+    con.close()
+    # a rerun keeps the index it built (the note again), nothing rebuilt
+    again = run_cli("build-index", src, "-w", tmp_path / "ws", "--model", "curate-tiny", "--pretrained", "none",
+                    "--index", "ivfpq").output
+    assert "up to date" in again and "note: recipe ivfpq needs" in again
