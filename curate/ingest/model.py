@@ -95,11 +95,31 @@ def _open_clip_lines_dropped():
 
 
 def pick_device(device: str | None = None) -> str:
-    if device and device != "auto":
-        return device
+    """auto: the GPU where torch sees one, else the CPU. A device named by the user is checked
+    against what torch here can use, so that a missing one is a one-line error before any work
+    (torch's own errors come from deep in a model build, worded for torch's developers)."""
     import torch
 
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    if not device or device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise InputError(f"--device {device}: not a device; give auto, cpu, cuda or cuda:N (mps on a Mac)") from None
+    if dev.type == "cuda":
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if n == 0:
+            raise InputError(f"--device {device}: torch here sees no CUDA device (no GPU, no driver, or a CPU-only "
+                             "torch build); use --device cpu, or auto (the GPU where there is one)")
+        if dev.index is not None and dev.index >= n:
+            raise InputError(f"--device {device}: torch here sees {n} CUDA device{'s' if n > 1 else ''} "
+                             f"(cuda:0{f' to cuda:{n - 1}' if n > 1 else ''})")
+    elif dev.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise InputError(f"--device {device}: torch here has no MPS (Apple GPU) backend; use --device cpu")
+    elif dev.type != "cpu":
+        raise InputError(f"--device {device}: curate runs its model on auto, cpu, cuda or cuda:N (mps on a Mac)")
+    return device
 
 
 @dataclass

@@ -126,3 +126,23 @@ def test_open_clip_root_logger_lines_are_not_shown_unless_asked_for(caplog):
     caplog.set_level(logging.INFO)
     load_encoder("curate-tiny", "none", "cpu")
     assert any("No pretrained weights loaded" in r.getMessage() for r in caplog.records)
+
+
+# --- a device this machine lacks: one line before any work, from every command that takes --device -
+
+def test_a_device_torch_cannot_use_is_a_one_line_error(tmp_path, built_workspace):
+    import torch
+
+    src = make_folder(tmp_path / "photos", n=2)
+    tiny = ("--model", "curate-tiny", "--pretrained", "none")
+    r = run_cli("build-index", src, "-w", tmp_path / "ws", *tiny, "--device", "cuda:99", expect=1)
+    assert r.output.startswith("curate: --device cuda:99: torch here sees ") and "internal error" not in r.output
+    assert not (tmp_path / "ws").exists()
+    r = run_cli("build-index", src, "-w", tmp_path / "ws", *tiny, "--device", "gpu", expect=1)
+    assert "curate: --device gpu: not a device; give auto, cpu, cuda or cuda:N" in r.output
+    r = run_cli("search", "a bridge", "-w", built_workspace, "--device", "cuda:99", expect=1)
+    assert "curate: --device cuda:99: torch here sees " in r.output
+    if not torch.cuda.is_available():  # this machine has no GPU: plain `cuda` is refused the same way
+        for args in (("build-index", src, "-w", tmp_path / "ws", *tiny), ("search", "a bridge", "-w", built_workspace)):
+            r = run_cli(*args, "--device", "cuda", expect=1)
+            assert "--device cuda: torch here sees no CUDA device" in r.output and "use --device cpu" in r.output
