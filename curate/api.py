@@ -514,6 +514,8 @@ class Filtered:
     result: FilterResult
     # with calibrated=True and nothing kept: which classes' thresholds the marks could not reach
     unreachable: str | None = None
+    # labels asked for in another spelling (case, separators): (as given, the label taken)
+    labels_taken: list[tuple[str, str]] = field(default_factory=list)
 
     @property
     def kept(self) -> int:
@@ -557,7 +559,8 @@ def filter(workspace: str | Path = "ws", *, labels: Iterable[str] = (), min_prob
     duplicate group (`api.dedup` first); with `unmatched`, the selection's rows dedup leaves out.
     """
     ws_path = must_exist(workspace)
-    spec = FilterSpec(labels=tuple(labels), min_prob=min_prob, mode=mode, unmatched=unmatched,
+    taken = _match_labels(ws_path, labels, classification)
+    spec = FilterSpec(labels=tuple(label for _given, label in taken), min_prob=min_prob, mode=mode, unmatched=unmatched,
                       text_weight=text_weight, text_min=text_min, image_max=image_max, calibrated=calibrated,
                       where=_where(where), classification=classification, dedup=dedup)
     if clean and not (copy_to or link_to):
@@ -572,7 +575,25 @@ def filter(workspace: str | Path = "ws", *, labels: Iterable[str] = (), min_prob
         ("--copy-to", copy_to), ("--link-to", link_to), ("--clean", clean)])
     r = write_subset(ws_path, spec, out, copy_to=copy_to, link_to=link_to, clean=clean, fmt_name=format,
                      shard_size=shard_size, with_embeddings=with_embeddings, command=command)
-    return Filtered(spec, r, _explain_calibrated_nothing(ws_path, spec) if calibrated and r.kept == 0 else None)
+    return Filtered(spec, r, _explain_calibrated_nothing(ws_path, spec) if calibrated and r.kept == 0 else None,
+                    [(given, label) for given, label in taken if given != label])
+
+
+def _match_labels(ws_path: Path, labels: Iterable[str], classification: str | None) -> list[tuple[str, str]]:
+    """The labels asked for, each with the one it names in the classification's label set (case
+    and separators forgiven where that leaves one: classify/labels.py match_labels)."""
+    from .classify.labels import match_labels
+    from .classify.subsets import open_scored
+
+    labels = tuple(labels)
+    if not labels:
+        return []
+    con = open_scored(ws_path, classification)
+    try:
+        known = [r[0] for r in con.execute("SELECT label FROM labels ORDER BY label_idx").fetchall()]
+    finally:
+        con.close()
+    return match_labels(labels, known)
 
 
 def _explain_calibrated_nothing(ws_path: Path, spec: FilterSpec) -> str | None:
