@@ -12,13 +12,13 @@ from ..core.workspace import Workspace
 from ..ingest import recheck as recheck_files
 from ..ingest.images import DEFAULT_MAX_PIXELS
 from ..ingest.model import DEFAULT_MODEL, DEFAULT_PRETRAINED
-from .options import wait_option
+from .options import remember_workspace, wait_option
 
 
 @click.command("build-index")
 @click.argument("source", type=click.Path(exists=True, path_type=Path))
 @click.option("-w", "--workspace", "ws_path", type=click.Path(path_type=Path), default=Path("ws"), show_default=True,
-              help="Workspace folder (DuckDB file, embeddings, indexes).")
+              callback=remember_workspace, help="Workspace folder (DuckDB file, embeddings, indexes).")
 @wait_option
 @click.option("--model", default=None, help=f"open_clip architecture [default: the workspace's, else {DEFAULT_MODEL}].")
 @click.option("--pretrained", default=None,
