@@ -146,3 +146,47 @@ def test_a_device_torch_cannot_use_is_a_one_line_error(tmp_path, built_workspace
         for args in (("build-index", src, "-w", tmp_path / "ws", *tiny), ("search", "a bridge", "-w", built_workspace)):
             r = run_cli(*args, "--device", "cuda", expect=1)
             assert "--device cuda: torch here sees no CUDA device" in r.output and "use --device cpu" in r.output
+
+
+def test_a_hub_that_answers_without_the_file_ends_in_the_same_advice(tmp_path):
+    """The hub answers (a real HTTP server on 127.0.0.1, 404 for every file): the download is
+    said, tried once, and its failure ends in the same one line of what to do. A subprocess: the
+    hub client reads HF_ENDPOINT when it is imported."""
+    import http.server
+    import os
+    import subprocess
+    import sys
+    import threading
+
+    asked = []
+
+    class NotHere(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 - http.server's name
+            asked.append(self.path)
+            self.send_response(404)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        do_HEAD = do_GET
+
+        def log_message(self, *_args):
+            pass
+
+    hub = http.server.ThreadingHTTPServer(("127.0.0.1", 0), NotHere)
+    threading.Thread(target=hub.serve_forever, daemon=True).start()
+    try:
+        env = {k: v for k, v in os.environ.items() if k not in
+               ("HF_HUB_OFFLINE", "HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")}
+        env |= {"HF_ENDPOINT": f"http://127.0.0.1:{hub.server_address[1]}", "HF_HUB_CACHE": str(tmp_path / "cache")}
+        src = make_folder(tmp_path / "photos", n=2)
+        r = subprocess.run([sys.executable, "-m", "curate.cli", "build-index", str(src), "-w", str(tmp_path / "ws")],
+                           capture_output=True, text=True, env=env, timeout=300)
+    finally:
+        hub.shutdown()
+    assert r.returncode == 1, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert "checking whether 127.0.0.1 answers" in lines[0] and lines[1].startswith("downloading the weights of ViT-B-32")
+    assert lines[2].startswith("curate: could not obtain the weights of ViT-B-32 pretrained='laion2b_s34b_b79k' "
+                               "(tried the Hugging Face cache, then a download: ")
+    _says_how_to_go_on(lines[2])
+    assert any(p.startswith(f"/{DEFAULT_REPO}/") for p in asked) and not (tmp_path / "ws").exists()
