@@ -340,6 +340,7 @@ def test_a_second_review_of_a_workspace_points_to_the_open_page(ws):
 
     srv = Server(ws)
     try:
+        assert srv.items()                # it serves (Ctrl-C before that would be the start-up's)
         r = run_cli("review", "-w", ws, "--no-browser", expect=5)
         assert f"a review page of {ws} is already open at {srv.url} (process {srv.proc.pid}, review set " in r.output
         assert running_review(ws).url == srv.url
@@ -347,5 +348,6 @@ def test_a_second_review_of_a_workspace_points_to_the_open_page(ws):
         code, _out, _err = srv.stop()
     assert code == 0 and not (ws / RECORD).exists() and running_review(ws) is None
     srv = Server(ws)
+    assert srv.items()
     srv.stop(signal.SIGKILL)          # no time to remove its record
     assert (ws / RECORD).exists() and running_review(ws) is None
