@@ -1,5 +1,5 @@
-# curate: `make demo` installs and runs the main job on the bundled photos; `make test` runs the tests;
-# `make install RAY=1` adds Ray for build-index --engine ray.
+# curate: `make demo` installs what the main job needs and runs it on the bundled photos; `make test`
+# adds the test tools and runs the tests; `make install RAY=1` adds Ray for build-index --engine ray.
 VENV    ?= .venv
 PY      := $(VENV)/bin/python
 # torch 2.14.1 / torchvision 0.29.1 are the pair that import together here (pip takes them from
@@ -12,16 +12,24 @@ DEMO_WS ?= demo-ws
 # that the Ray engine's tests run wherever `make test` does; RAY=1 states it for an install that is to stay.
 RAY     ?=
 comma   := ,
-EXTRAS  := $(FAISS),test$(if $(RAY),$(comma)ray)
+EXTRAS  := $(FAISS)$(if $(RAY),$(comma)ray)
 
-.PHONY: install demo test bench lint clean
+.PHONY: install install-test demo test bench lint clean
 
+# The main job's install: torch, curate and its dependencies, one FAISS. The test tools (pytest,
+# ruff, playwright, webdataset, Ray) come on top of it, only for the targets that use them.
 install: $(VENV)/.installed
+
+install-test: $(VENV)/.installed-test
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q $(TORCH)
 	$(PY) -m pip install -q -e '.[$(EXTRAS)]'
+	touch $@
+
+$(VENV)/.installed-test: $(VENV)/.installed
+	$(PY) -m pip install -q -e '.[$(EXTRAS),test]'
 	touch $@
 
 demo: install
@@ -32,7 +40,7 @@ demo: install
 	$(VENV)/bin/curate filter -w $(DEMO_WS) --min-prob 0 --out $(DEMO_WS)/labelled.csv
 	$(VENV)/bin/curate compare places205-raw places205-natural -w $(DEMO_WS) --out $(DEMO_WS)/compare
 
-test: install
+test: install-test
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
 
 bench: install
@@ -40,7 +48,7 @@ bench: install
 	HF_HUB_OFFLINE=1 $(PY) bench/bench_import.py
 	@if [ -f bench/bench_classify.py ]; then HF_HUB_OFFLINE=1 $(PY) bench/bench_classify.py; fi
 
-lint: install
+lint: install-test
 	$(VENV)/bin/ruff check curate tests bench
 
 clean:

@@ -18,6 +18,7 @@ them, so importing this module stays cheap.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import sys
@@ -199,8 +200,10 @@ def _build_index(source: Path, ws_path: Path, src, session, model, pretrained, f
             have_precisions = precision_rules.workspace_precisions(con)
         finally:
             con.close()
+    asked = (model, pretrained)
     model = model or (have.model if have else DEFAULT_MODEL)
     pretrained = pretrained or (have.pretrained if have else DEFAULT_PRETRAINED)
+    say = (lambda _line: None) if quiet else log
     # with Ray the model runs in the cluster's actors: their device decides the precision, and the
     # driver's copy (on its CPU) only names the model and gives the decode tasks its preprocessing
     device = session.device(device) if session is not None else pick_device(device)
@@ -211,8 +214,10 @@ def _build_index(source: Path, ws_path: Path, src, session, model, pretrained, f
         ident = _precomputed_identity(src.root, model, pretrained)
         enc = None
     else:
-        enc = (_load(model, pretrained, device, fallback_model, log, used) if session is None
-               else _load(model, pretrained, "cpu", fallback_model, log, "fp32"))
+        if have is not None and have.random_weights:
+            _note_fallback_workspace(ws_path, source, asked, fallback_model, log)
+        enc = (_load(model, pretrained, device, fallback_model, log, used, say) if session is None
+               else _load(model, pretrained, "cpu", fallback_model, log, "fp32", say))
         ident = enc.identity
         if decode == "gpu":
             from .ingest.device_decode import check_ready
@@ -227,6 +232,8 @@ def _build_index(source: Path, ws_path: Path, src, session, model, pretrained, f
     made = _absent(ws)
     con = ws.connect()
     Workspace.bind_model(con, ident)
+    if new and enc is not None and ident.model != model:  # the fallback stood in: later runs say so
+        Workspace.set_meta(con, FALLBACK_FOR, json.dumps({"model": model, "pretrained": pretrained}))
     run_id = Workspace.start_run(con, "build-index", src.describe(), ident, device)
     status = "failed"
     scan = None
@@ -322,14 +329,44 @@ def _check_decode(decode: str, device: str, draft_decode: bool) -> None:
 
 
 def _load(model: str, pretrained: str, device: str, fallback: str | None, log: Callable[[str], None],
-          precision: str = "auto"):
+          precision: str = "auto", say: Callable[[str], None] | None = None):
     try:
-        return load_encoder(model, pretrained, device, precision)
+        return load_encoder(model, pretrained, device, precision, say=say)
     except WeightsUnavailable as e:
         if not fallback:
             raise
-        log(f"{e}. Going on with {fallback} on RANDOM weights: the output only shows the pipeline works.")
+        log(f"{e.reason}; going on with {fallback} on RANDOM weights (--fallback-model): the output only shows the "
+            f"pipeline works, and this workspace keeps {fallback} on later runs (for real labels: get the weights, "
+            f"run without --fallback-model to see how, and build a new workspace)")
         return load_encoder(fallback, "none", device, precision)
+
+
+# meta key: the model and weights a workspace was asked for when the fallback model stood in
+FALLBACK_FOR = "fallback_for"
+
+
+def _note_fallback_workspace(ws_path: Path, source: Path, asked: tuple[str | None, str | None],
+                             fallback: str | None, log: Callable[[str], None]) -> None:
+    """A workspace keeps its model, the fallback's random weights too: a rerun of the command that
+    made it (a second `make demo`) says so, and says what to run when the real weights are here now."""
+    con = Workspace(ws_path).connect(read_only=True)
+    try:
+        raw = Workspace.get_meta(con, FALLBACK_FOR)
+    finally:
+        con.close()
+    if raw is None or asked != (None, None):  # asked for a model by name: check_same_model answers that
+        return
+    wanted = json.loads(raw)
+    from .ingest.model import weights_cached
+
+    here = weights_cached(wanted["model"], wanted["pretrained"])
+    fb = f" --fallback-model {fallback}" if fallback else ""
+    log(f"NOTE: {ws_path} was built with the fallback model on RANDOM weights because {wanted['model']} "
+        f"pretrained='{wanted['pretrained']}' could not be obtained, and a workspace keeps its model"
+        + (f"; those weights are here now: for real labels, build a new workspace: "
+           f"`curate build-index {source} -w NEW_WS{fb}` (or remove {ws_path} and run the same command again)"
+           if here else f"; to label for real, get those weights (`curate build-index {source} -w NEW_WS` "
+                        "says how) and build a new workspace"))
 
 
 def _has_images(root: Path) -> bool:
@@ -497,6 +534,8 @@ class Filtered:
     result: FilterResult
     # with calibrated=True and nothing kept: which classes' thresholds the marks could not reach
     unreachable: str | None = None
+    # labels asked for in another spelling (case, separators): (as given, the label taken)
+    labels_taken: list[tuple[str, str]] = field(default_factory=list)
 
     @property
     def kept(self) -> int:
@@ -545,7 +584,8 @@ def filter(workspace: str | Path = "ws", *, labels: Iterable[str] = (), min_prob
     duplicate group (`api.dedup` first); with `unmatched`, the selection's rows dedup leaves out.
     """
     ws_path = must_exist(workspace)
-    spec = FilterSpec(labels=tuple(labels), min_prob=min_prob, mode=mode, unmatched=unmatched,
+    taken = _match_labels(ws_path, labels, classification)
+    spec = FilterSpec(labels=tuple(label for _given, label in taken), min_prob=min_prob, mode=mode, unmatched=unmatched,
                       text_weight=text_weight, text_min=text_min, image_max=image_max, calibrated=calibrated,
                       where=_where(where), classification=classification, dedup=dedup)
     if clean and not (copy_to or link_to):
@@ -560,7 +600,25 @@ def filter(workspace: str | Path = "ws", *, labels: Iterable[str] = (), min_prob
         ("--copy-to", copy_to), ("--link-to", link_to), ("--clean", clean)])
     r = write_subset(ws_path, spec, out, copy_to=copy_to, link_to=link_to, clean=clean, fmt_name=format,
                      shard_size=shard_size, with_embeddings=with_embeddings, command=command)
-    return Filtered(spec, r, _explain_calibrated_nothing(ws_path, spec) if calibrated and r.kept == 0 else None)
+    return Filtered(spec, r, _explain_calibrated_nothing(ws_path, spec) if calibrated and r.kept == 0 else None,
+                    [(given, label) for given, label in taken if given != label])
+
+
+def _match_labels(ws_path: Path, labels: Iterable[str], classification: str | None) -> list[tuple[str, str]]:
+    """The labels asked for, each with the one it names in the classification's label set (case
+    and separators forgiven where that leaves one: classify/labels.py match_labels)."""
+    from .classify.labels import match_labels
+    from .classify.subsets import open_scored
+
+    labels = tuple(labels)
+    if not labels:
+        return []
+    con = open_scored(ws_path, classification)
+    try:
+        known = [r[0] for r in con.execute("SELECT label FROM labels ORDER BY label_idx").fetchall()]
+    finally:
+        con.close()
+    return match_labels(labels, known)
 
 
 def _explain_calibrated_nothing(ws_path: Path, spec: FilterSpec) -> str | None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import re
+import shlex
 import sys
 import traceback
 
@@ -74,6 +76,7 @@ class _CurateGroup(click.Group):
 def _fail(ctx: click.Context, message: str, code: int) -> None:
     if ctx.meta.get("curate.verbose"):
         traceback.print_exc()
+    message = name_workspace(str(message), ctx.meta.get("curate.workspace"))
     # one line, and nothing in it (a path, a label, a caption) can drive the terminal
     one_line = " ".join(part.strip() for part in str(message).strip().splitlines() if part.strip())
     click.echo(f"curate: {safe(one_line)}", err=True)
@@ -102,6 +105,30 @@ def cli(ctx: click.Context, verbose: bool, quiet: bool, wait: float | None) -> N
         logging.getLogger().setLevel(logging.CRITICAL)
         logging.getLogger("huggingface_hub").setLevel(logging.CRITICAL)
         logging.getLogger("curate").setLevel(logging.WARNING)
+
+
+# a command the message tells the user to run: `curate classify`, `curate classify --name x` ...
+_TOLD = re.compile(r"(?<!the same )`curate ([a-z][a-z-]*)([^`]*)`")
+
+
+def name_workspace(message: str, ws: object) -> str:
+    """Every `curate X` a message tells the user to run names the workspace they gave (`-w WS`),
+    so that it runs as printed: the library's messages do not know how the command was called."""
+    if ws is None:
+        return message
+
+    def with_ws(m: re.Match) -> str:
+        cmd, rest = m.group(1), m.group(2)
+        if cmd not in _ON_A_WORKSPACE or re.search(r"(^|\s)(-w|--workspace)\b", rest) or "--label-set" in rest:
+            return m.group(0)
+        source = " SOURCE" if cmd == "build-index" and not rest.strip() else ""
+        return f"`curate {cmd}{source} -w {shlex.quote(str(ws))}{rest}`"
+
+    return _TOLD.sub(with_ws, message)
+
+
+_ON_A_WORKSPACE = ("build-index", "classify", "labels", "filter", "search", "dedup", "sample", "review", "report",
+                   "compare", "sql")
 
 
 def _register() -> None:

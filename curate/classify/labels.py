@@ -17,6 +17,7 @@ import csv
 import difflib
 import hashlib
 import io
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from importlib.resources import files
@@ -129,6 +130,41 @@ def check_labels(wanted: Iterable[str], known: Sequence[str]) -> list[str]:
         parts.append(f"'{m}'" + (f" (closest: {', '.join(names)})" if names else ""))
     raise UnknownLabel(f"unknown label{'s' if len(missing) > 1 else ''} {'; '.join(parts)}; "
                        "`curate labels` lists the label set")
+
+
+def match_labels(wanted: Iterable[str], known: Sequence[str]) -> list[tuple[str, str]]:
+    """Each wanted name with the label it means: itself when it is one, else the one label it
+    names up to case and separators (`Skyscraper`, `bakery shop` and `bakery_shop` for `bakery/shop`,
+    also by its readable form, `outdoor apartment building`). (name, label) pairs, in order;
+    UnknownLabel when a name matches none (with the closest) or several (with them)."""
+    known = list(known)
+    exact = set(known)
+    by_key: dict[str, list[str]] = {}
+    for k in known:
+        for form in dict.fromkeys((_loose(k), _loose(readable(k)))):
+            by_key.setdefault(form, []).append(k)
+    out, unknown, ambiguous = [], [], []
+    for w in wanted:
+        if w in exact:
+            out.append((w, w))
+            continue
+        hits = list(dict.fromkeys(by_key.get(_loose(w), [])))
+        if len(hits) == 1:
+            out.append((w, hits[0]))
+        elif hits:
+            ambiguous.append(f"'{w}' matches {len(hits)} labels ({', '.join(hits)}): give one of them as written")
+        else:
+            unknown.append(w)
+    if ambiguous:
+        raise UnknownLabel("; ".join(ambiguous))
+    if unknown:
+        check_labels(unknown, known)  # raises, naming the closest labels
+    return out
+
+
+def _loose(name: str) -> str:
+    """A label name up to case and separators: `Bakery_Shop`, `bakery/shop`, `bakery  shop` alike."""
+    return " ".join(re.split(r"[\s_/\-]+", name.casefold())).strip()
 
 
 def _places205() -> LabelSet:

@@ -12,13 +12,13 @@ from ..core.workspace import Workspace
 from ..ingest import recheck as recheck_files
 from ..ingest.images import DEFAULT_MAX_PIXELS
 from ..ingest.model import DEFAULT_MODEL, DEFAULT_PRETRAINED
-from .options import wait_option
+from .options import remember_workspace, wait_option
 
 
 @click.command("build-index")
 @click.argument("source", type=click.Path(exists=True, path_type=Path))
 @click.option("-w", "--workspace", "ws_path", type=click.Path(path_type=Path), default=Path("ws"), show_default=True,
-              help="Workspace folder (DuckDB file, embeddings, indexes).")
+              callback=remember_workspace, help="Workspace folder (DuckDB file, embeddings, indexes).")
 @wait_option
 @click.option("--model", default=None, help=f"open_clip architecture [default: the workspace's, else {DEFAULT_MODEL}].")
 @click.option("--pretrained", default=None,
@@ -47,7 +47,7 @@ from .options import wait_option
               help="Float precision of the model (images and captions): auto is fp16 on CUDA, bf16 on a CPU with "
                    "native bf16 (AVX-512 BF16, AMX), fp32 elsewhere, and fp32 for a workspace that is all fp32. "
                    "bf16 on a CPU casts the weights (about 2x fp32), on CUDA it is autocast. "
-                   "fp32 agrees bit for bit with open_clip; bf16/fp16 to a cosine >= 0.9999 (README).")
+                   "fp32 agrees with open_clip (images bit for bit, text within 2e-7); bf16/fp16 to a cosine >= 0.9999 (README).")
 @click.option("--batch-size", type=click.IntRange(1), default=None, help="Images per forward pass [32 CPU, 256 GPU].")
 @click.option("--workers", type=click.IntRange(0), default=None, help="Decoding processes [one per core, max 16].")
 @click.option("--shard-size", type=click.IntRange(1), default=10_000, show_default=True,

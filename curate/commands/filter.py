@@ -73,6 +73,8 @@ def filter_cmd(ws_path: Path, classification: str | None, labels: tuple[str, ...
                    classification=classification, dedup=dedup, format=fmt, shard_size=shard_size,
                    with_embeddings=with_embeddings)
     r = f.result
+    for given, label in f.labels_taken:
+        echo(safe(f"note: --label '{given}' taken as the label {label}"), err=True)
     echo(safe(f.summary()))
     x = r.exported
     if x is not None and x.shards:
@@ -102,8 +104,8 @@ def filter_cmd(ws_path: Path, classification: str | None, labels: tuple[str, ...
                    "argmax); run `curate classify --storage full` for exact ensemble labels at this threshold",
                    err=True)
     if r.unscored > 0:
-        click.echo(f"note: {r.unscored:,} embedded images are not classified yet: run `curate classify` again",
-                   err=True)
+        echo(safe(f"note: {r.unscored:,} embedded images are not classified yet: run `curate classify -w {ws_path}` "
+                  "again"), err=True)
     note_pending(ws_path)
     if f.unreachable:
         raise PartialResult(f.unreachable)

@@ -19,7 +19,7 @@ from . import options
 @options.old_label_set
 @options.prompts_option
 @click.option("-w", "--workspace", "ws_path", type=click.Path(path_type=Path), default=None,
-              help="Show instead the label set this workspace was classified with (its `labels` table: "
+              callback=options.remember_workspace, help="Show instead the label set this workspace was classified with (its `labels` table: "
                    "index, label, scene, prompts).")
 def labels_cmd(label_set: str, prompts: str, ws_path: Path | None) -> None:
     """Show each label of a set and the prompt(s) it becomes."""

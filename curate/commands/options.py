@@ -13,15 +13,26 @@ import click
 from ..api import must_exist
 from ..core.workspace import DEFAULT_LOCK_WAIT, set_lock_wait
 
+# ctx.meta key (shared by every context of one run): the workspace the command was given, for the
+# error messages that tell the user what to run next (cli.py names it in them as `-w WS`)
+WORKSPACE_META = "curate.workspace"
 
-def _check(_ctx: click.Context, _param: click.Parameter, value: Path) -> Path:
+
+def remember_workspace(ctx: click.Context, _param: click.Parameter, value: Path | None) -> Path | None:
+    if value is not None:
+        ctx.meta[WORKSPACE_META] = value
+    return value
+
+
+def _check(ctx: click.Context, param: click.Parameter, value: Path) -> Path:
+    remember_workspace(ctx, param, value)
     # Checked before the command runs, so that no command creates an empty workspace by opening it.
     return must_exist(value)
 
 
 def workspace_option(help: str = "Workspace folder (made by `curate build-index`).", must_exist: bool = True):
     return click.option("-w", "--workspace", "ws_path", type=click.Path(path_type=Path), default=Path("ws"),
-                        show_default=True, callback=_check if must_exist else None, help=help)
+                        show_default=True, callback=_check if must_exist else remember_workspace, help=help)
 
 
 def _set_wait(_ctx: click.Context, _param: click.Parameter, value: float | None) -> None:

@@ -10,7 +10,7 @@ import duckdb
 
 from ..core.textout import echo, safe
 from ..core.workspace import Workspace
-from ..errors import InputError
+from ..errors import InputError, WorkspaceBusy
 from ..validate import sampling
 from ..validate.review import marks, sheet
 from . import options
@@ -57,8 +57,13 @@ def review(ws_path: Path, set_name: str | None, classification: str | None, port
         finally:
             con.close()
         return
-    from ..validate.review.server import ReviewServer
+    from ..validate.review.server import ReviewServer, running_review
 
+    other = running_review(ws_path)
+    if other is not None:  # one page per workspace: a second on another port would split the marking
+        raise WorkspaceBusy(safe(f"a review page of {ws_path} is already open at {other.url} (process {other.pid}, "
+                                 f"review set {other.set_name}): use that page, or stop it (Ctrl-C where it "
+                                 "runs) first"))
     con = connect_review(ws_path, read_only=True)
     try:
         note_random_weights(ws_path, con)
@@ -69,8 +74,10 @@ def review(ws_path: Path, set_name: str | None, classification: str | None, port
     # commands read and write the workspace meanwhile.
     try:
         server = ReviewServer(ws_path, name, port)
-    except OSError:
+    except OSError as e:
         server = ReviewServer(ws_path, name, 0)
+        click.echo(f"port {port} is not free ({e.strerror or e}): serving on port {server.url.rsplit(':', 1)[1].strip('/')} "
+                   "instead", err=True)
     prog = server.app.progress()
     echo(safe(f"reviewing {name}: {prog.done} done, {prog.left} left"))
     click.echo(f"open {server.url}   (keys: h hit, m miss, s skip, b back; Ctrl-C to stop)")

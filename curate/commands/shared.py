@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import click
 import duckdb
 
 from ..core.textout import echo, safe
@@ -22,8 +21,9 @@ def note_pending(ws_path: Path) -> None:
     finally:
         con.close()
     if n:
-        click.echo(f"NOTE: {n:,} items are still pending (scanned, not embedded yet): they are not in these "
-                   "results; run `curate build-index` again to embed them, then `curate classify`", err=True)
+        echo(safe(f"NOTE: {n:,} items are still pending (scanned, not embedded yet): they are not in these "
+                  f"results; run `curate build-index SOURCE -w {ws_path}` again to embed them, then "
+                  f"`curate classify -w {ws_path}`"), err=True)
 
 
 def note_random_weights(ws_path: Path, con: duckdb.DuckDBPyConnection | None = None) -> None:

@@ -85,8 +85,11 @@ class Progress:
         self.update(n)
 
     def reset(self, total: int | None) -> None:
-        """Start counting again toward another total (e.g. once a step knows its size)."""
+        """Start counting again toward another total (e.g. once a step knows its size), and the
+        clock with it: what came before (a model loading, label prompts encoded) is not the
+        step's work, so the log's rate and time left are the step's own, as the terminal bar's are."""
         self.total, self.n = total, 0
+        self.started = self.last_line = self.clock()
         if self._bar is not None:
             self._bar.reset(total=total)
         else:

@@ -11,6 +11,7 @@ import contextlib
 import logging
 import os
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
@@ -33,7 +34,12 @@ log = logging.getLogger(__name__)
 
 
 class WeightsUnavailable(InputError, RuntimeError):
-    """Pretrained weights could not be obtained; the message is one line for the user."""
+    """Pretrained weights could not be obtained; the message is one line for the user: the
+    reason, then (`hint`) how to get them here or go on without them."""
+
+    def __init__(self, reason: str, hint: str = "") -> None:
+        super().__init__(f"{reason}. {hint}" if hint else reason)
+        self.reason = reason
 
 
 def register_configs() -> None:
@@ -62,12 +68,58 @@ def _hub_offline(offline: bool):
         constants.HF_HUB_OFFLINE = old
 
 
+class _OpenClipRootLines(logging.Filter):
+    """open_clip logs on the root logger ("WARNING:root:No pretrained weights loaded ...",
+    "ERROR:root:Failed to download ..."): things curate says itself, in its own words. Dropped
+    unless the root logger is at INFO or below (`curate -v`, or a script that asked for logs)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        import open_clip
+
+        self.folder = str(Path(open_clip.__file__).parent)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.pathname.startswith(self.folder) or logging.getLogger().isEnabledFor(logging.INFO)
+
+
+@contextlib.contextmanager
+def _open_clip_lines_dropped():
+    root = logging.getLogger()
+    drop = _OpenClipRootLines()
+    root.addFilter(drop)
+    try:
+        yield
+    finally:
+        root.removeFilter(drop)
+
+
 def pick_device(device: str | None = None) -> str:
-    if device and device != "auto":
-        return device
+    """auto: the GPU where torch sees one, else the CPU. A device named by the user is checked
+    against what torch here can use, so that a missing one is a one-line error before any work
+    (torch's own errors come from deep in a model build, worded for torch's developers)."""
     import torch
 
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    if not device or device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise InputError(f"--device {device}: not a device; give auto, cpu, cuda or cuda:N (mps on a Mac)") from None
+    if dev.type == "cuda":
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if n == 0:
+            raise InputError(f"--device {device}: torch here sees no CUDA device (no GPU, no driver, or a CPU-only "
+                             "torch build); use --device cpu, or auto (the GPU where there is one)")
+        if dev.index is not None and dev.index >= n:
+            raise InputError(f"--device {device}: torch here sees {n} CUDA device{'s' if n > 1 else ''} "
+                             f"(cuda:0{f' to cuda:{n - 1}' if n > 1 else ''})")
+    elif dev.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise InputError(f"--device {device}: torch here has no MPS (Apple GPU) backend; use --device cpu")
+    elif dev.type != "cpu":
+        raise InputError(f"--device {device}: curate runs its model on auto, cpu, cuda or cuda:N (mps on a Mac)")
+    return device
 
 
 @dataclass
@@ -164,8 +216,11 @@ class Encoder:
 
 
 def load_encoder(model_name: str = DEFAULT_MODEL, pretrained: str | None = DEFAULT_PRETRAINED,
-                 device: str | None = None, precision: str = "auto") -> Encoder:
+                 device: str | None = None, precision: str = "auto",
+                 say: Callable[[str], None] | None = None) -> Encoder:
     """Build the open_clip model; raise WeightsUnavailable with a one-line reason.
+
+    `say` hears what it is doing while it waits (a probe of the hub, a download): one line each.
 
     `precision`: fp32, bf16, fp16, or auto: fp16 on CUDA, bf16 on a CPU with native bf16,
     fp32 elsewhere; bf16 on a CPU casts the weights (curate/ingest/precision.py).
@@ -196,7 +251,7 @@ def load_encoder(model_name: str = DEFAULT_MODEL, pretrained: str | None = DEFAU
         tag = str(Path(tag).expanduser().resolve())
 
     def build(offline: bool):
-        with _hub_offline(offline), warnings.catch_warnings():
+        with _hub_offline(offline), warnings.catch_warnings(), _open_clip_lines_dropped():
             warnings.simplefilter("ignore")
             return open_clip.create_model_and_transforms(model_name, pretrained=tag, device=device)
 
@@ -209,7 +264,7 @@ def load_encoder(model_name: str = DEFAULT_MODEL, pretrained: str | None = DEFAU
             torch.manual_seed(0)
             model, _, preprocess = build(offline=True)
     elif tag is not None and not _looks_like_path(tag):
-        model, preprocess = _build_from_tag(build, model_name, tag)
+        model, preprocess = _build_from_tag(build, model_name, tag, say or log.info)
     else:
         try:
             model, _, preprocess = build(offline=True)
@@ -255,52 +310,144 @@ def suggest_models(name: str) -> str:
     return f"; did you mean {', '.join(by_lower[c] for c in close)}?" if close else ""
 
 
-def _build_from_tag(build, model_name: str, tag: str):
+def _build_from_tag(build, model_name: str, tag: str, say: Callable[[str], None]):
+    """The hub cache first (no network, no wait); then, where the hub answers within seconds, a
+    download. Every way it fails ends in WeightsUnavailable saying how to go on (fetch_hint)."""
     import open_clip
 
     known = open_clip.list_pretrained_tags_by_model(model_name)
     if known and tag not in known:
         raise WeightsUnavailable(
             f"'{tag}' is not a pretrained tag of {model_name}; known tags: {', '.join(known)}")
-    try:  # the hub cache first: no network, no wait
+    try:
         model, _, preprocess = build(offline=True)
         return model, preprocess
     except Exception:  # noqa: BLE001
         pass
-    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
-        raise WeightsUnavailable(
-            f"weights for {model_name} pretrained='{tag}' are not in the Hugging Face cache and "
-            "HF_HUB_OFFLINE is set; pass a local file with --pretrained /path/open_clip_model.safetensors")
-    host = _hub_host()
-    if not _resolves(host):
-        raise WeightsUnavailable(
-            f"weights for {model_name} pretrained='{tag}' are not in the Hugging Face cache and {host} "
-            "cannot be reached (no network); pass a local file with --pretrained /path/open_clip_model.safetensors")
+    what = f"the weights of {model_name} pretrained='{tag}' are not in the Hugging Face cache ({_hub_cache()})"
+    if _env_true("HF_HUB_OFFLINE"):
+        raise WeightsUnavailable(f"{what} and HF_HUB_OFFLINE is set", fetch_hint(model_name, tag))
+    host, port = _probe_address()
+    say(f"{what}; checking whether {host} answers (at most {PROBE_TIMEOUT_S:g} s) ...")
+    if not _reachable(host, port, PROBE_TIMEOUT_S):
+        raise WeightsUnavailable(f"{what} and {host} cannot be reached (no network?)",
+                                 fetch_hint(model_name, tag))
+    say(f"downloading the weights of {model_name} pretrained='{tag}' into the Hugging Face cache ...")
     try:
         model, _, preprocess = build(offline=False)
         return model, preprocess
     except Exception as e:  # noqa: BLE001
         raise WeightsUnavailable(
-            f"could not obtain weights for {model_name} pretrained='{tag}' (tried the Hugging Face cache, "
-            f"then a download: {_short(e)}); pass a local file with --pretrained /path/open_clip_model.safetensors"
-        ) from None
+            f"could not obtain the weights of {model_name} pretrained='{tag}' (tried the Hugging Face cache, "
+            f"then a download: {_short(e)})", fetch_hint(model_name, tag)) from None
 
 
-def _hub_host() -> str:
+# How long the reachability probe waits for a name lookup, then for a TCP connection: offline,
+# the hub client would otherwise retry for 20-46 s before it gives up.
+PROBE_TIMEOUT_S = 3.0
+
+
+def fetch_hint(model_name: str, tag: str) -> str:
+    """How to go on without these weights here: the exact command that fetches the checkpoint
+    file on a connected machine (the file open_clip itself downloads for this tag), the
+    --pretrained to pass once it is copied over, and the random-weights alternative."""
+    import open_clip
+
+    cfg = open_clip.get_pretrained_cfg(model_name, tag) or {}
+    repo, filename = _hub_file(cfg)
+    if repo:
+        filename = filename or open_clip.constants.HF_WEIGHTS_NAME
+        get = (f"pip install huggingface_hub && python -c \"from huggingface_hub import hf_hub_download; "
+               f"hf_hub_download('{repo}', '{filename}', local_dir='.')\"")
+    elif cfg.get("url"):
+        filename = cfg["url"].rstrip("/").rsplit("/", 1)[-1]
+        get = f"curl -L -o {filename} {cfg['url']}"
+    else:
+        return ("Pass a local checkpoint file with --pretrained /path/to/file, or go on with random weights "
+                "(a pipeline check only): --fallback-model curate-tiny, or --model curate-tiny --pretrained none")
+    return (f"To use them, on a machine with internet run: {get} ; copy {filename} here and pass "
+            f"--model {model_name} --pretrained /path/to/{filename} . To go on without them (random weights: "
+            f"a pipeline check only, the labels mean nothing): --fallback-model {TINY_MODEL}, or "
+            f"--model {TINY_MODEL} --pretrained none")
+
+
+def weights_cached(model_name: str, tag: str) -> bool:
+    """Whether open_clip finds these weights without the network: a local file, or the hub cache."""
+    if tag in ("", "none", "random"):
+        return False
+    if _looks_like_path(tag):
+        return Path(tag).expanduser().is_file()
+    import open_clip
+
+    repo, filename = _hub_file(open_clip.get_pretrained_cfg(model_name, tag) or {})
+    if not repo:
+        return False
+    from huggingface_hub import try_to_load_from_cache
+
+    names = [filename] if filename else [open_clip.constants.HF_SAFE_WEIGHTS_NAME, open_clip.constants.HF_WEIGHTS_NAME]
+    return any(isinstance(try_to_load_from_cache(repo, n), str) for n in names)
+
+
+def _hub_file(cfg: dict) -> tuple[str, str]:
+    """open_clip's `hf_hub` entry ('owner/repo/' or 'owner/repo/file') as (repo, file or '')."""
+    parts = (cfg.get("hf_hub") or "").strip("/").split("/")
+    return ("/".join(parts[:2]), "/".join(parts[2:])) if len(parts) >= 2 else ("", "")
+
+
+def _hub_cache() -> str:
+    try:
+        from huggingface_hub import constants
+
+        return str(constants.HF_HUB_CACHE)
+    except ImportError:  # pragma: no cover - open_clip depends on it
+        return "~/.cache/huggingface/hub"
+
+
+def _env_true(name: str) -> bool:
+    return os.environ.get(name, "").lower() in ("1", "true", "yes", "on")
+
+
+def _probe_address() -> tuple[str, int]:
+    """Where a download would connect first: the HTTPS proxy if one is set, else the hub's host."""
     from urllib.parse import urlparse
 
-    return urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or "huggingface.co"
-
-
-def _resolves(host: str) -> bool:
-    """A name lookup answers at once offline, where the hub client would retry for ~46 s."""
-    import socket
-
+    proxy = next((os.environ[k] for k in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")
+                  if os.environ.get(k)), None)
+    if proxy:
+        u = urlparse(proxy if "://" in proxy else "http://" + proxy)
+        return u.hostname or "localhost", u.port or 80
     try:
-        socket.getaddrinfo(host, 443)
-        return True
-    except OSError:
-        return False
+        from huggingface_hub import constants
+
+        endpoint = os.environ.get("HF_ENDPOINT") or constants.ENDPOINT
+    except ImportError:  # pragma: no cover
+        endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+    u = urlparse(endpoint)
+    return u.hostname or "huggingface.co", u.port or (80 if u.scheme == "http" else 443)
+
+
+def _reachable(host: str, port: int, timeout: float) -> bool:
+    """A name lookup and a TCP connection, each bounded by `timeout`: offline, this answers in
+    seconds where the hub client would retry for ~20-46 s (a resolver with no network can hang
+    too, so the lookup runs in a thread that is left behind when it does)."""
+    import socket
+    import threading
+
+    found: list = []
+
+    def lookup() -> None:
+        with contextlib.suppress(OSError):
+            found.extend(socket.getaddrinfo(host, port, type=socket.SOCK_STREAM))
+
+    t = threading.Thread(target=lookup, daemon=True)
+    t.start()
+    t.join(timeout)
+    for family, kind, proto, _name, addr in found[:3]:
+        with contextlib.suppress(OSError), socket.socket(family, kind, proto) as s:
+            s.settimeout(timeout)
+            s.connect(addr)
+            return True
+    return False
 
 
 def _looks_like_path(tag: str) -> bool:

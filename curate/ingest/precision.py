@@ -31,7 +31,8 @@ two were within 0.013 of each other. A run that misses a threshold takes bf16 ou
 bf16 and fp16 vectors agree with float32 ones to a cosine of >= 0.9999, so they are
 comparable with each other and with float32 ones: a workspace embedded in a reduced
 precision takes vectors of any precision. A workspace whose vectors are all float32
-holds one more promise, bit-for-bit agreement with open_clip's float32 output; vectors of
+holds one more promise, open_clip's float32 output (images bit for bit, text within 2e-7: the
+padding cut in model.py rounds the last bit); vectors of
 another precision would silently break it, so such a workspace stays float32 (`auto` keeps
 it, an explicit other precision is refused with what to do).
 """
@@ -119,7 +120,7 @@ def resolve(precision: str, device: str, have: list[str]) -> str:
         return "fp32" if exact else for_device(device)
     if exact and precision != "fp32":
         raise InputError(
-            f"this workspace's vectors are all float32 (bit-for-bit open_clip output); --precision {precision} "
+            f"this workspace's vectors are all float32 (open_clip's float32 output); --precision {precision} "
             "would mix in vectors that differ slightly from them: embed with --precision fp32 (or auto, which "
             "keeps it), or build a new workspace for reduced precision")
     return precision

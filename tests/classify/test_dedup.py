@@ -183,7 +183,7 @@ def test_caption_text_groups_normalise_whitespace_and_case(ws):
 
 def test_filter_dedup_keeps_one_per_group_and_unmatched_lists_the_rest(ws, tmp_path):
     run_cli("classify", "-w", ws)
-    assert "run `curate dedup` first" in run_cli("filter", "-w", ws, "--min-prob", "0", "--dedup", expect=1).output
+    assert f"run `curate dedup -w {ws}` first" in run_cli("filter", "-w", ws, "--min-prob", "0", "--dedup", expect=1).output
     run_cli("dedup", "-w", ws, "--threshold", "0.998")
     run_cli("filter", "-w", ws, "--min-prob", "0", "--out", tmp_path / "all.csv")
     out = run_cli("filter", "-w", ws, "--min-prob", "0", "--dedup", "--out", tmp_path / "kept.csv").output

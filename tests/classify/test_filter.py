@@ -180,3 +180,19 @@ def test_threshold_one_is_reachable(ws, tmp_path, tiny_encoder):
     assert write_subset(ws, FilterSpec(min_prob=1.0, mode="ensemble", text_min=0.0), None).kept == 12
     con = duckdb.connect(str(ws / "curate.duckdb"), read_only=True)
     assert con.execute("SELECT classified FROM coverage WHERE threshold = 1.0").fetchall() == [(12,)]
+
+
+def test_a_label_in_another_case_or_separator_is_the_one_label_it_names(classified, tmp_path):
+    """`--label Skyscraper`, `--label "bakery shop"`: the one label that matches up to case and
+    separators is taken, and said; the rows are the exact name's."""
+    top = top_by_id(classified)
+    label = max({lab for lab, _ in top.values()}, key=lambda lab: sum(v[0] == lab for v in top.values()))
+    spelled = label.replace("/", " ").replace("_", " ").upper()
+    assert spelled != label
+    exact = run_cli("filter", "-w", classified, "--label", label, "--min-prob", "0", "--out", tmp_path / "a.csv")
+    loose = run_cli("filter", "-w", classified, "--label", spelled, "--min-prob", "0", "--out", tmp_path / "b.csv")
+    assert f"note: --label '{spelled}' taken as the label {label}" in loose.output
+    assert "taken as" not in exact.output
+    assert read_out(tmp_path / "a.csv") == read_out(tmp_path / "b.csv") and len(read_out(tmp_path / "a.csv"))
+    r = run_cli("filter", "-w", classified, "--label", "bakery", "--min-prob", "0", expect=1)
+    assert "unknown label 'bakery' (closest: bakery/shop" in r.output   # a part of a name is not a match

@@ -120,3 +120,24 @@ def test_cli_labels(tmp_path):
     ens = run_cli("labels", "--prompts", "ensemble").output
     assert "a blurry photo of a skyscraper." in ens
     assert "unknown prompts" in run_cli("labels", "--prompts", "nope", expect=1).output
+
+
+def test_labels_match_up_to_case_and_separators_when_one_label_fits():
+    from curate.classify.labels import match_labels
+
+    known = load_label_set("places205").labels
+    assert match_labels(["Skyscraper", "bakery shop", "Bakery_Shop", "skyscraper"], known) == [
+        ("Skyscraper", "skyscraper"), ("bakery shop", "bakery/shop"), ("Bakery_Shop", "bakery/shop"),
+        ("skyscraper", "skyscraper")]
+    # the readable form a prompt uses names its label too
+    assert match_labels(["Outdoor apartment building"], known) == [
+        ("Outdoor apartment building", "apartment_building/outdoor")]
+    with pytest.raises(UnknownLabel, match=r"'bakery' \(closest: bakery/shop"):
+        match_labels(["bakery"], known)
+    # two labels that differ only in case or separators: neither is guessed
+    mine = ["hot_dog", "hot dog", "Dog", "dog"]
+    assert match_labels(["hot_dog", "Dog"], mine) == [("hot_dog", "hot_dog"), ("Dog", "Dog")]
+    with pytest.raises(UnknownLabel, match=r"'HOT-DOG' matches 2 labels \(hot_dog, hot dog\): give one of them"):
+        match_labels(["HOT-DOG"], mine)
+    with pytest.raises(UnknownLabel, match=r"'DOG' matches 2 labels"):
+        match_labels(["DOG"], mine)

@@ -190,3 +190,30 @@ def test_one_short_class_is_said_in_the_singular(tmp_path):
     ws = fake_workspace(tmp_path / "ws", preds)
     out = run_cli("sample", "-w", ws.root, "--top-classes", "2", "--per-class", "2").output
     assert "NOTE: 3 images drawn, not 2 x 2 = 4: 1 class has fewer than 2 images (patio 1)" in out
+
+
+def test_every_command_a_message_says_to_run_names_the_workspace_given(built_workspace, tmp_path):
+    """`run `curate classify` first` from filter, sample, compare, labels, report, review: the
+    command to run names `-w WS` as the user gave it, so it runs as printed; one that names its
+    own workspace already, or needs none (`--label-set`), is left as it is."""
+    from curate.cli import name_workspace
+
+    ws = tmp_path / "my photos ws"     # a space: quoted as a shell would need it
+    shutil.copytree(built_workspace, ws)
+    quoted = f"'{ws}'"
+    for args in (("filter", "--min-prob", "0.5"), ("sample",), ("compare", "a", "b")):
+        r = run_cli(*args, "-w", ws, expect=1)
+        assert f"run `curate classify -w {quoted}` first" in r.output, r.output
+    r = run_cli("labels", "-w", ws, expect=1)   # its message names the workspace itself: left as it is
+    assert f"run `curate classify -w {ws}` first" in r.output and "`curate labels --label-set NAME`" in r.output
+    for args in (("report",), ("review", "--out", tmp_path / "sheet.csv")):
+        assert f"run `curate sample -w {quoted}` first" in run_cli(*args, "-w", ws, expect=1).output
+    # the rule itself, on the messages' other shapes
+    assert name_workspace("run `curate classify --name x` again", "w") == "run `curate classify -w w --name x` again"
+    assert name_workspace("run `curate build-index` first", "w") == "run `curate build-index SOURCE -w w` first"
+    assert name_workspace("run `curate build-index SOURCE -w w2` first", "w") == \
+        "run `curate build-index SOURCE -w w2` first"
+    assert name_workspace("run `curate classify` first", None) == "run `curate classify` first"
+    # "the same `curate classify` command" is the user's own command line: not rewritten
+    assert name_workspace("run the same `curate classify` command again", "w") == \
+        "run the same `curate classify` command again"

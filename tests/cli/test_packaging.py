@@ -21,3 +21,25 @@ def test_wheel_carries_code_sql_recipes_and_static_files(tmp_path):
     expected |= {f"curate/indexes/{p.name}" for p in (ROOT / "indexes").glob("*.json")}
     missing = sorted(expected - names)
     assert not missing, f"missing from the wheel: {missing}"
+
+
+def test_make_demo_installs_the_main_job_only_and_make_test_adds_the_test_tools(tmp_path):
+    """`make demo` installs what the main job needs (torch, curate, one FAISS); the test tools
+    (pytest, playwright, Ray ...) come with `make test` (and `.ci/run`, which runs it). Read from
+    make's own plan (-n: nothing runs; -B: as on a fresh clone)."""
+    import shutil
+
+    import pytest
+
+    if shutil.which("make") is None:
+        pytest.skip("no make here")
+
+    def pip_lines(target: str) -> list[str]:
+        plan = subprocess.run(["make", "-n", "-B", target, f"VENV={tmp_path / 'venv'}"], cwd=ROOT, check=True,
+                              capture_output=True, text=True).stdout
+        return [line for line in plan.splitlines() if "pip install" in line]
+
+    demo = pip_lines("demo")
+    assert demo[-1].endswith("-e '.[cpu]'") and not any("test]" in line for line in demo)
+    assert pip_lines("test")[-1].endswith("-e '.[cpu,test]'")
+    assert "make test" in (ROOT / ".ci" / "run").read_text()

@@ -29,7 +29,8 @@ def _normalise(text: str, root: str) -> list[str]:
     text = re.sub(r"\b\d+\.\d s\b", "<t> s", text)          # run times
     text = re.sub(r"[\d.]+ ms a query, [\d,]+ q/s batched", "<t> ms a query, <n> q/s batched", text)  # index speed
     # why the hub cannot be had: offline here (HF_HUB_OFFLINE, as in tests), no network in the README's run
-    text = re.sub(r"Hugging Face cache and [^;]*;", "Hugging Face cache and <why>;", text)
+    # (and where that cache is: under the test's own HOME)
+    text = re.sub(r"Hugging Face cache \([^)]*\) and [^;]*;", "Hugging Face cache (<cache>) and <why>;", text)
     # a step that runs longer than progress.LOG_EVERY_S (a loaded machine) logs plain progress lines
     # ("scoring: 10/10 vectors (100%), 1.0 vectors/s, 0s left" and a closing "... in 12s (...)"):
     # how long a step takes is not what this test pins
@@ -39,8 +40,8 @@ def _normalise(text: str, root: str) -> list[str]:
 
 def test_readme_demo_block_is_the_real_output(tmp_path):
     readme = (REPO / "README.md").read_text(encoding="utf-8")
-    block = readme.split("```\nweights for ViT-B-32", 1)[1].split("```", 1)[0]
-    block = "weights for ViT-B-32" + block
+    block = readme.split("```\nthe weights of ViT-B-32", 1)[1].split("```", 1)[0]
+    block = "the weights of ViT-B-32" + block
     shutil.copytree(REPO / "samples", tmp_path / "samples")
     commands = _demo_commands()
     assert [c[0] for c in commands] == ["build-index", "classify", "classify", "sql", "filter", "compare"]

@@ -330,3 +330,24 @@ def test_the_server_saves_marks_into_the_database_while_it_runs(ws):
         assert stored_marks(ws) == {item.id: "skip"} and journal.pending(ws) == 0
     finally:
         assert srv.stop() == 0
+
+
+def test_a_second_review_of_a_workspace_points_to_the_open_page(ws):
+    """`curate review` twice on one workspace: the second names the first's page and process
+    (exit 5) instead of opening another page on another port; one killed leaves a record that
+    no longer counts, and one stopped removes it."""
+    from curate.validate.review.server import RECORD, running_review
+
+    srv = Server(ws)
+    try:
+        assert srv.items()                # it serves (Ctrl-C before that would be the start-up's)
+        r = run_cli("review", "-w", ws, "--no-browser", expect=5)
+        assert f"a review page of {ws} is already open at {srv.url} (process {srv.proc.pid}, review set " in r.output
+        assert running_review(ws).url == srv.url
+    finally:
+        code, _out, _err = srv.stop()
+    assert code == 0 and not (ws / RECORD).exists() and running_review(ws) is None
+    srv = Server(ws)
+    assert srv.items()
+    srv.stop(signal.SIGKILL)          # no time to remove its record
+    assert (ws / RECORD).exists() and running_review(ws) is None

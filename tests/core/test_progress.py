@@ -135,3 +135,20 @@ def test_build_index_progress_on_a_terminal_and_in_a_log(tmp_path):
     quiet = subprocess.run([sys.executable, "-m", "curate.cli", "--quiet", "classify", "-w", str(tmp_path / "ws2")],
                            capture_output=True, text=True, check=True)
     assert "scoring" not in quiet.stderr and "classified 3 images and 3 captions" in quiet.stdout
+
+
+def test_a_step_that_learns_its_size_late_rates_its_own_work_only():
+    """classify's "scoring" bar is made before the model loads and learns its total after
+    (reset): in a log, the rate and the time are the scoring's, as on a terminal."""
+    out, clock = io.StringIO(), Clock()
+    with Progress("scoring", 0, "vector", stream=out, every=10, clock=clock, enabled=True) as p:
+        clock.t += 20                # the model loads, the label prompts are encoded
+        p.reset(300)
+        clock.t += 1
+        p.update(100)
+        clock.t += 9
+        p.update(100)                # 10 s of scoring: a line
+        clock.t += 5
+        p.update(100)
+    assert out.getvalue().splitlines() == ["scoring: 200/300 vectors (67%), 20.0 vectors/s, 5s left",
+                                           "scoring: 300 vectors in 15s (20.0 vectors/s)"]

@@ -185,3 +185,19 @@ def test_auto_on_a_native_bf16_cpu_embeds_a_new_workspace_in_bf16_weights(tmp_pa
     x = torch.stack([ref.preprocess(Image.open(p).convert("RGB")) for p in sorted(photos.glob("*.jpg"))])
     order = np.argsort(ids)
     assert np.min(np.sum(ref.encode_image_tensor(x) * vecs[order], axis=1)) > 0.99   # bf16, not another image
+
+
+def test_fp32_agrees_with_open_clip_as_the_readme_says(tiny_encoder):
+    """README, Precision: in float32, image vectors are open_clip's bit for bit; text vectors
+    (padding cut to the batch's longest text) within 2e-7 a component of open_clip's full
+    77-token pass, not necessarily bit for bit."""
+    from conftest import CAPTIONS
+
+    enc = tiny_encoder
+    texts = [c or "x" for c in CAPTIONS] + ["a " * 60]     # short, long, emoji, CJK; one near the limit
+    with torch.inference_mode():
+        full = torch.nn.functional.normalize(enc.model.encode_text(enc.tokenize(texts)).float(), dim=-1).numpy()
+        images = torch.rand(4, 3, enc.image_size, enc.image_size, generator=torch.Generator().manual_seed(0))
+        ref = torch.nn.functional.normalize(enc.model.encode_image(images).float(), dim=-1).numpy()
+    assert np.abs(enc.encode_text(texts) - full).max() <= 2e-7
+    assert np.array_equal(enc.encode_image_tensor(images), ref)

@@ -23,12 +23,16 @@ Content-Length) gets a JSON error and the server goes on; nothing reaches its st
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import mimetypes
+import os
 import re
+import socket
 import sys
 import threading
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -297,6 +301,52 @@ class _Server(ThreadingHTTPServer):
                   file=sys.stderr)
 
 
+# ws/<RECORD>: the review page serving this workspace (pid, host, url, set), written when it
+# starts and removed when it stops, so that a second `curate review` points to it instead of
+# opening another page on another port (one killed leaves it behind: its pid is gone then).
+RECORD = "review-server.json"
+
+
+@dataclass(frozen=True)
+class Running:
+    """A review page of a workspace served by another live process."""
+    pid: int
+    url: str
+    set_name: str
+
+
+def running_review(ws: Workspace | str | Path) -> Running | None:
+    """The review page another process on this machine serves for this workspace, or None
+    (no record, or one left by a process that is gone or no longer answers)."""
+    root = ws.root if isinstance(ws, Workspace) else Path(ws)
+    try:
+        rec = json.loads((root / RECORD).read_text(encoding="utf-8"))
+        pid, url, host = int(rec["pid"]), str(rec["url"]), str(rec["host"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if host != socket.gethostname() or pid == os.getpid() or not _alive(pid):
+        return None
+    try:  # the pid may have been reused since: the page itself must answer
+        port = int(url.rstrip("/").rsplit(":", 1)[1])
+        with socket.create_connection((HOST, port), timeout=2):
+            pass
+    except (OSError, ValueError, IndexError):
+        return None
+    return Running(pid, url, str(rec.get("set", "")))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    except OSError:
+        return False
+    return True
+
+
 class ReviewServer:
     """Serve one review set on http://127.0.0.1:<port>/ (port 0 = any free port)."""
 
@@ -304,6 +354,10 @@ class ReviewServer:
                  fold_every: float | None = None):
         self.app = ReviewApp(ws if isinstance(ws, Workspace) else Workspace(ws), set_name)
         self._httpd = _Server(self.app, port)
+        self._record = self.app.ws.root / RECORD
+        with contextlib.suppress(OSError):  # only a hint for a second `curate review`: never a reason to fail
+            self._record.write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "url": self.url,
+                                                "set": self.app.set.name}), encoding="utf-8")
         self._thread: threading.Thread | None = None
         self.fold_every = FOLD_EVERY_S if fold_every is None else fold_every
         self._stop = threading.Event()
@@ -349,6 +403,9 @@ class ReviewServer:
         if self._thread is not None:  # shutdown() waits for serve_forever, so only if it runs
             self._httpd.shutdown()
         self._httpd.server_close()
+        with contextlib.suppress(OSError, ValueError):
+            if json.loads(self._record.read_text(encoding="utf-8")).get("url") == self.url:
+                self._record.unlink()
         if self._thread is not None:
             self._thread.join(timeout=5)
         self._stop.set()
