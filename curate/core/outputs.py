@@ -30,9 +30,8 @@ from .workspace import DB_NAME
 
 PARTIAL = ".curate-partial"    # suffix of a file being written; renamed to its name when whole
 # A workspace's own entries at its root: the database and what DuckDB keeps beside it
-# (curate.duckdb.wal, .tmp), the journal and anything named after it, its set-aside bad lines, the
-# running review page's address,
-# the shard and index folders, the app's folder.
+# (curate.duckdb.wal, .tmp), the journal and anything named after it, its set-aside bad lines,
+# the running review page's address; the shard and index folders, the app's folder.
 _OWN_PREFIXES = (DB_NAME, JOURNAL_NAME, JOURNAL_REJECTED, "review-server.json")
 _OWN_FOLDERS = ("embeddings", "indexes", "app")  # app: `curate app`'s thumbnails and browsing marks
 
