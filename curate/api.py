@@ -54,7 +54,7 @@ from .ingest.model import (
 )
 from .ingest.scan import scan_into
 from .ingest.sources import detect_source, scanned_extensions
-from .validate import calibration, compare_render, report_render, sampling
+from .validate import calibration, collection, compare_render, report_render, sampling
 from .validate import compare as compare_mod
 from .validate import report as report_mod
 from .validate.review import marks as marks_mod
@@ -477,6 +477,8 @@ class Filtered:
     result: FilterResult
     # with calibrated=True and nothing kept: which classes' thresholds the marks could not reach
     unreachable: str | None = None
+    # the subset's precision estimated from the marks of random review sets (validate/collection.py)
+    precision: collection.SubsetPrecision | None = None
 
     @property
     def kept(self) -> int:
@@ -508,7 +510,7 @@ def filter(workspace: str | Path = "ws", *, labels: Iterable[str] = (), min_prob
            copy_to: str | Path | None = None, link_to: str | Path | None = None,
            clean: bool = False, classification: str | None = None, dedup: bool = False,
            format: str | None = None, shard_size: int = SHARD_SIZE,  # noqa: A002
-           with_embeddings: bool = False) -> Filtered:
+           with_embeddings: bool = False, level: float = 0.95) -> Filtered:
     """Cut a labelled subset (or what cleaning drops) out of a classified workspace.
 
     The options are `curate filter`'s; `where` takes "COLUMN=VALUE" strings or (column,
@@ -518,6 +520,8 @@ def filter(workspace: str | Path = "ws", *, labels: Iterable[str] = (), min_prob
     vectors beside it. `copy_to`/`link_to` a folder.
     `classification`: a named classification (default: the active one). `dedup`: one image per
     duplicate group (`api.dedup` first); with `unmatched`, the selection's rows dedup leaves out.
+    `precision` on the result: the subset's precision estimated from random review marks, with
+    its interval at `level`.
     """
     ws_path = must_exist(workspace)
     spec = FilterSpec(labels=tuple(labels), min_prob=min_prob, mode=mode, unmatched=unmatched,
@@ -533,9 +537,12 @@ def filter(workspace: str | Path = "ws", *, labels: Iterable[str] = (), min_prob
         ("--calibrated", calibrated), ("--where", spec.where), ("--format", format), ("--out", out),
         ("--shard-size", shard_size if format == "webdataset" else None), ("--with-embeddings", with_embeddings),
         ("--copy-to", copy_to), ("--link-to", link_to), ("--clean", clean)])
+    est: list[collection.SubsetPrecision] = []
     r = write_subset(ws_path, spec, out, copy_to=copy_to, link_to=link_to, clean=clean, fmt_name=format,
-                     shard_size=shard_size, with_embeddings=with_embeddings, command=command)
-    return Filtered(spec, r, _explain_calibrated_nothing(ws_path, spec) if calibrated and r.kept == 0 else None)
+                     shard_size=shard_size, with_embeddings=with_embeddings, command=command,
+                     inspect=lambda con: est.append(collection.for_filter(con, spec, level)))
+    return Filtered(spec, r, _explain_calibrated_nothing(ws_path, spec) if calibrated and r.kept == 0 else None,
+                    est[0] if est else None)
 
 
 def _explain_calibrated_nothing(ws_path: Path, spec: FilterSpec) -> str | None:
@@ -646,7 +653,7 @@ class ReportResult:
 def report(workspace: str | Path | None = "ws", *, set_name: str | None = None, marks: str | Path | None = None,
            out: str | Path = "report", min_hit_rate: float = report_mod.DEFAULT_MIN_HIT_RATE,
            target_precision: float = 0.9, min_support: int = 10, grid_size: int = 24,
-           classification: str | None = None) -> ReportResult:
+           classification: str | None = None, level: float = 0.95, interval: str = "wilson") -> ReportResult:
     """Accuracy per class, the threshold table, coverage and calibration from the review marks,
     written to the folder `out` (CSV, HTML, PNG; replaced whole).
 
@@ -654,13 +661,19 @@ def report(workspace: str | Path | None = "ws", *, set_name: str | None = None, 
     CSV sheet `marks` (label, prob, mark) instead of the workspace. The calibration fitted on
     the marks is saved in the workspace for `filter(calibrated=True)`. The report reads the
     classification the set was drawn from; `classification` picks the latest set drawn from it.
+    Every estimate comes with its interval at `level`; `interval`: "wilson" or "exact"
+    (Clopper-Pearson) for the proportions (curate/validate/intervals.py).
     """
+    if not 0 < level < 1:
+        raise InputError(f"--level must lie strictly between 0 and 1, not {level}")
+    if interval not in report_mod.intervals.METHODS:
+        raise InputError(f"--interval must be one of {', '.join(report_mod.intervals.METHODS)}, not {interval!r}")
     out = Path(out)
     cal = None
     no_cal = not_saved = None
     problems: list[str] = []
     if marks is not None:
-        rep = report_mod.from_sheet(marks, min_hit_rate)
+        rep = report_mod.from_sheet(marks, min_hit_rate, level, interval)
         problems = list(rep.problems)
     else:
         ws_path = must_exist(workspace if workspace is not None else "ws")
@@ -668,7 +681,7 @@ def report(workspace: str | Path | None = "ws", *, set_name: str | None = None, 
         try:
             rs = sampling.get_set(con, set_name, classification)
             registry.select(con, rs.classification if registry.exists(con, rs.classification or "") else None)
-            rep = report_mod.from_workspace(con, rs.name, min_hit_rate)
+            rep = report_mod.from_workspace(con, rs.name, min_hit_rate, level, interval)
             try:
                 cal = calibration.fit(con, rep.main.name, target_precision, min_support)
                 rep.calibration = cal

@@ -74,6 +74,8 @@ def filter_cmd(ws_path: Path, classification: str | None, labels: tuple[str, ...
                    with_embeddings=with_embeddings)
     r = f.result
     echo(safe(f.summary()))
+    for line in (f.precision.lines() if f.precision is not None else []):
+        echo(safe(line))
     x = r.exported
     if x is not None and x.shards:
         echo(safe(f"wrote {x.samples:,} samples in {len(x.shards):,} shards ({x.bytes / 1e6:,.1f} MB): "
