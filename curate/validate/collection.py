@@ -22,7 +22,7 @@ import duckdb
 from ..classify import registry
 from ..core import sql
 from . import intervals, sampling
-from .intervals import NONE, Estimate
+from .intervals import NONE, Estimate, pct_ci
 
 
 @dataclass(frozen=True)
@@ -85,8 +85,6 @@ class SubsetPrecision:
 
     def lines(self) -> list[str]:
         """What `curate filter` prints."""
-        from .report import pct_ci
-
         if self.why_none is not None:
             return [self.why_none]
         out = []

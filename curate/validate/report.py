@@ -25,7 +25,6 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from decimal import ROUND_DOWN, Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -35,7 +34,7 @@ from ..classify.calibrated import Calibration
 from ..classify.state import require_complete
 from ..core import sql
 from . import intervals, sampling
-from .intervals import NONE, Estimate
+from .intervals import NONE, Estimate, count_ci, fmt4, num_ci, pct, pct_ci  # noqa: F401 (the report's text forms)
 
 if TYPE_CHECKING:
     from .collection import ThresholdPrecision
@@ -157,58 +156,8 @@ class Report:
 
 # -- formatting -----------------------------------------------------------------------
 
-def fmt4(x: float | None) -> str:
-    """4 decimals, truncated toward zero as in the study; '' for undefined."""
-    if x is None or (isinstance(x, float) and math.isnan(x)):
-        return ""
-    if math.isinf(x):
-        return "inf"
-    # 12 significant digits first: a mean of 0.46 computed as 0.45999999999999996 must
-    # print as 0.4600, not 0.4599 (no rate here needs more digits to truncate right)
-    return str(Decimal(f"{float(x):.12g}").quantize(Decimal("0.0001"), rounding=ROUND_DOWN))
-
-
 def fmt_t(t: float) -> str:
     return f"{t:.1f}"
-
-
-def pct(x: float | None) -> str:
-    if x is None:
-        return ""
-    v = 100 * x
-    return f"{v:.0f}%" if abs(v - round(v)) < 1e-9 else f"{v:.1f}%"
-
-
-def pct_ci(e: Estimate) -> str:
-    """'96% (90-99%)': the estimate as `pct` prints it, the interval in whole percents
-    (outward: the low end rounded down, the high end up, so the printed interval holds
-    the computed one)."""
-    if e.value is None:
-        return ""
-    if e.low is None or e.high is None:
-        return pct(e.value)
-    return f"{pct(e.value)} ({math.floor(100 * e.low + 1e-9):.0f}-{math.ceil(100 * e.high - 1e-9):.0f}%)"
-
-
-def num_ci(e: Estimate, digits: int = 2) -> str:
-    """'1.3373 (1.18-1.52)': the estimate with 4 decimals (truncated, as the study), the
-    interval with `digits` (outward); an end the marks do not bound is '?'."""
-    if e.value is None:
-        return ""
-    q = 10 ** digits
-
-    def end(x: float | None, f) -> str:
-        return "?" if x is None else f"{f(x * q - 1e-9 if f is math.ceil else x * q + 1e-9) / q:.{digits}f}"
-    return f"{fmt4(e.value)} ({end(e.low, math.floor)}-{end(e.high, math.ceil)})"
-
-
-def count_ci(e: Estimate) -> str:
-    """'7,114 (6,670-7,337)': a count of images with its interval (whole images)."""
-    if e.value is None:
-        return ""
-    lo = "?" if e.low is None else f"{math.floor(e.low + 1e-9):,}"
-    hi = "?" if e.high is None else f"{math.ceil(e.high - 1e-9):,}"
-    return f"{round(e.value):,} ({lo}-{hi})"
 
 
 # -- marks in --------------------------------------------------------------------------
