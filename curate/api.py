@@ -54,7 +54,7 @@ from .ingest.model import (
 )
 from .ingest.scan import scan_into
 from .ingest.sources import detect_source, scanned_extensions
-from .validate import calibration, collection, compare_render, report_render, sampling
+from .validate import calibration, collection, compare_render, ppi, report_render, sampling
 from .validate import compare as compare_mod
 from .validate import report as report_mod
 from .validate.review import marks as marks_mod
@@ -687,6 +687,8 @@ def report(workspace: str | Path | None = "ws", *, set_name: str | None = None, 
                 rep.calibration = cal
             except ValueError as e:  # too few marks, or a temperature the marks do not pin down
                 no_cal = str(e)
+            else:
+                rep.ppi = ppi.estimates(con, cal, level)
         finally:
             con.close()
         if cal is not None:  # saving it for `filter --calibrated` takes the write lock for a moment

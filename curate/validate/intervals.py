@@ -247,11 +247,12 @@ def threshold_stability(labels: Sequence[str], prob: Sequence[float], hit: Seque
 # -- prediction-powered inference ---------------------------------------------------------
 
 def ppi_mean(y: Sequence[float], f_marked: Sequence[float], f_all: Sequence[float],
-             level: float = DEFAULT_LEVEL) -> tuple[Estimate, float]:
+             level: float = DEFAULT_LEVEL) -> tuple[Estimate, float, float]:
     """A class's accuracy from its marks y (1 hit, 0 miss) and a prediction f of each
     image's chance of being a hit (the calibrated probability): on the marked images
     (f_marked, aligned with y) and on every image of the class (f_all). Returns the
-    estimate and the power-tuning weight lambda.
+    estimate, the power-tuning weight lambda and the effective sample size (the n whose
+    binomial variance is the estimate's: the marks' n times the variance reduction).
 
     PPI++ (Angelopoulos, Duchi, Zrnic 2023): theta = mean(y) + lambda (mean(f_all) -
     mean(f_marked)), unbiased for any f and any fixed lambda (lambda = 0 is the classical
@@ -266,10 +267,10 @@ def ppi_mean(y: Sequence[float], f_marked: Sequence[float], f_all: Sequence[floa
     fa = np.asarray(f_all, np.float64)
     n, N = len(yy), len(fa)
     if n == 0:
-        return NONE, 0.0
+        return NONE, 0.0, 0.0
     classical = proportion(int(yy.sum()), n, level)
-    if n < 2 or N < 2 or np.var(f) <= 0 or np.var(yy) <= 0:
-        return classical, 0.0
+    if n < 2 or N < 2 or np.ptp(f) <= 0 or np.ptp(yy) <= 0:   # a constant says nothing
+        return classical, 0.0, float(n)
     cov = float(np.cov(yy, f, ddof=1)[0, 1])
     lam = float(np.clip(cov / ((1 + n / N) * np.var(f, ddof=1)), 0.0, 1.0))
     theta = float(yy.mean() + lam * (fa.mean() - f.mean()))
@@ -278,7 +279,7 @@ def ppi_mean(y: Sequence[float], f_marked: Sequence[float], f_all: Sequence[floa
     n_eff = n * var_y / var if var > 0 else n
     theta = min(max(theta, 0.0), 1.0)
     lo, hi = wilson(theta, n_eff, level)
-    return Estimate(theta, min(lo, theta), max(hi, theta), n), lam
+    return Estimate(theta, min(lo, theta), max(hi, theta), n), lam, float(n_eff)
 
 
 # -- the sequential review -----------------------------------------------------------------

@@ -38,6 +38,7 @@ from .intervals import NONE, Estimate, count_ci, fmt4, num_ci, pct, pct_ci  # no
 
 if TYPE_CHECKING:
     from .collection import ThresholdPrecision
+    from .ppi import PPIReport
 
 # The report's queries (queries/<name>.sql): table macros over a relation of marks.
 REPORT_QUERIES = ("report_thresholds", "report_class_accuracy", "report_summary")
@@ -152,6 +153,8 @@ class Report:
     coverage: dict[str, list[tuple[float, int, float]]] = field(default_factory=dict)
     calibration: Calibration | None = None
     problems: list[str] = field(default_factory=list)
+    # prediction-powered estimates beside the classical ones (ppi.py), when a calibration exists
+    ppi: PPIReport | None = None
 
 
 # -- formatting -----------------------------------------------------------------------

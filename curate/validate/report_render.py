@@ -158,6 +158,8 @@ def _write_into(report: Report, out: Path, grid_size: int) -> list[Path]:
                                                            fmt4(report.coverage[s][i][2]))]
                 for i, (t, _n, _s) in enumerate(first)]
         csv_file("coverage.csv", ["threshold"] + [f"{s}_{c}" for s in sources for c in ("classified", "share")], rows)
+    if report.ppi is not None:
+        csv_file("ppi.csv", PPI_COLUMNS, ppi_rows(report))
     cal = report.calibration
     if cal is not None:
         csv_file("calibration.csv", ("key", "value"), calibration_summary_rows(cal))
@@ -224,6 +226,9 @@ def text_tables(report: Report) -> str:
     if cal is not None:
         lines.append("")
         lines += calibration_text_lines(cal)
+    if report.ppi is not None:
+        lines.append("")
+        lines += ppi_text_lines(report)
     return "\n".join(lines)
 
 
@@ -306,6 +311,13 @@ def render_html(report: Report, figures: Sequence[Path], grids: dict[str, tuple[
     cal = report.calibration
     if cal is not None:
         parts.append("<h2>Calibration</h2>" + calibration_html(cal))
+    if report.ppi is not None:
+        parts.append("<h2>Prediction-powered estimates (PPI++)</h2><p class='note'>Each class's accuracy from "
+                     "its marks alone (classical) and from its marks plus the calibrated probability of every "
+                     "image of the class (PPI++: unbiased whatever the calibration, narrower the better it tells "
+                     "hits from misses; &lambda; = 0 is the classical estimate). docs/validation.md says when "
+                     "each is valid.</p>" + _table(PPI_COLUMNS[:2] + ("classical", "PPI++", "lambda"),
+                                                    [[r[0], r[1], r[2], r[3], r[4]] for r in ppi_text_rows(report)]))
     if figures:
         parts.append("<h2>Plots</h2>" + "".join(
             f"<p><img class='plot' src='{e(p.relative_to(out).as_posix())}' alt='{e(p.stem)}'></p>" for p in figures))
@@ -349,6 +361,41 @@ def _threshold_html(sr: SourceReport) -> str:
                  "and named).</p>" + _table(["threshold", "images kept", "with marks", "precision",
                                              "classes without marks"], rows))
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>{note}"
+
+
+# -- prediction-powered --------------------------------------------------------------
+
+PPI_COLUMNS = ("class", "images", "classical", "classical_low", "classical_high", "ppi", "ppi_low", "ppi_high",
+               "lambda")
+
+
+def _ppi_all(report: Report) -> list[tuple[str, str, Estimate, Estimate, str]]:
+    p = report.ppi
+    if p is None:
+        return []
+    rows = [(r.label, str(r.images), r.classical, r.ppi, f"{r.lam:.3f}") for r in p.rows]
+    rows.append(("mean of classes", "", p.mean_classical, p.mean_ppi, ""))
+    rows.append(("weighted by frequency", str(sum(r.images for r in p.rows)), p.weighted_classical,
+                 p.weighted_ppi, ""))
+    return rows
+
+
+def ppi_rows(report: Report) -> list[list[str]]:
+    return [[label, n, fmt4(c.value), lo4(c), hi4(c), fmt4(q.value), lo4(q), hi4(q), lam]
+            for label, n, c, q, lam in _ppi_all(report)]
+
+
+def ppi_text_rows(report: Report) -> list[tuple[str, str, str, str, str]]:
+    return [(label, n, pct_ci(c), pct_ci(q), lam) for label, n, c, q, lam in _ppi_all(report)]
+
+
+def ppi_text_lines(report: Report) -> list[str]:
+    out = [f"prediction-powered (PPI++, marks + the calibrated probability of every image) beside the classical "
+           f"({report.main.level:.0%} intervals):",
+           f"  {'class':<24} {'classical':<15} {'PPI++':<15} lambda"]
+    for label, _n, c, q, lam in ppi_text_rows(report):
+        out.append(f"  {label[:24]:<24} {c:<15} {q:<15} {lam}".rstrip())
+    return out
 
 
 # -- calibration ---------------------------------------------------------------------

@@ -205,3 +205,27 @@ def test_cli_report_level_and_exact_intervals(tmp_path):
     assert float(row["accuracy_low"]) <= ci.low and float(row["accuracy_high"]) >= ci.high
     assert float(row["accuracy_low"]) == pytest.approx(ci.low, abs=1e-4)
     run_cli("report", "--marks", sheet, "--out", tmp_path / "r", "--level", "1", expect=2)
+
+
+def test_report_gives_ppi_beside_the_classical_estimates_when_calibrated(ws, tmp_path):
+    run_cli("sample", "-w", ws, "--top-classes", "3", "--per-class", "4", "--seed", "7")
+    con = Workspace(ws).connect()
+    rs = sampling.get_set(con)
+    for k, it in enumerate(marks.rows(con, rs.name)):
+        marks.set_mark(con, it.id, it.label, "hit" if k % 2 == 0 else "miss")
+    con.close()
+    out = tmp_path / "r"
+    r = run_cli("report", "-w", ws, "--out", out, "--target-precision", "0.5", "--min-support", "1")
+    assert "calibration: temperature" in r.output and "prediction-powered (PPI++" in r.output
+    with open(out / "ppi.csv", newline="", encoding="utf-8") as f:
+        rows = {row["class"]: row for row in csv.DictReader(f)}
+    with open(out / "class_accuracy.csv", newline="", encoding="utf-8") as f:
+        acc = {row["class"]: row for row in csv.DictReader(f)}
+    for label, a in acc.items():
+        if a["accuracy"]:
+            # the classical column is Table 2's; PPI's interval holds its own estimate
+            assert (rows[label]["classical"], rows[label]["classical_low"], rows[label]["classical_high"]) == (
+                a["accuracy"], a["accuracy_low"], a["accuracy_high"])
+            assert float(rows[label]["ppi_low"]) <= float(rows[label]["ppi"]) <= float(rows[label]["ppi_high"])
+            assert int(rows[label]["images"]) == int(a["frequency"])
+    assert "Prediction-powered estimates (PPI++)" in (out / "index.html").read_text(encoding="utf-8")
