@@ -610,19 +610,23 @@ class Sample:
 
 def sample(workspace: str | Path = "ws", *, top_classes: int = 10, per_class: int = 100, seed: int = 0,
            mode: str = "image", set_name: str | None = None, replace: bool = False,
-           where: Iterable[str] | Iterable[tuple[str, str]] = (), classification: str | None = None) -> Sample:
+           where: Iterable[str] | Iterable[tuple[str, str]] = (), classification: str | None = None,
+           target_width: float | None = None) -> Sample:
     """Draw a review set: the study's stratified sample, reproducible from its seed.
 
     The options are `curate sample`'s: `mode` whose predictions (image, caption, ensemble),
     `set_name` the set's name (default: MODE-topNxM-seedS), `classification` the named
     classification to draw from (default: the active one; the set remembers it).
+    `target_width`: a sequential review: the page moves on from a class once its interval is
+    at most this wide (0.2 = +/-10 points); `per_class` is then the most a class may take.
     """
     ws_path = must_exist(workspace)
     con = Workspace(ws_path).connect()
     try:
         sampling.ensure_schema(con)
         rs = sampling.draw(con, source=mode, top_classes=top_classes, per_class=per_class, seed=seed,
-                           name=set_name, replace=replace, where=_where(where), classification=classification)
+                           name=set_name, replace=replace, where=_where(where), classification=classification,
+                           target_width=target_width)
         found = sampling.classes(con, rs.name)
         drawn = dict(con.execute("SELECT label, count(*) FROM review_items WHERE set_name = ? GROUP BY label",
                                  [rs.name]).fetchall())

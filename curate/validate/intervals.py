@@ -284,20 +284,31 @@ def ppi_mean(y: Sequence[float], f_marked: Sequence[float], f_all: Sequence[floa
 
 # -- the sequential review -----------------------------------------------------------------
 
+# A class of a sequential review stops once its Wilson interval is at most the target wide,
+# after at least this many marks (Chow and Robbins' fixed-width design; its coverage at the
+# stop is measured by bench/bench_validation.py).
+SEQUENTIAL_MIN = 10
+
+
+def sequential_done(hits: int, n: int, target_width: float, level: float = DEFAULT_LEVEL) -> bool:
+    """Whether a class of a sequential review has enough marks: its interval is narrow enough."""
+    e = proportion(hits, n, level)
+    return n >= SEQUENTIAL_MIN and e.width is not None and e.width <= target_width + 1e-12
+
+
 def needed(hits: int, n: int, target_width: float, level: float = DEFAULT_LEVEL, cap: int = 100_000) -> int:
     """How many more marks a class likely needs before its Wilson interval is at most
-    `target_width` wide, if the share of hits stays where the marks put it now (the
-    Agresti-Coull point, so that 0 of 3 does not promise an early stop)."""
-    if n > 0 and (proportion(hits, n, level).width or 1.0) <= target_width:
+    `target_width` wide, if the share of hits stays where the marks put it now (one half
+    before any mark), and at least SEQUENTIAL_MIN in all."""
+    if sequential_done(hits, n, target_width, level):
         return 0
-    z2 = z_of(level) ** 2
-    p = (hits + z2 / 2) / (n + z2)
+    p = hits / n if n > 0 else 0.5
     lo, hi = max(n, 1), cap
-    while lo < hi:   # the width falls as n grows: bisect on it
+    while lo < hi:   # the width falls as n grows (for a fixed share): bisect on it
         mid = (lo + hi) // 2
         a, b = wilson(p, mid, level)
         if b - a <= target_width:
             hi = mid
         else:
             lo = mid + 1
-    return max(lo - n, 1)
+    return max(lo - n, SEQUENTIAL_MIN - n, 1)

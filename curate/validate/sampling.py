@@ -84,6 +84,8 @@ def draw(
         raise SampleError(f"unknown source {source!r}: use one of {', '.join(SOURCES)}")
     if top_classes < 1 or per_class < 1:
         raise SampleError("--top-classes and --per-class must be at least 1")
+    if target_width is not None and not 0 < target_width < 1:
+        raise SampleError(f"--target-width is the width of an interval on a share: between 0 and 1, not {target_width}")
     # the tables and macros live in main: made before the search path points elsewhere
     ensure_schema(con)
     sql.run(con, "sample_classes")
@@ -103,7 +105,8 @@ def _draw(con: duckdb.DuckDBPyConnection, source: str, top_classes: int, per_cla
         raise SampleError(
             f"the workspace has no `{view}` view yet ({source} predictions): run `curate classify` first"
         )
-    name = name or default_name(source, top_classes, per_class, seed, where)
+    name = name or default_name(source, top_classes, per_class, seed, where) + (
+        f"-width{target_width:g}" if target_width is not None else "")
     params = {"set_name": name}
     existing = get_set(con, name) if _exists(con, name) else None
     if existing is not None:
