@@ -92,6 +92,9 @@ class SubsetPrecision:
             part = "" if self.images == self.kept else f" (its {self.images:,} images of the labels with marks)"
             out.append(f"estimated precision {pct_ci(self.estimate)}{part}: {self.level:.0%} interval from "
                        f"{self.marks:,} random marks of review set {', '.join(self.sets)}")
+        if self.estimate.value is None and len(self.uncovered) > 3:
+            return [f"no precision estimate: no marks of a random review set cover its {len(self.uncovered):,} "
+                    "labels (`curate sample` and `curate review` give one)"]
         shown = self.uncovered[:8]
         for label, images in shown:
             out.append(f"no marks cover label {label} ({images:,} images of the subset)")

@@ -99,7 +99,10 @@ def test_no_random_marks_no_estimate(ws, tmp_path):
     con.close()
     r = run_cli("filter", "-w", ws, "--min-prob", "0")
     assert "estimated precision" not in r.output
-    assert "no marks cover label" in r.output
+    assert "no precision estimate: no marks of a random review set cover its" in r.output
+    label = pairs[0][1]
+    r = run_cli("filter", "-w", ws, "--label", label, "--min-prob", "0")
+    assert f"no marks cover label {label} (" in r.output and "estimated precision" not in r.output
     f = api.filter(ws, min_prob=0.0)
     assert f.precision.estimate == intervals.NONE and f.precision.marks == 0
 
