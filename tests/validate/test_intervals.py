@@ -76,7 +76,7 @@ def test_ratio_is_the_katz_log_interval_of_a_relative_risk():
 
 def test_vectorised_best_threshold_is_the_reports_rule_on_every_resample():
     """The bootstrap's rule (numpy over counts) against report.best_threshold (on the SQL
-    table) for 30 resamples of the study's marks, with and without the hit-rate floor."""
+    table) for 15 resamples of the study's marks, with and without the hit-rate floor."""
     marks = study_marks()
     rng = np.random.default_rng(3)
     con = duckdb.connect()
@@ -84,7 +84,7 @@ def test_vectorised_best_threshold_is_the_reports_rule_on_every_resample():
     h = np.array([m[2] == "hit" for m in marks])
     hk, ek = intervals.threshold_table_counts(p, h, THRESHOLDS)
     for floor in (0.5, 0.0, 0.9):
-        for _ in range(10):
+        for _ in range(5):
             pick = rng.integers(0, len(marks), len(marks))
             counts = np.bincount(pick, minlength=len(marks))
             fast = intervals.best_of_counts((counts @ hk.T)[None], (counts @ ek.T)[None], THRESHOLDS, floor)[0]
