@@ -75,8 +75,10 @@ def sample(ws_path: Path, top_classes: int, per_class: int | None, target_width:
     if s.marked:
         echo(f"{s.marked} of them already marked (marks are shared between sets)")
     if target_width is not None:
+        from ..validate.intervals import SEQUENTIAL_MIN
+
         echo(f"sequential review: the page moves on from a class once its 95% interval is at most {target_width:g} "
-             f"wide (+/-{50 * target_width:g} points), after at least 10 marks; up to {per_class} a class")
+             f"wide (+/-{50 * target_width:g} points), after at least {SEQUENTIAL_MIN} marks; up to {per_class} a class")
     else:
         _note_short_sample(s.set, s.classes, s.drawn)
     echo(safe(f"next: curate review -w {ws_path}"))

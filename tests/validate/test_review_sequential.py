@@ -32,12 +32,17 @@ def ws(tmp_path):
 
 
 def test_rule_and_needed():
-    # 10 hits of 10: Wilson 0.72-1.0 (0.28 wide): done at a target of 0.3, not before 10 marks
-    assert intervals.sequential_done(10, 10, 0.3) and not intervals.sequential_done(9, 9, 0.3)
-    assert not intervals.sequential_done(10, 10, 0.2)
+    # 20 hits of 20: 0.26 wide at the Agresti-Coull share: done at a target of 0.3, never
+    # before 20 marks (19 of 19 would be narrow enough)
+    assert intervals.sequential_width(20, 20) < 0.3 and intervals.sequential_width(19, 19) < 0.3
+    assert intervals.sequential_done(20, 20, 0.3) and not intervals.sequential_done(19, 19, 0.3)
+    assert not intervals.sequential_done(20, 20, 0.2)
+    # the rule's width is never below the plain Wilson width the page shows
+    for h, n in ((0, 30), (7, 30), (15, 30), (30, 30)):
+        assert intervals.sequential_width(h, n) >= intervals.proportion(h, n).width
     # at 50%, +/-10 points takes about 96 marks in all
     n = intervals.needed(5, 10, 0.2)
-    assert 80 <= 10 + n <= 100
+    assert 80 <= 10 + n <= 110
     e = intervals.proportion(48, 10 + n)
     assert e.width <= 0.2 + 0.01
 
@@ -65,23 +70,23 @@ def test_the_page_stops_a_class_at_the_target(ws, tmp_path):
             page.wait_for_selector("body[data-state=reviewing]")
             first = page.inner_text("#label")
             assert "target ±15.0 points" in page.inner_text("#class-estimate")
-            for k in range(9):   # 9 hits: not yet (at least 10 marks)
+            for k in range(19):   # 19 hits: not yet (at least 20 marks)
                 page.keyboard.press("h")
                 page.wait_for_function("(d) => document.body.dataset.done === String(d)", arg=k + 1)
             assert page.inner_text("#label") == first
-            assert "9 marks · target ±15.0 points: about 1 more" in page.inner_text("#class-estimate")
-            page.keyboard.press("h")   # the 10th: 10/10 is 72-100%, 0.28 wide: the class is done
+            assert "19 marks · target ±15.0 points: about 1 more" in page.inner_text("#class-estimate")
+            page.keyboard.press("h")   # the 20th: 0.26 wide at the Agresti-Coull share: the class is done
             page.wait_for_function("() => document.body.dataset.position === '40'"
                                    " && document.getElementById('save').className === 'saved'")
             assert page.inner_text("#label") != first
             assert page.evaluate("document.body.dataset.classesDone") == "1"
             done = page.locator(f"#classes li[data-label='{first[:-1]}']")
             assert done.get_attribute("data-done") == "true"
-            assert f"{intervals.pct_ci(intervals.proportion(10, 10))} from 10 marks · enough" in done.inner_text()
+            assert f"{intervals.pct_ci(intervals.proportion(20, 20))} from 20 marks · enough" in done.inner_text()
             # the next class: misses and hits alternating need many more marks; its estimate shows
             for k in range(4):
                 page.keyboard.press("m" if k % 2 else "h")
-            page.wait_for_function("() => document.body.dataset.done === '14'"
+            page.wait_for_function("() => document.body.dataset.done === '24'"
                                    " && document.getElementById('save').className === 'saved'")
             assert "50% (" in page.inner_text("#class-estimate") and "more" in page.inner_text("#class-estimate")
             # reopened, it resumes in the open class, never in the one that has enough
@@ -93,15 +98,15 @@ def test_the_page_stops_a_class_at_the_target(ws, tmp_path):
             browser.close()
     finally:
         server.stop()
-    # the marks are the first ten of the first class's random order, then the second's first four
+    # the marks are the first 20 of the first class's random order, then the second's first four
     ro = Workspace(ws.root).connect(read_only=True)
     got = dict(ro.execute("SELECT r.position, j.mark FROM review_items r JOIN judgments j USING (id, label)"
                           " WHERE r.set_name = 'seq'").fetchall())
     ro.close()
-    assert sorted(got) == list(range(10)) + [40, 41, 42, 43]
+    assert sorted(got) == list(range(20)) + [40, 41, 42, 43]
     # the server says the same as the page
     state = ReviewServer(ws, "seq", port=0).app.state()
     cls = {c["label"]: c for c in state["classes"]}
-    assert cls[first[:-1]]["done"] and cls[first[:-1]]["n"] == 10
+    assert cls[first[:-1]]["done"] and cls[first[:-1]]["n"] == 20
     other = next(c for c in cls.values() if c["label"] != first[:-1])
     assert not other["done"] and other["needed"] == intervals.needed(2, 4, 0.3)

@@ -45,8 +45,16 @@ function classStats(label) {
   c.n = c.hits + c.misses;
   [c.low, c.high] = wilson(c.hits, c.n);
   c.done = targetWidth !== null &&
-    ((c.n >= minMarks && c.high - c.low <= targetWidth + 1e-12) || c.n + c.skips >= c.items);
+    ((c.n >= minMarks && ruleWidth(c.hits, c.n) <= targetWidth + 1e-12) || c.n + c.skips >= c.items);
   return c;
+}
+
+function ruleWidth(h, n) {
+  // intervals.sequential_width: Wilson's width at the Agresti-Coull share, at least the plain one
+  if (n === 0) return 1;
+  const pt = (h + z * z / 2) / (n + z * z);
+  const [a, b] = wilson(pt * n, n), [c, d] = wilson(h, n);
+  return Math.max(b - a, d - c);
 }
 
 function needed(c) {
@@ -54,7 +62,7 @@ function needed(c) {
   if (c.done) return 0;
   const p = c.n > 0 ? c.hits / c.n : 0.5;
   let m = Math.max(c.n, 1);
-  const width = (k) => { const [a, b] = wilson(p * k, k); return b - a; };
+  const width = (k) => ruleWidth(Math.round(p * k), k);
   while (m < 100000 && width(m) > targetWidth) m = Math.ceil(m * 1.05) + 1;
   let lo = Math.max(c.n, 1), hi = m;
   while (lo < hi) { const mid = Math.floor((lo + hi) / 2); if (width(mid) <= targetWidth) hi = mid; else lo = mid + 1; }
