@@ -82,11 +82,15 @@ class SubsetPrecision:
     uncovered: list[tuple[str, int]] = field(default_factory=list)   # (label, images) without marks
     level: float = intervals.DEFAULT_LEVEL
     why_none: str | None = None        # no estimate at all: why
+    reviewed: bool = False             # a random review set of this kind exists (else nothing is said)
 
     def lines(self) -> list[str]:
-        """What `curate filter` prints."""
+        """What `curate filter` prints: nothing in a workspace without a review set of the
+        subset's kind (no validation under way), else the estimate and the labels it misses."""
         if self.why_none is not None:
-            return [self.why_none]
+            return [self.why_none] if self.reviewed else []
+        if not self.reviewed:
+            return []
         out = []
         if self.estimate.value is not None:
             part = "" if self.images == self.kept else f" (its {self.images:,} images of the labels with marks)"
@@ -108,7 +112,7 @@ def _usable_sets(con: duckdb.DuckDBPyConnection, mode: str, classification: str 
                  where: tuple[tuple[str, str], ...]) -> list[sampling.ReviewSet]:
     """Sets whose marks are a random sample of what the filter cut from: the same kind of
     prediction and classification, drawn over the whole collection or the same --where."""
-    if not sql.has_relation(con, "review_sets") or not sql.has_relation(con, "judgments"):
+    if not all(sql.has_relation(con, t) for t in ("review_sets", "review_classes", "review_items", "judgments")):
         return []
     want = tuple((c.lower(), v) for c, v in sorted((c.lower(), v) for c, v in where))
     out = []
@@ -130,12 +134,15 @@ def subset_precision(con: duckdb.DuckDBPyConnection, kept: str, mode: str, class
     `classification`: per label, the latest such set with marks among the label's rows."""
     total_by_label = dict(con.execute(f"SELECT label, count(*) FROM {kept} GROUP BY label").fetchall())
     res = SubsetPrecision(kept=sum(total_by_label.values()), level=level)
+    sets = _usable_sets(con, mode, classification, tuple(where)) if mode is not None else []
+    res.reviewed = bool(sets)
     if not total_by_label:
         res.why_none = "no precision estimate: the subset is empty"
         return res
-    sql.run(con, "report_collection")
+    if sets:   # (the macros name the review tables: a workspace never sampled has none)
+        sql.run(con, "report_collection")
     found: dict[str, tuple[int, int, int, str]] = {}   # label -> (images, marks, hits, set)
-    for rs in (_usable_sets(con, mode, classification, tuple(where)) if mode is not None else []):
+    for rs in sets:
         for label, images, marks, hits in con.execute("SELECT * FROM subset_marks(?, ?)", [kept, rs.name]).fetchall():
             if label not in found and int(images) > 0 and int(marks) > 0:
                 found[label] = (int(images), int(marks), int(hits), rs.name)
@@ -157,6 +164,7 @@ def for_filter(con: duckdb.DuckDBPyConnection, spec, level: float = intervals.DE
 
     if spec.unmatched:
         return SubsetPrecision(why_none="no precision estimate for --unmatched (images no label claims)")
+        # (said only where a review set exists: SubsetPrecision.lines)
     mode = spec.mode if spec.sql_mode(state.settings(con)) != "ensemble_with" else None
     name = spec.classification or registry.active(con)
     return subset_precision(con, "kept", mode, name, spec.where, level)

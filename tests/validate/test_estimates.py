@@ -97,14 +97,23 @@ def test_no_random_marks_no_estimate(ws, tmp_path):
     pairs = con.execute("SELECT id, label FROM predictions").fetchall()
     _plant(con, pairs, "hit")          # every image marked, none through a review set
     con.close()
+    # no review set at all: no validation under way, nothing said, nothing estimated
+    r = run_cli("filter", "-w", ws, "--min-prob", "0")
+    assert "estimated precision" not in r.output and "no marks" not in r.output
+    f = api.filter(ws, min_prob=0.0)
+    assert f.precision.estimate == intervals.NONE and f.precision.marks == 0 and not f.precision.reviewed
+    # a review set of one class whose own images are unmarked: the planted marks on every
+    # other image still never count (a mark on a set's own image would: marks judge pairs)
+    con = Workspace(ws).connect()
+    rs = sampling.draw(con, top_classes=1, per_class=3, seed=0)
+    con.execute("DELETE FROM judgments WHERE (id, label) IN (SELECT id, label FROM review_items)")
+    con.close()
     r = run_cli("filter", "-w", ws, "--min-prob", "0")
     assert "estimated precision" not in r.output
     assert "no precision estimate: no marks of a random review set cover its" in r.output
-    label = pairs[0][1]
+    label = sampling.classes(Workspace(ws).connect(read_only=True), rs.name)[0][0]
     r = run_cli("filter", "-w", ws, "--label", label, "--min-prob", "0")
     assert f"no marks cover label {label} (" in r.output and "estimated precision" not in r.output
-    f = api.filter(ws, min_prob=0.0)
-    assert f.precision.estimate == intervals.NONE and f.precision.marks == 0
 
 
 def test_a_set_of_another_scope_or_kind_is_not_used(ws, tmp_path):
