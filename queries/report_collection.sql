@@ -37,6 +37,7 @@ ORDER BY i.threshold, i.label;
 -- the subset are a random sample of the subset's images of that class (whatever rule cut
 -- it: threshold, --where, --dedup, --calibrated). Only marks of the set's own images
 -- count: a mark on any other image was not drawn at random and never enters.
+-- Setup: CREATE OR REPLACE TEMP TABLE kept AS SELECT id, label FROM predictions WHERE prob >= 0.5;
 -- Usage: SELECT * FROM subset_marks('kept', 'image-top10x100-seed0');
 CREATE OR REPLACE TEMP MACRO subset_marks(kept, review_set) AS TABLE
 WITH k AS (
