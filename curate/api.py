@@ -55,7 +55,7 @@ from .ingest.model import (
 )
 from .ingest.scan import scan_into
 from .ingest.sources import detect_source, scanned_extensions
-from .validate import calibration, compare_render, report_render, sampling
+from .validate import calibration, collection, compare_render, ppi, report_render, sampling
 from .validate import compare as compare_mod
 from .validate import report as report_mod
 from .validate.review import marks as marks_mod
@@ -536,6 +536,8 @@ class Filtered:
     unreachable: str | None = None
     # labels asked for in another spelling (case, separators): (as given, the label taken)
     labels_taken: list[tuple[str, str]] = field(default_factory=list)
+    # the subset's precision estimated from the marks of random review sets (validate/collection.py)
+    precision: collection.SubsetPrecision | None = None
 
     @property
     def kept(self) -> int:
@@ -564,7 +566,7 @@ def _where(where: Iterable[str | tuple[str, str]]) -> tuple[tuple[str, str], ...
     image_max=check.probability(), calibrated=check.flag(), where=check.conditions(), out=check.path(none=True),
     copy_to=check.path(none=True), link_to=check.path(none=True), clean=check.flag(),
     classification=check.text(none=True), dedup=check.flag(), format=check.text(none=True),
-    shard_size=check.integer(1), with_embeddings=check.flag())
+    shard_size=check.integer(1), with_embeddings=check.flag(), level=check.number(0, 1, lo_open=True, hi_open=True))
 def filter(workspace: str | Path = "ws", *, labels: Iterable[str] = (), min_prob: float = 0.5,  # noqa: A001
            mode: str = "image", unmatched: bool = False, text_weight: float = ENSEMBLE_TEXT_WEIGHT,
            text_min: float = ENSEMBLE_TEXT_MIN, image_max: float = 1.0, calibrated: bool = False,
@@ -572,7 +574,7 @@ def filter(workspace: str | Path = "ws", *, labels: Iterable[str] = (), min_prob
            copy_to: str | Path | None = None, link_to: str | Path | None = None,
            clean: bool = False, classification: str | None = None, dedup: bool = False,
            format: str | None = None, shard_size: int = SHARD_SIZE,  # noqa: A002
-           with_embeddings: bool = False) -> Filtered:
+           with_embeddings: bool = False, level: float = 0.95) -> Filtered:
     """Cut a labelled subset (or what cleaning drops) out of a classified workspace.
 
     The options are `curate filter`'s; `where` takes "COLUMN=VALUE" strings or (column,
@@ -582,6 +584,8 @@ def filter(workspace: str | Path = "ws", *, labels: Iterable[str] = (), min_prob
     vectors beside it. `copy_to`/`link_to` a folder.
     `classification`: a named classification (default: the active one). `dedup`: one image per
     duplicate group (`api.dedup` first); with `unmatched`, the selection's rows dedup leaves out.
+    `precision` on the result: the subset's precision estimated from random review marks, with
+    its interval at `level`.
     """
     ws_path = must_exist(workspace)
     taken = _match_labels(ws_path, labels, classification)
@@ -598,10 +602,12 @@ def filter(workspace: str | Path = "ws", *, labels: Iterable[str] = (), min_prob
         ("--calibrated", calibrated), ("--where", spec.where), ("--format", format), ("--out", out),
         ("--shard-size", shard_size if format == "webdataset" else None), ("--with-embeddings", with_embeddings),
         ("--copy-to", copy_to), ("--link-to", link_to), ("--clean", clean)])
+    est: list[collection.SubsetPrecision] = []
     r = write_subset(ws_path, spec, out, copy_to=copy_to, link_to=link_to, clean=clean, fmt_name=format,
-                     shard_size=shard_size, with_embeddings=with_embeddings, command=command)
+                     shard_size=shard_size, with_embeddings=with_embeddings, command=command,
+                     inspect=lambda con: est.append(collection.for_filter(con, spec, level)))
     return Filtered(spec, r, _explain_calibrated_nothing(ws_path, spec) if calibrated and r.kept == 0 else None,
-                    [(given, label) for given, label in taken if given != label])
+                    [(given, label) for given, label in taken if given != label], est[0] if est else None)
 
 
 def _match_labels(ws_path: Path, labels: Iterable[str], classification: str | None) -> list[tuple[str, str]]:
@@ -691,22 +697,26 @@ class Sample:
 @check.params(
     workspace=check.path(), top_classes=check.integer(1), per_class=check.integer(1), seed=check.integer(),
     mode=check.text(), set_name=check.text(none=True), replace=check.flag(), where=check.conditions(),
-    classification=check.text(none=True))
+    classification=check.text(none=True), target_width=check.number(0, 1, lo_open=True, none=True))
 def sample(workspace: str | Path = "ws", *, top_classes: int = 10, per_class: int = 100, seed: int = 0,
            mode: str = "image", set_name: str | None = None, replace: bool = False,
-           where: Iterable[str] | Iterable[tuple[str, str]] = (), classification: str | None = None) -> Sample:
+           where: Iterable[str] | Iterable[tuple[str, str]] = (), classification: str | None = None,
+           target_width: float | None = None) -> Sample:
     """Draw a review set: the study's stratified sample, reproducible from its seed.
 
     The options are `curate sample`'s: `mode` whose predictions (image, caption, ensemble),
     `set_name` the set's name (default: MODE-topNxM-seedS), `classification` the named
     classification to draw from (default: the active one; the set remembers it).
+    `target_width`: a sequential review: the page moves on from a class once its interval is
+    at most this wide (0.2 = +/-10 points); `per_class` is then the most a class may take.
     """
     ws_path = must_exist(workspace)
     con = Workspace(ws_path).connect()
     try:
         sampling.ensure_schema(con)
         rs = sampling.draw(con, source=mode, top_classes=top_classes, per_class=per_class, seed=seed,
-                           name=set_name, replace=replace, where=_where(where), classification=classification)
+                           name=set_name, replace=replace, where=_where(where), classification=classification,
+                           target_width=target_width)
         found = sampling.classes(con, rs.name)
         drawn = dict(con.execute("SELECT label, count(*) FROM review_items WHERE set_name = ? GROUP BY label",
                                  [rs.name]).fetchall())
@@ -737,11 +747,12 @@ class ReportResult:
 @check.params(
     workspace=check.path(none=True), set_name=check.text(none=True), marks=check.path(none=True), out=check.path(),
     min_hit_rate=check.probability(), target_precision=check.number(0, 1, lo_open=True),
-    min_support=check.integer(1), grid_size=check.integer(0), classification=check.text(none=True))
+    min_support=check.integer(1), grid_size=check.integer(0), classification=check.text(none=True),
+    level=check.number(0, 1, lo_open=True, hi_open=True), interval=check.text())
 def report(workspace: str | Path | None = "ws", *, set_name: str | None = None, marks: str | Path | None = None,
            out: str | Path = "report", min_hit_rate: float = report_mod.DEFAULT_MIN_HIT_RATE,
            target_precision: float = 0.9, min_support: int = 10, grid_size: int = 24,
-           classification: str | None = None) -> ReportResult:
+           classification: str | None = None, level: float = 0.95, interval: str = "wilson") -> ReportResult:
     """Accuracy per class, the threshold table, coverage and calibration from the review marks,
     written to the folder `out` (CSV, HTML, PNG; replaced whole).
 
@@ -749,13 +760,19 @@ def report(workspace: str | Path | None = "ws", *, set_name: str | None = None, 
     CSV sheet `marks` (label, prob, mark) instead of the workspace. The calibration fitted on
     the marks is saved in the workspace for `filter(calibrated=True)`. The report reads the
     classification the set was drawn from; `classification` picks the latest set drawn from it.
+    Every estimate comes with its interval at `level`; `interval`: "wilson" or "exact"
+    (Clopper-Pearson) for the proportions (curate/validate/intervals.py).
     """
+    if not 0 < level < 1:
+        raise InputError(f"--level must lie strictly between 0 and 1, not {level}")
+    if interval not in report_mod.intervals.METHODS:
+        raise InputError(f"--interval must be one of {', '.join(report_mod.intervals.METHODS)}, not {interval!r}")
     out = Path(out)
     cal = None
     no_cal = not_saved = None
     problems: list[str] = []
     if marks is not None:
-        rep = report_mod.from_sheet(marks, min_hit_rate)
+        rep = report_mod.from_sheet(marks, min_hit_rate, level, interval)
         problems = list(rep.problems)
     else:
         ws_path = must_exist(workspace if workspace is not None else "ws")
@@ -763,12 +780,14 @@ def report(workspace: str | Path | None = "ws", *, set_name: str | None = None, 
         try:
             rs = sampling.get_set(con, set_name, classification)
             registry.select(con, rs.classification if registry.exists(con, rs.classification or "") else None)
-            rep = report_mod.from_workspace(con, rs.name, min_hit_rate)
+            rep = report_mod.from_workspace(con, rs.name, min_hit_rate, level, interval)
             try:
                 cal = calibration.fit(con, rep.main.name, target_precision, min_support)
                 rep.calibration = cal
             except ValueError as e:  # too few marks, or a temperature the marks do not pin down
                 no_cal = str(e)
+            else:
+                rep.ppi = ppi.estimates(con, cal, level)
         finally:
             con.close()
         if cal is not None:  # saving it for `filter --calibrated` takes the write lock for a moment

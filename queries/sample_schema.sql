@@ -20,6 +20,14 @@ CREATE TABLE IF NOT EXISTS review_sets (
 );
 -- (sets drawn before classifications had names: the one the workspace had, set when it was upgraded)
 ALTER TABLE review_sets ADD COLUMN IF NOT EXISTS classification VARCHAR;
+-- What the set is a random sample of, for the estimates that rest on its marks
+-- (curate/validate/collection.py): `scope` the --where it was drawn under, as JSON
+-- [[column, value], ...] ('[]': the whole collection; NULL: a set of an older curate, taken
+-- as the whole collection); `target_width` the sequential review's target (NULL: a fixed
+-- set, every drawn image to be marked; else the page stops a class once its interval is
+-- that narrow: curate sample --target-width).
+ALTER TABLE review_sets ADD COLUMN IF NOT EXISTS scope VARCHAR;
+ALTER TABLE review_sets ADD COLUMN IF NOT EXISTS target_width DOUBLE;
 
 CREATE TABLE IF NOT EXISTS review_classes (
     set_name VARCHAR NOT NULL,

@@ -151,7 +151,8 @@ def open_scored(ws_path: str | Path, classification: str | None = None) -> duckd
 def write_subset(ws_path: str | Path, spec: FilterSpec, out: str | Path | None,
                  copy_to: str | Path | None = None, link_to: str | Path | None = None,
                  clean: bool = False, fmt_name: str | None = None, shard_size: int = exports.SHARD_SIZE,
-                 with_embeddings: bool = False, command: str | None = None) -> FilterResult:
+                 with_embeddings: bool = False, command: str | None = None,
+                 inspect: Callable[[duckdb.DuckDBPyConnection], object] | None = None) -> FilterResult:
     """Select with `subset(...)`, write it to `out` (format by extension, or `fmt_name`), copy or
     link the files.
 
@@ -160,6 +161,8 @@ def write_subset(ws_path: str | Path, spec: FilterSpec, out: str | Path | None,
     (`command`, the model, labels, thresholds...) in its key-value metadata.
     `with_embeddings`: the kept rows' image and caption vectors beside `out`, aligned to its rows.
     `clean`: first remove what earlier runs of curate placed in the copy/link folder.
+    `inspect`: called with the connection while the TEMP table `kept` holds the subset
+    (curate.api.filter estimates its precision from the review marks there).
     """
     validate(spec)
     out_path = Path(out) if out is not None else None
@@ -224,6 +227,8 @@ def write_subset(ws_path: str | Path, spec: FilterSpec, out: str | Path | None,
             rows = con.execute("SELECT id, path, label FROM kept ORDER BY id").fetchall()
             placed = place_files(rows, Path(copy_to or link_to), link=link_to is not None,
                                  by_label=not spec.unmatched, clean=clean)
+        if inspect is not None:
+            inspect(con)
         return FilterResult(kept, total, out_path, placed.done, placed.missing, _inexact(con, spec, st),
                             _unscored(con), placed.removed, placed.others, placed.earlier, exported, placed.refused)
     finally:

@@ -76,6 +76,8 @@ def filter_cmd(ws_path: Path, classification: str | None, labels: tuple[str, ...
     for given, label in f.labels_taken:
         echo(safe(f"note: --label '{given}' taken as the label {label}"), err=True)
     echo(safe(f.summary()))
+    for line in (f.precision.lines() if f.precision is not None else []):
+        echo(safe(line))
     x = r.exported
     if x is not None and x.shards:
         echo(safe(f"wrote {x.samples:,} samples in {len(x.shards):,} shards ({x.bytes / 1e6:,.1f} MB): "

@@ -31,15 +31,20 @@ from .shared import note_random_weights
               help="A per-class threshold must keep at least this many marked images.")
 @click.option("--grid-size", type=click.IntRange(0), default=24, show_default=True,
               help="Images per grid (hits, misses) per class.")
+@click.option("--level", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.95, show_default=True,
+              help="Confidence level of the interval beside every estimate.")
+@click.option("--interval", type=click.Choice(report.intervals.METHODS), default="wilson", show_default=True,
+              help="Interval of a proportion: Wilson's score, or exact (Clopper-Pearson: never below the level, wider).")
 def report_cmd(ws_path: Path, set_name: str | None, classification: str | None, marks_path: Path | None, out: Path, min_hit_rate: float,
-               target_precision: float, min_support: int, grid_size: int) -> None:
-    """Accuracy per class, the threshold table, coverage and calibration: CSV, HTML, PNG."""
+               target_precision: float, min_support: int, grid_size: int, level: float, interval: str) -> None:
+    """Accuracy per class, the threshold table, coverage and calibration, each estimate with its
+    interval: CSV, HTML, PNG."""
     if marks_path is None:
         options.must_exist(ws_path)
         note_random_weights(ws_path)
     r = api.report(ws_path, set_name=set_name, marks=marks_path, out=out, min_hit_rate=min_hit_rate,
                    target_precision=target_precision, min_support=min_support, grid_size=grid_size,
-                   classification=classification)
+                   classification=classification, level=level, interval=interval)
     rep, files = r.report, r.files
     for p in r.problems:
         echo(safe(f"{marks_path}: {p}"), err=True)

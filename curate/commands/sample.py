@@ -16,14 +16,23 @@ from . import options
 from .options import wait_option
 from .shared import connect_review, note_random_weights
 
+# The most marks a class of a sequential review may take unless --per-class says otherwise:
+# +/-5 points at a share of 50% needs about 385.
+SEQUENTIAL_CAP = 400
+
 
 @click.command("sample")
 @options.workspace_option("Workspace folder.")
 @wait_option
 @click.option("--top-classes", type=click.IntRange(1), default=10, show_default=True,
               help="The N most frequent predicted labels (top-1, no threshold).")
-@click.option("--per-class", type=click.IntRange(1), default=100, show_default=True,
-              help="Random images drawn from each of those labels.")
+@click.option("--per-class", type=click.IntRange(1), default=None,
+              help="Random images drawn from each of those labels [default: 100; with --target-width, "
+                   f"the most a class may take: {SEQUENTIAL_CAP}].")
+@click.option("--target-width", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=None,
+              metavar="W",
+              help="A sequential review: the page moves on from a class once its 95% interval is at most W wide "
+                   "(0.2 = +/-10 points) and says how many marks each class likely still needs.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Same seed, same sample.")
 @click.option("--mode", type=click.Choice(list(sampling.SOURCES)), default="image", show_default=True,
               help="Which predictions to validate: the image's, the caption's, or the ensemble (as in filter).")
@@ -37,9 +46,12 @@ from .shared import connect_review, note_random_weights
                    "repeat it: values of one column are alternatives, columns all apply.")
 @options.classification_option
 @click.option("--list", "list_only", is_flag=True, help="List the review sets and their progress, draw nothing.")
-def sample(ws_path: Path, top_classes: int, per_class: int, seed: int, mode: str, set_name: str | None,
-           replace: bool, where: tuple[str, ...], classification: str | None, list_only: bool) -> None:
+def sample(ws_path: Path, top_classes: int, per_class: int | None, target_width: float | None, seed: int, mode: str,
+           set_name: str | None, replace: bool, where: tuple[str, ...], classification: str | None,
+           list_only: bool) -> None:
     """Draw a review set: the study's stratified sample, reproducible from its seed."""
+    if per_class is None:
+        per_class = 100 if target_width is None else SEQUENTIAL_CAP
     if list_only:
         con = connect_review(ws_path, read_only=True)
         try:
@@ -54,14 +66,21 @@ def sample(ws_path: Path, top_classes: int, per_class: int, seed: int, mode: str
     pairs = parse_where(where)
     note_random_weights(ws_path)
     s = api.sample(ws_path, top_classes=top_classes, per_class=per_class, seed=seed, mode=mode,
-                   set_name=set_name, replace=replace, where=pairs, classification=classification)
+                   set_name=set_name, replace=replace, where=pairs, classification=classification,
+                   target_width=target_width)
     drawn_from = f" of {s.set.classification}" if s.set.classification else ""
     echo(safe(f"review set {s.name}: {s.items} images from {mode} predictions{drawn_from}"))
     for label, rank, freq in s.classes:
         echo(f"  {rank:>3}. {safe(label):<30} {freq:>8} images in the collection")
     if s.marked:
         echo(f"{s.marked} of them already marked (marks are shared between sets)")
-    _note_short_sample(s.set, s.classes, s.drawn)
+    if target_width is not None:
+        from ..validate.intervals import SEQUENTIAL_MIN
+
+        echo(f"sequential review: the page moves on from a class once its 95% interval is at most {target_width:g} "
+             f"wide (+/-{50 * target_width:g} points), after at least {SEQUENTIAL_MIN} marks; up to {per_class} a class")
+    else:
+        _note_short_sample(s.set, s.classes, s.drawn)
     echo(safe(f"next: curate review -w {ws_path}"))
 
 

@@ -25,15 +25,20 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from decimal import ROUND_DOWN, Decimal
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import duckdb
 
 from ..classify.calibrated import Calibration
 from ..classify.state import require_complete
 from ..core import sql
-from . import sampling
+from . import intervals, sampling
+from .intervals import NONE, Estimate, count_ci, fmt4, num_ci, pct, pct_ci  # noqa: F401 (the report's text forms)
+
+if TYPE_CHECKING:
+    from .collection import ThresholdPrecision
+    from .ppi import PPIReport
 
 # The report's queries (queries/<name>.sql): table macros over a relation of marks.
 REPORT_QUERIES = ("report_thresholds", "report_class_accuracy", "report_summary")
@@ -65,6 +70,11 @@ class ThresholdRow:
     error_rate: float | None
     ratio: float | None
     precision: float | None
+    # intervals (intervals.py), filled by `analyse` at the report's level
+    hit_rate_ci: Estimate = NONE
+    error_rate_ci: Estimate = NONE
+    ratio_ci: Estimate = NONE
+    precision_ci: Estimate = NONE
 
 
 @dataclass(frozen=True)
@@ -79,6 +89,9 @@ class ClassRow:
     accuracy: float | None
     mean_prob_hits: float | None
     mean_prob_misses: float | None
+    accuracy_ci: Estimate = NONE
+    # images of the collection predicted as this class that are correct: frequency x accuracy
+    correct_ci: Estimate = NONE
 
 
 @dataclass(frozen=True)
@@ -91,6 +104,7 @@ class Summary:
     accuracy: float | None
     mean_prob_hits: float | None
     mean_prob_misses: float | None
+    accuracy_ci: Estimate = NONE
 
 
 @dataclass(frozen=True)
@@ -113,6 +127,18 @@ class SourceReport:
     classes: list[ClassRow]
     thresholds: list[ThresholdRow]
     best: Best
+    level: float = intervals.DEFAULT_LEVEL
+    # the study's mean over classes, and the precision of the reviewed classes in the
+    # collection (each class weighted by its frequency), with their intervals
+    mean_ci: Estimate = NONE
+    weighted_ci: Estimate = NONE
+    # correct images among the reviewed classes' images of the collection
+    correct_ci: Estimate = NONE
+    # threshold -> share of bootstrap resamples in which it is the best (None: none qualifies)
+    stability: dict[float | None, float] = field(default_factory=dict)
+    # per threshold: the images of the reviewed classes it keeps in the collection and their
+    # estimated precision (collection.py); workspace reports only
+    collection: list[ThresholdPrecision] = field(default_factory=list)
 
     @property
     def mean_class_accuracy(self) -> float | None:
@@ -127,30 +153,14 @@ class Report:
     coverage: dict[str, list[tuple[float, int, float]]] = field(default_factory=dict)
     calibration: Calibration | None = None
     problems: list[str] = field(default_factory=list)
+    # prediction-powered estimates beside the classical ones (ppi.py), when a calibration exists
+    ppi: PPIReport | None = None
 
 
 # -- formatting -----------------------------------------------------------------------
 
-def fmt4(x: float | None) -> str:
-    """4 decimals, truncated toward zero as in the study; '' for undefined."""
-    if x is None or (isinstance(x, float) and math.isnan(x)):
-        return ""
-    if math.isinf(x):
-        return "inf"
-    # 12 significant digits first: a mean of 0.46 computed as 0.45999999999999996 must
-    # print as 0.4600, not 0.4599 (no rate here needs more digits to truncate right)
-    return str(Decimal(f"{float(x):.12g}").quantize(Decimal("0.0001"), rounding=ROUND_DOWN))
-
-
 def fmt_t(t: float) -> str:
     return f"{t:.1f}"
-
-
-def pct(x: float | None) -> str:
-    if x is None:
-        return ""
-    v = 100 * x
-    return f"{v:.0f}%" if abs(v - round(v)) < 1e-9 else f"{v:.1f}%"
 
 
 # -- marks in --------------------------------------------------------------------------
@@ -186,8 +196,11 @@ def _opt(x) -> float | None:
 
 def analyse(con: duckdb.DuckDBPyConnection, name: str, source: str, marks: Sequence[Marked],
             frequency: dict[str, int] | None = None,
-            min_hit_rate: float = DEFAULT_MIN_HIT_RATE) -> SourceReport:
-    """Tables of one sample; `con` may be any connection (even read-only or in-memory)."""
+            min_hit_rate: float = DEFAULT_MIN_HIT_RATE, level: float = intervals.DEFAULT_LEVEL,
+            method: str = "wilson") -> SourceReport:
+    """Tables of one sample with the interval of every estimate at `level` (`method`:
+    wilson or exact, for the proportions); `con` may be any connection (even read-only or
+    in-memory)."""
     _store(con, marks, frequency or {})
     try:
         for query in REPORT_QUERIES:
@@ -203,8 +216,49 @@ def analyse(con: duckdb.DuckDBPyConnection, name: str, source: str, marks: Seque
                         _opt(a), _opt(mh), _opt(mm)) for c, f, n, h, m, s, u, a, mh, mm in c_rows]
     n, h, m, s, u, a, mh, mm = s_row
     summary = Summary(int(n), int(h), int(m), int(s), int(u), _opt(a), _opt(mh), _opt(mm))
-    return SourceReport(name, source, list(marks), summary, classes, thresholds,
-                        best_threshold(thresholds, min_hit_rate))
+    sr = SourceReport(name, source, list(marks), summary, classes, thresholds,
+                      best_threshold(thresholds, min_hit_rate))
+    return with_intervals(sr, min_hit_rate, level, method)
+
+
+def with_intervals(sr: SourceReport, min_hit_rate: float = DEFAULT_MIN_HIT_RATE,
+                   level: float = intervals.DEFAULT_LEVEL, method: str = "wilson") -> SourceReport:
+    """The report's estimates with their intervals (curate/validate/intervals.py)."""
+    from dataclasses import replace
+
+    def prop(k: int, n: int) -> Estimate:
+        return intervals.proportion(k, n, level, method)
+
+    classes = []
+    for c in sr.classes:
+        ci = prop(c.hits, c.hits + c.misses)
+        classes.append(replace(c, accuracy_ci=ci, correct_ci=ci.scaled(c.frequency) if c.frequency else NONE))
+    s = sr.summary
+    summary = replace(s, accuracy_ci=prop(s.hits, s.hits + s.misses))
+    all_h, all_e = s.hits, s.misses
+    # t = 0 keeps every mark by definition: its rates are 1 exactly, not estimates
+    thresholds = [replace(r, hit_rate_ci=prop(r.hits, all_h) if r.threshold > 0 else _exact(r.hit_rate, all_h),
+                          error_rate_ci=prop(r.errors, all_e) if r.threshold > 0 else _exact(r.error_rate, all_e),
+                          ratio_ci=intervals.ratio(r.hits, all_h, r.errors, all_e, level),
+                          precision_ci=prop(r.hits, r.kept)) for r in sr.thresholds]
+    judged = [c for c in classes if c.hits + c.misses > 0]
+    hits, n = [c.hits for c in judged], [c.hits + c.misses for c in judged]
+    mean_ci = intervals.stratified(hits, n, [1.0] * len(judged), level)
+    weighted_ci = correct_ci = NONE
+    if judged and all(c.frequency for c in judged):
+        freq = [float(c.frequency) for c in judged]
+        weighted_ci = intervals.stratified(hits, n, freq, level)
+        correct_ci = weighted_ci.scaled(sum(freq))
+    j = [m for m in sr.marks if m.mark in ("hit", "miss")]
+    stability = intervals.threshold_stability([m.label for m in j], [m.prob for m in j],
+                                              [m.mark == "hit" for m in j], [r.threshold for r in thresholds],
+                                              min_hit_rate)
+    return replace(sr, summary=summary, classes=classes, thresholds=thresholds, level=level, mean_ci=mean_ci,
+                   weighted_ci=weighted_ci, correct_ci=correct_ci, stability=stability)
+
+
+def _exact(x: float | None, n: int) -> Estimate:
+    return NONE if x is None else Estimate(x, x, x, n)
 
 
 def best_threshold(rows: Sequence[ThresholdRow], min_hit_rate: float = DEFAULT_MIN_HIT_RATE) -> Best:
@@ -247,26 +301,32 @@ def coverage(con: duckdb.DuckDBPyConnection) -> dict[str, list[tuple[float, int,
 
 
 def from_workspace(con: duckdb.DuckDBPyConnection, set_name: str | None = None,
-                   min_hit_rate: float = DEFAULT_MIN_HIT_RATE) -> Report:
+                   min_hit_rate: float = DEFAULT_MIN_HIT_RATE, level: float = intervals.DEFAULT_LEVEL,
+                   method: str = "wilson") -> Report:
     """The report of a set (by default the latest image set, else the latest set), with
     the latest ensemble set beside it when there is one (or the latest image set when
-    the main one is the ensemble), and coverage."""
+    the main one is the ensemble), and coverage. Only the marks of each set's own images
+    enter (review_sheet): a random sample of each class."""
     # By default the image-only set is the main one (the study's), the ensemble beside it.
     main_set = (sampling.get_set(con, set_name) if set_name is not None
                 else sampling.latest_for_source(con, "image") or sampling.get_set(con))
-    freq = {label: f for label, _r, f in sampling.classes(con, main_set.name)}
-    main = analyse(con, main_set.name, main_set.source, marks_from_set(con, main_set.name), freq, min_hit_rate)
-    others = []
+    out = []
     partner = "ensemble" if main_set.source != "ensemble" else "image"
-    other_set = sampling.latest_for_source(con, partner)
-    if other_set is not None:
-        ofreq = {label: f for label, _r, f in sampling.classes(con, other_set.name)}
-        others.append(analyse(con, other_set.name, other_set.source, marks_from_set(con, other_set.name),
-                              ofreq, min_hit_rate))
-    return Report(main, others, coverage(con))
+    for rs in (main_set, sampling.latest_for_source(con, partner)):
+        if rs is None:
+            continue
+        freq = {label: f for label, _r, f in sampling.classes(con, rs.name)}
+        sr = analyse(con, rs.name, rs.source, marks_from_set(con, rs.name), freq, min_hit_rate, level, method)
+        if sql.has_relation(con, sampling.SOURCES[rs.source]):
+            from .collection import threshold_precision
+
+            sr.collection = threshold_precision(con, rs, level)
+        out.append(sr)
+    return Report(out[0], out[1:], coverage(con))
 
 
-def from_sheet(path: str | Path, min_hit_rate: float = DEFAULT_MIN_HIT_RATE) -> Report:
+def from_sheet(path: str | Path, min_hit_rate: float = DEFAULT_MIN_HIT_RATE, level: float = intervals.DEFAULT_LEVEL,
+               method: str = "wilson") -> Report:
     """The report of any CSV sheet with columns label, prob, mark (marks made elsewhere)."""
     from .review.sheet import read_marks
 
@@ -274,7 +334,7 @@ def from_sheet(path: str | Path, min_hit_rate: float = DEFAULT_MIN_HIT_RATE) -> 
     marks = [Marked(r.label, r.prob, r.mark, r.path) for r in rows]
     con = duckdb.connect()
     try:
-        main = analyse(con, Path(path).name, "sheet", marks, None, min_hit_rate)
+        main = analyse(con, Path(path).name, "sheet", marks, None, min_hit_rate, level, method)
     finally:
         con.close()
     return Report(main, problems=problems)

@@ -59,17 +59,24 @@ def _rates(report: Report, path: Path) -> Path:
     styles = ["-", "--", ":"]
     for sr, ls in zip([report.main, *report.others], styles, strict=False):
         t = [r.threshold for r in sr.thresholds]
-        ax.plot(t, [r.hit_rate or 0 for r in sr.thresholds], ls, marker="o", color="tab:green",
-                label=f"hit rate ({sr.source})")
-        ax.plot(t, [r.error_rate or 0 for r in sr.thresholds], ls, marker="s", color="tab:red",
-                label=f"error rate ({sr.source})")
-        ratio = [(r.threshold, r.ratio) for r in sr.thresholds if r.ratio is not None]
-        ax2.plot([x for x, _ in ratio], [y for _, y in ratio], ls, marker="o", color="tab:blue",
+        for attr, marker, colour, name in (("hit_rate", "o", "tab:green", "hit rate"),
+                                           ("error_rate", "s", "tab:red", "error rate")):
+            ax.plot(t, [getattr(r, attr) or 0 for r in sr.thresholds], ls, marker=marker, color=colour,
+                    label=f"{name} ({sr.source})")
+            band = [(r.threshold, getattr(r, attr + "_ci")) for r in sr.thresholds
+                    if getattr(r, attr + "_ci").low is not None]
+            ax.fill_between([x for x, _ in band], [e.low for _, e in band], [e.high for _, e in band],
+                            color=colour, alpha=.15, linewidth=0)
+        ratio = [(r.threshold, r.ratio, r.ratio_ci) for r in sr.thresholds if r.ratio is not None]
+        ax2.plot([x for x, _, _ in ratio], [y for _, y, _ in ratio], ls, marker="o", color="tab:blue",
                  label=f"ratio ({sr.source})")
+        band = [(x, e) for x, _, e in ratio if e.low is not None and e.high is not None]
+        ax2.fill_between([x for x, _ in band], [e.low for _, e in band], [e.high for _, e in band],
+                         color="tab:blue", alpha=.15, linewidth=0)
         if sr.best.threshold is not None:
             ax2.axvline(sr.best.threshold, color="tab:blue", alpha=.3, linestyle=ls)
     ax.set(xlabel="threshold on top probability", ylabel="share of the sample's hits / errors kept",
-           title="Hit and error rate by threshold", xlim=(0, 1), ylim=(0, 1.02))
+           title=f"Hit and error rate by threshold ({report.main.level:.0%} bands)", xlim=(0, 1), ylim=(0, 1.02))
     ax2.set(xlabel="threshold on top probability", ylabel="hit rate / error rate",
             title="Ratio (vertical line: best threshold)", xlim=(0, 1))
     for a in (ax, ax2):
@@ -88,15 +95,24 @@ def _coverage(cov: dict[str, list[tuple[float, int, float]]], path: Path) -> Pat
 
 
 def _class_accuracy(sr: SourceReport, path: Path) -> Path:
-    classes = [c for c in sr.classes if c.accuracy is not None]
-    fig, ax = plt.subplots(figsize=(7, 0.5 + 0.35 * max(len(classes), 1)))
-    labels = [c.label for c in classes][::-1]
-    acc = [100 * c.accuracy for c in classes][::-1]
-    ax.barh(range(len(acc)), acc, color="tab:green")
-    ax.set_yticks(range(len(acc)), labels)
-    for i, a in enumerate(acc):
-        ax.text(a + 1, i, f"{a:.0f}%", va="center", fontsize=8)
-    ax.set(xlabel="accuracy in the sample (%)", xlim=(0, 110), title=f"Accuracy per class ({sr.source})")
+    """Bars with the interval as error bars; only classes with marks (the others have no bar).
+    The figure's height has a floor: a class or two still leave room for the title and the
+    axis label (below it tight_layout cannot fit them, warns, and clips the title)."""
+    classes = [c for c in sr.classes if c.accuracy is not None][::-1]
+    fig, ax = plt.subplots(figsize=(7, 1.6 + 0.35 * max(len(classes), 1)))
+    acc = np.array([100 * c.accuracy for c in classes])
+    low = np.array([100 * (c.accuracy_ci.low if c.accuracy_ci.low is not None else c.accuracy) for c in classes])
+    high = np.array([100 * (c.accuracy_ci.high if c.accuracy_ci.high is not None else c.accuracy)
+                     for c in classes])
+    ax.barh(range(len(acc)), acc, color="tab:green", xerr=np.vstack([acc - low, high - acc]) if len(acc) else None,
+            error_kw={"ecolor": "#333", "capsize": 3, "linewidth": 1})
+    ax.set_yticks(range(len(acc)), [c.label for c in classes])
+    for i, (a, h) in enumerate(zip(acc, high, strict=True)):
+        ax.text(h + 1.5, i, f"{a:.0f}%", va="center", fontsize=8)
+    ax.set(xlabel=f"accuracy in the sample (%), with its {sr.level:.0%} interval", xlim=(0, 115),
+           title=f"Accuracy per class ({sr.source})")
+    if not len(acc):
+        ax.text(55, 0, "no marks yet", ha="center", va="center", color="#777")
     return save(fig, path)
 
 
@@ -107,6 +123,8 @@ def grids(sr: SourceReport, out: Path, per_grid: int = 24) -> dict[str, tuple[Pa
     out.mkdir(parents=True, exist_ok=True)
     result = {}
     for rank, c in enumerate(sr.classes, start=1):
+        if c.hits + c.misses == 0:   # nothing marked: no grids (two empty "none" tiles said nothing)
+            continue
         base = f"{rank:02d}-{slug(c.label)}"
         pair = []
         for mark, colour in (("hit", HIT_COLOUR), ("miss", MISS_COLOUR)):
@@ -122,13 +140,11 @@ def _grid(marks: Sequence[Marked], colour: tuple[int, int, int], title: str, pat
     font = ImageFont.load_default()
     n = max(len(marks), 1)
     cols = min(COLUMNS, n)
-    rows = (n + cols - 1) // cols
+    rows = (n + cols - 1) // cols if marks else 0   # none: the title band alone, not an empty tile
     head = 22
     sheet = Image.new("RGB", (cols * TILE, head + rows * TILE), (250, 250, 250))
     draw = ImageDraw.Draw(sheet)
-    draw.text((6, 5), f"{title} ({len(marks)})", fill=colour, font=font)
-    if not marks:
-        draw.text((6, head + 8), "none", fill=(120, 120, 120), font=font)
+    draw.text((6, 5), f"{title} ({len(marks)})" if marks else f"{title}: none", fill=colour, font=font)
     for i, m in enumerate(marks):
         x, y = (i % cols) * TILE, head + (i // cols) * TILE
         tile = _thumb(m.path)

@@ -12,6 +12,7 @@ one set, the latest by default.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -42,6 +43,8 @@ class ReviewSet:
     items: int
     created_at: datetime | None
     classification: str | None = None   # the named classification it was drawn from
+    scope: tuple[tuple[str, str], ...] = ()   # the --where it was drawn under (a random sample of that)
+    target_width: float | None = None   # the sequential review's target width (None: a fixed set)
 
 
 def ensure_schema(con: duckdb.DuckDBPyConnection) -> None:
@@ -64,6 +67,7 @@ def draw(
     replace: bool = False,
     where: tuple[tuple[str, str], ...] = (),
     classification: str | None = None,
+    target_width: float | None = None,
 ) -> ReviewSet:
     """Draw and store a review set; the same arguments always draw the same images.
 
@@ -73,11 +77,15 @@ def draw(
     pairs, not sets. `where` draws among the items with those values in those columns only
     (`curate sample --where city=newyork`); its default name says so. `classification`:
     the named classification to draw from (default: the active one); the set records it.
+    `target_width`: a sequential review (the page moves on from a class once its interval
+    is this narrow); `per_class` is then the most it may ask per class.
     """
     if source not in SOURCES:
         raise SampleError(f"unknown source {source!r}: use one of {', '.join(SOURCES)}")
     if top_classes < 1 or per_class < 1:
         raise SampleError("--top-classes and --per-class must be at least 1")
+    if target_width is not None and not 0 < target_width < 1:
+        raise SampleError(f"--target-width is the width of an interval on a share: between 0 and 1, not {target_width}")
     # the tables and macros live in main: made before the search path points elsewhere
     ensure_schema(con)
     sql.run(con, "sample_classes")
@@ -85,23 +93,26 @@ def draw(
     with registry.selected(con, classification) as chosen:
         if classification is not None and name is None:
             name = default_name(source, top_classes, per_class, seed, where) + f"-{classification}"
-        return _draw(con, source, top_classes, per_class, seed, name, replace, where, chosen)
+        return _draw(con, source, top_classes, per_class, seed, name, replace, where, chosen, target_width)
 
 
 def _draw(con: duckdb.DuckDBPyConnection, source: str, top_classes: int, per_class: int, seed: int,
-          name: str | None, replace: bool, where: tuple[tuple[str, str], ...], chosen: str | None) -> ReviewSet:
+          name: str | None, replace: bool, where: tuple[tuple[str, str], ...], chosen: str | None,
+          target_width: float | None = None) -> ReviewSet:
     view = SOURCES[source]
     require_complete(con, needed=False)   # never a review set drawn from half a classification
     if not has_relation(con, view):
         raise SampleError(
             f"the workspace has no `{view}` view yet ({source} predictions): run `curate classify` first"
         )
-    name = name or default_name(source, top_classes, per_class, seed, where)
+    name = name or default_name(source, top_classes, per_class, seed, where) + (
+        f"-width{target_width:g}" if target_width is not None else "")
     params = {"set_name": name}
     existing = get_set(con, name) if _exists(con, name) else None
     if existing is not None:
         same = (existing.source, existing.top_classes, existing.per_class, existing.seed,
-                existing.classification) == (source, top_classes, per_class, seed, chosen)
+                existing.classification, existing.target_width) == (source, top_classes, per_class, seed, chosen,
+                                                                     target_width)
         if same and not replace:
             return existing
         if not replace:
@@ -128,9 +139,9 @@ def _draw(con: duckdb.DuckDBPyConnection, source: str, top_classes: int, per_cla
                     {**params, "view": view, "per_class": per_class, "seed": seed})
         n = con.execute("SELECT count(*) FROM review_items WHERE set_name = $set_name", params).fetchall()[0][0]
         con.execute(
-            "INSERT INTO main.review_sets (name, source, top_classes, per_class, seed, items, classification)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?)",
-            [name, source, top_classes, per_class, seed, n, chosen],
+            "INSERT INTO main.review_sets (name, source, top_classes, per_class, seed, items, classification,"
+            " scope, target_width) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [name, source, top_classes, per_class, seed, n, chosen, scope_text(where), target_width],
         )
     if n == 0:
         scope = "".join(f", {c} = {v}" for c, v in where)
@@ -148,10 +159,27 @@ def list_sets(con: duckdb.DuckDBPyConnection) -> list[ReviewSet]:
     if not has_relation(con, "review_sets"):
         return []
     rows = con.execute(
-        "SELECT name, source, top_classes, per_class, seed, items, created_at, classification FROM review_sets"
-        " ORDER BY created_at, name"
-    ).fetchall()
-    return [ReviewSet(*r) for r in rows]
+        "SELECT name, source, top_classes, per_class, seed, items, created_at, classification, scope, target_width"
+        " FROM review_sets ORDER BY created_at, name"
+    ).fetchall() if _has_target_width(con) else [
+        (*r, None, None) for r in con.execute(   # a workspace not opened for writing since sets had them
+            "SELECT name, source, top_classes, per_class, seed, items, created_at, classification FROM review_sets"
+            " ORDER BY created_at, name").fetchall()]
+    return [ReviewSet(*r[:8], scope_of(r[8]), r[9]) for r in rows]
+
+
+def _has_target_width(con: duckdb.DuckDBPyConnection) -> bool:
+    return bool(con.execute("SELECT count(*) FROM duckdb_columns() WHERE schema_name = 'main'"
+                            " AND table_name = 'review_sets' AND column_name = 'target_width'").fetchall()[0][0])
+
+
+def scope_text(where: tuple[tuple[str, str], ...]) -> str:
+    """A --where as stored in review_sets.scope: JSON [[column, value], ...], sorted."""
+    return json.dumps(sorted([c.lower(), v] for c, v in where))
+
+
+def scope_of(text: str | None) -> tuple[tuple[str, str], ...]:
+    return tuple((c, v) for c, v in json.loads(text)) if text else ()
 
 
 def get_set(con: duckdb.DuckDBPyConnection, name: str | None = None,

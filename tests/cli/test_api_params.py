@@ -35,6 +35,7 @@ RANGES = {
     "image_max": [-1, 1.5], "k": [0, -1], "search_param": [0, -1], "top_classes": [0, -1], "per_class": [0],
     "seed": [], "min_hit_rate": [-0.1, 1.1], "target_precision": [0, 1.1], "min_support": [0, -1],
     "grid_size": [-1], "threshold": [0, -0.5, 1.0001], "max_index_memory": [0, -1],
+    "level": [0, 1, -0.5, 1.5], "target_width": [0, -0.1, 1.5],
 }
 NAN, INF = float("nan"), float("inf")
 

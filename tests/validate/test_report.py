@@ -58,7 +58,9 @@ def test_the_study_threshold_table_is_reproduced_from_its_counts(tmp_path):
     t = rep.main.thresholds
     assert [r.kept for r in t] == STUDY_KEPT and [r.hits for r in t] == STUDY_HITS
     assert [r.errors for r in t] == STUDY_ERRORS
-    assert report_render.threshold_csv_rows(t) == [list(r) for r in STUDY_TABLE]
+    study = [report_render.THRESHOLD_COLUMNS.index(c)
+             for c in ("threshold", "kept", "hits", "hit_rate", "errors", "error_rate", "ratio")]
+    assert [[r[i] for i in study] for r in report_render.threshold_csv_rows(t)] == [list(r) for r in STUDY_TABLE]
     # exact values behind the printed ones, at the study's example row
     r6 = t[6]
     assert (r6.kept, r6.hits, r6.errors) == (507, 270, 237)
@@ -77,8 +79,14 @@ def test_the_study_threshold_table_is_reproduced_from_its_counts(tmp_path):
     out = tmp_path / "report"
     report_render.write(rep, out)
     rows = _csv(out / "threshold_table.csv")
-    assert rows[0] == ("threshold", "kept", "hits", "hit_rate", "errors", "error_rate", "ratio")
-    assert rows[1:] == STUDY_TABLE
+    # the study's columns, in its order, each estimate followed by its interval's low and high
+    study_cols = ("threshold", "kept", "hits", "hit_rate", "errors", "error_rate", "ratio")
+    assert [h for h in rows[0] if not h.endswith(("_low", "_high"))] == [*study_cols, "precision"]
+    for name in ("hit_rate", "error_rate", "ratio", "precision"):
+        i = rows[0].index(name)
+        assert rows[0][i + 1:i + 3] == (f"{name}_low", f"{name}_high")
+    cols = [rows[0].index(c) for c in study_cols]
+    assert [tuple(r[i] for i in cols) for r in rows[1:]] == STUDY_TABLE
     summary = dict(_csv(out / "summary.csv")[1:])
     assert (summary["best_threshold"], summary["best_ratio"]) == ("0.6", "1.3373")
     assert (summary["mean_prob_hits"], summary["mean_prob_misses"]) == ("0.6579", "0.5676")
@@ -94,7 +102,9 @@ def test_cli_report_on_a_sheet_made_elsewhere(tmp_path):
     assert "line 1003: unknown mark 'great'" in r.output
     assert " 0.6    507    270    0.5869    237    0.4388  1.3373" in r.output
     assert "best threshold 0.6 (ratio 1.3373" in r.output
-    assert _csv(out / "threshold_table.csv")[1:] == STUDY_TABLE
+    rows = _csv(out / "threshold_table.csv")
+    cols = [rows[0].index(c) for c in ("threshold", "kept", "hits", "hit_rate", "errors", "error_rate", "ratio")]
+    assert [tuple(r[i] for i in cols) for r in rows[1:]] == STUDY_TABLE
     assert "line 1002" in (out / "problems.txt").read_text()
     # the floor is a choice: without it, the maximum is the study's 0.9
     r = run_cli("report", "--marks", sheet, "--out", tmp_path / "r2", "--min-hit-rate", "0")

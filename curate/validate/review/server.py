@@ -86,14 +86,41 @@ class ReviewApp:
         got = list(self.marks.values())
         return marks.Progress(len(self.rows), got.count("hit"), got.count("miss"), got.count("skip"))
 
+    def classes(self) -> list[dict]:
+        """Each class's running estimate (hits / judged) with its interval; in a sequential
+        review (the set's target_width) whether it has enough marks and about how many more
+        it needs (curate/validate/intervals.py). Called under the lock."""
+        from .. import intervals
+
+        width = self.set.target_width
+        out: dict[str, dict] = {}
+        for r in self.rows:
+            c = out.setdefault(r.label, {"label": r.label, "items": 0, "hits": 0, "misses": 0, "skips": 0})
+            c["items"] += 1
+            m = self.marks.get(r.id)
+            if m is not None:
+                c[{"hit": "hits", "miss": "misses", "skip": "skips"}[m]] += 1
+        for c in out.values():
+            n = c["hits"] + c["misses"]
+            e = intervals.proportion(c["hits"], n)
+            c.update(estimate=e.value, low=e.low, high=e.high, text=intervals.pct_ci(e), n=n)
+            if width is not None:
+                marked = n + c["skips"]
+                c["done"] = intervals.sequential_done(c["hits"], n, width) or marked >= c["items"]
+                c["needed"] = 0 if c["done"] else min(intervals.needed(c["hits"], n, width), c["items"] - marked)
+        return list(out.values())
+
     def state(self) -> dict:
         with self.lock:
             return {
                 "set": self.set.name,
                 "source": self.set.source,
+                "target_width": self.set.target_width,
+                "z": _z(), "min_marks": _min_marks(),
                 "items": [{"position": r.position, "id": r.id, "label": r.label, "prob": r.prob,
                            "caption": r.caption or "", "mark": self.marks.get(r.id)} for r in self.rows],
                 "progress": self.progress().as_dict(),
+                "classes": self.classes(),
             }
 
     def mark(self, item_id: int, mark: str) -> dict:
@@ -110,8 +137,9 @@ class ReviewApp:
             self._last = at
             self.marks[item_id] = mark
             prog = self.progress()
+            classes = self.classes()
         self.marked.set()
-        return {"ok": True, "id": item_id, "mark": mark, "progress": prog.as_dict()}
+        return {"ok": True, "id": item_id, "mark": mark, "progress": prog.as_dict(), "classes": classes}
 
     def fold(self, wait: float | None = 0.0) -> bool:
         """Save the journal into the database if the write lock can be had within `wait` s
@@ -142,6 +170,18 @@ class ReviewApp:
             out = io.BytesIO()
             im.convert("RGB").save(out, "JPEG", quality=90)
         return out.getvalue(), "image/jpeg"
+
+
+def _z() -> float:
+    from .. import intervals
+
+    return intervals.z_of(intervals.DEFAULT_LEVEL)
+
+
+def _min_marks() -> int:
+    from .. import intervals
+
+    return intervals.SEQUENTIAL_MIN
 
 
 class _BadRequest(Exception):
