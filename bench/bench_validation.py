@@ -46,24 +46,25 @@ THRESHOLDS = [k / 10 for k in range(11)]
 OUT = "validation.jsonl"
 
 
-def intercepts(rng: np.random.Generator) -> list[float | None]:
-    """a_k so that E[sigmoid(a_k + SLOPE (s - 0.6))] over s ~ U(0.2, 1) is the class's accuracy."""
+def intercepts(rng: np.random.Generator, slope: float = SLOPE) -> list[float | None]:
+    """a_k so that E[sigmoid(a_k + slope (s - 0.6))] over s ~ U(0.2, 1) is the class's accuracy."""
     s = rng.uniform(0.2, 1.0, 200_000)
     out: list[float | None] = []
     for acc in ACC:
         if acc <= 0 or acc >= 1:
             out.append(None)
         else:
-            out.append(brentq(lambda a, acc=acc: expit(a + SLOPE * (s - 0.6)).mean() - acc, -30, 30))
+            out.append(brentq(lambda a, acc=acc: expit(a + slope * (s - 0.6)).mean() - acc, -30, 30))
     return out
 
 
-def collection(rng: np.random.Generator, a: list[float | None]) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+def collection(rng: np.random.Generator, a: list[float | None],
+               slope: float = SLOPE) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """Per class: scores s, hit probabilities f (the ideal calibration), hits y."""
     out = []
     for k, n in enumerate(FREQ):
         s = rng.uniform(0.2, 1.0, n)
-        f = np.full(n, ACC[k]) if a[k] is None else expit(a[k] + SLOPE * (s - 0.6))
+        f = np.full(n, ACC[k]) if a[k] is None else expit(a[k] + slope * (s - 0.6))
         out.append((s, f, rng.random(n) < f))
     return out
 
@@ -96,9 +97,12 @@ def main() -> None:
     ap.add_argument("--target-width", type=float, default=0.2)
     ap.add_argument("--cap", type=int, default=400)
     ap.add_argument("--level", type=float, default=0.95)
+    ap.add_argument("--slope", type=float, default=SLOPE,
+                    help="how sharply the hit probability rises with the score within a class (how informative "
+                         "a calibration can be); the study-like default is 6")
     args = ap.parse_args()
     rng = np.random.default_rng(args.seed)
-    a = intercepts(rng)
+    a = intercepts(rng, args.slope)
     K, R, m, L = len(ACC), args.reviews, args.per_class, args.level
     cov: dict[str, list[bool]] = {}
     widths: dict[str, list[float]] = {"wilson": [], "ppi_calibrated": [], "ppi_raw": []}
@@ -108,7 +112,7 @@ def main() -> None:
         cov.setdefault(name, []).append(ok)
 
     for _r in range(R):
-        coll = collection(rng, a)
+        coll = collection(rng, a, args.slope)
         truth = np.array([y.mean() for _s, _f, y in coll])
         hits, ss, ys, labels = [], [], [], []
         for k, (s, f, y) in enumerate(coll):
@@ -197,8 +201,9 @@ def main() -> None:
         ratio = float(np.mean(np.array(widths[name])) / np.mean(w))
         worst = float(np.max(np.array(widths[name]).reshape(R, K).mean(axis=0) / w.reshape(R, K).mean(axis=0)))
         print(f"PPI++ {name[4:]:<10} mean width / Wilson's {ratio:.3f} (worst class {worst:.3f})")
-        record(OUT, f"PPI++ {name[4:]} width / Wilson width", ratio, "ratio")
-        record(OUT, f"PPI++ {name[4:]} worst class width / Wilson width", worst, "ratio")
+        at = "" if args.slope == SLOPE else f" (slope {args.slope:g})"
+        record(OUT, f"PPI++ {name[4:]} width / Wilson width{at}", ratio, "ratio")
+        record(OUT, f"PPI++ {name[4:]} worst class width / Wilson width{at}", worst, "ratio")
 
 
 if __name__ == "__main__":
