@@ -35,7 +35,7 @@ from scipy.optimize import brentq
 from scipy.special import expit
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import record  # noqa: E402
+from common import record as common_record  # noqa: E402
 
 from curate.validate import intervals  # noqa: E402
 
@@ -44,6 +44,11 @@ FREQ = np.array([7410, 4681, 4329, 3879, 3806, 2729, 2599, 2155, 2003, 1763])
 SLOPE = 6.0
 THRESHOLDS = [k / 10 for k in range(11)]
 OUT = "validation.jsonl"
+SUFFIX = ""  # another simulated collection (--slope): its figures are named as such
+
+
+def record(file: str, name: str, *rest, **kw) -> dict:
+    return common_record(file, name + SUFFIX, *rest, **kw)
 
 
 def intercepts(rng: np.random.Generator, slope: float = SLOPE) -> list[float | None]:
@@ -103,6 +108,8 @@ def main() -> None:
     args = ap.parse_args()
     rng = np.random.default_rng(args.seed)
     a = intercepts(rng, args.slope)
+    global SUFFIX
+    SUFFIX = "" if args.slope == SLOPE else f" (slope {args.slope:g})"
     K, R, m, L = len(ACC), args.reviews, args.per_class, args.level
     cov: dict[str, list[bool]] = {}
     widths: dict[str, list[float]] = {"wilson": [], "ppi_calibrated": [], "ppi_raw": []}
@@ -201,9 +208,8 @@ def main() -> None:
         ratio = float(np.mean(np.array(widths[name])) / np.mean(w))
         worst = float(np.max(np.array(widths[name]).reshape(R, K).mean(axis=0) / w.reshape(R, K).mean(axis=0)))
         print(f"PPI++ {name[4:]:<10} mean width / Wilson's {ratio:.3f} (worst class {worst:.3f})")
-        at = "" if args.slope == SLOPE else f" (slope {args.slope:g})"
-        record(OUT, f"PPI++ {name[4:]} width / Wilson width{at}", ratio, "ratio")
-        record(OUT, f"PPI++ {name[4:]} worst class width / Wilson width{at}", worst, "ratio")
+        record(OUT, f"PPI++ {name[4:]} width / Wilson width", ratio, "ratio")
+        record(OUT, f"PPI++ {name[4:]} worst class width / Wilson width", worst, "ratio")
 
 
 if __name__ == "__main__":
