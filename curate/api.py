@@ -28,7 +28,7 @@ from .classify.calibrated import Calibration, for_workspace
 from .classify.dedup import DedupResult
 from .classify.exports import SHARD_SIZE, command_line
 from .classify.registry import Classification
-from .classify.run import DEFAULT_BATCH_ROWS, DEFAULT_TOP_K, ClassifyResult
+from .classify.run import ClassifyOptions, ClassifyResult
 from .classify.scoring import ENSEMBLE_TEXT_MIN, ENSEMBLE_TEXT_WEIGHT
 from .classify.search import Hit
 from .classify.state import NotReady
@@ -126,32 +126,31 @@ def labels(workspace: str | Path) -> list[LabelRow]:
 
 
 @check.params(
-    workspace=check.path(), label_set=check.path(), prompts=check.path(), logit_scale=check.number(0, lo_open=True, none=True),
-    temperature=check.number(0, lo_open=True, none=True), storage=check.text(), top_k=check.integer(1),
-    device=check.text(), restart=check.flag(), batch_rows=check.integer(1), name=check.text(none=True),
-    quiet=check.flag(none=True), on_batch=check.function(none=True), log=check.function(none=True))
-def classify(workspace: str | Path = "ws", *, label_set: str | Path = "places205", prompts: str | Path = "natural",
-             logit_scale: float | None = None, temperature: float | None = None, storage: str = "auto",
-             top_k: int = DEFAULT_TOP_K, device: str = "auto", restart: bool = False,
-             batch_rows: int = DEFAULT_BATCH_ROWS, name: str | None = None, quiet: bool | None = None,
-             on_batch: Callable[[int, int], None] | None = None,
-             log: Callable[[str], None] | None = None) -> ClassifyResult:
+    ClassifyOptions, workspace=check.path(), temperature=check.number(0, lo_open=True, none=True),
+    quiet=check.flag(none=True), on_batch=check.function(none=True), log=check.function(none=True),
+    label_set=check.path(), prompts=check.path(), name=check.text(none=True),
+    logit_scale=check.number(0, lo_open=True, none=True), top_k=check.integer(1),
+    storage=check.choice(("auto", "full", "topk")), batch_rows=check.integer(1), device=check.text(),
+    restart=check.flag())
+def classify(workspace: str | Path = "ws", *, temperature: float | None = None, quiet: bool | None = None,
+             on_batch: Callable[[int, int], None] | None = None, log: Callable[[str], None] | None = None,
+             **options: object) -> ClassifyResult:
     """Score every image and caption against every label; create the SQL views.
 
-    The options are `curate classify`'s. The scores are the classification `name`
-    (default: label set and wording, e.g. places205-natural), which becomes the active one
-    when it completes. A run with the settings of that classification's scores continues them. `on_batch(vectors, so_far)` hears each committed batch;
-    `log` the line said when a run resumes or starts over (default: stderr, beside the bar).
+    The keyword options are `curate classify`'s, the fields of ClassifyOptions
+    (curate/classify/run.py, which runs the step); `temperature` is 1 / logit_scale. The scores
+    are the classification `name` (default: label set and wording, e.g. places205-natural),
+    which becomes the active one when it completes. A run with the settings of that
+    classification's scores continues them. `on_batch(vectors, so_far)` hears each committed
+    batch; `log` the line said when a run resumes or starts over (default: stderr, beside the bar).
     """
-    from .classify.run import classify as run_classify
+    from .classify import run
 
     ws_path = must_exist(workspace)
     if temperature is not None:
-        if logit_scale is not None:
+        if options.get("logit_scale") is not None:
             raise InputError("give logit_scale or temperature, not both")
-        if not temperature > 0:
-            raise InputError("the temperature must be positive")
-        logit_scale = 1.0 / temperature
+        options["logit_scale"] = 1.0 / temperature
     if log is None:
         from tqdm import tqdm
 
@@ -169,12 +168,10 @@ def classify(workspace: str | Path = "ws", *, label_set: str | Path = "places205
             on_batch(n, committed)
 
     try:
-        return run_classify(ws_path, label_set, prompts, logit_scale=logit_scale, storage=storage, top_k=top_k,
-                            device=device, progress=progress, restart=restart, batch_rows=batch_rows, log=log,
-                            plan=bar.reset, name=name)
+        return run.run(ws_path, ClassifyOptions(**options), hear=run.Listeners(progress, log, bar.reset))
     except CurateError:
         raise
-    except ValueError as e:  # scores' own checks on the settings
+    except ValueError as e:  # the label set's and wording's own checks
         raise InputError(str(e)) from None
     finally:
         bar.close()
