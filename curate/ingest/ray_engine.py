@@ -281,7 +281,8 @@ class RayEngine:
     def device(self, asked: str) -> str:
         return self.session.device(asked)
 
-    def driver(self, _device: str, _precision: str) -> tuple[str, str]:
+    def driver(self, device: str, precision: str) -> tuple[str, str]:
+        """The model runs on the actors: the driver's copy (for preprocessing) stays on its CPU, in fp32."""
         return "cpu", "fp32"
 
     def embed(self, ws: Workspace, con: duckdb.DuckDBPyConnection, enc: Encoder, run_id: int,
