@@ -90,7 +90,8 @@ def end_to_end(enc, photos: Path, args, workers: int) -> tuple[float, str]:
         opts = EmbedOptions(batch_size=args.batch_size, workers=workers, limit=args.n,
                             draft_decode=args.draft_decode)
         t = time.perf_counter()
-        ok, bad = embed_pending(ws, con, enc, run_id, opts)
+        stats = embed_pending(ws, con, enc, run_id, opts)
+        ok, bad = stats.embedded, stats.rejected
         rate = ok / (time.perf_counter() - t)
         assert ok == args.n and bad == 0, (ok, bad)
         con.close()

@@ -21,6 +21,7 @@ appended to bench/results/ray.jsonl; the work folder is removed at the end.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import shutil
@@ -56,8 +57,10 @@ def fresh(ws_dir: Path, photos: Path, enc) -> tuple[Workspace, object, int]:
 def ray_rate(ray_engine, session, photos: Path, enc, args, opts: EmbedOptions, name: str) -> float:
     ws, con, run_id = fresh(WORK / f"ws-{name}", photos, enc)
     t = time.perf_counter()
-    ok, bad = ray_engine.embed_pending_ray(ws, con, session, args.model, "none", "cpu", enc.precision, run_id, opts,
-                                           enc.preprocess, enc.image_size)
+    # the actors load enc's model (its identity) on the CPU in enc's precision
+    stats = ray_engine.RayEngine(session).embed(ws, con, enc, run_id,
+                                                dataclasses.replace(opts, device="cpu", precision=enc.precision))
+    ok, bad = stats.embedded, stats.rejected
     rate = ok / (time.perf_counter() - t)
     assert ok == args.n and bad == 0, (ok, bad)
     con.close()
@@ -126,7 +129,7 @@ def main() -> None:
         # 1. local engine, then the Ray engine on a local Ray with every core
         ws, con, run_id = fresh(WORK / "ws-local", photos, enc)
         t = time.perf_counter()
-        ok, _ = embed_pending(ws, con, enc, run_id, opts)
+        ok = embed_pending(ws, con, enc, run_id, opts).embedded
         local = ok / (time.perf_counter() - t)
         con.close()
 

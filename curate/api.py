@@ -18,11 +18,7 @@ them, so importing this module stays cheap.
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
 import sys
-import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,29 +28,21 @@ from .classify.calibrated import Calibration, for_workspace
 from .classify.dedup import DedupResult
 from .classify.exports import SHARD_SIZE, command_line
 from .classify.registry import Classification
-from .classify.run import DEFAULT_BATCH_ROWS, DEFAULT_TOP_K, ClassifyResult
+from .classify.run import ClassifyOptions, ClassifyResult
 from .classify.scoring import ENSEMBLE_TEXT_MIN, ENSEMBLE_TEXT_WEIGHT
 from .classify.search import Hit
 from .classify.state import NotReady
 from .classify.subsets import FilterError, FilterResult, FilterSpec, parse_where, write_subset
-from .core import check, integrity
+from .core import check
 from .core.progress import Progress
 from .core.sql import has_relation
 from .core.textout import safe
-from .core.workspace import DB_NAME, ModelIdentity, Workspace, check_same_model
+from .core.workspace import DB_NAME, Workspace
 from .errors import CurateError, InputError, WorkspaceBusy, WorkspaceError
+from .ingest import build, engines
 from .ingest import recheck as recheck_files
-from .ingest.images import DEFAULT_MAX_PIXELS
-from .ingest.index_memory import parse_size
-from .ingest.model import (
-    DEFAULT_MODEL,
-    DEFAULT_PRETRAINED,
-    WeightsUnavailable,
-    load_encoder,
-    pick_device,
-)
-from .ingest.scan import scan_into
-from .ingest.sources import detect_source, scanned_extensions
+from .ingest.build import BuildOptions, BuildResult
+from .ingest.precision import PRECISIONS
 from .validate import calibration, collection, compare_render, ppi, report_render, sampling
 from .validate import compare as compare_mod
 from .validate import report as report_mod
@@ -86,329 +74,30 @@ def must_exist(workspace: str | Path) -> Path:
 
 # --------------------------------------------------------------------------- build-index
 
-@dataclass(frozen=True)
-class BuildResult:
-    """What one `build_index` run did; `items` counts the whole workspace by status."""
-    workspace: Path
-    source: str                                  # the source, described
-    seen: int
-    added: int
-    items: dict[str, int]                        # status -> count, the whole workspace
-    rejected: dict[str, int]                     # stage -> items this run rejected
-    indexes: list                                # faiss_index.IndexResult, images then captions
-    model: ModelIdentity
-    seconds: float
-    precision: str = "fp32"                      # what this run embedded in (fp32, bf16, fp16)
-    workspace_precisions: list[str] = field(default_factory=list)  # every precision the workspace holds
-    not_taken: int = 0                           # manifest rows refused at the scan
-    other_files: int = 0                         # files in a folder that are not images
-    notes: list[str] = field(default_factory=list)       # the scan's notes
-    repairs: list[str] = field(default_factory=list)     # damaged shards, rechecked files
-
-    @property
-    def n_rejected(self) -> int:
-        return sum(self.rejected.values())
-
-
-# where build-index embeds: this machine, or a Ray cluster (curate/ingest/ray_engine.py)
-ENGINES = ("local", "ray")
+# where build-index embeds: this machine, or a Ray cluster (curate/ingest/engines.py)
+ENGINES = engines.ENGINES
 
 
 @check.params(
-    source=check.path(), workspace=check.path(), model=check.text(none=True), pretrained=check.text(none=True),
-    fallback_model=check.text(none=True), captions_dir=check.path(none=True), index=check.text(),
-    device=check.text(), batch_size=check.integer(1, none=True), workers=check.integer(0, none=True),
-    shard_size=check.integer(1), max_pixels=check.integer(1), draft_decode=check.flag(),
-    limit=check.integer(1, none=True), infer_types=check.flag(), recheck=check.text(), retry_rejected=check.flag(),
-    repair=check.flag(), precision=check.text(), quiet=check.flag(none=True), log=check.function(),
-    target_recall=check.number(0, 1, lo_open=True), max_index_memory=check.size(none=True), decode=check.text(),
-    engine=check.text(), address=check.text(none=True))
-def build_index(source: str | Path, workspace: str | Path = "ws", *, model: str | None = None,
-                pretrained: str | None = None, fallback_model: str | None = None,
-                captions_dir: str | Path | None = None, index: str = "auto", device: str = "auto",
-                batch_size: int | None = None, workers: int | None = None, shard_size: int = 10_000,
-                max_pixels: int = DEFAULT_MAX_PIXELS, draft_decode: bool = False, limit: int | None = None,
-                infer_types: bool = False, recheck: str = "stat", retry_rejected: bool = False,
-                repair: bool = False, precision: str = "auto", quiet: bool | None = None,
-                log: Callable[[str], None] = _stderr, target_recall: float = 0.95,
-                max_index_memory: str | int | None = None, decode: str = "cpu", engine: str = "local",
-                address: str | None = None) -> BuildResult:
+    BuildOptions, source=check.path(), workspace=check.path(), quiet=check.flag(none=True), log=check.function(),
+    model=check.text(none=True), pretrained=check.text(none=True), fallback_model=check.text(none=True),
+    captions_dir=check.path(none=True), index=check.text(), device=check.text(),
+    batch_size=check.integer(1, none=True), workers=check.integer(0, none=True), shard_size=check.integer(1),
+    max_pixels=check.integer(1), draft_decode=check.flag(), limit=check.integer(1, none=True),
+    infer_types=check.flag(), recheck=check.choice(recheck_files.MODES), retry_rejected=check.flag(),
+    repair=check.flag(), precision=check.choice(PRECISIONS), target_recall=check.number(0, 1, lo_open=True),
+    max_index_memory=check.size(none=True), decode=check.choice(("cpu", "gpu")), engine=check.choice(ENGINES),
+    address=check.text(none=True))
+def build_index(source: str | Path, workspace: str | Path = "ws", *, quiet: bool | None = None,
+                log: Callable[[str], None] = _stderr, **options: object) -> BuildResult:
     """Ingest `source` and embed it once into FAISS indexes and a DuckDB workspace.
 
-    The options are `curate build-index`'s (`index` is its --index recipe, chosen within
-    `max_index_memory` (bytes or '2GB'), searched at the parameter tuned to `target_recall`). Running it
-    again adds only new items; a killed run resumes where it stopped. `log` hears the one
-    warning that is not an error (the fallback model's random weights). `precision`: auto
-    (fp16 on CUDA, bf16 on a CPU with native bf16, else fp32; a workspace that is all fp32
-    stays fp32), fp32, bf16 or fp16. `decode`: cpu (Pillow in the loader workers) or gpu (JPEGs
-    decoded and preprocessed on the CUDA device, curate/ingest/device_decode.py). `engine`: local
-    (this machine) or ray (the embedding step on the Ray cluster at `address`, or on a local Ray
-    started for the run; curate/ingest/ray_engine.py); `device` then means the actors' device.
+    The keyword options are `curate build-index`'s, the fields of BuildOptions
+    (curate/ingest/build.py, which runs the steps). Running it again adds only new items; a
+    killed run resumes where it stopped. `log` hears the one warning that is not an error (the
+    fallback model's random weights).
     """
-    started = time.time()
-    try:  # a budget that cannot be read fails before anything is embedded
-        max_index_memory = parse_size(max_index_memory)
-    except ValueError as e:
-        raise InputError(str(e)) from None
-    if not 0 < target_recall <= 1:
-        raise InputError(f"--target-recall {target_recall:g}: give a recall@10 above 0 and at most 1")
-    if engine not in ENGINES:
-        raise InputError(f"--engine {engine}: choose one of {', '.join(ENGINES)}")
-    if address is not None and engine != "ray":
-        raise InputError("--address is the Ray cluster's address: it goes with --engine ray")
-    if engine == "ray" and decode == "gpu":  # before a cluster is started for nothing
-        raise InputError("--decode gpu decodes in the local engine's main process; the Ray engine decodes in "
-                         "its CPU tasks: use --decode cpu with --engine ray")
-    source = Path(source)
-    ws_path = Path(workspace)
-    src = detect_source(source, Path(captions_dir) if captions_dir is not None else None)
-    session = None
-    if engine == "ray" and src.kind != "clip-retrieval":  # an import embeds nothing: no cluster needed
-        from .ingest import ray_engine
-
-        session = ray_engine.connect(address)  # before the model loads: a missing Ray fails at once
-    try:
-        return _build_index(source, ws_path, src, session, model, pretrained, fallback_model, index, device,
-                            batch_size, workers, shard_size, max_pixels, draft_decode, limit, infer_types, recheck,
-                            retry_rejected, repair, precision, quiet, log, target_recall, max_index_memory, decode,
-                            started)
-    finally:
-        if session is not None:
-            session.close()
-
-
-def _build_index(source: Path, ws_path: Path, src, session, model, pretrained, fallback_model, index, device,
-                 batch_size, workers, shard_size, max_pixels, draft_decode, limit, infer_types, recheck,
-                 retry_rejected, repair, precision, quiet, log, target_recall, max_index_memory, decode,
-                 started: float) -> BuildResult:
-    # torch and faiss load here, not at import: `curate --help` and the other commands start without them
-    from .ingest import faiss_index
-    from .ingest import precision as precision_rules
-    from .ingest.embed import EmbedOptions, embed_pending
-
-    ws = Workspace(ws_path)
-    # Nothing is created until the model has loaded and the source gave items: a failed first
-    # run leaves no stray workspace, and one that existed before is left as it was.
-    new = not ws.exists()
-    have = None
-    have_precisions: list[str] = []
-    precision_rules.check(precision)
-    if not new:
-        con = ws.connect(read_only=True)
-        try:
-            have = Workspace.model_identity(con)
-            have_precisions = precision_rules.workspace_precisions(con)
-        finally:
-            con.close()
-    asked = (model, pretrained)
-    model = model or (have.model if have else DEFAULT_MODEL)
-    pretrained = pretrained or (have.pretrained if have else DEFAULT_PRETRAINED)
-    say = (lambda _line: None) if quiet else log
-    # with Ray the model runs in the cluster's actors: their device decides the precision, and the
-    # driver's copy (on its CPU) only names the model and gives the decode tasks its preprocessing
-    device = session.device(device) if session is not None else pick_device(device)
-    _check_decode(decode, device, draft_decode)
-    used = precision_rules.resolve(precision, device, have_precisions)
-
-    if src.kind == "clip-retrieval":
-        ident = _precomputed_identity(src.root, model, pretrained)
-        enc = None
-    else:
-        if have is not None and have.random_weights:
-            _note_fallback_workspace(ws_path, source, asked, fallback_model, log)
-        enc = (_load(model, pretrained, device, fallback_model, log, used, say) if session is None
-               else _load(model, pretrained, "cpu", fallback_model, log, "fp32", say))
-        ident = enc.identity
-        if decode == "gpu":
-            from .ingest.device_decode import check_ready
-
-            check_ready(enc.preprocess, enc.image_size, device)
-    if have is not None:
-        check_same_model(have, ident)
-    if src.kind in ("folder", "tree") and not _has_images(src.root):
-        raise InputError(f"{source}: no images in this folder ({', '.join(sorted(scanned_extensions()))}); nothing to do"
-                         + ("" if new else f" (the workspace {ws_path} was not changed)"))
-
-    made = _absent(ws)
-    con = ws.connect()
-    Workspace.bind_model(con, ident)
-    if new and enc is not None and ident.model != model:  # the fallback stood in: later runs say so
-        Workspace.set_meta(con, FALLBACK_FOR, json.dumps({"model": model, "pretrained": pretrained}))
-    run_id = Workspace.start_run(con, "build-index", src.describe(), ident, device)
-    status = "failed"
-    scan = None
-    scanned = refused = False
-    repairs: list[str] = []
-    on = _enabled(quiet)
-    try:
-        damaged = integrity.check_shards(ws, con, full=repair)
-        if damaged:
-            n = integrity.repair(ws, con, damaged)
-            repairs += [f"damaged: {d.describe()}" for d in damaged]
-            repairs.append(f"repair: {len(damaged)} damaged shard(s) dropped, {n} items to embed again")
-        if src.kind == "clip-retrieval":
-            from .ingest.precomputed import count_rows, import_clip_retrieval
-
-            with Progress("import", count_rows(src.root), "row", enabled=on) as bar:
-                seen, added, _bad = import_clip_retrieval(ws, con, src.root, run_id, ident.embed_dim, bar.update,
-                                                          shard_size=shard_size)
-        else:
-            with Progress("scan", None, "item", enabled=on) as bar:
-                scan = scan_into(con, src, run_id, bar.update, infer_types=infer_types)
-                seen, added = scan.seen, scan.added
-            if seen == 0:
-                raise InputError(f"{source}: the source lists no items; nothing to do")
-            scanned = True
-            rc = recheck_files.recheck(ws, con, src.describe(), recheck, retry_rejected)
-            if rc.checked or rc.retried:
-                repairs.append(f"recheck: {rc.describe()}")
-            todo = con.execute("SELECT count(*) FROM items WHERE status = 'pending'").fetchall()[0][0]
-            todo = min(todo, limit) if limit else todo
-            con.execute("UPDATE runs SET decode = ?, precision = ? WHERE run_id = ?",
-                        ["gpu" if decode == "gpu" else "draft" if draft_decode else "exact", used, run_id])
-            if todo:
-                have_precisions = precision_rules.record(con, used)
-            opts = EmbedOptions(shard_size=shard_size, max_pixels=max_pixels, limit=limit, draft_decode=draft_decode,
-                                batch_size=batch_size or (256 if device.startswith("cuda") else EmbedOptions.batch_size),
-                                workers=-1 if workers is None else workers, hash_files=recheck == "hash",
-                                decode=decode)
-            with Progress("embed", todo, "image", enabled=on) as bar:
-                if session is None:
-                    embed_pending(ws, con, enc, run_id, opts, bar.update)
-                else:
-                    from .ingest.ray_engine import embed_pending_ray
-
-                    # the identity, not the names asked for: a fallback model is what the actors load
-                    embed_pending_ray(ws, con, session, ident.model, ident.pretrained, device, used, run_id, opts,
-                                      enc.preprocess, enc.image_size, bar.update)
-        built = []
-        for kind in ("image", "caption"):
-            # drawn once the index says how many vectors it adds (nothing for an index up to date)
-            with Progress(f"index {kind}s", 0, "vector", enabled=on) as bar:
-                built.append(faiss_index.build_index(ws, con, kind, index, bar.update,
-                                                     plan=lambda rows, _mode, bar=bar: bar.reset(total=rows),
-                                                     target_recall=target_recall, max_memory=max_index_memory))
-        status = "finished"
-    except CurateError:
-        refused = new and not scanned and src.kind != "clip-retrieval"
-        raise
-    except ValueError as e:  # the index recipe's own checks
-        raise InputError(str(e)) from None
-    finally:
-        if refused:  # a first run refused at the scan (empty or unreadable manifest): leave nothing behind
-            con.close()
-            _remove(made)
-        else:
-            Workspace.finish_run(con, run_id, started, status)
-    try:
-        counts = dict(con.execute("SELECT status, count(*) FROM items GROUP BY status").fetchall())
-        by_stage = dict(con.execute("SELECT stage, count(*) FROM rejected WHERE run_id = ? GROUP BY stage "
-                                    "ORDER BY stage", [run_id]).fetchall())
-    finally:
-        con.close()
-    return BuildResult(ws_path, src.describe(), seen, added, counts, by_stage, built, ident, time.time() - started,
-                       precision=used, workspace_precisions=have_precisions,
-                       not_taken=scan.not_taken if scan else 0, other_files=scan.other_files if scan else 0,
-                       notes=list(scan.notes) if scan else [], repairs=repairs)
-
-
-def _check_decode(decode: str, device: str, draft_decode: bool) -> None:
-    """--decode gpu decodes on the model's device: it needs a CUDA one, and has no draft mode."""
-    if decode not in ("cpu", "gpu"):
-        raise InputError(f"--decode {decode}: give cpu or gpu")
-    if decode != "gpu":
-        return
-    if not device.startswith("cuda"):
-        import torch
-
-        why = "torch here sees no CUDA device" if not torch.cuda.is_available() else f"--device is {device}"
-        raise InputError(f"--decode gpu decodes JPEGs on the model's CUDA device, but {why}; use --decode cpu")
-    if draft_decode:
-        raise InputError("--draft-decode is the CPU decoder's reduced-scale mode; it does not combine with "
-                         "--decode gpu (which decodes at full size on the device)")
-
-
-def _load(model: str, pretrained: str, device: str, fallback: str | None, log: Callable[[str], None],
-          precision: str = "auto", say: Callable[[str], None] | None = None):
-    try:
-        return load_encoder(model, pretrained, device, precision, say=say)
-    except WeightsUnavailable as e:
-        if not fallback:
-            raise
-        log(f"{e.reason}; going on with {fallback} on RANDOM weights (--fallback-model): the output only shows the "
-            f"pipeline works, and this workspace keeps {fallback} on later runs (for real labels: get the weights, "
-            f"run without --fallback-model to see how, and build a new workspace)")
-        return load_encoder(fallback, "none", device, precision)
-
-
-# meta key: the model and weights a workspace was asked for when the fallback model stood in
-FALLBACK_FOR = "fallback_for"
-
-
-def _note_fallback_workspace(ws_path: Path, source: Path, asked: tuple[str | None, str | None],
-                             fallback: str | None, log: Callable[[str], None]) -> None:
-    """A workspace keeps its model, the fallback's random weights too: a rerun of the command that
-    made it (a second `make demo`) says so, and says what to run when the real weights are here now."""
-    con = Workspace(ws_path).connect(read_only=True)
-    try:
-        raw = Workspace.get_meta(con, FALLBACK_FOR)
-    finally:
-        con.close()
-    if raw is None or asked != (None, None):  # asked for a model by name: check_same_model answers that
-        return
-    wanted = json.loads(raw)
-    from .ingest.model import weights_cached
-
-    here = weights_cached(wanted["model"], wanted["pretrained"])
-    fb = f" --fallback-model {fallback}" if fallback else ""
-    log(f"NOTE: {ws_path} was built with the fallback model on RANDOM weights because {wanted['model']} "
-        f"pretrained='{wanted['pretrained']}' could not be obtained, and a workspace keeps its model"
-        + (f"; those weights are here now: for real labels, build a new workspace: "
-           f"`curate build-index {source} -w NEW_WS{fb}` (or remove {ws_path} and run the same command again)"
-           if here else f"; to label for real, get those weights (`curate build-index {source} -w NEW_WS` "
-                        "says how) and build a new workspace"))
-
-
-def _has_images(root: Path) -> bool:
-    """Whether any image file lies below root (stops at the first one)."""
-    for _dirpath, _dirs, files in os.walk(root):
-        if any(f.lower().endswith(tuple(scanned_extensions())) and not f.startswith(".") for f in files):
-            return True
-    return False
-
-
-def _absent(ws: Workspace) -> list[Path]:
-    """The workspace's paths that do not exist yet, outermost first: what a refused first run removes."""
-    out = [ws.root] if not ws.root.exists() else []
-    if not out:
-        out = [p for p in (ws.root / "embeddings", ws.indexes_dir) if not p.exists()]
-        out += [ws.root / (DB_NAME + suffix) for suffix in ("", ".wal") if not (ws.root / (DB_NAME + suffix)).exists()]
-    return out
-
-
-def _remove(paths: list[Path]) -> None:
-    for p in paths:
-        if p.is_dir():
-            shutil.rmtree(p, ignore_errors=True)
-        elif p.exists():
-            p.unlink()
-
-
-def _precomputed_identity(root: Path, model: str, pretrained: str) -> ModelIdentity:
-    import open_clip
-
-    from .ingest.model import register_configs
-    from .ingest.precomputed import embedding_dim
-
-    register_configs()
-    cfg = open_clip.get_model_config(model)
-    if cfg is None:
-        raise InputError(f"unknown model architecture '{model}' (needed to know what made the embeddings)")
-    dim = embedding_dim(root)
-    if int(cfg["embed_dim"]) != dim:
-        raise InputError(f"{root}: vectors are {dim}-d but {model} makes {cfg['embed_dim']}-d ones; "
-                         "pass the --model the embeddings were made with")
-    return ModelIdentity(model, pretrained, dim, pretrained in ("none", "random"))
+    return build.run(Path(source), Path(workspace), BuildOptions(**options), log, quiet)
 
 
 # --------------------------------------------------------------------------- labels, classify
@@ -437,32 +126,31 @@ def labels(workspace: str | Path) -> list[LabelRow]:
 
 
 @check.params(
-    workspace=check.path(), label_set=check.path(), prompts=check.path(), logit_scale=check.number(0, lo_open=True, none=True),
-    temperature=check.number(0, lo_open=True, none=True), storage=check.text(), top_k=check.integer(1),
-    device=check.text(), restart=check.flag(), batch_rows=check.integer(1), name=check.text(none=True),
-    quiet=check.flag(none=True), on_batch=check.function(none=True), log=check.function(none=True))
-def classify(workspace: str | Path = "ws", *, label_set: str | Path = "places205", prompts: str | Path = "natural",
-             logit_scale: float | None = None, temperature: float | None = None, storage: str = "auto",
-             top_k: int = DEFAULT_TOP_K, device: str = "auto", restart: bool = False,
-             batch_rows: int = DEFAULT_BATCH_ROWS, name: str | None = None, quiet: bool | None = None,
-             on_batch: Callable[[int, int], None] | None = None,
-             log: Callable[[str], None] | None = None) -> ClassifyResult:
+    ClassifyOptions, workspace=check.path(), temperature=check.number(0, lo_open=True, none=True),
+    quiet=check.flag(none=True), on_batch=check.function(none=True), log=check.function(none=True),
+    label_set=check.path(), prompts=check.path(), name=check.text(none=True),
+    logit_scale=check.number(0, lo_open=True, none=True), top_k=check.integer(1),
+    storage=check.choice(("auto", "full", "topk")), batch_rows=check.integer(1), device=check.text(),
+    restart=check.flag())
+def classify(workspace: str | Path = "ws", *, temperature: float | None = None, quiet: bool | None = None,
+             on_batch: Callable[[int, int], None] | None = None, log: Callable[[str], None] | None = None,
+             **options: object) -> ClassifyResult:
     """Score every image and caption against every label; create the SQL views.
 
-    The options are `curate classify`'s. The scores are the classification `name`
-    (default: label set and wording, e.g. places205-natural), which becomes the active one
-    when it completes. A run with the settings of that classification's scores continues them. `on_batch(vectors, so_far)` hears each committed batch;
-    `log` the line said when a run resumes or starts over (default: stderr, beside the bar).
+    The keyword options are `curate classify`'s, the fields of ClassifyOptions
+    (curate/classify/run.py, which runs the step); `temperature` is 1 / logit_scale. The scores
+    are the classification `name` (default: label set and wording, e.g. places205-natural),
+    which becomes the active one when it completes. A run with the settings of that
+    classification's scores continues them. `on_batch(vectors, so_far)` hears each committed
+    batch; `log` the line said when a run resumes or starts over (default: stderr, beside the bar).
     """
-    from .classify.run import classify as run_classify
+    from .classify import run
 
     ws_path = must_exist(workspace)
     if temperature is not None:
-        if logit_scale is not None:
+        if options.get("logit_scale") is not None:
             raise InputError("give logit_scale or temperature, not both")
-        if not temperature > 0:
-            raise InputError("the temperature must be positive")
-        logit_scale = 1.0 / temperature
+        options["logit_scale"] = 1.0 / temperature
     if log is None:
         from tqdm import tqdm
 
@@ -480,12 +168,10 @@ def classify(workspace: str | Path = "ws", *, label_set: str | Path = "places205
             on_batch(n, committed)
 
     try:
-        return run_classify(ws_path, label_set, prompts, logit_scale=logit_scale, storage=storage, top_k=top_k,
-                            device=device, progress=progress, restart=restart, batch_rows=batch_rows, log=log,
-                            plan=bar.reset, name=name)
+        return run.run(ws_path, ClassifyOptions(**options), hear=run.Listeners(progress, log, bar.reset))
     except CurateError:
         raise
-    except ValueError as e:  # scores' own checks on the settings
+    except ValueError as e:  # the label set's and wording's own checks
         raise InputError(str(e)) from None
     finally:
         bar.close()

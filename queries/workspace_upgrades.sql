@@ -29,3 +29,23 @@ ALTER TABLE shards ADD COLUMN IF NOT EXISTS ids_mtime_ns BIGINT;
 -- the float precision build-index embedded in (fp32, bf16, fp16: curate/ingest/precision.py);
 -- NULL for runs from before it was recorded (CPU runs were fp32, CUDA runs fp16)
 ALTER TABLE runs ADD COLUMN IF NOT EXISTS precision VARCHAR;
+
+-- build-index's embedding step, summed over its batches (curate/ingest/embed.py EmbedStats):
+-- seconds waiting for decoded images, in the model, writing shards; a run whose decode_s is
+-- well above its forward_s was decode-bound (run_times shows it per batch)
+ALTER TABLE runs ADD COLUMN IF NOT EXISTS batches INTEGER;
+ALTER TABLE runs ADD COLUMN IF NOT EXISTS decode_s DOUBLE;
+ALTER TABLE runs ADD COLUMN IF NOT EXISTS forward_s DOUBLE;
+ALTER TABLE runs ADD COLUMN IF NOT EXISTS commit_s DOUBLE;
+
+-- each build-index run's time per batch, and what bounded it: `select * from run_times`
+CREATE OR REPLACE VIEW run_times AS
+SELECT run_id, started_at, device, precision, decode, batches,
+       round(1000 * decode_s / batches, 1) AS decode_ms,
+       round(1000 * forward_s / batches, 1) AS forward_ms,
+       round(1000 * commit_s / batches, 1) AS commit_ms,
+       CASE WHEN decode_s >= greatest(forward_s, commit_s) THEN 'decode'
+            WHEN forward_s >= commit_s THEN 'forward'
+            ELSE 'commit' END AS bound_by
+FROM runs
+WHERE command = 'build-index' AND batches > 0;

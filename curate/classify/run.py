@@ -102,41 +102,83 @@ FROM batch_rows
 """
 
 
+@dataclass(frozen=True)
+class ClassifyOptions:
+    """`curate classify`'s options (the same names and defaults): what is scored against what, and how
+    it is stored. The scores are the classification `name` (default: label set and wording, e.g.
+    places205-natural). `storage` is full, topk or auto (by size); `logit_scale` None is the model's;
+    `restart` starts over instead of continuing scores with these settings."""
+
+    label_set: str | Path | LabelSet = "places205"
+    prompts: str | Path = "natural"
+    name: str | None = None
+    logit_scale: float | None = None
+    top_k: int = DEFAULT_TOP_K
+    storage: str = "auto"
+    batch_rows: int = DEFAULT_BATCH_ROWS
+    device: str = "auto"
+    restart: bool = False
+
+
+@dataclass(frozen=True)
+class Listeners:
+    """Who hears a run: `plan` how many vectors it will score, `progress` the vectors of each
+    committed batch, `log` a line when it resumes or starts over."""
+
+    progress: Callable[[int], None] | None = None
+    log: Callable[[str], None] = lambda _line: None
+    plan: Callable[[int], None] | None = None
+
+
+@dataclass(frozen=True)
+class ScoreJob:
+    """One classification's scores to write, its settings resolved (what _write_scores needs)."""
+
+    name: str
+    q: LabelQueries
+    ls: LabelSet
+    wording: Wording
+    ident: ModelIdentity
+    scale: float
+    storage: str
+    keep_k: int | None       # top-k rows kept per item; None: every label (full)
+    n_img: int
+    n_cap: int
+    batch_rows: int
+    restart: bool
+
+
 def classify(ws_path: str | Path, label_set: str | Path | LabelSet = "places205", prompts: str | Path = "natural",
-             encoder: Encoder | None = None, *, logit_scale: float | None = None, top_k: int = DEFAULT_TOP_K,
-             storage: str = "auto", batch_rows: int = DEFAULT_BATCH_ROWS, device: str | None = None,
-             progress: Callable[[int], None] | None = None, restart: bool = False,
+             encoder: Encoder | None = None, *, progress: Callable[[int], None] | None = None,
              log: Callable[[str], None] | None = None, plan: Callable[[int], None] | None = None,
-             name: str | None = None) -> ClassifyResult:
+             **options: object) -> ClassifyResult:
     """Score every image and caption of a workspace against a label set; (re)create the views.
 
-    The scores are the classification `name` (default: label set and wording, e.g.
-    places205-natural), in its own schema beside any others (registry.py); completing
-    makes it the active one, the one the plain views show.
+    The keyword options are ClassifyOptions' fields. The scores are the classification `name`,
+    in its own schema beside any others (registry.py); completing makes it the active one,
+    the one the plain views show.
 
     `encoder` is only needed when the label vectors are not cached yet; by default the
-    workspace's own model is loaded then. `storage` is full, topk or auto (by size).
-    A run with the settings of the scores already in the workspace (a killed run, or
-    a finished one before more items were embedded) continues after the last item
-    they hold; `restart` starts over anyway. `plan` hears how many vectors this run will
-    score, `progress` the vectors of each committed batch, `log` a line when a run resumes
-    or starts over.
+    workspace's own model is loaded then. A run with the settings of the scores already in
+    the workspace (a killed run, or a finished one before more items were embedded)
+    continues after the last item they hold; `restart` starts over anyway. The listeners
+    are Listeners'.
     """
+    opts = ClassifyOptions(label_set=label_set, prompts=prompts, **options)  # type: ignore[arg-type]
+    return run(ws_path, opts, encoder, Listeners(progress, log or (lambda _line: None), plan))
+
+
+def run(ws_path: str | Path, opts: ClassifyOptions, encoder: Encoder | None = None,
+        hear: Listeners = Listeners()) -> ClassifyResult:
+    """`classify` with its options as one object (each value checked where it entered: curate/api.py)."""
     started = time.time()
     ws = Workspace(ws_path)
     if not ws.exists():
         raise NotReady(f"no workspace at {ws.root}: run `curate build-index` first")
-    ls = label_set if isinstance(label_set, LabelSet) else load_label_set(label_set)
-    wording = resolve(prompts)
-    name = registry.check_name(name) if name is not None else registry.default_name(ls.name, wording.name)
-    if storage not in ("auto", "full", "topk"):
-        raise ValueError(f"storage must be auto, full or topk, not {storage!r}")
-    if top_k < 1:
-        raise ValueError("top_k must be at least 1")
-    if batch_rows < 1:
-        raise ValueError("batch_rows must be at least 1")
-    if logit_scale is not None and not (logit_scale > 0 and np.isfinite(logit_scale)):
-        raise ValueError("the logit scale must be a positive number (1 / temperature)")
+    ls = opts.label_set if isinstance(opts.label_set, LabelSet) else load_label_set(opts.label_set)
+    wording = resolve(opts.prompts)
+    name = registry.check_name(opts.name) if opts.name is not None else registry.default_name(ls.name, wording.name)
+    device = opts.device
     con = ws.connect()
     try:
         ident = Workspace.model_identity(con)
@@ -167,19 +209,21 @@ def classify(ws_path: str | Path, label_set: str | Path | LabelSet = "places205"
         q, was_cached = label_queries(con, ident, ls, wording, factory, precision)
         if q.vectors.shape[1] != ident.embed_dim:
             raise NotReady(f"label vectors are {q.vectors.shape[1]}-d but the workspace is {ident.embed_dim}-d")
-        scale = float(logit_scale) if logit_scale is not None else q.logit_scale
+        scale = float(opts.logit_scale) if opts.logit_scale is not None else q.logit_scale
         n_img = store.count_vectors(ws, con, "image")
         n_cap = store.count_vectors(ws, con, "caption")
+        storage = opts.storage
         if storage == "auto":
             storage = "full" if max(n_img, n_cap) * len(ls) <= FULL_MAX_CELLS else "topk"
-        if top_k >= len(ls):
+        if opts.top_k >= len(ls):
             storage = "full"
-        keep_k = None if storage == "full" else top_k
+        keep_k = None if storage == "full" else opts.top_k
         with sql.transaction(con):
             registry.register(con, name, label_set=ls.name, prompts=wording.name, model=ident.model,
                               logit_scale=scale, storage=storage)
-        rows, resumed, interrupted = _write_scores(ws, con, q, ls, wording, ident, scale, storage, keep_k, n_img, n_cap,
-                                      batch_rows, progress, restart, log or (lambda _line: None), plan, name)
+        job = ScoreJob(name, q, ls, wording, ident, scale, storage, keep_k, n_img, n_cap, opts.batch_rows,
+                       opts.restart)
+        rows, resumed, interrupted = _write_scores(ws, con, job, hear)
     finally:
         con.close()
     return ClassifyResult(ls.name, wording.name, len(ls), n_img, n_cap, storage,
@@ -187,12 +231,9 @@ def classify(ws_path: str | Path, label_set: str | Path | LabelSet = "places205"
                           resumed, name, q.precision, held, interrupted)
 
 
-def _write_scores(ws: Workspace, con: duckdb.DuckDBPyConnection, q: LabelQueries, ls: LabelSet, wording: Wording,
-                  ident: ModelIdentity, scale: float, storage: str, keep_k: int | None, n_img: int, n_cap: int,
-                  batch_rows: int, progress: Callable[[int], None] | None, restart: bool,
-                  log: Callable[[str], None], plan: Callable[[int], None] | None = None,
-                  name: str = "places205-natural") -> tuple[int, int, bool]:
-    """Write the scores of classification `name`; returns (label_scores rows, vectors scored
+def _write_scores(ws: Workspace, con: duckdb.DuckDBPyConnection, job: ScoreJob,
+                  hear: Listeners) -> tuple[int, int, bool]:
+    """Write the scores of classification `job.name`; returns (label_scores rows, vectors scored
     by an earlier run, whether it continued a stopped run).
 
     A classification's scores (labels, item_scores, label_scores, score_settings,
@@ -213,6 +254,10 @@ def _write_scores(ws: Workspace, con: duckdb.DuckDBPyConnection, q: LabelQueries
     whole classification, published by renaming the tables (no copy). Every publish
     records the shards the scores now reflect (scored_shards).
     """
+    q, ls, wording, ident, scale, storage, keep_k = (job.q, job.ls, job.wording, job.ident, job.scale, job.storage,
+                                                     job.keep_k)
+    n_img, n_cap, batch_rows, restart, name = job.n_img, job.n_cap, job.batch_rows, job.restart, job.name
+    log, progress, plan = hear.log, hear.progress, hear.plan
     con.execute("CREATE OR REPLACE TEMP MACRO nan_null(x) AS CASE WHEN isnan(x) THEN NULL ELSE x END")
     con.execute(f"SET memory_limit = '{DUCKDB_MEMORY}'")  # a constant of ours, not user text
     fp = fingerprint(q, ls, ident, scale, storage, keep_k)

@@ -18,6 +18,7 @@ public function with hostile values for every parameter, so one without a checke
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import inspect
 import math
@@ -35,17 +36,29 @@ F = TypeVar("F", bound=Callable[..., Any])
 INT64 = (-(2 ** 63), 2 ** 63 - 1)  # what DuckDB, numpy and FAISS take for an integer
 
 
-def params(**checkers: Checker) -> Callable[[F], F]:
+def params(options: type | None = None, /, **checkers: Checker) -> Callable[[F], F]:
     """Check the named parameters of the decorated function on every call (only those given:
     defaults are not checked). A keyword-only parameter is named as its option (`--min-prob`),
-    another as itself (`workspace`). A call that does not fit the signature is an InputError too."""
+    another as itself (`workspace`). A call that does not fit the signature is an InputError too.
+
+    `options`: a dataclass whose fields the function's `**options` are (BuildOptions): each
+    field needs a checker here, named as its option, and a keyword that is no field is refused
+    as a call that does not fit."""
 
     def wrap(fn: F) -> F:
         sig = inspect.signature(fn)
-        unknown = sorted(set(checkers) - set(sig.parameters))
+        var_kw = next((n for n, p in sig.parameters.items() if p.kind is p.VAR_KEYWORD), None)
+        fields = {f.name: f.type for f in dataclasses.fields(options)} if options is not None else {}
+        if (var_kw is None) != (options is None):
+            raise TypeError(f"{fn.__qualname__}: **{var_kw} and an options class go together")
+        unknown = sorted(set(checkers) - set(sig.parameters) - set(fields))
         if unknown:
             raise TypeError(f"{fn.__qualname__}: no parameter {', '.join(unknown)} to check")
+        unchecked = sorted(set(fields) - set(checkers))
+        if unchecked:
+            raise TypeError(f"{fn.__qualname__}: no checker for the option(s) {', '.join(unchecked)}")
         shown = {n: f"--{n.replace('_', '-')}" if p.kind is p.KEYWORD_ONLY else n for n, p in sig.parameters.items()}
+        shown.update({n: f"--{n.replace('_', '-')}" for n in fields})
 
         @functools.wraps(fn)
         def checked(*args: Any, **kwargs: Any) -> Any:
@@ -56,12 +69,36 @@ def params(**checkers: Checker) -> Callable[[F], F]:
             for name, value in bound.arguments.items():
                 if name in checkers:
                     bound.arguments[name] = checkers[name](shown[name], value)
+            if var_kw is not None:
+                given = bound.arguments.get(var_kw, {})
+                for name in given:
+                    if name not in fields:
+                        raise InputError(f"{fn.__name__}(): got an unexpected keyword argument '{name}'")
+                    given[name] = checkers[name](shown[name], given[name])
             return fn(*bound.args, **bound.kwargs)
 
         checked.checked_params = frozenset(checkers)  # type: ignore[attr-defined]
+        checked.option_fields = fields  # type: ignore[attr-defined]  # name -> annotation, for **options
         return checked  # type: ignore[return-value]
 
     return wrap
+
+
+def choice(values: Iterable[str], *, none: bool = False) -> Checker:
+    """One of the names given (a string)."""
+    allowed = tuple(values)
+    give = f"one of {', '.join(allowed)}" + (", or None" if none else "")
+
+    def check(name: str, value: Any) -> str | None:
+        if value is None and none:
+            return None
+        if not isinstance(value, str):
+            raise _refuse(name, value, give)
+        if value not in allowed:
+            raise _refuse(name, value, give, typed=False)
+        return value
+
+    return check
 
 
 def _show(value: object) -> str:

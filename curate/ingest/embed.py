@@ -48,6 +48,8 @@ class EmbedOptions:
     draft_decode: bool = False      # reduced-scale JPEG decoding: faster, vectors differ slightly
     hash_files: bool = False        # also record a content hash of each file (--recheck hash)
     decode: str = "cpu"             # cpu: Pillow in the workers; gpu: JPEGs decoded on the model's device
+    device: str = "cpu"             # where the model runs (the Ray engine's actors load it there)
+    precision: str = "fp32"         # what it runs in, already resolved (curate/ingest/precision.py)
 
     def n_workers(self) -> int:
         if self.workers >= 0:
@@ -387,31 +389,61 @@ def pending_chunks(con: duckdb.DuckDBPyConnection, limit: int | None = None) -> 
         yield rows
 
 
+@dataclass
+class EmbedStats:
+    """What an engine's run did, and where its time went, summed over its batches: seconds
+    waiting for decoded pixels (decode), in the model (forward: images and captions), and
+    writing shards (commit). Decode well above forward: a decode-bound run (more --workers,
+    --draft-decode or --decode gpu help); forward above decode: the model is the limit.
+    The Ray engine's decode and forward are the seconds its tasks and actors spent, over the
+    cluster (work done, in parallel), its commit the driver's."""
+
+    embedded: int = 0
+    rejected: int = 0
+    batches: int = 0
+    decode_s: float = 0.0
+    forward_s: float = 0.0
+    commit_s: float = 0.0
+
+    def committed(self, ok_bad: tuple[int, int], seconds: float) -> None:
+        self.embedded += ok_bad[0]
+        self.rejected += ok_bad[1]
+        self.commit_s += seconds
+
+
 def embed_pending(ws: Workspace, con: duckdb.DuckDBPyConnection, enc: Encoder, run_id: int,
-                  opts: EmbedOptions, progress: Callable[[int], None] | None = None) -> tuple[int, int]:
-    """Embed every pending item; returns (embedded, rejected) for this call."""
+                  opts: EmbedOptions, progress: Callable[[int], None] | None = None) -> EmbedStats:
+    """Embed every pending item on this machine (the local engine); returns what this call did."""
     store.remove_orphans(ws, con)
-    done_ok = done_bad = 0
+    stats = EmbedStats()
     pending = ShardWork()
+    clock = time.perf_counter
     for rows in pending_chunks(con, opts.limit):
         ids = np.array([r[0] for r in rows], dtype=np.int64)
         captions = {r[0]: r[2] for r in rows if r[2] is not None}
+        waited = clock()
         for batch_ids, x, bad, seen in _ChunkLoader(ids, [r[1] for r in rows], enc, opts):
+            decoded = clock()
+            stats.decode_s += decoded - waited
+            stats.batches += 1
             pending.seen.extend(seen)
             if x is not None:
                 pending.img_ids.append(batch_ids)
                 pending.img_vecs.append(enc.encode_image_tensor(x))
                 _embed_captions(enc, batch_ids, captions, pending)
+            stats.forward_s += clock() - decoded
             pending.rejected.extend(bad)
             if progress:
                 progress(len(batch_ids) + len(bad))
             if pending.due(opts):
-                ok, nbad = commit(ws, con, run_id, pending, opts.shard_size, whole=pending.n_images < opts.shard_size)
-                done_ok, done_bad = done_ok + ok, done_bad + nbad
+                t = clock()
+                stats.committed(commit(ws, con, run_id, pending, opts.shard_size,
+                                       whole=pending.n_images < opts.shard_size), clock() - t)
+            waited = clock()
     if pending.n_items:
-        ok, nbad = commit(ws, con, run_id, pending, opts.shard_size)
-        done_ok, done_bad = done_ok + ok, done_bad + nbad
-    return done_ok, done_bad
+        t = clock()
+        stats.committed(commit(ws, con, run_id, pending, opts.shard_size), clock() - t)
+    return stats
 
 
 def _embed_captions(enc: Encoder, batch_ids: np.ndarray, captions: dict[int, str], pending: ShardWork) -> None:

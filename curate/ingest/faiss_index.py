@@ -211,10 +211,21 @@ class IndexResult:
     note: str = ""                # why it is not the recipe asked for (Choice.note)
 
 
+@dataclass(frozen=True)
+class IndexOptions:
+    """How an index is built: tuned to `target_recall` (recall@10), its recipe chosen within
+    `max_memory` (bytes or '2GB'), rebuilt from every shard when `rebuild`; `seed` draws the
+    training sample and the tuning queries."""
+
+    target_recall: float = 0.95
+    max_memory: int | str | None = None
+    rebuild: bool = False
+    seed: int = 0
+
+
 def build_index(ws: Workspace, con: duckdb.DuckDBPyConnection, kind: str, recipe_name: str | None = None,
-                progress: Callable[[int], None] | None = None, seed: int = 0, rebuild: bool = False,
-                plan: Callable[[int, str], None] | None = None, target_recall: float = 0.95,
-                max_memory: int | str | None = None) -> IndexResult:
+                progress: Callable[[int], None] | None = None, *, plan: Callable[[int, str], None] | None = None,
+                **options: object) -> IndexResult:
     """Bring ws/indexes/<kind>s.faiss up to date with the committed shards.
 
     What the file holds is recorded in the database: `index_shards` lists its shards and
@@ -231,7 +242,10 @@ def build_index(ws: Workspace, con: duckdb.DuckDBPyConnection, kind: str, recipe
     The file is written to a temporary name and renamed. The record of the new file (with
     the old one kept as `previous`) is committed before the rename and settled after it, so
     a run killed at any point leaves a file whose record the next run finds.
+    The keyword options are IndexOptions' fields.
     """
+    opts = IndexOptions(**options)  # type: ignore[arg-type]
+    target_recall, max_memory, rebuild, seed = opts.target_recall, opts.max_memory, opts.rebuild, opts.seed
     sql.run(con, "index_shards")
     out = ws.index_path(kind)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import duckdb
@@ -112,12 +113,10 @@ def import_clip_retrieval(ws: Workspace, con: duckdb.DuckDBPyConnection, root: P
                           chunk: int = CHUNK, shard_size: int | None = None) -> tuple[int, int, int]:
     """Import every part in shards of at most `shard_size` rows; returns (rows seen, items added, rejected)."""
     if shard_size is not None:
-        if shard_size < 1:
-            raise SourceError(f"--shard-size {shard_size}: a shard holds at least one row")
         # a chunk (one transaction) is whole shards where it can be, so no small shard ends each chunk
         chunk = shard_size * max(1, chunk // shard_size) if shard_size <= chunk else chunk
     store.remove_orphans(ws, con)
-    source_no = register_source(con, Source("clip-retrieval", root), run_id)
+    into = _Into(ws, con, run_id, register_source(con, Source("clip-retrieval", root), run_id), shard_size)
     seen = added = bad = 0
     for part, img_f, text_f, meta_f in _parts(root):
         n_rows, dim = open_vectors(img_f).shape
@@ -137,11 +136,11 @@ def import_clip_retrieval(ws: Workspace, con: duckdb.DuckDBPyConnection, root: P
         extras = [c for c in cols if c not in ("_row", "caption", path_col, id_col)]
         targets = column_targets(extras)
         _add_extra_columns(con, extras, targets)
-        _reject_duplicates(con, run_id, meta_f, id_col, path_col, source_no)
+        _reject_duplicates(con, run_id, meta_f, id_col, path_col, into.source_no)
+        layout = _Part(part, img_f, text_f, cols, path_col, id_col, extras, targets)
         for start in range(0, n_rows, chunk):
             stop = min(start + chunk, n_rows)
-            a, b, c = _import_chunk(ws, con, run_id, part, img_f, text_f, start, stop, cols, path_col, id_col,
-                                    extras, targets, source_no, shard_size)
+            a, b, c = _import_chunk(into, layout, start, stop)
             seen, added, bad = seen + a, added + b, bad + c
             if progress:
                 progress(stop - start)
@@ -187,8 +186,36 @@ def _rows(f: Path, start: int, stop: int, rows: np.ndarray) -> np.ndarray:
     return np.array(np.load(f, mmap_mode="r")[start:stop][rows - start])
 
 
-def _import_chunk(ws, con, run_id, part, img_f, text_f, start, stop, cols, path_col, id_col, extras, targets,
-                  source_no, shard_size=None):
+@dataclass(frozen=True)
+class _Into:
+    """Where an import writes: the workspace, this run, the source's number, the shard size."""
+
+    ws: Workspace
+    con: duckdb.DuckDBPyConnection
+    run_id: int
+    source_no: int
+    shard_size: int | None
+
+
+@dataclass(frozen=True)
+class _Part:
+    """One part of a clip-retrieval folder: its files and its metadata's columns."""
+
+    part: int
+    img_f: Path
+    text_f: Path | None
+    cols: list[str]
+    path_col: str | None
+    id_col: str | None
+    extras: list[str]      # the metadata's own columns, kept
+    targets: list[str]     # the items columns they go to
+
+
+def _import_chunk(into: _Into, layout: _Part, start: int, stop: int) -> tuple[int, int, int]:
+    """Rows start..stop of a part, committed in shards; returns (rows seen, items added, rejected)."""
+    ws, con, run_id, source_no, shard_size = into.ws, into.con, into.run_id, into.source_no, into.shard_size
+    part, img_f, text_f, cols = layout.part, layout.img_f, layout.text_f, layout.cols
+    path_col, id_col, extras, targets = layout.path_col, layout.id_col, layout.extras, layout.targets
     sid_expr = f"CAST({quote_ident(id_col)} AS VARCHAR)" if id_col else "NULL"
     path_expr = f"CAST({quote_ident(path_col)} AS VARCHAR)" if path_col else "NULL"
     fallback = f"'part{part}:' || _row"

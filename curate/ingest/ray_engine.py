@@ -41,6 +41,7 @@ import logging
 import os
 import re
 import socket
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -50,7 +51,15 @@ import numpy as np
 from ..core import store
 from ..core.workspace import Workspace
 from ..errors import CurateError, InputError, PartialResult
-from .embed import EmbedOptions, ShardWork, caption_vectors, commit, decode_item, pending_chunks
+from .embed import (
+    EmbedOptions,
+    EmbedStats,
+    ShardWork,
+    caption_vectors,
+    commit,
+    decode_item,
+    pending_chunks,
+)
 from .images import resize_rule
 from .model import Encoder, load_encoder
 
@@ -76,7 +85,8 @@ def _import_ray():
 
 @dataclass
 class RaySession:
-    """A connection to a Ray cluster (started here when no address was given)."""
+    """A connection to a Ray cluster (started here when no address was given); a context
+    manager: leaving it disconnects (and stops a local Ray it started)."""
 
     ray: object
     owned: bool        # connected by curate: disconnected (and a local Ray stopped) by close()
@@ -103,6 +113,12 @@ class RaySession:
     def close(self) -> None:
         if self.owned:
             self.ray.shutdown()
+
+    def __enter__(self) -> RaySession:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
 
 
 def connect(address: str | None) -> RaySession:
@@ -183,6 +199,7 @@ def plan_actors(resources: dict[str, float], nodes: list[dict], device: str) -> 
 def decode_batch(batch: dict[str, np.ndarray], *, preprocess, resize, max_pixels: int, draft: bool,
                  hash_files: bool, image_size: int) -> dict[str, np.ndarray]:
     """A decode task: rows of (id, path, caption) -> preprocessed pixels, or the reason they are not."""
+    started = time.perf_counter()
     ids = batch["id"]
     n = len(ids)
     xs: list = [None] * n
@@ -205,8 +222,10 @@ def decode_batch(batch: dict[str, np.ndarray], *, preprocess, resize, max_pixels
     for j, x in enumerate(xs):
         if x is not None:
             pixels[j] = x
+    # the task's seconds, shared out over its rows: the driver sums the rows it keeps
+    spent = np.full(n, (time.perf_counter() - started) / max(n, 1))
     return {"id": ids, "caption": batch["caption"], "has_caption": batch["has_caption"], "pixels": pixels,
-            "ok": ok, "reason": reason, "size": size, "mtime": mtime, "hash": digest}
+            "ok": ok, "reason": reason, "size": size, "mtime": mtime, "hash": digest, "decode_s": spent}
 
 
 class Embedder:
@@ -221,6 +240,7 @@ class Embedder:
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         import torch
 
+        started = time.perf_counter()
         ids, ok = batch["id"].astype(np.int64), batch["ok"].astype(bool)
         n, d = len(ids), self.enc.identity.embed_dim
         img = np.zeros((n, d), np.float32)
@@ -237,9 +257,10 @@ class Embedder:
             for k, (i, c, t) in enumerate(got[2]):
                 cap[where[i]] = got[1][k]
                 tokens[where[i]], truncated[where[i]] = c, t
+        spent = np.full(n, (time.perf_counter() - started) / max(n, 1))
         return {"id": ids, "ok": ok, "reason": batch["reason"], "size": batch["size"], "mtime": batch["mtime"],
                 "hash": batch["hash"], "image": img, "has_caption": has_cap, "caption": cap,
-                "tokens": tokens, "truncated": truncated}
+                "tokens": tokens, "truncated": truncated, "decode_s": batch["decode_s"], "forward_s": spent}
 
 
 @dataclass
@@ -250,16 +271,36 @@ class _Received:
     pos: int = 0
 
 
-def embed_pending_ray(ws: Workspace, con: duckdb.DuckDBPyConnection, session: RaySession, model: str,
-                      pretrained: str, device: str, precision: str, run_id: int, opts: EmbedOptions,
-                      preprocess, image_size: int, progress: Callable[[int], None] | None = None,
-                      actors: int | None = None) -> tuple[int, int]:
-    """Embed every pending item on the cluster; returns (embedded, rejected) for this call.
+class RayEngine:
+    """The Ray engine (curate/ingest/engines.py has the interface): the model in actors on the
+    cluster's devices, the driver's encoder on its CPU only for its preprocessing and identity."""
 
-    `preprocess` and `image_size` are the driver's encoder's (the decode tasks need no model);
-    `device` is the actors' (RaySession.device), `precision` already resolved for it.
+    def __init__(self, session: RaySession, actors: int | None = None) -> None:
+        self.session, self.actors = session, actors
+
+    def device(self, asked: str) -> str:
+        return self.session.device(asked)
+
+    def driver(self, device: str, precision: str) -> tuple[str, str]:
+        """The model runs on the actors: the driver's copy (for preprocessing) stays on its CPU, in fp32."""
+        return "cpu", "fp32"
+
+    def embed(self, ws: Workspace, con: duckdb.DuckDBPyConnection, enc: Encoder, run_id: int,
+              opts: EmbedOptions, progress: Callable[[int], None] | None = None) -> EmbedStats:
+        return _embed_pending(ws, con, self.session, enc, run_id, opts, progress, self.actors)
+
+
+def _embed_pending(ws: Workspace, con: duckdb.DuckDBPyConnection, session: RaySession, enc: Encoder, run_id: int,
+                   opts: EmbedOptions, progress: Callable[[int], None] | None, actors: int | None) -> EmbedStats:
+    """Embed every pending item on the cluster; returns what this call did.
+
+    The actors load `enc`'s model (its identity: a fallback model is what they load) on
+    `opts.device` (RaySession.device) in `opts.precision`, already resolved for it; the decode
+    tasks use `enc`'s preprocessing.
     """
     ray = session.ray
+    preprocess, image_size = enc.preprocess, enc.image_size
+    model, pretrained, device, precision = enc.identity.model, enc.identity.pretrained, opts.device, opts.precision
     _quiet_ray_data(ray)
     store.remove_orphans(ws, con)
     plan = plan_actors(session.resources(), session.nodes(), device)
@@ -285,7 +326,8 @@ def embed_pending_ray(ws: Workspace, con: duckdb.DuckDBPyConnection, session: Ra
                             num_gpus=plan.num_gpus, num_cpus=plan.num_cpus)
         return ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=2)
 
-    done_ok = done_bad = 0
+    stats = EmbedStats()
+    clock = time.perf_counter
     pending = ShardWork()
     left_pending = 0
     last_error = "items missing from the stream"
@@ -296,11 +338,11 @@ def embed_pending_ray(ws: Workspace, con: duckdb.DuckDBPyConnection, session: Ra
             before = got.pos
             try:
                 for batch in stream(rows[got.pos:]):
-                    gap = _take(batch, got, pending, progress)
+                    gap = _take(batch, got, pending, progress, stats)
                     if pending.due(opts):
-                        ok, nbad = commit(ws, con, run_id, pending, opts.shard_size,
-                                          whole=pending.n_images < opts.shard_size)
-                        done_ok, done_bad = done_ok + ok, done_bad + nbad
+                        t = clock()
+                        stats.committed(commit(ws, con, run_id, pending, opts.shard_size,
+                                               whole=pending.n_images < opts.shard_size), clock() - t)
                     if gap:
                         break  # the rest is sent again, from the first item not received
             except Exception as e:  # noqa: BLE001 - a cluster failure: keep what arrived, send the rest again
@@ -318,17 +360,17 @@ def embed_pending_ray(ws: Workspace, con: duckdb.DuckDBPyConnection, session: Ra
         if left_pending:  # stop here: a rerun then goes on in id order, after what is committed
             break
     if pending.n_items:
-        ok, nbad = commit(ws, con, run_id, pending, opts.shard_size)
-        done_ok, done_bad = done_ok + ok, done_bad + nbad
+        t = clock()
+        stats.committed(commit(ws, con, run_id, pending, opts.shard_size), clock() - t)
     if left_pending:
         raise PartialResult(f"the Ray cluster failed {RETRIES} times in a row on the same items ({last_error}); "
                             f"the run stopped with {left_pending} items of this chunk and all later ones still "
                             "pending (everything before is committed): run build-index again to go on")
-    return done_ok, done_bad
+    return stats
 
 
 def _take(batch: dict[str, np.ndarray], got: _Received, pending: ShardWork,
-          progress: Callable[[int], None] | None) -> bool:
+          progress: Callable[[int], None] | None, stats: EmbedStats) -> bool:
     """Add one returned batch to the shard in progress; True when an item is missing (a gap)."""
     ids = batch["id"].astype(np.int64)
     keep: list[int] = []
@@ -344,6 +386,9 @@ def _take(batch: dict[str, np.ndarray], got: _Received, pending: ShardWork,
     if not keep:
         return gap
     k = np.array(keep)
+    stats.batches += 1
+    stats.decode_s += float(batch["decode_s"][k].sum())
+    stats.forward_s += float(batch["forward_s"][k].sum())
     ok = batch["ok"][k].astype(bool)
     k_ids = ids[k]
     for i, sz, mt, h in zip(k_ids, batch["size"][k], batch["mtime"][k], batch["hash"][k], strict=True):

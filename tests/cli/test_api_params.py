@@ -66,13 +66,23 @@ def _hostile(fn_name: str, name: str, annotation: str) -> list:
     return values
 
 
+def _params(fn) -> dict[str, tuple[str, str]]:
+    """Each parameter as (shown, annotation); `**options` are its options class's fields (BuildOptions)."""
+    out = {}
+    for p in inspect.signature(fn).parameters.values():
+        if p.kind is p.VAR_KEYWORD:
+            out.update({n: (f"--{n.replace('_', '-')}", str(a)) for n, a in fn.option_fields.items()})
+        else:
+            out[p.name] = (f"--{p.name.replace('_', '-')}" if p.kind is p.KEYWORD_ONLY else p.name, str(p.annotation))
+    return out
+
+
 def _cases() -> list:
     out = []
     for fn_name, fn in sorted(_public().items()):
-        for p in inspect.signature(fn).parameters.values():
-            shown = f"--{p.name.replace('_', '-')}" if p.kind is p.KEYWORD_ONLY else p.name
-            for k, v in enumerate(_hostile(fn_name, p.name, str(p.annotation))):
-                out.append(pytest.param(fn_name, p.name, shown, v, id=f"{fn_name}-{p.name}-{k}"))
+        for name, (shown, annotation) in _params(fn).items():
+            for k, v in enumerate(_hostile(fn_name, name, annotation)):
+                out.append(pytest.param(fn_name, name, shown, v, id=f"{fn_name}-{name}-{k}"))
     return out
 
 
@@ -100,7 +110,7 @@ def test_a_hostile_value_is_refused_naming_the_parameter(baseline, fn_name, para
 def test_every_public_function_and_parameter_has_a_checker():
     """The same rule read from the decorator: a function with no @check.params, or a
     parameter missing from it, is named here."""
-    missing = {name: sorted(set(inspect.signature(fn).parameters) - getattr(fn, "checked_params", frozenset()))
+    missing = {name: sorted(set(_params(fn)) - getattr(fn, "checked_params", frozenset()))
                for name, fn in _public().items()}
     assert {k: v for k, v in missing.items() if v} == {}
     assert set(_public()) >= {"build_index", "classify", "filter", "search", "sample", "report", "compare",

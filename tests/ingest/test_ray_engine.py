@@ -3,6 +3,7 @@ the local engine, a worker node lost mid-run, the driver killed with SIGKILL and
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import logging
 import os
@@ -131,7 +132,7 @@ def test_an_actor_that_cannot_load_the_model_stops_the_run(cluster, source, tmp_
     import ray
 
     from curate.ingest.embed import EmbedOptions
-    from curate.ingest.ray_engine import RaySession, embed_pending_ray
+    from curate.ingest.ray_engine import RayEngine, RaySession
     from curate.ingest.scan import scan_into
     from curate.ingest.sources import detect_source
 
@@ -142,9 +143,10 @@ def test_an_actor_that_cannot_load_the_model_stops_the_run(cluster, source, tmp_
         run_id = Workspace.start_run(con, "build-index", "test", tiny_encoder.identity, "cpu")
         scan_into(con, detect_source(source), run_id)
         with pytest.raises(InputError, match="could not start: .*WeightsUnavailable: unknown model architecture"):
-            embed_pending_ray(ws, con, RaySession(ray, owned=False), "no-such-model", "none", "cpu", "fp32", run_id,
-                              EmbedOptions(batch_size=4, shard_size=SHARD), tiny_encoder.preprocess,
-                              tiny_encoder.image_size)
+            enc = dataclasses.replace(tiny_encoder, identity=dataclasses.replace(tiny_encoder.identity,
+                                                                                  model="no-such-model"))
+            RayEngine(RaySession(ray, owned=False)).embed(ws, con, enc, run_id,
+                                                          EmbedOptions(batch_size=4, shard_size=SHARD))
         assert con.execute("SELECT count(*) FROM items WHERE status = 'pending'").fetchall()[0][0] == N
     finally:
         con.close()

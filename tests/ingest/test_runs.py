@@ -65,3 +65,44 @@ def test_a_run_whose_process_lives_is_not_marked(tmp_path):
         live.kill()
         live.wait()
         con.close()
+
+
+def test_each_build_records_where_its_batches_spent_their_time(tmp_path):
+    """decode / forward / commit seconds over the run's batches, in `runs`, and per batch with
+    what bound the run in the run_times view; an import embeds nothing and has none."""
+    from conftest import make_folder
+
+    from curate import api
+
+    src = make_folder(tmp_path / "photos", n=6)
+    ws = tmp_path / "ws"
+    api.build_index(src, ws, model="curate-tiny", pretrained="none", workers=0, batch_size=2, quiet=True)
+    con = Workspace(ws).connect(read_only=True)
+    try:
+        batches, decode_s, forward_s, commit_s = con.execute(
+            "SELECT batches, decode_s, forward_s, commit_s FROM runs WHERE command = 'build-index'").fetchall()[0]
+        assert batches == 3 and decode_s > 0 and forward_s > 0 and commit_s > 0
+        (row,) = con.execute("SELECT batches, decode_ms, forward_ms, commit_ms, bound_by FROM run_times").fetchall()
+        assert row[0] == 3 and row[1] == round(1000 * decode_s / 3, 1) and row[4] in ("decode", "forward", "commit")
+        assert row[4] == max(zip((decode_s, forward_s, commit_s), ("decode", "forward", "commit"), strict=True))[1]
+    finally:
+        con.close()
+
+
+def test_an_older_workspace_gets_the_timing_columns_at_its_next_write(tmp_path):
+    """A workspace from before the timings: its runs table lacks the columns and it has no
+    run_times view; the next read-write connect adds both (queries/workspace_upgrades.sql)."""
+    ws = Workspace(tmp_path / "ws")
+    con = ws.connect()
+    con.execute("DROP VIEW run_times")
+    for c in ("batches", "decode_s", "forward_s", "commit_s"):
+        con.execute(f"ALTER TABLE runs DROP COLUMN {c}")
+    con.execute("INSERT INTO runs (run_id, command, status) VALUES (1, 'build-index', 'finished')")
+    con.close()
+    con = ws.connect()
+    try:
+        cols = {r[0] for r in con.execute("DESCRIBE runs").fetchall()}
+        assert {"batches", "decode_s", "forward_s", "commit_s"} <= cols
+        assert con.execute("SELECT * FROM run_times").fetchall() == []   # the old run: no timings, no row
+    finally:
+        con.close()
