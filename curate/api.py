@@ -29,14 +29,10 @@ from pathlib import Path
 
 from .classify import registry
 from .classify.calibrated import Calibration, for_workspace
-from .classify.dedup import DedupResult
-from .classify.exports import SHARD_SIZE, command_line
 from .classify.registry import Classification
 from .classify.run import DEFAULT_BATCH_ROWS, DEFAULT_TOP_K, ClassifyResult
 from .classify.scoring import ENSEMBLE_TEXT_MIN, ENSEMBLE_TEXT_WEIGHT
-from .classify.search import Hit
 from .classify.state import NotReady
-from .classify.subsets import FilterError, FilterResult, FilterSpec, parse_where, write_subset
 from .core import check, integrity
 from .core.progress import Progress
 from .core.sql import has_relation
@@ -55,6 +51,10 @@ from .ingest.model import (
 )
 from .ingest.scan import scan_into
 from .ingest.sources import detect_source, scanned_extensions
+from .select.dedup import DedupResult
+from .select.exports import SHARD_SIZE, command_line
+from .select.filter import FilterError, FilterResult, FilterSpec, parse_where, write_subset
+from .select.search import Hit
 from .validate import calibration, collection, compare_render, ppi, report_render, sampling
 from .validate import compare as compare_mod
 from .validate import report as report_mod
@@ -614,7 +614,7 @@ def _match_labels(ws_path: Path, labels: Iterable[str], classification: str | No
     """The labels asked for, each with the one it names in the classification's label set (case
     and separators forgiven where that leaves one: classify/labels.py match_labels)."""
     from .classify.labels import match_labels
-    from .classify.subsets import open_scored
+    from .select.filter import open_scored
 
     labels = tuple(labels)
     if not labels:
@@ -660,8 +660,8 @@ def search(workspace: str | Path, text: str | None = None, k: int = 20, *, image
     `search_param` (nprobe or efSearch) when given. `out`: also write the hits to this file
     (format by extension, as filter's: parquet, csv, tsv, jsonl, json).
     """
-    from .classify.search import check_query, out_format, write_hits
-    from .classify.search import search as search_items
+    from .select.search import check_query, out_format, write_hits
+    from .select.search import search as search_items
 
     check_query(text, image, mode)   # before any model loads: an empty query is refused at once
     if out is not None:
@@ -848,7 +848,7 @@ def dedup(workspace: str | Path = "ws", *, threshold: float | None = None, kind:
     image index; a rerun queries only vectors embedded since (`fresh`: all again). kind
     "caption-text": items whose captions are equal after normalising whitespace and case.
     """
-    from .classify.dedup import DEFAULT_THRESHOLD, DedupError, find_duplicates
+    from .select.dedup import DEFAULT_THRESHOLD, DedupError, find_duplicates
 
     ws_path = must_exist(workspace)
     if kind != "image" and threshold is not None:

@@ -12,10 +12,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..classify.exports import command_line
 from ..classify.registry import NAME_RE
 from ..classify.scoring import ENSEMBLE_TEXT_MIN, ENSEMBLE_TEXT_WEIGHT
 from ..errors import InputError
+from ..select.exports import command_line
 
 # mode -> the relation app_view reads (queries/app_browse.sql, app_calibrated.sql): fixed names
 RELATIONS = {"image": "predictions", "caption": "caption_predictions", "ensemble": "ensemble",

@@ -7,11 +7,11 @@ from pathlib import Path
 import click
 
 from .. import api
-from ..classify.exports import SHARD_SIZE, shard_pattern
 from ..classify.scoring import ENSEMBLE_TEXT_MIN, ENSEMBLE_TEXT_WEIGHT
-from ..classify.subsets import FORMAT_NAMES, FORMATS, MODES, FilterError, parse_where
 from ..core.textout import echo, safe
 from ..errors import PartialResult
+from ..select.exports import SHARD_SIZE, shard_pattern
+from ..select.filter import FORMAT_NAMES, FORMATS, MODES, FilterError, parse_where
 from . import options
 from .shared import note_pending, note_random_weights
 

@@ -7,9 +7,9 @@ from pathlib import Path
 import click
 
 from .. import api
-from ..classify.subsets import parse_where
 from ..core.progress import plural
 from ..core.textout import echo, safe
+from ..select.filter import parse_where
 from ..validate import sampling
 from ..validate.review import marks
 from . import options

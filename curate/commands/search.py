@@ -8,10 +8,10 @@ from pathlib import Path
 import click
 
 from .. import api
-from ..classify.search import MODES, Hit, check_query, out_format
-from ..classify.subsets import FORMATS
 from ..core.termwidth import clip, pad, width
 from ..core.textout import safe
+from ..select.filter import FORMATS
+from ..select.search import MODES, Hit, check_query, out_format
 from . import options
 from .shared import note_random_weights
 

@@ -20,10 +20,10 @@ import duckdb
 
 from ..classify import registry
 from ..classify.state import PREDICTION_VIEWS, require_complete
-from ..classify.subsets import where_clause
 from ..core import sql
 from ..core.sql import has_relation
 from ..errors import CurateError
+from ..select.filter import where_clause
 
 # Which view holds each kind of prediction (classify/state.py): a user picks the key.
 SOURCES: dict[str, str] = PREDICTION_VIEWS

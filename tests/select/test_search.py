@@ -14,11 +14,11 @@ import pytest
 from classify_support import read_out
 from conftest import run_cli, write_jpeg
 
-from curate.classify.search import Hit, encode_image_file, search, search_images
 from curate.commands.search import CAPTION_CELLS, table
 from curate.core import store
 from curate.core.termwidth import clip, pad, width
 from curate.core.workspace import Workspace
+from curate.select.search import Hit, encode_image_file, search, search_images
 
 COLUMNS = ["rank", "id", "score", "label", "prob", "path", "caption"]
 

@@ -22,13 +22,14 @@ from pathlib import Path
 import duckdb
 import numpy as np
 
+from ..classify import calibrated, registry, state
+from ..classify.labels import check_labels
+from ..classify.scoring import ENSEMBLE_TEXT_MIN, ENSEMBLE_TEXT_WEIGHT
 from ..core import sql
 from ..core.outputs import PARTIAL, check_output, partial_path, write_atomic
 from ..core.workspace import Workspace, quote_ident
 from ..errors import InputError, OutputError
-from . import calibrated, dedup, exports, registry, state
-from .labels import check_labels
-from .scoring import ENSEMBLE_TEXT_MIN, ENSEMBLE_TEXT_WEIGHT
+from . import dedup, exports
 
 # extension -> COPY options (fixed text, never from the user)
 FORMATS = {

@@ -1,7 +1,7 @@
 """What a training pipeline reads from a filter: webdataset shards, embeddings beside a subset,
 and the provenance every output carries.
 
-`write_subset` (subsets.py) selects the kept rows into the TEMP table `kept`; this module
+`write_subset` (filter.py) selects the kept rows into the TEMP table `kept`; this module
 writes them out in the forms training code loads without curate:
 
 - webdataset: tar shards of `{id}.jpg` (the file's original bytes), `{id}.txt` (caption)

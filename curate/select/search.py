@@ -11,12 +11,12 @@ from typing import TYPE_CHECKING
 import duckdb
 import numpy as np
 
+from ..classify import registry, state
+from ..classify.state import NotReady
 from ..core import sql
 from ..core.workspace import Workspace, check_same_model, quote_ident
 from ..errors import InputError
-from . import registry, state
-from .state import NotReady
-from .subsets import FORMATS, item_columns, write_atomic
+from .filter import FORMATS, item_columns, write_atomic
 
 if TYPE_CHECKING:  # the model module imports torch and open_clip; load it only when needed
     from ..ingest.model import Encoder

@@ -35,10 +35,10 @@ from pathlib import Path
 import duckdb
 import numpy as np
 
+from ..classify.state import NotReady
 from ..core import sql, store
 from ..core.workspace import Workspace
 from ..errors import InputError
-from .state import NotReady
 
 # Cosine on the image embeddings. clip-retrieval's dedup (clip_back.py, get_non_uniques)
 # range-searches CLIP image embeddings at 0.94; curate-tiny's random weights cannot tell
