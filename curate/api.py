@@ -660,12 +660,12 @@ def search(workspace: str | Path, text: str | None = None, k: int = 20, *, image
     `search_param` (nprobe or efSearch) when given. `out`: also write the hits to this file
     (format by extension, as filter's: parquet, csv, tsv, jsonl, json).
     """
-    from .select.search import check_query, out_format, write_hits
+    from .select.search import check_query, out_writer, write_hits
     from .select.search import search as search_items
 
     check_query(text, image, mode)   # before any model loads: an empty query is refused at once
     if out is not None:
-        out_format(out)
+        out_writer(out)
     ws_path = must_exist(workspace)
     hits = search_items(ws_path, text, image=image, mode=mode, k=k, device=device, classification=classification,
                         search_param=search_param)

@@ -78,14 +78,6 @@ def provenance(con: duckdb.DuckDBPyConnection, settings: dict, *, mode: str, cla
     return {f"curate.{k}": "" if v is None else str(v) for k, v in prov.items()}
 
 
-def kv_metadata_option(prov: dict[str, str]) -> str:
-    """`, KV_METADATA {...}` for a parquet COPY: DuckDB takes the map as literal text only, so
-    every key and value is a quoted SQL string (quotes doubled), never a bare user value."""
-    def lit(s: str) -> str:
-        return "'" + s.replace("'", "''") + "'"
-    return ", KV_METADATA {" + ", ".join(f"{lit(k)}: {lit(v)}" for k, v in prov.items()) + "}"
-
-
 def command_line(ws_path: str | Path, options: list[tuple[str, object]]) -> str:
     """The `curate filter` command that makes the same output, for the provenance: options
     given as (flag, value) pairs, a value of True a bare flag, None/False/() left out."""

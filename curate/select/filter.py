@@ -26,23 +26,23 @@ from ..classify import calibrated, registry, state
 from ..classify.labels import check_labels
 from ..classify.scoring import ENSEMBLE_TEXT_MIN, ENSEMBLE_TEXT_WEIGHT
 from ..core import sql
-from ..core.outputs import PARTIAL, check_output, partial_path, write_atomic
+from ..core.outputs import (
+    PARTIAL,
+    SUFFIXES,
+    WRITERS,
+    RowWriter,
+    check_output,
+    partial_path,
+    write_atomic,
+    writer_for,
+)
 from ..core.workspace import Workspace, quote_ident
 from ..errors import InputError, OutputError
 from . import dedup, exports
 
-# extension -> COPY options (fixed text, never from the user)
-FORMATS = {
-    ".parquet": "(FORMAT parquet)",
-    ".csv": "(FORMAT csv, HEADER true)",
-    ".tsv": "(FORMAT csv, HEADER true, DELIMITER '\t')",
-    ".jsonl": "(FORMAT json)",
-    ".ndjson": "(FORMAT json)",
-    ".json": "(FORMAT json, ARRAY true)",
-}
-# --format NAME -> the extension whose COPY options it takes; webdataset: a folder of tar shards
-FORMAT_NAMES = {"parquet": ".parquet", "csv": ".csv", "tsv": ".tsv", "jsonl": ".jsonl", "json": ".json",
-                "webdataset": None}
+# the extensions a subset file may have; --format NAME: a row writer's name, or webdataset (a folder of tar shards)
+FORMATS = tuple(SUFFIXES)
+FORMAT_NAMES = (*WRITERS, "webdataset")
 MODES = tuple(state.PREDICTION_VIEWS)
 
 
@@ -167,7 +167,7 @@ def write_subset(ws_path: str | Path, spec: FilterSpec, out: str | Path | None,
     """
     validate(spec)
     out_path = Path(out) if out is not None else None
-    fmt = None
+    writer: type[RowWriter] | None = None
     webdataset = fmt_name == "webdataset"
     if fmt_name is not None and fmt_name not in FORMAT_NAMES:
         raise FilterError(f"unknown format {fmt_name!r}: use one of {', '.join(FORMAT_NAMES)}")
@@ -176,8 +176,8 @@ def write_subset(ws_path: str | Path, spec: FilterSpec, out: str | Path | None,
     if shard_size < 1:
         raise FilterError(f"--shard-size must be at least 1, not {shard_size}")
     if out_path is not None and not webdataset:
-        fmt = FORMATS.get(FORMAT_NAMES[fmt_name] if fmt_name else out_path.suffix.lower())
-        if fmt is None:
+        writer = WRITERS[fmt_name] if fmt_name else writer_for(out_path)
+        if writer is None:
             raise FilterError(f"cannot tell the format of {out_path}: use one of {', '.join(FORMATS)}, "
                               "or --format webdataset for a folder of tar shards")
     if copy_to is not None and link_to is not None:
@@ -218,9 +218,7 @@ def write_subset(ws_path: str | Path, spec: FilterSpec, out: str | Path | None,
                                                     with_embeddings=with_embeddings,
                                                     runner_up=_runner_up(con, spec, st))
             else:
-                if "parquet" in fmt:
-                    fmt = fmt[:-1] + exports.kv_metadata_option(prov) + ")"
-                write_atomic(out_path, lambda tmp: con.execute(f"COPY kept TO ? {fmt}", [str(tmp)]), "subset")
+                writer(prov).write(con, "kept", out_path, "subset")
                 if with_embeddings:
                     exported = _embeddings_beside(ws_path, con, out_path)
         placed = Placed()

@@ -14,9 +14,10 @@ import numpy as np
 from ..classify import registry, state
 from ..classify.state import NotReady
 from ..core import sql
+from ..core.outputs import SUFFIXES, RowWriter, writer_for
 from ..core.workspace import Workspace, check_same_model, quote_ident
 from ..errors import InputError
-from .filter import FORMATS, item_columns, write_atomic
+from .filter import item_columns
 
 if TYPE_CHECKING:  # the model module imports torch and open_clip; load it only when needed
     from ..ingest.model import Encoder
@@ -51,12 +52,12 @@ def check_query(text: str | None, image: str | Path | None, mode: str = "image")
                           "or an example image with --image PATH")
 
 
-def out_format(out: str | Path) -> str:
-    """The COPY options for an output file, from its extension (filter's formats)."""
-    fmt = FORMATS.get(Path(out).suffix.lower())
-    if fmt is None:
-        raise SearchError(f"cannot tell the format of {out}: use one of {', '.join(FORMATS)}")
-    return fmt
+def out_writer(out: str | Path) -> type[RowWriter]:
+    """The writer of an output file, from its extension (filter's formats)."""
+    writer = writer_for(out)
+    if writer is None:
+        raise SearchError(f"cannot tell the format of {out}: use one of {', '.join(SUFFIXES)}")
+    return writer
 
 
 def search(ws_path: str | Path, text: str | None = None, *, image: str | Path | None = None,
@@ -164,7 +165,7 @@ def write_hits(ws_path: str | Path, hits: list[Hit], out: str | Path) -> Path:
     rank, id, score, label, prob, path, caption, then the source's own columns of each item
     (a manifest's columns). The file is whole or absent (written beside it and renamed)."""
     out_path = Path(out)
-    fmt = out_format(out_path)
+    writer = out_writer(out_path)
     con = Workspace(ws_path).connect(read_only=True)
     try:
         con.execute("CREATE TEMP TABLE hits (rank INTEGER, id BIGINT, score DOUBLE, label VARCHAR, prob DOUBLE)")
@@ -178,7 +179,7 @@ def write_hits(ws_path: str | Path, hits: list[Hit], out: str | Path) -> Path:
             extras, join = _extras(con), "LEFT JOIN item_extras x ON x.id = h.id "
         select = (f"SELECT h.rank, h.id, h.score, h.label, h.prob, i.path, i.caption{extras} FROM hits h "
                   f"LEFT JOIN items i ON i.id = h.id {join}ORDER BY h.rank")
-        write_atomic(out_path, lambda tmp: con.execute(f"COPY ({select}) TO ? {fmt}", [str(tmp)]))
+        writer().write(con, f"({select})", out_path)
     finally:
         con.close()
     return out_path
