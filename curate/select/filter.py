@@ -196,15 +196,7 @@ def write_subset(ws_path: str | Path, spec: FilterSpec, out: str | Path | None,
         known = [r[0] for r in con.execute("SELECT label FROM labels ORDER BY label_idx").fetchall()]
         check_labels(spec.labels, known)
         st = state.settings(con)
-        if spec.calibrated:
-            _select_calibrated(con, spec)
-            total = con.execute("SELECT count(*) FROM calibrated_predictions").fetchall()[0][0]
-        else:
-            con.execute(f"CREATE TEMP TABLE kept AS SELECT k.id, i.path, i.caption, k.label, k.prob{_extras(con)} "
-                        f"FROM subset_predictions{SUBSET_CALL} k JOIN items i ON i.id = k.id "
-                        "JOIN item_extras x ON x.id = k.id ORDER BY k.id",
-                        spec.params(st))
-            total = con.execute("SELECT scored_items(?)", [spec.sql_mode(st)]).fetchall()[0][0]
+        total = _select(con, spec, st)
         if spec.where:
             _restrict(con, spec.where)
         if spec.dedup:
@@ -216,7 +208,7 @@ def write_subset(ws_path: str | Path, spec: FilterSpec, out: str | Path | None,
             if webdataset:
                 exported = exports.write_webdataset(ws_path, con, out_path, shard_size=shard_size, prov=prov,
                                                     with_embeddings=with_embeddings,
-                                                    runner_up=_runner_up(con, spec, st))
+                                                    runner_up=_runner_up(con))
             else:
                 writer(prov).write(con, "kept", out_path, "subset")
                 if with_embeddings:
@@ -251,14 +243,10 @@ def _provenance(con: duckdb.DuckDBPyConnection, spec: FilterSpec, st: dict, comm
                               command=command or "")
 
 
-def _runner_up(con: duckdb.DuckDBPyConnection, spec: FilterSpec, st: dict) -> str:
+def _runner_up(con: duckdb.DuckDBPyConnection) -> str:
     """A TEMP table (id, label2, prob2): each kept row's second label under the rule that kept it."""
-    if spec.calibrated:
-        con.execute("CREATE OR REPLACE TEMP TABLE runner_up AS SELECT id, label2, prob2 FROM calibrated_predictions "
-                    "WHERE id IN (SELECT id FROM kept)")
-    else:
-        con.execute(f"CREATE OR REPLACE TEMP TABLE runner_up AS SELECT id, label2, prob2 "
-                    f"FROM subset_predictions{SUBSET_CALL} WHERE id IN (SELECT id FROM kept)", spec.params(st))
+    con.execute("CREATE OR REPLACE TEMP TABLE runner_up AS SELECT id, label2, prob2 FROM selected "
+                "WHERE id IN (SELECT id FROM kept)")
     return "runner_up"
 
 
@@ -320,7 +308,27 @@ def _restrict(con: duckdb.DuckDBPyConnection, where: tuple[tuple[str, str], ...]
     con.execute(f"DELETE FROM kept WHERE id NOT IN (SELECT i.id FROM items i WHERE {clause})", params)
 
 
-def _select_calibrated(con: duckdb.DuckDBPyConnection, spec: FilterSpec) -> None:
+def _select(con: duckdb.DuckDBPyConnection, spec: FilterSpec, st: dict) -> int:
+    """The one evaluation of the selection: the TEMP table `selected` (the rows the rule keeps,
+    each with its runner-up: queries/subsets.sql subset_predictions, or subset_calibrated.sql
+    calibrated_selection), then `kept`, those rows as written out; returns how many items the
+    mode scores (the summary's "out of")."""
+    if spec.calibrated:
+        _load_calibrated(con, spec)
+        con.execute("CREATE TEMP TABLE selected AS SELECT * FROM calibrated_selection($wanted, $unmatched)",
+                    {"wanted": list(spec.labels), "unmatched": spec.unmatched and not spec.dedup})
+        total = con.execute("SELECT count(*) FROM calibrated_predictions").fetchall()[0][0]
+    else:
+        con.execute(f"CREATE TEMP TABLE selected AS SELECT * FROM subset_predictions{SUBSET_CALL}", spec.params(st))
+        total = con.execute("SELECT scored_items(?)", [spec.sql_mode(st)]).fetchall()[0][0]
+    threshold = ", s.class_threshold" if spec.calibrated else ""
+    con.execute(f"CREATE TEMP TABLE kept AS SELECT s.id, i.path, i.caption, s.label, s.prob{threshold}{_extras(con)} "
+                "FROM selected s JOIN items i ON i.id = s.id JOIN item_extras x ON x.id = s.id ORDER BY s.id")
+    return total
+
+
+def _load_calibrated(con: duckdb.DuckDBPyConnection, spec: FilterSpec) -> None:
+    """The calibration checked against the classification read, and its macros loaded (TEMP)."""
     cal = calibrated.load(con)
     if cal is None:
         raise FilterError("no calibration in this workspace yet: mark a review set (`curate sample`, "
@@ -329,18 +337,9 @@ def _select_calibrated(con: duckdb.DuckDBPyConnection, spec: FilterSpec) -> None
         raise FilterError(f"the calibration was fitted on {cal.source} predictions: use --mode {cal.source}")
     name = spec.classification or registry.active(con)
     calibrated.check_applies(con, cal, name, registry.schema(name) if name else None)
-    query = sql.text("subset_calibrated")
-    query, n = re.subn(r",\s*" + re.escape(_ITEM_EXTRAS), lambda _m: _extras(con), query)
-    if n != 1:
-        raise RuntimeError("subset_calibrated.sql must select the items' own columns as " + _ITEM_EXTRAS)
-    con.execute(query)   # the TEMP macro subset_calibrated, with this workspace's item columns
-    con.execute("CREATE TEMP TABLE kept AS SELECT * FROM subset_calibrated($wanted, $unmatched)",
-                {"wanted": list(spec.labels), "unmatched": spec.unmatched and not spec.dedup})
+    sql.run(con, "subset_calibrated")
 
 
-# How queries/subsets.sql and subset_calibrated.sql add the source's own columns of items
-# (the view item_extras, queries/workspace.sql, joined as x).
-_ITEM_EXTRAS = "x.* EXCLUDE (id)"
 # The columns curate writes before the source's own; a source column of the same name
 # (in any case) comes out as src_<name>, so it never takes or shifts one of curate's.
 OUTPUT_COLUMNS = ("id", "path", "caption", "label", "prob", "class_threshold")
@@ -675,8 +674,10 @@ def _inexact(con: duckdb.DuckDBPyConnection, spec: FilterSpec, st: dict) -> int:
         return 0
     if spec.min_prob >= 1 / st["top_k"] and not spec.unmatched:
         return 0  # at prob >= 1/k the bound on unstored labels is always cleared
-    return con.execute("SELECT count(*) FROM subset_predictions" + SUBSET_CALL + " WHERE NOT exact",
-                       spec.params(st)).fetchall()[0][0]
+    if spec.calibrated:  # the calibrated rows carry no bound: the uncalibrated rule's count, as it was
+        return con.execute("SELECT count(*) FROM subset_predictions" + SUBSET_CALL + " WHERE NOT exact",
+                           spec.params(st)).fetchall()[0][0]
+    return con.execute("SELECT count(*) FROM selected WHERE NOT exact").fetchall()[0][0]
 
 
 def _unscored(con: duckdb.DuckDBPyConnection) -> int:
