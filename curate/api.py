@@ -3,10 +3,11 @@
     from curate import api
     api.build_index("photos/", "ws", model="ViT-B-32")
     api.classify("ws")
-    api.filter("ws", labels=["skyscraper"], min_prob=0.6, out="sky.parquet")
+    api.filter("ws", api.FilterSpec(labels=["skyscraper"], min_prob=0.6), api.FilterOutput(out="sky.parquet"))
 
 Each function takes a workspace path, opens and closes its own connection, takes the
-options of the command of the same name (keyword arguments, the same defaults) and returns
+options of the command of the same name (keyword arguments, the same defaults; filter's and
+search's as options objects, FilterSpec and FilterOutput, SearchOptions) and returns
 a small result object instead of printing; the commands (curate/commands/) only parse
 options, call these and print. Errors are `curate.CurateError` subclasses. Progress bars
 go to stderr through curate.core.progress; `quiet=True` turns them off (None: as
@@ -24,14 +25,13 @@ import shutil
 import sys
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from .classify import registry
 from .classify.calibrated import Calibration, for_workspace
 from .classify.registry import Classification
 from .classify.run import DEFAULT_BATCH_ROWS, DEFAULT_TOP_K, ClassifyResult
-from .classify.scoring import ENSEMBLE_TEXT_MIN, ENSEMBLE_TEXT_WEIGHT
 from .classify.state import NotReady
 from .core import check, integrity
 from .core.progress import Progress
@@ -52,8 +52,14 @@ from .ingest.model import (
 from .ingest.scan import scan_into
 from .ingest.sources import detect_source, scanned_extensions
 from .select.dedup import DedupResult
-from .select.exports import SHARD_SIZE, command_line
-from .select.filter import FilterError, FilterResult, FilterSpec, parse_where, write_subset
+from .select.exports import command_line
+from .select.filter import (
+    FilterOutput,
+    FilterResult,
+    FilterSpec,
+    parse_where,
+    write_subset,
+)
 from .select.search import Hit
 from .validate import calibration, collection, compare_render, ppi, report_render, sampling
 from .validate import compare as compare_mod
@@ -63,7 +69,7 @@ from .validate.review import marks as marks_mod
 __all__ = ["build_index", "classify", "classifications", "use_classification", "drop_classification",
            "filter", "search", "dedup", "sample", "report", "compare", "labels", "must_exist", "BuildResult",
            "Compared", "ClassifyResult", "DedupResult", "Filtered", "Hit", "Sample", "ReportResult",
-           "LabelRow"]
+           "LabelRow", "FilterSpec", "FilterOutput"]
 
 
 def _stderr(line: str) -> None:
@@ -560,53 +566,39 @@ def _where(where: Iterable[str | tuple[str, str]]) -> tuple[tuple[str, str], ...
     return tuple(p for w in where for p in (parse_where((w,)) if isinstance(w, str) else (w,)))
 
 
-@check.params(
-    workspace=check.path(), labels=check.names(), min_prob=check.probability(), mode=check.text(),
-    unmatched=check.flag(), text_weight=check.probability(), text_min=check.probability(),
-    image_max=check.probability(), calibrated=check.flag(), where=check.conditions(), out=check.path(none=True),
-    copy_to=check.path(none=True), link_to=check.path(none=True), clean=check.flag(),
-    classification=check.text(none=True), dedup=check.flag(), format=check.text(none=True),
-    shard_size=check.integer(1), with_embeddings=check.flag(), level=check.number(0, 1, lo_open=True, hi_open=True))
-def filter(workspace: str | Path = "ws", *, labels: Iterable[str] = (), min_prob: float = 0.5,  # noqa: A001
-           mode: str = "image", unmatched: bool = False, text_weight: float = ENSEMBLE_TEXT_WEIGHT,
-           text_min: float = ENSEMBLE_TEXT_MIN, image_max: float = 1.0, calibrated: bool = False,
-           where: Iterable[str] | Iterable[tuple[str, str]] = (), out: str | Path | None = None,
-           copy_to: str | Path | None = None, link_to: str | Path | None = None,
-           clean: bool = False, classification: str | None = None, dedup: bool = False,
-           format: str | None = None, shard_size: int = SHARD_SIZE,  # noqa: A002
-           with_embeddings: bool = False, level: float = 0.95) -> Filtered:
+@check.params(workspace=check.path(), spec=check.options(FilterSpec, none=True),
+              output=check.options(FilterOutput, none=True), level=check.number(0, 1, lo_open=True, hi_open=True))
+def filter(workspace: str | Path = "ws", spec: FilterSpec | None = None,  # noqa: A001
+           output: FilterOutput | None = None, *, level: float = 0.95) -> Filtered:
     """Cut a labelled subset (or what cleaning drops) out of a classified workspace.
 
-    The options are `curate filter`'s; `where` takes "COLUMN=VALUE" strings or (column,
-    value) pairs. `out` is a file (.parquet, .csv, .jsonl; `format` names one when the
-    extension does not), or with format="webdataset" a folder of tar shards of
-    `shard_size` samples; `with_embeddings` writes the kept rows' image and caption
-    vectors beside it. `copy_to`/`link_to` a folder.
-    `classification`: a named classification (default: the active one). `dedup`: one image per
-    duplicate group (`api.dedup` first); with `unmatched`, the selection's rows dedup leaves out.
+    `spec` is what `curate filter` selects (labels, thresholds, mode, --where, the
+    classification, dedup), `output` where it writes (a file, a webdataset folder, the
+    embeddings beside it, files copied or linked): both `curate filter`'s options, checked
+    when made. None: every label at the default threshold; counted only.
     `precision` on the result: the subset's precision estimated from random review marks, with
     its interval at `level`.
     """
+    spec = spec or FilterSpec()
+    output = output or FilterOutput()
     ws_path = must_exist(workspace)
-    taken = _match_labels(ws_path, labels, classification)
-    spec = FilterSpec(labels=tuple(label for _given, label in taken), min_prob=min_prob, mode=mode, unmatched=unmatched,
-                      text_weight=text_weight, text_min=text_min, image_max=image_max, calibrated=calibrated,
-                      where=_where(where), classification=classification, dedup=dedup)
-    if clean and not (copy_to or link_to):
-        raise FilterError("--clean empties a --copy-to or --link-to folder: give one")
+    taken = _match_labels(ws_path, spec.labels, spec.classification)
+    spec = replace(spec, labels=tuple(label for _given, label in taken))
+    o = output
     command = command_line(ws_path, [
-        ("--classification", classification), ("--label", spec.labels), ("--min-prob", None if calibrated else min_prob),
-        ("--mode", mode), ("--unmatched", unmatched),
-        *([("--text-weight", text_weight), ("--text-min", text_min), ("--image-max", image_max)]
-          if mode == "ensemble" else []),
-        ("--calibrated", calibrated), ("--where", spec.where), ("--format", format), ("--out", out),
-        ("--shard-size", shard_size if format == "webdataset" else None), ("--with-embeddings", with_embeddings),
-        ("--copy-to", copy_to), ("--link-to", link_to), ("--clean", clean)])
+        ("--classification", spec.classification), ("--label", spec.labels),
+        ("--min-prob", None if spec.calibrated else spec.min_prob), ("--mode", spec.mode),
+        ("--unmatched", spec.unmatched),
+        *([("--text-weight", spec.text_weight), ("--text-min", spec.text_min), ("--image-max", spec.image_max)]
+          if spec.mode == "ensemble" else []),
+        ("--calibrated", spec.calibrated), ("--where", spec.where), ("--format", o.format), ("--out", o.out),
+        ("--shard-size", o.shard_size if o.format == "webdataset" else None),
+        ("--with-embeddings", o.with_embeddings), ("--copy-to", o.copy_to), ("--link-to", o.link_to),
+        ("--clean", o.clean)])
     est: list[collection.SubsetPrecision] = []
-    r = write_subset(ws_path, spec, out, copy_to=copy_to, link_to=link_to, clean=clean, fmt_name=format,
-                     shard_size=shard_size, with_embeddings=with_embeddings, command=command,
+    r = write_subset(ws_path, spec, output, command=command,
                      inspect=lambda con: est.append(collection.for_filter(con, spec, level)))
-    return Filtered(spec, r, _explain_calibrated_nothing(ws_path, spec) if calibrated and r.kept == 0 else None,
+    return Filtered(spec, r, _explain_calibrated_nothing(ws_path, spec) if spec.calibrated and r.kept == 0 else None,
                     [(given, label) for given, label in taken if given != label], est[0] if est else None)
 
 

@@ -25,7 +25,7 @@ import numpy as np
 from ..classify import calibrated, registry, state
 from ..classify.labels import check_labels
 from ..classify.scoring import ENSEMBLE_TEXT_MIN, ENSEMBLE_TEXT_WEIGHT
-from ..core import sql
+from ..core import check, sql
 from ..core.outputs import (
     PARTIAL,
     SUFFIXES,
@@ -52,6 +52,8 @@ class FilterError(InputError, ValueError):
 
 @dataclass(frozen=True)
 class FilterSpec:
+    """What `curate filter` selects: its options, checked as given (one label string is one
+    label; `where` takes "COLUMN=VALUE" strings or (column, value) pairs)."""
     labels: tuple[str, ...] = ()       # empty: any label
     min_prob: float = 0.5
     mode: str = "image"                # image | caption | ensemble
@@ -65,6 +67,15 @@ class FilterSpec:
     where: tuple[tuple[str, str], ...] = ()   # (items column, text value): one column's values OR, columns AND
     classification: str | None = None  # a named classification (registry.py); None: the active one
     dedup: bool = False                # one image per duplicate group (dedup.py); with unmatched: what it removes
+
+    def __post_init__(self) -> None:
+        check.fields(self, labels=check.names(), min_prob=check.probability(), mode=check.text(),
+                     unmatched=check.flag(), text_weight=check.probability(), text_min=check.probability(),
+                     image_min=check.probability(), image_max=check.probability(), renormalize=check.flag(),
+                     calibrated=check.flag(), where=check.conditions(), classification=check.text(none=True),
+                     dedup=check.flag())
+        object.__setattr__(self, "where", tuple(p for w in self.where
+                                                for p in (parse_where((w,)) if isinstance(w, str) else (w,))))
 
     def sql_mode(self, settings: dict) -> str:
         """The SQL mode: the stored `ensemble` when its parameters are the study's, else ensemble_with."""
@@ -83,6 +94,28 @@ class FilterSpec:
 
 SUBSET_CALL = ("(?, ?, ?, unmatched := ?, text_weight := ?, text_min := ?, image_min := ?, image_max := ?, "
                "renormalize := ?)")
+
+
+@dataclass(frozen=True)
+class FilterOutput:
+    """Where `curate filter` writes the selection: a file (format by extension, or `format`; with
+    format "webdataset" a folder of tar shards of `shard_size` samples), the kept rows' embeddings
+    beside it, the files copied or linked into a folder (`clean`: first remove what earlier runs
+    of curate placed there). Nothing given: the selection is counted only."""
+    out: str | Path | None = None
+    format: str | None = None
+    shard_size: int = exports.SHARD_SIZE
+    with_embeddings: bool = False
+    copy_to: str | Path | None = None
+    link_to: str | Path | None = None
+    clean: bool = False
+
+    def __post_init__(self) -> None:
+        check.fields(self, out=check.path(none=True), format=check.text(none=True), shard_size=check.integer(1),
+                     with_embeddings=check.flag(), copy_to=check.path(none=True), link_to=check.path(none=True),
+                     clean=check.flag())
+        if self.clean and not (self.copy_to or self.link_to):
+            raise FilterError("--clean empties a --copy-to or --link-to folder: give one")
 
 
 @dataclass(frozen=True)
@@ -149,32 +182,28 @@ def open_scored(ws_path: str | Path, classification: str | None = None) -> duckd
     return con
 
 
-def write_subset(ws_path: str | Path, spec: FilterSpec, out: str | Path | None,
-                 copy_to: str | Path | None = None, link_to: str | Path | None = None,
-                 clean: bool = False, fmt_name: str | None = None, shard_size: int = exports.SHARD_SIZE,
-                 with_embeddings: bool = False, command: str | None = None,
+def write_subset(ws_path: str | Path, spec: FilterSpec, output: FilterOutput | str | Path | None, *,
+                 command: str | None = None,
                  inspect: Callable[[duckdb.DuckDBPyConnection], object] | None = None) -> FilterResult:
-    """Select with `subset(...)`, write it to `out` (format by extension, or `fmt_name`), copy or
-    link the files.
+    """Select with `subset(...)`, write it where `output` says (a bare path: that file, format by
+    extension; None: counted only), copy or link the files.
 
-    `out` is whole or absent: written under a temporary name beside it and renamed (a
+    The file is whole or absent: written under a temporary name beside it and renamed (a
     webdataset folder: beside it, swapped in whole). Parquet carries the provenance
     (`command`, the model, labels, thresholds...) in its key-value metadata.
-    `with_embeddings`: the kept rows' image and caption vectors beside `out`, aligned to its rows.
-    `clean`: first remove what earlier runs of curate placed in the copy/link folder.
     `inspect`: called with the connection while the TEMP table `kept` holds the subset
     (curate.api.filter estimates its precision from the review marks there).
     """
+    o = output if isinstance(output, FilterOutput) else FilterOutput(out=output)
+    out, copy_to, link_to, fmt_name = o.out, o.copy_to, o.link_to, o.format
     validate(spec)
     out_path = Path(out) if out is not None else None
     writer: type[RowWriter] | None = None
     webdataset = fmt_name == "webdataset"
     if fmt_name is not None and fmt_name not in FORMAT_NAMES:
         raise FilterError(f"unknown format {fmt_name!r}: use one of {', '.join(FORMAT_NAMES)}")
-    if (fmt_name is not None or with_embeddings) and out_path is None:
-        raise FilterError(f"{'--with-embeddings' if with_embeddings else '--format'} writes beside --out: give one")
-    if shard_size < 1:
-        raise FilterError(f"--shard-size must be at least 1, not {shard_size}")
+    if (fmt_name is not None or o.with_embeddings) and out_path is None:
+        raise FilterError(f"{'--with-embeddings' if o.with_embeddings else '--format'} writes beside --out: give one")
     if out_path is not None and not webdataset:
         writer = WRITERS[fmt_name] if fmt_name else writer_for(out_path)
         if writer is None:
@@ -185,7 +214,7 @@ def write_subset(ws_path: str | Path, spec: FilterSpec, out: str | Path | None,
     # refused before any work is done (each writer checks again where it writes)
     if out_path is not None:
         check_output(out_path, "webdataset" if webdataset else "subset")
-        if with_embeddings and not webdataset:
+        if o.with_embeddings and not webdataset:
             for path in exports.embedding_paths(out_path).values():
                 check_output(path, "embeddings")
     for folder, what in ((copy_to, "copies"), (link_to, "links")):
@@ -206,18 +235,18 @@ def write_subset(ws_path: str | Path, spec: FilterSpec, out: str | Path | None,
         if out_path is not None:
             prov = _provenance(con, spec, st, command)
             if webdataset:
-                exported = exports.write_webdataset(ws_path, con, out_path, shard_size=shard_size, prov=prov,
-                                                    with_embeddings=with_embeddings,
+                exported = exports.write_webdataset(ws_path, con, out_path, shard_size=o.shard_size, prov=prov,
+                                                    with_embeddings=o.with_embeddings,
                                                     runner_up=_runner_up(con))
             else:
                 writer(prov).write(con, "kept", out_path, "subset")
-                if with_embeddings:
+                if o.with_embeddings:
                     exported = _embeddings_beside(ws_path, con, out_path)
         placed = Placed()
         if copy_to is not None or link_to is not None:
             rows = con.execute("SELECT id, path, label FROM kept ORDER BY id").fetchall()
             placed = place_files(rows, Path(copy_to or link_to), link=link_to is not None,
-                                 by_label=not spec.unmatched, clean=clean)
+                                 by_label=not spec.unmatched, clean=o.clean)
         if inspect is not None:
             inspect(con)
         return FilterResult(kept, total, out_path, placed.done, placed.missing, _inexact(con, spec, st),

@@ -1,0 +1,44 @@
+"""No function in curate/ takes more than 8 parameters, but the click command functions (one
+per option): past that, an options object (FilterSpec, FilterOutput...) names what travels
+together and cannot be passed in the wrong order. Read from the source."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parents[2] / "curate"
+MOST = 8
+# Not yet moved to an options object (issue 22 item 1), each to leave this list when it is;
+# nothing may join it.
+NOT_YET = {"api.build_index", "api._build_index", "api.classify", "api.sample", "api.report", "api.search",
+           "classify.run.classify", "classify.run._write_scores", "ingest.faiss_index.build_index",
+           "ingest.precomputed._import_chunk", "ingest.ray_engine.embed_pending_ray", "select.search.search",
+           "validate.sampling.draw", "validate.sampling._draw"}
+
+
+def _count(fn: ast.FunctionDef | ast.AsyncFunctionDef) -> int:
+    a = fn.args
+    names = [x.arg for x in a.posonlyargs + a.args + a.kwonlyargs]
+    return len(names) - (names[:1] in (["self"], ["cls"])) + (a.vararg is not None) + (a.kwarg is not None)
+
+
+def _is_command(fn: ast.FunctionDef | ast.AsyncFunctionDef) -> bool:
+    return any("click." in ast.unparse(d) or "command" in ast.unparse(d) for d in fn.decorator_list)
+
+
+def _over() -> dict[str, int]:
+    out = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        module = ".".join(path.relative_to(PACKAGE).with_suffix("").parts)
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and not _is_command(node):
+                if _count(node) > MOST:
+                    out[f"{module}.{node.name}"] = _count(node)
+    return out
+
+
+def test_no_function_takes_more_than_eight_parameters():
+    over = _over()
+    assert {k: v for k, v in over.items() if k not in NOT_YET} == {}
+
