@@ -7,7 +7,7 @@
 
 Each function takes a workspace path, opens and closes its own connection, takes the
 options of the command of the same name (keyword arguments, the same defaults; filter's and
-search's as options objects, FilterSpec and FilterOutput, SearchOptions) and returns
+search's query as options objects: FilterSpec, FilterOutput, SearchQuery) and returns
 a small result object instead of printing; the commands (curate/commands/) only parse
 options, call these and print. Errors are `curate.CurateError` subclasses. Progress bars
 go to stderr through curate.core.progress; `quiet=True` turns them off (None: as
@@ -60,7 +60,7 @@ from .select.filter import (
     parse_where,
     write_subset,
 )
-from .select.search import Hit
+from .select.search import Hit, SearchQuery
 from .validate import calibration, collection, compare_render, ppi, report_render, sampling
 from .validate import compare as compare_mod
 from .validate import report as report_mod
@@ -69,7 +69,7 @@ from .validate.review import marks as marks_mod
 __all__ = ["build_index", "classify", "classifications", "use_classification", "drop_classification",
            "filter", "search", "dedup", "sample", "report", "compare", "labels", "must_exist", "BuildResult",
            "Compared", "ClassifyResult", "DedupResult", "Filtered", "Hit", "Sample", "ReportResult",
-           "LabelRow", "FilterSpec", "FilterOutput"]
+           "LabelRow", "FilterSpec", "FilterOutput", "SearchQuery"]
 
 
 def _stderr(line: str) -> None:
@@ -637,29 +637,34 @@ def _explain_calibrated_nothing(ws_path: Path, spec: FilterSpec) -> str | None:
                   "(`curate report`)")
 
 
+def _query(name: str, value: object) -> object:
+    """search's query: a SearchQuery, or a text (the image index)."""
+    return value if value is None or isinstance(value, SearchQuery) else check.text(empty=True)(name, value)
+
+
 @check.params(
-    workspace=check.path(), text=check.text(none=True, empty=True), k=check.integer(1), image=check.path(none=True),
-    mode=check.text(), device=check.text(), classification=check.text(none=True),
-    search_param=check.integer(1, none=True), out=check.path(none=True))
-def search(workspace: str | Path, text: str | None = None, k: int = 20, *, image: str | Path | None = None,
-           mode: str = "image", device: str = "auto", classification: str | None = None,
-           search_param: int | None = None, out: str | Path | None = None) -> list[Hit]:
-    """The k items nearest to a text prompt, or to an example image (`image`, a file), in the
-    image index (`mode="image"`) or the caption index (`mode="caption"`): rank, id, score,
+    workspace=check.path(), query=_query, k=check.integer(1), device=check.text(),
+    classification=check.text(none=True), search_param=check.integer(1, none=True), out=check.path(none=True))
+def search(workspace: str | Path, query: str | SearchQuery | None = None, k: int = 20, *, device: str = "auto",
+           classification: str | None = None, search_param: int | None = None,
+           out: str | Path | None = None) -> list[Hit]:
+    """The k items nearest to `query`: a text prompt (the image index), or a SearchQuery (a
+    text or an example image file, in the image or the caption index): rank, id, score,
     path, caption, with each one's top label and probability under `classification`
     (default: the active one; None when the workspace is not classified). The index is
     searched at the parameter its record holds (tuned to the recall target), or at
     `search_param` (nprobe or efSearch) when given. `out`: also write the hits to this file
     (format by extension, as filter's: parquet, csv, tsv, jsonl, json).
     """
-    from .select.search import check_query, out_writer, write_hits
+    from .select.search import out_writer, write_hits
     from .select.search import search as search_items
 
-    check_query(text, image, mode)   # before any model loads: an empty query is refused at once
+    # before any model loads: an empty query is refused at once
+    q = query if isinstance(query, SearchQuery) else SearchQuery(text=query)
     if out is not None:
         out_writer(out)
     ws_path = must_exist(workspace)
-    hits = search_items(ws_path, text, image=image, mode=mode, k=k, device=device, classification=classification,
+    hits = search_items(ws_path, q, k=k, device=device, classification=classification,
                         search_param=search_param)
     if out is not None:
         write_hits(ws_path, hits, out)

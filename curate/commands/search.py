@@ -11,7 +11,7 @@ from .. import api
 from ..core.outputs import SUFFIXES
 from ..core.termwidth import clip, pad, width
 from ..core.textout import safe
-from ..select.search import MODES, Hit, check_query, out_writer
+from ..select.search import MODES, Hit, SearchQuery, out_writer
 from . import options
 from .shared import note_random_weights
 
@@ -40,11 +40,11 @@ def search_cmd(ws_path: Path, text: str | None, image: Path | None, mode: str, c
     """The images nearest to a text prompt (or to an example image, --image), from the image
     index or the caption index (--mode caption), with each one's top label; printed as a
     table, or written to a file with --out."""
-    check_query(text, image, mode)   # refused before anything else is said
+    query = SearchQuery(text, image, mode)   # refused before anything else is said
     if out is not None:
         out_writer(out)
     note_random_weights(ws_path)
-    hits = api.search(ws_path, text, k, image=image, mode=mode, device=device, classification=classification,
+    hits = api.search(ws_path, query, k, device=device, classification=classification,
                       search_param=search_param, out=out)
     if out is not None:
         click.echo(safe(f"{len(hits):,} hits -> {out}"))

@@ -13,7 +13,7 @@ import numpy as np
 
 from ..classify import registry, state
 from ..classify.state import NotReady
-from ..core import sql
+from ..core import check, sql
 from ..core.outputs import SUFFIXES, RowWriter, writer_for
 from ..core.workspace import Workspace, check_same_model, quote_ident
 from ..errors import InputError
@@ -41,6 +41,19 @@ class Hit:
     prob: float | None = None
 
 
+@dataclass(frozen=True)
+class SearchQuery:
+    """What a search asks for: a text prompt or an example image (a file), in the image index
+    (`mode` image) or the caption index (`mode` caption); checked when made."""
+    text: str | None = None
+    image: str | Path | None = None
+    mode: str = "image"
+
+    def __post_init__(self) -> None:
+        check.fields(self, text=check.text(none=True, empty=True), image=check.path(none=True), mode=check.text())
+        check_query(self.text, self.image, self.mode)
+
+
 def check_query(text: str | None, image: str | Path | None, mode: str = "image") -> None:
     """Refuse a search with no query, two queries, a blank text, or an unknown mode."""
     if mode not in MODES:
@@ -60,12 +73,11 @@ def out_writer(out: str | Path) -> type[RowWriter]:
     return writer
 
 
-def search(ws_path: str | Path, text: str | None = None, *, image: str | Path | None = None,
-           mode: str = "image", k: int = 50, encoder: Encoder | None = None, device: str | None = None,
-           classification: str | None = None, search_param: int | None = None) -> list[Hit]:
-    """The k items nearest to a text prompt or to an example image (`image`, a file), in the
-    image index (`mode` image) or the caption index (`mode` caption), by the model and
-    precision that embedded the workspace. Each hit carries the item's top label under the
+def search(ws_path: str | Path, query: SearchQuery | str, *, k: int = 50, encoder: Encoder | None = None,
+           device: str | None = None, classification: str | None = None,
+           search_param: int | None = None) -> list[Hit]:
+    """The k items nearest to `query` (a SearchQuery, or a text prompt: the image index), by
+    the model and precision that embedded the workspace. Each hit carries the item's top label under the
     classification named (default: the active one, if any): its image's label in image mode,
     its caption's in caption mode. The index is searched at the parameter its record holds
     (tuned to a recall target at build-index), or at `search_param` (nprobe, efSearch)."""
@@ -73,7 +85,8 @@ def search(ws_path: str | Path, text: str | None = None, *, image: str | Path | 
 
     from ..ingest import faiss_index, index_recall
 
-    check_query(text, image, mode)
+    q = query if isinstance(query, SearchQuery) else SearchQuery(text=query)
+    text, image, mode = q.text, q.image, q.mode
     ws = Workspace(ws_path)
     if not ws.exists():
         raise NotReady(f"no workspace at {ws.root}: run `curate build-index` first")
@@ -113,7 +126,7 @@ def search_images(ws_path: str | Path, text: str, k: int = 50, encoder: Encoder 
                   device: str | None = None, classification: str | None = None,
                   search_param: int | None = None) -> list[Hit]:
     """The k images nearest to `text` (`search` in image mode)."""
-    return search(ws_path, text, k=k, encoder=encoder, device=device, classification=classification,
+    return search(ws_path, SearchQuery(text=text), k=k, encoder=encoder, device=device, classification=classification,
                   search_param=search_param)
 
 

@@ -40,7 +40,7 @@ RANGES = {
 }
 # The options objects the functions take (filter's selection and output, ...): not one of them is
 # refused naming the parameter, and each field's hostile value is refused naming the field, when made.
-OPTIONS = {cls.__name__: cls for cls in (api.FilterSpec, api.FilterOutput)}
+OPTIONS = {cls.__name__: cls for cls in (api.FilterSpec, api.FilterOutput, api.SearchQuery)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,6 +72,8 @@ def _hostile(fn_name: str, name: str, annotation: str) -> list:
         values += [True, 1.5, [1], b"2GB", "", *RANGES[name]]
     elif core in OPTIONS:
         values += [5, "x", {"min_prob": 0.5}]
+    elif core.startswith("str | ") and core[6:] in OPTIONS:     # a text, or the options object
+        values += [5, b"x", ["x"], "a\x00b"]
     elif core.startswith(("Iterable", "tuple[")):
         values += [5, [5], [None], [""], b"pantry", {"a": 1}]
     elif "Path" in core:
@@ -90,7 +92,7 @@ def _cases() -> list:
             shown = f"--{p.name.replace('_', '-')}" if p.kind is p.KEYWORD_ONLY else p.name
             for k, v in enumerate(_hostile(fn_name, p.name, str(p.annotation))):
                 out.append(pytest.param(fn_name, p.name, shown, v, id=f"{fn_name}-{p.name}-{k}"))
-            cls = OPTIONS.get(str(p.annotation).replace(" | None", "").strip())
+            cls = OPTIONS.get(str(p.annotation).replace(" | None", "").replace("str | ", "").strip())
             for f in dataclasses.fields(cls) if cls else ():
                 for k, v in enumerate(_hostile(fn_name, f.name, str(f.type))):
                     out.append(pytest.param(fn_name, p.name, f"--{f.name.replace('_', '-')}", _Made(cls, f.name, v),
