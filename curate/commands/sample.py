@@ -46,7 +46,7 @@ SEQUENTIAL_CAP = 400
                    "repeat it: values of one column are alternatives, columns all apply.")
 @options.classification_option
 @click.option("--list", "list_only", is_flag=True, help="List the review sets and their progress, draw nothing.")
-def sample(ws_path: Path, top_classes: int, per_class: int | None, target_width: float | None, seed: int, mode: str,
+def sample_cmd(ws_path: Path, top_classes: int, per_class: int | None, target_width: float | None, seed: int, mode: str,
            set_name: str | None, replace: bool, where: tuple[str, ...], classification: str | None,
            list_only: bool) -> None:
     """Draw a review set: the study's stratified sample, reproducible from its seed."""

@@ -58,7 +58,7 @@ _EXPLAIN = re.compile(r"\s*explain(\s+analy[sz]e)?\s", re.IGNORECASE)
                    "[default: table, or what the --out file's suffix says]")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Write csv or json to this file (replaced whole, never half-written) instead of stdout.")
-def sql(query: str, ws_path: Path, max_rows: int, fmt: str | None, out: Path | None) -> None:
+def sql_cmd(query: str, ws_path: Path, max_rows: int, fmt: str | None, out: Path | None) -> None:
     """Run QUERY on the workspace's database, read-only (the same as `duckdb -readonly -safe
     ws/curate.duckdb`): it reads the workspace and no other file, and changes and writes nothing
     (--out writes the result)."""

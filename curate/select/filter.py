@@ -351,7 +351,7 @@ def _select(con: duckdb.DuckDBPyConnection, spec: FilterSpec, st: dict) -> int:
         con.execute(f"CREATE TEMP TABLE selected AS SELECT * FROM subset_predictions{SUBSET_CALL}", spec.params(st))
         total = con.execute("SELECT scored_items(?)", [spec.sql_mode(st)]).fetchall()[0][0]
     threshold = ", s.class_threshold" if spec.calibrated else ""
-    con.execute(f"CREATE TEMP TABLE kept AS SELECT s.id, i.path, i.caption, s.label, s.prob{threshold}{_extras(con)} "
+    con.execute(f"CREATE TEMP TABLE kept AS SELECT s.id, i.path, i.caption, s.label, s.prob{threshold}{extras_select(con)} "
                 "FROM selected s JOIN items i ON i.id = s.id JOIN item_extras x ON x.id = s.id ORDER BY s.id")
     return total
 
@@ -379,11 +379,11 @@ def item_columns(con: duckdb.DuckDBPyConnection) -> list[str]:
     return [d[0] for d in con.execute("SELECT * FROM item_extras LIMIT 0").description]
 
 
-def _extras(con: duckdb.DuckDBPyConnection) -> str:
-    """The select list of the items' own columns (", x.a, x.b AS src_b" over item_extras x); '' when
-    there are none."""
+def extras_select(con: duckdb.DuckDBPyConnection, taken: tuple[str, ...] = OUTPUT_COLUMNS) -> str:
+    """The select list of the items' own columns (", x.a, x.b AS src_b" over item_extras x), each
+    renamed where it would take one of the `taken` columns' names; '' when there are none."""
     out = []
-    used = set(OUTPUT_COLUMNS)
+    used = set(taken)
     for c in item_columns(con):
         if c == "id":
             continue

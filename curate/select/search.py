@@ -15,9 +15,9 @@ from ..classify import registry, state
 from ..classify.state import NotReady
 from ..core import check, sql
 from ..core.outputs import SUFFIXES, RowWriter, writer_for
-from ..core.workspace import Workspace, check_same_model, quote_ident
+from ..core.workspace import Workspace, check_same_model
 from ..errors import InputError
-from .filter import item_columns
+from .filter import extras_select
 
 if TYPE_CHECKING:  # the model module imports torch and open_clip; load it only when needed
     from ..ingest.model import Encoder
@@ -189,24 +189,10 @@ def write_hits(ws_path: str | Path, hits: list[Hit], out: str | Path) -> Path:
                                                 [h.prob for h in hits]])
         extras, join = "", ""
         if sql.has_relation(con, "item_extras"):
-            extras, join = _extras(con), "LEFT JOIN item_extras x ON x.id = h.id "
+            extras, join = extras_select(con, OUTPUT_COLUMNS), "LEFT JOIN item_extras x ON x.id = h.id "
         select = (f"SELECT h.rank, h.id, h.score, h.label, h.prob, i.path, i.caption{extras} FROM hits h "
                   f"LEFT JOIN items i ON i.id = h.id {join}ORDER BY h.rank")
         writer().write(con, f"({select})", out_path)
     finally:
         con.close()
     return out_path
-
-
-def _extras(con: duckdb.DuckDBPyConnection) -> str:
-    """", x.a, x.b AS src_b": the items' own columns, renamed where one would take a search column's name."""
-    out, used = [], set(OUTPUT_COLUMNS)
-    for c in item_columns(con):
-        if c == "id":
-            continue
-        name = c
-        while name.lower() in used:
-            name = "src_" + name
-        used.add(name.lower())
-        out.append(f"x.{quote_ident(c)}" + (f" AS {quote_ident(name)}" if name != c else ""))
-    return "".join(", " + x for x in out)

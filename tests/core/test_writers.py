@@ -3,8 +3,6 @@ search and `sql --out` write through. Real DuckDB, real files."""
 
 from __future__ import annotations
 
-import importlib
-
 import duckdb
 import pyarrow.parquet as pq
 import pytest
@@ -53,7 +51,7 @@ def test_parquet_carries_the_metadata_it_is_given_quotes_and_all(tmp_path):
 
 
 def test_filter_search_and_sql_choose_from_the_same_writers():
-    sql_cmd = importlib.import_module("curate.commands.sql")   # the module, not its command
+    from curate.commands import sql as sql_cmd
     from curate.select import filter, search
 
     assert set(filter.FORMATS) == set(SUFFIXES) and set(WRITERS) <= set(filter.FORMAT_NAMES)
