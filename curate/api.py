@@ -7,7 +7,8 @@
 
 Each function takes a workspace path, opens and closes its own connection, takes the
 options of the command of the same name (keyword arguments, the same defaults; filter's and
-search's query as options objects: FilterSpec, FilterOutput, SearchQuery) and returns
+search's query, sample's and report's settings as options objects: FilterSpec, FilterOutput,
+SearchQuery, SampleSpec, ReportOptions) and returns
 a small result object instead of printing; the commands (curate/commands/) only parse
 options, call these and print. Errors are `curate.CurateError` subclasses. Progress bars
 go to stderr through curate.core.progress; `quiet=True` turns them off (None: as
@@ -53,23 +54,19 @@ from .ingest.scan import scan_into
 from .ingest.sources import detect_source, scanned_extensions
 from .select.dedup import DedupResult
 from .select.exports import command_line
-from .select.filter import (
-    FilterOutput,
-    FilterResult,
-    FilterSpec,
-    parse_where,
-    write_subset,
-)
+from .select.filter import FilterOutput, FilterResult, FilterSpec, write_subset
 from .select.search import Hit, SearchQuery
 from .validate import calibration, collection, compare_render, ppi, report_render, sampling
 from .validate import compare as compare_mod
 from .validate import report as report_mod
+from .validate.report import ReportOptions
 from .validate.review import marks as marks_mod
+from .validate.sampling import SampleSpec
 
 __all__ = ["build_index", "classify", "classifications", "use_classification", "drop_classification",
            "filter", "search", "dedup", "sample", "report", "compare", "labels", "must_exist", "BuildResult",
            "Compared", "ClassifyResult", "DedupResult", "Filtered", "Hit", "Sample", "ReportResult",
-           "LabelRow", "FilterSpec", "FilterOutput", "SearchQuery"]
+           "LabelRow", "FilterSpec", "FilterOutput", "SearchQuery", "SampleSpec", "ReportOptions"]
 
 
 def _stderr(line: str) -> None:
@@ -561,11 +558,6 @@ class Filtered:
         return self.result.summary(self.spec)
 
 
-def _where(where: Iterable[str | tuple[str, str]]) -> tuple[tuple[str, str], ...]:
-    """(column, value) pairs from check.conditions' mix of "COLUMN=VALUE" strings and pairs."""
-    return tuple(p for w in where for p in (parse_where((w,)) if isinstance(w, str) else (w,)))
-
-
 @check.params(workspace=check.path(), spec=check.options(FilterSpec, none=True),
               output=check.options(FilterOutput, none=True), level=check.number(0, 1, lo_open=True, hi_open=True))
 def filter(workspace: str | Path = "ws", spec: FilterSpec | None = None,  # noqa: A001
@@ -691,29 +683,24 @@ class Sample:
         return self.set.items
 
 
-@check.params(
-    workspace=check.path(), top_classes=check.integer(1), per_class=check.integer(1), seed=check.integer(),
-    mode=check.text(), set_name=check.text(none=True), replace=check.flag(), where=check.conditions(),
-    classification=check.text(none=True), target_width=check.number(0, 1, lo_open=True, none=True))
-def sample(workspace: str | Path = "ws", *, top_classes: int = 10, per_class: int = 100, seed: int = 0,
-           mode: str = "image", set_name: str | None = None, replace: bool = False,
-           where: Iterable[str] | Iterable[tuple[str, str]] = (), classification: str | None = None,
-           target_width: float | None = None) -> Sample:
+@check.params(workspace=check.path(), spec=check.options(SampleSpec, none=True), set_name=check.text(none=True),
+              replace=check.flag())
+def sample(workspace: str | Path = "ws", spec: SampleSpec | None = None, *, set_name: str | None = None,
+           replace: bool = False) -> Sample:
     """Draw a review set: the study's stratified sample, reproducible from its seed.
 
-    The options are `curate sample`'s: `mode` whose predictions (image, caption, ensemble),
-    `set_name` the set's name (default: MODE-topNxM-seedS), `classification` the named
-    classification to draw from (default: the active one; the set remembers it).
-    `target_width`: a sequential review: the page moves on from a class once its interval is
-    at most this wide (0.2 = +/-10 points); `per_class` is then the most a class may take.
+    `spec` is how it is drawn (`curate sample`'s options: SampleSpec; None: its defaults),
+    `set_name` the set's name (default: MODE-topNxM-seedS); the set remembers the
+    classification it was drawn from.
     """
+    spec = spec or SampleSpec()
     ws_path = must_exist(workspace)
     con = Workspace(ws_path).connect()
     try:
         sampling.ensure_schema(con)
-        rs = sampling.draw(con, source=mode, top_classes=top_classes, per_class=per_class, seed=seed,
-                           name=set_name, replace=replace, where=_where(where), classification=classification,
-                           target_width=target_width)
+        rs = sampling.draw(con, source=spec.mode, top_classes=spec.top_classes, per_class=spec.per_class,
+                           seed=spec.seed, name=set_name, replace=replace, where=spec.where,
+                           classification=spec.classification, target_width=spec.target_width)
         found = sampling.classes(con, rs.name)
         drawn = dict(con.execute("SELECT label, count(*) FROM review_items WHERE set_name = ? GROUP BY label",
                                  [rs.name]).fetchall())
@@ -743,27 +730,24 @@ class ReportResult:
 
 @check.params(
     workspace=check.path(none=True), set_name=check.text(none=True), marks=check.path(none=True), out=check.path(),
-    min_hit_rate=check.probability(), target_precision=check.number(0, 1, lo_open=True),
-    min_support=check.integer(1), grid_size=check.integer(0), classification=check.text(none=True),
-    level=check.number(0, 1, lo_open=True, hi_open=True), interval=check.text())
+    classification=check.text(none=True), options=check.options(ReportOptions, none=True))
 def report(workspace: str | Path | None = "ws", *, set_name: str | None = None, marks: str | Path | None = None,
-           out: str | Path = "report", min_hit_rate: float = report_mod.DEFAULT_MIN_HIT_RATE,
-           target_precision: float = 0.9, min_support: int = 10, grid_size: int = 24,
-           classification: str | None = None, level: float = 0.95, interval: str = "wilson") -> ReportResult:
+           out: str | Path = "report", classification: str | None = None,
+           options: ReportOptions | None = None) -> ReportResult:
     """Accuracy per class, the threshold table, coverage and calibration from the review marks,
     written to the folder `out` (CSV, HTML, PNG; replaced whole).
 
     The options are `curate report`'s: the review set `set_name` (default: the latest), or a
-    CSV sheet `marks` (label, prob, mark) instead of the workspace. The calibration fitted on
+    CSV sheet `marks` (label, prob, mark) instead of the workspace; `options` how the study is
+    computed and drawn (ReportOptions: thresholds, calibration, grids, intervals). The calibration fitted on
     the marks is saved in the workspace for `filter(calibrated=True)`. The report reads the
     classification the set was drawn from; `classification` picks the latest set drawn from it.
     Every estimate comes with its interval at `level`; `interval`: "wilson" or "exact"
     (Clopper-Pearson) for the proportions (curate/validate/intervals.py).
     """
-    if not 0 < level < 1:
-        raise InputError(f"--level must lie strictly between 0 and 1, not {level}")
-    if interval not in report_mod.intervals.METHODS:
-        raise InputError(f"--interval must be one of {', '.join(report_mod.intervals.METHODS)}, not {interval!r}")
+    o = options or ReportOptions()
+    min_hit_rate, target_precision, min_support, level, interval = (o.min_hit_rate, o.target_precision,
+                                                                   o.min_support, o.level, o.interval)
     out = Path(out)
     cal = None
     no_cal = not_saved = None
@@ -798,7 +782,7 @@ def report(workspace: str | Path | None = "ws", *, set_name: str | None = None, 
                     calibration.save(con, cal)
                 finally:
                     con.close()
-    files = report_render.write(rep, out, grid_size)
+    files = report_render.write(rep, out, o.grid_size)
     return ReportResult(rep, out, files, cal, no_cal, not_saved, problems)
 
 

@@ -65,9 +65,9 @@ def sample_cmd(ws_path: Path, top_classes: int, per_class: int | None, target_wi
         return
     pairs = parse_where(where)
     note_random_weights(ws_path)
-    s = api.sample(ws_path, top_classes=top_classes, per_class=per_class, seed=seed, mode=mode,
-                   set_name=set_name, replace=replace, where=pairs, classification=classification,
-                   target_width=target_width)
+    spec = api.SampleSpec(top_classes=top_classes, per_class=per_class, seed=seed, mode=mode, where=pairs,
+                          classification=classification, target_width=target_width)
+    s = api.sample(ws_path, spec, set_name=set_name, replace=replace)
     drawn_from = f" of {s.set.classification}" if s.set.classification else ""
     echo(safe(f"review set {s.name}: {s.items} images from {mode} predictions{drawn_from}"))
     for label, rank, freq in s.classes:

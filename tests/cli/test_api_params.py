@@ -40,7 +40,8 @@ RANGES = {
 }
 # The options objects the functions take (filter's selection and output, ...): not one of them is
 # refused naming the parameter, and each field's hostile value is refused naming the field, when made.
-OPTIONS = {cls.__name__: cls for cls in (api.FilterSpec, api.FilterOutput, api.SearchQuery)}
+OPTIONS = {cls.__name__: cls for cls in (api.FilterSpec, api.FilterOutput, api.SearchQuery, api.SampleSpec,
+                                         api.ReportOptions)}
 
 
 @dataclasses.dataclass(frozen=True)
