@@ -209,7 +209,7 @@ def _median_time(fn, repeat: int = 3) -> tuple[float, object]:
 
 
 def step_filter(ws: Path, args) -> dict:
-    from curate.classify.subsets import FilterSpec, write_subset
+    from curate.select.filter import FilterSpec, write_subset
 
     spec = FilterSpec(labels=(FILTER_LABEL,), min_prob=FILTER_MIN)
     seconds, r = _median_time(lambda: write_subset(ws, spec, WORK / "classify-filter.parquet"))
@@ -218,7 +218,7 @@ def step_filter(ws: Path, args) -> dict:
 
 def step_filter_ensemble(ws: Path, args) -> dict:
     """The ensemble filters: the study's defaults (stored view) and other parameters (SQL macro)."""
-    from curate.classify.subsets import FilterSpec, write_subset
+    from curate.select.filter import FilterSpec, write_subset
 
     ens = FilterSpec(labels=(FILTER_LABEL,), min_prob=FILTER_MIN, mode="ensemble")
     seconds, _ = _median_time(lambda: write_subset(ws, ens, WORK / "classify-filter-ens.parquet"))
@@ -280,7 +280,7 @@ def step_classify_raw(ws: Path, args) -> dict:
 
 def step_filter_named(ws: Path, args) -> dict:
     """filter --classification NAME, NAME not the active one (the raw classification is, now)."""
-    from curate.classify.subsets import FilterSpec, write_subset
+    from curate.select.filter import FilterSpec, write_subset
 
     spec = FilterSpec(labels=(FILTER_LABEL,), min_prob=FILTER_MIN, classification="places205-natural")
     seconds, r = _median_time(lambda: write_subset(ws, spec, WORK / "classify-filter-named.parquet"))
@@ -314,7 +314,7 @@ STEPS = {f.__name__[5:]: f for f in (step_classify, step_floor, step_numpy_class
 
 def child(name: str, ws: Path, args) -> dict:
     import curate.classify.run  # noqa: F401 - imports (torch, duckdb) are not the step's memory
-    import curate.classify.subsets  # noqa: F401
+    import curate.select.filter  # noqa: F401
 
     before = rss_mb()
     out = STEPS[name](ws, args)

@@ -60,7 +60,7 @@ import duckdb, numpy as np
 from pathlib import Path
 from curate.core.workspace import Workspace
 from curate.ingest import faiss_index
-from curate.classify.dedup import find_duplicates
+from curate.select.dedup import find_duplicates
 ws_dir, recipe, threshold = Path(sys.argv[1]), sys.argv[2], float(sys.argv[3])
 ws = Workspace(ws_dir); con = ws.connect()
 t = time.perf_counter()
@@ -82,7 +82,7 @@ REFERENCE = """
 import json, sys, time
 import numpy as np
 from pathlib import Path
-from curate.classify.dedup import components
+from curate.select.dedup import components
 ws_dir, threshold = Path(sys.argv[1]), float(sys.argv[2])
 files = sorted((ws_dir / "embeddings" / "image").glob("part-*[0-9].npy"))
 v = np.concatenate([np.load(f) for f in files if not f.name.endswith(".ids.npy")])

@@ -5,7 +5,7 @@
 `--n` small real JPEG files (160x120, synthetic gradients + noise, `--distinct` different
 encodings, each file its own copy on disk) are listed in the TEMP table `kept` that
 `curate filter` selects into (id, path, caption, label, prob, source_id, city) with a
-runner-up table, and written by `curate.classify.exports.write_webdataset`, the writer
+runner-up table, and written by `curate.select.exports.write_webdataset`, the writer
 `filter --format webdataset` calls: what is timed is reading each file, the three tar
 members per sample and the shard files (the selection SQL is filter's and not timed here).
 The files were just written, so they are read from the page cache: figures for a cold
@@ -29,7 +29,7 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import WORK, peak_rss_mb, record, synthetic_picture  # noqa: E402
 
-from curate.classify.exports import write_webdataset  # noqa: E402
+from curate.select.exports import write_webdataset  # noqa: E402
 
 FILE = "export.jsonl"
 

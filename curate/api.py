@@ -3,10 +3,12 @@
     from curate import api
     api.build_index("photos/", "ws", model="ViT-B-32")
     api.classify("ws")
-    api.filter("ws", labels=["skyscraper"], min_prob=0.6, out="sky.parquet")
+    api.filter("ws", api.FilterSpec(labels=["skyscraper"], min_prob=0.6), api.FilterOutput(out="sky.parquet"))
 
 Each function takes a workspace path, opens and closes its own connection, takes the
-options of the command of the same name (keyword arguments, the same defaults) and returns
+options of the command of the same name (keyword arguments, the same defaults; filter's and
+search's query, sample's and report's settings as options objects: FilterSpec, FilterOutput,
+SearchQuery, SampleSpec, ReportOptions) and returns
 a small result object instead of printing; the commands (curate/commands/) only parse
 options, call these and print. Errors are `curate.CurateError` subclasses. Progress bars
 go to stderr through curate.core.progress; `quiet=True` turns them off (None: as
@@ -20,19 +22,14 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from .classify import registry
 from .classify.calibrated import Calibration, for_workspace
-from .classify.dedup import DedupResult
-from .classify.exports import SHARD_SIZE, command_line
 from .classify.registry import Classification
 from .classify.run import ClassifyOptions, ClassifyResult
-from .classify.scoring import ENSEMBLE_TEXT_MIN, ENSEMBLE_TEXT_WEIGHT
-from .classify.search import Hit
 from .classify.state import NotReady
-from .classify.subsets import FilterError, FilterResult, FilterSpec, parse_where, write_subset
 from .core import check
 from .core.progress import Progress
 from .core.sql import has_relation
@@ -43,15 +40,26 @@ from .ingest import build, engines
 from .ingest import recheck as recheck_files
 from .ingest.build import BuildOptions, BuildResult
 from .ingest.precision import PRECISIONS
+from .select.dedup import DedupResult
+from .select.exports import command_line
+from .select.filter import (
+    FilterOutput,
+    FilterResult,
+    FilterSpec,
+    write_subset,
+)
+from .select.search import Hit, SearchQuery
 from .validate import calibration, collection, compare_render, ppi, report_render, sampling
 from .validate import compare as compare_mod
 from .validate import report as report_mod
+from .validate.report import ReportOptions
 from .validate.review import marks as marks_mod
+from .validate.sampling import SampleSpec
 
 __all__ = ["build_index", "classify", "classifications", "use_classification", "drop_classification",
            "filter", "search", "dedup", "sample", "report", "compare", "labels", "must_exist", "BuildResult",
            "Compared", "ClassifyResult", "DedupResult", "Filtered", "Hit", "Sample", "ReportResult",
-           "LabelRow"]
+           "LabelRow", "FilterSpec", "FilterOutput", "SearchQuery", "SampleSpec", "ReportOptions"]
 
 
 def _stderr(line: str) -> None:
@@ -241,58 +249,39 @@ class Filtered:
         return self.result.summary(self.spec)
 
 
-def _where(where: Iterable[str | tuple[str, str]]) -> tuple[tuple[str, str], ...]:
-    """(column, value) pairs from check.conditions' mix of "COLUMN=VALUE" strings and pairs."""
-    return tuple(p for w in where for p in (parse_where((w,)) if isinstance(w, str) else (w,)))
-
-
-@check.params(
-    workspace=check.path(), labels=check.names(), min_prob=check.probability(), mode=check.text(),
-    unmatched=check.flag(), text_weight=check.probability(), text_min=check.probability(),
-    image_max=check.probability(), calibrated=check.flag(), where=check.conditions(), out=check.path(none=True),
-    copy_to=check.path(none=True), link_to=check.path(none=True), clean=check.flag(),
-    classification=check.text(none=True), dedup=check.flag(), format=check.text(none=True),
-    shard_size=check.integer(1), with_embeddings=check.flag(), level=check.number(0, 1, lo_open=True, hi_open=True))
-def filter(workspace: str | Path = "ws", *, labels: Iterable[str] = (), min_prob: float = 0.5,  # noqa: A001
-           mode: str = "image", unmatched: bool = False, text_weight: float = ENSEMBLE_TEXT_WEIGHT,
-           text_min: float = ENSEMBLE_TEXT_MIN, image_max: float = 1.0, calibrated: bool = False,
-           where: Iterable[str] | Iterable[tuple[str, str]] = (), out: str | Path | None = None,
-           copy_to: str | Path | None = None, link_to: str | Path | None = None,
-           clean: bool = False, classification: str | None = None, dedup: bool = False,
-           format: str | None = None, shard_size: int = SHARD_SIZE,  # noqa: A002
-           with_embeddings: bool = False, level: float = 0.95) -> Filtered:
+@check.params(workspace=check.path(), spec=check.options(FilterSpec, none=True),
+              output=check.options(FilterOutput, none=True), level=check.number(0, 1, lo_open=True, hi_open=True))
+def filter(workspace: str | Path = "ws", spec: FilterSpec | None = None,  # noqa: A001
+           output: FilterOutput | None = None, *, level: float = 0.95) -> Filtered:
     """Cut a labelled subset (or what cleaning drops) out of a classified workspace.
 
-    The options are `curate filter`'s; `where` takes "COLUMN=VALUE" strings or (column,
-    value) pairs. `out` is a file (.parquet, .csv, .jsonl; `format` names one when the
-    extension does not), or with format="webdataset" a folder of tar shards of
-    `shard_size` samples; `with_embeddings` writes the kept rows' image and caption
-    vectors beside it. `copy_to`/`link_to` a folder.
-    `classification`: a named classification (default: the active one). `dedup`: one image per
-    duplicate group (`api.dedup` first); with `unmatched`, the selection's rows dedup leaves out.
+    `spec` is what `curate filter` selects (labels, thresholds, mode, --where, the
+    classification, dedup), `output` where it writes (a file, a webdataset folder, the
+    embeddings beside it, files copied or linked): both `curate filter`'s options, checked
+    when made. None: every label at the default threshold; counted only.
     `precision` on the result: the subset's precision estimated from random review marks, with
     its interval at `level`.
     """
+    spec = spec or FilterSpec()
+    output = output or FilterOutput()
     ws_path = must_exist(workspace)
-    taken = _match_labels(ws_path, labels, classification)
-    spec = FilterSpec(labels=tuple(label for _given, label in taken), min_prob=min_prob, mode=mode, unmatched=unmatched,
-                      text_weight=text_weight, text_min=text_min, image_max=image_max, calibrated=calibrated,
-                      where=_where(where), classification=classification, dedup=dedup)
-    if clean and not (copy_to or link_to):
-        raise FilterError("--clean empties a --copy-to or --link-to folder: give one")
+    taken = _match_labels(ws_path, spec.labels, spec.classification)
+    spec = replace(spec, labels=tuple(label for _given, label in taken))
+    o = output
     command = command_line(ws_path, [
-        ("--classification", classification), ("--label", spec.labels), ("--min-prob", None if calibrated else min_prob),
-        ("--mode", mode), ("--unmatched", unmatched),
-        *([("--text-weight", text_weight), ("--text-min", text_min), ("--image-max", image_max)]
-          if mode == "ensemble" else []),
-        ("--calibrated", calibrated), ("--where", spec.where), ("--format", format), ("--out", out),
-        ("--shard-size", shard_size if format == "webdataset" else None), ("--with-embeddings", with_embeddings),
-        ("--copy-to", copy_to), ("--link-to", link_to), ("--clean", clean)])
+        ("--classification", spec.classification), ("--label", spec.labels),
+        ("--min-prob", None if spec.calibrated else spec.min_prob), ("--mode", spec.mode),
+        ("--unmatched", spec.unmatched),
+        *([("--text-weight", spec.text_weight), ("--text-min", spec.text_min), ("--image-max", spec.image_max)]
+          if spec.mode == "ensemble" else []),
+        ("--calibrated", spec.calibrated), ("--where", spec.where), ("--format", o.format), ("--out", o.out),
+        ("--shard-size", o.shard_size if o.format == "webdataset" else None),
+        ("--with-embeddings", o.with_embeddings), ("--copy-to", o.copy_to), ("--link-to", o.link_to),
+        ("--clean", o.clean)])
     est: list[collection.SubsetPrecision] = []
-    r = write_subset(ws_path, spec, out, copy_to=copy_to, link_to=link_to, clean=clean, fmt_name=format,
-                     shard_size=shard_size, with_embeddings=with_embeddings, command=command,
+    r = write_subset(ws_path, spec, output, command=command,
                      inspect=lambda con: est.append(collection.for_filter(con, spec, level)))
-    return Filtered(spec, r, _explain_calibrated_nothing(ws_path, spec) if calibrated and r.kept == 0 else None,
+    return Filtered(spec, r, _explain_calibrated_nothing(ws_path, spec) if spec.calibrated and r.kept == 0 else None,
                     [(given, label) for given, label in taken if given != label], est[0] if est else None)
 
 
@@ -300,7 +289,7 @@ def _match_labels(ws_path: Path, labels: Iterable[str], classification: str | No
     """The labels asked for, each with the one it names in the classification's label set (case
     and separators forgiven where that leaves one: classify/labels.py match_labels)."""
     from .classify.labels import match_labels
-    from .classify.subsets import open_scored
+    from .select.filter import open_scored
 
     labels = tuple(labels)
     if not labels:
@@ -331,29 +320,34 @@ def _explain_calibrated_nothing(ws_path: Path, spec: FilterSpec) -> str | None:
                   "(`curate report`)")
 
 
+def _query(name: str, value: object) -> object:
+    """search's query: a SearchQuery, or a text (the image index)."""
+    return value if value is None or isinstance(value, SearchQuery) else check.text(empty=True)(name, value)
+
+
 @check.params(
-    workspace=check.path(), text=check.text(none=True, empty=True), k=check.integer(1), image=check.path(none=True),
-    mode=check.text(), device=check.text(), classification=check.text(none=True),
-    search_param=check.integer(1, none=True), out=check.path(none=True))
-def search(workspace: str | Path, text: str | None = None, k: int = 20, *, image: str | Path | None = None,
-           mode: str = "image", device: str = "auto", classification: str | None = None,
-           search_param: int | None = None, out: str | Path | None = None) -> list[Hit]:
-    """The k items nearest to a text prompt, or to an example image (`image`, a file), in the
-    image index (`mode="image"`) or the caption index (`mode="caption"`): rank, id, score,
+    workspace=check.path(), query=_query, k=check.integer(1), device=check.text(),
+    classification=check.text(none=True), search_param=check.integer(1, none=True), out=check.path(none=True))
+def search(workspace: str | Path, query: str | SearchQuery | None = None, k: int = 20, *, device: str = "auto",
+           classification: str | None = None, search_param: int | None = None,
+           out: str | Path | None = None) -> list[Hit]:
+    """The k items nearest to `query`: a text prompt (the image index), or a SearchQuery (a
+    text or an example image file, in the image or the caption index): rank, id, score,
     path, caption, with each one's top label and probability under `classification`
     (default: the active one; None when the workspace is not classified). The index is
     searched at the parameter its record holds (tuned to the recall target), or at
     `search_param` (nprobe or efSearch) when given. `out`: also write the hits to this file
     (format by extension, as filter's: parquet, csv, tsv, jsonl, json).
     """
-    from .classify.search import check_query, out_format, write_hits
-    from .classify.search import search as search_items
+    from .select.search import out_writer, write_hits
+    from .select.search import search as search_items
 
-    check_query(text, image, mode)   # before any model loads: an empty query is refused at once
+    # before any model loads: an empty query is refused at once
+    q = query if isinstance(query, SearchQuery) else SearchQuery(text=query)
     if out is not None:
-        out_format(out)
+        out_writer(out)
     ws_path = must_exist(workspace)
-    hits = search_items(ws_path, text, image=image, mode=mode, k=k, device=device, classification=classification,
+    hits = search_items(ws_path, q, k=k, device=device, classification=classification,
                         search_param=search_param)
     if out is not None:
         write_hits(ws_path, hits, out)
@@ -380,29 +374,24 @@ class Sample:
         return self.set.items
 
 
-@check.params(
-    workspace=check.path(), top_classes=check.integer(1), per_class=check.integer(1), seed=check.integer(),
-    mode=check.text(), set_name=check.text(none=True), replace=check.flag(), where=check.conditions(),
-    classification=check.text(none=True), target_width=check.number(0, 1, lo_open=True, none=True))
-def sample(workspace: str | Path = "ws", *, top_classes: int = 10, per_class: int = 100, seed: int = 0,
-           mode: str = "image", set_name: str | None = None, replace: bool = False,
-           where: Iterable[str] | Iterable[tuple[str, str]] = (), classification: str | None = None,
-           target_width: float | None = None) -> Sample:
+@check.params(workspace=check.path(), spec=check.options(SampleSpec, none=True), set_name=check.text(none=True),
+              replace=check.flag())
+def sample(workspace: str | Path = "ws", spec: SampleSpec | None = None, *, set_name: str | None = None,
+           replace: bool = False) -> Sample:
     """Draw a review set: the study's stratified sample, reproducible from its seed.
 
-    The options are `curate sample`'s: `mode` whose predictions (image, caption, ensemble),
-    `set_name` the set's name (default: MODE-topNxM-seedS), `classification` the named
-    classification to draw from (default: the active one; the set remembers it).
-    `target_width`: a sequential review: the page moves on from a class once its interval is
-    at most this wide (0.2 = +/-10 points); `per_class` is then the most a class may take.
+    `spec` is how it is drawn (`curate sample`'s options: SampleSpec; None: its defaults),
+    `set_name` the set's name (default: MODE-topNxM-seedS); the set remembers the
+    classification it was drawn from.
     """
+    spec = spec or SampleSpec()
     ws_path = must_exist(workspace)
     con = Workspace(ws_path).connect()
     try:
         sampling.ensure_schema(con)
-        rs = sampling.draw(con, source=mode, top_classes=top_classes, per_class=per_class, seed=seed,
-                           name=set_name, replace=replace, where=_where(where), classification=classification,
-                           target_width=target_width)
+        rs = sampling.draw(con, source=spec.mode, top_classes=spec.top_classes, per_class=spec.per_class,
+                           seed=spec.seed, name=set_name, replace=replace, where=spec.where,
+                           classification=spec.classification, target_width=spec.target_width)
         found = sampling.classes(con, rs.name)
         drawn = dict(con.execute("SELECT label, count(*) FROM review_items WHERE set_name = ? GROUP BY label",
                                  [rs.name]).fetchall())
@@ -432,27 +421,24 @@ class ReportResult:
 
 @check.params(
     workspace=check.path(none=True), set_name=check.text(none=True), marks=check.path(none=True), out=check.path(),
-    min_hit_rate=check.probability(), target_precision=check.number(0, 1, lo_open=True),
-    min_support=check.integer(1), grid_size=check.integer(0), classification=check.text(none=True),
-    level=check.number(0, 1, lo_open=True, hi_open=True), interval=check.text())
+    classification=check.text(none=True), options=check.options(ReportOptions, none=True))
 def report(workspace: str | Path | None = "ws", *, set_name: str | None = None, marks: str | Path | None = None,
-           out: str | Path = "report", min_hit_rate: float = report_mod.DEFAULT_MIN_HIT_RATE,
-           target_precision: float = 0.9, min_support: int = 10, grid_size: int = 24,
-           classification: str | None = None, level: float = 0.95, interval: str = "wilson") -> ReportResult:
+           out: str | Path = "report", classification: str | None = None,
+           options: ReportOptions | None = None) -> ReportResult:
     """Accuracy per class, the threshold table, coverage and calibration from the review marks,
     written to the folder `out` (CSV, HTML, PNG; replaced whole).
 
     The options are `curate report`'s: the review set `set_name` (default: the latest), or a
-    CSV sheet `marks` (label, prob, mark) instead of the workspace. The calibration fitted on
+    CSV sheet `marks` (label, prob, mark) instead of the workspace; `options` how the study is
+    computed and drawn (ReportOptions: thresholds, calibration, grids, intervals). The calibration fitted on
     the marks is saved in the workspace for `filter(calibrated=True)`. The report reads the
     classification the set was drawn from; `classification` picks the latest set drawn from it.
     Every estimate comes with its interval at `level`; `interval`: "wilson" or "exact"
     (Clopper-Pearson) for the proportions (curate/validate/intervals.py).
     """
-    if not 0 < level < 1:
-        raise InputError(f"--level must lie strictly between 0 and 1, not {level}")
-    if interval not in report_mod.intervals.METHODS:
-        raise InputError(f"--interval must be one of {', '.join(report_mod.intervals.METHODS)}, not {interval!r}")
+    o = options or ReportOptions()
+    min_hit_rate, target_precision, min_support, level, interval = (o.min_hit_rate, o.target_precision,
+                                                                   o.min_support, o.level, o.interval)
     out = Path(out)
     cal = None
     no_cal = not_saved = None
@@ -487,7 +473,7 @@ def report(workspace: str | Path | None = "ws", *, set_name: str | None = None, 
                     calibration.save(con, cal)
                 finally:
                     con.close()
-    files = report_render.write(rep, out, grid_size)
+    files = report_render.write(rep, out, o.grid_size)
     return ReportResult(rep, out, files, cal, no_cal, not_saved, problems)
 
 
@@ -534,7 +520,7 @@ def dedup(workspace: str | Path = "ws", *, threshold: float | None = None, kind:
     image index; a rerun queries only vectors embedded since (`fresh`: all again). kind
     "caption-text": items whose captions are equal after normalising whitespace and case.
     """
-    from .classify.dedup import DEFAULT_THRESHOLD, DedupError, find_duplicates
+    from .select.dedup import DEFAULT_THRESHOLD, DedupError, find_duplicates
 
     ws_path = must_exist(workspace)
     if kind != "image" and threshold is not None:

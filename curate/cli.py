@@ -1,4 +1,5 @@
-"""`curate` command line: one click group; each stage's commands live beside their code."""
+"""`curate` command line: one click group over the commands of curate/commands/ (one module each,
+named after it), and the one place where errors become messages and exit statuses."""
 
 from __future__ import annotations
 

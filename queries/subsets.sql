@@ -4,9 +4,13 @@
 -- (an empty list: any label) with prob >= min_prob; or, with unmatched := true, the
 -- images whose top label stays under min_prob (what cleaning drops). Modes: image,
 -- caption, ensemble (the `ensemble` view, the study's defaults) and ensemble_with
--- (the ensemble with the parameters given, as in ensemble_with).
+-- (the ensemble with the parameters given, as in ensemble_with). text_weight and
+-- text_min left out (NULL) are the classification's own: the study's defaults, which
+-- classify records in score_settings (classify/scoring.py holds them, nothing else).
+-- `curate filter` evaluates this once per call: what it writes, each row's runner-up
+-- and the count of rows the stored top-k cannot prove all come from that one result.
 CREATE OR REPLACE MACRO subset_predictions(mode, wanted, min_prob, unmatched := false,
-                                           text_weight := 0.2, text_min := 0.5,
+                                           text_weight := NULL, text_min := NULL,
                                            image_min := 0.0, image_max := 1.0,
                                            renormalize := true) AS TABLE
 SELECT *
@@ -21,8 +25,9 @@ FROM (
     FROM ensemble WHERE mode = 'ensemble'
     UNION ALL
     SELECT id, label, prob, label2, prob2, margin, exact
-    FROM ensemble_with(text_weight, text_min, image_min := image_min, image_max := image_max,
-                       renormalize := renormalize)
+    FROM ensemble_with(coalesce(text_weight, (SELECT ensemble_text_weight FROM score_settings)),
+                       coalesce(text_min, (SELECT ensemble_text_min FROM score_settings)),
+                       image_min := image_min, image_max := image_max, renormalize := renormalize)
     WHERE mode = 'ensemble_with'
 )
 WHERE CASE WHEN unmatched THEN prob < min_prob
@@ -32,7 +37,7 @@ WHERE CASE WHEN unmatched THEN prob < min_prob
 -- source's own columns (item_extras, workspace.sql: everything in items that curate
 -- does not manage).
 CREATE OR REPLACE MACRO subset(mode, wanted, min_prob, unmatched := false,
-                               text_weight := 0.2, text_min := 0.5,
+                               text_weight := NULL, text_min := NULL,
                                image_min := 0.0, image_max := 1.0, renormalize := true) AS TABLE
 SELECT k.id, i.path, i.caption, k.label, k.prob,
        x.* EXCLUDE (id)

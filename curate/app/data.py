@@ -17,10 +17,10 @@ import duckdb
 import numpy as np
 
 from ..classify import calibrated, registry, state
-from ..classify.subsets import item_columns, where_clause
 from ..core import sql
 from ..core.workspace import ModelIdentity, Workspace
 from ..errors import CurateError
+from ..select.filter import item_columns, where_clause
 from .selection import RELATIONS, BadSelection, Selection
 
 PAGE = 100          # tiles a page, at most

@@ -12,10 +12,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..classify.exports import command_line
 from ..classify.registry import NAME_RE
-from ..classify.scoring import ENSEMBLE_TEXT_MIN, ENSEMBLE_TEXT_WEIGHT
 from ..errors import InputError
+from ..select.exports import command_line
+from ..select.filter import FilterSpec
 
 # mode -> the relation app_view reads (queries/app_browse.sql, app_calibrated.sql): fixed names
 RELATIONS = {"image": "predictions", "caption": "caption_predictions", "ensemble": "ensemble",
@@ -78,27 +78,24 @@ class Selection:
         return cls(name, mode, tuple(dict.fromkeys(labels)), round(float(prob), 6),
                    tuple((c.strip(), v) for c, v in where), status)
 
-    def filter_kwargs(self, source_mode: str | None = None) -> dict:
-        """The keyword arguments of api.filter that write this selection (`source_mode`: the mode
-        the calibration was fitted on, for the calibrated view)."""
+    def filter_spec(self, source_mode: str | None = None) -> FilterSpec:
+        """What api.filter selects to write this selection (`source_mode`: the mode the calibration
+        was fitted on, for the calibrated view)."""
         if self.status != "embedded":
             raise BadSelection("only classified items can be exported (`curate filter` writes predictions)")
         calibrated = self.mode == "calibrated"
         mode = (source_mode or "image") if calibrated else self.mode
-        kw: dict = {"classification": self.classification, "labels": list(self.labels), "mode": mode,
-                    "calibrated": calibrated, "where": list(self.where)}
-        if not calibrated:
-            kw["min_prob"] = self.min_prob
-        return kw
+        return FilterSpec(classification=self.classification, labels=self.labels, mode=mode, calibrated=calibrated,
+                          where=self.where, **({} if calibrated else {"min_prob": self.min_prob}))
 
     def filter_command(self, ws_path: str | Path, out: str | Path, source_mode: str | None = None) -> str:
         """The `curate filter` command line that writes this selection to `out`: the options in
         the order and spelling api.filter records as a subset's provenance."""
-        kw = self.filter_kwargs(source_mode)
+        spec = self.filter_spec(source_mode)
         return command_line(ws_path, [
-            ("--classification", kw["classification"]), ("--label", tuple(kw["labels"])),
-            ("--min-prob", kw.get("min_prob")), ("--mode", kw["mode"]),
-            *([("--text-weight", ENSEMBLE_TEXT_WEIGHT), ("--text-min", ENSEMBLE_TEXT_MIN), ("--image-max", 1.0)]
-              if kw["mode"] == "ensemble" else []),
-            ("--calibrated", kw["calibrated"]),
-            ("--where", tuple(kw["where"])), ("--out", out)])
+            ("--classification", spec.classification), ("--label", spec.labels),
+            ("--min-prob", None if spec.calibrated else spec.min_prob), ("--mode", spec.mode),
+            *([("--text-weight", spec.text_weight), ("--text-min", spec.text_min), ("--image-max", spec.image_max)]
+              if spec.mode == "ensemble" else []),
+            ("--calibrated", spec.calibrated),
+            ("--where", spec.where), ("--out", out)])

@@ -420,7 +420,7 @@ def _export(state: AppState, sel: Selection, out: str) -> dict:
 
     source = _source_mode(state, sel)
     target = Path(out) if Path(out).is_absolute() else state.base / out
-    res = api.filter(state.ws.root, out=target, **sel.filter_kwargs(source))
+    res = api.filter(state.ws.root, sel.filter_spec(source), api.FilterOutput(out=target))
     return {"ok": True, "kept": res.kept, "total": res.total, "out": str(target), "summary": res.summary(),
             "command": sel.filter_command(state.ws.root, out, source)}
 

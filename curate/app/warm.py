@@ -55,7 +55,7 @@ class Warm:
             self.state, self.error = "failed", "the model is not loaded in this app (started without it)"
             return
         try:
-            from ..classify.search import _load_encoder
+            from ..select.search import _load_encoder
 
             con = self.ws.connect(read_only=True)
             try:

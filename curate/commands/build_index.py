@@ -71,7 +71,7 @@ from .options import remember_workspace, wait_option
 @click.option("--retry-rejected", is_flag=True, help="Try every rejected item again, changed or not.")
 @click.option("--repair", is_flag=True,
               help="Check every embedding shard in full (checksums, ids) instead of the cheap per-run check.")
-def build_index(source: Path, ws_path: Path, model: str | None, pretrained: str | None, fallback_model: str | None,
+def build_index_cmd(source: Path, ws_path: Path, model: str | None, pretrained: str | None, fallback_model: str | None,
                 captions_dir: Path | None, recipe: str, device: str, batch_size: int | None, workers: int | None,
                 shard_size: int, max_pixels: int, draft_decode: bool, limit: int | None, strict: bool,
                 infer_types: bool, recheck: str, retry_rejected: bool, repair: bool, target_recall: float,

@@ -7,8 +7,8 @@ from pathlib import Path
 import click
 
 from .. import api
-from ..classify.dedup import DEFAULT_THRESHOLD, KINDS, TOLERANCE
 from ..core.textout import echo, safe
+from ..select.dedup import DEFAULT_THRESHOLD, KINDS, TOLERANCE
 from . import options
 from .shared import note_random_weights
 

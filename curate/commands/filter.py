@@ -7,11 +7,11 @@ from pathlib import Path
 import click
 
 from .. import api
-from ..classify.exports import SHARD_SIZE, shard_pattern
 from ..classify.scoring import ENSEMBLE_TEXT_MIN, ENSEMBLE_TEXT_WEIGHT
-from ..classify.subsets import FORMAT_NAMES, FORMATS, MODES, FilterError, parse_where
 from ..core.textout import echo, safe
 from ..errors import PartialResult
+from ..select.exports import SHARD_SIZE, shard_pattern
+from ..select.filter import FORMAT_NAMES, FORMATS, MODES, FilterOutput, FilterSpec, parse_where
 from . import options
 from .shared import note_pending, note_random_weights
 
@@ -64,14 +64,13 @@ def filter_cmd(ws_path: Path, classification: str | None, labels: tuple[str, ...
                copy_to: Path | None, link_to: Path | None, clean: bool) -> None:
     """Cut a labelled subset (or what cleaning drops) out of a classified workspace."""
     pairs = parse_where(where)  # a bad --where is refused before anything is said
-    if clean and not (copy_to or link_to):
-        raise FilterError("--clean empties a --copy-to or --link-to folder: give one")
+    output = FilterOutput(out=out, format=fmt, shard_size=shard_size, with_embeddings=with_embeddings,
+                          copy_to=copy_to, link_to=link_to, clean=clean)
     note_random_weights(ws_path)
-    f = api.filter(ws_path, labels=labels, min_prob=min_prob, mode=mode, unmatched=unmatched,
-                   text_weight=text_weight, text_min=text_min, image_max=image_max, calibrated=calibrated,
-                   where=pairs, out=out, copy_to=copy_to, link_to=link_to, clean=clean,
-                   classification=classification, dedup=dedup, format=fmt, shard_size=shard_size,
-                   with_embeddings=with_embeddings)
+    spec = FilterSpec(labels=labels, min_prob=min_prob, mode=mode, unmatched=unmatched, text_weight=text_weight,
+                      text_min=text_min, image_max=image_max, calibrated=calibrated, where=pairs,
+                      classification=classification, dedup=dedup)
+    f = api.filter(ws_path, spec, output)
     r = f.result
     for given, label in f.labels_taken:
         echo(safe(f"note: --label '{given}' taken as the label {label}"), err=True)

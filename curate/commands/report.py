@@ -42,9 +42,10 @@ def report_cmd(ws_path: Path, set_name: str | None, classification: str | None, 
     if marks_path is None:
         options.must_exist(ws_path)
         note_random_weights(ws_path)
-    r = api.report(ws_path, set_name=set_name, marks=marks_path, out=out, min_hit_rate=min_hit_rate,
-                   target_precision=target_precision, min_support=min_support, grid_size=grid_size,
-                   classification=classification, level=level, interval=interval)
+    settings = api.ReportOptions(min_hit_rate=min_hit_rate, target_precision=target_precision,
+                                 min_support=min_support, grid_size=grid_size, level=level, interval=interval)
+    r = api.report(ws_path, set_name=set_name, marks=marks_path, out=out, classification=classification,
+                   options=settings)
     rep, files = r.report, r.files
     for p in r.problems:
         echo(safe(f"{marks_path}: {p}"), err=True)

@@ -33,7 +33,7 @@ from .shared import connect_review, default_set, note_random_weights
 @click.option("--import", "import_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               default=None, help="Read marks from a CSV sheet into the set it names (its review_set column; "
                                  "else --set or the default) and exit; bad rows are reported by line.")
-def review(ws_path: Path, set_name: str | None, classification: str | None, port: int, no_browser: bool, export_path: Path | None,
+def review_cmd(ws_path: Path, set_name: str | None, classification: str | None, port: int, no_browser: bool, export_path: Path | None,
            import_path: Path | None) -> None:
     """Mark a review set by hand in the browser (or through a CSV sheet)."""
     if export_path is not None or import_path is not None:

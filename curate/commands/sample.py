@@ -7,9 +7,9 @@ from pathlib import Path
 import click
 
 from .. import api
-from ..classify.subsets import parse_where
 from ..core.progress import plural
 from ..core.textout import echo, safe
+from ..select.filter import parse_where
 from ..validate import sampling
 from ..validate.review import marks
 from . import options
@@ -46,7 +46,7 @@ SEQUENTIAL_CAP = 400
                    "repeat it: values of one column are alternatives, columns all apply.")
 @options.classification_option
 @click.option("--list", "list_only", is_flag=True, help="List the review sets and their progress, draw nothing.")
-def sample(ws_path: Path, top_classes: int, per_class: int | None, target_width: float | None, seed: int, mode: str,
+def sample_cmd(ws_path: Path, top_classes: int, per_class: int | None, target_width: float | None, seed: int, mode: str,
            set_name: str | None, replace: bool, where: tuple[str, ...], classification: str | None,
            list_only: bool) -> None:
     """Draw a review set: the study's stratified sample, reproducible from its seed."""
@@ -65,9 +65,9 @@ def sample(ws_path: Path, top_classes: int, per_class: int | None, target_width:
         return
     pairs = parse_where(where)
     note_random_weights(ws_path)
-    s = api.sample(ws_path, top_classes=top_classes, per_class=per_class, seed=seed, mode=mode,
-                   set_name=set_name, replace=replace, where=pairs, classification=classification,
-                   target_width=target_width)
+    spec = api.SampleSpec(top_classes=top_classes, per_class=per_class, seed=seed, mode=mode, where=pairs,
+                          classification=classification, target_width=target_width)
+    s = api.sample(ws_path, spec, set_name=set_name, replace=replace)
     drawn_from = f" of {s.set.classification}" if s.set.classification else ""
     echo(safe(f"review set {s.name}: {s.items} images from {mode} predictions{drawn_from}"))
     for label, rank, freq in s.classes:

@@ -8,10 +8,10 @@ from pathlib import Path
 import click
 
 from .. import api
-from ..classify.search import MODES, Hit, check_query, out_format
-from ..classify.subsets import FORMATS
+from ..core.outputs import SUFFIXES
 from ..core.termwidth import clip, pad, width
 from ..core.textout import safe
+from ..select.search import MODES, Hit, SearchQuery, out_writer
 from . import options
 from .shared import note_random_weights
 
@@ -29,7 +29,7 @@ CAPTION_CELLS = 60    # a caption is cut to this many terminal cells (the file h
 @click.option("-k", type=click.IntRange(1), default=20, show_default=True, help="How many hits.")
 @click.option("--out", "out", type=click.Path(path_type=Path), default=None,
               help=f"Write the hits to this file instead of printing them; format by extension "
-                   f"({', '.join(FORMATS)}): rank, id, score, label, prob, path, caption, the source's columns.")
+                   f"({', '.join(SUFFIXES)}): rank, id, score, label, prob, path, caption, the source's columns.")
 @click.option("--device", default="auto", show_default=True,
               help="Device for the encoder (the query): auto, cpu, cuda, cuda:1 ...")
 @click.option("--search-param", type=click.IntRange(1), default=None, metavar="N",
@@ -40,11 +40,11 @@ def search_cmd(ws_path: Path, text: str | None, image: Path | None, mode: str, c
     """The images nearest to a text prompt (or to an example image, --image), from the image
     index or the caption index (--mode caption), with each one's top label; printed as a
     table, or written to a file with --out."""
-    check_query(text, image, mode)   # refused before anything else is said
+    query = SearchQuery(text, image, mode)   # refused before anything else is said
     if out is not None:
-        out_format(out)
+        out_writer(out)
     note_random_weights(ws_path)
-    hits = api.search(ws_path, text, k, image=image, mode=mode, device=device, classification=classification,
+    hits = api.search(ws_path, query, k, device=device, classification=classification,
                       search_param=search_param, out=out)
     if out is not None:
         click.echo(safe(f"{len(hits):,} hits -> {out}"))

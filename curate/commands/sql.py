@@ -23,16 +23,15 @@ from pathlib import Path
 import click
 import duckdb
 
-from ..core.outputs import check_output, partial_path, write_atomic
+from ..core.outputs import WRITERS, check_output, partial_path, write_atomic
 from ..core.textout import safe
 from ..core.workspace import Workspace
 from ..errors import InputError
 from .options import workspace_option
 
 FORMATS = ("table", "csv", "json")
-# What DuckDB's COPY writes for each format: CSV with a header, NULL as an empty field;
-# JSON as one array of objects, NULL as null. Floats are written in full (shortest round trip).
-_COPY = {"csv": "(FORMAT csv, HEADER)", "json": "(FORMAT json, ARRAY true)"}
+# csv and json are core/outputs.py's writers (CSV with a header, NULL as an empty field; JSON
+# as one array of objects, NULL as null); floats are written in full (shortest round trip).
 _SUFFIXES = {".csv": "csv", ".json": "json"}
 _UNLIMITED = 1 << 20
 # The query's own faults: DuckDB's first line says where (lock and I/O errors go to the CLI's mapping).
@@ -59,7 +58,7 @@ _EXPLAIN = re.compile(r"\s*explain(\s+analy[sz]e)?\s", re.IGNORECASE)
                    "[default: table, or what the --out file's suffix says]")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Write csv or json to this file (replaced whole, never half-written) instead of stdout.")
-def sql(query: str, ws_path: Path, max_rows: int, fmt: str | None, out: Path | None) -> None:
+def sql_cmd(query: str, ws_path: Path, max_rows: int, fmt: str | None, out: Path | None) -> None:
     """Run QUERY on the workspace's database, read-only (the same as `duckdb -readonly -safe
     ws/curate.duckdb`): it reads the workspace and no other file, and changes and writes nothing
     (--out writes the result)."""
@@ -167,7 +166,7 @@ def _table(rel: duckdb.DuckDBPyRelation, max_rows: int) -> str:
 def _copy(con: duckdb.DuckDBPyConnection, rel: duckdb.DuckDBPyRelation, fmt: str, path: Path) -> None:
     """Every row of the result into `path`, written by DuckDB's COPY."""
     try:
-        con.execute(f"COPY ({rel.sql_query()}) TO {_literal(path)} {_COPY[fmt]}")
+        WRITERS[fmt]().copy(con, f"({rel.sql_query()})", path)
     except _QUERY_ERRORS as e:
         raise _query_failed(e) from None
 

@@ -101,6 +101,25 @@ def choice(values: Iterable[str], *, none: bool = False) -> Checker:
     return check
 
 
+def fields(obj: Any, **checkers: Checker) -> None:
+    """Check the named fields of a frozen options object (from its __post_init__), each named as
+    its option (`--min-prob`), and keep what each checker gives back (one label string: one label)."""
+    for name, checker in checkers.items():
+        object.__setattr__(obj, name, checker(f"--{name.replace('_', '-')}", getattr(obj, name)))
+
+
+def options(kind: type, *, none: bool = False) -> Checker:
+    """An options object of this class (built, and so checked, by its own constructor)."""
+    give = f"a {kind.__name__}" + (", or None" if none else "")
+
+    def check(name: str, value: Any) -> Any:
+        if (value is None and none) or isinstance(value, kind):
+            return value
+        raise _refuse(name, value, give)
+
+    return check
+
+
 def _show(value: object) -> str:
     text = repr(value)
     return safe(text if len(text) <= 60 else text[:57] + "...")

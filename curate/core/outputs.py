@@ -1,4 +1,4 @@
-"""Where curate may write an output, and the one way a file output is written.
+"""Where curate may write an output, the one way a file output is written, and the row formats.
 
 Every command that writes a file or a folder (`filter --out/--copy-to/--link-to`, the
 webdataset and embedding exports, `search --out`, `sql --out`, `review --out`, `report
@@ -12,14 +12,19 @@ keeps beside it, the embedding shards, the indexes, the marks journal) nor is a 
 itself, for any workspace (found by its `curate.duckdb`), not just the one a command
 reads; symbolic links are followed for this check, so a link into a workspace is refused
 too. Nor does an output replace a DuckDB database of any name (found by its header).
+
+A query's rows are written by one `RowWriter` per format (parquet, csv, tsv, jsonl, json),
+chosen by name (`WRITERS`) or by the file's extension (`SUFFIXES`): filter, search and
+`sql --out` write through the same ones.
 """
 
 from __future__ import annotations
 
 import errno
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import ClassVar
 
 import duckdb
 
@@ -115,3 +120,75 @@ def write_atomic(path: str | Path, write: Callable[[Path], object], what: str = 
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def kv_metadata_option(meta: Mapping[str, str]) -> str:
+    """`, KV_METADATA {...}` for a parquet COPY: DuckDB takes the map as literal text only, so
+    every key and value is a quoted SQL string (quotes doubled), never a bare user value."""
+    def lit(s: str) -> str:
+        return "'" + s.replace("'", "''") + "'"
+    return ", KV_METADATA {" + ", ".join(f"{lit(k)}: {lit(v)}" for k, v in meta.items()) + "}"
+
+
+class RowWriter:
+    """One file format of a query's rows, written by DuckDB's COPY: one class per format, chosen
+    by name (`WRITERS`) or by a file's extension (`SUFFIXES`). The COPY options are fixed text,
+    never from the user; the file name is a bound parameter."""
+
+    name: ClassVar[str]
+    copy_options: ClassVar[str]
+
+    def __init__(self, metadata: Mapping[str, str] | None = None) -> None:
+        self.metadata = dict(metadata or {})     # what made the rows, where the format keeps it
+
+    def options(self) -> str:
+        return f"({self.copy_options})"
+
+    def copy(self, con: duckdb.DuckDBPyConnection, source: str, target: str | Path) -> None:
+        """COPY `source` (a table's name or a parenthesised query) to `target`, as it stands."""
+        con.execute(f"COPY {source} TO ? {self.options()}", [str(target)])
+
+    def write(self, con: duckdb.DuckDBPyConnection, source: str, path: str | Path, what: str = "output") -> None:
+        """`source` written to `path` whole or not at all (`write_atomic`)."""
+        write_atomic(path, lambda tmp: self.copy(con, source, tmp), what)
+
+
+class ParquetWriter(RowWriter):
+    name = "parquet"
+    copy_options = "FORMAT parquet"
+
+    def options(self) -> str:
+        # the provenance travels in the file's key-value metadata
+        return f"({self.copy_options}{kv_metadata_option(self.metadata) if self.metadata else ''})"
+
+
+class CsvWriter(RowWriter):
+    name = "csv"
+    copy_options = "FORMAT csv, HEADER true"     # NULL as an empty field
+
+
+class TsvWriter(RowWriter):
+    name = "tsv"
+    copy_options = "FORMAT csv, HEADER true, DELIMITER '\t'"
+
+
+class JsonlWriter(RowWriter):
+    name = "jsonl"
+    copy_options = "FORMAT json"                 # one object a line, NULL as null
+
+
+class JsonWriter(RowWriter):
+    name = "json"
+    copy_options = "FORMAT json, ARRAY true"     # one array of objects
+
+
+WRITERS: dict[str, type[RowWriter]] = {w.name: w for w in (ParquetWriter, CsvWriter, TsvWriter, JsonlWriter,
+                                                           JsonWriter)}
+# a file's extension -> its writer
+SUFFIXES: dict[str, type[RowWriter]] = {".parquet": ParquetWriter, ".csv": CsvWriter, ".tsv": TsvWriter,
+                                        ".jsonl": JsonlWriter, ".ndjson": JsonlWriter, ".json": JsonWriter}
+
+
+def writer_for(path: str | Path) -> type[RowWriter] | None:
+    """The writer a file's extension names (any case); None for an extension of no row format."""
+    return SUFFIXES.get(Path(path).suffix.lower())

@@ -41,7 +41,7 @@ def _scoped(con: duckdb.DuckDBPyConnection, rs: sampling.ReviewSet) -> str:
     view = sampling.SOURCES[rs.source]
     if not rs.scope:
         return view
-    from ..classify.subsets import where_clause
+    from ..select.filter import where_clause
 
     clause, args = where_clause(con, rs.scope)
     con.execute(f"CREATE OR REPLACE TEMP TABLE set_scope AS SELECT p.* FROM {view} p JOIN items i ON i.id = p.id "

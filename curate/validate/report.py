@@ -32,7 +32,8 @@ import duckdb
 
 from ..classify.calibrated import Calibration
 from ..classify.state import require_complete
-from ..core import sql
+from ..core import check, sql
+from ..errors import InputError
 from . import intervals, sampling
 from .intervals import NONE, Estimate, count_ci, fmt4, num_ci, pct, pct_ci  # noqa: F401 (the report's text forms)
 
@@ -47,6 +48,27 @@ REPORT_QUERIES = ("report_thresholds", "report_class_accuracy", "report_summary"
 # at least half of the images the sample found correct; 0.9 has a larger ratio (1.5141)
 # but keeps 19% of the hits, which is not a useful clean subset.
 DEFAULT_MIN_HIT_RATE = 0.5
+
+
+@dataclass(frozen=True)
+class ReportOptions:
+    """How `curate report` computes and draws: the threshold table's `min_hit_rate`, the
+    calibration's `target_precision` and `min_support`, the image grids' `grid_size` (0: none),
+    every interval at `level` by `interval` ("wilson" or "exact", intervals.METHODS). Checked
+    when made."""
+    min_hit_rate: float = DEFAULT_MIN_HIT_RATE
+    target_precision: float = 0.9
+    min_support: int = 10
+    grid_size: int = 24
+    level: float = 0.95
+    interval: str = "wilson"
+
+    def __post_init__(self) -> None:
+        check.fields(self, min_hit_rate=check.probability(), target_precision=check.number(0, 1, lo_open=True),
+                     min_support=check.integer(1), grid_size=check.integer(0),
+                     level=check.number(0, 1, lo_open=True, hi_open=True), interval=check.text())
+        if self.interval not in intervals.METHODS:
+            raise InputError(f"--interval must be one of {', '.join(intervals.METHODS)}, not {self.interval!r}")
 
 
 @dataclass(frozen=True)

@@ -20,10 +20,10 @@ import duckdb
 
 from ..classify import registry
 from ..classify.state import PREDICTION_VIEWS, require_complete
-from ..classify.subsets import where_clause
-from ..core import sql
+from ..core import check, sql
 from ..core.sql import has_relation
 from ..errors import CurateError
+from ..select.filter import parse_where, where_clause
 
 # Which view holds each kind of prediction (classify/state.py): a user picks the key.
 SOURCES: dict[str, str] = PREDICTION_VIEWS
@@ -54,6 +54,30 @@ def ensure_schema(con: duckdb.DuckDBPyConnection) -> None:
 def default_name(source: str, top_classes: int, per_class: int, seed: int,
                  where: tuple[tuple[str, str], ...] = ()) -> str:
     return f"{source}-top{top_classes}x{per_class}-seed{seed}" + "".join(f"-{c}={v}" for c, v in where)
+
+
+@dataclass(frozen=True)
+class SampleSpec:
+    """How `curate sample` draws a review set: the `top_classes` most predicted classes of
+    `mode`'s predictions (image, caption, ensemble) under `classification` (None: the active
+    one), `per_class` images each at random from `seed`, within `where` ("COLUMN=VALUE" strings
+    or (column, value) pairs); `target_width`: a sequential review (the page moves on from a
+    class once its interval is at most this wide; `per_class` is then the most a class may
+    take). Checked when made."""
+    top_classes: int = 10
+    per_class: int = 100
+    seed: int = 0
+    mode: str = "image"
+    where: tuple[tuple[str, str], ...] = ()
+    classification: str | None = None
+    target_width: float | None = None
+
+    def __post_init__(self) -> None:
+        check.fields(self, top_classes=check.integer(1), per_class=check.integer(1), seed=check.integer(),
+                     mode=check.text(), where=check.conditions(), classification=check.text(none=True),
+                     target_width=check.number(0, 1, lo_open=True, none=True))
+        object.__setattr__(self, "where", tuple(p for w in self.where
+                                                for p in (parse_where((w,)) if isinstance(w, str) else (w,))))
 
 
 def draw(

@@ -217,7 +217,7 @@ def test_logit_scale_override(ws, tiny_encoder):
 def test_ties_go_to_the_first_label(ws, tiny_encoder, tmp_path):
     """Labels with the same prompt have the same vector, so every image and caption ties between them:
     the label that comes first in the file wins (not the alphabetical one), in the views and in filters."""
-    from curate.classify.subsets import FilterSpec, write_subset
+    from curate.select.filter import FilterSpec, write_subset
 
     f = tmp_path / "triplets.csv"
     f.write_text("label,prompt\nzebra,a photo of a street\nalpha,a photo of a street\nmango,a photo of a street\n",

@@ -20,8 +20,8 @@ import pytest
 from conftest import run_cli
 from test_classify_resume import label_file, make_workspace
 
-from curate.classify.subsets import MANIFEST, PARTIAL, place_files, safe_name
 from curate.errors import OutputError
+from curate.select.filter import MANIFEST, PARTIAL, place_files, safe_name
 
 REPO = Path(__file__).resolve().parents[2]
 ENV = os.environ | {"HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}

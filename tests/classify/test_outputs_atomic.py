@@ -31,7 +31,7 @@ from conftest import run_cli
 from test_classify_resume import label_file, make_workspace
 
 from curate.classify.labels import load_label_set
-from curate.classify.subsets import MANIFEST, place_files, safe_name
+from curate.select.filter import MANIFEST, place_files, safe_name
 
 REPO = Path(__file__).resolve().parents[2]
 ENV = os.environ | {"HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}

@@ -235,8 +235,8 @@ def test_unreadable_file_is_rejected_and_never_read_again(base, tmp_path, tiny_e
 
 
 def test_search_labels_refuse_stale_scores(base, tmp_path, tiny_encoder):
-    from curate.classify import search
     from curate.classify.state import NotReady
+    from curate.select import search
 
     src, ws, labels = _copy(base, tmp_path)
     _edit(src / "img_002.jpg", 900)

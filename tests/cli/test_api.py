@@ -24,10 +24,10 @@ def notebook(tmp_path_factory) -> dict:
     out = {"root": root, "photos": photos, "ws": ws}
     out["build"] = api.build_index(photos, ws, model="curate-tiny", pretrained="none", workers=0, quiet=True)
     out["classify"] = api.classify(ws, label_set="places205", prompts="natural", quiet=True)
-    out["filter"] = api.filter(ws, min_prob=0.0, out=root / "api.csv")
+    out["filter"] = api.filter(ws, api.FilterSpec(min_prob=0.0), api.FilterOutput(out=root / "api.csv"))
     out["search"] = api.search(ws, "a rooftop bar at night", k=5)
-    out["sample"] = api.sample(ws, top_classes=3, per_class=2)
-    out["report"] = api.report(ws, out=root / "api-report", grid_size=0)
+    out["sample"] = api.sample(ws, api.SampleSpec(top_classes=3, per_class=2))
+    out["report"] = api.report(ws, out=root / "api-report", options=api.ReportOptions(grid_size=0))
     return out
 
 

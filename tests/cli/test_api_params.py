@@ -10,6 +10,7 @@ annotation, or a numeric parameter with no range below, fails too, until it is a
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import math
 
@@ -35,8 +36,25 @@ RANGES = {
     "image_max": [-1, 1.5], "k": [0, -1], "search_param": [0, -1], "top_classes": [0, -1], "per_class": [0],
     "seed": [], "min_hit_rate": [-0.1, 1.1], "target_precision": [0, 1.1], "min_support": [0, -1],
     "grid_size": [-1], "threshold": [0, -0.5, 1.0001], "max_index_memory": [0, -1],
-    "level": [0, 1, -0.5, 1.5], "target_width": [0, -0.1, 1.5],
+    "level": [0, 1, -0.5, 1.5], "target_width": [0, -0.1, 1.5], "image_min": [-0.1, 1.5],
 }
+# The options objects the functions take (filter's selection and output, ...): not one of them is
+# refused naming the parameter, and each field's hostile value is refused naming the field, when made.
+OPTIONS = {cls.__name__: cls for cls in (api.FilterSpec, api.FilterOutput, api.SearchQuery, api.SampleSpec,
+                                         api.ReportOptions)}
+
+
+@dataclasses.dataclass(frozen=True)
+class _Made:
+    """An options object made with one hostile field, inside the call's pytest.raises."""
+    cls: type
+    field: str
+    value: object
+
+    def make(self) -> object:
+        return self.cls(**{self.field: self.value})
+
+
 NAN, INF = float("nan"), float("inf")
 
 
@@ -55,7 +73,11 @@ def _hostile(fn_name: str, name: str, annotation: str) -> list:
         values += ["0.5", True, NAN, INF, -INF, 1j, *RANGES[name]]
     elif core == "str | int":
         values += [True, 1.5, [1], b"2GB", "", *RANGES[name]]
-    elif core.startswith("Iterable"):
+    elif core in OPTIONS:
+        values += [5, "x", {"min_prob": 0.5}]
+    elif core.startswith("str | ") and core[6:] in OPTIONS:     # a text, or the options object
+        values += [5, b"x", ["x"], "a\x00b"]
+    elif core.startswith(("Iterable", "tuple[")):
         values += [5, [5], [None], [""], b"pantry", {"a": 1}]
     elif "Path" in core:
         values += [5, b"ws", "", ["ws"], "a\x00b"]
@@ -83,6 +105,11 @@ def _cases() -> list:
         for name, (shown, annotation) in _params(fn).items():
             for k, v in enumerate(_hostile(fn_name, name, annotation)):
                 out.append(pytest.param(fn_name, name, shown, v, id=f"{fn_name}-{name}-{k}"))
+            cls = OPTIONS.get(annotation.replace(" | None", "").replace("str | ", "").strip())
+            for f in dataclasses.fields(cls) if cls else ():
+                for k, v in enumerate(_hostile(fn_name, f.name, str(f.type))):
+                    out.append(pytest.param(fn_name, name, f"--{f.name.replace('_', '-')}", _Made(cls, f.name, v),
+                                            id=f"{fn_name}-{name}.{f.name}-{k}"))
     return out
 
 
@@ -99,8 +126,8 @@ def test_a_hostile_value_is_refused_naming_the_parameter(baseline, fn_name, para
     sig = inspect.signature(fn)
     kwargs = {n: v for n, v in baseline.items() if n in sig.parameters and
               sig.parameters[n].default is inspect.Parameter.empty}
-    kwargs[param] = value
     with pytest.raises(CurateError) as e:
+        kwargs[param] = value.make() if isinstance(value, _Made) else value
         fn(**kwargs)
     msg = str(e.value)
     assert msg.startswith(shown + " ") and "\n" not in msg, msg
@@ -152,12 +179,12 @@ def test_one_label_string_is_one_label_and_the_cli_says_what_the_api_says(classi
     top = con.execute("SELECT label FROM predictions GROUP BY label ORDER BY count(*) DESC, label LIMIT 1").fetchall()
     con.close()
     label = top[0][0]
-    one = api.filter(classified, labels=label, min_prob=0.0)
+    one = api.filter(classified, api.FilterSpec(labels=label, min_prob=0.0))
     assert one.spec.labels == (label,) and one.kept > 0
-    assert one.kept == api.filter(classified, labels=[label], min_prob=0.0).kept
+    assert one.kept == api.filter(classified, api.FilterSpec(labels=[label], min_prob=0.0)).kept
 
     with pytest.raises(InputError) as e:
-        api.filter(classified, min_prob=math.nan)
+        api.filter(classified, api.FilterSpec(min_prob=math.nan))
     r = run_cli("filter", "-w", classified, "--min-prob", "nan", "--out", tmp_path / "x.csv", expect=1)
     assert r.output.strip().splitlines()[-1] == f"curate: {e.value}"
     assert not (tmp_path / "x.csv").exists()

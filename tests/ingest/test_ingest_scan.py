@@ -277,8 +277,8 @@ def test_curate_workspaces_and_outputs_inside_a_source_are_not_scanned(tmp_path)
 
 
 def test_the_markers_the_scan_skips_are_the_ones_curate_writes():
-    from curate.classify import subsets
     from curate.ingest import sources
+    from curate.select import filter as subsets
 
     assert sources.COPY_MANIFEST == subsets.MANIFEST
 

@@ -86,7 +86,7 @@ def test_filter_prints_the_precision_of_what_it_wrote_from_random_marks_only(ws,
     assert f"estimated precision {report.pct_ci(one)}: 95% interval from {len(judged)} random marks" in r.output
 
     # the API carries it as a field of the result
-    f = api.filter(ws, labels=[label], min_prob=0.0)
+    f = api.filter(ws, api.FilterSpec(labels=[label], min_prob=0.0))
     assert f.precision is not None and f.precision.marks == len(judged)
     assert f.precision.estimate.value == pytest.approx(sum(judged) / len(judged))
 
@@ -100,7 +100,7 @@ def test_no_random_marks_no_estimate(ws, tmp_path):
     # no review set at all: no validation under way, nothing said, nothing estimated
     r = run_cli("filter", "-w", ws, "--min-prob", "0")
     assert "estimated precision" not in r.output and "no marks" not in r.output
-    f = api.filter(ws, min_prob=0.0)
+    f = api.filter(ws, api.FilterSpec(min_prob=0.0))
     assert f.precision.estimate == intervals.NONE and f.precision.marks == 0 and not f.precision.reviewed
     # a review set of one class whose own images are unmarked: the planted marks on every
     # other image still never count (a mark on a set's own image would: marks judge pairs)

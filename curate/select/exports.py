@@ -1,7 +1,7 @@
 """What a training pipeline reads from a filter: webdataset shards, embeddings beside a subset,
 and the provenance every output carries.
 
-`write_subset` (subsets.py) selects the kept rows into the TEMP table `kept`; this module
+`write_subset` (filter.py) selects the kept rows into the TEMP table `kept`; this module
 writes them out in the forms training code loads without curate:
 
 - webdataset: tar shards of `{id}.jpg` (the file's original bytes), `{id}.txt` (caption)
@@ -76,14 +76,6 @@ def provenance(con: duckdb.DuckDBPyConnection, settings: dict, *, mode: str, cla
                                          "stored_text_min": settings.get("ensemble_text_min")},
                                       sort_keys=True, default=str)
     return {f"curate.{k}": "" if v is None else str(v) for k, v in prov.items()}
-
-
-def kv_metadata_option(prov: dict[str, str]) -> str:
-    """`, KV_METADATA {...}` for a parquet COPY: DuckDB takes the map as literal text only, so
-    every key and value is a quoted SQL string (quotes doubled), never a bare user value."""
-    def lit(s: str) -> str:
-        return "'" + s.replace("'", "''") + "'"
-    return ", KV_METADATA {" + ", ".join(f"{lit(k)}: {lit(v)}" for k, v in prov.items()) + "}"
 
 
 def command_line(ws_path: str | Path, options: list[tuple[str, object]]) -> str:

@@ -13,8 +13,8 @@ from classify_support import read_out, references
 from conftest import make_folder, run_cli
 
 from curate.classify.run import classify
-from curate.classify.subsets import FilterSpec, safe_name, write_subset
 from curate.core.workspace import Workspace
+from curate.select.filter import FilterSpec, safe_name, write_subset
 
 
 @pytest.fixture

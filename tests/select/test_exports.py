@@ -14,8 +14,9 @@ import pytest
 from conftest import CAPTIONS, run_cli, write_jpeg
 from ingest_support import stored_vectors
 
-from curate.classify.exports import command_line, kv_metadata_option
 from curate.classify.run import classify
+from curate.core.outputs import kv_metadata_option
+from curate.select.exports import command_line
 
 TINY = ("--model", "curate-tiny", "--pretrained", "none", "--workers", "0")
 N = 10

@@ -14,11 +14,11 @@ import pytest
 from classify_support import read_out
 from conftest import run_cli, write_jpeg
 
-from curate.classify.search import Hit, encode_image_file, search, search_images
 from curate.commands.search import CAPTION_CELLS, table
 from curate.core import store
 from curate.core.termwidth import clip, pad, width
 from curate.core.workspace import Workspace
+from curate.select.search import Hit, SearchQuery, encode_image_file, search, search_images
 
 COLUMNS = ["rank", "id", "score", "label", "prob", "path", "caption"]
 
@@ -91,7 +91,7 @@ def test_an_image_of_the_collection_finds_itself_first(classified, tiny_encoder)
     item, path = con.execute("SELECT id, path FROM items WHERE status = 'embedded' ORDER BY id LIMIT 1 OFFSET 3"
                              ).fetchall()[0]
     con.close()
-    hits = search(classified, image=path, k=4, encoder=tiny_encoder)
+    hits = search(classified, SearchQuery(image=path), k=4, encoder=tiny_encoder)
     assert hits[0].id == item and hits[0].score == pytest.approx(1.0, abs=1e-4)
     want, sims = brute_force(classified, "image", encode_image_file(tiny_encoder, path), 4)
     assert [h.id for h in hits] == want.tolist()
@@ -117,7 +117,7 @@ def test_image_query_through_the_cli_written_to_parquet(classified, tmp_path, ti
 def test_caption_mode_searches_the_caption_index(classified, tiny_encoder, tmp_path):
     text = "rooftop bar"
     want, sims = brute_force(classified, "caption", tiny_encoder.encode_text([text]), 20)
-    hits = search(classified, text, mode="caption", k=20, encoder=tiny_encoder)
+    hits = search(classified, SearchQuery(text, mode="caption"), k=20, encoder=tiny_encoder)
     assert len(hits) == len(want) == 11          # 12 images, 11 captions: every caption, none more
     assert [h.id for h in hits] == want.tolist()
     assert [h.score for h in hits] == pytest.approx(sims.tolist(), abs=1e-5)

@@ -27,9 +27,9 @@ from conftest import run_cli, write_jpeg
 from PIL import Image, ImageOps
 
 from curate import api
-from curate.classify.dedup import TOLERANCE, DedupError, components
 from curate.core import store
 from curate.core.workspace import Workspace
+from curate.select.dedup import TOLERANCE, DedupError, components
 
 VARIANTS = ("v_q40.jpg", "v_half.jpg", "v_crop.jpg", "v_border.jpg", "copy_of_00.jpg")
 

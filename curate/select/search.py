@@ -11,12 +11,13 @@ from typing import TYPE_CHECKING
 import duckdb
 import numpy as np
 
-from ..core import sql
-from ..core.workspace import Workspace, check_same_model, quote_ident
+from ..classify import registry, state
+from ..classify.state import NotReady
+from ..core import check, sql
+from ..core.outputs import SUFFIXES, RowWriter, writer_for
+from ..core.workspace import Workspace, check_same_model
 from ..errors import InputError
-from . import registry, state
-from .state import NotReady
-from .subsets import FORMATS, item_columns, write_atomic
+from .filter import extras_select
 
 if TYPE_CHECKING:  # the model module imports torch and open_clip; load it only when needed
     from ..ingest.model import Encoder
@@ -40,6 +41,19 @@ class Hit:
     prob: float | None = None
 
 
+@dataclass(frozen=True)
+class SearchQuery:
+    """What a search asks for: a text prompt or an example image (a file), in the image index
+    (`mode` image) or the caption index (`mode` caption); checked when made."""
+    text: str | None = None
+    image: str | Path | None = None
+    mode: str = "image"
+
+    def __post_init__(self) -> None:
+        check.fields(self, text=check.text(none=True, empty=True), image=check.path(none=True), mode=check.text())
+        check_query(self.text, self.image, self.mode)
+
+
 def check_query(text: str | None, image: str | Path | None, mode: str = "image") -> None:
     """Refuse a search with no query, two queries, a blank text, or an unknown mode."""
     if mode not in MODES:
@@ -51,20 +65,19 @@ def check_query(text: str | None, image: str | Path | None, mode: str = "image")
                           "or an example image with --image PATH")
 
 
-def out_format(out: str | Path) -> str:
-    """The COPY options for an output file, from its extension (filter's formats)."""
-    fmt = FORMATS.get(Path(out).suffix.lower())
-    if fmt is None:
-        raise SearchError(f"cannot tell the format of {out}: use one of {', '.join(FORMATS)}")
-    return fmt
+def out_writer(out: str | Path) -> type[RowWriter]:
+    """The writer of an output file, from its extension (filter's formats)."""
+    writer = writer_for(out)
+    if writer is None:
+        raise SearchError(f"cannot tell the format of {out}: use one of {', '.join(SUFFIXES)}")
+    return writer
 
 
-def search(ws_path: str | Path, text: str | None = None, *, image: str | Path | None = None,
-           mode: str = "image", k: int = 50, encoder: Encoder | None = None, device: str | None = None,
-           classification: str | None = None, search_param: int | None = None) -> list[Hit]:
-    """The k items nearest to a text prompt or to an example image (`image`, a file), in the
-    image index (`mode` image) or the caption index (`mode` caption), by the model and
-    precision that embedded the workspace. Each hit carries the item's top label under the
+def search(ws_path: str | Path, query: SearchQuery | str, *, k: int = 50, encoder: Encoder | None = None,
+           device: str | None = None, classification: str | None = None,
+           search_param: int | None = None) -> list[Hit]:
+    """The k items nearest to `query` (a SearchQuery, or a text prompt: the image index), by
+    the model and precision that embedded the workspace. Each hit carries the item's top label under the
     classification named (default: the active one, if any): its image's label in image mode,
     its caption's in caption mode. The index is searched at the parameter its record holds
     (tuned to a recall target at build-index), or at `search_param` (nprobe, efSearch)."""
@@ -72,7 +85,8 @@ def search(ws_path: str | Path, text: str | None = None, *, image: str | Path | 
 
     from ..ingest import faiss_index, index_recall
 
-    check_query(text, image, mode)
+    q = query if isinstance(query, SearchQuery) else SearchQuery(text=query)
+    text, image, mode = q.text, q.image, q.mode
     ws = Workspace(ws_path)
     if not ws.exists():
         raise NotReady(f"no workspace at {ws.root}: run `curate build-index` first")
@@ -112,7 +126,7 @@ def search_images(ws_path: str | Path, text: str, k: int = 50, encoder: Encoder 
                   device: str | None = None, classification: str | None = None,
                   search_param: int | None = None) -> list[Hit]:
     """The k images nearest to `text` (`search` in image mode)."""
-    return search(ws_path, text, k=k, encoder=encoder, device=device, classification=classification,
+    return search(ws_path, SearchQuery(text=text), k=k, encoder=encoder, device=device, classification=classification,
                   search_param=search_param)
 
 
@@ -164,7 +178,7 @@ def write_hits(ws_path: str | Path, hits: list[Hit], out: str | Path) -> Path:
     rank, id, score, label, prob, path, caption, then the source's own columns of each item
     (a manifest's columns). The file is whole or absent (written beside it and renamed)."""
     out_path = Path(out)
-    fmt = out_format(out_path)
+    writer = out_writer(out_path)
     con = Workspace(ws_path).connect(read_only=True)
     try:
         con.execute("CREATE TEMP TABLE hits (rank INTEGER, id BIGINT, score DOUBLE, label VARCHAR, prob DOUBLE)")
@@ -175,24 +189,10 @@ def write_hits(ws_path: str | Path, hits: list[Hit], out: str | Path) -> Path:
                                                 [h.prob for h in hits]])
         extras, join = "", ""
         if sql.has_relation(con, "item_extras"):
-            extras, join = _extras(con), "LEFT JOIN item_extras x ON x.id = h.id "
+            extras, join = extras_select(con, OUTPUT_COLUMNS), "LEFT JOIN item_extras x ON x.id = h.id "
         select = (f"SELECT h.rank, h.id, h.score, h.label, h.prob, i.path, i.caption{extras} FROM hits h "
                   f"LEFT JOIN items i ON i.id = h.id {join}ORDER BY h.rank")
-        write_atomic(out_path, lambda tmp: con.execute(f"COPY ({select}) TO ? {fmt}", [str(tmp)]))
+        writer().write(con, f"({select})", out_path)
     finally:
         con.close()
     return out_path
-
-
-def _extras(con: duckdb.DuckDBPyConnection) -> str:
-    """", x.a, x.b AS src_b": the items' own columns, renamed where one would take a search column's name."""
-    out, used = [], set(OUTPUT_COLUMNS)
-    for c in item_columns(con):
-        if c == "id":
-            continue
-        name = c
-        while name.lower() in used:
-            name = "src_" + name
-        used.add(name.lower())
-        out.append(f"x.{quote_ident(c)}" + (f" AS {quote_ident(name)}" if name != c else ""))
-    return "".join(", " + x for x in out)

@@ -22,26 +22,27 @@ from pathlib import Path
 import duckdb
 import numpy as np
 
-from ..core import sql
-from ..core.outputs import PARTIAL, check_output, partial_path, write_atomic
+from ..classify import calibrated, registry, state
+from ..classify.labels import check_labels
+from ..classify.scoring import ENSEMBLE_TEXT_MIN, ENSEMBLE_TEXT_WEIGHT
+from ..core import check, sql
+from ..core.outputs import (
+    PARTIAL,
+    SUFFIXES,
+    WRITERS,
+    RowWriter,
+    check_output,
+    partial_path,
+    write_atomic,
+    writer_for,
+)
 from ..core.workspace import Workspace, quote_ident
 from ..errors import InputError, OutputError
-from . import calibrated, dedup, exports, registry, state
-from .labels import check_labels
-from .scoring import ENSEMBLE_TEXT_MIN, ENSEMBLE_TEXT_WEIGHT
+from . import dedup, exports
 
-# extension -> COPY options (fixed text, never from the user)
-FORMATS = {
-    ".parquet": "(FORMAT parquet)",
-    ".csv": "(FORMAT csv, HEADER true)",
-    ".tsv": "(FORMAT csv, HEADER true, DELIMITER '\t')",
-    ".jsonl": "(FORMAT json)",
-    ".ndjson": "(FORMAT json)",
-    ".json": "(FORMAT json, ARRAY true)",
-}
-# --format NAME -> the extension whose COPY options it takes; webdataset: a folder of tar shards
-FORMAT_NAMES = {"parquet": ".parquet", "csv": ".csv", "tsv": ".tsv", "jsonl": ".jsonl", "json": ".json",
-                "webdataset": None}
+# the extensions a subset file may have; --format NAME: a row writer's name, or webdataset (a folder of tar shards)
+FORMATS = tuple(SUFFIXES)
+FORMAT_NAMES = (*WRITERS, "webdataset")
 MODES = tuple(state.PREDICTION_VIEWS)
 
 
@@ -51,6 +52,8 @@ class FilterError(InputError, ValueError):
 
 @dataclass(frozen=True)
 class FilterSpec:
+    """What `curate filter` selects: its options, checked as given (one label string is one
+    label; `where` takes "COLUMN=VALUE" strings or (column, value) pairs)."""
     labels: tuple[str, ...] = ()       # empty: any label
     min_prob: float = 0.5
     mode: str = "image"                # image | caption | ensemble
@@ -64,6 +67,15 @@ class FilterSpec:
     where: tuple[tuple[str, str], ...] = ()   # (items column, text value): one column's values OR, columns AND
     classification: str | None = None  # a named classification (registry.py); None: the active one
     dedup: bool = False                # one image per duplicate group (dedup.py); with unmatched: what it removes
+
+    def __post_init__(self) -> None:
+        check.fields(self, labels=check.names(), min_prob=check.probability(), mode=check.text(),
+                     unmatched=check.flag(), text_weight=check.probability(), text_min=check.probability(),
+                     image_min=check.probability(), image_max=check.probability(), renormalize=check.flag(),
+                     calibrated=check.flag(), where=check.conditions(), classification=check.text(none=True),
+                     dedup=check.flag())
+        object.__setattr__(self, "where", tuple(p for w in self.where
+                                                for p in (parse_where((w,)) if isinstance(w, str) else (w,))))
 
     def sql_mode(self, settings: dict) -> str:
         """The SQL mode: the stored `ensemble` when its parameters are the study's, else ensemble_with."""
@@ -82,6 +94,28 @@ class FilterSpec:
 
 SUBSET_CALL = ("(?, ?, ?, unmatched := ?, text_weight := ?, text_min := ?, image_min := ?, image_max := ?, "
                "renormalize := ?)")
+
+
+@dataclass(frozen=True)
+class FilterOutput:
+    """Where `curate filter` writes the selection: a file (format by extension, or `format`; with
+    format "webdataset" a folder of tar shards of `shard_size` samples), the kept rows' embeddings
+    beside it, the files copied or linked into a folder (`clean`: first remove what earlier runs
+    of curate placed there). Nothing given: the selection is counted only."""
+    out: str | Path | None = None
+    format: str | None = None
+    shard_size: int = exports.SHARD_SIZE
+    with_embeddings: bool = False
+    copy_to: str | Path | None = None
+    link_to: str | Path | None = None
+    clean: bool = False
+
+    def __post_init__(self) -> None:
+        check.fields(self, out=check.path(none=True), format=check.text(none=True), shard_size=check.integer(1),
+                     with_embeddings=check.flag(), copy_to=check.path(none=True), link_to=check.path(none=True),
+                     clean=check.flag())
+        if self.clean and not (self.copy_to or self.link_to):
+            raise FilterError("--clean empties a --copy-to or --link-to folder: give one")
 
 
 @dataclass(frozen=True)
@@ -148,35 +182,31 @@ def open_scored(ws_path: str | Path, classification: str | None = None) -> duckd
     return con
 
 
-def write_subset(ws_path: str | Path, spec: FilterSpec, out: str | Path | None,
-                 copy_to: str | Path | None = None, link_to: str | Path | None = None,
-                 clean: bool = False, fmt_name: str | None = None, shard_size: int = exports.SHARD_SIZE,
-                 with_embeddings: bool = False, command: str | None = None,
+def write_subset(ws_path: str | Path, spec: FilterSpec, output: FilterOutput | str | Path | None, *,
+                 command: str | None = None,
                  inspect: Callable[[duckdb.DuckDBPyConnection], object] | None = None) -> FilterResult:
-    """Select with `subset(...)`, write it to `out` (format by extension, or `fmt_name`), copy or
-    link the files.
+    """Select with `subset(...)`, write it where `output` says (a bare path: that file, format by
+    extension; None: counted only), copy or link the files.
 
-    `out` is whole or absent: written under a temporary name beside it and renamed (a
+    The file is whole or absent: written under a temporary name beside it and renamed (a
     webdataset folder: beside it, swapped in whole). Parquet carries the provenance
     (`command`, the model, labels, thresholds...) in its key-value metadata.
-    `with_embeddings`: the kept rows' image and caption vectors beside `out`, aligned to its rows.
-    `clean`: first remove what earlier runs of curate placed in the copy/link folder.
     `inspect`: called with the connection while the TEMP table `kept` holds the subset
     (curate.api.filter estimates its precision from the review marks there).
     """
+    o = output if isinstance(output, FilterOutput) else FilterOutput(out=output)
+    out, copy_to, link_to, fmt_name = o.out, o.copy_to, o.link_to, o.format
     validate(spec)
     out_path = Path(out) if out is not None else None
-    fmt = None
+    writer: type[RowWriter] | None = None
     webdataset = fmt_name == "webdataset"
     if fmt_name is not None and fmt_name not in FORMAT_NAMES:
         raise FilterError(f"unknown format {fmt_name!r}: use one of {', '.join(FORMAT_NAMES)}")
-    if (fmt_name is not None or with_embeddings) and out_path is None:
-        raise FilterError(f"{'--with-embeddings' if with_embeddings else '--format'} writes beside --out: give one")
-    if shard_size < 1:
-        raise FilterError(f"--shard-size must be at least 1, not {shard_size}")
+    if (fmt_name is not None or o.with_embeddings) and out_path is None:
+        raise FilterError(f"{'--with-embeddings' if o.with_embeddings else '--format'} writes beside --out: give one")
     if out_path is not None and not webdataset:
-        fmt = FORMATS.get(FORMAT_NAMES[fmt_name] if fmt_name else out_path.suffix.lower())
-        if fmt is None:
+        writer = WRITERS[fmt_name] if fmt_name else writer_for(out_path)
+        if writer is None:
             raise FilterError(f"cannot tell the format of {out_path}: use one of {', '.join(FORMATS)}, "
                               "or --format webdataset for a folder of tar shards")
     if copy_to is not None and link_to is not None:
@@ -184,7 +214,7 @@ def write_subset(ws_path: str | Path, spec: FilterSpec, out: str | Path | None,
     # refused before any work is done (each writer checks again where it writes)
     if out_path is not None:
         check_output(out_path, "webdataset" if webdataset else "subset")
-        if with_embeddings and not webdataset:
+        if o.with_embeddings and not webdataset:
             for path in exports.embedding_paths(out_path).values():
                 check_output(path, "embeddings")
     for folder, what in ((copy_to, "copies"), (link_to, "links")):
@@ -195,15 +225,7 @@ def write_subset(ws_path: str | Path, spec: FilterSpec, out: str | Path | None,
         known = [r[0] for r in con.execute("SELECT label FROM labels ORDER BY label_idx").fetchall()]
         check_labels(spec.labels, known)
         st = state.settings(con)
-        if spec.calibrated:
-            _select_calibrated(con, spec)
-            total = con.execute("SELECT count(*) FROM calibrated_predictions").fetchall()[0][0]
-        else:
-            con.execute(f"CREATE TEMP TABLE kept AS SELECT k.id, i.path, i.caption, k.label, k.prob{_extras(con)} "
-                        f"FROM subset_predictions{SUBSET_CALL} k JOIN items i ON i.id = k.id "
-                        "JOIN item_extras x ON x.id = k.id ORDER BY k.id",
-                        spec.params(st))
-            total = con.execute("SELECT scored_items(?)", [spec.sql_mode(st)]).fetchall()[0][0]
+        total = _select(con, spec, st)
         if spec.where:
             _restrict(con, spec.where)
         if spec.dedup:
@@ -213,20 +235,18 @@ def write_subset(ws_path: str | Path, spec: FilterSpec, out: str | Path | None,
         if out_path is not None:
             prov = _provenance(con, spec, st, command)
             if webdataset:
-                exported = exports.write_webdataset(ws_path, con, out_path, shard_size=shard_size, prov=prov,
-                                                    with_embeddings=with_embeddings,
-                                                    runner_up=_runner_up(con, spec, st))
+                exported = exports.write_webdataset(ws_path, con, out_path, shard_size=o.shard_size, prov=prov,
+                                                    with_embeddings=o.with_embeddings,
+                                                    runner_up=_runner_up(con))
             else:
-                if "parquet" in fmt:
-                    fmt = fmt[:-1] + exports.kv_metadata_option(prov) + ")"
-                write_atomic(out_path, lambda tmp: con.execute(f"COPY kept TO ? {fmt}", [str(tmp)]), "subset")
-                if with_embeddings:
+                writer(prov).write(con, "kept", out_path, "subset")
+                if o.with_embeddings:
                     exported = _embeddings_beside(ws_path, con, out_path)
         placed = Placed()
         if copy_to is not None or link_to is not None:
             rows = con.execute("SELECT id, path, label FROM kept ORDER BY id").fetchall()
             placed = place_files(rows, Path(copy_to or link_to), link=link_to is not None,
-                                 by_label=not spec.unmatched, clean=clean)
+                                 by_label=not spec.unmatched, clean=o.clean)
         if inspect is not None:
             inspect(con)
         return FilterResult(kept, total, out_path, placed.done, placed.missing, _inexact(con, spec, st),
@@ -252,14 +272,10 @@ def _provenance(con: duckdb.DuckDBPyConnection, spec: FilterSpec, st: dict, comm
                               command=command or "")
 
 
-def _runner_up(con: duckdb.DuckDBPyConnection, spec: FilterSpec, st: dict) -> str:
+def _runner_up(con: duckdb.DuckDBPyConnection) -> str:
     """A TEMP table (id, label2, prob2): each kept row's second label under the rule that kept it."""
-    if spec.calibrated:
-        con.execute("CREATE OR REPLACE TEMP TABLE runner_up AS SELECT id, label2, prob2 FROM calibrated_predictions "
-                    "WHERE id IN (SELECT id FROM kept)")
-    else:
-        con.execute(f"CREATE OR REPLACE TEMP TABLE runner_up AS SELECT id, label2, prob2 "
-                    f"FROM subset_predictions{SUBSET_CALL} WHERE id IN (SELECT id FROM kept)", spec.params(st))
+    con.execute("CREATE OR REPLACE TEMP TABLE runner_up AS SELECT id, label2, prob2 FROM selected "
+                "WHERE id IN (SELECT id FROM kept)")
     return "runner_up"
 
 
@@ -321,7 +337,27 @@ def _restrict(con: duckdb.DuckDBPyConnection, where: tuple[tuple[str, str], ...]
     con.execute(f"DELETE FROM kept WHERE id NOT IN (SELECT i.id FROM items i WHERE {clause})", params)
 
 
-def _select_calibrated(con: duckdb.DuckDBPyConnection, spec: FilterSpec) -> None:
+def _select(con: duckdb.DuckDBPyConnection, spec: FilterSpec, st: dict) -> int:
+    """The one evaluation of the selection: the TEMP table `selected` (the rows the rule keeps,
+    each with its runner-up: queries/subsets.sql subset_predictions, or subset_calibrated.sql
+    calibrated_selection), then `kept`, those rows as written out; returns how many items the
+    mode scores (the summary's "out of")."""
+    if spec.calibrated:
+        _load_calibrated(con, spec)
+        con.execute("CREATE TEMP TABLE selected AS SELECT * FROM calibrated_selection($wanted, $unmatched)",
+                    {"wanted": list(spec.labels), "unmatched": spec.unmatched and not spec.dedup})
+        total = con.execute("SELECT count(*) FROM calibrated_predictions").fetchall()[0][0]
+    else:
+        con.execute(f"CREATE TEMP TABLE selected AS SELECT * FROM subset_predictions{SUBSET_CALL}", spec.params(st))
+        total = con.execute("SELECT scored_items(?)", [spec.sql_mode(st)]).fetchall()[0][0]
+    threshold = ", s.class_threshold" if spec.calibrated else ""
+    con.execute(f"CREATE TEMP TABLE kept AS SELECT s.id, i.path, i.caption, s.label, s.prob{threshold}{extras_select(con)} "
+                "FROM selected s JOIN items i ON i.id = s.id JOIN item_extras x ON x.id = s.id ORDER BY s.id")
+    return total
+
+
+def _load_calibrated(con: duckdb.DuckDBPyConnection, spec: FilterSpec) -> None:
+    """The calibration checked against the classification read, and its macros loaded (TEMP)."""
     cal = calibrated.load(con)
     if cal is None:
         raise FilterError("no calibration in this workspace yet: mark a review set (`curate sample`, "
@@ -330,18 +366,9 @@ def _select_calibrated(con: duckdb.DuckDBPyConnection, spec: FilterSpec) -> None
         raise FilterError(f"the calibration was fitted on {cal.source} predictions: use --mode {cal.source}")
     name = spec.classification or registry.active(con)
     calibrated.check_applies(con, cal, name, registry.schema(name) if name else None)
-    query = sql.text("subset_calibrated")
-    query, n = re.subn(r",\s*" + re.escape(_ITEM_EXTRAS), lambda _m: _extras(con), query)
-    if n != 1:
-        raise RuntimeError("subset_calibrated.sql must select the items' own columns as " + _ITEM_EXTRAS)
-    con.execute(query)   # the TEMP macro subset_calibrated, with this workspace's item columns
-    con.execute("CREATE TEMP TABLE kept AS SELECT * FROM subset_calibrated($wanted, $unmatched)",
-                {"wanted": list(spec.labels), "unmatched": spec.unmatched and not spec.dedup})
+    sql.run(con, "subset_calibrated")
 
 
-# How queries/subsets.sql and subset_calibrated.sql add the source's own columns of items
-# (the view item_extras, queries/workspace.sql, joined as x).
-_ITEM_EXTRAS = "x.* EXCLUDE (id)"
 # The columns curate writes before the source's own; a source column of the same name
 # (in any case) comes out as src_<name>, so it never takes or shifts one of curate's.
 OUTPUT_COLUMNS = ("id", "path", "caption", "label", "prob", "class_threshold")
@@ -352,11 +379,11 @@ def item_columns(con: duckdb.DuckDBPyConnection) -> list[str]:
     return [d[0] for d in con.execute("SELECT * FROM item_extras LIMIT 0").description]
 
 
-def _extras(con: duckdb.DuckDBPyConnection) -> str:
-    """The select list of the items' own columns (", x.a, x.b AS src_b" over item_extras x); '' when
-    there are none."""
+def extras_select(con: duckdb.DuckDBPyConnection, taken: tuple[str, ...] = OUTPUT_COLUMNS) -> str:
+    """The select list of the items' own columns (", x.a, x.b AS src_b" over item_extras x), each
+    renamed where it would take one of the `taken` columns' names; '' when there are none."""
     out = []
-    used = set(OUTPUT_COLUMNS)
+    used = set(taken)
     for c in item_columns(con):
         if c == "id":
             continue
@@ -676,8 +703,10 @@ def _inexact(con: duckdb.DuckDBPyConnection, spec: FilterSpec, st: dict) -> int:
         return 0
     if spec.min_prob >= 1 / st["top_k"] and not spec.unmatched:
         return 0  # at prob >= 1/k the bound on unstored labels is always cleared
-    return con.execute("SELECT count(*) FROM subset_predictions" + SUBSET_CALL + " WHERE NOT exact",
-                       spec.params(st)).fetchall()[0][0]
+    if spec.calibrated:  # the calibrated rows carry no bound: the uncalibrated rule's count, as it was
+        return con.execute("SELECT count(*) FROM subset_predictions" + SUBSET_CALL + " WHERE NOT exact",
+                           spec.params(st)).fetchall()[0][0]
+    return con.execute("SELECT count(*) FROM selected WHERE NOT exact").fetchall()[0][0]
 
 
 def _unscored(con: duckdb.DuckDBPyConnection) -> int:

@@ -35,10 +35,10 @@ from pathlib import Path
 import duckdb
 import numpy as np
 
+from ..classify.state import NotReady
 from ..core import sql, store
 from ..core.workspace import Workspace
 from ..errors import InputError
-from .state import NotReady
 
 # Cosine on the image embeddings. clip-retrieval's dedup (clip_back.py, get_non_uniques)
 # range-searches CLIP image embeddings at 0.94; curate-tiny's random weights cannot tell
@@ -118,13 +118,29 @@ def find_duplicates(ws_path: str | Path, kind: str = "image", threshold: float =
             groups, members = _counts(con, kind)
             return DedupResult(kind, None, items, 0, 0, groups, members, "SQL", True,
                                time.monotonic() - started)
-        return _image(ws, con, items, float(threshold), batch_rows, k, fresh, progress, started)
+        ask = _Ask(float(threshold), batch_rows, k, fresh)
+        queried, pairs, how, start_over = _image(ws, con, ask, progress)
+        groups, members = _counts(con, "image")
+        return DedupResult("image", ask.threshold, items, queried, pairs, groups, members, how, start_over,
+                           time.monotonic() - started)
     finally:
         con.close()
 
 
-def _image(ws: Workspace, con: duckdb.DuckDBPyConnection, items: int, threshold: float, batch_rows: int, k: int,
-           fresh: bool, progress: Callable[[int], None] | None, started: float) -> DedupResult:
+@dataclass(frozen=True)
+class _Ask:
+    """How the image index is asked: pairs at `threshold` or above, `batch_rows` vectors a query
+    (k neighbours each where the index has no exact range search), from scratch if `fresh`."""
+    threshold: float
+    batch_rows: int
+    k: int
+    fresh: bool
+
+
+def _image(ws: Workspace, con: duckdb.DuckDBPyConnection, ask: _Ask,
+           progress: Callable[[int], None] | None) -> tuple[int, int, str, bool]:
+    """The image groups found and stored: (vectors queried, pairs held, how the index was
+    asked, whether it started over)."""
     import faiss
 
     from ..ingest import faiss_index, index_recall
@@ -141,11 +157,12 @@ def _image(ws: Workspace, con: duckdb.DuckDBPyConnection, items: int, threshold:
     tuned = faiss_index.search_setting(con, "image")
     index_recall.set_param(index, tuned.value if tuned else None)
     method, exact = ask_by(index)
-    asked = _Asker(index, method, exact, threshold, k, shards)
+    threshold = ask.threshold
+    asked = _Asker(index, method, exact, threshold, ask.k, shards)
 
     names = [s.vectors.name for s in shards]
     before = json.loads(Workspace.get_meta(con, META_KEY) or "null")
-    start_over = (fresh or before is None or before.get("threshold") != threshold
+    start_over = (ask.fresh or before is None or before.get("threshold") != threshold
                   or not set(before.get("shards", [])) <= set(names))
     todo = shards if start_over else [s for s in shards if s.vectors.name not in set(before["shards"])]
 
@@ -153,9 +170,9 @@ def _image(ws: Workspace, con: duckdb.DuckDBPyConnection, items: int, threshold:
     queried = 0
     for shard in todo:
         ids, vecs = store.open_shard(shard)
-        for s in range(0, len(ids), batch_rows):
-            q_ids = np.asarray(ids[s:s + batch_rows], dtype=np.int64)
-            q = np.ascontiguousarray(vecs[s:s + batch_rows], dtype=np.float32)
+        for s in range(0, len(ids), ask.batch_rows):
+            q_ids = np.asarray(ids[s:s + ask.batch_rows], dtype=np.int64)
+            q = np.ascontiguousarray(vecs[s:s + ask.batch_rows], dtype=np.float32)
             a, b, sim = asked.pairs(q_ids, q)
             found_a.append(a)
             found_b.append(b)
@@ -193,9 +210,7 @@ def _image(ws: Workspace, con: duckdb.DuckDBPyConnection, items: int, threshold:
                 con.unregister("members")
             _similarities(ws, con, shards)
         Workspace.set_meta(con, META_KEY, json.dumps({"threshold": threshold, "shards": names}))
-    groups, members = _counts(con, "image")
-    return DedupResult("image", threshold, items, queried, len(pa), groups, members, asked.describe(), start_over,
-                       time.monotonic() - started)
+    return queried, len(pa), asked.describe(), start_over
 
 
 def ask_by(index) -> tuple[str, bool]:
