@@ -65,7 +65,8 @@ def review_screenshot(p, tmp: Path) -> None:
     ws = demo_workspace(tmp / "ws-shot", 4)
     con = ws.connect()
     sampling.draw(con, top_classes=5, per_class=4, seed=7, name="demo")
-    server = ReviewServer(con, "demo").start()
+    con.close()  # the page never keeps the database open (curate/core/journal.py)
+    server = ReviewServer(ws, "demo").start()
     try:
         browser = launch(p, tmp)
         page = browser.new_page()
@@ -81,14 +82,14 @@ def review_screenshot(p, tmp: Path) -> None:
         browser.close()
     finally:
         server.stop()
-        con.close()
 
 
 def review_timing(p, tmp: Path, n: int = 300) -> None:
     ws = demo_workspace(tmp / "ws-time", n // len(DEMO) + 1)
     con = ws.connect()
     sampling.draw(con, top_classes=5, per_class=n // 5, seed=1, name="timing")
-    server = ReviewServer(con, "timing").start()
+    con.close()
+    server = ReviewServer(ws, "timing").start()
     try:
         browser = launch(p, tmp)
         page = browser.new_page()
@@ -109,7 +110,6 @@ def review_timing(p, tmp: Path, n: int = 300) -> None:
         browser.close()
     finally:
         server.stop()
-        con.close()
     med = statistics.median
     print(f"{n} marks in {total:.1f} s with key -> next image -> saved in turn: {60 * n / total:.0f} marks/min")
     print(f"key -> next image shown: median {1000 * med(shown):.1f} ms, p95 "
