@@ -7,9 +7,12 @@ import sys
 import zipfile
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
+@pytest.mark.slow
 def test_wheel_carries_code_sql_recipes_and_static_files(tmp_path):
     subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
                     "-w", str(tmp_path), str(ROOT)], check=True, capture_output=True)
@@ -28,8 +31,6 @@ def test_make_demo_installs_the_main_job_only_and_make_test_adds_the_test_tools(
     (pytest, playwright, Ray ...) come with `make test` (and `.ci/run`, which runs it). Read from
     make's own plan (-n: nothing runs; -B: as on a fresh clone)."""
     import shutil
-
-    import pytest
 
     if shutil.which("make") is None:
         pytest.skip("no make here")
