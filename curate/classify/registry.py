@@ -300,6 +300,3 @@ def upgrade(con: duckdb.DuckDBPyConnection) -> str | None:
                         [name if complete else None])
     return name
 
-
-
-Workspace.on_write_connect(upgrade)

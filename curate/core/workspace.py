@@ -11,13 +11,13 @@ The database is the source of truth: a shard file counts only once its row in
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import platform
 import re
 import socket
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,11 +37,14 @@ UPGRADES: list[str] = sql.statements("workspace_upgrades")
 
 KINDS = ("image", "caption")
 
-# Upgrades that a higher stage owns (the move of old score tables into a named
-# classification: curate/classify/registry.py), run at every read-write connect after
-# the core tables'. Registered when that module is imported (classify/run.py and
-# validate/sampling.py, the writers of scores and review sets, import it); each is cheap when done.
-_WRITE_HOOKS: list[Callable[[duckdb.DuckDBPyConnection], object]] = []
+# Every upgrade a read-write connect makes, in order, after the core tables' (UPGRADES):
+# the ones a stage owns, named here so that each runs whatever this process happened to
+# import (the stage's module is imported at the connect). Each is cheap once done.
+#   curate.classify.registry.upgrade: score tables of a workspace from before named
+#   classifications move into the classification's own schema
+STAGE_UPGRADES: tuple[tuple[str, str], ...] = (
+    ("curate.classify.registry", "upgrade"),
+)
 
 
 @dataclass(frozen=True)
@@ -120,8 +123,8 @@ class Workspace:
         for stmt in UPGRADES:
             con.execute(stmt)
         journal.fold(con, self.root)
-        for hook in _WRITE_HOOKS:
-            hook(con)
+        for module, function in STAGE_UPGRADES:
+            getattr(importlib.import_module(module), function)(con)
         return con
 
     def _open(self, read_only: bool) -> duckdb.DuckDBPyConnection:
@@ -132,12 +135,6 @@ class Workspace:
         # the Python package) can open, so `duckdb ws/curate.duckdb` works.
         config = {} if self.db_path.exists() else {"storage_compatibility_version": STORAGE_VERSION}
         return duckdb.connect(str(self.db_path), config=config)
-
-    @staticmethod
-    def on_write_connect(hook: Callable[[duckdb.DuckDBPyConnection], object]) -> None:
-        """Run `hook(con)` at every read-write connect, after the core tables' upgrades."""
-        if hook not in _WRITE_HOOKS:
-            _WRITE_HOOKS.append(hook)
 
     # -- meta -----------------------------------------------------------------
     @staticmethod
