@@ -27,6 +27,10 @@ from ..errors import WorkspaceBusy, WorkspaceError
 from . import sql
 
 DB_NAME = "curate.duckdb"
+# review marks not yet in `judgments`, and the lines of it that were not marks
+# (curate/validate/review/journal.py)
+JOURNAL = "marks.jsonl"
+JOURNAL_REJECTED = "marks.rejected.jsonl"
 STORAGE_VERSION = "v1.5.0"
 
 # The core tables' DDL is SQL a user can read and run: queries/workspace.sql (the tables
@@ -94,10 +98,10 @@ class Workspace:
         (default: `lock_wait()`), then raise `WorkspaceBusy` naming that process.
 
         DuckDB's rule: one read-write process, or any number of read-only ones. Read-only
-        connections see the marks the review server has not folded in yet (curate/core/journal.py);
+        connections see the marks the review server has not folded in yet (curate/validate/review/journal.py);
         read-write ones fold them in first.
         """
-        from . import journal
+        from ..validate.review import journal
 
         if read_only and not self.exists():
             raise WorkspaceError(f"no workspace at {self.root} (expected {self.db_path}); run `curate build-index` "
