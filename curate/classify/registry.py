@@ -300,3 +300,8 @@ def upgrade(con: duckdb.DuckDBPyConnection) -> str | None:
                         [name if complete else None])
     return name
 
+
+def upgrade_on_connect(con: duckdb.DuckDBPyConnection, root: Path) -> None:
+    """`upgrade` at every read-write connect (core/workspace.py ON_WRITE_CONNECT)."""
+    del root   # the score tables live in the database only
+    upgrade(con)

@@ -41,13 +41,19 @@ UPGRADES: list[str] = sql.statements("workspace_upgrades")
 
 KINDS = ("image", "caption")
 
-# Every upgrade a read-write connect makes, in order, after the core tables' (UPGRADES):
-# the ones a stage owns, named here so that each runs whatever this process happened to
-# import (the stage's module is imported at the connect). Each is cheap once done.
-#   curate.classify.registry.upgrade: score tables of a workspace from before named
-#   classifications move into the classification's own schema
-STAGE_UPGRADES: tuple[tuple[str, str], ...] = (
-    ("curate.classify.registry", "upgrade"),
+# What a connect does after opening, in order, beyond the core tables (SCHEMA, UPGRADES):
+# the steps a stage owns, named here (module, function(con, root)) so that each runs
+# whatever this process happened to import; the stage's module is imported at the connect.
+# Each is cheap once done.
+ON_READ_CONNECT: tuple[tuple[str, str], ...] = (
+    # `judgments` includes the marks journal's good marks (a TEMP view)
+    ("curate.validate.review.journal", "overlay"),
+)
+ON_WRITE_CONNECT: tuple[tuple[str, str], ...] = (
+    # the marks journal's good marks into `judgments`, its bad lines set aside
+    ("curate.validate.review.journal", "fold"),
+    # score tables of a workspace from before named classifications into their own schema
+    ("curate.classify.registry", "upgrade_on_connect"),
 )
 
 
@@ -101,8 +107,6 @@ class Workspace:
         connections see the marks the review server has not folded in yet (curate/validate/review/journal.py);
         read-write ones fold them in first.
         """
-        from ..validate.review import journal
-
         if read_only and not self.exists():
             raise WorkspaceError(f"no workspace at {self.root} (expected {self.db_path}); run `curate build-index` "
                                  "first")
@@ -120,15 +124,12 @@ class Workspace:
                                                      lock_wait() if wait is None else wait)) from None
                 time.sleep(min(pause, max(0.0, deadline - time.monotonic())))
                 pause = min(pause * 2, 0.25)
-        if read_only:
-            journal.overlay(con, self.root)
-            return con
-        con.execute(SCHEMA)
-        for stmt in UPGRADES:
-            con.execute(stmt)
-        journal.fold(con, self.root)
-        for module, function in STAGE_UPGRADES:
-            getattr(importlib.import_module(module), function)(con)
+        if not read_only:
+            con.execute(SCHEMA)
+            for stmt in UPGRADES:
+                con.execute(stmt)
+        for module, function in ON_READ_CONNECT if read_only else ON_WRITE_CONNECT:
+            getattr(importlib.import_module(module), function)(con, self.root)
         return con
 
     def _open(self, read_only: bool) -> duckdb.DuckDBPyConnection:

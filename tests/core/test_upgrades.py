@@ -1,6 +1,6 @@
-"""A read-write connect brings an old workspace up to date whatever the process imported:
-the core owns the list of upgrades (core/workspace.py STAGE_UPGRADES), no stage has to be
-imported first for its upgrade to run."""
+"""A connect brings an old workspace up to date whatever the process imported: the core
+owns the list of what a connect runs (core/workspace.py ON_READ_CONNECT, ON_WRITE_CONNECT),
+no stage has to be imported first for its step to run."""
 
 from __future__ import annotations
 
@@ -47,9 +47,9 @@ def test_a_process_that_imports_only_the_core_upgrades_an_old_workspace(classifi
         con.close()
 
 
-def test_every_listed_upgrade_is_a_function_of_a_stage_below_the_api():
+def test_every_listed_step_is_a_function_of_a_stage_below_the_api():
     import importlib
 
-    for module, function in workspace.STAGE_UPGRADES:
+    for module, function in workspace.ON_READ_CONNECT + workspace.ON_WRITE_CONNECT:
         assert module.split(".")[1] in ("ingest", "classify", "validate"), module
         assert callable(getattr(importlib.import_module(module), function))
