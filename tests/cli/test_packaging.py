@@ -44,3 +44,16 @@ def test_make_demo_installs_the_main_job_only_and_make_test_adds_the_test_tools(
     assert demo[-1].endswith("-e '.[cpu]'") and not any("test]" in line for line in demo)
     assert pip_lines("test")[-1].endswith("-e '.[cpu,test]'")
     assert "make test" in (ROOT / ".ci" / "run").read_text()
+
+
+def test_make_test_and_ci_run_the_slow_tests_too():
+    """`pytest -m "not slow"` is the quick loop; `make test` (what .ci/run runs) deselects nothing."""
+    import tomllib
+
+    make = (ROOT / "Makefile").read_text(encoding="utf-8")
+    recipe = make.split("\ntest:", 1)[1].split("\n\n", 1)[0]
+    pytest_args = recipe.split("-m pytest", 1)[1].split("\n", 1)[0].split()
+    assert "-m" not in pytest_args and "slow" not in recipe
+    opts = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["tool"]["pytest"]["ini_options"]
+    assert "-m" not in opts.get("addopts", "").split() and any(m.startswith("slow:") for m in opts["markers"])
+    assert "make test" in (ROOT / ".ci" / "run").read_text(encoding="utf-8")
