@@ -25,7 +25,10 @@ CREATE TABLE IF NOT EXISTS calibration_thresholds (
 -- remaining mass evenly. `curate report` counts what each class threshold keeps with it
 -- before saving the fit (curate/validate/calibration.py); the view below applies the
 -- saved one.
+-- queries/calibrated_probs.sql holds the same macro as a TEMP one, for the read-only connections
+-- that fit a calibration before saving it (tests/core/test_schema.py keeps the two the same).
 -- Usage: SELECT count(*) FROM calibrated_probs(1 / 1.5, 'image', 205, 'image_prob');
+-- name: calibrated_probs
 CREATE OR REPLACE MACRO calibrated_probs(inv_t, fit_source, n_labels, scores_col) AS TABLE
 WITH fit AS (
     SELECT inv_t::DOUBLE AS inv_t, fit_source::VARCHAR AS source, n_labels::INTEGER AS n_labels,
@@ -70,6 +73,7 @@ WHERE fit.col IS NULL OR z.id IS NOT NULL;
 -- Every prediction of the calibrated source with its calibrated top probability (the
 -- fit saved in meta['calibration']), its class's threshold, and whether it reaches it
 -- (`keep`, with a tolerance of 1e-12, calibration.TOLERANCE).
+-- name: calibrated_predictions
 CREATE OR REPLACE VIEW calibrated_predictions AS
 SELECT c.*, t.threshold AS class_threshold,
        coalesce(c.calibrated_prob >= t.threshold - 1e-12, false) AS keep

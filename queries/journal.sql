@@ -1,4 +1,4 @@
--- The review journal's lines checked before any reaches `judgments` (curate/core/journal.py).
+-- The review journal's lines checked before any reaches `judgments` (curate/validate/review/journal.py).
 -- `ws/marks.jsonl` is a file anyone can edit, so each line is input like any other: one
 -- bad line must never stop a command or keep the good ones out. Python reads the JSON
 -- (text, an object, the four keys of the right JSON types); this macro says what else is

@@ -108,6 +108,7 @@ CREATE OR REPLACE TABLE score_progress (
 -- scores are older than their item's vector (re-embedded, rejected, repaired):
 -- scores_fresh.sql refuses to show them, and the next `curate classify` rescores those
 -- items only (docs/scores.md).
+-- name: scored_shards
 CREATE OR REPLACE TABLE scored_shards (
     kind VARCHAR NOT NULL,
     part INTEGER NOT NULL,

@@ -16,6 +16,7 @@ CREATE TABLE IF NOT EXISTS sources (
     first_run INTEGER,
     added_at TIMESTAMP DEFAULT current_timestamp
 );
+-- name: items
 CREATE TABLE IF NOT EXISTS items (
     id BIGINT PRIMARY KEY,
     source_id VARCHAR NOT NULL,

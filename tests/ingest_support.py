@@ -35,6 +35,15 @@ def stored_vectors(ws: Path, kind: str = "image") -> tuple[np.ndarray, np.ndarra
         con.close()
 
 
+def query(ws: Path, sql: str) -> list[tuple]:
+    """The rows of one SQL query on a read-only connection (the journal's marks included)."""
+    con = Workspace(ws).connect(read_only=True)
+    try:
+        return con.execute(sql).fetchall()
+    finally:
+        con.close()
+
+
 def workspace_state(ws: Path) -> WorkspaceState:
     w = Workspace(ws)
     con = w.connect(read_only=True)

@@ -7,7 +7,7 @@ also in a review set would be counted by the report as if the reviewer had marke
 A "browse" review set would not keep them apart either, since `judgments` has no set column.
 
 So they go to their own journal, ws/app/marks.jsonl, through the review journal's own
-code (curate/core/journal.py `append`: one JSON line a mark, under a lock, fsynced before
+code (curate/validate/review/journal.py `append`: one JSON line a mark, under a lock, fsynced before
 the page is told it is saved). `Workspace.connect` folds only ws/marks.jsonl into
 `judgments`; nothing ever folds this one, and sampling, report and calibration never read it.
 A user reads them in the duckdb shell with
@@ -20,7 +20,7 @@ import threading
 from datetime import datetime, timedelta
 from pathlib import Path
 
-from ..core import journal
+from ..validate.review import journal
 
 MARKS = ("hit", "miss", "skip")
 

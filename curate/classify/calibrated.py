@@ -122,11 +122,11 @@ def install_view(con: duckdb.DuckDBPyConnection, schema: str) -> None:
     belongs to (a DuckDB view binds its names in its own schema, so it reads that
     classification's predictions whatever is active), and main's calibrated_predictions
     showing it; the view leaves every other classification's schema."""
-    view = next(st for st in sql.statements("calibration") if "VIEW calibrated_predictions" in st)
     for (other,) in con.execute("SELECT schema_name FROM duckdb_views() WHERE view_name = 'calibrated_predictions' "
                                 "AND schema_name <> 'main' AND NOT temporary").fetchall():
         con.execute(f'DROP VIEW "{other}".calibrated_predictions')
-    con.execute(view.replace("VIEW calibrated_predictions", f"VIEW {schema}.calibrated_predictions", 1))
+    with sql.search_path(con, f"{schema},main"):   # made in the classification's schema
+        con.execute(sql.named("calibration", "calibrated_predictions"))
     con.execute(f"CREATE OR REPLACE VIEW main.calibrated_predictions AS SELECT * FROM {schema}.calibrated_predictions")
 
 

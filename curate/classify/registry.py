@@ -117,9 +117,8 @@ def ensure_recorded(con: duckdb.DuckDBPyConnection, sch: str) -> None:
     views need the table): nothing is known stale, and the next `classify` of that name
     starts over rather than trust them (resume.resume_point)."""
     if not sql.has_relation(con, "scored_shards", schema=sch[1:-1].replace('""', '"')):
-        ddl = next(st for st in sql.statements(sql.SCORE_TABLES) if "TABLE scored_shards" in st)
         with sql.search_path(con, sch):
-            con.execute(ddl)
+            con.execute(sql.named(sql.SCORE_TABLES, "scored_shards"))
 
 
 def use(con: duckdb.DuckDBPyConnection, name: str) -> None:
@@ -302,4 +301,7 @@ def upgrade(con: duckdb.DuckDBPyConnection) -> str | None:
     return name
 
 
-Workspace.on_write_connect(upgrade)
+def upgrade_on_connect(con: duckdb.DuckDBPyConnection, root: Path) -> None:
+    """`upgrade` at every read-write connect (core/workspace.py ON_WRITE_CONNECT)."""
+    del root   # the score tables live in the database only
+    upgrade(con)

@@ -5,7 +5,6 @@ run writes before it publishes."""
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -155,11 +154,10 @@ def resume_point(ws: Workspace, con: duckdb.DuckDBPyConnection, fp: str, n_label
     return p, False
 
 
-def staged_sql(schema: str = "main") -> str:
-    """queries/scores_tables.sql with every table named <schema>.next_<table>: the staging copies."""
-    return re.sub(r"CREATE OR REPLACE TABLE (\w+)",
-                  lambda m: f"CREATE OR REPLACE TABLE {schema}.{STAGE}{m.group(1)}",
-                  sql.text(sql.SCORE_TABLES))
+def create_staged(con: duckdb.DuckDBPyConnection, schema: str = "main") -> None:
+    """The staging copies <schema>.next_<table>, empty (queries/scores_staging.sql)."""
+    with sql.search_path(con, schema):
+        sql.run(con, "scores_staging")
 
 
 def drop_staged(con: duckdb.DuckDBPyConnection, schema: str = "main") -> None:

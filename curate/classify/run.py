@@ -40,12 +40,12 @@ from .prompts import Wording, resolve
 from .resume import (
     ScoreProgress,
     covered,
+    create_staged,
     drop_staged,
     fingerprint,
     in_transaction,
     resume_point,
     staged_point,
-    staged_sql,
 )
 from .scoring import ENSEMBLE_TEXT_MIN, ENSEMBLE_TEXT_WEIGHT, score_batch
 from .state import SCORE_TABLES, STAGE, NotReady
@@ -289,7 +289,7 @@ def _write_scores(ws: Workspace, con: duckdb.DuckDBPyConnection, job: ScoreJob,
 
         def start():
             drop_staged(con, sch)
-            con.execute(staged_sql(sch))
+            create_staged(con, sch)
             con.executemany(f"INSERT INTO {stage_t}labels VALUES (?, ?, ?, ?, ?)",
                             [[i, lab, ps[0], ps, scene]
                              for i, (lab, ps, scene) in enumerate(zip(ls.labels, q.prompts, ls.scenes, strict=True))])

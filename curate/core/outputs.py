@@ -29,9 +29,8 @@ from typing import ClassVar
 import duckdb
 
 from ..errors import OutputError
-from .journal import NAME as JOURNAL_NAME
-from .journal import REJECTED as JOURNAL_REJECTED
-from .workspace import DB_NAME
+from .workspace import DB_NAME, JOURNAL_REJECTED
+from .workspace import JOURNAL as JOURNAL_NAME
 
 PARTIAL = ".curate-partial"    # suffix of a file being written; renamed to its name when whole
 # A workspace's own entries at its root: the database and what DuckDB keeps beside it

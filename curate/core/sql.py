@@ -40,6 +40,16 @@ def statements(name: str) -> list[str]:
     return [p.strip() for p in parts if re.sub(r"--[^\n]*", "", p).strip()]
 
 
+def named(name: str, label: str) -> str:
+    """The statement of queries/<name>.sql whose comments hold the line `-- name: <label>`:
+    a file of several statements hands one over by its name, never by a piece of its text."""
+    tag = re.compile(rf"^--\s*name:\s*{re.escape(label)}\s*$", flags=re.MULTILINE)
+    found = [s for s in statements(name) if tag.search(s)]
+    if len(found) != 1:
+        raise LookupError(f"queries/{name}.sql has {len(found)} statements named {label!r}, not 1")
+    return found[0]
+
+
 def run(con: duckdb.DuckDBPyConnection, name: str) -> None:
     """Execute every statement of queries/<name>.sql."""
     con.execute(text(name))

@@ -11,13 +11,13 @@ The database is the source of truth: a shard file counts only once its row in
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import platform
 import re
 import socket
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +27,10 @@ from ..errors import WorkspaceBusy, WorkspaceError
 from . import sql
 
 DB_NAME = "curate.duckdb"
+# review marks not yet in `judgments`, and the lines of it that were not marks
+# (curate/validate/review/journal.py)
+JOURNAL = "marks.jsonl"
+JOURNAL_REJECTED = "marks.rejected.jsonl"
 STORAGE_VERSION = "v1.5.0"
 
 # The core tables' DDL is SQL a user can read and run: queries/workspace.sql (the tables
@@ -37,11 +41,20 @@ UPGRADES: list[str] = sql.statements("workspace_upgrades")
 
 KINDS = ("image", "caption")
 
-# Upgrades that a higher stage owns (the move of old score tables into a named
-# classification: curate/classify/registry.py), run at every read-write connect after
-# the core tables'. Registered when that module is imported (classify/run.py and
-# validate/sampling.py, the writers of scores and review sets, import it); each is cheap when done.
-_WRITE_HOOKS: list[Callable[[duckdb.DuckDBPyConnection], object]] = []
+# What a connect does after opening, in order, beyond the core tables (SCHEMA, UPGRADES):
+# the steps a stage owns, named here (module, function(con, root)) so that each runs
+# whatever this process happened to import; the stage's module is imported at the connect.
+# Each is cheap once done.
+ON_READ_CONNECT: tuple[tuple[str, str], ...] = (
+    # `judgments` includes the marks journal's good marks (a TEMP view)
+    ("curate.validate.review.journal", "overlay"),
+)
+ON_WRITE_CONNECT: tuple[tuple[str, str], ...] = (
+    # the marks journal's good marks into `judgments`, its bad lines set aside
+    ("curate.validate.review.journal", "fold"),
+    # score tables of a workspace from before named classifications into their own schema
+    ("curate.classify.registry", "upgrade_on_connect"),
+)
 
 
 @dataclass(frozen=True)
@@ -91,11 +104,9 @@ class Workspace:
         (default: `lock_wait()`), then raise `WorkspaceBusy` naming that process.
 
         DuckDB's rule: one read-write process, or any number of read-only ones. Read-only
-        connections see the marks the review server has not folded in yet (curate/core/journal.py);
+        connections see the marks the review server has not folded in yet (curate/validate/review/journal.py);
         read-write ones fold them in first.
         """
-        from . import journal
-
         if read_only and not self.exists():
             raise WorkspaceError(f"no workspace at {self.root} (expected {self.db_path}); run `curate build-index` "
                                  "first")
@@ -113,15 +124,12 @@ class Workspace:
                                                      lock_wait() if wait is None else wait)) from None
                 time.sleep(min(pause, max(0.0, deadline - time.monotonic())))
                 pause = min(pause * 2, 0.25)
-        if read_only:
-            journal.overlay(con, self.root)
-            return con
-        con.execute(SCHEMA)
-        for stmt in UPGRADES:
-            con.execute(stmt)
-        journal.fold(con, self.root)
-        for hook in _WRITE_HOOKS:
-            hook(con)
+        if not read_only:
+            con.execute(SCHEMA)
+            for stmt in UPGRADES:
+                con.execute(stmt)
+        for module, function in ON_READ_CONNECT if read_only else ON_WRITE_CONNECT:
+            getattr(importlib.import_module(module), function)(con, self.root)
         return con
 
     def _open(self, read_only: bool) -> duckdb.DuckDBPyConnection:
@@ -132,12 +140,6 @@ class Workspace:
         # the Python package) can open, so `duckdb ws/curate.duckdb` works.
         config = {} if self.db_path.exists() else {"storage_compatibility_version": STORAGE_VERSION}
         return duckdb.connect(str(self.db_path), config=config)
-
-    @staticmethod
-    def on_write_connect(hook: Callable[[duckdb.DuckDBPyConnection], object]) -> None:
-        """Run `hook(con)` at every read-write connect, after the core tables' upgrades."""
-        if hook not in _WRITE_HOOKS:
-            _WRITE_HOOKS.append(hook)
 
     # -- meta -----------------------------------------------------------------
     @staticmethod

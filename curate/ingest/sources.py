@@ -30,7 +30,7 @@ import duckdb
 import numpy as np
 from PIL import Image
 
-from ..core import output_folder
+from ..core import output_folder, sql
 from ..core.sql import transaction
 from ..core.workspace import DB_NAME, SCHEMA, UPGRADES, quote_ident
 from ..errors import InputError
@@ -169,13 +169,6 @@ def detect_source(path: str | Path, captions_dir: str | Path | None = None) -> S
 
 # -- the sources table and the items key ------------------------------------------------
 
-def _items_ddl() -> str:
-    for stmt in SCHEMA.split(";"):
-        if "CREATE TABLE IF NOT EXISTS items" in stmt:
-            return stmt
-    raise AssertionError("workspace.SCHEMA has no items table")
-
-
 def upgrade_items(con: duckdb.DuckDBPyConnection) -> bool:
     """Move a workspace made before `sources` existed to the (source_no, source_id) key.
 
@@ -191,7 +184,7 @@ def upgrade_items(con: duckdb.DuckDBPyConnection) -> bool:
         return False
     with transaction(con):
         con.execute("ALTER TABLE items RENAME TO items_before_sources")
-        con.execute(_items_ddl())
+        con.execute(sql.named("workspace", "items"))
         have = {r[0] for r in con.execute("DESCRIBE items").fetchall()}
         for name, typ, *_ in con.execute("DESCRIBE items_before_sources").fetchall():
             if name not in have:
@@ -488,7 +481,7 @@ def set_cities(con: duckdb.DuckDBPyConnection, source_no: int) -> None:
     without a city are set: items of a workspace scanned before the column existed get theirs
     on the next build-index of the tree. Workspaces without such a tree have no `city` column,
     and a manifest's own `city` column (text as well) is the same column."""
-    con.execute("ALTER TABLE items ADD COLUMN IF NOT EXISTS city VARCHAR")
+    sql.run(con, "items_city")
     con.execute("UPDATE items SET city = nullif(regexp_extract(source_id, '([^/]+)/[^/]+$', 1), '') "
                 "WHERE source_no = ? AND city IS NULL", [source_no])
 

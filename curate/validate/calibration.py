@@ -252,10 +252,9 @@ def _count_kept(con: duckdb.DuckDBPyConnection, cal: Calibration) -> None:
     reached = [c for c in cal.classes if c.threshold is not None]
     if not reached:
         return
-    # The fit runs on a read-only connection, before anything is saved: the file's macro
-    # is defined as a TEMP one here (it shadows a stored one of an older curate).
-    macro = next(s for s in sql.statements("calibration") if "MACRO calibrated_probs" in s)
-    con.execute(macro.replace("CREATE OR REPLACE MACRO", "CREATE OR REPLACE TEMP MACRO", 1))
+    # The fit runs on a read-only connection, before anything is saved: the macro is a TEMP one
+    # (it shadows a stored one of an older curate).
+    sql.run(con, "calibrated_probs")
     con.register("class_thresholds", {"label": np.array([c.label for c in reached], dtype=object),
                                       "threshold": np.array([c.threshold for c in reached], np.float64)})
     try:

@@ -47,9 +47,8 @@ class PPIReport:
 
 
 def _install_macro(con: duckdb.DuckDBPyConnection) -> None:
-    # the file's macro as a TEMP one: the report's connection is read-only (as calibration.py)
-    macro = next(s for s in sql.statements("calibration") if "MACRO calibrated_probs" in s)
-    con.execute(macro.replace("CREATE OR REPLACE MACRO", "CREATE OR REPLACE TEMP MACRO", 1))
+    # a TEMP macro: the report's connection is read-only (as calibration.py)
+    sql.run(con, "calibrated_probs")
 
 
 def estimates(con: duckdb.DuckDBPyConnection, cal: Calibration, level: float = intervals.DEFAULT_LEVEL

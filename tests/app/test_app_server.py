@@ -330,7 +330,7 @@ def test_curate_app_killed_loses_no_acknowledged_mark(ws, tmp_path):
     import re
     import signal
 
-    from curate.core import journal
+    from curate.validate.review import journal
 
     copy = tmp_path / "ws"
     shutil.copytree(ws, copy)

@@ -7,9 +7,12 @@ import sys
 import zipfile
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
+@pytest.mark.slow
 def test_wheel_carries_code_sql_recipes_and_static_files(tmp_path):
     subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
                     "-w", str(tmp_path), str(ROOT)], check=True, capture_output=True)
@@ -29,8 +32,6 @@ def test_make_demo_installs_the_main_job_only_and_make_test_adds_the_test_tools(
     make's own plan (-n: nothing runs; -B: as on a fresh clone)."""
     import shutil
 
-    import pytest
-
     if shutil.which("make") is None:
         pytest.skip("no make here")
 
@@ -43,3 +44,16 @@ def test_make_demo_installs_the_main_job_only_and_make_test_adds_the_test_tools(
     assert demo[-1].endswith("-e '.[cpu]'") and not any("test]" in line for line in demo)
     assert pip_lines("test")[-1].endswith("-e '.[cpu,test]'")
     assert "make test" in (ROOT / ".ci" / "run").read_text()
+
+
+def test_make_test_and_ci_run_the_slow_tests_too():
+    """`pytest -m "not slow"` is the quick loop; `make test` (what .ci/run runs) deselects nothing."""
+    import tomllib
+
+    make = (ROOT / "Makefile").read_text(encoding="utf-8")
+    recipe = make.split("\ntest:", 1)[1].split("\n\n", 1)[0]
+    pytest_args = recipe.split("-m pytest", 1)[1].split("\n", 1)[0].split()
+    assert "-m" not in pytest_args and "slow" not in recipe
+    opts = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["tool"]["pytest"]["ini_options"]
+    assert "-m" not in opts.get("addopts", "").split() and any(m.startswith("slow:") for m in opts["markers"])
+    assert "make test" in (ROOT / ".ci" / "run").read_text(encoding="utf-8")

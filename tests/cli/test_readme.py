@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -38,6 +40,7 @@ def _normalise(text: str, root: str) -> list[str]:
     return [ln.rstrip() for ln in text.splitlines() if ln.strip() and not progress.match(ln.rstrip())]
 
 
+@pytest.mark.slow
 def test_readme_demo_block_is_the_real_output(tmp_path):
     readme = (REPO / "README.md").read_text(encoding="utf-8")
     block = readme.split("```\nthe weights of ViT-B-32", 1)[1].split("```", 1)[0]

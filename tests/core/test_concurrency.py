@@ -27,8 +27,8 @@ import pytest
 from conftest import run_cli
 
 from curate.classify.run import classify
-from curate.core import journal
 from curate.core.workspace import Workspace
+from curate.validate.review import journal
 
 # Generous: a loaded test machine can be slow to start a process; nothing asserts a duration.
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1", "CURATE_WAIT": "120"}

@@ -18,9 +18,9 @@ import pytest
 from conftest import run_cli
 from review_support import fake_workspace
 
-from curate.core import journal
 from curate.core.workspace import Workspace
 from curate.validate import sampling
+from curate.validate.review import journal
 
 NOW = datetime.now().replace(microsecond=0)
 

@@ -38,6 +38,13 @@ def reviewed(built_workspace, tmp_path_factory) -> Path:
     out = run_cli("report", "-w", ws, "--out", ws.parent / "report", "--target-precision", "0.5",
                   "--min-support", "1").output
     assert "calibration: temperature" in out
+    # the rest of what writes to a workspace: another named classification (then the first
+    # active again), dedup's groups, filter --dedup, search's hits
+    run_cli("classify", "-w", ws, "--prompts", "raw")
+    run_cli("classify", "-w", ws)
+    run_cli("dedup", "-w", ws)
+    run_cli("filter", "-w", ws, "--min-prob", "0", "--dedup", "--out", ws.parent / "kept.csv")
+    run_cli("search", "-w", ws, "a rooftop bar at night", "-k", "3", "--out", ws.parent / "hits.csv")
     return ws
 
 
@@ -65,13 +72,22 @@ def test_the_file_runs_in_the_duckdb_shell(reviewed, name):
         assert usage.lstrip().upper().startswith("SELECT") and r.stdout.strip(), f"{name}: {usage}"
 
 
-def test_every_table_of_a_workspace_is_made_by_a_file_in_queries(reviewed):
-    """The whole data contract is readable SQL: no table's DDL lives only in Python."""
+def test_every_table_and_view_of_a_workspace_is_made_by_a_file_in_queries(reviewed):
+    """The whole data contract is readable SQL: no table's or view's DDL lives only in Python,
+    in any schema (each named classification's, main). A view of the active classification
+    in main has the name of the table it shows."""
     ddl = "\n".join(p.read_text(encoding="utf-8") for p in QUERIES.glob("*.sql"))
     made = set(re.findall(r"CREATE (?:OR REPLACE )?TABLE (?:IF NOT EXISTS )?(\w+)", ddl))
+    made_views = set(re.findall(r"CREATE (?:OR REPLACE )?(?:TEMP )?VIEW (?:IF NOT EXISTS )?(\w+)", ddl))
     con = duckdb.connect(str(reviewed / "curate.duckdb"), read_only=True)
     tables = {r[0] for r in con.execute("SELECT table_name FROM duckdb_tables() WHERE NOT temporary").fetchall()}
+    views = {tuple(r) for r in con.execute("SELECT schema_name, view_name FROM duckdb_views() "
+                                           "WHERE NOT internal AND NOT temporary").fetchall()}
+    schemas = {r[0] for r in con.execute("SELECT schema_name FROM duckdb_schemas() WHERE NOT internal").fetchall()}
     con.close()
     assert {"items", "runs", "shards", "index_shards", "item_files", "item_scores", "judgments",
             "calibration_thresholds"} <= tables
     assert tables - made == set()
+    assert {"cls_places205-raw", "cls_places205-natural"} <= schemas
+    assert {"predictions", "calibrated_predictions", "item_extras"} <= {v for _, v in views}
+    assert sorted(f"{s}.{v}" for s, v in views if v not in made_views | made) == []

@@ -9,6 +9,7 @@ import zlib
 import numpy as np
 import pytest
 from conftest import run_cli, write_jpeg
+from ingest_support import query
 from PIL import Image
 
 from curate.core import store
@@ -57,17 +58,9 @@ def dirty(tmp_path_factory):
     return d, ws, res
 
 
-def _q(ws, sql):
-    con = Workspace(ws).connect(read_only=True)
-    try:
-        return con.execute(sql).fetchall()
-    finally:
-        con.close()
-
-
 def test_every_bad_file_has_a_reason(dirty):
     _, ws, res = dirty
-    reasons = dict(_q(ws, "SELECT source_id, reason FROM rejected"))
+    reasons = dict(query(ws, "SELECT source_id, reason FROM rejected"))
     assert reasons == {
         "truncated.jpg": "truncated or corrupt image data (file ends early)",
         "empty.jpg": "empty file (0 bytes)",
@@ -79,7 +72,7 @@ def test_every_bad_file_has_a_reason(dirty):
 
 def test_odd_but_valid_files_are_embedded(dirty):
     _, ws, _ = dirty
-    ok = {r[0] for r in _q(ws, "SELECT source_id FROM items WHERE status = 'embedded'")}
+    ok = {r[0] for r in query(ws, "SELECT source_id FROM items WHERE status = 'embedded'")}
     assert ok == {"good.jpg", "alpha.png", "cmyk.jpg", "sixteen.png", "anim.gif", "naïve café 🌍 with spaces.jpg"}
     w = Workspace(ws)
     con = w.connect(read_only=True)
@@ -87,7 +80,7 @@ def test_odd_but_valid_files_are_embedded(dirty):
     con.close()
     assert len(ids) == 6 and np.isfinite(vecs).all()
     # the same bytes under another name give the same vector
-    by_sid = dict(_q(ws, "SELECT source_id, id FROM items"))
+    by_sid = dict(query(ws, "SELECT source_id, id FROM items"))
     pos = {int(i): k for k, i in enumerate(ids)}
     np.testing.assert_allclose(vecs[pos[by_sid["good.jpg"]]], vecs[pos[by_sid["naïve café 🌍 with spaces.jpg"]]],
                                atol=1e-6)
@@ -95,7 +88,7 @@ def test_odd_but_valid_files_are_embedded(dirty):
 
 def test_captions_in_any_encoding(dirty):
     _, ws, _ = dirty
-    caps = dict(_q(ws, "SELECT source_id, caption FROM items"))
+    caps = dict(query(ws, "SELECT source_id, caption FROM items"))
     assert caps["good.jpg"] == "crème brûlée 🍮 #paris"
     assert caps["alpha.png"] == "café cp1252"
     assert caps["cmyk.jpg"] == "utf16 ☃"

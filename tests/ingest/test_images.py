@@ -18,6 +18,7 @@ import open_clip
 import pytest
 import torch
 from conftest import make_folder, run_cli, write_jpeg
+from ingest_support import query
 from PIL import Image, ImageOps
 
 from curate.core import store
@@ -66,14 +67,6 @@ def _vectors(ws: Path) -> dict[str, np.ndarray]:
     finally:
         con.close()
     return {sid[int(i)]: v for i, v in zip(ids, vecs, strict=True)}
-
-
-def _q(ws: Path, sql: str):
-    con = Workspace(ws).connect(read_only=True)
-    try:
-        return con.execute(sql).fetchall()
-    finally:
-        con.close()
 
 
 def _reference(enc, im: Image.Image) -> np.ndarray:
@@ -131,8 +124,8 @@ def test_default_is_exactly_open_clip_preprocessing_and_draft_is_opt_in(tmp_path
     assert np.abs(draft - ref).max() > 1e-5  # the draft path really ran: other pixels
     assert float(draft @ ref) > 0.99          # yet nearly the same picture
 
-    assert _q(tmp_path / "exact", "SELECT decode FROM runs") == [("exact",)]
-    assert _q(tmp_path / "draft", "SELECT decode FROM runs") == [("draft",)]
+    assert query(tmp_path / "exact", "SELECT decode FROM runs") == [("exact",)]
+    assert query(tmp_path / "draft", "SELECT decode FROM runs") == [("draft",)]
 
 
 # -- the pixel limit after the model's resize -----------------------------------------------
@@ -162,9 +155,9 @@ def test_thin_strip_is_rejected_with_its_size_and_the_limit(tmp_path):
     write_jpeg(d / "ok.jpg", seed=1)
     ws = tmp_path / "ws"
     run_cli("build-index", d, "-w", ws, *TINY, "--workers", "0")
-    assert dict(_q(ws, "SELECT source_id, status FROM items")) == {
+    assert dict(query(ws, "SELECT source_id, status FROM items")) == {
         "strip.png": "rejected", "wide.png": "embedded", "ok.jpg": "embedded"}
-    assert _q(ws, "SELECT reason FROM rejected") == [(
+    assert query(ws, "SELECT reason FROM rejected") == [(
         "extreme aspect ratio (200000x1, 200000:1): the model's resize (short side to 224) would make it "
         "44800000x224 = 10035M pixels, limit 89M",)]
 
@@ -192,7 +185,7 @@ def test_a_dead_worker_costs_only_its_item(tmp_path, monkeypatch):
     res = run_cli("build-index", photos, "-w", ws, *TINY, "--workers", "2", "--batch-size", "4",
                   "--shard-size", "6")
     assert "23 embedded, 1 rejected, 0 pending" in res.output
-    assert _q(ws, "SELECT source_id, reason FROM rejected") == [(
+    assert query(ws, "SELECT source_id, reason FROM rejected") == [(
         "img_013.jpg", "the image decoder process died on this image "
                        "(killed by SIGKILL, often the out-of-memory killer)")]
     got, want = _vectors(ws), _vectors(clean)
@@ -225,14 +218,14 @@ def test_unreadable_files_name_the_real_cause(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "curate.cli", "build-index", str(tmp_path / "m.csv"), "-w", str(ws),
                            *TINY, "--workers", "1"], env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
-    reasons = dict(_q(ws, "SELECT source_id, reason FROM rejected"))
+    reasons = dict(query(ws, "SELECT source_id, reason FROM rejected"))
     assert reasons == {
         "photos/folder.jpg": "is a directory, not an image file",
         "photos/dangling.jpg": f"broken symbolic link (its target {tmp_path / 'gone.jpg'} does not exist)",
         "photos/pipe.jpg": "not a regular file (a named pipe, FIFO)",
         "photos/loop_a.jpg": "too many levels of symbolic links",
     }
-    assert _q(ws, "SELECT source_id FROM items WHERE status = 'embedded'") == [("photos/good.jpg",)]
+    assert query(ws, "SELECT source_id FROM items WHERE status = 'embedded'") == [("photos/good.jpg",)]
 
 
 @pytest.mark.parametrize("code,reason", [

@@ -13,8 +13,8 @@ import faiss
 import numpy as np
 import pytest
 from conftest import make_folder, run_cli, write_jpeg
+from ingest_support import stored_vectors
 
-from curate.core import store
 from curate.core.workspace import Workspace
 from curate.ingest import faiss_index
 
@@ -60,15 +60,6 @@ def _record(ws, kind="image") -> dict:
     con = duckdb.connect(str(Workspace(ws).db_path), read_only=True)
     try:
         return json.loads(Workspace.get_meta(con, f"index.{kind}"))
-    finally:
-        con.close()
-
-
-def _vectors(ws, kind="image") -> tuple[np.ndarray, np.ndarray]:
-    w = Workspace(ws)
-    con = w.connect(read_only=True)
-    try:
-        return store.load_all(w, con, kind)
     finally:
         con.close()
 
@@ -137,8 +128,8 @@ def test_flat_index_grows_by_the_new_shards_and_equals_a_rebuild(tmp_path, monke
     for kind in ("image", "caption"):
         grown, rebuilt = _read(ws, kind), _read(fresh, kind)
         assert grown.ntotal == rebuilt.ntotal
-        assert _ids(grown).tolist() == _ids(rebuilt).tolist() == _vectors(ws, kind)[0].tolist()
-        _, vecs = _vectors(ws, kind)
+        assert _ids(grown).tolist() == _ids(rebuilt).tolist() == stored_vectors(ws, kind)[0].tolist()
+        _, vecs = stored_vectors(ws, kind)
         d1, i1 = grown.search(vecs, grown.ntotal)
         d2, i2 = rebuilt.search(vecs, rebuilt.ntotal)
         assert i1.tolist() == i2.tolist()
@@ -156,9 +147,9 @@ def test_ivf_keeps_its_centroids_until_the_collection_outgrows_them(tmp_path, mo
     assert _build(photos, ws, "--index", "ivf")[0] == f"index: added 2 vectors to {images} (IVF1,Flat, 14 vectors)"
     grown = _read(ws)
     np.testing.assert_array_equal(_centroids(grown), trained)  # no retraining
-    assert sorted(_ids(grown).tolist()) == _vectors(ws)[0].tolist() == list(range(14))
+    assert sorted(_ids(grown).tolist()) == stored_vectors(ws)[0].tolist() == list(range(14))
     # the added vectors are found: each finds itself first
-    _, vecs = _vectors(ws)
+    _, vecs = stored_vectors(ws)
     faiss.extract_index_ivf(grown).nprobe = 1
     assert grown.search(vecs, 1)[1][:, 0].tolist() == list(range(14))
     assert _record(ws)["current"]["trained_n"] == 12

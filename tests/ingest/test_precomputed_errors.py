@@ -8,6 +8,7 @@ import duckdb
 import numpy as np
 import pytest
 from conftest import run_cli
+from ingest_support import query
 
 from curate.core import store
 from curate.core.workspace import Workspace
@@ -40,14 +41,6 @@ def _import(src, ws, expect=0):
     return run_cli("build-index", src, "-w", ws, *TINY, expect=expect).output
 
 
-def _q(ws, sql):
-    con = Workspace(ws).connect(read_only=True)
-    try:
-        return con.execute(sql).fetchall()
-    finally:
-        con.close()
-
-
 @pytest.mark.parametrize("text_rows, word", [(3, "3 rows"), (5, "5 rows")])
 def test_text_emb_with_another_row_count_is_an_error(tmp_path, text_rows, word):
     src = _make(tmp_path / "e", _unit(4).astype(np.float16), _unit(text_rows).astype(np.float16))
@@ -76,11 +69,11 @@ def test_duplicate_keys_are_recorded(tmp_path):
     src = _make(tmp_path / "e", _unit(4).astype(np.float16), keys=["a", "b", "a", "c"])
     ws = tmp_path / "ws"
     _import(src, ws)
-    assert _q(ws, "SELECT source_id FROM items ORDER BY id") == [("a",), ("b",), ("c",)]
-    assert _q(ws, "SELECT source_id, reason, stage FROM rejected") == [
+    assert query(ws, "SELECT source_id FROM items ORDER BY id") == [("a",), ("b",), ("c",)]
+    assert query(ws, "SELECT source_id, reason, stage FROM rejected") == [
         ("a", 'metadata_0.parquet row 2: duplicate key "a" (first on row 0)', "import")]
     _import(src, ws)  # a rerun does not record it twice
-    assert _q(ws, "SELECT count(*) FROM rejected") == [(1,)]
+    assert query(ws, "SELECT count(*) FROM rejected") == [(1,)]
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float16])

@@ -94,6 +94,7 @@ def _parts(ws: Path) -> int:
     return len(list((ws / "embeddings" / "image").glob("part-*.npy")))
 
 
+@pytest.mark.slow
 @needs_ray
 def test_same_result_as_the_local_engine(cluster, source, reference, tmp_path):
     ws = tmp_path / "ws"
@@ -103,6 +104,7 @@ def test_same_result_as_the_local_engine(cluster, source, reference, tmp_path):
     assert all(reasons.values()), "every rejection says why"
 
 
+@pytest.mark.slow
 @needs_ray
 def test_driver_killed_then_resumed(cluster, source, reference, tmp_path):
     c, _ = cluster
@@ -126,6 +128,7 @@ def test_driver_killed_then_resumed(cluster, source, reference, tmp_path):
     _assert_same(_state(ws), reference)
 
 
+@pytest.mark.slow
 @needs_ray
 def test_an_actor_that_cannot_load_the_model_stops_the_run(cluster, source, tmp_path, tiny_encoder):
     """As on a node without the weights: one clear line at once, not retries, items left pending."""
@@ -152,6 +155,7 @@ def test_an_actor_that_cannot_load_the_model_stops_the_run(cluster, source, tmp_
         con.close()
 
 
+@pytest.mark.slow
 @needs_ray
 def test_worker_node_lost_mid_run(cluster, source, reference, tmp_path):
     """Runs last: it takes the worker node away for good."""

@@ -322,6 +322,7 @@ def recipe_ws(request, tmp_path_factory) -> tuple[str, Path]:
     return request.param, ws
 
 
+@pytest.mark.slow
 def test_dedup_finds_what_brute_force_finds_on_every_recipe(recipe_ws):
     name, ws = recipe_ws
     r = _curate("dedup", "-w", ws, "--threshold", THRESHOLD)
@@ -334,6 +335,7 @@ def test_dedup_finds_what_brute_force_finds_on_every_recipe(recipe_ws):
     assert recall >= 0.99
 
 
+@pytest.mark.slow
 def test_threshold_1_groups_byte_identical_copies_on_every_recipe(recipe_ws):
     _name, ws = recipe_ws
     r = _curate("dedup", "-w", ws, "--threshold", 1)
@@ -346,6 +348,7 @@ def test_threshold_1_groups_byte_identical_copies_on_every_recipe(recipe_ws):
         assert len(g) == 2 and np.array_equal(x, y)
 
 
+@pytest.mark.slow
 def test_search_by_text_and_image_on_every_recipe(recipe_ws, tmp_path):
     _name, ws = recipe_ws
     ids, vecs = _stored(ws)
@@ -358,6 +361,7 @@ def test_search_by_text_and_image_on_every_recipe(recipe_ws, tmp_path):
         assert scores == sorted(scores, reverse=True)
 
 
+@pytest.mark.slow
 def test_dedup_at_100k_on_the_hnsw_auto_picks(tmp_path):
     """The case that aborted: 100K vectors, where auto builds HNSW32; checked against numpy
     brute force on 2,000 items drawn at random and on every member of the group of 80."""

@@ -2,7 +2,7 @@
 
 A mark judges a pair (image id, label). `set_mark` writes one in its own autocommitted
 statement (DuckDB's WAL) for callers holding the write lock (`review --import`). The
-review server holds no lock: it appends to the fsynced journal (curate/core/journal.py)
+review server holds no lock: it appends to the fsynced journal (curate/validate/review/journal.py)
 before it answers, and read-only connections see journal marks through `judgments`.
 Either way a crash, a killed server or a closed tab loses nothing already acknowledged.
 """

@@ -10,7 +10,7 @@ The server does not keep the DuckDB file open: a DuckDB file has one writer or a
 number of readers, and a review lasts 20-35 minutes, during which `curate sql`, `report`,
 `filter` or a `duckdb -readonly` shell must be able to read the workspace and `classify`
 to write it. It reads the set and its marks once, keeps them in memory, appends each mark
-to the workspace's journal (fsynced before the reply, curate/core/journal.py), and folds the
+to the workspace's journal (fsynced before the reply, curate/validate/review/journal.py), and folds the
 journal into `judgments` from a background thread whenever it can take the write lock
 for a moment, and once more when it stops. Readers merge the journal in the meantime.
 
@@ -39,11 +39,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
 from pathlib import Path
 
-from ...core import journal
 from ...core.workspace import Workspace
 from ...errors import WorkspaceBusy
 from .. import sampling
-from . import marks
+from . import journal, marks
 
 HOST = "127.0.0.1"
 STATIC_FILES = {"index.html": "text/html; charset=utf-8",

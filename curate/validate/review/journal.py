@@ -44,12 +44,13 @@ from pathlib import Path
 import duckdb
 import numpy as np
 
-from . import sql
-from .progress import plural
-from .textout import safe
+from ...core import sql
+from ...core.progress import plural
+from ...core.textout import safe
+from ...core.workspace import JOURNAL, JOURNAL_REJECTED
 
-NAME = "marks.jsonl"
-REJECTED = "marks.rejected.jsonl"  # the journal's bad lines, set aside by the fold
+NAME = JOURNAL
+REJECTED = JOURNAL_REJECTED  # the journal's bad lines, set aside by the fold
 KEYS = ("id", "label", "mark", "marked_at")
 MAX_LINE = 64 * 1024  # bytes; a mark the server writes takes a few hundred
 
