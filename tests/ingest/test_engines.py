@@ -29,7 +29,7 @@ def test_an_engine_is_chosen_by_name():
 
 @pytest.mark.parametrize("name", ENGINES)
 def test_every_engine_name_is_one_the_command_offers(name):
-    from curate.commands.build_index import build_index
+    from curate.commands.build_index import build_index_cmd
 
-    engine = next(p for p in build_index.params if p.name == "engine")
+    engine = next(p for p in build_index_cmd.params if p.name == "engine")
     assert name in engine.type.choices
