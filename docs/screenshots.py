@@ -65,7 +65,7 @@ def review_screenshot(p, tmp: Path) -> None:
     ws = demo_workspace(tmp / "ws-shot", 4)
     con = ws.connect()
     sampling.draw(con, top_classes=5, per_class=4, seed=7, name="demo")
-    con.close()  # the page never keeps the database open (curate/core/journal.py)
+    con.close()  # the page never keeps the database open (curate/validate/review/journal.py)
     server = ReviewServer(ws, "demo").start()
     try:
         browser = launch(p, tmp)
