@@ -100,7 +100,7 @@ class Source:
 
 
 # What curate itself writes: a workspace (its database) and the output folders of report and
-# compare (their manifest) and of filter/search --copy-to (classify/subsets.py MANIFEST). A scan
+# compare (their manifest) and of filter/search --copy-to (select/filter.py MANIFEST). A scan
 # that met one inside a source would take report pictures or copies of the source's own photos
 # as new items; it skips the folder and says so.
 COPY_MANIFEST = ".curate-files"
