@@ -144,6 +144,25 @@ def _how_it_died(exitcodes: list[int | None]) -> str:
     return "exited unexpectedly"
 
 
+def _worker_death(e: Exception) -> bool:
+    """Torch reports a dead worker as a RuntimeError once it has seen the process gone; a death
+    caught a moment earlier surfaces as the result pipe closing under the read (EOFError,
+    ConnectionResetError): the same event, seen sooner."""
+    return (isinstance(e, RuntimeError) and "DataLoader worker" in str(e)) or isinstance(e, (EOFError, ConnectionError))
+
+
+def _exit_codes(workers, wait: float = 2.0) -> list[int | None]:
+    """The workers' exit codes, given a moment to be reaped (a pipe can close before the process
+    is gone), so that the reason names the signal that ended it."""
+    workers = list(workers)
+    deadline = time.monotonic() + wait
+    while True:
+        codes = [w.exitcode for w in workers]
+        if any(c not in (None, 0) for c in codes) or time.monotonic() >= deadline:
+            return codes
+        time.sleep(0.05)
+
+
 def _threaded(loader: DataLoader) -> Iterator:
     """The loader's batches, pulled by a helper thread.
 
@@ -174,9 +193,8 @@ def _threaded(loader: DataLoader) -> Iterator:
                     return
             put(("end", None))
         except Exception as e:  # noqa: BLE001 - handed to the consumer, which decides
-            if isinstance(e, RuntimeError) and "DataLoader worker" in str(e):
-                codes = [w.exitcode for w in getattr(it, "_workers", ())]
-                e = _WorkerDied(_how_it_died(codes))
+            if _worker_death(e):
+                e = _WorkerDied(_how_it_died(_exit_codes(getattr(it, "_workers", ()))))
             put(("error", e))
         finally:
             it = None  # shuts the workers down
