@@ -377,9 +377,7 @@ def sample(workspace: str | Path = "ws", spec: SampleSpec | None = None, *, set_
     ws_path = must_exist(workspace)
     with Workspace(ws_path).writing() as con:
         sampling.ensure_schema(con)
-        rs = sampling.draw(con, source=spec.mode, top_classes=spec.top_classes, per_class=spec.per_class,
-                           seed=spec.seed, name=set_name, replace=replace, where=spec.where,
-                           classification=spec.classification, target_width=spec.target_width)
+        rs = sampling.draw(con, spec, name=set_name, replace=replace)
         found = sampling.classes(con, rs.name)
         drawn = dict(con.execute("SELECT label, count(*) FROM review_items WHERE set_name = ? GROUP BY label",
                                  [rs.name]).fetchall())

@@ -146,3 +146,17 @@ def test_view_is_queryable_from_the_shell(ws):
     ro = duckdb.connect(str(ws.db_path), read_only=True)
     rows = ro.execute("SELECT set_name, label, mark FROM review_sheet ORDER BY position").fetchall()
     assert rows == [("s", "skyscraper", None)] * 2
+
+
+def test_a_spec_or_its_fields_draw_the_same_set(ws):
+    """draw takes its options as one SampleSpec (or the spec's fields as keywords), never as
+    ten parameters in a row; given both, it refuses rather than picking one."""
+    con = ws.connect()
+    spec = sampling.SampleSpec(top_classes=2, per_class=4, seed=5, mode="ensemble")
+    a = sampling.draw(con, spec, name="a")
+    b = sampling.draw(con, source="ensemble", top_classes=2, per_class=4, seed=5, name="b")
+    assert (a.source, a.top_classes, a.per_class, a.seed) == (b.source, b.top_classes, b.per_class, b.seed)
+    assert [r.id for r in marks.rows(con, "a")] == [r.id for r in marks.rows(con, "b")]
+    assert sampling.draw(con, spec).name == "ensemble-top2x4-seed5"
+    with pytest.raises(TypeError, match="not both"):
+        sampling.draw(con, spec, seed=6)
