@@ -34,8 +34,8 @@ from .core import check
 from .core.progress import Progress
 from .core.sql import has_relation
 from .core.textout import safe
-from .core.workspace import DB_NAME, Workspace
-from .errors import CurateError, InputError, WorkspaceBusy, WorkspaceError
+from .core.workspace import Workspace
+from .errors import CurateError, InputError, WorkspaceBusy
 from .ingest import build, engines
 from .ingest import recheck as recheck_files
 from .ingest.build import BuildOptions, BuildResult
@@ -74,9 +74,7 @@ def _enabled(quiet: bool | None) -> bool | None:
 def must_exist(workspace: str | Path) -> Path:
     """Refuse a folder without a workspace database, the same way for every step (exit 4)."""
     value = Path(workspace)
-    if not (value / DB_NAME).is_file():
-        raise WorkspaceError(f"no workspace at {value} (no {DB_NAME} there): run `curate build-index SOURCE "
-                             f"-w {value}` first, or give the right -w/--workspace")
+    Workspace(value).require()
     return value
 
 
@@ -122,14 +120,11 @@ class LabelRow:
 def labels(workspace: str | Path) -> list[LabelRow]:
     """The label set the workspace was classified with (its `labels` table), in label order."""
     ws_path = must_exist(workspace)
-    con = Workspace(ws_path).connect(read_only=True)
-    try:
+    with Workspace(ws_path).reading() as con:
         if not has_relation(con, "labels"):
             raise NotReady(f"the workspace {ws_path} is not classified yet: it has no label set; run "
                            f"`curate classify -w {ws_path}` first (or `curate labels --label-set NAME` to see a set)")
         rows = con.execute("SELECT label_idx, label, prompts, scene FROM labels ORDER BY label_idx").fetchall()
-    finally:
-        con.close()
     return [LabelRow(int(i), lab, list(ps), scene) for i, lab, ps, scene in rows]
 
 
@@ -188,21 +183,15 @@ def classify(workspace: str | Path = "ws", *, temperature: float | None = None, 
 @check.params(workspace=check.path())
 def classifications(workspace: str | Path = "ws") -> list[Classification]:
     """The workspace's named classifications, oldest first (`curate classify --list`)."""
-    con = Workspace(must_exist(workspace)).connect(read_only=True)
-    try:
+    with Workspace(must_exist(workspace)).reading() as con:
         return registry.list_classifications(con)
-    finally:
-        con.close()
 
 
 @check.params(workspace=check.path(), name=check.text())
 def use_classification(workspace: str | Path, name: str) -> None:
     """Make a complete classification the active one: the plain views show it (`classify --use`)."""
-    con = Workspace(must_exist(workspace)).connect()
-    try:
+    with Workspace(must_exist(workspace)).writing() as con:
         registry.use(con, name)
-    finally:
-        con.close()
 
 
 @check.params(workspace=check.path(), name=check.text())
@@ -212,11 +201,8 @@ def drop_classification(workspace: str | Path, name: str) -> str | None:
     Review sets drawn from it stay (their marks judge (image, label) pairs, which count
     for every classification); a calibration fitted on it goes with it."""
     ws = Workspace(must_exist(workspace))
-    con = ws.connect()
-    try:
+    with ws.writing() as con:
         return registry.drop(ws, con, name)
-    finally:
-        con.close()
 
 
 # --------------------------------------------------------------------------- filter, search
@@ -265,6 +251,11 @@ def filter(workspace: str | Path = "ws", spec: FilterSpec | None = None,  # noqa
     spec = spec or FilterSpec()
     output = output or FilterOutput()
     ws_path = must_exist(workspace)
+    with Workspace(ws_path).reading():  # one connection for every step below
+        return _filter(ws_path, spec, output, level)
+
+
+def _filter(ws_path: Path, spec: FilterSpec, output: FilterOutput, level: float) -> Filtered:
     taken = _match_labels(ws_path, spec.labels, spec.classification)
     spec = replace(spec, labels=tuple(label for _given, label in taken))
     o = output
@@ -289,16 +280,13 @@ def _match_labels(ws_path: Path, labels: Iterable[str], classification: str | No
     """The labels asked for, each with the one it names in the classification's label set (case
     and separators forgiven where that leaves one: classify/labels.py match_labels)."""
     from .classify.labels import match_labels
-    from .select.filter import open_scored
+    from .select.filter import scored
 
     labels = tuple(labels)
     if not labels:
         return []
-    con = open_scored(ws_path, classification)
-    try:
+    with scored(ws_path, classification) as con:
         known = [r[0] for r in con.execute("SELECT label FROM labels ORDER BY label_idx").fetchall()]
-    finally:
-        con.close()
     return match_labels(labels, known)
 
 
@@ -347,10 +335,11 @@ def search(workspace: str | Path, query: str | SearchQuery | None = None, k: int
     if out is not None:
         out_writer(out)
     ws_path = must_exist(workspace)
-    hits = search_items(ws_path, q, k=k, device=device, classification=classification,
-                        search_param=search_param)
-    if out is not None:
-        write_hits(ws_path, hits, out)
+    with Workspace(ws_path).reading():  # one connection: the search and the file its hits go to
+        hits = search_items(ws_path, q, k=k, device=device, classification=classification,
+                            search_param=search_param)
+        if out is not None:
+            write_hits(ws_path, hits, out)
     return hits
 
 
@@ -386,18 +375,13 @@ def sample(workspace: str | Path = "ws", spec: SampleSpec | None = None, *, set_
     """
     spec = spec or SampleSpec()
     ws_path = must_exist(workspace)
-    con = Workspace(ws_path).connect()
-    try:
+    with Workspace(ws_path).writing() as con:
         sampling.ensure_schema(con)
-        rs = sampling.draw(con, source=spec.mode, top_classes=spec.top_classes, per_class=spec.per_class,
-                           seed=spec.seed, name=set_name, replace=replace, where=spec.where,
-                           classification=spec.classification, target_width=spec.target_width)
+        rs = sampling.draw(con, spec, name=set_name, replace=replace)
         found = sampling.classes(con, rs.name)
         drawn = dict(con.execute("SELECT label, count(*) FROM review_items WHERE set_name = ? GROUP BY label",
                                  [rs.name]).fetchall())
         done = marks_mod.progress(con, rs.name).done
-    finally:
-        con.close()
     return Sample(rs, found, drawn, done)
 
 
@@ -448,8 +432,7 @@ def report(workspace: str | Path | None = "ws", *, set_name: str | None = None, 
         problems = list(rep.problems)
     else:
         ws_path = must_exist(workspace if workspace is not None else "ws")
-        con = Workspace(ws_path).connect(read_only=True)  # a reader: it runs beside the review page
-        try:
+        with Workspace(ws_path).reading() as con:  # a reader: it runs beside the review page
             rs = sampling.get_set(con, set_name, classification)
             registry.select(con, rs.classification if registry.exists(con, rs.classification or "") else None)
             rep = report_mod.from_workspace(con, rs.name, min_hit_rate, level, interval)
@@ -460,19 +443,13 @@ def report(workspace: str | Path | None = "ws", *, set_name: str | None = None, 
                 no_cal = str(e)
             else:
                 rep.ppi = ppi.estimates(con, cal, level)
-        finally:
-            con.close()
         if cal is not None:  # saving it for `filter --calibrated` takes the write lock for a moment
             try:
-                con = Workspace(ws_path).connect()
-            except WorkspaceBusy as e:
-                not_saved = str(e)
-            else:
-                try:
+                with Workspace(ws_path).writing() as con:
                     sampling.ensure_schema(con)
                     calibration.save(con, cal)
-                finally:
-                    con.close()
+            except WorkspaceBusy as e:
+                not_saved = str(e)
     files = report_render.write(rep, out, o.grid_size)
     return ReportResult(rep, out, files, cal, no_cal, not_saved, problems)
 
@@ -499,11 +476,8 @@ def compare(workspace: str | Path = "ws", names: Iterable[str] = (), *, out: str
     agreement, per-label counts, and the hit rate on marked pairs, written to the folder
     `out` (CSV, PNG, HTML; replaced whole; None: compute only)."""
     ws_path = must_exist(workspace)
-    con = Workspace(ws_path).connect(read_only=True)
-    try:
+    with Workspace(ws_path).reading() as con:
         cmp = compare_mod.compare(con, list(names), min_prob)
-    finally:
-        con.close()
     files = compare_render.write(cmp, out) if out is not None else []
     return Compared(cmp, Path(out) if out is not None else None, files)
 

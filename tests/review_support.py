@@ -1,10 +1,10 @@
 """Test helpers for the validation stage (sample / review / report / calibration).
 
-`fake_workspace` builds a real DuckDB workspace with items (real JPEG files) and a
-`predictions` TABLE with the exact columns `curate classify` gives its views. It stands
-in for build-index + classify where a test needs predictions it chooses itself (exact
-frequencies, probabilities in exact bins); the end-to-end test in test_report_pipeline.py
-goes through the real pipeline.
+`fake_workspace` builds a real DuckDB workspace with items (real JPEG files) and a real
+classification whose scores a test chooses (classify_by_hand: the registry, the tables of
+queries/scores_tables.sql, the views classify installs). It stands in for build-index +
+classify where a test needs predictions it chooses itself (exact frequencies, probabilities
+in exact bins); the end-to-end test in test_report_pipeline.py goes through the real pipeline.
 """
 
 from __future__ import annotations
@@ -14,10 +14,10 @@ from pathlib import Path
 
 from PIL import Image
 
+from curate.classify import registry
+from curate.classify.scoring import ENSEMBLE_TEXT_MIN, ENSEMBLE_TEXT_WEIGHT
 from curate.core import sql
 from curate.core.workspace import Workspace
-
-PREDICTION_COLUMNS = "id BIGINT, label VARCHAR, prob DOUBLE, label2 VARCHAR, prob2 DOUBLE, margin DOUBLE"
 
 # The study's section 5 (Table 2 and the threshold table), for tests that reproduce it.
 STUDY_CLASSES = [  # class, frequency in the 100K, accuracy in the 1K sample (%)
@@ -50,13 +50,16 @@ def write_jpeg(path: Path, seed: int, size: tuple[int, int] = (96, 72)) -> Path:
 
 
 def fake_workspace(root: Path, predictions: list[tuple[int, str, float]], captions: dict[int, str] | None = None,
-                   images: bool = True, ensemble: list[tuple[int, str, float]] | None = None) -> Workspace:
-    """A workspace whose `predictions` (and optionally `ensemble`) are the given (id, label, prob).
+                   images: bool = True, ensemble: list[tuple[int, str, float]] | None = None, *,
+                   runner_up: dict[int, tuple[str, float]] | None = None, n_labels: int | None = None,
+                   classified: bool = True) -> Workspace:
+    """A workspace whose image `predictions` (and `ensemble`) are the given (id, label, prob).
 
-    Images are written only for ids that a test may show (all of them when `images`).
+    The scores are a real classification (classify_by_hand): the views the commands read are
+    the real ones. Images are written only for ids that a test may show (all of them when
+    `images`). `classified=False`: the items only, as build-index leaves them.
     """
     ws = Workspace(root)
-    con = ws.connect()
     captions = captions or {}
     img_dir = root / "photos"
     rows = []
@@ -65,18 +68,66 @@ def fake_workspace(root: Path, predictions: list[tuple[int, str, float]], captio
         if images:
             write_jpeg(path, item_id)
         rows.append((item_id, f"src-{item_id}", str(path), captions.get(item_id, f"caption of {item_id}"), "embedded"))
-    # bulk inserts through a registered relation: executemany is slow row by row
-    _bulk(con, "INSERT INTO items (id, source_id, path, caption, status) SELECT * FROM src",
-          ["id", "source_id", "path", "caption", "status"], rows)
-    for table, preds in (("predictions", predictions), ("ensemble", ensemble)):
-        if preds is None:
-            continue
-        con.execute(f"CREATE TABLE {table} ({PREDICTION_COLUMNS})")
-        _bulk(con, f"INSERT INTO {table} SELECT id, label, prob, 'other', (1 - prob) / 2, prob - (1 - prob) / 2"
-                   " FROM src", ["id", "label", "prob"], preds)
-    sql.run(con, "coverage")   # Table 1's macros, as classify installs them
-    con.close()
+    with ws.writing(create=True) as con:
+        # bulk inserts through a registered relation: executemany is slow row by row
+        _bulk(con, "INSERT INTO items (id, source_id, path, caption, status) SELECT * FROM src",
+              ["id", "source_id", "path", "caption", "status"], rows)
+        if classified:
+            classify_by_hand(con, predictions, ensemble, runner_up, n_labels)
     return ws
+
+
+BY_HAND = "by-hand"
+
+
+def classify_by_hand(con, predictions: list[tuple[int, str, float]],
+                     ensemble: list[tuple[int, str, float]] | None = None,
+                     runner_up: dict[int, tuple[str, float]] | None = None, n_labels: int | None = None) -> None:
+    """Publish a classification named BY_HAND whose image top label and probability are the
+    given ones, as `curate classify` publishes its own: registered, its tables made by
+    queries/scores_tables.sql in its schema (storage topk, k = 2), its views installed,
+    active. Each item's runner-up is `runner_up[id]` (default: the label 'other' with
+    (1 - prob) / 2); the label set is every label named, padded with fillers to `n_labels`.
+    """
+    import numpy as np
+
+    runner_up = runner_up or {i: ("other", (1 - p) / 2) for i, _l, p in predictions}
+    ens = {i: (label, p) for i, label, p in ensemble or []}
+    names = list(dict.fromkeys([label for _i, label, _p in predictions] + [label for label, _p in ens.values()]
+                               + [label for label, _p in runner_up.values()]))
+    names += [f"filler {k}" for k in range(max(0, (n_labels or 0) - len(names)))]
+    idx = {label: k for k, label in enumerate(names)}
+    n = len(names)
+    registry.register(con, BY_HAND, label_set=BY_HAND, prompts=BY_HAND, model="curate-tiny", logit_scale=100.0,
+                      storage="topk")
+    with sql.search_path(con, f"{registry.schema(BY_HAND)},main"):
+        sql.run(con, "scores_tables")
+        _bulk(con, "INSERT INTO labels SELECT idx, label, label, [label], 'unknown' FROM src", ["idx", "label"],
+              list(enumerate(names)))
+        rows = []
+        for i, label, p in predictions:
+            label2, p2 = runner_up[i]
+            rest = max(0.0, 1 - p - p2) / (n - 2) if n > 2 else 0.0
+            e_label, e_p = ens.get(i, (None, None))
+            rows.append((i, idx[label], p, idx[label2], p2, rest,
+                         None if e_label is None else idx[e_label], e_p,
+                         None if e_label is None else idx[label2], None if e_p is None else (1 - e_p) / 2))
+        _bulk(con, "INSERT INTO item_scores (id, image_label, image_prob, image_label2, image_prob2, image_rest, "
+                   "ensemble_label, ensemble_prob, ensemble_label2, ensemble_prob2, ensemble_caption_used) "
+                   "SELECT *, false FROM src",
+              ["id", "l1", "p1", "l2", "p2", "rest", "el1", "ep1", "el2", "ep2"], rows)
+        pairs = [(i, idx[label], p) for i, label, p in predictions] + \
+                [(i, idx[runner_up[i][0]], runner_up[i][1]) for i, _l, _p in predictions]
+        _bulk(con, "INSERT INTO label_scores (id, label_idx, image_prob) SELECT * FROM src", ["id", "l", "p"], pairs)
+        con.execute("INSERT INTO score_settings (label_set, label_set_digest, prompts, model, pretrained, embed_dim, "
+                    "logit_scale, storage, top_k, n_labels, images, captions, cache_key, ensemble_text_weight, "
+                    "ensemble_text_min) VALUES (?, '', ?, 'curate-tiny', 'none', 0, 100.0, 'topk', 2, ?, ?, 0, '', "
+                    "?, ?)", [BY_HAND, BY_HAND, n, len(predictions), ENSEMBLE_TEXT_WEIGHT, ENSEMBLE_TEXT_MIN])
+        con.execute("INSERT INTO score_progress (fingerprint, last_id, images, captions, image_id_sum, "
+                    "caption_id_sum, finished) VALUES ('{}', ?, ?, 0, 0, 0, true)",
+                    [int(np.max([i for i, _l, _p in predictions])) if predictions else None, len(predictions)])
+    with sql.transaction(con):
+        registry.completed(con, BY_HAND)
 
 
 def _bulk(con, sql: str, columns: list[str], rows: list[tuple]) -> None:

@@ -157,7 +157,8 @@ def stamp(con: duckdb.DuckDBPyConnection, name: str, schema: str) -> None:
 
 
 def for_workspace(ws_path: str | Path) -> Calibration | None:
-    """`load` on a workspace folder, on a connection of its own (read-only, closed after).
+    """`load` on a workspace folder, in its `reading()` scope (the command's connection where
+    one is open, else one of its own, closed after).
 
     For callers without an open connection: `curate filter --calibrated` reads the fit on
     its own connection (`load`) and calls this only to explain a subset that kept nothing
@@ -166,8 +167,5 @@ def for_workspace(ws_path: str | Path) -> Calibration | None:
     """
     from ..core.workspace import Workspace
 
-    con = Workspace(ws_path).connect(read_only=True)
-    try:
+    with Workspace(ws_path).reading() as con:
         return load(con)
-    finally:
-        con.close()

@@ -172,15 +172,12 @@ def run(ws_path: str | Path, opts: ClassifyOptions, encoder: Encoder | None = No
         hear: Listeners = Listeners()) -> ClassifyResult:
     """`classify` with its options as one object (each value checked where it entered: curate/api.py)."""
     started = time.time()
-    ws = Workspace(ws_path)
-    if not ws.exists():
-        raise NotReady(f"no workspace at {ws.root}: run `curate build-index` first")
+    ws = Workspace(ws_path).require()
     ls = opts.label_set if isinstance(opts.label_set, LabelSet) else load_label_set(opts.label_set)
     wording = resolve(opts.prompts)
     name = registry.check_name(opts.name) if opts.name is not None else registry.default_name(ls.name, wording.name)
     device = opts.device
-    con = ws.connect()
-    try:
+    with ws.writing() as con:
         ident = Workspace.model_identity(con)
         if ident is None:
             raise NotReady(f"the workspace {ws.root} has no embeddings yet: run `curate build-index` first")
@@ -224,8 +221,6 @@ def run(ws_path: str | Path, opts: ClassifyOptions, encoder: Encoder | None = No
         job = ScoreJob(name, q, ls, wording, ident, scale, storage, keep_k, n_img, n_cap, opts.batch_rows,
                        opts.restart)
         rows, resumed, interrupted = _write_scores(ws, con, job, hear)
-    finally:
-        con.close()
     return ClassifyResult(ls.name, wording.name, len(ls), n_img, n_cap, storage,
                           len(ls) if keep_k is None else keep_k, scale, rows, time.time() - started, was_cached,
                           resumed, name, q.precision, held, interrupted)

@@ -9,6 +9,7 @@ import click
 from .. import api
 from ..classify.run import DEFAULT_BATCH_ROWS, DEFAULT_TOP_K
 from ..core.progress import plural
+from ..core.workspace import Workspace
 from . import options
 from .options import wait_option
 from .shared import note_pending
@@ -79,19 +80,20 @@ def classify_cmd(ws_path: Path, label_set: str, prompts: str, logit_scale: float
         if log_batches:
             click.echo(f"committed {n} vectors ({so_far} in this run)")
 
-    r = api.classify(ws_path, label_set=label_set, prompts=prompts, logit_scale=logit_scale, storage=storage,
-                     top_k=top_k, device=device, restart=restart, batch_rows=batch_rows, on_batch=on_batch,
-                     name=name)
-    store = "every label" if r.storage == "full" else f"top {r.top_k} labels per item + exact bound"
-    click.echo(f"classification {r.name}: classified {plural(r.images, 'image')} and {plural(r.captions, 'caption')} against "
-               f"{plural(r.n_labels, 'label')} "
-               f"({r.label_set}, prompts {r.prompts}, logit scale {r.logit_scale:g}; stored {store}; "
-               f"precision: vectors {'+'.join(r.vector_precisions) or 'imported'}, labels {r.precision}) "
-               f"in {r.seconds:.1f} s")
-    if r.resumed_vectors and r.interrupted:   # only after a stopped run (a finished one logs its own line)
-        click.echo(f"continued earlier scores: {r.resumed_vectors:,} vectors were scored already")
-    click.echo("views: predictions, caption_predictions, ensemble, coverage (see `curate filter`)")
-    note_pending(ws_path)
+    with Workspace(ws_path).writing():  # the command's one connection: the scores, then the note
+        r = api.classify(ws_path, label_set=label_set, prompts=prompts, logit_scale=logit_scale, storage=storage,
+                         top_k=top_k, device=device, restart=restart, batch_rows=batch_rows, on_batch=on_batch,
+                         name=name)
+        store = "every label" if r.storage == "full" else f"top {r.top_k} labels per item + exact bound"
+        click.echo(f"classification {r.name}: classified {plural(r.images, 'image')} and {plural(r.captions, 'caption')} against "
+                   f"{plural(r.n_labels, 'label')} "
+                   f"({r.label_set}, prompts {r.prompts}, logit scale {r.logit_scale:g}; stored {store}; "
+                   f"precision: vectors {'+'.join(r.vector_precisions) or 'imported'}, labels {r.precision}) "
+                   f"in {r.seconds:.1f} s")
+        if r.resumed_vectors and r.interrupted:   # only after a stopped run (a finished one logs its own line)
+            click.echo(f"continued earlier scores: {r.resumed_vectors:,} vectors were scored already")
+        click.echo("views: predictions, caption_predictions, ensemble, coverage (see `curate filter`)")
+        note_pending(ws_path)
 
 
 def _print_list(rows: list[api.Classification]) -> None:

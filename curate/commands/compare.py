@@ -8,6 +8,7 @@ import click
 
 from .. import api
 from ..core.textout import echo, safe
+from ..core.workspace import Workspace
 from . import options
 from .shared import note_random_weights
 
@@ -23,8 +24,9 @@ from .shared import note_random_weights
 def compare_cmd(names: tuple[str, ...], ws_path: Path, out: Path, min_prob: float) -> None:
     """Compare two or more classifications of a workspace (`curate classify --list` names them):
     Table 1 side by side, agreement, images per label, hit rate on the marks."""
-    note_random_weights(ws_path)
-    r = api.compare(ws_path, names, out=out, min_prob=min_prob)
+    with Workspace(ws_path).reading():  # the command's one connection
+        note_random_weights(ws_path)
+        r = api.compare(ws_path, names, out=out, min_prob=min_prob)
     for line in r.text.splitlines():
         echo(safe(line))
     echo(safe(f"wrote {len(r.files)} files; open {out / 'index.html'}"))

@@ -9,6 +9,7 @@ import click
 from .. import api
 from ..classify.scoring import ENSEMBLE_TEXT_MIN, ENSEMBLE_TEXT_WEIGHT
 from ..core.textout import echo, safe
+from ..core.workspace import Workspace
 from ..errors import PartialResult
 from ..select.exports import SHARD_SIZE, shard_pattern
 from ..select.filter import FORMAT_NAMES, FORMATS, MODES, FilterOutput, FilterSpec, parse_where
@@ -66,47 +67,48 @@ def filter_cmd(ws_path: Path, classification: str | None, labels: tuple[str, ...
     pairs = parse_where(where)  # a bad --where is refused before anything is said
     output = FilterOutput(out=out, format=fmt, shard_size=shard_size, with_embeddings=with_embeddings,
                           copy_to=copy_to, link_to=link_to, clean=clean)
-    note_random_weights(ws_path)
-    spec = FilterSpec(labels=labels, min_prob=min_prob, mode=mode, unmatched=unmatched, text_weight=text_weight,
-                      text_min=text_min, image_max=image_max, calibrated=calibrated, where=pairs,
-                      classification=classification, dedup=dedup)
-    f = api.filter(ws_path, spec, output)
-    r = f.result
-    for given, label in f.labels_taken:
-        echo(safe(f"note: --label '{given}' taken as the label {label}"), err=True)
-    echo(safe(f.summary()))
-    for line in (f.precision.lines() if f.precision is not None else []):
-        echo(safe(line))
-    x = r.exported
-    if x is not None and x.shards:
-        echo(safe(f"wrote {x.samples:,} samples in {len(x.shards):,} shards ({x.bytes / 1e6:,.1f} MB): "
-                  f"{shard_pattern(x.shards)}" + (f" ({x.missing:,} missing at their path)" if x.missing else "")))
-    elif x is not None and fmt == "webdataset":
-        echo(safe(f"wrote no shards to {out}" + (f" ({x.missing:,} missing at their path)" if x.missing else "")))
-    if x is not None and x.embeddings:
-        echo(safe(f"embeddings: {', '.join(str(p) for p in x.embeddings)}"))
-    if copy_to or link_to:
-        folder = copy_to or link_to
-        if r.removed:
-            echo(safe(f"removed {r.removed:,} files of an earlier run from {folder}"))
-        echo(safe(f"{'linked' if link_to else 'copied'} {r.files_done:,} files to {folder}"
-                  + (f" ({r.files_missing:,} missing at their path)" if r.files_missing else "")))
-        if r.earlier:
-            echo(safe(f"note: {folder} also holds {r.earlier:,} files an earlier run placed there and this one "
-                      "did not: add --clean to remove them"), err=True)
-        if r.others:
-            echo(safe(f"note: {folder} also holds {r.others:,} files curate did not place there (left as they are)"),
-                 err=True)
-        if r.refused:
-            echo(safe(f"note: left {r.refused:,} names of {folder}/.curate-files alone: they lead out of the "
-                      "folder or through a link, so curate did not place them there"), err=True)
-    if r.inexact:
-        click.echo(f"note: {r.inexact:,} kept rows fall under the top-k bound (their label may not be the full "
-                   "argmax); run `curate classify --storage full` for exact ensemble labels at this threshold",
-                   err=True)
-    if r.unscored > 0:
-        echo(safe(f"note: {r.unscored:,} embedded images are not classified yet: run `curate classify -w {ws_path}` "
-                  "again"), err=True)
-    note_pending(ws_path)
+    with Workspace(ws_path).reading():  # the command's one connection: each step below reads through it
+        note_random_weights(ws_path)
+        spec = FilterSpec(labels=labels, min_prob=min_prob, mode=mode, unmatched=unmatched, text_weight=text_weight,
+                          text_min=text_min, image_max=image_max, calibrated=calibrated, where=pairs,
+                          classification=classification, dedup=dedup)
+        f = api.filter(ws_path, spec, output)
+        r = f.result
+        for given, label in f.labels_taken:
+            echo(safe(f"note: --label '{given}' taken as the label {label}"), err=True)
+        echo(safe(f.summary()))
+        for line in (f.precision.lines() if f.precision is not None else []):
+            echo(safe(line))
+        x = r.exported
+        if x is not None and x.shards:
+            echo(safe(f"wrote {x.samples:,} samples in {len(x.shards):,} shards ({x.bytes / 1e6:,.1f} MB): "
+                      f"{shard_pattern(x.shards)}" + (f" ({x.missing:,} missing at their path)" if x.missing else "")))
+        elif x is not None and fmt == "webdataset":
+            echo(safe(f"wrote no shards to {out}" + (f" ({x.missing:,} missing at their path)" if x.missing else "")))
+        if x is not None and x.embeddings:
+            echo(safe(f"embeddings: {', '.join(str(p) for p in x.embeddings)}"))
+        if copy_to or link_to:
+            folder = copy_to or link_to
+            if r.removed:
+                echo(safe(f"removed {r.removed:,} files of an earlier run from {folder}"))
+            echo(safe(f"{'linked' if link_to else 'copied'} {r.files_done:,} files to {folder}"
+                      + (f" ({r.files_missing:,} missing at their path)" if r.files_missing else "")))
+            if r.earlier:
+                echo(safe(f"note: {folder} also holds {r.earlier:,} files an earlier run placed there and this one "
+                          "did not: add --clean to remove them"), err=True)
+            if r.others:
+                echo(safe(f"note: {folder} also holds {r.others:,} files curate did not place there (left as they are)"),
+                     err=True)
+            if r.refused:
+                echo(safe(f"note: left {r.refused:,} names of {folder}/.curate-files alone: they lead out of the "
+                          "folder or through a link, so curate did not place them there"), err=True)
+        if r.inexact:
+            click.echo(f"note: {r.inexact:,} kept rows fall under the top-k bound (their label may not be the full "
+                       "argmax); run `curate classify --storage full` for exact ensemble labels at this threshold",
+                       err=True)
+        if r.unscored > 0:
+            echo(safe(f"note: {r.unscored:,} embedded images are not classified yet: run `curate classify -w {ws_path}` "
+                      "again"), err=True)
+        note_pending(ws_path)
     if f.unreachable:
         raise PartialResult(f.unreachable)

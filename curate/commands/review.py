@@ -15,7 +15,7 @@ from ..validate import sampling
 from ..validate.review import marks, sheet
 from . import options
 from .options import wait_option
-from .shared import connect_review, default_set, note_random_weights
+from .shared import default_set, note_random_weights, review_scope
 
 
 @click.command("review")
@@ -37,9 +37,8 @@ def review_cmd(ws_path: Path, set_name: str | None, classification: str | None, 
            import_path: Path | None) -> None:
     """Mark a review set by hand in the browser (or through a CSV sheet)."""
     if export_path is not None or import_path is not None:
-        con = connect_review(ws_path, read_only=import_path is None)
-        try:
-            note_random_weights(ws_path, con)
+        with review_scope(ws_path, read_only=import_path is None) as con:
+            note_random_weights(ws_path)
             if import_path is not None:
                 target = _import_target(con, set_name, import_path, classification)
                 res = sheet.import_sheet(con, target.name, import_path)
@@ -54,8 +53,6 @@ def review_cmd(ws_path: Path, set_name: str | None, classification: str | None, 
             n = sheet.export_sheet(con, rs.name, export_path)
             echo(safe(f"wrote {n} rows of review set {rs.name} to {export_path}"))
             _echo_progress(con, rs.name)
-        finally:
-            con.close()
         return
     from ..validate.review.server import ReviewServer, running_review
 
@@ -64,12 +61,9 @@ def review_cmd(ws_path: Path, set_name: str | None, classification: str | None, 
         raise WorkspaceBusy(safe(f"a review page of {ws_path} is already open at {other.url} (process {other.pid}, "
                                  f"review set {other.set_name}): use that page, or stop it (Ctrl-C where it "
                                  "runs) first"))
-    con = connect_review(ws_path, read_only=True)
-    try:
-        note_random_weights(ws_path, con)
+    with review_scope(ws_path, read_only=True) as con:
+        note_random_weights(ws_path)
         name = default_set(con, set_name, classification).name
-    finally:
-        con.close()
     # The server holds no connection while it serves (curate/validate/review/server.py): other
     # commands read and write the workspace meanwhile.
     try:

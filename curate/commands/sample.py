@@ -9,12 +9,13 @@ import click
 from .. import api
 from ..core.progress import plural
 from ..core.textout import echo, safe
+from ..core.workspace import Workspace
 from ..select.filter import parse_where
 from ..validate import sampling
 from ..validate.review import marks
 from . import options
 from .options import wait_option
-from .shared import connect_review, note_random_weights
+from .shared import note_random_weights, review_scope
 
 # The most marks a class of a sequential review may take unless --per-class says otherwise:
 # +/-5 points at a share of 50% needs about 385.
@@ -53,21 +54,19 @@ def sample_cmd(ws_path: Path, top_classes: int, per_class: int | None, target_wi
     if per_class is None:
         per_class = 100 if target_width is None else SEQUENTIAL_CAP
     if list_only:
-        con = connect_review(ws_path, read_only=True)
-        try:
+        with review_scope(ws_path, read_only=True) as con:
             for rs in sampling.list_sets(con):
                 p = marks.progress(con, rs.name)
                 drawn_from = f" ({rs.classification})" if rs.classification else ""
                 echo(safe(f"{rs.name}{drawn_from}: {rs.source}, top {rs.top_classes} x {rs.per_class}, "
                           f"seed {rs.seed}; {p.done} of {p.total} marked"))
-        finally:
-            con.close()
         return
     pairs = parse_where(where)
-    note_random_weights(ws_path)
     spec = api.SampleSpec(top_classes=top_classes, per_class=per_class, seed=seed, mode=mode, where=pairs,
                           classification=classification, target_width=target_width)
-    s = api.sample(ws_path, spec, set_name=set_name, replace=replace)
+    with Workspace(ws_path).writing():  # the command's one connection: drawing a set writes it
+        note_random_weights(ws_path)
+        s = api.sample(ws_path, spec, set_name=set_name, replace=replace)
     drawn_from = f" of {s.set.classification}" if s.set.classification else ""
     echo(safe(f"review set {s.name}: {s.items} images from {mode} predictions{drawn_from}"))
     for label, rank, freq in s.classes:

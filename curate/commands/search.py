@@ -11,6 +11,7 @@ from .. import api
 from ..core.outputs import SUFFIXES
 from ..core.termwidth import clip, pad, width
 from ..core.textout import safe
+from ..core.workspace import Workspace
 from ..select.search import MODES, Hit, SearchQuery, out_writer
 from . import options
 from .shared import note_random_weights
@@ -43,9 +44,10 @@ def search_cmd(ws_path: Path, text: str | None, image: Path | None, mode: str, c
     query = SearchQuery(text, image, mode)   # refused before anything else is said
     if out is not None:
         out_writer(out)
-    note_random_weights(ws_path)
-    hits = api.search(ws_path, query, k, device=device, classification=classification,
-                      search_param=search_param, out=out)
+    with Workspace(ws_path).reading():  # the command's one connection
+        note_random_weights(ws_path)
+        hits = api.search(ws_path, query, k, device=device, classification=classification,
+                          search_param=search_param, out=out)
     if out is not None:
         click.echo(safe(f"{len(hits):,} hits -> {out}"))
         return

@@ -4,6 +4,8 @@ weights."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import duckdb
@@ -15,42 +17,35 @@ from ..validate import sampling
 
 def note_pending(ws_path: Path) -> None:
     """Items scanned but not embedded yet cannot be scored: say how many (exit 0, a NOTE)."""
-    con = Workspace(ws_path).connect(read_only=True)
-    try:
+    with Workspace(ws_path).reading() as con:
         n = con.execute("SELECT count(*) FROM items WHERE status = 'pending'").fetchall()[0][0]
-    finally:
-        con.close()
     if n:
         echo(safe(f"NOTE: {n:,} items are still pending (scanned, not embedded yet): they are not in these "
                   f"results; run `curate build-index SOURCE -w {ws_path}` again to embed them, then "
                   f"`curate classify -w {ws_path}`"), err=True)
 
 
-def note_random_weights(ws_path: Path, con: duckdb.DuckDBPyConnection | None = None) -> None:
+def note_random_weights(ws_path: Path) -> None:
     """Results from an untrained model look like results: every command that shows some says
     so first, in one NOTE line on stderr (stdout stays the results). Reads the model the
-    workspace is bound to (meta `model`); give `con` where the command holds one already."""
-    own = con is None
-    if own:
-        con = Workspace(ws_path).connect(read_only=True)
-    try:
+    workspace is bound to (meta `model`), in the command's connection scope where it has one."""
+    with Workspace(ws_path).reading() as con:
         ident = Workspace.model_identity(con)
-    finally:
-        if own:
-            con.close()
     if ident is not None and ident.random_weights:
         echo(safe(f"NOTE: {ws_path} was embedded with random weights ({ident.model}, no pretrained weights): "
                   "these results carry no meaning; use them to test the pipeline only"), err=True)
 
 
-def connect_review(ws_path: Path, read_only: bool = False) -> duckdb.DuckDBPyConnection:
+@contextmanager
+def review_scope(ws_path: Path, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
     """Readers open read-only (any number at once, beside the review page); writers wait
     for the one write lock a bounded time, then say who holds it (WorkspaceBusy). A missing
     workspace was refused by the -w option."""
-    con = Workspace(ws_path).connect(read_only=read_only)
-    if not read_only:
-        sampling.ensure_schema(con)
-    return con
+    ws = Workspace(ws_path)
+    with ws.reading() if read_only else ws.writing() as con:
+        if not read_only:
+            sampling.ensure_schema(con)
+        yield con
 
 
 def default_set(con: duckdb.DuckDBPyConnection, set_name: str | None,

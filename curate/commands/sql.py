@@ -65,26 +65,25 @@ def sql_cmd(query: str, ws_path: Path, max_rows: int, fmt: str | None, out: Path
     fmt = _format(fmt, out)
     if out is not None:
         out = check_output(out, "query result")
-    con = Workspace(ws_path).connect(read_only=True)
     scratch = Path(tempfile.mkdtemp(prefix="curate-sql-"))
     try:
-        result = partial_path(out) if out is not None else scratch / f"result.{fmt}"
-        lock_down(con, scratch / "spill", result)
-        check_statements(con, query)
-        try:
-            rel = con.sql(query)
-        except _QUERY_ERRORS as e:
-            raise _query_failed(e) from None
-        if rel is None:  # a statement without a result (SET VARIABLE, PRAGMA ...)
-            return
-        if fmt == "table":
-            click.echo(_table(rel, max_rows))
-        elif out is not None:
-            write_atomic(out, lambda tmp: _copy(con, rel, fmt, tmp), "query result")
-        else:
-            _to_stdout(con, rel, fmt, result)
+        with Workspace(ws_path).reading() as con:  # no scope encloses it: lock_down changes it for good
+            result = partial_path(out) if out is not None else scratch / f"result.{fmt}"
+            lock_down(con, scratch / "spill", result)
+            check_statements(con, query)
+            try:
+                rel = con.sql(query)
+            except _QUERY_ERRORS as e:
+                raise _query_failed(e) from None
+            if rel is None:  # a statement without a result (SET VARIABLE, PRAGMA ...)
+                return
+            if fmt == "table":
+                click.echo(_table(rel, max_rows))
+            elif out is not None:
+                write_atomic(out, lambda tmp: _copy(con, rel, fmt, tmp), "query result")
+            else:
+                _to_stdout(con, rel, fmt, result)
     finally:
-        con.close()
         shutil.rmtree(scratch, ignore_errors=True)
 
 

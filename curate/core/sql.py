@@ -19,11 +19,11 @@ import duckdb
 CACHE = "label_cache"
 # Tables of one classify run (replaced as a whole).
 SCORE_TABLES = "scores_tables"
-# Views and macros over the scores, in dependency order.
-VIEWS = ("scores_fresh", "predictions", "caption_predictions", "ensemble", "coverage", "subsets")
-# The views each named classification holds in its own schema (subsets' macros stay in
-# main: a macro finds its tables through the caller's search path).
+# The view files each named classification runs in its own schema, in dependency order.
 SCHEMA_VIEWS = ("scores_fresh", "predictions", "caption_predictions", "ensemble", "coverage")
+# The view files main runs over the active classification: the same, and subsets' macros
+# (which stay in main: a macro finds its tables through the caller's search path).
+VIEWS = (*SCHEMA_VIEWS, "subsets")
 
 
 def text(name: str) -> str:

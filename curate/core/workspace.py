@@ -17,7 +17,11 @@ import os
 import platform
 import re
 import socket
+import threading
 import time
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -75,6 +79,30 @@ class ModelMismatch(WorkspaceError, RuntimeError):
     pass
 
 
+# Connections opened, by mode ("read", "write"), since the process started: a command opens
+# its workspace once (tests/core/test_connections.py reads this).
+CONNECTS: Counter[str] = Counter()
+
+
+def missing(root: str | Path) -> WorkspaceError:
+    """The one refusal of a folder that holds no workspace, for every command and step (exit 4)."""
+    root = Path(root)
+    return WorkspaceError(f"no workspace at {root} (no {DB_NAME} there): run `curate build-index SOURCE -w {root}` "
+                          "first, or give the right -w/--workspace")
+
+
+# The connection a `reading()`/`writing()` scope holds, per thread and database file: a scope
+# opened inside another one of the same workspace shares its connection rather than opening a
+# second (a read-write connection reads too; DuckDB refuses a process both modes on one file).
+_scopes = threading.local()
+
+
+def _held() -> dict[str, tuple[duckdb.DuckDBPyConnection, bool]]:
+    if not hasattr(_scopes, "held"):
+        _scopes.held = {}
+    return _scopes.held
+
+
 class Workspace:
     def __init__(self, root: str | Path):
         self.root = Path(root)
@@ -98,6 +126,53 @@ class Workspace:
     def exists(self) -> bool:
         return self.db_path.exists()
 
+    def require(self) -> Workspace:
+        """This workspace, or `missing` when its folder holds no database."""
+        if not self.db_path.is_file():
+            raise missing(self.root)
+        return self
+
+    # -- connection scopes ----------------------------------------------------
+    @contextmanager
+    def reading(self, wait: float | None = None) -> Iterator[duckdb.DuckDBPyConnection]:
+        """A read-only connection for the `with` block, closed after; inside another scope of
+        this workspace (reading or writing), that scope's connection."""
+        key = str(self.db_path.resolve())
+        held = _held().get(key)
+        if held is not None:
+            yield held[0]
+            return
+        self.require()
+        con = self.connect(read_only=True, wait=wait)
+        _held()[key] = (con, False)
+        try:
+            yield con
+        finally:
+            del _held()[key]
+            con.close()
+
+    @contextmanager
+    def writing(self, wait: float | None = None, *, create: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
+        """A read-write connection for the `with` block (the one write lock), closed after;
+        inside another writing scope of this workspace, that scope's connection. `create`: make
+        the workspace where there is none (build-index); otherwise a missing one is refused."""
+        key = str(self.db_path.resolve())
+        held = _held().get(key)
+        if held is not None:
+            if not held[1]:
+                raise RuntimeError(f"a write to {self.db_path} inside a read-only scope of it: close the reader first")
+            yield held[0]
+            return
+        if not create:
+            self.require()
+        con = self.connect(wait=wait)
+        _held()[key] = (con, True)
+        try:
+            yield con
+        finally:
+            del _held()[key]
+            con.close()
+
     # -- database -------------------------------------------------------------
     def connect(self, read_only: bool = False, wait: float | None = None) -> duckdb.DuckDBPyConnection:
         """Open the database; while another process holds it, retry for `wait` seconds
@@ -108,8 +183,7 @@ class Workspace:
         read-write ones fold them in first.
         """
         if read_only and not self.exists():
-            raise WorkspaceError(f"no workspace at {self.root} (expected {self.db_path}); run `curate build-index` "
-                                 "first")
+            raise missing(self.root)
         deadline = time.monotonic() + (lock_wait() if wait is None else max(0.0, wait))
         pause = 0.02
         while True:
@@ -124,6 +198,7 @@ class Workspace:
                                                      lock_wait() if wait is None else wait)) from None
                 time.sleep(min(pause, max(0.0, deadline - time.monotonic())))
                 pause = min(pause * 2, 0.25)
+        CONNECTS["read" if read_only else "write"] += 1
         if not read_only:
             con.execute(SCHEMA)
             for stmt in UPGRADES:

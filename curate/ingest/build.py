@@ -148,13 +148,12 @@ class _Build:
         new = not ws.exists()
         have = None
         have_precisions: list[str] = []
-        if not new:
-            con = ws.connect(read_only=True)
-            try:
+        fallback_for = None
+        if not new:  # read first: the model loads without the write lock held
+            with ws.reading() as con:
                 have = Workspace.model_identity(con)
                 have_precisions = precision_rules.workspace_precisions(con)
-            finally:
-                con.close()
+                fallback_for = Workspace.get_meta(con, FALLBACK_FOR)
         asked = (opts.model, opts.pretrained)
         model = opts.model or (have.model if have else DEFAULT_MODEL)
         pretrained = opts.pretrained or (have.pretrained if have else DEFAULT_PRETRAINED)
@@ -170,7 +169,7 @@ class _Build:
             enc = None
         else:
             if have is not None and have.random_weights:
-                _note_fallback_workspace(ws_path, self.source, asked, opts.fallback_model, log)
+                _note_fallback_workspace(ws_path, fallback_for, self.source, asked, opts.fallback_model, log)
             enc = _load(model, pretrained, *self.engine.driver(device, used), opts.fallback_model, log, say)
             ident = enc.identity
             if opts.decode == "gpu":
@@ -184,81 +183,81 @@ class _Build:
                              "nothing to do" + ("" if new else f" (the workspace {ws_path} was not changed)"))
 
         made = _absent(ws)
-        con = ws.connect()
-        Workspace.bind_model(con, ident)
-        if new and enc is not None and ident.model != model:  # the fallback stood in: later runs say so
-            Workspace.set_meta(con, FALLBACK_FOR, json.dumps({"model": model, "pretrained": pretrained}))
-        run_id = Workspace.start_run(con, "build-index", src.describe(), ident, device)
-        status = "failed"
-        scan = None
-        scanned = refused = False
-        repairs: list[str] = []
-        on = None if self.quiet is None else not self.quiet
+        refused = False  # a first run refused at the scan (empty or unreadable manifest): leave nothing behind
         try:
-            damaged = integrity.check_shards(ws, con, full=opts.repair)
-            if damaged:
-                n = integrity.repair(ws, con, damaged)
-                repairs += [f"damaged: {d.describe()}" for d in damaged]
-                repairs.append(f"repair: {len(damaged)} damaged shard(s) dropped, {n} items to embed again")
-            if src.kind == "clip-retrieval":
-                from .precomputed import count_rows, import_clip_retrieval
+            with ws.writing(create=True) as con:
+                Workspace.bind_model(con, ident)
+                if new and enc is not None and ident.model != model:  # the fallback stood in: later runs say so
+                    Workspace.set_meta(con, FALLBACK_FOR, json.dumps({"model": model, "pretrained": pretrained}))
+                run_id = Workspace.start_run(con, "build-index", src.describe(), ident, device)
+                status = "failed"
+                scan = None
+                scanned = False
+                repairs: list[str] = []
+                on = None if self.quiet is None else not self.quiet
+                try:
+                    damaged = integrity.check_shards(ws, con, full=opts.repair)
+                    if damaged:
+                        n = integrity.repair(ws, con, damaged)
+                        repairs += [f"damaged: {d.describe()}" for d in damaged]
+                        repairs.append(f"repair: {len(damaged)} damaged shard(s) dropped, {n} items to embed again")
+                    if src.kind == "clip-retrieval":
+                        from .precomputed import count_rows, import_clip_retrieval
 
-                with Progress("import", count_rows(src.root), "row", enabled=on) as bar:
-                    seen, added, _bad = import_clip_retrieval(ws, con, src.root, run_id, ident.embed_dim, bar.update,
-                                                              shard_size=opts.shard_size)
-            else:
-                with Progress("scan", None, "item", enabled=on) as bar:
-                    scan = scan_into(con, src, run_id, bar.update, infer_types=opts.infer_types)
-                    seen, added = scan.seen, scan.added
-                if seen == 0:
-                    raise InputError(f"{self.source}: the source lists no items; nothing to do")
-                scanned = True
-                rc = recheck_files.recheck(ws, con, src.describe(), opts.recheck, opts.retry_rejected)
-                if rc.checked or rc.retried:
-                    repairs.append(f"recheck: {rc.describe()}")
-                todo = con.execute("SELECT count(*) FROM items WHERE status = 'pending'").fetchall()[0][0]
-                todo = min(todo, opts.limit) if opts.limit else todo
-                con.execute("UPDATE runs SET decode = ?, precision = ? WHERE run_id = ?",
-                            ["gpu" if opts.decode == "gpu" else "draft" if opts.draft_decode else "exact", used,
-                             run_id])
-                if todo:
-                    have_precisions = precision_rules.record(con, used)
-                embed = EmbedOptions(shard_size=opts.shard_size, max_pixels=opts.max_pixels, limit=opts.limit,
-                                     draft_decode=opts.draft_decode,
-                                     batch_size=opts.batch_size or (256 if device.startswith("cuda")
-                                                                    else EmbedOptions.batch_size),
-                                     workers=-1 if opts.workers is None else opts.workers,
-                                     hash_files=opts.recheck == "hash", decode=opts.decode, device=device,
-                                     precision=used)
-                with Progress("embed", todo, "image", enabled=on) as bar:
-                    stats = self.engine.embed(ws, con, enc, run_id, embed, bar.update)
-                con.execute("UPDATE runs SET batches = ?, decode_s = ?, forward_s = ?, commit_s = ? WHERE run_id = ?",
-                            [stats.batches, stats.decode_s, stats.forward_s, stats.commit_s, run_id])
-            built = []
-            for kind in ("image", "caption"):
-                # drawn once the index says how many vectors it adds (nothing for an index up to date)
-                with Progress(f"index {kind}s", 0, "vector", enabled=on) as bar:
-                    built.append(faiss_index.build_index(ws, con, kind, opts.index, bar.update,
-                                                         plan=lambda rows, _mode, bar=bar: bar.reset(total=rows),
-                                                         target_recall=opts.target_recall, max_memory=self.max_memory))
-            status = "finished"
-        except CurateError:
-            refused = new and not scanned and src.kind != "clip-retrieval"
-            raise
-        except ValueError as e:  # the index recipe's own checks
-            raise InputError(str(e)) from None
+                        with Progress("import", count_rows(src.root), "row", enabled=on) as bar:
+                            seen, added, _bad = import_clip_retrieval(ws, con, src.root, run_id, ident.embed_dim, bar.update,
+                                                                      shard_size=opts.shard_size)
+                    else:
+                        with Progress("scan", None, "item", enabled=on) as bar:
+                            scan = scan_into(con, src, run_id, bar.update, infer_types=opts.infer_types)
+                            seen, added = scan.seen, scan.added
+                        if seen == 0:
+                            raise InputError(f"{self.source}: the source lists no items; nothing to do")
+                        scanned = True
+                        rc = recheck_files.recheck(ws, con, src.describe(), opts.recheck, opts.retry_rejected)
+                        if rc.checked or rc.retried:
+                            repairs.append(f"recheck: {rc.describe()}")
+                        todo = con.execute("SELECT count(*) FROM items WHERE status = 'pending'").fetchall()[0][0]
+                        todo = min(todo, opts.limit) if opts.limit else todo
+                        con.execute("UPDATE runs SET decode = ?, precision = ? WHERE run_id = ?",
+                                    ["gpu" if opts.decode == "gpu" else "draft" if opts.draft_decode else "exact", used,
+                                     run_id])
+                        if todo:
+                            have_precisions = precision_rules.record(con, used)
+                        embed = EmbedOptions(shard_size=opts.shard_size, max_pixels=opts.max_pixels, limit=opts.limit,
+                                             draft_decode=opts.draft_decode,
+                                             batch_size=opts.batch_size or (256 if device.startswith("cuda")
+                                                                            else EmbedOptions.batch_size),
+                                             workers=-1 if opts.workers is None else opts.workers,
+                                             hash_files=opts.recheck == "hash", decode=opts.decode, device=device,
+                                             precision=used)
+                        with Progress("embed", todo, "image", enabled=on) as bar:
+                            stats = self.engine.embed(ws, con, enc, run_id, embed, bar.update)
+                        con.execute("UPDATE runs SET batches = ?, decode_s = ?, forward_s = ?, commit_s = ? WHERE run_id = ?",
+                                    [stats.batches, stats.decode_s, stats.forward_s, stats.commit_s, run_id])
+                    built = []
+                    for kind in ("image", "caption"):
+                        # drawn once the index says how many vectors it adds (nothing for an index up to date)
+                        with Progress(f"index {kind}s", 0, "vector", enabled=on) as bar:
+                            built.append(faiss_index.build_index(ws, con, kind, opts.index, bar.update,
+                                                                 plan=lambda rows, _mode, bar=bar: bar.reset(total=rows),
+                                                                 target_recall=opts.target_recall, max_memory=self.max_memory))
+                    status = "finished"
+                except CurateError:
+                    refused = new and not scanned and src.kind != "clip-retrieval"
+                    raise
+                except ValueError as e:  # the index recipe's own checks
+                    raise InputError(str(e)) from None
+                finally:
+                    if not refused:
+                        Workspace.finish_run(con, run_id, started, status)
+                counts = dict(con.execute("SELECT status, count(*) FROM items GROUP BY status").fetchall())
+                by_stage = dict(con.execute("SELECT stage, count(*) FROM rejected WHERE run_id = ? GROUP BY stage "
+                                            "ORDER BY stage", [run_id]).fetchall())
         finally:
-            if refused:  # a first run refused at the scan (empty or unreadable manifest): leave nothing behind
-                con.close()
-                _remove(made)
-            else:
-                Workspace.finish_run(con, run_id, started, status)
-        try:
-            counts = dict(con.execute("SELECT status, count(*) FROM items GROUP BY status").fetchall())
-            by_stage = dict(con.execute("SELECT stage, count(*) FROM rejected WHERE run_id = ? GROUP BY stage "
-                                        "ORDER BY stage", [run_id]).fetchall())
-        finally:
-            con.close()
+            if refused:
+                _remove(made)  # after the connection closed
+
         return BuildResult(ws_path, src.describe(), seen, added, counts, by_stage, built, ident, time.time() - started,
                            precision=used, workspace_precisions=have_precisions,
                            not_taken=scan.not_taken if scan else 0, other_files=scan.other_files if scan else 0,
@@ -296,15 +295,11 @@ def _load(model: str, pretrained: str, device: str, precision: str, fallback: st
 FALLBACK_FOR = "fallback_for"
 
 
-def _note_fallback_workspace(ws_path: Path, source: Path, asked: tuple[str | None, str | None],
+def _note_fallback_workspace(ws_path: Path, raw: str | None, source: Path, asked: tuple[str | None, str | None],
                              fallback: str | None, log: Callable[[str], None]) -> None:
     """A workspace keeps its model, the fallback's random weights too: a rerun of the command that
-    made it (a second `make demo`) says so, and says what to run when the real weights are here now."""
-    con = Workspace(ws_path).connect(read_only=True)
-    try:
-        raw = Workspace.get_meta(con, FALLBACK_FOR)
-    finally:
-        con.close()
+    made it (a second `make demo`) says so, and says what to run when the real weights are here now
+    (`raw`: its meta FALLBACK_FOR, the model it was asked for)."""
     if raw is None or asked != (None, None):  # asked for a model by name: check_same_model answers that
         return
     wanted = json.loads(raw)

@@ -175,7 +175,8 @@ def upgrade_items(con: duckdb.DuckDBPyConnection) -> bool:
     Those workspaces declare items.source_id UNIQUE, which would hide a second source's
     items named like the first's. DuckDB cannot drop a constraint, so the table is rebuilt
     (same rows, same ids, every column kept) in one transaction, and each item gets the
-    source its run recorded in `runs.source`. Returns whether anything was done.
+    source its run recorded in `runs.source` (queries/items_rebuild.sql). Returns whether
+    anything was done.
     """
     old_key = con.execute(
         "SELECT count(*) FROM duckdb_constraints() WHERE table_name = 'items' AND constraint_type = 'UNIQUE' "
@@ -189,36 +190,8 @@ def upgrade_items(con: duckdb.DuckDBPyConnection) -> bool:
         for name, typ, *_ in con.execute("DESCRIBE items_before_sources").fetchall():
             if name not in have:
                 con.execute(f"ALTER TABLE items ADD COLUMN {quote_ident(name)} {typ}")
-        # One source per recorded run description, numbered in the order they first ran.
-        con.execute(
-            """
-            INSERT INTO sources (source_no, kind, location, description, first_run)
-            SELECT row_number() OVER (ORDER BY first_run), kind, location, description, first_run FROM (
-                SELECT coalesce(r.source, 'items from before sources were recorded') AS description,
-                       min(i.run_id) AS first_run
-                FROM items_before_sources i LEFT JOIN runs r USING (run_id) GROUP BY 1) d,
-            LATERAL (SELECT CASE WHEN starts_with(description, 'manifest ') THEN 'manifest'
-                                 WHEN starts_with(description, 'folder ') THEN 'folder'
-                                 WHEN starts_with(description, 'image tree ') THEN 'tree'
-                                 WHEN starts_with(description, 'clip-retrieval ') THEN 'clip-retrieval'
-                                 ELSE 'unknown' END AS kind,
-                            CASE WHEN starts_with(description, 'image tree ')
-                                 THEN regexp_extract(description, '^image tree (.*) with captions under ', 1)
-                                 WHEN starts_with(description, 'items from') THEN NULL
-                                 ELSE regexp_extract(description, '^[a-z-]+ (.*)$', 1) END AS location)
-            WHERE description NOT IN (SELECT description FROM sources)
-            """
-        )
-        con.execute(
-            """
-            INSERT INTO items BY NAME
-            SELECT b.*, s.source_no
-            FROM items_before_sources b LEFT JOIN runs r USING (run_id)
-            JOIN sources s ON s.description = coalesce(r.source, 'items from before sources were recorded')
-            ORDER BY b.id
-            """
-        )
-        con.execute("DROP TABLE items_before_sources")
+        for step in ("sources", "items", "drop_old"):
+            con.execute(sql.named("items_rebuild", step))
     return True
 
 

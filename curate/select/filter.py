@@ -163,23 +163,18 @@ def validate(spec: FilterSpec) -> None:
             raise FilterError(f"{name.replace('_', '-')} must lie in [0, 1], not {v}")
 
 
-def open_scored(ws_path: str | Path, classification: str | None = None) -> duckdb.DuckDBPyConnection:
+@contextlib.contextmanager
+def scored(ws_path: str | Path, classification: str | None = None) -> Iterator[duckdb.DuckDBPyConnection]:
     """A read-only connection to a workspace that `classify` has run on, reading the named
-    classification (None: the active one)."""
+    classification (None: the active one): the workspace's `reading()` scope."""
     ws = Workspace(ws_path)
-    if not ws.exists():
-        raise FilterError(f"no workspace at {ws.root}: run `curate build-index` first")
-    con = ws.connect(read_only=True)
-    try:
+    with ws.reading() as con:
         registry.select(con, classification)
         state.require_complete(con, f"the workspace {ws.root}")
         # (item_extras comes with any read-write connect of this version: classify makes both)
         if not sql.has_macro(con, "subset") or not sql.has_relation(con, "item_extras"):
             raise state.NotReady(f"the workspace {ws.root} has no views yet: run `curate classify` first")
-    except BaseException:
-        con.close()
-        raise
-    return con
+        yield con
 
 
 def write_subset(ws_path: str | Path, spec: FilterSpec, output: FilterOutput | str | Path | None, *,
@@ -220,8 +215,7 @@ def write_subset(ws_path: str | Path, spec: FilterSpec, output: FilterOutput | s
     for folder, what in ((copy_to, "copies"), (link_to, "links")):
         if folder is not None:
             check_output(folder, what)
-    con = open_scored(ws_path, spec.classification)
-    try:
+    with scored(ws_path, spec.classification) as con:
         known = [r[0] for r in con.execute("SELECT label FROM labels ORDER BY label_idx").fetchall()]
         check_labels(spec.labels, known)
         st = state.settings(con)
@@ -251,8 +245,6 @@ def write_subset(ws_path: str | Path, spec: FilterSpec, output: FilterOutput | s
             inspect(con)
         return FilterResult(kept, total, out_path, placed.done, placed.missing, _inexact(con, spec, st),
                             _unscored(con), placed.removed, placed.others, placed.earlier, exported, placed.refused)
-    finally:
-        con.close()
 
 
 def _provenance(con: duckdb.DuckDBPyConnection, spec: FilterSpec, st: dict, command: str | None) -> dict[str, str]:
@@ -344,14 +336,14 @@ def _select(con: duckdb.DuckDBPyConnection, spec: FilterSpec, st: dict) -> int:
     mode scores (the summary's "out of")."""
     if spec.calibrated:
         _load_calibrated(con, spec)
-        con.execute("CREATE TEMP TABLE selected AS SELECT * FROM calibrated_selection($wanted, $unmatched)",
+        con.execute("CREATE OR REPLACE TEMP TABLE selected AS SELECT * FROM calibrated_selection($wanted, $unmatched)",
                     {"wanted": list(spec.labels), "unmatched": spec.unmatched and not spec.dedup})
         total = con.execute("SELECT count(*) FROM calibrated_predictions").fetchall()[0][0]
     else:
-        con.execute(f"CREATE TEMP TABLE selected AS SELECT * FROM subset_predictions{SUBSET_CALL}", spec.params(st))
+        con.execute(f"CREATE OR REPLACE TEMP TABLE selected AS SELECT * FROM subset_predictions{SUBSET_CALL}", spec.params(st))
         total = con.execute("SELECT scored_items(?)", [spec.sql_mode(st)]).fetchall()[0][0]
     threshold = ", s.class_threshold" if spec.calibrated else ""
-    con.execute(f"CREATE TEMP TABLE kept AS SELECT s.id, i.path, i.caption, s.label, s.prob{threshold}{extras_select(con)} "
+    con.execute(f"CREATE OR REPLACE TEMP TABLE kept AS SELECT s.id, i.path, i.caption, s.label, s.prob{threshold}{extras_select(con)} "
                 "FROM selected s JOIN items i ON i.id = s.id JOIN item_extras x ON x.id = s.id ORDER BY s.id")
     return total
 

@@ -88,10 +88,7 @@ def search(ws_path: str | Path, query: SearchQuery | str, *, k: int = 50, encode
     q = query if isinstance(query, SearchQuery) else SearchQuery(text=query)
     text, image, mode = q.text, q.image, q.mode
     ws = Workspace(ws_path)
-    if not ws.exists():
-        raise NotReady(f"no workspace at {ws.root}: run `curate build-index` first")
-    con = ws.connect(read_only=True)
-    try:
+    with ws.reading() as con:
         ident = Workspace.model_identity(con)
         path = ws.index_path(mode)
         if ident is None or not path.exists():
@@ -118,8 +115,6 @@ def search(ws_path: str | Path, query: SearchQuery | str, *, k: int = 50, encode
             labels = _top_labels(con, ids, classification, MODES[mode])
         return [Hit(rank + 1, int(i), float(s), *info.get(int(i), (None, None)), *labels.get(int(i), (None, None)))
                 for rank, (i, s) in enumerate(zip(ids, scores, strict=True))]
-    finally:
-        con.close()
 
 
 def search_images(ws_path: str | Path, text: str, k: int = 50, encoder: Encoder | None = None,
@@ -179,9 +174,8 @@ def write_hits(ws_path: str | Path, hits: list[Hit], out: str | Path) -> Path:
     (a manifest's columns). The file is whole or absent (written beside it and renamed)."""
     out_path = Path(out)
     writer = out_writer(out_path)
-    con = Workspace(ws_path).connect(read_only=True)
-    try:
-        con.execute("CREATE TEMP TABLE hits (rank INTEGER, id BIGINT, score DOUBLE, label VARCHAR, prob DOUBLE)")
+    with Workspace(ws_path).reading() as con:
+        con.execute("CREATE OR REPLACE TEMP TABLE hits (rank INTEGER, id BIGINT, score DOUBLE, label VARCHAR, prob DOUBLE)")
         if hits:   # one statement for any k (unnest zips the lists), not one insert a hit
             con.execute("INSERT INTO hits SELECT unnest(?), unnest(?), unnest(?), unnest(?::VARCHAR[]), "
                         "unnest(?::DOUBLE[])", [[h.rank for h in hits], [h.id for h in hits],
@@ -193,6 +187,4 @@ def write_hits(ws_path: str | Path, hits: list[Hit], out: str | Path) -> Path:
         select = (f"SELECT h.rank, h.id, h.score, h.label, h.prob, i.path, i.caption{extras} FROM hits h "
                   f"LEFT JOIN items i ON i.id = h.id {join}ORDER BY h.rank")
         writer().write(con, f"({select})", out_path)
-    finally:
-        con.close()
     return out_path

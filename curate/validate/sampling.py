@@ -80,57 +80,57 @@ class SampleSpec:
                                                 for p in (parse_where((w,)) if isinstance(w, str) else (w,))))
 
 
-def draw(
-    con: duckdb.DuckDBPyConnection,
-    *,
-    source: str = "image",
-    top_classes: int = 10,
-    per_class: int = 100,
-    seed: int = 0,
-    name: str | None = None,
-    replace: bool = False,
-    where: tuple[tuple[str, str], ...] = (),
-    classification: str | None = None,
-    target_width: float | None = None,
-) -> ReviewSet:
-    """Draw and store a review set; the same arguments always draw the same images.
+def draw(con: duckdb.DuckDBPyConnection, spec: SampleSpec | None = None, *, name: str | None = None,
+         replace: bool = False, **fields: object) -> ReviewSet:
+    """Draw and store a review set as `spec` says (SampleSpec); the same spec always draws the
+    same images. Instead of a spec, its fields as keywords, `source` naming its `mode`:
+    `draw(con, source="ensemble", top_classes=2, per_class=3)`.
 
     Drawing a set that exists with the same parameters is a no-op (so a script can run
-    `curate sample` twice). A different set under an existing name is refused unless
+    `curate sample` twice). A different set under an existing `name` is refused unless
     `replace`: its marks stay in `judgments` either way, since they judge (image, label)
-    pairs, not sets. `where` draws among the items with those values in those columns only
-    (`curate sample --where city=newyork`); its default name says so. `classification`:
-    the named classification to draw from (default: the active one); the set records it.
-    `target_width`: a sequential review (the page moves on from a class once its interval
-    is this narrow); `per_class` is then the most it may ask per class.
+    pairs, not sets. The spec's `where` draws among the items with those values in those
+    columns only (`curate sample --where city=newyork`); its default name says so. Its
+    `classification`: the named classification to draw from (default: the active one); the
+    set records it. Its `target_width`: a sequential review (the page moves on from a class
+    once its interval is this narrow); `per_class` is then the most it may ask per class.
     """
-    if source not in SOURCES:
-        raise SampleError(f"unknown source {source!r}: use one of {', '.join(SOURCES)}")
-    if top_classes < 1 or per_class < 1:
-        raise SampleError("--top-classes and --per-class must be at least 1")
-    if target_width is not None and not 0 < target_width < 1:
-        raise SampleError(f"--target-width is the width of an interval on a share: between 0 and 1, not {target_width}")
+    if spec is None:
+        if "source" in fields:
+            fields["mode"] = fields.pop("source")
+        spec = SampleSpec(**fields)  # type: ignore[arg-type]
+    elif fields:
+        raise TypeError(f"give a SampleSpec or its fields, not both ({', '.join(fields)})")
+    if spec.mode not in SOURCES:
+        raise SampleError(f"unknown source {spec.mode!r}: use one of {', '.join(SOURCES)}")
+    if spec.target_width is not None and not 0 < spec.target_width < 1:
+        raise SampleError(f"--target-width is the width of an interval on a share: between 0 and 1, not "
+                          f"{spec.target_width}")
     # the tables and macros live in main: made before the search path points elsewhere
     ensure_schema(con)
     sql.run(con, "sample_classes")
     sql.run(con, "sample_items")
-    with registry.selected(con, classification) as chosen:
-        if classification is not None and name is None:
-            name = default_name(source, top_classes, per_class, seed, where) + f"-{classification}"
-        return _draw(con, source, top_classes, per_class, seed, name, replace, where, chosen, target_width)
+    with registry.selected(con, spec.classification) as chosen:
+        if spec.classification is not None and name is None:
+            name = _default_name(spec) + f"-{spec.classification}"
+        return _draw(con, spec, name, replace, chosen)
 
 
-def _draw(con: duckdb.DuckDBPyConnection, source: str, top_classes: int, per_class: int, seed: int,
-          name: str | None, replace: bool, where: tuple[tuple[str, str], ...], chosen: str | None,
-          target_width: float | None = None) -> ReviewSet:
+def _default_name(spec: SampleSpec) -> str:
+    return default_name(spec.mode, spec.top_classes, spec.per_class, spec.seed, spec.where)
+
+
+def _draw(con: duckdb.DuckDBPyConnection, spec: SampleSpec, name: str | None, replace: bool,
+          chosen: str | None) -> ReviewSet:
+    source, top_classes, per_class, seed, where, target_width = (spec.mode, spec.top_classes, spec.per_class,
+                                                                 spec.seed, spec.where, spec.target_width)
     view = SOURCES[source]
     require_complete(con, needed=False)   # never a review set drawn from half a classification
     if not has_relation(con, view):
         raise SampleError(
             f"the workspace has no `{view}` view yet ({source} predictions): run `curate classify` first"
         )
-    name = name or default_name(source, top_classes, per_class, seed, where) + (
-        f"-width{target_width:g}" if target_width is not None else "")
+    name = name or _default_name(spec) + (f"-width{target_width:g}" if target_width is not None else "")
     params = {"set_name": name}
     existing = get_set(con, name) if _exists(con, name) else None
     if existing is not None:

@@ -107,14 +107,11 @@ def test_fit_save_load_and_the_view_for_filter(tmp_path):
     p1 = rng.uniform(0.1, 0.9, n)
     p2 = p1 * rng.uniform(0.1, 0.9, n)
     p2 = np.minimum(p2, 1 - p1)
-    ws = fake_workspace(tmp_path / "ws", [(i, str(labels[i]), float(p1[i])) for i in range(n)], images=False)
+    # scores stored as `curate classify --storage topk --top-k 2` stores them: each item's top
+    # two labels' probabilities, the rest of the 53 labels (3 + l0..l49) not stored
+    ws = fake_workspace(tmp_path / "ws", [(i, str(labels[i]), float(p1[i])) for i in range(n)], images=False,
+                        runner_up={i: (f"l{i % 50}", float(p2[i])) for i in range(n)})
     con = ws.connect()
-    # the other relations of a classified workspace that the view reads (empty here)
-    for table in ("caption_predictions", "ensemble"):
-        con.execute(f"CREATE TABLE {table} AS SELECT * FROM predictions LIMIT 0")
-    con.execute("CREATE TABLE label_scores (id BIGINT, label_idx USMALLINT, image_prob DOUBLE, caption_prob DOUBLE)")
-    con.execute("UPDATE predictions SET prob2 = list_extract(?, id::INTEGER + 1)", [p2.tolist()])
-    con.execute("UPDATE predictions SET label2 = 'l' || (id % 50)")   # 53 labels seen in all
     rs = sampling.draw(con, top_classes=3, per_class=80, seed=2, name="s")
     # marks: hospital is never right, the other two are right when p1 is high
     for r in marks.rows(con, rs.name):

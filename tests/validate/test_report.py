@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import math
 
+import duckdb
 import numpy as np
 import pytest
 from conftest import run_cli
@@ -19,8 +20,6 @@ from review_support import (
     write_marks_csv,
 )
 
-from curate.core import sql
-from curate.core.workspace import Workspace
 from curate.validate import report, report_render, sampling
 from curate.validate.review import marks
 
@@ -114,21 +113,21 @@ def test_cli_report_on_a_sheet_made_elsewhere(tmp_path):
 def test_study_table_2_with_frequencies_through_a_workspace(tmp_path):
     """The study's design end to end on its own numbers: ~94K predictions with Table 2's
     frequencies, 10 x 100 drawn, marked with Table 2's accuracies."""
-    ws = Workspace(tmp_path / "ws")
-    con = ws.connect()
-    con.execute("CREATE TABLE freq (label VARCHAR, n INTEGER, acc INTEGER)")
-    con.executemany("INSERT INTO freq VALUES (?, ?, ?)", STUDY_CLASSES)
-    # 200 other labels of 300 images each: all rarer than the 10th class (1763)
-    con.execute("INSERT INTO freq SELECT 'other ' || range, 300, NULL FROM range(200)")
-    con.execute("""
-        CREATE TABLE predictions AS
+    def frequencies(con):
+        con.execute("CREATE TEMP TABLE freq (label VARCHAR, n INTEGER, acc INTEGER)")
+        con.executemany("INSERT INTO freq VALUES (?, ?, ?)", STUDY_CLASSES)
+        # 200 other labels of 300 images each: all rarer than the 10th class (1763)
+        con.execute("INSERT INTO freq SELECT 'other ' || range, 300, NULL FROM range(200)")
+
+    mem = duckdb.connect()
+    frequencies(mem)
+    preds = mem.execute("""
         SELECT (row_number() OVER (ORDER BY f.label, g.i) - 1)::BIGINT AS id, f.label,
-               ((hash(f.label, g.i) % 1000) / 1000.0)::DOUBLE AS prob,
-               'x' AS label2, 0.0::DOUBLE AS prob2, 0.0::DOUBLE AS margin
-        FROM freq f, LATERAL (SELECT range AS i FROM range(f.n)) g""")
-    sql.run(con, "coverage")   # Table 1's macros, as classify installs them
-    con.execute("INSERT INTO items (id, source_id, path, caption, status)"
-                " SELECT id, 's' || id, '/nonexistent/' || id || '.jpg', NULL, 'embedded' FROM predictions")
+               ((hash(f.label, g.i) % 1000) / 1000.0)::DOUBLE AS prob
+        FROM freq f, LATERAL (SELECT range AS i FROM range(f.n)) g ORDER BY id""").fetchall()
+    ws = fake_workspace(tmp_path / "ws", preds, images=False)   # scored as classify stores scores
+    con = ws.connect()
+    frequencies(con)
     rs = sampling.draw(con, top_classes=10, per_class=100, seed=7)
     assert rs.items == 1000
     # mark the first acc% of each class's images as hits, the rest as misses

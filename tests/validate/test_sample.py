@@ -107,12 +107,14 @@ def test_redraw_same_parameters_is_a_no_op_other_parameters_need_replace(ws):
     assert [r.mark for r in marks.rows(con, "s") if r.id == item.id] == ["miss"]
 
 
-def test_ensemble_source_and_missing_views(ws):
+def test_ensemble_source_and_missing_views(ws, tmp_path):
     con = ws.connect()
     rs = sampling.draw(con, source="ensemble", top_classes=2, per_class=3, seed=0)
     assert rs.source == "ensemble" and {r.label for r in marks.rows(con, rs.name)} == {"bridge", "skyscraper"}
+    # a workspace build-index made and classify has not run on: no prediction views yet
+    bare = fake_workspace(tmp_path / "bare", _preds(), images=False, classified=False).connect()
     with pytest.raises(sampling.SampleError, match="classify"):
-        sampling.draw(con, source="caption")
+        sampling.draw(bare, source="caption")
     with pytest.raises(sampling.SampleError, match="unknown source"):
         sampling.draw(con, source="predictions; DROP TABLE items")
 
@@ -126,14 +128,16 @@ def test_a_label_with_quotes_is_data_not_sql(tmp_path):
     assert con.execute("SELECT count(*) FROM items").fetchall()[0][0] == 3
 
 
-def test_cli_sample_prints_the_classes_and_is_reproducible(ws):
+def test_cli_sample_prints_the_classes_and_is_reproducible(ws, tmp_path):
     r = run_cli("sample", "-w", ws.root, "--top-classes", "2", "--per-class", "4", "--seed", "7")
     assert "image-top2x4-seed7: 8 images" in r.output and "skyscraper" in r.output and "40 images" in r.output
     run_cli("sample", "-w", ws.root, "--top-classes", "2", "--per-class", "4", "--seed", "7")
-    bad = run_cli("sample", "-w", ws.root, "--source", "caption", expect=1)
+    bare = fake_workspace(tmp_path / "bare", _preds(), images=False, classified=False)  # not classified yet
+    bad = run_cli("sample", "-w", bare.root, "--source", "caption", expect=1)
     assert "curate classify" in bad.output
     listed = run_cli("sample", "-w", ws.root, "--list")
-    assert listed.output == "image-top2x4-seed7: image, top 2 x 4, seed 7; 0 of 8 marked\n"
+    # a set names the classification it was drawn from (every real workspace has one)
+    assert listed.output == "image-top2x4-seed7 (by-hand): image, top 2 x 4, seed 7; 0 of 8 marked\n"
     con = duckdb.connect(str(ws.db_path), read_only=True)
     assert con.execute("SELECT count(*) FROM review_items").fetchall()[0][0] == 8
 
@@ -146,3 +150,17 @@ def test_view_is_queryable_from_the_shell(ws):
     ro = duckdb.connect(str(ws.db_path), read_only=True)
     rows = ro.execute("SELECT set_name, label, mark FROM review_sheet ORDER BY position").fetchall()
     assert rows == [("s", "skyscraper", None)] * 2
+
+
+def test_a_spec_or_its_fields_draw_the_same_set(ws):
+    """draw takes its options as one SampleSpec (or the spec's fields as keywords), never as
+    ten parameters in a row; given both, it refuses rather than picking one."""
+    con = ws.connect()
+    spec = sampling.SampleSpec(top_classes=2, per_class=4, seed=5, mode="ensemble")
+    a = sampling.draw(con, spec, name="a")
+    b = sampling.draw(con, source="ensemble", top_classes=2, per_class=4, seed=5, name="b")
+    assert (a.source, a.top_classes, a.per_class, a.seed) == (b.source, b.top_classes, b.per_class, b.seed)
+    assert [r.id for r in marks.rows(con, "a")] == [r.id for r in marks.rows(con, "b")]
+    assert sampling.draw(con, spec).name == "ensemble-top2x4-seed5"
+    with pytest.raises(TypeError, match="not both"):
+        sampling.draw(con, spec, seed=6)
