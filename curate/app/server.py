@@ -18,7 +18,9 @@ page's rules, curate/validate/review/server.py, and one more): a request must ca
 Host (no DNS rebinding); a browser's cross-site request (Sec-Fetch-Site) is refused; a POST
 must be JSON (a cross-site form cannot send that without a preflight, and no CORS header is
 ever sent) with a Content-Length within MAX_BODY, and its Origin, if any, ours. The workspace
-is opened read-only for each request and closed after it (data.py).
+is never held open between requests (a writer may take it then): what the reads need is kept
+while the database is unchanged (snapshot.py), anything else is read on a read-only connection
+opened for the request and closed after it (data.py).
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ from starlette.routing import Route
 
 from ..core.workspace import Workspace
 from ..errors import CurateError, WorkspaceBusy
-from . import data
+from . import data, snapshot
 from .marks import BrowseMarks
 from .selection import BadSelection, Selection
 from .thumbnails import Thumbnails
@@ -263,6 +265,8 @@ def build(state: AppState, port_box: list[int]) -> Guard:
         for t in got["tiles"]:
             t["mark"] = state.marks.of(t["id"], t["label"])
         state.remember(got["tiles"])
+        # the browser asks for these thumbnails next: read them in one query now
+        await run_in_threadpool(state.thumbs.prefetch, [t["id"] for t in got["tiles"]])
         return _ok(got)
 
     @_route
@@ -406,8 +410,7 @@ def _out(value) -> str:
 def _source_mode(state: AppState, sel: Selection) -> str | None:
     if sel.mode != "calibrated":
         return None
-    with data.reading(state.ws, sel.classification) as r:
-        return r.calibration_source
+    return data.calibration_source(state.ws, sel.classification)
 
 
 def _command(state: AppState, sel: Selection, out: str) -> dict:
@@ -472,6 +475,7 @@ class AppServer:
             self._thread.join(timeout=10)
         self.sock.close()
         self.state.thumbs.close()
+        snapshot.forget(self.ws)
 
 
 def _bind(port: int) -> socket.socket:

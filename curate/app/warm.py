@@ -19,6 +19,7 @@ import numpy as np
 from ..core.workspace import Workspace
 from ..errors import CurateError
 from . import data
+from .selection import Selection
 
 K = 1000            # hits a search keeps; the grid's filters then apply to these
 _CACHE = 32         # recent queries kept (the grid asks again for each page)
@@ -46,6 +47,10 @@ class Warm:
         return self
 
     def _load(self) -> None:
+        try:    # the first grid's reads, kept (data.py): the page opens on them
+            data.page(self.ws, Selection(), n=1)
+        except Exception:  # noqa: BLE001, S110 - the page's own request says what is wrong
+            pass
         try:
             self.index()
             self.index_state = "ready"
