@@ -40,6 +40,7 @@ PAGE = 100          # tiles a page, at most
 # lookup), and a workspace's text per item at most (Texts): beyond what snapshot.MEMO_BYTES
 # holds, pages are read with SQL each time.
 RANKED_ROW_BYTES = 44
+TEXT_ITEM_BYTES = 32        # ...and an item's text besides its characters (offsets, id)
 
 
 @dataclass
@@ -257,7 +258,7 @@ def texts(ws: Workspace, sh: Shown) -> Texts | None:
         sql.run(con, "app_browse")
         chars = con.execute("SELECT coalesce(sum(length(path)), 0) + coalesce(sum(length(caption)), 0) "
                             "FROM items").fetchall()[0][0]
-        if int(chars) + sh.items * 32 > snapshot.MEMO_BYTES // 4:
+        if int(chars) + sh.items * TEXT_ITEM_BYTES > snapshot.MEMO_BYTES // 4:
             return None
         return Texts.read(con)
     return snapshot.cached(ws, ("texts",), build)
@@ -548,18 +549,40 @@ def file_of(ws: Workspace, item_id: int) -> tuple[str, str, str | None]:
 
 
 def vector_of(ws: Workspace, item_id: int) -> np.ndarray:
-    """The stored image vector of one item (1, d), read from its shard (memory-mapped)."""
+    """The stored image vector of one item (1, d), from its shard (memory-mapped)."""
+    at = _vectors(ws).get(item_id)
+    if at is None:
+        raise KeyError(f"item {item_id} has no image vector (not embedded)")
+    return at
+
+
+@dataclass(eq=False)
+class Vectors:
+    """The image shards' ids (in memory) and vectors (memory-mapped), as recorded in one generation."""
+    shards: list[tuple[np.ndarray, np.ndarray]]
+
+    @property
+    def nbytes(self) -> int:
+        return sum(ids.nbytes for ids, _ in self.shards)
+
+    def get(self, item_id: int) -> np.ndarray | None:
+        for ids, vecs in self.shards:
+            at = int(np.searchsorted(ids, item_id))
+            if at < len(ids) and ids[at] == item_id:
+                return np.ascontiguousarray(vecs[at][None, :], dtype=np.float32)
+        return None
+
+
+def _vectors(ws: Workspace) -> Vectors:
     from ..core import store
 
-    con = ws.connect(read_only=True, wait=WAIT)
-    try:
-        rows = con.execute("SELECT file, rows FROM shards WHERE kind = 'image' AND ? BETWEEN min_id AND max_id "
-                           "ORDER BY part", [item_id]).fetchall()
-        for file, n in rows:
+    def build(con) -> Vectors:
+        shards = []
+        for file, n in con.execute("SELECT file, rows FROM shards WHERE kind = 'image' ORDER BY part").fetchall():
             ids, vecs = store.open_shard(store.shard_file(ws, "image", file, int(n)))
-            at = np.flatnonzero(ids == item_id)
-            if len(at):
-                return np.ascontiguousarray(vecs[int(at[0])][None, :], dtype=np.float32)
-    finally:
-        con.close()
-    raise KeyError(f"item {item_id} has no image vector (not embedded)")
+            order = np.argsort(ids, kind="stable")
+            sorted_ids = ids[order]
+            # a shard's ids ascend as build-index writes them; one that does not is read through its order
+            shards.append((sorted_ids, vecs if np.array_equal(order, np.arange(len(ids))) else vecs[order]))
+        return Vectors(shards)
+    return snapshot.cached(ws, ("image_vectors",), build)

@@ -475,6 +475,7 @@ class AppServer:
             self._thread.join(timeout=10)
         self.sock.close()
         self.state.thumbs.close()
+        self.warm.close()
         snapshot.forget(self.ws)
 
 

@@ -22,6 +22,12 @@ from . import data
 from .selection import Selection
 
 K = 1000            # hits a search keeps; the grid's filters then apply to these
+# Threads a search's model and index may use. One query is too little work to split: on a
+# machine whose cores other work holds, OpenMP's threads spin waiting for each other, and a
+# ViT-B-32 text encoding took 1.1-2.3 s on 2 threads against 0.12-0.14 s on one (a FAISS
+# search of 1000 hits 7-10 ms against 0.3 ms; bench/bench_app.py's machine, loaded). The
+# app's own parallelism is its requests.
+THREADS = 1
 _CACHE = 32         # recent queries kept (the grid asks again for each page)
 
 
@@ -43,8 +49,16 @@ class Warm:
         self.thread = threading.Thread(target=self._load, name="curate-app-warm", daemon=True)
 
     def start(self) -> Warm:
+        """Load in the background; the process's torch and FAISS threads set to THREADS until close()."""
+        self._threads = _set_threads(THREADS)
         self.thread.start()
         return self
+
+    def close(self) -> None:
+        """Give the process back its thread settings (an app run inside another program, a test)."""
+        if getattr(self, "_threads", None) is not None:
+            _set_threads(*self._threads)
+            self._threads = None
 
     def _load(self) -> None:
         try:    # the first grid's reads, kept (data.py): the page opens on them
@@ -132,6 +146,17 @@ class Warm:
     def like(self, item_id: int) -> tuple[np.ndarray, np.ndarray]:
         """The K images nearest to an item's own image (its stored vector: no model needed)."""
         return self._search(("like", item_id), lambda: data.vector_of(self.ws, item_id))
+
+
+def _set_threads(torch_threads: int, faiss_threads: int | None = None) -> tuple[int, int]:
+    """Set torch's and FAISS's thread counts; the counts they had."""
+    import faiss
+    import torch
+
+    before = (torch.get_num_threads(), faiss.omp_get_max_threads())
+    torch.set_num_threads(torch_threads)
+    faiss.omp_set_num_threads(faiss_threads if faiss_threads is not None else torch_threads)
+    return before
 
 
 def _text_only(encoder) -> None:
