@@ -58,7 +58,16 @@ def reading(ws: Workspace, classification: str | None = None, calibration: bool 
     applies (the calibrated view; a few catalog reads, skipped by the reads that need none)."""
     con = ws.connect(read_only=True, wait=WAIT)
     try:
-        yield _prepare(con, ws, classification, calibration)
+        sh = snapshot.peek(ws, snapshot.generation(ws), ("shown", classification))
+        if sh is None:
+            yield _prepare(con, ws, classification, calibration)
+        else:   # this generation's verdict is known: only what the connection itself needs
+            registry.select(con, classification)
+            sql.run(con, "app_browse")
+            source = sh.calibration_source if calibration else None
+            if source is not None:
+                sql.run(con, "app_calibrated")
+            yield Reader(con, sh.classification, sh.settings, source)
     finally:
         con.close()
 

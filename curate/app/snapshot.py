@@ -140,6 +140,17 @@ def cached(ws: Workspace, key: Hashable, build: Callable[[duckdb.DuckDBPyConnect
         return value
 
 
+def peek(ws: Workspace, gen: tuple, key: Hashable):
+    """The entry kept for `key` if the kept generation is `gen` (read under a connection's
+    shared lock: then the entry is what that connection would read); None otherwise."""
+    with _LIVE_LOCK:
+        snap = _LIVE.get(str(ws.root))
+    if snap is None or snap.gen != gen:
+        return None
+    got = snap.get(key)
+    return None if got is _MISSING else got
+
+
 def forget(ws: Workspace) -> None:
     """Drop what is kept of a workspace (a test, or the app stopping)."""
     with _LIVE_LOCK:
