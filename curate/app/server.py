@@ -44,7 +44,7 @@ from ..errors import CurateError, WorkspaceBusy
 from . import data, snapshot
 from .marks import BrowseMarks
 from .selection import BadSelection, Selection
-from .thumbnails import Thumbnails
+from .thumbnails import JPEG, Thumbnails
 from .warm import Warm
 
 HOST = "127.0.0.1"
@@ -86,6 +86,11 @@ class AppState:
             for t in tiles:
                 self.files[t["id"]] = (t["path"], (t["reason"] or "rejected by build-index")
                                        if t["status"] == "rejected" else None)
+
+    def remembered(self, item_id: int) -> tuple[str | None, str | None]:
+        """(path, reason) of a tile sent lately; (None, None) if none was."""
+        with self.files_lock:
+            return self.files.get(item_id, (None, None))
 
     def file(self, item_id: int) -> tuple[str | None, str | None]:
         with self.files_lock:
@@ -290,6 +295,11 @@ def build(state: AppState, port_box: list[int]) -> Guard:
     @_route
     async def thumb(request: Request) -> Response:
         item_id = _int(request.path_params["id"], "id")
+        path, reason = state.remembered(item_id)
+        # a tile of the page just sent: its thumbnail was read ahead (one stat here, no thread)
+        body = state.thumbs.ahead(item_id, path) if reason is None else None
+        if body is not None:
+            return Response(body, media_type=JPEG, headers={"Cache-Control": "private, max-age=60"})
 
         def work():
             path, reason = state.file(item_id)

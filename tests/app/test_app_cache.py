@@ -30,9 +30,7 @@ SELECTIONS = [
     {"min_prob": 0.5},                                  # the tied value below: ties at the threshold
     {"min_prob": 0.31, "classification": "natural"},
     {"mode": "caption", "min_prob": 0.05},
-    {"mode": "ensemble", "classification": "natural"},
     {"mode": "ensemble", "min_prob": 0.5},
-    {"min_prob": 1.0},
     {"labels": ["__no_such_label__"]},
 ]
 
@@ -183,10 +181,13 @@ def test_a_prefetched_thumbnail_still_follows_its_file(tmp_path):
     photo = write_jpeg(tmp_path / "a.jpg", size=(640, 480), seed=1)
     made, _ = thumbs.get(1, str(photo))
     assert thumbs.prefetch([1, 2]) == 1
-    assert thumbs.get(1, str(photo))[0] == made                          # from the page's one query
+    assert thumbs.ahead(1, str(photo)) == made                            # from the page's one query
+    assert thumbs.get(1, str(photo))[0] == made
     time.sleep(0.01)
     write_jpeg(photo, size=(300, 600), seed=2)                            # the file replaced since
     assert thumbs.prefetch([1]) == 1
+    assert thumbs.ahead(1, str(photo)) is None                            # read ahead, but of the old file
     remade, ctype = thumbs.get(1, str(photo))
     assert ctype == "image/jpeg" and remade != made
+    assert thumbs.ahead(1, str(photo)) is None and thumbs.get(1, str(photo))[0] == remade
     thumbs.close()
