@@ -70,6 +70,10 @@ class Warm:
             self.index_state = "ready"
         except Exception as e:  # noqa: BLE001 - the page says it; browsing goes on
             self.index_state, self.index_error = "failed", _say(e)
+        try:    # "more like this" reads the image shards' ids: kept, as the grid's reads are
+            data.vector_of(self.ws, -1)
+        except Exception:  # noqa: BLE001, S110 - KeyError as expected; a search says anything else
+            pass
         if not self._load_model:
             self.state, self.error = "failed", "the model is not loaded in this app (started without it)"
             return
@@ -85,6 +89,7 @@ class Warm:
             finally:
                 con.close()
             _text_only(encoder)
+            encoder.encode_text(["a photo"])    # the first encoding sets up what the next ones reuse
             self.encoder = encoder
             self.state = "ready"
         except Exception as e:  # noqa: BLE001
