@@ -10,7 +10,7 @@
 -- Usage: SELECT * FROM app_label_counts('predictions', 0.5) LIMIT 5;
 -- Usage: SELECT * FROM app_rejected() LIMIT 5;
 -- Usage: SELECT * FROM app_ranked('predictions') LIMIT 5;
--- Usage: SELECT * FROM app_text_lengths() LIMIT 5;
+-- Usage: SELECT * FROM app_text_lengths(0) LIMIT 5;
 -- Usage: SELECT * FROM app_top_labels((SELECT min(id) FROM items), 0.2, 0.5);
 
 -- app_view(rel, min_prob, wanted): the predictions of the relation named `rel`
@@ -32,17 +32,17 @@ FROM query_table(rel) p
 LEFT JOIN (SELECT label, row_number() OVER (ORDER BY label_idx) - 1 AS pos FROM labels) l ON l.label = p.label
 ORDER BY p.prob DESC, p.id;
 
--- app_text_lengths() and app_texts(): every item's path and caption, by id: the lengths (in
--- characters; NULL: -1) as columns, and the texts as two long strings, so that a million of them
--- arrive as three arrays and two strings, not as two million Python objects
--- (curate/app/data.py `Texts`).
-CREATE OR REPLACE TEMP MACRO app_text_lengths() AS TABLE
-SELECT id, coalesce(length(path), -1) AS path_len, coalesce(length(caption), -1) AS caption_len
+-- app_text_lengths(cut) and app_texts(cut): every item's path (less its first `cut` characters:
+-- the prefix all paths share, kept once) and caption, by id: the lengths (in characters; NULL: -1)
+-- as columns, and the texts as two long strings, so that a million of them arrive as three
+-- arrays and two strings, not as two million Python objects (curate/app/data.py `Texts`).
+CREATE OR REPLACE TEMP MACRO app_text_lengths(cut) AS TABLE
+SELECT id, coalesce(length(path) - cut, -1) AS path_len, coalesce(length(caption), -1) AS caption_len
 FROM items
 ORDER BY id;
 
-CREATE OR REPLACE TEMP MACRO app_texts() AS TABLE
-SELECT coalesce(string_agg(path, '' ORDER BY id), '') AS paths,
+CREATE OR REPLACE TEMP MACRO app_texts(cut) AS TABLE
+SELECT coalesce(string_agg(substr(path, cut + 1), '' ORDER BY id), '') AS paths,
        coalesce(string_agg(caption, '' ORDER BY id), '') AS captions
 FROM items;
 

@@ -18,6 +18,7 @@ writes what the grid shows, and tests/app/test_app_cache.py holds both ways to t
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -206,7 +207,8 @@ class Texts:
     path_at: np.ndarray             # offsets into paths (len(ids) + 1)
     path_null: np.ndarray
     caption_at: np.ndarray
-    paths: str
+    prefix: str                     # what every path starts with (the collection's folder), kept once
+    paths: str                      # the paths, each less the prefix
     captions: str
 
     @property
@@ -217,12 +219,13 @@ class Texts:
                 + sys.getsizeof(self.paths) + sys.getsizeof(self.captions))
 
     @classmethod
-    def read(cls, con: duckdb.DuckDBPyConnection) -> Texts:
-        got = con.execute("SELECT * FROM app_text_lengths()").fetchnumpy()
-        paths, captions = con.execute("SELECT * FROM app_texts()").fetchall()[0]
+    def read(cls, con: duckdb.DuckDBPyConnection, prefix: str) -> Texts:
+        got = con.execute("SELECT * FROM app_text_lengths(?)", [len(prefix)]).fetchnumpy()
+        paths, captions = con.execute("SELECT * FROM app_texts(?)", [len(prefix)]).fetchall()[0]
         plen = np.asarray(got["path_len"], dtype=np.int64)
         clen = np.asarray(got["caption_len"], dtype=np.int64)
-        return cls(np.asarray(got["id"], dtype=np.int64), _offsets(plen), plen < 0, _offsets(clen), paths, captions)
+        return cls(np.asarray(got["id"], dtype=np.int64), _offsets(plen), plen < 0, _offsets(clen), prefix,
+                   paths, captions)
 
     def of(self, ids: np.ndarray) -> list[tuple[str | None, str]]:
         """(path, caption) of each id (KeyError: an id the workspace does not have)."""
@@ -231,7 +234,7 @@ class Texts:
         for i, at in zip(ids, pos, strict=True):
             if at >= len(self.ids) or self.ids[at] != i:
                 raise KeyError(f"no item {int(i)} in this workspace")
-            path = None if self.path_null[at] else self.paths[self.path_at[at]:self.path_at[at + 1]]
+            path = None if self.path_null[at] else self.prefix + self.paths[self.path_at[at]:self.path_at[at + 1]]
             out.append((path, self.captions[self.caption_at[at]:self.caption_at[at + 1]]))
         return out
 
@@ -265,11 +268,13 @@ def texts(ws: Workspace, sh: Shown) -> Texts | None:
     """Every item's path and caption (None: too many to keep: pages read theirs with SQL)."""
     def build(con) -> Texts | None:
         sql.run(con, "app_browse")
-        chars = con.execute("SELECT coalesce(sum(length(path)), 0) + coalesce(sum(length(caption)), 0) "
-                            "FROM items").fetchall()[0][0]
-        if int(chars) + sh.items * TEXT_ITEM_BYTES > snapshot.MEMO_BYTES // 4:
+        first, last, chars, n = con.execute("SELECT min(path), max(path), coalesce(sum(length(path)), 0) + "
+                                            "coalesce(sum(length(caption)), 0), count(path) FROM items").fetchall()[0]
+        # the common prefix of the least and the greatest path is every path's
+        prefix = os.path.commonprefix([first, last]) if first is not None else ""
+        if int(chars) - n * len(prefix) + sh.items * TEXT_ITEM_BYTES > snapshot.MEMO_BYTES // 4:
             return None
-        return Texts.read(con)
+        return Texts.read(con, prefix)
     return snapshot.cached(ws, ("texts",), build)
 
 
