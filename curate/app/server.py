@@ -470,13 +470,16 @@ class AppServer:
         self.server.run(sockets=[self.sock])
 
     def start(self) -> AppServer:
-        """Serve from a background thread (tests, notebooks); returns once it listens."""
+        """Serve from a background thread (tests, notebooks); returns once it listens and the
+        loading thread's reads of the database are done (the model may still be loading), so
+        that another process can take the file right after a request."""
         import time
 
         self._thread = threading.Thread(target=self.serve_forever, name="curate-app", daemon=True)
         self._thread.start()
         while not self.server.started and self._thread.is_alive():
             time.sleep(0.01)
+        self.warm.reads_done.wait(120)
         return self
 
     def stop(self) -> None:

@@ -46,6 +46,7 @@ class Warm:
         self._param: int | None = None
         self._cache: OrderedDict[tuple, tuple[np.ndarray, np.ndarray]] = OrderedDict()
         self._load_model = load_model
+        self.reads_done = threading.Event()     # set once the loading thread no longer reads the database
         self.thread = threading.Thread(target=self._load, name="curate-app-warm", daemon=True)
 
     def start(self) -> Warm:
@@ -61,6 +62,13 @@ class Warm:
             self._threads = None
 
     def _load(self) -> None:
+        try:
+            self._read()
+        finally:
+            self.reads_done.set()
+        self._load_encoder()
+
+    def _read(self) -> None:
         try:    # the first grid's reads, kept (data.py): the page opens on them
             data.page(self.ws, Selection(), n=1)
         except Exception:  # noqa: BLE001, S110 - the page's own request says what is wrong
@@ -74,20 +82,37 @@ class Warm:
             data.vector_of(self.ws, -1)
         except Exception:  # noqa: BLE001, S110 - KeyError as expected; a search says anything else
             pass
+        self._model, self._model_error = None, None
         if not self._load_model:
-            self.state, self.error = "failed", "the model is not loaded in this app (started without it)"
             return
-        try:
-            from ..select.search import _load_encoder
+        try:    # what the model is, read here: the file is not held open while the model is built
+            from ..ingest import precision as precision_rules
+            from ..ingest.model import pick_device
 
-            con = self.ws.connect(read_only=True)
+            con = self.ws.connect(read_only=True, wait=data.WAIT)
             try:
                 ident = Workspace.model_identity(con)
                 if ident is None:
                     raise CurateError("the workspace has no model recorded: run `curate build-index` first")
-                encoder = _load_encoder(con, ident, self.device)
+                device = pick_device(self.device)
+                # the precision classify used for its prompts, as `curate search` loads it (select/search.py)
+                precision = precision_rules.resolve("auto", device, precision_rules.workspace_precisions(con))
             finally:
                 con.close()
+            self._model = (ident.model, ident.pretrained, device, precision)
+        except Exception as e:  # noqa: BLE001 - said when the model would have loaded
+            self._model_error = e
+
+    def _load_encoder(self) -> None:
+        if not self._load_model:
+            self.state, self.error = "failed", "the model is not loaded in this app (started without it)"
+            return
+        try:
+            from ..ingest.model import load_encoder
+
+            if self._model_error is not None:
+                raise self._model_error
+            encoder = load_encoder(*self._model)
             _text_only(encoder)
             encoder.encode_text(["a photo"])    # the first encoding sets up what the next ones reuse
             self.encoder = encoder
