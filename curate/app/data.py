@@ -245,9 +245,10 @@ def _offsets(lengths: np.ndarray) -> np.ndarray:
     return out
 
 
-def _kept(ws: Workspace, sel: Selection) -> tuple[Ranked, Texts | None] | None:
-    """The selection's predictions (and the texts) kept in memory; None: this selection is read
-    with SQL (where filters, rejected items, a workspace too large to keep, an odd row)."""
+def _kept(ws: Workspace, sel: Selection) -> tuple[Ranked, Shown] | None:
+    """The selection's predictions kept in memory (and the verdict they were read under); None:
+    this selection is read with SQL (where filters, rejected items, a workspace too large to
+    keep, an odd row)."""
     if sel.where or sel.status != "embedded":
         return None
     sh = shown(ws, sel.classification)
@@ -261,7 +262,7 @@ def _kept(ws: Workspace, sel: Selection) -> tuple[Ranked, Texts | None] | None:
     ranked = snapshot.cached(ws, ("ranked", sel.classification, sel.relation), build)
     if ranked is None:
         return None
-    return ranked, texts(ws, sh)
+    return ranked, sh
 
 
 def texts(ws: Workspace, sh: Shown) -> Texts | None:
@@ -359,7 +360,7 @@ def page(ws: Workspace, sel: Selection, after: tuple[float, int] | None = None, 
     n = max(1, min(int(n), PAGE))
     kept = _kept(ws, sel)
     if kept is not None:
-        ranked, kept_texts = kept
+        ranked, kept_texts = kept[0], texts(ws, kept[1])
         at = ranked.page(sel.floor, ranked.codes(sel.labels), after, n)
         rows = [(int(ranked.ids[i]), ranked.labels[ranked.code[i]], -float(ranked.neg[i])) for i in at]
         tiles = [_tile(i, label, prob, path, caption, None)
@@ -446,7 +447,7 @@ def hits_page(ws: Workspace, sel: Selection, ids: np.ndarray, scores: np.ndarray
     offset = max(0, int(offset))
     kept = _kept(ws, sel)
     if kept is not None:
-        ranked, kept_texts = kept
+        ranked, kept_texts = kept[0], texts(ws, kept[1])
         ids = np.asarray(ids, dtype=np.int64)
         at = ranked.lookup(ids)
         ok = at >= 0
