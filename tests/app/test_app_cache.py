@@ -191,3 +191,25 @@ def test_a_prefetched_thumbnail_still_follows_its_file(tmp_path):
     assert ctype == "image/jpeg" and remade != made
     assert thumbs.ahead(1, str(photo)) is None and thumbs.get(1, str(photo))[0] == remade
     thumbs.close()
+
+
+def test_answers_go_out_without_waiting_for_the_clients_ack(served):
+    """A browser keeps its connections open; the server writes a response's head and body
+    apart, so with Nagle on each answer waited for the client's delayed ACK (~40 ms). Every
+    connection the app accepts has TCP_NODELAY set."""
+    import http.client
+    import socket
+
+    _, srv = served
+    c = http.client.HTTPConnection(f"127.0.0.1:{srv.port}")
+    try:
+        for _ in range(2):                                  # the same connection, kept alive
+            c.request("GET", "/api/status")
+            assert c.getresponse().read()
+        conns = list(srv.server.server_state.connections)
+        assert conns
+        for proto in conns:
+            sock = proto.transport.get_extra_info("socket")
+            assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+    finally:
+        c.close()
