@@ -256,10 +256,12 @@ def _kept(ws: Workspace, sel: Selection) -> tuple[Ranked, Shown] | None:
     if sh.items * RANKED_ROW_BYTES > snapshot.MEMO_BYTES // 2:
         return None
 
+    # keyed by the classification shown, not as asked: the page names the active one that the
+    # app's first reads asked for as None, and both are one set of predictions (1M: 2.6 s to read again)
     def build(con):
-        _prepare(con, ws, sel.classification, calibration=sel.mode == "calibrated")
+        _prepare(con, ws, sh.classification, calibration=sel.mode == "calibrated")
         return Ranked.read(con, sel.relation)
-    ranked = snapshot.cached(ws, ("ranked", sel.classification, sel.relation), build)
+    ranked = snapshot.cached(ws, ("ranked", sh.classification, sel.relation), build)
     if ranked is None:
         return None
     return ranked, sh

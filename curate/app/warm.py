@@ -69,8 +69,11 @@ class Warm:
         self._load_encoder()
 
     def _read(self) -> None:
-        try:    # the first grid's reads, kept (data.py): the page opens on them
+        try:    # the first grid's reads, kept (data.py): the page opens on them, naming the active one
             data.page(self.ws, Selection(), n=1)
+            name = data.shown(self.ws).classification
+            data.shown(self.ws, name)
+            data.overview(self.ws, name)
         except Exception:  # noqa: BLE001, S110 - the page's own request says what is wrong
             pass
         try:

@@ -213,3 +213,15 @@ def test_answers_go_out_without_waiting_for_the_clients_ack(served):
             assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
     finally:
         c.close()
+
+
+def test_the_active_classification_named_or_not_is_kept_once(tied):
+    """The page names the active classification that the app's first reads asked for as None:
+    one set of predictions, kept once (at 1M, reading it again cost the first page 2.6 s)."""
+    w = Workspace(tied)
+    snapshot.forget(w)
+    unnamed = data.page(w, Selection.parse({}))
+    named = data.page(w, Selection.parse({"classification": "sharp"}))
+    assert named == unnamed
+    kept = [k for k in snapshot._LIVE[str(w.root)].values if k[0] == "ranked"]
+    assert kept == [("ranked", "sharp", "predictions")]
