@@ -30,6 +30,7 @@ import sys
 import threading
 from importlib import resources
 from pathlib import Path
+from types import SimpleNamespace
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
@@ -49,6 +50,7 @@ HOST = "127.0.0.1"
 MAX_BODY = 64 * 1024
 STATIC_FILES = {"index.html": "text/html; charset=utf-8",
                 "app.js": "text/javascript; charset=utf-8",
+                "review.js": "text/javascript; charset=utf-8",
                 "app.css": "text/css; charset=utf-8"}
 # Served as they are; anything else (TIFF, BMP, CMYK JPEG...) is re-encoded by Pillow.
 BROWSER_IMAGES = {"image/jpeg", "image/png", "image/gif", "image/webp"}
@@ -60,6 +62,8 @@ SECURITY_HEADERS = [
     (b"x-frame-options", b"DENY"),
     (b"cross-origin-resource-policy", b"same-origin"),
 ]
+# The page's views besides browse (/): each path serves index.html, which draws that view.
+VIEWS = ("compare", "duplicates", "review")
 # What a browser says of a request it makes for a page of ours; anything else is another site's.
 SAME_SITE = {"same-origin", "none"}
 
@@ -67,8 +71,9 @@ SAME_SITE = {"same-origin", "none"}
 class AppState:
     """What the routes share: the workspace, its thumbnails, the browse marks, the warm model."""
 
-    def __init__(self, ws: Workspace, warm: Warm, base: Path):
+    def __init__(self, ws: Workspace, warm: Warm, base: Path, review=None):
         self.ws = ws
+        self.review = review    # review.Reviewing: the review view's set and journal folding
         self.thumbs = Thumbnails(ws.root / "app")
         self.marks = BrowseMarks(ws.root / "app")
         self.warm = warm
@@ -346,7 +351,13 @@ def build(state: AppState, port_box: list[int]) -> Guard:
         Route("/api/mark", mark, methods=["POST"]),
         Route("/api/command", command, methods=["POST"]),
         Route("/api/export", export, methods=["POST"]),
+        # the other views: the same page, which draws the view its path names
+        *(Route(f"/{name}", index, methods=["GET", "HEAD"]) for name in VIEWS),
     ]
+    from . import compare, duplicates, review
+    helpers = SimpleNamespace(route=_route, ok=_ok, err=_err, body=_body, int=_int)
+    for module in (compare, duplicates, review):
+        routes += module.routes(state, helpers)
 
     async def not_found(request: Request, exc) -> Response:
         status = getattr(exc, "status_code", 404)
@@ -431,23 +442,38 @@ class AppServer:
     """`curate app`: serve a workspace on http://127.0.0.1:<port>/ (port 0 = any free port)."""
 
     def __init__(self, ws: Workspace | str | Path, port: int = 0, *, load_model: bool = True,
-                 device: str | None = "cpu", base: str | Path | None = None):
+                 device: str | None = "cpu", base: str | Path | None = None, review: str | None = None,
+                 fold_every: float | None = None):
+        """`review`: the review set `curate review` opens the app for (its view at /review);
+        `fold_every`: seconds between a review mark and folding the journal into the database."""
         import uvicorn
+
+        from .review import Reviewing
 
         self.ws = ws if isinstance(ws, Workspace) else Workspace(ws)
         if not self.ws.exists():
             raise CurateError(f"no workspace at {self.ws.root}: run `curate build-index` first")
-        data.overview(self.ws)   # a workspace the app cannot show fails here, in one line
-        self.sock = _bind(port)
+        if review is None:
+            data.overview(self.ws)   # a workspace the app cannot show fails here, in one line
+        self.sock, self.fallback = _bind(port)
         self.port = self.sock.getsockname()[1]
         self.warm = Warm(self.ws, device=device, load_model=load_model)
-        self.state = AppState(self.ws, self.warm, Path(base) if base is not None else Path.cwd())
+        try:
+            reviewing = Reviewing(self.ws, review, self.url + "review", fold_every)
+        except BaseException:
+            self.sock.close()
+            raise
+        self.state = AppState(self.ws, self.warm, Path(base) if base is not None else Path.cwd(), reviewing)
         config = uvicorn.Config(build(self.state, [self.port]), host=HOST, port=self.port, log_level="warning",
                                 access_log=False, lifespan="off", proxy_headers=False, server_header=False,
                                 timeout_keep_alive=5, limit_concurrency=200)
         self.server = uvicorn.Server(config)
         self._thread: threading.Thread | None = None
-        self.warm.start()
+        if review is None:
+            self.warm.start()
+        else:   # a review needs no model, nor the index in memory until a "more like this" asks
+            self.warm.state, self.warm.error = "failed", "`curate review` does not load the model: `curate app` does"
+            self.warm.index_state = "read on first use"
 
     @property
     def url(self) -> str:
@@ -466,24 +492,31 @@ class AppServer:
             time.sleep(0.01)
         return self
 
-    def stop(self) -> None:
+    def stop(self, wait: float | None = None) -> int:
+        """Stop serving, then fold the review journal (waiting up to `wait` s for the write
+        lock); returns how many review marks are still only in the journal."""
         self.server.should_exit = True
         if self._thread is not None:
             self._thread.join(timeout=10)
         self.sock.close()
         self.state.thumbs.close()
+        return self.state.review.stop(wait)
 
 
-def _bind(port: int) -> socket.socket:
-    """A listening socket on 127.0.0.1; a busy port falls back to a free one."""
+def _bind(port: int) -> tuple[socket.socket, str | None]:
+    """A listening socket on 127.0.0.1; a busy port falls back to a free one (and the second
+    value says so, for the command to print)."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    fallback = None
     try:
         sock.bind((HOST, port))
-    except OSError:
+    except OSError as e:
         if port == 0:
             raise
         sock.bind((HOST, 0))
+        fallback = (f"port {port} is not free ({e.strerror or e}): serving on port {sock.getsockname()[1]} "
+                    "instead")
     sock.listen(128)
     sock.set_inheritable(True)
-    return sock
+    return sock, fallback

@@ -57,7 +57,8 @@ def review_cmd(ws_path: Path, set_name: str | None, classification: str | None, 
         finally:
             con.close()
         return
-    from ..validate.review.server import ReviewServer, running_review
+    # starlette and uvicorn load here: `curate --help` stays fast
+    from ..app.review import ReviewServer, running_review
 
     other = running_review(ws_path)
     if other is not None:  # one page per workspace: a second on another port would split the marking
@@ -70,14 +71,11 @@ def review_cmd(ws_path: Path, set_name: str | None, classification: str | None, 
         name = default_set(con, set_name, classification).name
     finally:
         con.close()
-    # The server holds no connection while it serves (curate/validate/review/server.py): other
-    # commands read and write the workspace meanwhile.
-    try:
-        server = ReviewServer(ws_path, name, port)
-    except OSError as e:
-        server = ReviewServer(ws_path, name, 0)
-        click.echo(f"port {port} is not free ({e.strerror or e}): serving on port {server.url.rsplit(':', 1)[1].strip('/')} "
-                   "instead", err=True)
+    # `curate app` opened at its review view. The server holds no connection while it serves
+    # (curate/app/review.py): other commands read and write the workspace meanwhile.
+    server = ReviewServer(ws_path, name, port)
+    if server.fallback:
+        click.echo(server.fallback, err=True)
     prog = server.app.progress()
     echo(safe(f"reviewing {name}: {prog.done} done, {prog.left} left"))
     click.echo(f"open {server.url}   (keys: h hit, m miss, s skip, b back; Ctrl-C to stop)")
