@@ -34,7 +34,7 @@ from types import SimpleNamespace
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
@@ -207,6 +207,8 @@ def _route(fn):
     async def endpoint(request: Request) -> Response:
         try:
             return await fn(request)
+        except ClientDisconnect:   # the client went before its body came (protocol.py answered it)
+            return _err(400, "the client disconnected")
         except BadSelection as e:
             return _err(400, str(e))
         except KeyError as e:
@@ -448,6 +450,7 @@ class AppServer:
         `fold_every`: seconds between a review mark and folding the journal into the database."""
         import uvicorn
 
+        from .protocol import JsonErrorsProtocol
         from .review import Reviewing
 
         self.ws = ws if isinstance(ws, Workspace) else Workspace(ws)
@@ -466,7 +469,7 @@ class AppServer:
         self.state = AppState(self.ws, self.warm, Path(base) if base is not None else Path.cwd(), reviewing)
         config = uvicorn.Config(build(self.state, [self.port]), host=HOST, port=self.port, log_level="warning",
                                 access_log=False, lifespan="off", proxy_headers=False, server_header=False,
-                                timeout_keep_alive=5, limit_concurrency=200)
+                                timeout_keep_alive=5, limit_concurrency=200, http=JsonErrorsProtocol)
         self.server = uvicorn.Server(config)
         self._thread: threading.Thread | None = None
         if review is None:

@@ -464,7 +464,7 @@ function drawWhere() {
 // ------------------------------------------------------------------ compare
 
 const cmp = { a: null, b: null, kind: "image", minProb: 0.5, label: null, next: null, loading: false, gen: 0 };
-const SVG_NS = "http://www.w3.org/2000/svg";
+const SVG_NS = document.getElementById("cmp-svg").namespaceURI;   // the page's own <svg>: no URL in the script
 
 function svgEl(tag, attrs = {}, text) {
   const e = document.createElementNS(SVG_NS, tag);
