@@ -13,8 +13,8 @@
     POST /api/command           the `curate filter` command that writes the selection
     POST /api/export            ...and that command run (api.filter, the same code)
 
-A page on another site cannot use this server through the user's browser (the review
-page's rules, curate/validate/review/server.py, and one more): a request must carry our own
+A page on another site cannot use this server through the user's browser (the rules of the
+standalone review page it replaced, and one more): a request must carry our own
 Host (no DNS rebinding); a browser's cross-site request (Sec-Fetch-Site) is refused; a POST
 must be JSON (a cross-site form cannot send that without a preflight, and no CORS header is
 ever sent) with a Content-Length within MAX_BODY, and its Origin, if any, ours. The workspace

@@ -463,7 +463,8 @@ function drawWhere() {
 
 // ------------------------------------------------------------------ compare
 
-const cmp = { a: null, b: null, kind: "image", minProb: 0.5, label: null, next: null, loading: false, gen: 0 };
+const cmp = { a: null, b: null, kind: "image", minProb: 0.5, label: null, next: null, loading: false, gen: 0,
+  gridGen: 0 };
 const SVG_NS = document.getElementById("cmp-svg").namespaceURI;   // the page's own <svg>: no URL in the script
 
 function svgEl(tag, attrs = {}, text) {
@@ -488,7 +489,12 @@ function initCompare() {
   fillSelect($("cmp-a"), names, cmp.a);
   fillSelect($("cmp-b"), names, cmp.b);
   fillSelect($("cmp-kind"), ["image"], "image");
-  const change = () => {
+  const change = (ev) => {
+    // choosing for A what B shows (or the reverse) swaps the two
+    if ($("cmp-a").value === $("cmp-b").value) {
+      if (ev && ev.target === $("cmp-a")) $("cmp-b").value = cmp.a;
+      else $("cmp-a").value = cmp.b;
+    }
     cmp.a = $("cmp-a").value; cmp.b = $("cmp-b").value; cmp.kind = $("cmp-kind").value;
     const p = Number($("cmp-minprob").value);
     cmp.minProb = Number.isFinite(p) ? Math.min(1, Math.max(0, p)) : 0.5;
@@ -496,10 +502,10 @@ function initCompare() {
     loadCompare();
   };
   for (const id of ["cmp-a", "cmp-b", "cmp-kind", "cmp-minprob"]) $(id).addEventListener("change", change);
-  $("cmp-form").addEventListener("submit", (ev) => { ev.preventDefault(); change(); });
+  $("cmp-form").addEventListener("submit", (ev) => { ev.preventDefault(); change(null); });
   $("cmp-label-clear").addEventListener("click", () => { cmp.label = null; reloadCmpGrid(); });
   new IntersectionObserver((entries) => {
-    if (entries.some((e) => e.isIntersecting)) loadCmpPage(cmp.gen).catch((e) => showError(e.message));
+    if (entries.some((e) => e.isIntersecting)) loadCmpPage(cmp.gridGen).catch((e) => showError(e.message));
   }, { rootMargin: "400px" }).observe($("cmp-sentinel"));
   loadCompare();
 }
@@ -591,14 +597,14 @@ function drawCmpLabels(s) {
 }
 
 async function reloadCmpGrid() {
-  cmp.gen += 1;
+  cmp.gridGen += 1;
   cmp.next = null;
   cmp.loading = false;
   $("cmp-grid").textContent = "";
   $("cmp-end").hidden = true;
   $("cmp-label-clear").hidden = cmp.label === null;
   for (const tr of $("cmp-labels").querySelectorAll("tbody tr")) tr.classList.toggle("on", tr.dataset.label === cmp.label);
-  await loadCmpPage(cmp.gen, true);
+  await loadCmpPage(cmp.gridGen, true);
 }
 
 async function loadCmpPage(gen, first = false) {
@@ -607,7 +613,7 @@ async function loadCmpPage(gen, first = false) {
   try {
     const page = await api("/api/compare/grid", { a: cmp.a, b: cmp.b, kind: cmp.kind, label: cmp.label,
       after: first ? null : cmp.next });
-    if (gen !== cmp.gen) return;
+    if (gen !== cmp.gridGen) return;
     const grid = $("cmp-grid");
     for (const t of page.tiles) grid.append(tile(t));
     cmp.next = page.next;
@@ -617,7 +623,7 @@ async function loadCmpPage(gen, first = false) {
     document.body.dataset.disagree = String(page.count);
     document.body.dataset.tiles = String(grid.children.length);
   } finally {
-    if (gen === cmp.gen) cmp.loading = false;
+    if (gen === cmp.gridGen) cmp.loading = false;
   }
 }
 
