@@ -356,5 +356,8 @@ class ReviewServer:
         return self
 
     def stop(self, wait: float | None = None) -> int:
-        """Stop serving and fold the journal; returns how many marks are still only in the journal."""
-        return self.server.stop(wait)
+        """Stop serving and fold the journal (waiting up to `wait` s for the write lock);
+        returns how many marks are still only in the journal."""
+        self.server.fold_wait = wait
+        self.server.stop()
+        return self.server.left

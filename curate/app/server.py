@@ -472,6 +472,8 @@ class AppServer:
                                 timeout_keep_alive=5, limit_concurrency=200, http=JsonErrorsProtocol)
         self.server = uvicorn.Server(config)
         self._thread: threading.Thread | None = None
+        self.fold_wait: float | None = None   # how long stop() waits for the write lock to fold the review marks
+        self.left = 0
         if review is None:
             self.warm.start()
         else:   # a review needs no model, nor the index in memory until a "more like this" asks
@@ -495,15 +497,14 @@ class AppServer:
             time.sleep(0.01)
         return self
 
-    def stop(self, wait: float | None = None) -> int:
-        """Stop serving, then fold the review journal (waiting up to `wait` s for the write
-        lock); returns how many review marks are still only in the journal."""
+    def stop(self) -> None:
         self.server.should_exit = True
         if self._thread is not None:
             self._thread.join(timeout=10)
+        # no request after this: the review journal's last fold (self.left: the marks still only in it)
+        self.left = self.state.review.stop(self.fold_wait)
         self.sock.close()
         self.state.thumbs.close()
-        return self.state.review.stop(wait)
 
 
 def _bind(port: int) -> tuple[socket.socket, str | None]:
