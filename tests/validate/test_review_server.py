@@ -193,3 +193,42 @@ def test_a_killed_server_loses_no_acknowledged_mark(ws):
     con = Workspace(ws.root).connect(read_only=True)
     got = con.execute("SELECT id FROM judgments WHERE mark = 'hit' ORDER BY id").fetchall()
     assert [g[0] for g in got] == sorted(it["id"] for it in items[:7])
+
+
+def test_a_busy_port_falls_back_and_says_so(ws):
+    """`curate review --port P` with P taken: it serves on a free port and says which."""
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        busy = taken.getsockname()[1]
+        proc = subprocess.Popen(
+            [sys.executable, "-u", "-m", "curate.cli", "review", "-w", str(ws.root), "--port", str(busy), "--no-browser"],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        try:
+            seen = []
+            for line in proc.stdout:
+                seen.append(line)
+                if re.search(r"open http://127\.0\.0\.1:\d+/review", line):
+                    break
+            url = re.search(r"open (http://127\.0\.0\.1:(\d+)/)", seen[-1])
+            assert url, "".join(seen)
+            assert f"port {busy} is not free" in "".join(seen) and \
+                f"serving on port {url.group(2)} instead" in "".join(seen)
+            assert int(url.group(2)) != busy and _req(url.group(1) + "api/review/items")[0] == 200
+        finally:
+            proc.send_signal(signal.SIGINT)
+            out = proc.communicate(timeout=60)[0]
+    assert proc.returncode == 0, out
+
+
+def test_the_app_without_a_review_set_says_how_to_draw_one(tmp_path):
+    """`curate app` on a workspace where no set was drawn: its review view says which command
+    draws one (and draws nothing), and stopping it folds nothing."""
+    from curate.app.review import Reviewing
+
+    ws = fake_workspace(tmp_path / "ws", [(i, "bridge", 0.5) for i in range(4)])
+    r = Reviewing(Workspace(ws.root), None, "http://127.0.0.1:1/review")
+    assert r.get() is None and "sample" in (r.error or "")
+    assert r.stop() == 0
