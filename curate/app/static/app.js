@@ -574,8 +574,10 @@ function drawCurves(s) {
 function drawAgreement(s) {
   const g = s.agreement;
   $("cmp-overall").textContent = `${pct(g.share_same)} of ${g.images} images get the same top label from ${s.a} and ${s.b}`;
-  $("cmp-classified").textContent = `${pct(g.share_same_classified)} of the ${g.both_classified} both classify at `
-    + `≥ ${s.min_prob} (${g.same_top_classified} the same)`;
+  $("cmp-classified").textContent = g.both_classified === 0
+    ? `no image is classified by both at ≥ ${s.min_prob}`
+    : `${pct(g.share_same_classified)} of the ${g.both_classified} both classify at ≥ ${s.min_prob} `
+      + `(${g.same_top_classified} the same)`;
   const list = $("cmp-changes");
   list.textContent = "";
   for (const c of g.changes) list.append(el("li", { text: `${c.from} → ${c.to}: ${c.images}` }));
@@ -666,8 +668,8 @@ async function loadDupsPage(gen, first = false) {
     }
     $("dups-summary").textContent = d.total_groups === 0
       ? `no ${dups.kind} duplicate groups (\`${d.command}\` found none)`
-      : `${d.total_groups} groups, ${d.items} items: \`curate filter --dedup\` keeps one of each group `
-        + `and leaves out ${d.removed}`;
+      : `${d.total_groups} group${d.total_groups === 1 ? "" : "s"}, ${d.items} items: `
+        + `\`curate filter --dedup\` keeps one of each group and leaves out ${d.removed}`;
     const box = $("dups-groups");
     for (const g of d.groups) box.append(group(g));
     dups.next = d.next;
