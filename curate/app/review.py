@@ -282,6 +282,8 @@ def routes(state, helpers) -> list[Route]:
         if rs is None:
             return _ok({"set": None, "error": getattr(state.review, "error", None),
                         "command": "curate sample -w WS  (then reload this page)"})
+        # the page asks for these images next: their files known, no database read each
+        state.remember([{"id": r.id, "path": r.path, "status": "embedded", "reason": None} for r in rs.rows])
         return _ok(await run_in_threadpool(rs.state))
 
     @_route
