@@ -128,6 +128,14 @@ def test_compare_view_curves_agreement_and_disagreements(browser, server, ws):
     assert page.locator("#d-top table").count() == 3
     assert page.locator("#d-caption img, #d-caption script").count() == 0
     assert page.evaluate("window.__pwned") is None
+    page.keyboard.press("Escape")
+    # another view of the two: the ensemble's labels, the numbers the server gives for it
+    if "ensemble" in want["kinds"]:
+        page.select_option("#cmp-kind", "ensemble")
+        page.wait_for_function("() => document.body.dataset.compare === 'natural|raw|ensemble' && "
+                               "document.body.dataset.state === 'ready'")
+        _, ens = get_json(server.url, "/api/compare?a=natural&b=raw&kind=ensemble&min_prob=0.5")
+        assert page.evaluate("document.body.dataset.shareSame") == f"{ens['agreement']['share_same']:.4f}"
 
 
 def test_duplicates_view_says_the_command_then_shows_the_groups(browser, server, ws):
@@ -159,6 +167,11 @@ def test_duplicates_view_says_the_command_then_shows_the_groups(browser, server,
     member.click()
     page.wait_for_selector(f"body[data-detail='{mid}']")
     assert page.locator("#d-dups img").count() == groups[0][2]
+    # "more like this" from here: the browse grid, searching by that image
+    page.locator("#d-like").click()
+    page.wait_for_selector("body[data-view=browse][data-state=ready]")
+    assert page.inner_text("#search-what") == f"more like item {mid}"
+    assert page.locator(".tile").first.get_attribute("data-id") == mid
 
 
 def test_review_view_marks_by_click_and_by_key(browser, server, ws):

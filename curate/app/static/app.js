@@ -306,7 +306,10 @@ async function openDetail(id) {
   const lab = $("d-label");
   lab.textContent = box && box.querySelector(".lab") ? `${box.querySelector(".lab").textContent}?` : "";
   lab.dataset.mark = box ? box.dataset.mark : "";
-  $("d-marking").hidden = d.status === "rejected" || !box || box.dataset.markable !== "yes";
+  $("d-marking").hidden = d.status === "rejected";
+  // a duplicate group's member shows no label to judge: only "more like this"
+  const markable = !!box && box.dataset.markable === "yes";
+  for (const b of document.querySelectorAll("#d-marking .mk")) b.hidden = !markable;
   const top = $("d-top");
   top.textContent = "";
   for (const v of ["image", "caption", "ensemble"]) {
