@@ -18,7 +18,9 @@ standalone review page it replaced, and one more): a request must carry our own
 Host (no DNS rebinding); a browser's cross-site request (Sec-Fetch-Site) is refused; a POST
 must be JSON (a cross-site form cannot send that without a preflight, and no CORS header is
 ever sent) with a Content-Length within MAX_BODY, and its Origin, if any, ours. The workspace
-is opened read-only for each request and closed after it (data.py).
+is never held open between requests (a writer may take it then): what the reads need is kept
+while the database is unchanged (snapshot.py), anything else is read on a read-only connection
+opened for the request and closed after it (data.py).
 """
 
 from __future__ import annotations
@@ -40,10 +42,10 @@ from starlette.routing import Route
 
 from ..core.workspace import Workspace
 from ..errors import CurateError, WorkspaceBusy
-from . import data
+from . import data, snapshot
 from .marks import BrowseMarks
 from .selection import BadSelection, Selection
-from .thumbnails import Thumbnails
+from .thumbnails import JPEG, Thumbnails
 from .warm import Warm
 
 HOST = "127.0.0.1"
@@ -89,6 +91,11 @@ class AppState:
             for t in tiles:
                 self.files[t["id"]] = (t["path"], (t["reason"] or "rejected by build-index")
                                        if t["status"] == "rejected" else None)
+
+    def remembered(self, item_id: int) -> tuple[str | None, str | None]:
+        """(path, reason) of a tile sent lately; (None, None) if none was."""
+        with self.files_lock:
+            return self.files.get(item_id, (None, None))
 
     def file(self, item_id: int) -> tuple[str | None, str | None]:
         with self.files_lock:
@@ -270,6 +277,8 @@ def build(state: AppState, port_box: list[int]) -> Guard:
         for t in got["tiles"]:
             t["mark"] = state.marks.of(t["id"], t["label"])
         state.remember(got["tiles"])
+        # the browser asks for these thumbnails next: read them in one query now
+        await run_in_threadpool(state.thumbs.prefetch, [t["id"] for t in got["tiles"]])
         return _ok(got)
 
     @_route
@@ -293,6 +302,11 @@ def build(state: AppState, port_box: list[int]) -> Guard:
     @_route
     async def thumb(request: Request) -> Response:
         item_id = _int(request.path_params["id"], "id")
+        path, reason = state.remembered(item_id)
+        # a tile of the page just sent: its thumbnail was read ahead (one stat here, no thread)
+        body = state.thumbs.ahead(item_id, path) if reason is None else None
+        if body is not None:
+            return Response(body, media_type=JPEG, headers={"Cache-Control": "private, max-age=60"})
 
         def work():
             path, reason = state.file(item_id)
@@ -419,8 +433,7 @@ def _out(value) -> str:
 def _source_mode(state: AppState, sel: Selection) -> str | None:
     if sel.mode != "calibrated":
         return None
-    with data.reading(state.ws, sel.classification) as r:
-        return r.calibration_source
+    return data.calibration_source(state.ws, sel.classification)
 
 
 def _command(state: AppState, sel: Selection, out: str) -> dict:
@@ -479,6 +492,7 @@ class AppServer:
         else:   # a review needs no model, nor the index in memory until a "more like this" asks
             self.warm.state, self.warm.error = "failed", "`curate review` does not load the model: `curate app` does"
             self.warm.index_state = "read on first use"
+            self.warm.reads_done.set()   # no loading thread: start() has nothing to wait for
 
     @property
     def url(self) -> str:
@@ -488,13 +502,16 @@ class AppServer:
         self.server.run(sockets=[self.sock])
 
     def start(self) -> AppServer:
-        """Serve from a background thread (tests, notebooks); returns once it listens."""
+        """Serve from a background thread (tests, notebooks); returns once it listens and the
+        loading thread's reads of the database are done (the model may still be loading), so
+        that another process can take the file right after a request."""
         import time
 
         self._thread = threading.Thread(target=self.serve_forever, name="curate-app", daemon=True)
         self._thread.start()
         while not self.server.started and self._thread.is_alive():
             time.sleep(0.01)
+        self.warm.reads_done.wait(120)
         return self
 
     def stop(self) -> None:
@@ -505,12 +522,18 @@ class AppServer:
         self.left = self.state.review.stop(self.fold_wait)
         self.sock.close()
         self.state.thumbs.close()
+        self.warm.close()
+        snapshot.forget(self.ws)
 
 
 def _bind(port: int) -> tuple[socket.socket, str | None]:
     """A listening socket on 127.0.0.1; a busy port falls back to a free one (and the second
     value says so, for the command to print)."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    # IPPROTO_TCP named, not 0: asyncio turns Nagle off (TCP_NODELAY) only on connections whose
+    # socket says so, and uvicorn sends a response's head and body in two writes, so on a
+    # kept-alive connection (every browser's) each answer waited ~40 ms for the client's
+    # delayed ACK: 48 ms for /api/status instead of ~1.
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     fallback = None
     try:
