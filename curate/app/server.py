@@ -13,8 +13,8 @@
     POST /api/command           the `curate filter` command that writes the selection
     POST /api/export            ...and that command run (api.filter, the same code)
 
-A page on another site cannot use this server through the user's browser (the review
-page's rules, curate/validate/review/server.py, and one more): a request must carry our own
+A page on another site cannot use this server through the user's browser (the rules of the
+standalone review page it replaced, and one more): a request must carry our own
 Host (no DNS rebinding); a browser's cross-site request (Sec-Fetch-Site) is refused; a POST
 must be JSON (a cross-site form cannot send that without a preflight, and no CORS header is
 ever sent) with a Content-Length within MAX_BODY, and its Origin, if any, ours. The workspace
@@ -32,10 +32,11 @@ import sys
 import threading
 from importlib import resources
 from pathlib import Path
+from types import SimpleNamespace
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
@@ -51,6 +52,7 @@ HOST = "127.0.0.1"
 MAX_BODY = 64 * 1024
 STATIC_FILES = {"index.html": "text/html; charset=utf-8",
                 "app.js": "text/javascript; charset=utf-8",
+                "review.js": "text/javascript; charset=utf-8",
                 "app.css": "text/css; charset=utf-8"}
 # Served as they are; anything else (TIFF, BMP, CMYK JPEG...) is re-encoded by Pillow.
 BROWSER_IMAGES = {"image/jpeg", "image/png", "image/gif", "image/webp"}
@@ -62,6 +64,8 @@ SECURITY_HEADERS = [
     (b"x-frame-options", b"DENY"),
     (b"cross-origin-resource-policy", b"same-origin"),
 ]
+# The page's views besides browse (/): each path serves index.html, which draws that view.
+VIEWS = ("compare", "duplicates", "review")
 # What a browser says of a request it makes for a page of ours; anything else is another site's.
 SAME_SITE = {"same-origin", "none"}
 
@@ -69,8 +73,9 @@ SAME_SITE = {"same-origin", "none"}
 class AppState:
     """What the routes share: the workspace, its thumbnails, the browse marks, the warm model."""
 
-    def __init__(self, ws: Workspace, warm: Warm, base: Path):
+    def __init__(self, ws: Workspace, warm: Warm, base: Path, review=None):
         self.ws = ws
+        self.review = review    # review.Reviewing: the review view's set and journal folding
         self.thumbs = Thumbnails(ws.root / "app")
         self.marks = BrowseMarks(ws.root / "app")
         self.warm = warm
@@ -209,6 +214,8 @@ def _route(fn):
     async def endpoint(request: Request) -> Response:
         try:
             return await fn(request)
+        except ClientDisconnect:   # the client went before its body came (protocol.py answered it)
+            return _err(400, "the client disconnected")
         except BadSelection as e:
             return _err(400, str(e))
         except KeyError as e:
@@ -360,7 +367,13 @@ def build(state: AppState, port_box: list[int]) -> Guard:
         Route("/api/mark", mark, methods=["POST"]),
         Route("/api/command", command, methods=["POST"]),
         Route("/api/export", export, methods=["POST"]),
+        # the other views: the same page, which draws the view its path names
+        *(Route(f"/{name}", index, methods=["GET", "HEAD"]) for name in VIEWS),
     ]
+    from . import compare, duplicates, review
+    helpers = SimpleNamespace(route=_route, ok=_ok, err=_err, body=_body, int=_int)
+    for module in (compare, duplicates, review):
+        routes += module.routes(state, helpers)
 
     async def not_found(request: Request, exc) -> Response:
         status = getattr(exc, "status_code", 404)
@@ -444,23 +457,42 @@ class AppServer:
     """`curate app`: serve a workspace on http://127.0.0.1:<port>/ (port 0 = any free port)."""
 
     def __init__(self, ws: Workspace | str | Path, port: int = 0, *, load_model: bool = True,
-                 device: str | None = "cpu", base: str | Path | None = None):
+                 device: str | None = "cpu", base: str | Path | None = None, review: str | None = None,
+                 fold_every: float | None = None):
+        """`review`: the review set `curate review` opens the app for (its view at /review);
+        `fold_every`: seconds between a review mark and folding the journal into the database."""
         import uvicorn
+
+        from .protocol import JsonErrorsProtocol
+        from .review import Reviewing
 
         self.ws = ws if isinstance(ws, Workspace) else Workspace(ws)
         if not self.ws.exists():
             raise CurateError(f"no workspace at {self.ws.root}: run `curate build-index` first")
-        data.overview(self.ws)   # a workspace the app cannot show fails here, in one line
-        self.sock = _bind(port)
+        if review is None:
+            data.overview(self.ws)   # a workspace the app cannot show fails here, in one line
+        self.sock, self.fallback = _bind(port)
         self.port = self.sock.getsockname()[1]
         self.warm = Warm(self.ws, device=device, load_model=load_model)
-        self.state = AppState(self.ws, self.warm, Path(base) if base is not None else Path.cwd())
+        try:
+            reviewing = Reviewing(self.ws, review, self.url + "review", fold_every)
+        except BaseException:
+            self.sock.close()
+            raise
+        self.state = AppState(self.ws, self.warm, Path(base) if base is not None else Path.cwd(), reviewing)
         config = uvicorn.Config(build(self.state, [self.port]), host=HOST, port=self.port, log_level="warning",
                                 access_log=False, lifespan="off", proxy_headers=False, server_header=False,
-                                timeout_keep_alive=5, limit_concurrency=200)
+                                timeout_keep_alive=5, limit_concurrency=200, http=JsonErrorsProtocol)
         self.server = uvicorn.Server(config)
         self._thread: threading.Thread | None = None
-        self.warm.start()
+        self.fold_wait: float | None = None   # how long stop() waits for the write lock to fold the review marks
+        self.left = 0
+        if review is None:
+            self.warm.start()
+        else:   # a review needs no model, nor the index in memory until a "more like this" asks
+            self.warm.state, self.warm.error = "failed", "`curate review` does not load the model: `curate app` does"
+            self.warm.index_state = "read on first use"
+            self.warm.reads_done.set()   # no loading thread: start() has nothing to wait for
 
     @property
     def url(self) -> str:
@@ -486,26 +518,32 @@ class AppServer:
         self.server.should_exit = True
         if self._thread is not None:
             self._thread.join(timeout=10)
+        # no request after this: the review journal's last fold (self.left: the marks still only in it)
+        self.left = self.state.review.stop(self.fold_wait)
         self.sock.close()
         self.state.thumbs.close()
         self.warm.close()
         snapshot.forget(self.ws)
 
 
-def _bind(port: int) -> socket.socket:
-    """A listening socket on 127.0.0.1; a busy port falls back to a free one."""
+def _bind(port: int) -> tuple[socket.socket, str | None]:
+    """A listening socket on 127.0.0.1; a busy port falls back to a free one (and the second
+    value says so, for the command to print)."""
     # IPPROTO_TCP named, not 0: asyncio turns Nagle off (TCP_NODELAY) only on connections whose
     # socket says so, and uvicorn sends a response's head and body in two writes, so on a
     # kept-alive connection (every browser's) each answer waited ~40 ms for the client's
     # delayed ACK: 48 ms for /api/status instead of ~1.
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    fallback = None
     try:
         sock.bind((HOST, port))
-    except OSError:
+    except OSError as e:
         if port == 0:
             raise
         sock.bind((HOST, 0))
+        fallback = (f"port {port} is not free ({e.strerror or e}): serving on port {sock.getsockname()[1]} "
+                    "instead")
     sock.listen(128)
     sock.set_inheritable(True)
-    return sock
+    return sock, fallback
