@@ -24,7 +24,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 from playwright.sync_api import sync_playwright  # noqa: E402
 from review_support import study_marks  # noqa: E402
 
-from curate.app.review import ReviewServer  # noqa: E402
+from curate.app.server import ReviewServer  # noqa: E402
 from curate.core.workspace import Workspace  # noqa: E402
 from curate.validate import report, report_render, sampling  # noqa: E402
 

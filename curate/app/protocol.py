@@ -23,6 +23,16 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 # terminal need not be. Errors still reach stderr.
 _LOG = logging.getLogger("curate.app.http")
 _LOG.setLevel(logging.ERROR)
+# Sent with every answer, the malformed-request one included: the page loads nothing from elsewhere
+# and may not be framed or sniffed.
+SECURITY_HEADERS = [
+    (b"content-security-policy", b"default-src 'none'; img-src 'self'; script-src 'self'; style-src 'self'; "
+                                 b"connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"),
+    (b"x-content-type-options", b"nosniff"),
+    (b"referrer-policy", b"no-referrer"),
+    (b"x-frame-options", b"DENY"),
+    (b"cross-origin-resource-policy", b"same-origin"),
+]
 MALFORMED = ("malformed HTTP request: a Content-Length that is not one non-negative number, a body shorter "
              "than its Content-Length, or a bad request line or header")
 
@@ -33,8 +43,6 @@ class JsonErrorsProtocol(H11Protocol):
         self.logger = _LOG
 
     def send_400_response(self, msg: str) -> None:
-        from .server import SECURITY_HEADERS
-
         body = json.dumps({"ok": False, "error": MALFORMED}).encode()
         headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
                    (b"cache-control", b"no-store"), (b"connection", b"close"), *SECURITY_HEADERS]

@@ -42,8 +42,11 @@ from starlette.routing import Route
 
 from ..core.workspace import Workspace
 from ..errors import CurateError, WorkspaceBusy
+from ..validate import sampling
 from . import data, snapshot
+from . import review as review_view
 from .marks import BrowseMarks
+from .protocol import SECURITY_HEADERS, JsonErrorsProtocol
 from .selection import BadSelection, Selection
 from .thumbnails import JPEG, Thumbnails
 from .warm import Warm
@@ -56,14 +59,6 @@ STATIC_FILES = {"index.html": "text/html; charset=utf-8",
                 "app.css": "text/css; charset=utf-8"}
 # Served as they are; anything else (TIFF, BMP, CMYK JPEG...) is re-encoded by Pillow.
 BROWSER_IMAGES = {"image/jpeg", "image/png", "image/gif", "image/webp"}
-SECURITY_HEADERS = [
-    (b"content-security-policy", b"default-src 'none'; img-src 'self'; script-src 'self'; style-src 'self'; "
-                                 b"connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"),
-    (b"x-content-type-options", b"nosniff"),
-    (b"referrer-policy", b"no-referrer"),
-    (b"x-frame-options", b"DENY"),
-    (b"cross-origin-resource-policy", b"same-origin"),
-]
 # The page's views besides browse (/): each path serves index.html, which draws that view.
 VIEWS = ("compare", "duplicates", "review")
 # What a browser says of a request it makes for a page of ours; anything else is another site's.
@@ -463,8 +458,6 @@ class AppServer:
         `fold_every`: seconds between a review mark and folding the journal into the database."""
         import uvicorn
 
-        from .protocol import JsonErrorsProtocol
-        from .review import Reviewing
 
         self.ws = ws if isinstance(ws, Workspace) else Workspace(ws)
         if not self.ws.exists():
@@ -475,7 +468,7 @@ class AppServer:
         self.port = self.sock.getsockname()[1]
         self.warm = Warm(self.ws, device=device, load_model=load_model)
         try:
-            reviewing = Reviewing(self.ws, review, self.url + "review", fold_every)
+            reviewing = review_view.Reviewing(self.ws, review, self.url + "review", fold_every)
         except BaseException:
             self.sock.close()
             raise
@@ -547,3 +540,44 @@ def _bind(port: int) -> tuple[socket.socket, str | None]:
     sock.listen(128)
     sock.set_inheritable(True)
     return sock, fallback
+
+
+class ReviewServer:
+    """`curate review`: the app serving one review set, opened at its review view
+    (http://127.0.0.1:<port>/review; port 0 = any free port)."""
+
+    def __init__(self, ws: Workspace | str | Path, set_name: str | None = None, port: int = 0,
+                 fold_every: float | None = None):
+        ws = ws if isinstance(ws, Workspace) else Workspace(ws)
+        if set_name is None:   # the set is fixed for the server's life: the most recent one now
+            with ws.reading() as con:
+                set_name = sampling.get_set(con, None).name
+        self.server = AppServer(ws, port, load_model=False, review=set_name, fold_every=fold_every)
+        self.app: review_view.ReviewSet = self.server.state.review.current
+
+    @property
+    def base(self) -> str:
+        return self.server.url
+
+    @property
+    def url(self) -> str:
+        return self.server.url + "review"
+
+    @property
+    def fallback(self) -> str | None:
+        return self.server.fallback
+
+    def serve_forever(self) -> None:
+        self.server.serve_forever()
+
+    def start(self) -> ReviewServer:
+        """Serve from a background thread (tests, notebooks); returns once it listens."""
+        self.server.start()
+        return self
+
+    def stop(self, wait: float | None = None) -> int:
+        """Stop serving and fold the journal (waiting up to `wait` s for the write lock);
+        returns how many marks are still only in the journal."""
+        self.server.fold_wait = wait
+        self.server.stop()
+        return self.server.left

@@ -55,7 +55,8 @@ def review_cmd(ws_path: Path, set_name: str | None, classification: str | None, 
             _echo_progress(con, rs.name)
         return
     # starlette and uvicorn load here: `curate --help` stays fast
-    from ..app.review import ReviewServer, running_review
+    from ..app.review import running_review
+    from ..app.server import ReviewServer
 
     other = running_review(ws_path)
     if other is not None:  # one page per workspace: a second on another port would split the marking

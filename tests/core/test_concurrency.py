@@ -314,7 +314,7 @@ def test_malformed_requests_get_a_clean_error_and_the_server_goes_on(ws):
 def test_the_server_saves_marks_into_the_database_while_it_runs(ws):
     """In between (here at once, fold_every=0) the server folds the journal into `judgments`
     when it can take the write lock, so even a plain duckdb reader sees the marks."""
-    from curate.app.review import ReviewServer
+    from curate.app.server import ReviewServer
 
     srv = ReviewServer(ws, None, port=0, fold_every=0).start()
     try:

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from review_support import fake_workspace
 
-from curate.app.review import ReviewServer
+from curate.app.server import ReviewServer
 from curate.core.workspace import Workspace
 from curate.validate import sampling
 

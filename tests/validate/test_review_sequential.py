@@ -16,7 +16,8 @@ from conftest import run_cli
 from review_support import fake_workspace
 from test_review_browser import CHROMIUM, launch
 
-from curate.app.review import ReviewServer, ReviewSet
+from curate.app.review import ReviewSet
+from curate.app.server import ReviewServer
 from curate.core.workspace import Workspace
 from curate.validate import intervals, sampling
 

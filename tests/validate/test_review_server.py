@@ -16,7 +16,7 @@ import urllib.request
 import pytest
 from review_support import fake_workspace
 
-from curate.app.review import ReviewServer
+from curate.app.server import ReviewServer
 from curate.core.workspace import Workspace
 from curate.validate import sampling
 from curate.validate.review import marks
