@@ -157,3 +157,18 @@ def test_a_killed_dedup_leaves_the_last_results_and_the_rerun_starts_over(plante
     assert r.started_over and r.queried == N
     ids, vecs = _stored(ws)
     assert _pairs(ws) == _true_pairs(ids, vecs, np.arange(len(ids)), 0.9)
+
+
+@pytest.mark.parametrize("clusters", [1, 8, 60])
+def test_any_number_of_clusters_gives_brute_force_pairs_when_no_list_is_capped(clusters):
+    """One cluster is plain blockwise brute force; more, with the cap out of reach, the same pairs."""
+    rng = np.random.default_rng(clusters)
+    v = _unit(rng.standard_normal((3000, 16)))
+    v[2000:] = _unit(v[:1000] + rng.standard_normal((1000, 16)) * 0.08)
+    ids = np.arange(100, 3100, dtype=np.int64)
+    a, b, s, how = pairs_in_clusters(ids, v, 0.97, clusters=clusters, spill=clusters)
+    assert "complete for 100% of vectors" in how
+    want = _true_pairs(ids, v, np.arange(len(ids)), 0.97)
+    assert len(want) >= 150
+    assert set(zip(a.tolist(), b.tolist(), strict=True)) == want
+    assert (a < b).all() and (s <= 1.0).all()
