@@ -11,10 +11,10 @@ Two pairs (a, b) are duplicates when the cosine of their stored vectors is >= th
   >= 0 for every c', so a b with ||a - b|| <= r can have its partner in the cell of c only if
   <b, c_b - c> <= r ||c_b - c|| (c_b: b's nearest centroid); r = sqrt(2 max|v|^2 - 2 t) bounds
   ||a - b|| for every pair at cosine >= t. Within each cluster, exact float32 matrix
-  products (BLAS, blocks of bounded size) compare every primary member with every member, and
-  the threshold is applied to those true dot products: a pair reported is a pair, always
-  (exact precision). A vector joins at most SPILL clusters beside its own (those of smallest
-  margin): where its provable list is longer it is capped, and only a pair whose two members
+  products (BLAS, blocks of bounded size) compare every primary member with every member; the
+  threshold decides on each proposed pair's dot product in float64 (no float32 sum order can
+  move it): a pair reported is a pair, always (exact precision). A vector joins at most
+  SPILL clusters beside its own (those of smallest margin): where its provable list is longer it is capped, and only a pair whose two members
   were both capped can be missed. The run says the share of vectors whose list was complete;
   recall is measured (bench/bench_dedup.py: against brute force on a sample and every planted
   pair); with no vector capped the result is exactly brute force's.
@@ -91,6 +91,7 @@ KMEANS_ITER = 6         # the clusters' quality sets the speed, never which pair
 SPILL = 2               # clusters a vector joins beside its own, at most (those of smallest margin)
 BLOCK_ENTRIES = 1 << 23 # entries of one block of products (32 MiB of float32)
 ASSIGN_ROWS = 4096      # vectors assigned to centroids at a time
+PROPOSE_SLACK = np.float32(1e-4)  # float32 products propose pairs this far below the floor; float64 decides
 
 
 class DedupError(InputError, ValueError):
@@ -402,7 +403,10 @@ def _assign(vecs: np.ndarray, cent: np.ndarray, r: float, spill: int
 def _compare(vecs: np.ndarray, prim: np.ndarray, sec: np.ndarray, floor: np.float32
              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Within one cluster: every (primary, primary) pair once and every (primary, secondary)
-    pair whose exact float32 dot product is >= floor (rows of vecs; i != j)."""
+    pair whose dot product is >= floor (rows of vecs; i != j). The float32 products only
+    propose (from PROPOSE_SLACK below the floor: BLAS's sum order moves a 512-d product by
+    ~1e-7); each proposal is decided by its dot product in float64, so the decision does not
+    depend on the order of a sum, and any recomputation agrees with it."""
     every = np.concatenate([prim, sec])
     y = vecs[every]
     step = max(1, BLOCK_ENTRIES // max(1, len(every)))
@@ -410,12 +414,15 @@ def _compare(vecs: np.ndarray, prim: np.ndarray, sec: np.ndarray, floor: np.floa
     for s in range(0, len(prim), step):
         x = y[s:s + step]
         g = x @ y.T
-        i, j = np.nonzero(g >= floor)
+        i, j = np.nonzero(g >= floor - PROPOSE_SLACK)
         i += s
         keep = j > i        # primaries against later primaries (each pair once) and every secondary
-        out_i.append(every[i[keep]])
-        out_j.append(every[j[keep]])
-        out_s.append(g[i[keep] - s, j[keep]])
+        i, j = i[keep], j[keep]
+        exact = np.einsum("ij,ij->i", y[i].astype(np.float64), y[j].astype(np.float64))
+        ok = exact >= float(floor)
+        out_i.append(every[i[ok]])
+        out_j.append(every[j[ok]])
+        out_s.append(exact[ok])
     return np.concatenate(out_i), np.concatenate(out_j), np.concatenate(out_s).astype(np.float32)
 
 
