@@ -285,9 +285,10 @@ def _write_scores(ws: Workspace, con: duckdb.DuckDBPyConnection, job: ScoreJob,
         def start():
             drop_staged(con, sch)
             create_staged(con, sch)
-            con.executemany(f"INSERT INTO {stage_t}labels VALUES (?, ?, ?, ?, ?)",
-                            [[i, lab, ps[0], ps, scene]
-                             for i, (lab, ps, scene) in enumerate(zip(ls.labels, q.prompts, ls.scenes, strict=True))])
+            # one statement over the lists (row by row, 205 labels took 0.2-0.4 s of every classify)
+            con.execute(f"INSERT INTO {stage_t}labels SELECT generate_subscripts($1, 1) - 1, unnest($1), unnest($2), "
+                        "unnest($3), unnest($4)",
+                        [list(ls.labels), [ps[0] for ps in q.prompts], [list(ps) for ps in q.prompts], list(ls.scenes)])
             con.execute(f"INSERT INTO {stage_t}score_progress (fingerprint, last_id, images, captions, image_id_sum, "
                         "caption_id_sum, finished, append_after, rescore) VALUES (?, ?, ?, ?, ?, ?, false, ?, ?)",
                         [fp, done.last_id, done.images, done.captions, done.image_id_sum, done.caption_id_sum,
