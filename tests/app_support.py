@@ -59,6 +59,14 @@ def get_json(base: str, path: str):
     return status, json.loads(raw)
 
 
+def sql(ws: Path, query: str, params=None) -> list[tuple]:
+    """A query's rows, read from the workspace as any reader does (read-only, closed after)."""
+    from curate.core.workspace import Workspace
+
+    with Workspace(ws).reading() as con:
+        return con.execute(query, params or []).fetchall()
+
+
 def item_id(ws: Path, name: str) -> int:
     import duckdb
 

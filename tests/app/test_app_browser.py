@@ -6,7 +6,6 @@ export, and hostile captions and files shown as what they are."""
 from __future__ import annotations
 
 import json
-import os
 import shlex
 import tempfile
 from pathlib import Path
@@ -21,20 +20,16 @@ from app_support import (
     copy_of,
     item_id,
     post,
+    sql,
 )
+from browser_support import launch, needs_chromium
 from conftest import run_cli
 
 from curate.app.server import AppServer
-from curate.core.workspace import Workspace
 
 __all__ = ["app_built"]   # the shared workspace fixture (app_support)
 
-CHROMIUM = "/usr/bin/chromium"
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-
-pytestmark = [pytest.mark.slow, pytest.mark.skipif(not os.path.exists(CHROMIUM),
-                                reason=f"{CHROMIUM} not installed (apt-get install chromium; CI installs it)")]
+pytestmark = [pytest.mark.slow, needs_chromium]
 
 
 @pytest.fixture(scope="module")
@@ -53,9 +48,7 @@ def server(ws):
 def page(server, tmp_path):
     sync_api = pytest.importorskip("playwright.sync_api")
     with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch_persistent_context(
-            tempfile.mkdtemp(dir=tmp_path), executable_path=CHROMIUM, headless=True, args=FLAGS,
-            viewport={"width": 1280, "height": 900}, has_touch=True)
+        browser = launch(p, tempfile.mkdtemp(dir=tmp_path), height=900, has_touch=True)
         pg = browser.new_page()
         errors: list[str] = []
         pg.on("pageerror", lambda e: errors.append(str(e)))
@@ -64,14 +57,6 @@ def page(server, tmp_path):
         yield pg
         browser.close()
         assert errors == []
-
-
-def _sql(ws: Path, query: str, params=None):
-    con = Workspace(ws).connect(read_only=True)
-    try:
-        return con.execute(query, params or []).fetchall()
-    finally:
-        con.close()
 
 
 def _ready(page) -> None:
@@ -86,16 +71,16 @@ def _browse_marks(ws: Path) -> dict[tuple[int, str], str]:
 
 def test_browse_slider_detail_marks_and_classifications(page, ws):
     assert "random weights" in page.inner_text("#model .random")
-    n_all = _sql(ws, 'SELECT count(*) FROM "cls_sharp".predictions')[0][0]
+    n_all = sql(ws, 'SELECT count(*) FROM "cls_sharp".predictions')[0][0]
     assert page.evaluate("document.body.dataset.count") == str(n_all)
     assert page.locator(".tile").count() == n_all
 
     # the slider: the grid and the sidebar's counts follow the threshold
     page.locator("#minprob").fill("0.6")
-    want = _sql(ws, 'SELECT count(*) FROM "cls_sharp".predictions WHERE prob >= 0.6')[0][0]
+    want = sql(ws, 'SELECT count(*) FROM "cls_sharp".predictions WHERE prob >= 0.6')[0][0]
     page.wait_for_function(f"() => document.body.dataset.count === '{want}' && document.body.dataset.state === 'ready'")
     assert page.locator(".tile").count() == want
-    per_label = dict(_sql(ws, 'SELECT label, count(*) FROM "cls_sharp".predictions WHERE prob >= 0.6 GROUP BY label'))
+    per_label = dict(sql(ws, 'SELECT label, count(*) FROM "cls_sharp".predictions WHERE prob >= 0.6 GROUP BY label'))
     shown = {b.get_attribute("data-label"): int(b.locator(".n").inner_text())
              for b in page.locator("#labels .label").all()}
     assert {k: v for k, v in shown.items() if v} == per_label
@@ -123,7 +108,7 @@ def test_browse_slider_detail_marks_and_classifications(page, ws):
     page.wait_for_function("() => document.getElementById('d-image').naturalWidth > 0")
 
     # mark by click in the detail, then by key on a tile, then by tap on another
-    label = _sql(ws, 'SELECT label FROM "cls_sharp".predictions WHERE id = ?', [hostile])[0][0]
+    label = sql(ws, 'SELECT label FROM "cls_sharp".predictions WHERE id = ?', [hostile])[0][0]
     page.locator("#d-marking .mk[data-mark=miss]").click()
     page.wait_for_selector(f'.tile[data-id="{hostile}"][data-mark="miss"]')
     assert _browse_marks(ws)[(hostile, label)] == "miss"        # on disk when the page shows it
@@ -153,7 +138,7 @@ def test_browse_slider_detail_marks_and_classifications(page, ws):
     # switch classification: the grid shows the other one's predictions
     page.select_option("#classification", "natural")
     page.wait_for_selector("body[data-classification=natural][data-state=ready]")
-    best = _sql(ws, 'SELECT id, prob FROM "cls_natural".predictions ORDER BY prob DESC, id LIMIT 1')[0]
+    best = sql(ws, 'SELECT id, prob FROM "cls_natural".predictions ORDER BY prob DESC, id LIMIT 1')[0]
     page.wait_for_function(f"() => document.querySelector('.tile') && document.querySelector('.tile').dataset.id === '{best[0]}'")
     assert float(page.locator(".tile .p").first.inner_text()) == pytest.approx(best[1], abs=1e-3)
 

@@ -26,6 +26,7 @@ from app_support import (
     item_id,
     post,
     req,
+    sql,
 )
 from conftest import run_cli
 
@@ -48,14 +49,6 @@ def server(ws):
     srv = AppServer(ws, 0, load_model=False).start()
     yield srv
     srv.stop()
-
-
-def _sql(ws: Path, query: str, params=None):
-    con = Workspace(ws).connect(read_only=True)
-    try:
-        return con.execute(query, params or []).fetchall()
-    finally:
-        con.close()
 
 
 def _all_tiles(base: str, selection: dict) -> list[dict]:
@@ -110,7 +103,7 @@ def test_grid_pages_are_what_filter_keeps_most_probable_first(server, ws, select
 def test_label_counts_move_with_the_threshold(server, ws):
     for t in (0.0, 0.5, 0.7):
         _, got = post(server.url, "/api/counts", {"selection": {"min_prob": t}})
-        want = dict(_sql(ws, 'SELECT label, count(*) FROM "cls_sharp".predictions WHERE prob >= ? GROUP BY label',
+        want = dict(sql(ws, 'SELECT label, count(*) FROM "cls_sharp".predictions WHERE prob >= ? GROUP BY label',
                          [t]))
         assert {x["label"]: x["kept"] for x in got["labels"] if x["kept"]} == want
 
@@ -139,7 +132,7 @@ def test_detail_has_top_labels_of_each_view_and_the_caption_as_data(server, ws):
     assert status == 200
     assert d["caption"] == HOSTILE_CAPTION                       # JSON data; the page sets textContent
     assert [len(d["top"][v]) for v in ("image", "caption", "ensemble")] == [5, 5, 5]
-    best = _sql(ws, 'SELECT label, prob FROM "cls_sharp".predictions WHERE id = ?', [i])[0]
+    best = sql(ws, 'SELECT label, prob FROM "cls_sharp".predictions WHERE id = ?', [i])[0]
     assert (d["top"]["image"][0]["label"], d["top"]["image"][0]["prob"]) == (best[0], pytest.approx(best[1]))
     assert get_json(server.url, "/api/item/999999")[0] == 404
     assert get_json(server.url, "/api/item/abc")[0] == 400

@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from app_support import app_built, copy_of, get_json, post
+from app_support import app_built, copy_of, get_json, post, sql
 from conftest import run_cli
 
 from curate import api
@@ -37,14 +37,6 @@ def server(ws):
     srv.stop()
 
 
-def _sql(ws: Path, query: str, params=None):
-    con = Workspace(ws).connect(read_only=True)
-    try:
-        return con.execute(query, params or []).fetchall()
-    finally:
-        con.close()
-
-
 def _all_tiles(server, body: dict) -> list[dict]:
     tiles, after = [], None
     for _ in range(100):
@@ -69,7 +61,7 @@ def test_compare_numbers_are_curate_compares(server, ws):
         assert [(r["threshold"], r["classified"], r["images"]) for r in got["coverage"][name]] == \
             [(r.threshold, r.classified, r.images) for r in cli.coverage["image"][name]]
     # per label of A: the images A gives it, and how many of them B gives the same
-    truth = dict(((la, (n, s)) for la, n, s in _sql(
+    truth = dict(((la, (n, s)) for la, n, s in sql(
         ws, 'SELECT x.label, count(*), count(*) FILTER (x.label = y.label) FROM "cls_natural".predictions x '
             'JOIN "cls_sharp".predictions y USING (id) GROUP BY 1')))
     assert got["agreement"]["share_same"] == 1.0     # a logit scale never changes a top label
@@ -78,7 +70,7 @@ def test_compare_numbers_are_curate_compares(server, ws):
 
 
 def test_the_grid_is_every_disagreement_and_only_those(server, ws):
-    want = {i: (a, b) for i, a, b in _sql(
+    want = {i: (a, b) for i, a, b in sql(
         ws, 'SELECT x.id, x.label, y.label FROM "cls_natural".predictions x JOIN "cls_raw".predictions y '
             "USING (id) WHERE x.label <> y.label")}
     assert 0 < len(want) < 20
@@ -119,7 +111,7 @@ def test_duplicates_view_before_and_after_dedup(tmp_path_factory, app_built):
         run_cli("dedup", "-w", ws, "--threshold", "0.5")
         status, got = get_json(srv.url, "/api/duplicates?kind=image")
         assert status == 200 and got["ran"] is True
-        groups = {(g, rep, n) for g, rep, n in _sql(
+        groups = {(g, rep, n) for g, rep, n in sql(
             ws, "SELECT group_id, representative, size FROM duplicate_groups WHERE kind = 'image'")}
         assert got["total_groups"] == len(groups) > 0
         seen = []
@@ -131,7 +123,7 @@ def test_duplicates_view_before_and_after_dedup(tmp_path_factory, app_built):
         assert {(g["group_id"], g["representative"], g["size"]) for g in seen} == groups
         sizes = [g["size"] for g in seen]
         assert sizes == sorted(sizes, reverse=True)             # the largest first
-        members = dict(((i, (gid, s)) for i, gid, s in _sql(
+        members = dict(((i, (gid, s)) for i, gid, s in sql(
             ws, "SELECT id, group_id, similarity FROM duplicates WHERE kind = 'image'")))
         for g in seen:
             first = g["members"][0]

@@ -6,12 +6,12 @@ by key, its marks in the review journal and never in the browse marks."""
 
 from __future__ import annotations
 
-import os
 import tempfile
 from pathlib import Path
 
 import pytest
-from app_support import app_built, copy_of, get_json
+from app_support import app_built, copy_of, get_json, sql
+from browser_support import launch, needs_chromium
 from conftest import run_cli
 
 from curate.app.server import AppServer
@@ -20,12 +20,7 @@ from curate.validate import sampling
 
 __all__ = ["app_built"]   # the shared workspace fixture (app_support)
 
-CHROMIUM = "/usr/bin/chromium"
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-
-pytestmark = [pytest.mark.slow, pytest.mark.skipif(not os.path.exists(CHROMIUM),
-                                reason=f"{CHROMIUM} not installed (apt-get install chromium; CI installs it)")]
+pytestmark = [pytest.mark.slow, needs_chromium]
 
 
 @pytest.fixture(scope="module")
@@ -53,22 +48,12 @@ def server(ws):
 def browser(tmp_path):
     sync_api = pytest.importorskip("playwright.sync_api")
     with sync_api.sync_playwright() as p:
-        ctx = p.chromium.launch_persistent_context(
-            tempfile.mkdtemp(dir=tmp_path), executable_path=CHROMIUM, headless=True, args=FLAGS,
-            viewport={"width": 1280, "height": 900}, has_touch=True)
+        ctx = launch(p, tempfile.mkdtemp(dir=tmp_path), height=900, has_touch=True)
         errors: list[str] = []
         ctx.on("page", lambda pg: pg.on("pageerror", lambda e: errors.append(str(e))))
         yield ctx
         ctx.close()
         assert errors == []
-
-
-def _sql(ws: Path, query: str, params=None):
-    con = Workspace(ws).connect(read_only=True)
-    try:
-        return con.execute(query, params or []).fetchall()
-    finally:
-        con.close()
 
 
 def test_compare_view_curves_agreement_and_disagreements(browser, server, ws):
@@ -104,7 +89,7 @@ def test_compare_view_curves_agreement_and_disagreements(browser, server, ws):
     rows = page.locator("#cmp-labels tbody tr")
     assert rows.count() == len(want["per_label"])
     # the grid: every image the two label differently, each tile both labels
-    disagree = dict((i, (a, b)) for i, a, b in _sql(
+    disagree = dict((i, (a, b)) for i, a, b in sql(
         ws, 'SELECT x.id, x.label, y.label FROM "cls_natural".predictions x JOIN "cls_raw".predictions y '
             "USING (id) WHERE x.label <> y.label"))
     page.wait_for_function(f"() => document.body.dataset.disagree === '{len(disagree)}'")
@@ -146,7 +131,7 @@ def test_duplicates_view_says_the_command_then_shows_the_groups(browser, server,
     run_cli("dedup", "-w", ws, "--threshold", "0.5")
     page.reload()
     page.wait_for_selector("body[data-view=duplicates][data-state=ready]")
-    groups = _sql(ws, "SELECT group_id, representative, size FROM duplicate_groups WHERE kind = 'image' "
+    groups = sql(ws, "SELECT group_id, representative, size FROM duplicate_groups WHERE kind = 'image' "
                       "ORDER BY size DESC, group_id")
     page.wait_for_function(f"() => document.body.dataset.dups === '{len(groups)}'")
     shown = page.locator("#dups-groups .group")
@@ -204,7 +189,7 @@ def test_review_view_marks_by_click_and_by_key(browser, server, ws):
     page.wait_for_function("() => document.body.dataset.position === '3'")
     page.locator("#review-buttons .rv.hit").click()
     saved(4)
-    got = dict(_sql(ws, "SELECT r.position, j.mark FROM review_items r JOIN judgments j USING (id, label) "
+    got = dict(sql(ws, "SELECT r.position, j.mark FROM review_items r JOIN judgments j USING (id, label) "
                         "WHERE r.set_name = 'look'"))
     assert got == {0: "hit", 1: "miss", 2: "skip", 3: "hit"}
     assert not (ws / "app" / "marks.jsonl").exists()       # nothing went to the browse marks

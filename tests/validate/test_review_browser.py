@@ -7,30 +7,20 @@ server on 127.0.0.1; the marks are then read from the DuckDB file itself.
 
 from __future__ import annotations
 
-import os
 import tempfile
 from pathlib import Path
 
 import pytest
+from browser_support import launch, needs_chromium
 from review_support import fake_workspace
 
 from curate.app.server import ReviewServer
 from curate.core.workspace import Workspace
 from curate.validate import sampling
 
-CHROMIUM = "/usr/bin/chromium"
 CAPTION = "<b>not bold</b> & fine 🌉"
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
-pytestmark = [pytest.mark.slow, pytest.mark.skipif(not os.path.exists(CHROMIUM),
-                                reason=f"{CHROMIUM} not installed (apt-get install chromium; CI installs it)")]
-
-
-def launch(p, profile: Path):
-    """A fresh browser profile each time: nothing cached from an earlier run."""
-    return p.chromium.launch_persistent_context(str(profile), executable_path=CHROMIUM, headless=True,
-                                                args=FLAGS, viewport={"width": 1280, "height": 800})
+pytestmark = [pytest.mark.slow, needs_chromium]
 
 
 @pytest.fixture()

@@ -7,22 +7,20 @@ estimate and the marks it likely still needs.
 
 from __future__ import annotations
 
-import os
 import tempfile
 from pathlib import Path
 
 import pytest
+from browser_support import launch, needs_chromium
 from conftest import run_cli
 from review_support import fake_workspace
-from test_review_browser import CHROMIUM, launch
 
 from curate.app.review import ReviewSet
 from curate.app.server import ReviewServer
 from curate.core.workspace import Workspace
 from curate.validate import intervals, sampling
 
-pytestmark = pytest.mark.skipif(not os.path.exists(CHROMIUM),
-                                reason=f"{CHROMIUM} not installed (apt-get install chromium; CI installs it)")
+pytestmark = needs_chromium
 
 
 @pytest.fixture()
