@@ -40,6 +40,7 @@ from .ingest import build, engines
 from .ingest import recheck as recheck_files
 from .ingest.build import BuildOptions, BuildResult
 from .ingest.precision import PRECISIONS
+from .select.dedup import BY as DEDUP_BY
 from .select.dedup import DedupResult
 from .select.exports import command_line
 from .select.filter import (
@@ -485,7 +486,7 @@ def compare(workspace: str | Path = "ws", names: Iterable[str] = (), *, out: str
 # --------------------------------------------------------------------------- dedup
 
 @check.params(workspace=check.path(), threshold=check.number(0, 1, lo_open=True, none=True), kind=check.text(),
-              fresh=check.flag(), quiet=check.flag(none=True))
+              fresh=check.flag(), by=check.choice(DEDUP_BY), quiet=check.flag(none=True))
 def dedup(workspace: str | Path = "ws", *, threshold: float | None = None, kind: str = "image",
           fresh: bool = False, by: str = "auto", quiet: bool | None = None) -> DedupResult:
     """Find near-duplicate groups and store them in the table `duplicates` (view `duplicate_groups`).

@@ -129,14 +129,25 @@ class DedupResult:
         return line
 
 
+@dataclass(frozen=True)
+class Effort:
+    """How much work each way does: `batch_rows` vectors a query to the index, `k` neighbours
+    a k-NN query first gets, `clusters` k-means centroids (default n / CLUSTER_SIZE), `spill`
+    clusters a vector joins beside its own at most. They set speed and memory; the pairs an
+    exact way finds do not depend on them (the spill cap aside: see the module's docstring)."""
+    batch_rows: int = BATCH_ROWS
+    k: int = KNN_K
+    clusters: int | None = None
+    spill: int = SPILL
+
+
 def find_duplicates(ws_path: str | Path, kind: str = "image", threshold: float = DEFAULT_THRESHOLD, *,
-                    batch_rows: int = BATCH_ROWS, k: int = KNN_K, fresh: bool = False, by: str = "auto",
-                    clusters: int | None = None, spill: int = SPILL,
+                    fresh: bool = False, by: str = "auto", effort: Effort = Effort(),
                     progress: Callable[[int], None] | None = None) -> DedupResult:
     """Find the groups of `kind` and store them in the table duplicates (replacing that kind's rows).
 
-    `by`: "clusters" compares the stored vectors within k-means clusters (`clusters` centroids,
-    default n / CLUSTER_SIZE; each vector in at most `spill` clusters beside its own), "index"
+    `by`: "clusters" compares the stored vectors within k-means clusters (`effort.clusters`
+    centroids; each vector in at most `effort.spill` clusters beside its own), "index"
     asks the image index, "auto" the clusters for a whole collection of CLUSTER_MIN vectors
     or more, else the index. A rerun that has only new shards to query always asks the index."""
     if kind not in KINDS:
@@ -145,9 +156,7 @@ def find_duplicates(ws_path: str | Path, kind: str = "image", threshold: float =
         raise DedupError(f"by must be one of {', '.join(BY)}, not {by!r}")
     if not 0.0 < threshold <= 1.0:
         raise DedupError(f"threshold must lie in (0, 1], not {threshold}")
-    ws = Workspace(ws_path)
-    if not ws.exists():
-        raise NotReady(f"no workspace at {ws.root}: run `curate build-index` first")
+    ws = Workspace(ws_path).require()
     started = time.monotonic()
     con = ws.connect()
     try:
@@ -161,7 +170,7 @@ def find_duplicates(ws_path: str | Path, kind: str = "image", threshold: float =
             groups, members = _counts(con, kind)
             return DedupResult(kind, None, items, 0, 0, groups, members, "SQL", True,
                                time.monotonic() - started)
-        ask = _Ask(float(threshold), batch_rows, k, fresh, by, clusters, spill)
+        ask = _Ask(float(threshold), effort.batch_rows, effort.k, fresh, by, effort.clusters, effort.spill)
         queried, pairs, how, start_over = _image(ws, con, ask, progress)
         groups, members = _counts(con, "image")
         return DedupResult("image", ask.threshold, items, queried, pairs, groups, members, how, start_over,

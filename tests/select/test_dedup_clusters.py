@@ -19,7 +19,14 @@ from conftest import run_cli
 from test_dedup import _import, _pairs, _stored, _true_pairs
 
 from curate import api
-from curate.select.dedup import TOLERANCE, _assign, _centroids, find_duplicates, pairs_in_clusters
+from curate.select.dedup import (
+    TOLERANCE,
+    Effort,
+    _assign,
+    _centroids,
+    find_duplicates,
+    pairs_in_clusters,
+)
 
 THRESHOLD = 0.95
 N, D = 20_000, 64
@@ -73,7 +80,7 @@ def test_clusters_find_exactly_the_pairs_brute_force_finds(planted_ws, truth, tm
     assert "20,000 vectors compared within clusters (50 k-means clusters" in out, out
     capped = _pairs(ws)
     assert capped <= truth and len(capped) >= 0.99 * len(truth)
-    r = find_duplicates(ws, "image", THRESHOLD, fresh=True, spill=49)
+    r = find_duplicates(ws, "image", THRESHOLD, fresh=True, effort=Effort(spill=49))
     assert "complete for 100% of vectors" in r.method, r.method
     assert _pairs(ws) == truth
     # the planted chains are whole groups although their ends are far apart
