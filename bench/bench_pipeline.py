@@ -39,6 +39,7 @@ import io
 import json
 import math
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -88,7 +89,11 @@ def plant_duplicates(v: np.ndarray, rng: np.random.Generator) -> int:
 
 
 def make_source(src: Path, n: int, dim: int, part_size: int, photos: Path) -> int:
-    """The clip-retrieval folder; returns the number of planted duplicate groups."""
+    """The clip-retrieval folder; returns the number of planted duplicate groups. One made before
+    with the same settings (--source) is used as it is."""
+    marker = src / f".done-{n}-{dim}-{part_size}"
+    if marker.exists():
+        return int(marker.read_text())
     shutil.rmtree(src, ignore_errors=True)
     for d in ("img_emb", "text_emb", "metadata"):
         (src / d).mkdir(parents=True)
@@ -117,6 +122,7 @@ def make_source(src: Path, n: int, dim: int, part_size: int, photos: Path) -> in
             f"|| lpad((i + {start})::VARCHAR, 8, '0') || '.jpg' AS image_path, "
             f"'photo ' || (i + {start}) || ' of a place, taken on a trip' AS caption "
             f"FROM range({m}) t(i)) TO '{src / 'metadata' / f'metadata_{p}.parquet'}' (FORMAT parquet)")
+    marker.write_text(str(planted))
     return planted
 
 
@@ -184,6 +190,18 @@ def workspace_disk(ws: Path) -> dict:
     return parts
 
 
+def log_steps(log: Path) -> dict[str, float]:
+    """A command's summary lines ("import: 100,000 rows in 1m21s (...)", "index images: ... in 24s"):
+    seconds per step, to the second, as curate prints them."""
+    out = {}
+    for line in log.read_text().replace("\r", "\n").splitlines():
+        m = re.match(r"([a-z][a-z ]*): [\d,]+ \w+ in (?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?\b", line)
+        if m and any(m.groups()[1:]):
+            h, mi, se = (int(x or 0) for x in m.groups()[1:])
+            out[m.group(1)] = h * 3600 + mi * 60 + se
+    return out
+
+
 def jpeg_bytes(seed: int) -> bytes:
     from PIL import Image
 
@@ -200,12 +218,17 @@ def main() -> None:
     ap.add_argument("--part-size", type=int, default=250_000)
     ap.add_argument("--work", type=Path, default=Path("/tmp/pipeline-bench"))
     ap.add_argument("--keep", action="store_true", help="leave the work folder (source, workspace, outputs)")
+    ap.add_argument("--source", type=Path, default=None,
+                    help="make the clip-retrieval folder here, or use the one made here before with the same "
+                         "--n/--dim/--part-size, and leave it (the rest of the work folder goes)")
     a = ap.parse_args()
     launcher = Launcher()
     print(f"machine: {machine()}; load {os.getloadavg()}")
     work = a.work.resolve()
     shutil.rmtree(work, ignore_errors=True)
-    src, ws, photos, logs = work / "src", work / "ws", work / "photos", work / "logs"
+    src = (a.source or work / "src").resolve()
+    # the photos live beside the vectors whose metadata names them: a source made once serves any --work
+    ws, photos, logs = work / "ws", src / "photos", work / "logs"
     logs.mkdir(parents=True)
     setting = f"n={a.n:,} x {a.dim}, select {a.select:,}"
     rows: list[dict] = []
@@ -235,6 +258,11 @@ def main() -> None:
         r = launcher.run(["build-index", str(src), "-w", str(ws), "--model", "ViT-B-32", "--pretrained", "none"],
                       logs / "build-index.log")
         stage_figures("build-index", r)
+        # import, then per index: training (not in its line), adding, tuning and writing (in its line)
+        steps = log_steps(logs / "build-index.log")
+        for step, sec in steps.items():
+            rec("build-index", f"{step.replace(' ', '_')}.seconds", sec, "s")
+        rec("build-index", "rest.seconds", r["seconds"] - sum(steps.values()), "s")
         r = launcher.run(["classify", "-w", str(ws), "--label-set", "places205", "--logit-scale", "100"],
                       logs / "classify.log")
         stage_figures("classify", r)
@@ -292,6 +320,7 @@ def main() -> None:
         launcher.close()
         if not a.keep:
             shutil.rmtree(work, ignore_errors=True)
+            shutil.rmtree(photos, ignore_errors=True)
 
 
 if __name__ == "__main__":
