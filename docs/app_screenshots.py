@@ -1,5 +1,5 @@
 """Regenerate the screenshots of `curate app` in docs/: app-browse.png, app-detail.png,
-app-search.png, app-rejected.png.
+app-search.png, app-rejected.png, app-compare.png, app-duplicates.png, app-review.png.
 
     .venv/bin/python docs/app_screenshots.py      # needs /usr/bin/chromium and playwright
 
@@ -98,10 +98,39 @@ def main() -> None:
                                        "document.querySelector('.tile[data-status=rejected]')")
                 _images_loaded(page)
                 page.screenshot(path=str(ROOT / "docs" / "app-rejected.png"))
+                other_views(page, server, ws)
                 browser.close()
         finally:
             server.stop()
-    print("wrote docs/app-browse.png, app-detail.png, app-search.png, app-rejected.png")
+    print("wrote docs/app-browse.png, app-detail.png, app-search.png, app-rejected.png, app-compare.png, "
+          "app-duplicates.png, app-review.png")
+
+
+def other_views(page, server, ws: Path) -> None:
+    """compare (the two classifications main() made), duplicates (after `curate dedup`), review
+    (a set drawn now, two images marked by click)."""
+    from conftest import run_cli
+
+    page.goto(server.url + "compare")
+    page.wait_for_selector("body[data-view=compare][data-state=ready]")
+    page.wait_for_function("() => document.body.dataset.disagree !== undefined")
+    _images_loaded(page)
+    page.screenshot(path=str(ROOT / "docs" / "app-compare.png"))
+    # the tiny random model puts a photo's variants (mirrored, cropped, tinted...) at cosine 0.96-0.99
+    run_cli("dedup", "-w", ws, "--threshold", "0.975")
+    page.goto(server.url + "duplicates")
+    page.wait_for_selector("body[data-view=duplicates][data-state=ready]")
+    _images_loaded(page)
+    page.screenshot(path=str(ROOT / "docs" / "app-duplicates.png"))
+    run_cli("sample", "-w", ws, "--top-classes", "3", "--per-class", "3", "--seed", "1")
+    page.goto(server.url + "review")
+    page.wait_for_selector("body[data-view=review][data-state=reviewing]")
+    for k, mark in enumerate(("hit", "miss")):
+        page.locator(f"#review-buttons .rv.{mark}").click()
+        page.wait_for_function("(d) => document.body.dataset.done === String(d) && "
+                               "document.getElementById('save').className === 'saved'", arg=k + 1)
+    page.wait_for_function("() => document.getElementById('image').complete")
+    page.screenshot(path=str(ROOT / "docs" / "app-review.png"))
 
 
 def _images_loaded(page) -> None:

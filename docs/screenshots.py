@@ -24,9 +24,9 @@ sys.path.insert(0, str(ROOT / "tests"))
 from playwright.sync_api import sync_playwright  # noqa: E402
 from review_support import study_marks  # noqa: E402
 
+from curate.app.server import ReviewServer  # noqa: E402
 from curate.core.workspace import Workspace  # noqa: E402
 from curate.validate import report, report_render, sampling  # noqa: E402
-from curate.validate.review.server import ReviewServer  # noqa: E402
 
 CHROMIUM = "/usr/bin/chromium"
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

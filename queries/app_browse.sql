@@ -9,6 +9,8 @@
 -- Usage: SELECT * FROM app_view('predictions', 0.5, []) LIMIT 5;
 -- Usage: SELECT * FROM app_label_counts('predictions', 0.5) LIMIT 5;
 -- Usage: SELECT * FROM app_rejected() LIMIT 5;
+-- Usage: SELECT * FROM app_ranked('predictions') LIMIT 5;
+-- Usage: SELECT * FROM app_text_lengths(0) LIMIT 5;
 -- Usage: SELECT * FROM app_top_labels((SELECT min(id) FROM items), 0.2, 0.5);
 
 -- app_view(rel, min_prob, wanted): the predictions of the relation named `rel`
@@ -19,6 +21,30 @@ CREATE OR REPLACE TEMP MACRO app_view(rel, min_prob, wanted) AS TABLE
 SELECT p.id, p.label, p.prob
 FROM query_table(rel) p
 WHERE p.prob >= min_prob AND (len(wanted) = 0 OR list_contains(wanted, p.label));
+
+-- app_ranked(rel): every prediction of the relation named `rel` in the grid's order (the most
+-- probable first, then by id), its label as its position in `labels` (label_idx order): what
+-- the app keeps in memory to answer app_view and app_label_counts without opening the file
+-- again (curate/app/data.py `Ranked`; a NULL label or probability makes it use these macros).
+CREATE OR REPLACE TEMP MACRO app_ranked(rel) AS TABLE
+SELECT p.id, l.pos AS label, p.prob
+FROM query_table(rel) p
+LEFT JOIN (SELECT label, row_number() OVER (ORDER BY label_idx) - 1 AS pos FROM labels) l ON l.label = p.label
+ORDER BY p.prob DESC, p.id;
+
+-- app_text_lengths(cut) and app_texts(cut): every item's path (less its first `cut` characters:
+-- the prefix all paths share, kept once) and caption, by id: the lengths (in characters; NULL: -1)
+-- as columns, and the texts as two long strings, so that a million of them arrive as three
+-- arrays and two strings, not as two million Python objects (curate/app/data.py `Texts`).
+CREATE OR REPLACE TEMP MACRO app_text_lengths(cut) AS TABLE
+SELECT id, coalesce(length(path) - cut, -1) AS path_len, coalesce(length(caption), -1) AS caption_len
+FROM items
+ORDER BY id;
+
+CREATE OR REPLACE TEMP MACRO app_texts(cut) AS TABLE
+SELECT coalesce(string_agg(substr(path, cut + 1), '' ORDER BY id), '') AS paths,
+       coalesce(string_agg(caption, '' ORDER BY id), '') AS captions
+FROM items;
 
 -- app_label_counts(rel, min_prob): the sidebar, the coverage table per label: how many
 -- items each label is the top label of at or above min_prob, and of all its items.

@@ -56,3 +56,23 @@ SELECT count(*) AS marked,
 FROM query_table('"cls_' || name || '".' || view) p
 JOIN judgments j ON j.id = p.id AND j.label = p.label
 WHERE j.mark IN ('hit', 'miss') AND p.prob >= min_prob;
+
+-- Per label of classification a: of the images a gives that top label, how many b gives
+-- the same one (the app's compare view: where two classifications part ways).
+CREATE OR REPLACE TEMP MACRO agreement_per_label_of(a, b, view) AS TABLE
+SELECT x.label, count(*) AS images,
+       count(*) FILTER (x.label = y.label) AS same_top,
+       count(*) FILTER (x.label = y.label) / count(*) AS share_same
+FROM query_table('"cls_' || a || '".' || view) x
+JOIN query_table('"cls_' || b || '".' || view) y ON x.id = y.id
+GROUP BY x.label
+ORDER BY images DESC, x.label;
+
+-- The images two classifications give different top labels, the most confident
+-- disagreements first (both sure, yet apart); from_label narrows to a's label (NULL: any).
+CREATE OR REPLACE TEMP MACRO disagreements_of(a, b, view, from_label := NULL) AS TABLE
+SELECT x.id, x.label AS label_a, x.prob AS prob_a, y.label AS label_b, y.prob AS prob_b
+FROM query_table('"cls_' || a || '".' || view) x
+JOIN query_table('"cls_' || b || '".' || view) y ON x.id = y.id
+WHERE x.label <> y.label AND (from_label IS NULL OR x.label = from_label)
+ORDER BY least(x.prob, y.prob) DESC, x.id;

@@ -1,17 +1,27 @@
-"""The app's reads: each request opens the workspace read-only, reads, and closes it.
+"""The app's reads: each request reads the workspace read-only and keeps no connection open.
 
 A DuckDB file has one writer or any number of readers. The app runs for hours beside
 `classify`, `dedup`, `report` and the duckdb shell, so it never keeps the file open: a
-connection lives for one request (~20 ms to open) and a writer gets the file between two.
-The SQL is queries/app_browse.sql (TEMP macros made on each connection); the rule a grid
-shows is subset_predictions's (subsets.sql), so the export writes what the grid shows.
+connection lives for one read and a writer gets the file between two requests.
+
+Opening the file costs ~50 ms and the checks every reader makes as much again, so what the
+grid, the sidebar and the search read is kept in memory while the database is unchanged
+(snapshot.py: keyed by its generation, read without opening it): the classification's
+verdict (`Shown`), each mode's predictions in the grid's order (`Ranked`, a few arrays) and
+every item's path and caption (`Texts`). A request whose generation is unchanged opens
+nothing; the first one after a write reads them again. What they cannot answer (where
+filters, rejected items, one item's detail, a workspace too large to keep) is SQL on a
+connection of its own, as before: queries/app_browse.sql (TEMP macros made on each
+connection); the rule a grid shows is subset_predictions's (subsets.sql), so the export
+writes what the grid shows, and tests/app/test_app_cache.py holds both ways to the same answers.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import duckdb
 import numpy as np
@@ -21,12 +31,17 @@ from ..core import sql
 from ..core.workspace import ModelIdentity, Workspace
 from ..errors import CurateError
 from ..select.filter import item_columns, where_clause
+from . import snapshot
 from .selection import RELATIONS, BadSelection, Selection
+from .snapshot import WAIT
 
+__all__ = ["WAIT"]
 PAGE = 100          # tiles a page, at most
-# How long a request waits while another process holds the file for writing (then the page
-# says who holds it); a writer's moment is short, a whole `classify` is not worth waiting for.
-WAIT = 3.0
+# Bytes a prediction takes in memory (Ranked: id, grid order, label, probability twice, by-id
+# lookup), and a workspace's text per item at most (Texts): beyond what snapshot.MEMO_BYTES
+# holds, pages are read with SQL each time.
+RANKED_ROW_BYTES = 44
+TEXT_ITEM_BYTES = 32        # ...and an item's text besides its characters (offsets, id)
 
 
 @dataclass
@@ -44,25 +59,248 @@ def reading(ws: Workspace, classification: str | None = None, calibration: bool 
     applies (the calibrated view; a few catalog reads, skipped by the reads that need none)."""
     con = ws.connect(read_only=True, wait=WAIT)
     try:
-        name = registry.select(con, classification)
-        st = state.require_complete(con, f"the workspace {ws.root}")
-        sql.run(con, "app_browse")
-        source = None
-        cal = calibrated.load(con) if calibration else None
-        if cal is not None:
-            try:
-                calibrated.check_applies(con, cal, name, registry.schema(name) if name else None)
-            except CurateError:
-                cal = None
-        if cal is not None and sql.has_relation(con, "calibrated_predictions"):
-            sql.run(con, "app_calibrated")
-            source = cal.source
-        yield Reader(con, name, st, source)
+        sh = snapshot.peek(ws, snapshot.generation(ws), ("shown", classification))
+        if sh is None:
+            yield _prepare(con, ws, classification, calibration)
+        else:   # this generation's verdict is known: only what the connection itself needs
+            registry.select(con, classification)
+            sql.run(con, "app_browse")
+            source = sh.calibration_source if calibration else None
+            if source is not None:
+                sql.run(con, "app_calibrated")
+            yield Reader(con, sh.classification, sh.settings, source)
     finally:
         con.close()
 
 
-def _check_mode(r: Reader, sel: Selection) -> None:
+def _prepare(con: duckdb.DuckDBPyConnection, ws: Workspace, classification: str | None,
+             calibration: bool = True) -> Reader:
+    name = registry.select(con, classification)
+    st = state.require_complete(con, f"the workspace {ws.root}")
+    sql.run(con, "app_browse")
+    source = None
+    cal = calibrated.load(con) if calibration else None
+    if cal is not None:
+        try:
+            calibrated.check_applies(con, cal, name, registry.schema(name) if name else None)
+        except CurateError:
+            cal = None
+    if cal is not None and sql.has_relation(con, "calibrated_predictions"):
+        sql.run(con, "app_calibrated")
+        source = cal.source
+    return Reader(con, name, st, source)
+
+
+@dataclass(frozen=True)
+class Shown:
+    """What every read of a classification checks first, as of one generation of the database."""
+    classification: str | None
+    settings: dict
+    calibration_source: str | None
+    items: int                          # items in the workspace (what Ranked and Texts would hold)
+
+
+def shown(ws: Workspace, classification: str | None = None) -> Shown:
+    """The classification selected (None: the active one), complete and fresh, and the mode the
+    calibration that applies to it was fitted on; NotReady (one line) when it cannot be shown."""
+    def build(con) -> Shown:
+        r = _prepare(con, ws, classification)
+        n = int(con.execute("SELECT count(*) FROM items").fetchall()[0][0])
+        return Shown(r.classification, r.settings, r.calibration_source, n)
+    return snapshot.cached(ws, ("shown", classification), build)
+
+
+def calibration_source(ws: Workspace, classification: str | None = None) -> str | None:
+    """The mode the calibration that applies to a classification was fitted on (None: none applies)."""
+    return shown(ws, classification).calibration_source
+
+
+@dataclass(eq=False)
+class Ranked:
+    """One mode's predictions in memory, in the grid's order (prob descending, then id): app_view
+    and app_label_counts answered by binary searches, as of one generation of the database."""
+    labels: list[str]                   # label_idx order; `code` is a position in it
+    ids: np.ndarray                     # grid order
+    neg: np.ndarray                     # -prob, grid order (ascending: searchsorted finds a threshold)
+    code: np.ndarray                    # the label's position, grid order
+    by_label: np.ndarray                # each label's probabilities, ascending, label after label
+    starts: np.ndarray                  # where each label's run starts in by_label (len(labels) + 1)
+    sorted_ids: np.ndarray              # ids ascending ...
+    at: np.ndarray                      # ... and each one's position in the grid order
+    index: dict = field(default_factory=dict)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(a.nbytes for a in (self.ids, self.neg, self.code, self.by_label, self.starts,
+                                      self.sorted_ids, self.at))
+
+    @classmethod
+    def read(cls, con: duckdb.DuckDBPyConnection, relation: str) -> Ranked | None:
+        """From app_ranked (queries/app_browse.sql); None when a row has no label of `labels`
+        or no probability, or a NaN one: what only the SQL answers exactly."""
+        labels = [x[0] for x in con.execute("SELECT label FROM labels ORDER BY label_idx").fetchall()]
+        got = con.execute("SELECT * FROM app_ranked(?)", [relation]).fetchnumpy()
+        ids, code, prob = got["id"], got["label"], got["prob"]
+        if any(np.ma.is_masked(a) for a in (ids, code, prob)):
+            return None
+        ids = np.asarray(ids, dtype=np.int64)
+        code = np.asarray(code, dtype=np.int32)
+        prob = np.asarray(prob, dtype=np.float64)
+        neg = -prob
+        if np.isnan(prob).any() or (len(neg) > 1 and (np.diff(neg) < 0).any()):
+            return None
+        order = np.lexsort((prob, code))
+        by_label = prob[order]
+        starts = np.searchsorted(code[order], np.arange(len(labels) + 1)).astype(np.int64)
+        sorted_order = np.argsort(ids, kind="stable")
+        return cls(labels, ids, neg, code, by_label, starts, ids[sorted_order], sorted_order.astype(np.int64),
+                   {label: i for i, label in enumerate(labels)})
+
+    def codes(self, wanted: tuple[str, ...]) -> np.ndarray | None:
+        """The positions of the wanted labels (None: any label)."""
+        if not wanted:
+            return None
+        return np.array([self.index[x] for x in wanted if x in self.index], dtype=np.int32)
+
+    def end(self, floor: float) -> int:
+        """How many rows have prob >= floor (a prefix of the grid order)."""
+        return int(np.searchsorted(self.neg, -floor, side="right"))
+
+    def page(self, floor: float, wanted: np.ndarray | None, after: tuple[float, int] | None, n: int) -> np.ndarray:
+        """The grid positions of one page: prob >= floor, label wanted, after the keyset (prob, id)."""
+        end, start = self.end(floor), 0
+        if after is not None:
+            p, last = float(after[0]), int(after[1])
+            lo = int(np.searchsorted(self.neg, -p, side="left"))
+            hi = int(np.searchsorted(self.neg, -p, side="right"))
+            start = lo + int(np.searchsorted(self.ids[lo:hi], last, side="right"))
+        if wanted is None:
+            return np.arange(start, max(start, min(end, start + n)))
+        out, a, step = [], start, 4096
+        while a < end and sum(len(x) for x in out) < n:
+            b = min(end, a + step)
+            out.append(a + np.flatnonzero(np.isin(self.code[a:b], wanted)))
+            a, step = b, step * 4
+        return np.concatenate(out)[:n] if out else np.zeros(0, np.int64)
+
+    def label_counts(self, floor: float) -> list[tuple[str, int, int]]:
+        """app_label_counts: (label, kept at floor, items), kept descending, then items, then label_idx."""
+        total = np.diff(self.starts)
+        kept = np.array([hi - (lo + int(np.searchsorted(self.by_label[lo:hi], floor, side="left")))
+                         for lo, hi in zip(self.starts[:-1], self.starts[1:], strict=True)], dtype=np.int64)
+        order = np.lexsort((np.arange(len(self.labels)), -total, -kept))
+        return [(self.labels[i], int(kept[i]), int(total[i])) for i in order]
+
+    def lookup(self, ids: np.ndarray) -> np.ndarray:
+        """The grid positions of these ids (-1: not in this relation)."""
+        ids = np.asarray(ids, dtype=np.int64)
+        pos = np.searchsorted(self.sorted_ids, ids)
+        pos = np.minimum(pos, max(len(self.sorted_ids) - 1, 0))
+        found = (self.sorted_ids[pos] == ids) if len(self.sorted_ids) else np.zeros(len(ids), bool)
+        return np.where(found, self.at[pos] if len(self.at) else -1, -1)
+
+
+@dataclass(eq=False)
+class Texts:
+    """Every item's path and caption, by id, as two long strings and their offsets."""
+    ids: np.ndarray
+    path_at: np.ndarray             # offsets into paths (len(ids) + 1)
+    path_null: np.ndarray
+    caption_at: np.ndarray
+    prefix: str                     # what every path starts with (the collection's folder), kept once
+    paths: str                      # the paths, each less the prefix
+    captions: str
+
+    @property
+    def nbytes(self) -> int:
+        import sys
+
+        return (self.ids.nbytes + self.path_at.nbytes + self.path_null.nbytes + self.caption_at.nbytes
+                + sys.getsizeof(self.paths) + sys.getsizeof(self.captions))
+
+    @classmethod
+    def read(cls, con: duckdb.DuckDBPyConnection, prefix: str) -> Texts:
+        got = con.execute("SELECT * FROM app_text_lengths(?)", [len(prefix)]).fetchnumpy()
+        paths, captions = con.execute("SELECT * FROM app_texts(?)", [len(prefix)]).fetchall()[0]
+        plen = np.asarray(got["path_len"], dtype=np.int64)
+        clen = np.asarray(got["caption_len"], dtype=np.int64)
+        return cls(np.asarray(got["id"], dtype=np.int64), _offsets(plen), plen < 0, _offsets(clen), prefix,
+                   paths, captions)
+
+    def of(self, ids: np.ndarray) -> list[tuple[str | None, str]]:
+        """(path, caption) of each id (KeyError: an id the workspace does not have)."""
+        pos = np.searchsorted(self.ids, ids)
+        out = []
+        for i, at in zip(ids, pos, strict=True):
+            if at >= len(self.ids) or self.ids[at] != i:
+                raise KeyError(f"no item {int(i)} in this workspace")
+            path = None if self.path_null[at] else self.prefix + self.paths[self.path_at[at]:self.path_at[at + 1]]
+            out.append((path, self.captions[self.caption_at[at]:self.caption_at[at + 1]]))
+        return out
+
+
+def _offsets(lengths: np.ndarray) -> np.ndarray:
+    out = np.zeros(len(lengths) + 1, dtype=np.int64)
+    np.cumsum(np.maximum(lengths, 0), out=out[1:])
+    return out
+
+
+def _kept(ws: Workspace, sel: Selection) -> tuple[Ranked, Shown] | None:
+    """The selection's predictions kept in memory (and the verdict they were read under); None:
+    this selection is read with SQL (where filters, rejected items, a workspace too large to
+    keep, an odd row)."""
+    if sel.where or sel.status != "embedded":
+        return None
+    sh = shown(ws, sel.classification)
+    _check_mode(sh, sel)
+    if sh.items * RANKED_ROW_BYTES > snapshot.MEMO_BYTES // 2:
+        return None
+
+    # keyed by the classification shown, not as asked: the page names the active one that the
+    # app's first reads asked for as None, and both are one set of predictions (1M: 2.6 s to read again)
+    def build(con):
+        _prepare(con, ws, sh.classification, calibration=sel.mode == "calibrated")
+        return Ranked.read(con, sel.relation)
+    ranked = snapshot.cached(ws, ("ranked", sh.classification, sel.relation), build)
+    if ranked is None:
+        return None
+    return ranked, sh
+
+
+def texts(ws: Workspace, sh: Shown) -> Texts | None:
+    """Every item's path and caption (None: too many to keep: pages read theirs with SQL)."""
+    def build(con) -> Texts | None:
+        sql.run(con, "app_browse")
+        first, last, chars, n = con.execute("SELECT min(path), max(path), coalesce(sum(length(path)), 0) + "
+                                            "coalesce(sum(length(caption)), 0), count(path) FROM items").fetchall()[0]
+        # the common prefix of the least and the greatest path is every path's
+        prefix = os.path.commonprefix([first, last]) if first is not None else ""
+        if int(chars) - n * len(prefix) + sh.items * TEXT_ITEM_BYTES > snapshot.MEMO_BYTES // 4:
+            return None
+        return Texts.read(con, prefix)
+    return snapshot.cached(ws, ("texts",), build)
+
+
+def _tiles(ws: Workspace, rows: list[tuple], kept_texts: Texts | None) -> list[tuple]:
+    """(id, label, prob) rows with their path and caption: (id, label, prob, path, caption)."""
+    if not rows:
+        return []
+    ids = np.array([r[0] for r in rows], dtype=np.int64)
+    if kept_texts is not None:
+        got = kept_texts.of(ids)
+    else:
+        con = ws.connect(read_only=True, wait=WAIT)
+        try:
+            by_id = {int(i): (p, c) for i, p, c in con.execute(
+                "SELECT id, path, caption FROM items WHERE id IN (SELECT unnest(?::BIGINT[]))",
+                [ids.tolist()]).fetchall()}
+        finally:
+            con.close()
+        got = [by_id[int(i)] for i in ids]
+    return [(*r, p, c) for r, (p, c) in zip(rows, got, strict=True)]
+
+
+def _check_mode(r: Reader | Shown, sel: Selection) -> None:
     if sel.mode == "calibrated" and r.calibration_source is None:
         raise BadSelection("no calibration applies to this classification: mark a review set drawn from it "
                            "and run `curate report` to fit one")
@@ -82,30 +320,34 @@ def _where(r: Reader, sel: Selection) -> tuple[str, list]:
 def overview(ws: Workspace, classification: str | None = None) -> dict:
     """What the page draws first: the model (random weights or not), the classifications, the
     modes this one has, its labels, the items by status, the columns a filter can name."""
-    with reading(ws, classification) as r:
-        con = r.con
-        ident = Workspace.model_identity(con)
-        names = [c for c in registry.list_classifications(con) if c.complete]
-        counts = dict(con.execute("SELECT status, count(*) FROM items GROUP BY status").fetchall())
-        modes = ["image"]
-        if r.settings.get("captions"):
-            modes += ["caption", "ensemble"]
-        if r.calibration_source is not None:
-            modes.append("calibrated")
-        labels = [x[0] for x in con.execute("SELECT label FROM labels ORDER BY label_idx").fetchall()]
-        columns = [c for c in item_columns(con) if c != "id"]
-        return {
-            "workspace": str(ws.root),
-            "model": _model(ident),
-            "classification": r.classification,
-            "classifications": [{"name": c.name, "label_set": c.label_set, "prompts": c.prompts,
-                                 "active": c.active} for c in names],
-            "modes": modes,
-            "calibration_source": r.calibration_source,
-            "labels": labels,
-            "status": {k: int(v) for k, v in counts.items()},
-            "columns": columns,
-        }
+    return dict(snapshot.cached(ws, ("overview", classification),
+                                lambda con: _overview(_prepare(con, ws, classification), ws)))
+
+
+def _overview(r: Reader, ws: Workspace) -> dict:
+    con = r.con
+    ident = Workspace.model_identity(con)
+    names = [c for c in registry.list_classifications(con) if c.complete]
+    counts = dict(con.execute("SELECT status, count(*) FROM items GROUP BY status").fetchall())
+    modes = ["image"]
+    if r.settings.get("captions"):
+        modes += ["caption", "ensemble"]
+    if r.calibration_source is not None:
+        modes.append("calibrated")
+    labels = [x[0] for x in con.execute("SELECT label FROM labels ORDER BY label_idx").fetchall()]
+    columns = [c for c in item_columns(con) if c != "id"]
+    return {
+        "workspace": str(ws.root),
+        "model": _model(ident),
+        "classification": r.classification,
+        "classifications": [{"name": c.name, "label_set": c.label_set, "prompts": c.prompts,
+                             "active": c.active} for c in names],
+        "modes": modes,
+        "calibration_source": r.calibration_source,
+        "labels": labels,
+        "status": {k: int(v) for k, v in counts.items()},
+        "columns": columns,
+    }
 
 
 def _model(ident: ModelIdentity | None) -> dict:
@@ -118,6 +360,14 @@ def page(ws: Workspace, sel: Selection, after: tuple[float, int] | None = None, 
     """One page of the grid, the most probable first (then by id): `after` is the last tile's
     (prob, id) of the page before. Rejected items come by id with their reason."""
     n = max(1, min(int(n), PAGE))
+    kept = _kept(ws, sel)
+    if kept is not None:
+        ranked, kept_texts = kept[0], texts(ws, kept[1])
+        at = ranked.page(sel.floor, ranked.codes(sel.labels), after, n)
+        rows = [(int(ranked.ids[i]), ranked.labels[ranked.code[i]], -float(ranked.neg[i])) for i in at]
+        tiles = [_tile(i, label, prob, path, caption, None)
+                 for i, label, prob, path, caption in _tiles(ws, rows, kept_texts)]
+        return {"tiles": tiles, "next": [rows[-1][2], rows[-1][0]] if len(rows) == n else None}
     with reading(ws, sel.classification, calibration=sel.mode == "calibrated") as r:
         extra, params = _where(r, sel)
         if sel.status == "rejected":
@@ -150,6 +400,11 @@ def _tile(item_id, label, prob, path, caption, reason, status: str = "embedded")
 
 def count(ws: Workspace, sel: Selection) -> int:
     """How many items the selection holds (what the export writes)."""
+    kept = _kept(ws, sel)
+    if kept is not None:
+        ranked = kept[0]
+        wanted = set(sel.labels)
+        return sum(k for label, k, _ in ranked.label_counts(sel.floor) if not wanted or label in wanted)
     with reading(ws, sel.classification, calibration=sel.mode == "calibrated") as r:
         extra, params = _where(r, sel)
         if sel.status == "rejected":
@@ -163,6 +418,9 @@ def count(ws: Workspace, sel: Selection) -> int:
 def label_counts(ws: Workspace, sel: Selection) -> dict:
     """The sidebar: each label's items at the selection's threshold (and its where filters), of all
     its items; and the selection's own count."""
+    kept = _kept(ws, sel)
+    if kept is not None:
+        return _counted(kept[0].label_counts(sel.floor), sel)
     with reading(ws, sel.classification, calibration=sel.mode == "calibrated") as r:
         _check_mode(r, sel)
         extra, params = _where(r, sel)
@@ -174,16 +432,42 @@ def label_counts(ws: Workspace, sel: Selection) -> dict:
                 "ORDER BY 2 DESC, 3 DESC, l.label_idx", [sel.floor, sel.relation, *params]).fetchall()
         else:
             rows = r.con.execute("SELECT * FROM app_label_counts(?, ?)", [sel.relation, sel.floor]).fetchall()
-        wanted = set(sel.labels)
-        total = sum(k for label, k, _ in rows if not wanted or label in wanted)
-        return {"labels": [{"label": label, "kept": int(k), "items": int(n)} for label, k, n in rows],
-                "count": int(total)}
+        return _counted(rows, sel)
+
+
+def _counted(rows: list[tuple], sel: Selection) -> dict:
+    wanted = set(sel.labels)
+    total = sum(k for label, k, _ in rows if not wanted or label in wanted)
+    return {"labels": [{"label": label, "kept": int(k), "items": int(n)} for label, k, n in rows],
+            "count": int(total)}
 
 
 def hits_page(ws: Workspace, sel: Selection, ids: np.ndarray, scores: np.ndarray, offset: int = 0,
               n: int = PAGE) -> dict:
     """Search hits (ids by rank, their cosine) that pass the selection's filters, from `offset`."""
     n = max(1, min(int(n), PAGE))
+    offset = max(0, int(offset))
+    kept = _kept(ws, sel)
+    if kept is not None:
+        ranked, kept_texts = kept[0], texts(ws, kept[1])
+        ids = np.asarray(ids, dtype=np.int64)
+        at = ranked.lookup(ids)
+        ok = at >= 0
+        wanted = ranked.codes(sel.labels)
+        ok[ok] &= -ranked.neg[at[ok]] >= sel.floor
+        if wanted is not None:
+            ok[ok] &= np.isin(ranked.code[at[ok]], wanted)
+        ranks = np.flatnonzero(ok)
+        rows = [(int(ids[k]), ranked.labels[ranked.code[at[k]]], -float(ranked.neg[at[k]]))
+                for k in ranks[offset:offset + n]]
+        tiles = []
+        for k, (item_id, label, prob, path, caption) in zip(ranks[offset:offset + n], _tiles(ws, rows, kept_texts),
+                                                            strict=True):
+            tiles.append(_tile(item_id, label, prob, path, caption, None)
+                         | {"score": float(scores[k]), "rank": int(k) + 1})
+        end = offset + len(rows)
+        return {"tiles": tiles, "next": [None, end] if end < len(ranks) else None, "count": len(ranks),
+                "searched": len(ids)}
     with reading(ws, sel.classification, calibration=sel.mode == "calibrated") as r:
         _check_mode(r, sel)
         extra, params = _where(r, sel)
@@ -195,7 +479,7 @@ def hits_page(ws: Workspace, sel: Selection, ids: np.ndarray, scores: np.ndarray
                 "SELECT p.id, p.label, p.prob, i.path, i.caption, h.score, h.rank FROM app_hits h "
                 "JOIN app_view(?, ?, ?) p ON p.id = h.id JOIN items i ON i.id = h.id "
                 f"WHERE true{extra} ORDER BY h.rank LIMIT ? OFFSET ?",
-                [sel.relation, sel.floor, list(sel.labels), *params, n, max(0, int(offset))]).fetchall()
+                [sel.relation, sel.floor, list(sel.labels), *params, n, offset]).fetchall()
             passing = r.con.execute(
                 "SELECT count(*) FROM app_hits h JOIN app_view(?, ?, ?) p ON p.id = h.id "
                 f"WHERE true{extra}", [sel.relation, sel.floor, list(sel.labels), *params]).fetchall()[0][0]
@@ -282,18 +566,40 @@ def file_of(ws: Workspace, item_id: int) -> tuple[str, str, str | None]:
 
 
 def vector_of(ws: Workspace, item_id: int) -> np.ndarray:
-    """The stored image vector of one item (1, d), read from its shard (memory-mapped)."""
+    """The stored image vector of one item (1, d), from its shard (memory-mapped)."""
+    at = _vectors(ws).get(item_id)
+    if at is None:
+        raise KeyError(f"item {item_id} has no image vector (not embedded)")
+    return at
+
+
+@dataclass(eq=False)
+class Vectors:
+    """The image shards' ids (in memory) and vectors (memory-mapped), as recorded in one generation."""
+    shards: list[tuple[np.ndarray, np.ndarray]]
+
+    @property
+    def nbytes(self) -> int:
+        return sum(ids.nbytes for ids, _ in self.shards)
+
+    def get(self, item_id: int) -> np.ndarray | None:
+        for ids, vecs in self.shards:
+            at = int(np.searchsorted(ids, item_id))
+            if at < len(ids) and ids[at] == item_id:
+                return np.ascontiguousarray(vecs[at][None, :], dtype=np.float32)
+        return None
+
+
+def _vectors(ws: Workspace) -> Vectors:
     from ..core import store
 
-    con = ws.connect(read_only=True, wait=WAIT)
-    try:
-        rows = con.execute("SELECT file, rows FROM shards WHERE kind = 'image' AND ? BETWEEN min_id AND max_id "
-                           "ORDER BY part", [item_id]).fetchall()
-        for file, n in rows:
+    def build(con) -> Vectors:
+        shards = []
+        for file, n in con.execute("SELECT file, rows FROM shards WHERE kind = 'image' ORDER BY part").fetchall():
             ids, vecs = store.open_shard(store.shard_file(ws, "image", file, int(n)))
-            at = np.flatnonzero(ids == item_id)
-            if len(at):
-                return np.ascontiguousarray(vecs[int(at[0])][None, :], dtype=np.float32)
-    finally:
-        con.close()
-    raise KeyError(f"item {item_id} has no image vector (not embedded)")
+            order = np.argsort(ids, kind="stable")
+            sorted_ids = ids[order]
+            # a shard's ids ascend as build-index writes them; one that does not is read through its order
+            shards.append((sorted_ids, vecs if np.array_equal(order, np.arange(len(ids))) else vecs[order]))
+        return Vectors(shards)
+    return snapshot.cached(ws, ("image_vectors",), build)

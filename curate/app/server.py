@@ -13,12 +13,14 @@
     POST /api/command           the `curate filter` command that writes the selection
     POST /api/export            ...and that command run (api.filter, the same code)
 
-A page on another site cannot use this server through the user's browser (the review
-page's rules, curate/validate/review/server.py, and one more): a request must carry our own
+A page on another site cannot use this server through the user's browser (the rules of the
+standalone review page it replaced, and one more): a request must carry our own
 Host (no DNS rebinding); a browser's cross-site request (Sec-Fetch-Site) is refused; a POST
 must be JSON (a cross-site form cannot send that without a preflight, and no CORS header is
 ever sent) with a Content-Length within MAX_BODY, and its Origin, if any, ours. The workspace
-is opened read-only for each request and closed after it (data.py).
+is never held open between requests (a writer may take it then): what the reads need is kept
+while the database is unchanged (snapshot.py), anything else is read on a read-only connection
+opened for the request and closed after it (data.py).
 """
 
 from __future__ import annotations
@@ -30,36 +32,35 @@ import sys
 import threading
 from importlib import resources
 from pathlib import Path
+from types import SimpleNamespace
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from ..core.workspace import Workspace
 from ..errors import CurateError, WorkspaceBusy
-from . import data
+from ..validate import sampling
+from . import data, snapshot
+from . import review as review_view
 from .marks import BrowseMarks
+from .protocol import SECURITY_HEADERS, JsonErrorsProtocol
 from .selection import BadSelection, Selection
-from .thumbnails import Thumbnails
+from .thumbnails import JPEG, Thumbnails
 from .warm import Warm
 
 HOST = "127.0.0.1"
 MAX_BODY = 64 * 1024
 STATIC_FILES = {"index.html": "text/html; charset=utf-8",
                 "app.js": "text/javascript; charset=utf-8",
+                "review.js": "text/javascript; charset=utf-8",
                 "app.css": "text/css; charset=utf-8"}
 # Served as they are; anything else (TIFF, BMP, CMYK JPEG...) is re-encoded by Pillow.
 BROWSER_IMAGES = {"image/jpeg", "image/png", "image/gif", "image/webp"}
-SECURITY_HEADERS = [
-    (b"content-security-policy", b"default-src 'none'; img-src 'self'; script-src 'self'; style-src 'self'; "
-                                 b"connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"),
-    (b"x-content-type-options", b"nosniff"),
-    (b"referrer-policy", b"no-referrer"),
-    (b"x-frame-options", b"DENY"),
-    (b"cross-origin-resource-policy", b"same-origin"),
-]
+# The page's views besides browse (/): each path serves index.html, which draws that view.
+VIEWS = ("compare", "duplicates", "review")
 # What a browser says of a request it makes for a page of ours; anything else is another site's.
 SAME_SITE = {"same-origin", "none"}
 
@@ -67,8 +68,9 @@ SAME_SITE = {"same-origin", "none"}
 class AppState:
     """What the routes share: the workspace, its thumbnails, the browse marks, the warm model."""
 
-    def __init__(self, ws: Workspace, warm: Warm, base: Path):
+    def __init__(self, ws: Workspace, warm: Warm, base: Path, review=None):
         self.ws = ws
+        self.review = review    # review.Reviewing: the review view's set and journal folding
         self.thumbs = Thumbnails(ws.root / "app")
         self.marks = BrowseMarks(ws.root / "app")
         self.warm = warm
@@ -84,6 +86,11 @@ class AppState:
             for t in tiles:
                 self.files[t["id"]] = (t["path"], (t["reason"] or "rejected by build-index")
                                        if t["status"] == "rejected" else None)
+
+    def remembered(self, item_id: int) -> tuple[str | None, str | None]:
+        """(path, reason) of a tile sent lately; (None, None) if none was."""
+        with self.files_lock:
+            return self.files.get(item_id, (None, None))
 
     def file(self, item_id: int) -> tuple[str | None, str | None]:
         with self.files_lock:
@@ -202,6 +209,8 @@ def _route(fn):
     async def endpoint(request: Request) -> Response:
         try:
             return await fn(request)
+        except ClientDisconnect:   # the client went before its body came (protocol.py answered it)
+            return _err(400, "the client disconnected")
         except BadSelection as e:
             return _err(400, str(e))
         except KeyError as e:
@@ -263,6 +272,8 @@ def build(state: AppState, port_box: list[int]) -> Guard:
         for t in got["tiles"]:
             t["mark"] = state.marks.of(t["id"], t["label"])
         state.remember(got["tiles"])
+        # the browser asks for these thumbnails next: read them in one query now
+        await run_in_threadpool(state.thumbs.prefetch, [t["id"] for t in got["tiles"]])
         return _ok(got)
 
     @_route
@@ -286,6 +297,11 @@ def build(state: AppState, port_box: list[int]) -> Guard:
     @_route
     async def thumb(request: Request) -> Response:
         item_id = _int(request.path_params["id"], "id")
+        path, reason = state.remembered(item_id)
+        # a tile of the page just sent: its thumbnail was read ahead (one stat here, no thread)
+        body = state.thumbs.ahead(item_id, path) if reason is None else None
+        if body is not None:
+            return Response(body, media_type=JPEG, headers={"Cache-Control": "private, max-age=60"})
 
         def work():
             path, reason = state.file(item_id)
@@ -346,7 +362,13 @@ def build(state: AppState, port_box: list[int]) -> Guard:
         Route("/api/mark", mark, methods=["POST"]),
         Route("/api/command", command, methods=["POST"]),
         Route("/api/export", export, methods=["POST"]),
+        # the other views: the same page, which draws the view its path names
+        *(Route(f"/{name}", index, methods=["GET", "HEAD"]) for name in VIEWS),
     ]
+    from . import compare, duplicates, review
+    helpers = SimpleNamespace(route=_route, ok=_ok, err=_err, body=_body, int=_int)
+    for module in (compare, duplicates, review):
+        routes += module.routes(state, helpers)
 
     async def not_found(request: Request, exc) -> Response:
         status = getattr(exc, "status_code", 404)
@@ -406,8 +428,7 @@ def _out(value) -> str:
 def _source_mode(state: AppState, sel: Selection) -> str | None:
     if sel.mode != "calibrated":
         return None
-    with data.reading(state.ws, sel.classification) as r:
-        return r.calibration_source
+    return data.calibration_source(state.ws, sel.classification)
 
 
 def _command(state: AppState, sel: Selection, out: str) -> dict:
@@ -431,23 +452,40 @@ class AppServer:
     """`curate app`: serve a workspace on http://127.0.0.1:<port>/ (port 0 = any free port)."""
 
     def __init__(self, ws: Workspace | str | Path, port: int = 0, *, load_model: bool = True,
-                 device: str | None = "cpu", base: str | Path | None = None):
+                 device: str | None = "cpu", base: str | Path | None = None, review: str | None = None,
+                 fold_every: float | None = None):
+        """`review`: the review set `curate review` opens the app for (its view at /review);
+        `fold_every`: seconds between a review mark and folding the journal into the database."""
         import uvicorn
+
 
         self.ws = ws if isinstance(ws, Workspace) else Workspace(ws)
         if not self.ws.exists():
             raise CurateError(f"no workspace at {self.ws.root}: run `curate build-index` first")
-        data.overview(self.ws)   # a workspace the app cannot show fails here, in one line
-        self.sock = _bind(port)
+        if review is None:
+            data.overview(self.ws)   # a workspace the app cannot show fails here, in one line
+        self.sock, self.fallback = _bind(port)
         self.port = self.sock.getsockname()[1]
         self.warm = Warm(self.ws, device=device, load_model=load_model)
-        self.state = AppState(self.ws, self.warm, Path(base) if base is not None else Path.cwd())
+        try:
+            reviewing = review_view.Reviewing(self.ws, review, self.url + "review", fold_every)
+        except BaseException:
+            self.sock.close()
+            raise
+        self.state = AppState(self.ws, self.warm, Path(base) if base is not None else Path.cwd(), reviewing)
         config = uvicorn.Config(build(self.state, [self.port]), host=HOST, port=self.port, log_level="warning",
                                 access_log=False, lifespan="off", proxy_headers=False, server_header=False,
-                                timeout_keep_alive=5, limit_concurrency=200)
+                                timeout_keep_alive=5, limit_concurrency=200, http=JsonErrorsProtocol)
         self.server = uvicorn.Server(config)
         self._thread: threading.Thread | None = None
-        self.warm.start()
+        self.fold_wait: float | None = None   # how long stop() waits for the write lock to fold the review marks
+        self.left = 0
+        if review is None:
+            self.warm.start()
+        else:   # a review needs no model, nor the index in memory until a "more like this" asks
+            self.warm.state, self.warm.error = "failed", "`curate review` does not load the model: `curate app` does"
+            self.warm.index_state = "read on first use"
+            self.warm.reads_done.set()   # no loading thread: start() has nothing to wait for
 
     @property
     def url(self) -> str:
@@ -457,33 +495,89 @@ class AppServer:
         self.server.run(sockets=[self.sock])
 
     def start(self) -> AppServer:
-        """Serve from a background thread (tests, notebooks); returns once it listens."""
+        """Serve from a background thread (tests, notebooks); returns once it listens and the
+        loading thread's reads of the database are done (the model may still be loading), so
+        that another process can take the file right after a request."""
         import time
 
         self._thread = threading.Thread(target=self.serve_forever, name="curate-app", daemon=True)
         self._thread.start()
         while not self.server.started and self._thread.is_alive():
             time.sleep(0.01)
+        self.warm.reads_done.wait(120)
         return self
 
     def stop(self) -> None:
         self.server.should_exit = True
         if self._thread is not None:
             self._thread.join(timeout=10)
+        # no request after this: the review journal's last fold (self.left: the marks still only in it)
+        self.left = self.state.review.stop(self.fold_wait)
         self.sock.close()
         self.state.thumbs.close()
+        self.warm.close()
+        snapshot.forget(self.ws)
 
 
-def _bind(port: int) -> socket.socket:
-    """A listening socket on 127.0.0.1; a busy port falls back to a free one."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+def _bind(port: int) -> tuple[socket.socket, str | None]:
+    """A listening socket on 127.0.0.1; a busy port falls back to a free one (and the second
+    value says so, for the command to print)."""
+    # IPPROTO_TCP named, not 0: asyncio turns Nagle off (TCP_NODELAY) only on connections whose
+    # socket says so, and uvicorn sends a response's head and body in two writes, so on a
+    # kept-alive connection (every browser's) each answer waited ~40 ms for the client's
+    # delayed ACK: 48 ms for /api/status instead of ~1.
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    fallback = None
     try:
         sock.bind((HOST, port))
-    except OSError:
+    except OSError as e:
         if port == 0:
             raise
         sock.bind((HOST, 0))
+        fallback = (f"port {port} is not free ({e.strerror or e}): serving on port {sock.getsockname()[1]} "
+                    "instead")
     sock.listen(128)
     sock.set_inheritable(True)
-    return sock
+    return sock, fallback
+
+
+class ReviewServer:
+    """`curate review`: the app serving one review set, opened at its review view
+    (http://127.0.0.1:<port>/review; port 0 = any free port)."""
+
+    def __init__(self, ws: Workspace | str | Path, set_name: str | None = None, port: int = 0,
+                 fold_every: float | None = None):
+        ws = ws if isinstance(ws, Workspace) else Workspace(ws)
+        if set_name is None:   # the set is fixed for the server's life: the most recent one now
+            with ws.reading() as con:
+                set_name = sampling.get_set(con, None).name
+        self.server = AppServer(ws, port, load_model=False, review=set_name, fold_every=fold_every)
+        self.app: review_view.ReviewSet = self.server.state.review.current
+
+    @property
+    def base(self) -> str:
+        return self.server.url
+
+    @property
+    def url(self) -> str:
+        return self.server.url + "review"
+
+    @property
+    def fallback(self) -> str | None:
+        return self.server.fallback
+
+    def serve_forever(self) -> None:
+        self.server.serve_forever()
+
+    def start(self) -> ReviewServer:
+        """Serve from a background thread (tests, notebooks); returns once it listens."""
+        self.server.start()
+        return self
+
+    def stop(self, wait: float | None = None) -> int:
+        """Stop serving and fold the journal (waiting up to `wait` s for the write lock);
+        returns how many marks are still only in the journal."""
+        self.server.fold_wait = wait
+        self.server.stop()
+        return self.server.left

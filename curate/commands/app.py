@@ -26,6 +26,8 @@ def app_cmd(ws_path: Path, port: int, no_browser: bool, device: str) -> None:
 
     note_random_weights(ws_path)
     server = AppServer(ws_path, port, device=device)
+    if server.fallback:
+        click.echo(server.fallback, err=True)
     click.echo(safe(f"curate app on {server.url}   (workspace {ws_path}; Ctrl-C to stop)"))
     click.echo("the model loads in the background: browsing works at once, text search when it is ready")
     if not no_browser:
@@ -36,3 +38,7 @@ def app_cmd(ws_path: Path, port: int, no_browser: bool, device: str) -> None:
         pass
     finally:
         server.stop()
+    if server.left:
+        click.echo(f"{server.left} review marks wait in {ws_path / 'marks.jsonl'} (another process holds the "
+                   "database): every curate command reads them, and the next one that writes the workspace "
+                   "saves them into it", err=True)

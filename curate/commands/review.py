@@ -54,7 +54,9 @@ def review_cmd(ws_path: Path, set_name: str | None, classification: str | None, 
             echo(safe(f"wrote {n} rows of review set {rs.name} to {export_path}"))
             _echo_progress(con, rs.name)
         return
-    from ..validate.review.server import ReviewServer, running_review
+    # starlette and uvicorn load here: `curate --help` stays fast
+    from ..app.review import running_review
+    from ..app.server import ReviewServer
 
     other = running_review(ws_path)
     if other is not None:  # one page per workspace: a second on another port would split the marking
@@ -64,14 +66,11 @@ def review_cmd(ws_path: Path, set_name: str | None, classification: str | None, 
     with review_scope(ws_path, read_only=True) as con:
         note_random_weights(ws_path)
         name = default_set(con, set_name, classification).name
-    # The server holds no connection while it serves (curate/validate/review/server.py): other
-    # commands read and write the workspace meanwhile.
-    try:
-        server = ReviewServer(ws_path, name, port)
-    except OSError as e:
-        server = ReviewServer(ws_path, name, 0)
-        click.echo(f"port {port} is not free ({e.strerror or e}): serving on port {server.url.rsplit(':', 1)[1].strip('/')} "
-                   "instead", err=True)
+    # `curate app` opened at its review view. The server holds no connection while it serves
+    # (curate/app/review.py): other commands read and write the workspace meanwhile.
+    server = ReviewServer(ws_path, name, port)
+    if server.fallback:
+        click.echo(server.fallback, err=True)
     prog = server.app.progress()
     echo(safe(f"reviewing {name}: {prog.done} done, {prog.left} left"))
     click.echo(f"open {server.url}   (keys: h hit, m miss, s skip, b back; Ctrl-C to stop)")

@@ -5,7 +5,8 @@ training sample size, and the collection sizes it suits. The recipe is picked by
 unless the user names one, and within the memory budget when there is one (the recipe
 for the size first, then the others meant for that size or larger ones, from the
 largest to the smallest that fits; PQ
-codes shrink to fit). After every build or add the search parameter is tuned to a
+codes shrink to fit). A recipe may re-rank a short list exactly (RFlat: fast-scan PQ codes
+find k x refine_k_factor candidates, the stored full vectors order them). After every build or add the search parameter is tuned to a
 recall target (curate/ingest/index_recall.py) and kept in the index record. Training runs on the GPU when faiss has one; the index is
 always written as a CPU index, readable with plain `faiss.read_index`, and its ids are
 item ids.
@@ -36,7 +37,6 @@ METRIC = "inner_product"
 # FAISS's k-means asks for 39 points a centroid (fewer: a warning and poor centroids; fewer
 # points than centroids: an error), and its PQ codes are 8 bits: 256 centroids per sub-vector.
 POINTS_PER_CENTROID = 39
-PQ_CENTROIDS = 256
 
 
 @dataclass(frozen=True)
@@ -52,6 +52,8 @@ class Recipe:
     raw: dict
     nlist: dict | None = None               # {per_sqrt_n, min, max}: the number of lists from n
     pq_bytes_per_dim: float | None = None   # PQ code bytes per vector dimension
+    pq_bits: int | None = None              # bits a sub-quantizer code (8; 4 for fast-scan codes)
+    refine_k_factor: int | None = None      # RFlat: candidates re-ranked exactly, per neighbour asked
     train_points_per_list: int | None = None
     train_max: int | None = None            # training sample cap
     retrain_growth: float | None = None     # rebuild once the collection grew this many times
@@ -70,18 +72,19 @@ class Recipe:
         factory = raw["factory"]
         need = (["nlist", "train_points_per_list", "train_max", "retrain_growth", "nprobe"]
                 if "{nlist}" in factory else []) + (["pq_bytes_per_dim"] if "{pq_m}" in factory else []) \
-            + (["hnsw_m", "ef_construction"] if "{hnsw_m}" in factory else [])
+            + (["hnsw_m", "ef_construction"] if "{hnsw_m}" in factory else []) \
+            + (["pq_bits"] if "{pq_m}" in factory else []) + (["refine_k_factor"] if "RFlat" in factory else [])
         missing = [k for k in need if raw.get(k) is None]
         if missing:
             raise ValueError(f"{origin}: the factory {factory!r} needs {', '.join(missing)}")
         return cls(raw["name"], factory, raw.get("description", ""), int(raw.get("min_items", 0)),
-                   raw.get("max_items"), raw, raw.get("nlist"), raw.get("pq_bytes_per_dim"),
-                   raw.get("train_points_per_list"), raw.get("train_max"), raw.get("retrain_growth"),
+                   raw.get("max_items"), raw, raw.get("nlist"), raw.get("pq_bytes_per_dim"), raw.get("pq_bits"),
+                   raw.get("refine_k_factor"), raw.get("train_points_per_list"), raw.get("train_max"), raw.get("retrain_growth"),
                    raw.get("nprobe"), raw.get("hnsw_m"), raw.get("ef_construction"))
 
     def factory_for(self, n: int, d: int, pq_m: int | None = None) -> tuple[str, int]:
-        """The factory string for n vectors of dimension d (PQ codes of pq_m bytes, default
-        the recipe's), and the number of lists (0 if none)."""
+        """The factory string for n vectors of dimension d (PQ codes of pq_m sub-quantizers,
+        default the recipe's), and the number of lists (0 if none)."""
         nlist = 0
         if self.nlist is not None:
             rule = self.nlist
@@ -89,23 +92,28 @@ class Recipe:
             nlist = int(min(rule["max"], max(rule["min"], nlist)))
             nlist = max(1, min(nlist, n // POINTS_PER_CENTROID or 1))
         pq_m = pq_m or self.pq_size(d)
-        return self.factory.format(nlist=nlist, pq_m=pq_m, hnsw_m=self.hnsw_m or 0), nlist
+        return self.factory.format(nlist=nlist, pq_m=pq_m, pq_bits=self.pq_bits or 0, hnsw_m=self.hnsw_m or 0), nlist
 
     def min_train(self) -> int:
-        """Vectors this recipe needs before it can be trained: PQ codes' 256 centroids a
+        """Vectors this recipe needs before it can be trained: PQ codes' 2^pq_bits centroids a
         sub-vector at 39 points each (lists shrink to the vectors there are; flat and HNSW
         train nothing)."""
-        return PQ_CENTROIDS * POINTS_PER_CENTROID if self.pq_bytes_per_dim is not None else 0
+        return 2 ** int(self.pq_bits) * POINTS_PER_CENTROID if self.pq_bytes_per_dim is not None else 0
 
     def pq_size(self, d: int) -> int:
-        """PQ code bytes per vector by the recipe (0: no PQ)."""
+        """PQ sub-quantizers per vector by the recipe (0: no PQ): code bytes per dimension x d,
+        at pq_bits a sub-quantizer (8-bit codes: one byte each; 4-bit fast-scan codes: half)."""
         if self.pq_bytes_per_dim is None:
             return 0
-        return _divisor_at_most(d, max(1, int(d * self.pq_bytes_per_dim)))
+        return _divisor_at_most(d, max(1, int(d * self.pq_bytes_per_dim * 8 / int(self.pq_bits))))
+
+    def code_bytes(self, pq_m: int) -> int:
+        """Bytes of a PQ code of pq_m sub-quantizers."""
+        return (pq_m * int(self.pq_bits or 8) + 7) // 8
 
     def pq_sizes(self, d: int) -> list[int]:
         """The recipe's PQ size and the smaller ones tried to fit a memory budget (down to 8
-        bytes: fewer codes lose too much), largest first."""
+        sub-quantizers: fewer codes lose too much), largest first."""
         m, out = self.pq_size(d), []
         while m and (m >= 8 or not out):
             out.append(m)
@@ -113,10 +121,19 @@ class Recipe:
         return out
 
     def memory(self, n: int, d: int, pq_m: int | None = None) -> int:
-        """Bytes an index of this recipe takes for n d-dimensional vectors (index_memory)."""
+        """Bytes an index of this recipe takes for n d-dimensional vectors (index_memory); a
+        re-ranked one (RFlat) also keeps every full vector, and its ids in an IDMap2 (FAISS's
+        refine cannot take ids of its own)."""
         _, nlist = self.factory_for(n, d)
-        return index_memory.index_bytes(n, d, ids="ivf" if nlist else "idmap2", nlist=nlist,
-                                        pq_m=(pq_m or self.pq_size(d)), hnsw_m=self.hnsw_m or 0)
+        m = pq_m or self.pq_size(d)
+        fs = "fs" in self.factory
+        size = index_memory.index_bytes(n, d, ids="ivf" if nlist else "idmap2", nlist=nlist,
+                                        pq_m=self.code_bytes(m) if m else 0, hnsw_m=self.hnsw_m or 0)
+        if m and fs:  # fast-scan codes sit in blocks of 32: a list's last block is padded
+            size += nlist * 32 * self.code_bytes(m)
+        if self.refine_k_factor:
+            size += n * (4 * d + index_memory.IDMAP2_BYTES)
+        return size
 
     def train_size(self, n: int, nlist: int) -> int:
         """How many of n vectors train an index of nlist lists."""
@@ -293,8 +310,10 @@ def build_index(ws: Workspace, con: duckdb.DuckDBPyConnection, kind: str, recipe
         index = faiss.index_factory(d, factory, faiss.METRIC_INNER_PRODUCT)
         if recipe.ef_construction:
             faiss.ParameterSpace().set_index_parameter(index, "efConstruction", int(recipe.ef_construction))
+        if recipe.refine_k_factor:  # kept in the file: how many candidates a search re-ranks
+            faiss.ParameterSpace().set_index_parameter(index, "k_factor_rf", int(recipe.refine_k_factor))
         if not index.is_trained:
-            _train(index, _training_sample(ws, con, kind, n, recipe, nlist, seed))
+            _train(index, _training_sample(ws, con, kind, n, recipe, nlist, seed), recipe.pq_bits)
     else:
         mode, reason = "added", ""
         start, trained_n, factory, nlist = state["shards"], state["trained_n"], state["factory"], state["nlist"]
@@ -457,11 +476,24 @@ def _sample_rows(ws: Workspace, con: duckdb.DuckDBPyConnection, kind: str, n: in
     return np.concatenate(out_ids), np.ascontiguousarray(np.concatenate(out), dtype=np.float32)
 
 
-def _train(index, sample: np.ndarray) -> None:
+def _train(index, sample: np.ndarray, pq_bits: int | None = None) -> None:
     ivf = faiss.extract_index_ivf(index)
     if gpu_available():
         # k-means is the costly part of training; faiss runs it on the GPU through the
         # clustering index, and the trained index stays a plain CPU index.
         res = faiss.StandardGpuResources()
         ivf.clustering_index = faiss.index_cpu_to_gpu(res, 0, faiss.IndexFlatL2(ivf.d))
-    index.train(sample)
+    if pq_bits != 4:
+        index.train(sample)
+        return
+    # 4-bit codes: the lists' k-means on every thread, then one small k-means (16 centroids, a few
+    # thousand points) per sub-quantizer on one: thousands of short parallel loops whose OpenMP
+    # waits cost more than their work, 20x more on loaded cores (IVF128,PQ16x4fs on 5K 64-d
+    # vectors trained in 22 s on two threads of two loaded cores, in 1.2 s on one).
+    ivf.train_q1(len(sample), faiss.swig_ptr(sample), False, ivf.metric_type)
+    threads = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    try:
+        index.train(sample)  # the lists' quantizer is trained: only the codes are
+    finally:
+        faiss.omp_set_num_threads(threads)

@@ -99,8 +99,11 @@ def candidates(index) -> list[int]:
     if name == "efSearch":
         return list(EF_SEARCH)
     if name == "nprobe":
+        # powers of two and the halves between them (1, 2, 3, 4, 6, 8, 12, ...): a search's cost
+        # grows with nprobe, and the step from 8 to 16 is often more than the target needs
         nlist = faiss.extract_index_ivf(index).nlist
-        return sorted({min(nlist, 2**i) for i in range(0, nlist.bit_length() + 1)})
+        steps = {2**i for i in range(nlist.bit_length() + 1)} | {3 * 2**i for i in range(nlist.bit_length())}
+        return sorted({min(nlist, v) for v in steps})
     return []
 
 
@@ -141,11 +144,17 @@ def recall_at_k(found: np.ndarray, truth: np.ndarray, self_ids: np.ndarray, k: i
 
 
 def exact_scores(index) -> bool:
-    """Whether the index returns true inner products (full vectors, not PQ codes)."""
-    try:
-        return not isinstance(faiss.downcast_index(faiss.extract_index_ivf(index)), faiss.IndexIVFPQ)
-    except RuntimeError:
-        return True
+    """Whether the index returns true inner products: it scores full vectors (flat, IVF-Flat,
+    HNSW over flat storage, or a short list re-ranked by a flat index), not codes (PQ, fast-scan
+    PQ, scalar quantisers) nor anything unknown."""
+    inner = faiss.downcast_index(index)
+    if isinstance(inner, faiss.IndexIDMap2 | faiss.IndexIDMap):  # ids only: the scores are the inner index's
+        inner = faiss.downcast_index(inner.index)
+    if isinstance(inner, faiss.IndexRefine):
+        return isinstance(faiss.downcast_index(inner.refine_index), faiss.IndexFlat)
+    if isinstance(inner, faiss.IndexHNSW):
+        return isinstance(faiss.downcast_index(inner.storage), faiss.IndexFlat)
+    return isinstance(inner, faiss.IndexFlat | faiss.IndexIVFFlat)
 
 
 def _recall(index, queries, self_ids, truth) -> float:

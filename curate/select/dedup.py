@@ -229,6 +229,8 @@ def ask_by(index) -> tuple[str, bool]:
         return (RANGE, True) if isinstance(inner, faiss.IndexIVFFlat) else (KNN, False)
     if isinstance(inner, faiss.IndexHNSW):
         return KNN, isinstance(faiss.downcast_index(inner.storage), faiss.IndexFlat)
+    if isinstance(inner, faiss.IndexRefine):  # codes find candidates, the refine index scores them
+        return KNN, isinstance(faiss.downcast_index(inner.refine_index), faiss.IndexFlat)
     return KNN, False
 
 

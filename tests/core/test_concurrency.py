@@ -68,11 +68,11 @@ class Server:
         assert self.url, "the server did not print its address: " + self.proc.stderr.read()
 
     def items(self) -> list[dict]:
-        with urllib.request.urlopen(self.url + "api/items", timeout=60) as r:
+        with urllib.request.urlopen(self.url + "api/review/items", timeout=60) as r:
             return json.loads(r.read())["items"]
 
     def mark(self, item_id: int, mark: str) -> int:
-        req = urllib.request.Request(self.url + "api/mark", json.dumps({"id": item_id, "mark": mark}).encode(),
+        req = urllib.request.Request(self.url + "api/review/mark", json.dumps({"id": item_id, "mark": mark}).encode(),
                                      {"Content-Type": "application/json"})
         try:
             with urllib.request.urlopen(req, timeout=60) as r:
@@ -283,7 +283,7 @@ def test_malformed_requests_get_a_clean_error_and_the_server_goes_on(ws):
     port = srv.port
 
     def post(extra: str) -> str:
-        return f"POST /api/mark HTTP/1.1\nHost: 127.0.0.1:{port}\nContent-Type: application/json\n{extra}"
+        return f"POST /api/review/mark HTTP/1.1\nHost: 127.0.0.1:{port}\nContent-Type: application/json\n{extra}"
 
     good = json.dumps({"id": item, "mark": "hit"}).encode()
     cases = [
@@ -314,7 +314,7 @@ def test_malformed_requests_get_a_clean_error_and_the_server_goes_on(ws):
 def test_the_server_saves_marks_into_the_database_while_it_runs(ws):
     """In between (here at once, fold_every=0) the server folds the journal into `judgments`
     when it can take the write lock, so even a plain duckdb reader sees the marks."""
-    from curate.validate.review.server import ReviewServer
+    from curate.app.server import ReviewServer
 
     srv = ReviewServer(ws, None, port=0, fold_every=0).start()
     try:
@@ -336,14 +336,15 @@ def test_a_second_review_of_a_workspace_points_to_the_open_page(ws):
     """`curate review` twice on one workspace: the second names the first's page and process
     (exit 5) instead of opening another page on another port; one killed leaves a record that
     no longer counts, and one stopped removes it."""
-    from curate.validate.review.server import RECORD, running_review
+    from curate.app.review import RECORD, running_review
 
     srv = Server(ws)
     try:
         assert srv.items()                # it serves (Ctrl-C before that would be the start-up's)
         r = run_cli("review", "-w", ws, "--no-browser", expect=5)
-        assert f"a review page of {ws} is already open at {srv.url} (process {srv.proc.pid}, review set " in r.output
-        assert running_review(ws).url == srv.url
+        assert f"a review page of {ws} is already open at {srv.url}review (process {srv.proc.pid}, review set " \
+            in r.output
+        assert running_review(ws).url == srv.url + "review"
     finally:
         code, _out, _err = srv.stop()
     assert code == 0 and not (ws / RECORD).exists() and running_review(ws) is None

@@ -144,7 +144,7 @@ def test_a_recipe_chosen_under_a_memory_budget_fits_it(tmp_path):
 
 def test_auto_picks_the_graph_from_100k_to_1m_and_a_budget_it_misses_falls_back_to_lists():
     assert [faiss_index.pick_recipe(n).name for n in (99_999, 100_000, 999_999, 1_000_000, 20_000_000)] == \
-        ["flat", "hnsw", "hnsw", "ivf", "ivfpq"]
+        ["flat", "hnsw", "hnsw", "ivffs", "ivfpq"]
     n, rs = 500_000, faiss_index.recipes()
     budget = rs["flat"].memory(n, 512)  # holds full vectors, not the graph's links
     assert rs["ivf"].memory(n, 512) <= budget < rs["hnsw"].memory(n, 512)

@@ -309,6 +309,7 @@ RECIPES = {  # name: (vectors, clustered, build-index options, factory prefix)
     "hnsw": (5000, False, ("--index", "hnsw", "--target-recall", "1"), "IDMap2,HNSW32"),
     "ivf": (3000, True, ("--index", "ivf"), "IVF"),
     "ivfpq": (10_000, True, ("--index", "ivfpq"), "IVF"),
+    "ivffs": (3000, True, ("--index", "ivffs"), "IDMap2,IVF"),
 }
 
 
@@ -328,7 +329,7 @@ def test_dedup_finds_what_brute_force_finds_on_every_recipe(recipe_ws):
     r = _curate("dedup", "-w", ws, "--threshold", THRESHOLD)
     assert r.returncode == 0, r.stdout + r.stderr
     want = {"flat": "range search", "ivf": "range search", "hnsw": "k-NN (32 neighbours a query, up to",
-            "ivfpq": "approximate scores"}[name]
+            "ivfpq": "approximate scores", "ivffs": "k-NN"}[name]
     assert want in r.stdout
     recall = _check_against_brute_force(ws, None, exact=name == "flat")
     print(name, "recall of the pairs", recall)

@@ -1,4 +1,5 @@
-"""The review page in a real headless Chromium, driven by real key presses.
+"""The app's review view (`curate review`) in a real headless Chromium, driven by real key
+presses and clicks.
 
 Debian's `chromium` (CI installs it) through playwright's Python API, against the real
 server on 127.0.0.1; the marks are then read from the DuckDB file itself.
@@ -13,9 +14,9 @@ from pathlib import Path
 import pytest
 from review_support import fake_workspace
 
+from curate.app.server import ReviewServer
 from curate.core.workspace import Workspace
 from curate.validate import sampling
-from curate.validate.review.server import ReviewServer
 
 CHROMIUM = "/usr/bin/chromium"
 CAPTION = "<b>not bold</b> & fine 🌉"

@@ -16,9 +16,10 @@ from conftest import run_cli
 from review_support import fake_workspace
 from test_review_browser import CHROMIUM, launch
 
+from curate.app.review import ReviewSet
+from curate.app.server import ReviewServer
 from curate.core.workspace import Workspace
 from curate.validate import intervals, sampling
-from curate.validate.review.server import ReviewServer
 
 pytestmark = pytest.mark.skipif(not os.path.exists(CHROMIUM),
                                 reason=f"{CHROMIUM} not installed (apt-get install chromium; CI installs it)")
@@ -105,7 +106,7 @@ def test_the_page_stops_a_class_at_the_target(ws, tmp_path):
     ro.close()
     assert sorted(got) == list(range(20)) + [40, 41, 42, 43]
     # the server says the same as the page
-    state = ReviewServer(ws, "seq", port=0).app.state()
+    state = ReviewSet(Workspace(ws.root), "seq").state()
     cls = {c["label"]: c for c in state["classes"]}
     assert cls[first[:-1]]["done"] and cls[first[:-1]]["n"] == 20
     other = next(c for c in cls.values() if c["label"] != first[:-1])

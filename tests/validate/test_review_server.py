@@ -1,4 +1,5 @@
-"""The review server over real HTTP: routes, safety checks, concurrency, and a hard kill."""
+"""The review view of the app (`curate review`) over real HTTP: routes, safety checks, concurrency,
+and a hard kill."""
 
 from __future__ import annotations
 
@@ -15,10 +16,10 @@ import urllib.request
 import pytest
 from review_support import fake_workspace
 
+from curate.app.server import ReviewServer
 from curate.core.workspace import Workspace
 from curate.validate import sampling
 from curate.validate.review import marks
-from curate.validate.review.server import ReviewServer
 
 CAPTION = '<img src=x onerror="alert(1)"> & friends'
 
@@ -59,7 +60,7 @@ def _req(url, data=None, headers=None, method=None):
 
 
 def _post(url, body, ctype="application/json", headers=None):
-    return _req(url + "api/mark", json.dumps(body).encode(), {"Content-Type": ctype, **(headers or {})})
+    return _req(url + "api/review/mark", json.dumps(body).encode(), {"Content-Type": ctype, **(headers or {})})
 
 
 def _listening(port: int) -> set[str]:
@@ -83,7 +84,7 @@ def test_binds_loopback_only(server):
     machine's other addresses refuse the connection."""
     import socket
 
-    port = int(server.url.rsplit(":", 1)[1].strip("/"))
+    port = int(server.base.rsplit(":", 1)[1].strip("/"))
     assert _listening(port) == {"0100007F"}                 # 127.0.0.1, little-endian hex
     others = [a for a in subprocess.run(["hostname", "-I"], capture_output=True, text=True).stdout.split()
               if ":" not in a and not a.startswith("127.")]
@@ -94,65 +95,67 @@ def test_binds_loopback_only(server):
 
 def test_page_items_and_images(server, ws):
     status, headers, body = _req(server.url)
-    assert status == 200 and b"/static/review.js" in body and b"https://" not in body  # no CDN
-    for name in ("review.js", "review.css"):
-        status, _h, body = _req(server.url + "static/" + name)
+    assert server.url.endswith("/review")   # the app, opened at its review view
+    assert status == 200 and b"/static/app.js" in body and b"https://" not in body  # no CDN
+    for name in ("app.js", "review.js", "app.css"):
+        status, _h, body = _req(server.base + "static/" + name)
         assert status == 200 and b"http://" not in body and b"https://" not in body  # works offline
-    status, _h, body = _req(server.url + "api/items")
+    status, _h, body = _req(server.base + "api/review/items")
     state = json.loads(body)
     assert state["set"] == "s" and state["progress"] == {"total": 20, "done": 0, "left": 20, "hits": 0,
                                                          "misses": 0, "skips": 0}
     first = state["items"][0]
     assert set(first) == {"position", "id", "label", "prob", "caption", "mark"}
-    status, headers, body = _req(server.url + f"image/{first['id']}")
+    status, headers, body = _req(server.base + f"api/image/{first['id']}")
     assert status == 200 and headers["Content-Type"] == "image/jpeg" and body[:2] == b"\xff\xd8"
 
 
 def test_a_mark_is_in_the_workspace_before_the_reply(server, ws):
     # (was: in DuckDB, through the server's own connection; the server no longer holds one)
-    items = json.loads(_req(server.url + "api/items")[2])["items"]
+    items = json.loads(_req(server.base + "api/review/items")[2])["items"]
     it = items[0]
-    status, _h, body = _post(server.url, {"id": it["id"], "mark": "hit"})
+    status, _h, body = _post(server.base, {"id": it["id"], "mark": "hit"})
     assert status == 200 and json.loads(body)["progress"]["done"] == 1
     assert _read(ws, "SELECT id, label, mark FROM judgments") == [(it["id"], it["label"], "hit")]
-    _post(server.url, {"id": it["id"], "mark": "miss"})  # changing one's mind replaces the mark
+    _post(server.base, {"id": it["id"], "mark": "miss"})  # changing one's mind replaces the mark
     assert _read(ws, "SELECT mark FROM judgments") == [("miss",)]
 
 
 def test_refuses_what_it_must(server, ws):
-    items = json.loads(_req(server.url + "api/items")[2])["items"]
-    port = server.url.rsplit(":", 1)[1].strip("/")
+    items = json.loads(_req(server.base + "api/review/items")[2])["items"]
+    port = server.base.rsplit(":", 1)[1].strip("/")
     # DNS rebinding: a foreign Host
-    assert _req(server.url + "api/items", headers={"Host": f"evil.example:{port}"})[0] == 403
+    assert _req(server.base + "api/review/items", headers={"Host": f"evil.example:{port}"})[0] == 403
     # a cross-site page posting a mark
-    assert _post(server.url, {"id": items[0]["id"], "mark": "hit"}, headers={"Origin": "http://evil.example"})[0] == 403
+    assert _post(server.base, {"id": items[0]["id"], "mark": "hit"}, headers={"Origin": "http://evil.example"})[0] == 403
     # a form post (no JSON) never reaches the database
-    assert _post(server.url, {"id": items[0]["id"], "mark": "hit"}, ctype="text/plain")[0] == 415
-    assert _post(server.url, {"id": items[0]["id"], "mark": "maybe"})[0] == 400
-    assert _post(server.url, {"id": 10_000, "mark": "hit"})[0] == 400
-    # only the set's images, never a path from the URL
-    assert _req(server.url + "image/10000")[0] == 404
-    assert _req(server.url + "static/../../curate.duckdb")[0] == 404
-    assert _req(server.url + "static/%2e%2e/server.py")[0] == 404
+    assert _post(server.base, {"id": items[0]["id"], "mark": "hit"}, ctype="text/plain")[0] == 415
+    assert _post(server.base, {"id": items[0]["id"], "mark": "maybe"})[0] == 400
+    assert _post(server.base, {"id": 10_000, "mark": "hit"})[0] == 400
+    # an item the workspace has, never a path from the URL
+    assert _req(server.base + "api/image/10000")[0] == 404
+    assert _req(server.base + "static/../../curate.duckdb")[0] == 404
+    assert _req(server.base + "static/%2e%2e/server.py")[0] == 404
     assert _read(ws, "SELECT count(*) FROM judgments") == [(0,)]
 
 
 def test_captions_reach_the_page_as_data_only(server):
     """The page inserts text with textContent; the JSON carries the caption verbatim, and
     nothing server-side pastes it into HTML."""
-    items = json.loads(_req(server.url + "api/items")[2])["items"]
+    items = json.loads(_req(server.base + "api/review/items")[2])["items"]
     assert {it["caption"] for it in items} == {CAPTION}
-    js = _req(server.url + "static/review.js")[2].decode()
-    assert "innerHTML" not in js and "textContent" in js
+    for name in ("review.js", "app.js"):
+        js = _req(server.base + "static/" + name)[2].decode()
+        assert "innerHTML" not in js and "textContent" in js
     assert b"<img src=x" not in _req(server.url)[2]
 
 
 def test_concurrent_marks_are_all_saved(server, ws):
-    items = json.loads(_req(server.url + "api/items")[2])["items"]
+    items = json.loads(_req(server.base + "api/review/items")[2])["items"]
     errors = []
 
     def mark(it):
-        status = _post(server.url, {"id": it["id"], "mark": "hit" if it["id"] % 2 else "miss"})[0]
+        status = _post(server.base, {"id": it["id"], "mark": "hit" if it["id"] % 2 else "miss"})[0]
         if status != 200:
             errors.append(status)
 
@@ -181,7 +184,7 @@ def test_a_killed_server_loses_no_acknowledged_mark(ws):
                 url = m.group(1)
                 break
         assert url, "the server did not print its address"
-        items = json.loads(_req(url + "api/items")[2])["items"]
+        items = json.loads(_req(url + "api/review/items")[2])["items"]
         for it in items[:7]:
             assert _post(url, {"id": it["id"], "mark": "hit"})[0] == 200
     finally:
@@ -190,3 +193,42 @@ def test_a_killed_server_loses_no_acknowledged_mark(ws):
     con = Workspace(ws.root).connect(read_only=True)
     got = con.execute("SELECT id FROM judgments WHERE mark = 'hit' ORDER BY id").fetchall()
     assert [g[0] for g in got] == sorted(it["id"] for it in items[:7])
+
+
+def test_a_busy_port_falls_back_and_says_so(ws):
+    """`curate review --port P` with P taken: it serves on a free port and says which."""
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        busy = taken.getsockname()[1]
+        proc = subprocess.Popen(
+            [sys.executable, "-u", "-m", "curate.cli", "review", "-w", str(ws.root), "--port", str(busy), "--no-browser"],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        try:
+            seen = []
+            for line in proc.stdout:
+                seen.append(line)
+                if re.search(r"open http://127\.0\.0\.1:\d+/review", line):
+                    break
+            url = re.search(r"open (http://127\.0\.0\.1:(\d+)/)", seen[-1])
+            assert url, "".join(seen)
+            assert f"port {busy} is not free" in "".join(seen) and \
+                f"serving on port {url.group(2)} instead" in "".join(seen)
+            assert int(url.group(2)) != busy and _req(url.group(1) + "api/review/items")[0] == 200
+        finally:
+            proc.send_signal(signal.SIGINT)
+            out = proc.communicate(timeout=60)[0]
+    assert proc.returncode == 0, out
+
+
+def test_the_app_without_a_review_set_says_how_to_draw_one(tmp_path):
+    """`curate app` on a workspace where no set was drawn: its review view says which command
+    draws one (and draws nothing), and stopping it folds nothing."""
+    from curate.app.review import Reviewing
+
+    ws = fake_workspace(tmp_path / "ws", [(i, "bridge", 0.5) for i in range(4)])
+    r = Reviewing(Workspace(ws.root), None, "http://127.0.0.1:1/review")
+    assert r.get() is None and "sample" in (r.error or "")
+    assert r.stop() == 0

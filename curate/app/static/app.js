@@ -2,6 +2,12 @@
 // workspace (captions, labels, file names, reasons) is drawn with textContent: never markup.
 
 const $ = (id) => document.getElementById(id);
+// The page serves every view: its path names the one to draw (/, /compare, /duplicates, /review).
+const VIEWS = ["browse", "compare", "duplicates", "review"];
+const PAGE_VIEW = (() => {
+  const name = location.pathname.replace(/^\/+|\/+$/g, "");
+  return VIEWS.includes(name) ? name : "browse";
+})();
 
 const view = {
   sel: { classification: null, mode: "image", labels: [], min_prob: 0, where: [], status: "embedded" },
@@ -49,14 +55,7 @@ async function loadOverview() {
   const o = await api(`/api/overview${q}`);
   view.overview = o;
   view.sel.classification = o.classification;
-  const m = o.model;
-  const model = $("model");
-  model.textContent = "";
-  model.append(el("span", { text: `model ${m.model || "?"}${m.pretrained ? " (" + m.pretrained + ")" : ""}` }));
-  if (m.random_weights) {
-    model.append(el("span", { class: "random", text: "random weights: these results carry no meaning" }));
-  }
-  document.body.dataset.randomWeights = m.random_weights ? "yes" : "no";
+  drawModel(o.model);
   fillSelect($("classification"), o.classifications.map((c) => c.name), o.classification);
   if (!o.modes.includes(view.sel.mode)) view.sel.mode = "image";
   fillSelect($("mode"), o.modes, view.sel.mode);
@@ -65,6 +64,17 @@ async function loadOverview() {
   view.sel.labels = view.sel.labels.filter((l) => o.labels.includes(l));
   drawWarm(o.warm);
   drawBrowseMarks(o.browse_marks);
+}
+
+function drawModel(m) {
+  const model = $("model");
+  model.textContent = "";
+  if (!m) return;
+  model.append(el("span", { text: `model ${m.model || "?"}${m.pretrained ? " (" + m.pretrained + ")" : ""}` }));
+  if (m.random_weights) {
+    model.append(el("span", { class: "random", text: "random weights: these results carry no meaning" }));
+  }
+  document.body.dataset.randomWeights = m.random_weights ? "yes" : "no";
 }
 
 function fillSelect(select, values, current) {
@@ -191,14 +201,23 @@ function tile(t) {
   const info = el("div", { class: "info" });
   if (t.status === "rejected") {
     info.append(el("div", { class: "reason", text: t.reason || "rejected" }));
+  } else if (t.representative !== undefined) {   // a duplicate group's member
+    info.append(el("span", { class: t.representative ? "rep" : "score",
+      text: t.representative ? "representative" : `cos ${t.similarity === null ? "?" : t.similarity.toFixed(3)}` }));
   } else {
     info.append(el("span", { class: "lab", text: t.label }),
       el("span", { class: "p", text: t.prob.toFixed(3) }));
     if (t.score !== undefined) info.append(el("span", { class: "score", text: `cos ${t.score.toFixed(3)}` }));
+    if (t.other) {                                 // the compare view: what B says of it
+      info.append(el("span", { class: "vs", text: "vs" }), el("span", { class: "lab other", text: t.other.label }),
+        el("span", { class: "p", text: t.other.prob.toFixed(3) }));
+    }
   }
   info.append(el("div", { class: "name", text: t.name || "" }));
   box.append(info);
-  if (t.status !== "rejected") {
+  const markable = t.status !== "rejected" && t.representative === undefined;
+  box.dataset.markable = markable ? "yes" : "no";
+  if (markable) {
     const bar = el("div", { class: "marks" });
     for (const [mark, sym] of [["hit", "✓"], ["miss", "✗"], ["skip", "–"]]) {
       const b = el("button", { type: "button", class: `mk ${mark}`, title: mark, "aria-label": mark,
@@ -242,23 +261,24 @@ const KEYMARKS = { h: "hit", y: "hit", 1: "hit", m: "miss", n: "miss", 2: "miss"
 
 document.addEventListener("keydown", (ev) => {
   if (ev.ctrlKey || ev.metaKey || ev.altKey) return;
+  if (PAGE_VIEW === "review") return;      // review.js has its own keys
   const t = ev.target;
   if (t instanceof HTMLInputElement || t instanceof HTMLSelectElement || t instanceof HTMLTextAreaElement) return;
   if (!$("detail").hidden) {
     if (ev.key === "Escape") { closeDetail(); ev.preventDefault(); return; }
     const box = tileOf(view.detailId);
     const mk = KEYMARKS[ev.key.toLowerCase()];
-    if (mk && box && box.dataset.status !== "rejected") { mark_(box, mk); ev.preventDefault(); }
+    if (mk && box && box.dataset.markable === "yes") { mark_(box, mk); ev.preventDefault(); }
     return;
   }
   if (!(t instanceof HTMLElement) || !t.classList.contains("tile")) return;
   const mk = KEYMARKS[ev.key.toLowerCase()];
-  if (mk && t.dataset.status !== "rejected") { mark_(t, mk); ev.preventDefault(); return; }
+  if (mk && t.dataset.markable === "yes") { mark_(t, mk); ev.preventDefault(); return; }
   if (ev.key === "Enter") { openDetail(Number(t.dataset.id)); ev.preventDefault(); return; }
   if (ev.key.toLowerCase() === "l") { moreLike(Number(t.dataset.id)); ev.preventDefault(); return; }
-  const tiles = [...document.querySelectorAll(".tile")];
+  const tiles = [...t.parentElement.querySelectorAll(".tile")];
   const i = tiles.indexOf(t);
-  const perRow = Math.max(1, Math.round($("grid").clientWidth / t.offsetWidth));
+  const perRow = Math.max(1, Math.round(t.parentElement.clientWidth / t.offsetWidth));
   const step = { ArrowRight: 1, ArrowLeft: -1, ArrowDown: perRow, ArrowUp: -perRow }[ev.key];
   if (step !== undefined) {
     const j = Math.min(tiles.length - 1, Math.max(0, i + step));
@@ -287,6 +307,9 @@ async function openDetail(id) {
   lab.textContent = box && box.querySelector(".lab") ? `${box.querySelector(".lab").textContent}?` : "";
   lab.dataset.mark = box ? box.dataset.mark : "";
   $("d-marking").hidden = d.status === "rejected";
+  // a duplicate group's member shows no label to judge: only "more like this"
+  const markable = !!box && box.dataset.markable === "yes";
+  for (const b of document.querySelectorAll("#d-marking .mk")) b.hidden = !markable;
   const top = $("d-top");
   top.textContent = "";
   for (const v of ["image", "caption", "ensemble"]) {
@@ -328,6 +351,7 @@ function closeDetail() {
 // ------------------------------------------------------------------ search, export
 
 function moreLike(id) {
+  if (PAGE_VIEW !== "browse") { location.href = `/#like=${encodeURIComponent(id)}`; return; }
   closeDetailIfOpen();
   view.search = { like: id };
   reload();
@@ -440,7 +464,254 @@ function drawWhere() {
   });
 }
 
+// ------------------------------------------------------------------ compare
+
+const cmp = { a: null, b: null, kind: "image", minProb: 0.5, label: null, next: null, loading: false, gen: 0,
+  gridGen: 0 };
+const SVG_NS = document.getElementById("cmp-svg").namespaceURI;   // the page's own <svg>: no URL in the script
+
+function svgEl(tag, attrs = {}, text) {
+  const e = document.createElementNS(SVG_NS, tag);
+  for (const [k, v] of Object.entries(attrs)) e.setAttribute(k, String(v));
+  if (text !== undefined) e.textContent = text;
+  return e;
+}
+
+function pct(x) { return x === null || x === undefined ? "–" : `${(100 * x).toFixed(1)}%`; }
+
+function initCompare() {
+  const names = view.overview.classifications.map((c) => c.name);
+  if (names.length < 2) {
+    showError("compare needs two classifications of this workspace: run `curate classify --name NAME ...` again "
+      + "with other prompts or labels");
+    document.body.dataset.state = "ready";
+    return;
+  }
+  cmp.a = view.overview.classification;
+  cmp.b = names.find((n) => n !== cmp.a);
+  fillSelect($("cmp-a"), names, cmp.a);
+  fillSelect($("cmp-b"), names, cmp.b);
+  fillSelect($("cmp-kind"), ["image"], "image");
+  const change = (ev) => {
+    // choosing for A what B shows (or the reverse) swaps the two
+    if ($("cmp-a").value === $("cmp-b").value) {
+      if (ev && ev.target === $("cmp-a")) $("cmp-b").value = cmp.a;
+      else $("cmp-a").value = cmp.b;
+    }
+    cmp.a = $("cmp-a").value; cmp.b = $("cmp-b").value; cmp.kind = $("cmp-kind").value;
+    const p = Number($("cmp-minprob").value);
+    cmp.minProb = Number.isFinite(p) ? Math.min(1, Math.max(0, p)) : 0.5;
+    cmp.label = null;
+    loadCompare();
+  };
+  for (const id of ["cmp-a", "cmp-b", "cmp-kind", "cmp-minprob"]) $(id).addEventListener("change", change);
+  $("cmp-form").addEventListener("submit", (ev) => { ev.preventDefault(); change(null); });
+  $("cmp-label-clear").addEventListener("click", () => { cmp.label = null; reloadCmpGrid(); });
+  new IntersectionObserver((entries) => {
+    if (entries.some((e) => e.isIntersecting)) loadCmpPage(cmp.gridGen).catch((e) => showError(e.message));
+  }, { rootMargin: "400px" }).observe($("cmp-sentinel"));
+  loadCompare();
+}
+
+async function loadCompare() {
+  cmp.gen += 1;
+  const gen = cmp.gen;
+  showError("");
+  document.body.dataset.state = "loading";
+  if (cmp.a === cmp.b) {
+    showError("choose two different classifications");
+    document.body.dataset.state = "ready";
+    return;
+  }
+  const q = new URLSearchParams({ a: cmp.a, b: cmp.b, kind: cmp.kind, min_prob: String(cmp.minProb) });
+  let s;
+  try { s = await api(`/api/compare?${q}`); } catch (e) {
+    if (gen === cmp.gen) { showError(e.message); document.body.dataset.state = "ready"; }
+    return;
+  }
+  if (gen !== cmp.gen) return;
+  fillSelect($("cmp-kind"), s.kinds, s.kind);
+  drawCurves(s);
+  drawAgreement(s);
+  drawCmpLabels(s);
+  // a tile's mark and detail judge what A says of it
+  view.sel.classification = s.a;
+  view.sel.mode = s.kind;
+  await reloadCmpGrid();
+  if (gen === cmp.gen) {
+    document.body.dataset.compare = `${s.a}|${s.b}|${s.kind}`;
+    document.body.dataset.state = "ready";
+  }
+}
+
+function drawCurves(s) {
+  const svg = $("cmp-svg");
+  svg.textContent = "";
+  const W = 420, H = 260, L = 44, R = 12, T = 12, B = 34;
+  const x = (t) => L + t * (W - L - R);
+  const y = (v) => T + (1 - v) * (H - T - B);
+  for (const v of [0, 0.25, 0.5, 0.75, 1]) {
+    svg.append(svgEl("line", { x1: L, x2: W - R, y1: y(v), y2: y(v), class: "gridline" }));
+    svg.append(svgEl("text", { x: L - 6, y: y(v) + 4, "text-anchor": "end", class: "tick" }, `${100 * v}%`));
+  }
+  for (let t = 0; t <= 10; t += 2) {
+    svg.append(svgEl("text", { x: x(t / 10), y: H - B + 16, "text-anchor": "middle", class: "tick" }, (t / 10).toFixed(1)));
+  }
+  svg.append(svgEl("text", { x: (L + W - R) / 2, y: H - 4, "text-anchor": "middle", class: "axis" }, "threshold (top-label probability)"));
+  svg.append(svgEl("line", { x1: x(s.min_prob), x2: x(s.min_prob), y1: T, y2: H - B, class: "minprob" }));
+  [s.a, s.b].forEach((name, k) => {
+    const rows = s.coverage[name];
+    const pts = rows.map((r) => `${x(r.threshold).toFixed(1)},${y(r.share ?? 0).toFixed(1)}`).join(" ");
+    svg.append(svgEl("polyline", { points: pts, class: `curve c${k}`, "data-name": name }));
+    for (const r of rows) {
+      const dot = svgEl("circle", { cx: x(r.threshold), cy: y(r.share ?? 0), r: 3, class: `dot c${k}` });
+      dot.append(svgEl("title", {}, `${name}: ${r.classified} of ${r.images} at ≥ ${r.threshold.toFixed(1)} (${pct(r.share)})`));
+      svg.append(dot);
+    }
+    svg.append(svgEl("rect", { x: W - R - 150, y: T + 4 + 16 * k, width: 10, height: 10, class: `key c${k}` }));
+    svg.append(svgEl("text", { x: W - R - 136, y: T + 13 + 16 * k, class: "legend" }, `${k ? "B" : "A"}: ${name}`));
+  });
+  svg.dataset.curves = "2";
+}
+
+function drawAgreement(s) {
+  const g = s.agreement;
+  $("cmp-overall").textContent = `${pct(g.share_same)} of ${g.images} images get the same top label from ${s.a} and ${s.b}`;
+  $("cmp-classified").textContent = g.both_classified === 0
+    ? `no image is classified by both at ≥ ${s.min_prob}`
+    : `${pct(g.share_same_classified)} of the ${g.both_classified} both classify at ≥ ${s.min_prob} `
+      + `(${g.same_top_classified} the same)`;
+  const list = $("cmp-changes");
+  list.textContent = "";
+  for (const c of g.changes) list.append(el("li", { text: `${c.from} → ${c.to}: ${c.images}` }));
+  document.body.dataset.shareSame = g.share_same === null ? "" : g.share_same.toFixed(4);
+}
+
+function drawCmpLabels(s) {
+  const body = $("cmp-labels").querySelector("tbody");
+  body.textContent = "";
+  for (const r of s.per_label) {
+    const tr = el("tr", { tabindex: "0", dataset: { label: r.label } },
+      el("td", { text: r.label }), el("td", { text: String(r.images) }), el("td", { text: String(r.same) }),
+      el("td", { text: pct(r.share) }));
+    const pick = () => { cmp.label = r.label; reloadCmpGrid(); };
+    tr.addEventListener("click", pick);
+    tr.addEventListener("keydown", (ev) => { if (ev.key === "Enter") pick(); });
+    body.append(tr);
+  }
+}
+
+async function reloadCmpGrid() {
+  cmp.gridGen += 1;
+  cmp.next = null;
+  cmp.loading = false;
+  $("cmp-grid").textContent = "";
+  $("cmp-end").hidden = true;
+  $("cmp-label-clear").hidden = cmp.label === null;
+  for (const tr of $("cmp-labels").querySelectorAll("tbody tr")) tr.classList.toggle("on", tr.dataset.label === cmp.label);
+  await loadCmpPage(cmp.gridGen, true);
+}
+
+async function loadCmpPage(gen, first = false) {
+  if (cmp.loading || (!first && cmp.next === null) || cmp.a === null) return;
+  cmp.loading = true;
+  try {
+    const page = await api("/api/compare/grid", { a: cmp.a, b: cmp.b, kind: cmp.kind, label: cmp.label,
+      after: first ? null : cmp.next });
+    if (gen !== cmp.gridGen) return;
+    const grid = $("cmp-grid");
+    for (const t of page.tiles) grid.append(tile(t));
+    cmp.next = page.next;
+    $("cmp-end").hidden = cmp.next !== null;
+    $("cmp-grid-title").textContent = `${page.count} images ${cmp.a} (A) and ${cmp.b} (B) label differently`
+      + (cmp.label === null ? "" : `, ${cmp.label} under A`) + ", the most confident first";
+    document.body.dataset.disagree = String(page.count);
+    document.body.dataset.tiles = String(grid.children.length);
+  } finally {
+    if (gen === cmp.gridGen) cmp.loading = false;
+  }
+}
+
+// ------------------------------------------------------------------ duplicates
+
+const dups = { kind: "image", next: null, loading: false, gen: 0 };
+
+function initDuplicates() {
+  $("dups-kind").addEventListener("change", () => { dups.kind = $("dups-kind").value; loadDups(); });
+  new IntersectionObserver((entries) => {
+    if (entries.some((e) => e.isIntersecting)) loadDupsPage(dups.gen).catch((e) => showError(e.message));
+  }, { rootMargin: "400px" }).observe($("dups-sentinel"));
+  loadDups();
+}
+
+async function loadDups() {
+  dups.gen += 1;
+  dups.next = null;
+  dups.loading = false;
+  $("dups-groups").textContent = "";
+  $("dups-end").hidden = true;
+  showError("");
+  document.body.dataset.state = "loading";
+  try { await loadDupsPage(dups.gen, true); } catch (e) { showError(e.message); }
+  document.body.dataset.state = "ready";
+}
+
+async function loadDupsPage(gen, first = false) {
+  if (dups.loading || (!first && dups.next === null)) return;
+  dups.loading = true;
+  try {
+    const d = await api(`/api/duplicates?kind=${encodeURIComponent(dups.kind)}&after=${first ? 0 : dups.next}`);
+    if (gen !== dups.gen) return;
+    $("dups-none").hidden = d.ran;
+    document.body.dataset.dups = d.ran ? String(d.total_groups) : "none";
+    if (!d.ran) {
+      $("dups-command").textContent = d.command;
+      $("dups-summary").textContent = "";
+      return;
+    }
+    $("dups-summary").textContent = d.total_groups === 0
+      ? `no ${dups.kind} duplicate groups (\`${d.command}\` found none)`
+      : `${d.total_groups} group${d.total_groups === 1 ? "" : "s"}, ${d.items} items: `
+        + `\`curate filter --dedup\` keeps one of each group and leaves out ${d.removed}`;
+    const box = $("dups-groups");
+    for (const g of d.groups) box.append(group(g));
+    dups.next = d.next;
+    $("dups-end").hidden = dups.next !== null;
+    document.body.dataset.groups = String(box.children.length);
+  } finally {
+    if (gen === dups.gen) dups.loading = false;
+  }
+}
+
+function group(g) {
+  const box = el("section", { class: "group", dataset: { group: String(g.group_id) } });
+  const lowest = g.min_similarity === null ? "" : ` · lowest cosine to it ${g.min_similarity.toFixed(3)}`;
+  box.append(el("h3", { text: `${g.size} items, the representative first${lowest}` }));
+  const row = el("div", { class: "grid members" });
+  for (const t of g.members) row.append(tile(t));
+  if (g.size > g.members.length) row.append(el("div", { class: "more", text: `+${g.size - g.members.length} more` }));
+  box.append(row);
+  return box;
+}
+
+// ------------------------------------------------------------------ start
+
+function showView() {
+  document.body.dataset.view = PAGE_VIEW;
+  for (const v of document.querySelectorAll(".view")) v.hidden = v.dataset.for !== PAGE_VIEW;
+  for (const e of document.querySelectorAll(".for-browse")) e.hidden = PAGE_VIEW !== "browse";
+  for (const a of document.querySelectorAll("#nav a")) {
+    if (a.dataset.view === PAGE_VIEW) a.setAttribute("aria-current", "page");
+  }
+}
+
 async function main() {
+  showView();
+  if (PAGE_VIEW === "review") {
+    const review = await import("/static/review.js");
+    review.start({ drawModel, showError });
+    return;
+  }
   wire();
   try {
     await loadOverview();
@@ -449,6 +720,10 @@ async function main() {
     document.body.dataset.state = "failed";
     return;
   }
+  if (PAGE_VIEW === "compare") { initCompare(); return; }
+  if (PAGE_VIEW === "duplicates") { initDuplicates(); return; }
+  const like = /^#like=(\d+)$/.exec(location.hash);
+  if (like) { view.search = { like: Number(like[1]) }; history.replaceState(null, "", "/"); }
   pollWarm();
   await reload();
 }

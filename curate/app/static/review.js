@@ -1,8 +1,8 @@
-// curate review page: one image at a time, one key per mark.
-// Every mark is POSTed at once and stored by the server before it answers; marks
-// waiting for an answer stay queued (and are retried) so a slow or restarted server
-// loses nothing. All text from the collection goes in with textContent, never as HTML.
-"use strict";
+// curate app, the review view (/review; `curate review` opens it): one image at a time,
+// one key or one click per mark. Every mark is POSTed at once and stored by the server
+// (the review journal, fsynced) before it answers; marks waiting for an answer stay queued
+// (and are retried) so a slow or restarted server loses nothing. All text from the
+// collection goes in with textContent, never as HTML. A module: app.js imports it.
 
 const KEYS = {
   h: "hit", y: "hit", 1: "hit",
@@ -151,7 +151,7 @@ function render() {
   const img = $("image");
   $("image-error").hidden = true;
   img.hidden = false;
-  img.src = `/image/${it.id}`;
+  img.src = `/api/image/${it.id}`;
   img.alt = it.label;
   $("label").textContent = it.label + "?";
   $("prob").textContent = `p = ${it.prob.toFixed(3)}`;
@@ -167,7 +167,7 @@ function render() {
   const cm = $("current-mark");
   cm.className = it.mark || "";
   cm.textContent = it.mark ? `marked: ${it.mark}` : "";
-  for (let i = pos + 1; i <= pos + PREFETCH && i < items.length; i++) new Image().src = `/image/${items[i].id}`;
+  for (let i = pos + 1; i <= pos + PREFETCH && i < items.length; i++) new Image().src = `/api/image/${items[i].id}`;
 }
 
 async function flush() {
@@ -178,7 +178,7 @@ async function flush() {
       const m = queue[0];
       let res;
       try {
-        res = await fetch("/api/mark", {
+        res = await fetch("/api/review/mark", {
           method: "POST",
           headers: { "Content-Type": "application/json" },
           body: JSON.stringify({ id: m.id, mark: m.mark }),
@@ -236,30 +236,46 @@ function onKey(ev) {
   }
 }
 
-async function load() {
-  const res = await fetch("/api/items");
+async function load(shared) {
+  const res = await fetch("/api/review/items");
   const body = await res.json();
+  if (!res.ok) throw new Error(body.error || `HTTP ${res.status}`);
+  if (body.set === null) {       // `curate app` on a workspace with no review set yet
+    $("review-none").hidden = false;
+    $("review-main").hidden = true;
+    $("review-none-why").textContent = body.error || "no review set";
+    $("progress").textContent = "";
+    document.body.dataset.state = "no-set";
+    return;
+  }
+  shared.drawModel(body.model);
   items = body.items;
   progress = body.progress;
   targetWidth = body.target_width ?? null;
   if (body.z) z = body.z;
   if (body.min_marks) minMarks = body.min_marks;
   document.title = `curate review: ${body.set}`;
-  $("title").textContent = `curate review · ${body.set} (${body.source} predictions)`;
+  $("title").textContent = `review · ${body.set} (${body.source} predictions)`;
   pos = firstUnmarked(0);  // reopening continues where the last session stopped
   showSave();
   render();
   document.addEventListener("keydown", onKey);
+  for (const b of document.querySelectorAll("#review-buttons .rv")) {
+    b.addEventListener("click", () => { b.blur(); mark(b.dataset.mark); });
+  }
+  $("review-back").addEventListener("click", () => { if (pos > 0) { pos = Math.min(pos, items.length) - 1; render(); } });
 }
 
-$("image").addEventListener("error", () => {
-  $("image").hidden = true;
-  $("image-error").hidden = false;
-});
-window.addEventListener("beforeunload", (ev) => {
-  if (queue.length) { ev.preventDefault(); ev.returnValue = ""; }
-});
-load().catch((e) => {
-  document.body.dataset.state = "error";
-  $("progress").textContent = `could not load the review set: ${e}`;
-});
+export function start(shared) {
+  $("image").addEventListener("error", () => {
+    $("image").hidden = true;
+    $("image-error").hidden = false;
+  });
+  window.addEventListener("beforeunload", (ev) => {
+    if (queue.length) { ev.preventDefault(); ev.returnValue = ""; }
+  });
+  load(shared).catch((e) => {
+    document.body.dataset.state = "error";
+    $("progress").textContent = `could not load the review set: ${e}`;
+  });
+}
