@@ -90,10 +90,10 @@ def plant_duplicates(v: np.ndarray, rng: np.random.Generator) -> int:
 
 def make_source(src: Path, n: int, dim: int, part_size: int, photos: Path) -> int:
     """The clip-retrieval folder; returns the number of planted duplicate groups. One made before
-    with the same settings (--source) is used as it is."""
+    with the same settings (--source) is used as it is: then the number is returned negated."""
     marker = src / f".done-{n}-{dim}-{part_size}"
     if marker.exists():
-        return int(marker.read_text())
+        return -int(marker.read_text())
     shutil.rmtree(src, ignore_errors=True)
     for d in ("img_emb", "text_emb", "metadata"):
         (src / d).mkdir(parents=True)
@@ -251,8 +251,10 @@ def main() -> None:
         t = time.perf_counter()
         load0 = os.getloadavg()[0]
         planted = make_source(src, a.n, a.dim, a.part_size, photos)
-        rec("source", "seconds", time.perf_counter() - t, "s", load_before=round(load0, 2),
-            load_after=round(os.getloadavg()[0], 2), planted_groups=planted)
+        if planted >= 0:
+            rec("source", "seconds", time.perf_counter() - t, "s", load_before=round(load0, 2),
+                load_after=round(os.getloadavg()[0], 2), planted_groups=planted)
+        planted = abs(planted)
         rec("source", "disk", disk_bytes(src) / 2**20, "MiB")
 
         r = launcher.run(["build-index", str(src), "-w", str(ws), "--model", "ViT-B-32", "--pretrained", "none"],
