@@ -487,12 +487,13 @@ def compare(workspace: str | Path = "ws", names: Iterable[str] = (), *, out: str
 @check.params(workspace=check.path(), threshold=check.number(0, 1, lo_open=True, none=True), kind=check.text(),
               fresh=check.flag(), quiet=check.flag(none=True))
 def dedup(workspace: str | Path = "ws", *, threshold: float | None = None, kind: str = "image",
-          fresh: bool = False, quiet: bool | None = None) -> DedupResult:
+          fresh: bool = False, by: str = "auto", quiet: bool | None = None) -> DedupResult:
     """Find near-duplicate groups and store them in the table `duplicates` (view `duplicate_groups`).
 
     kind "image": images at cosine >= `threshold` (default 0.94) on their embeddings, through the
     image index; a rerun queries only vectors embedded since (`fresh`: all again). kind
     "caption-text": items whose captions are equal after normalising whitespace and case.
+    `by`: "clusters", "index" or "auto" (select/dedup.py's find_duplicates says which is used when).
     """
     from .select.dedup import DEFAULT_THRESHOLD, DedupError, find_duplicates
 
@@ -501,4 +502,4 @@ def dedup(workspace: str | Path = "ws", *, threshold: float | None = None, kind:
         raise DedupError("--threshold is for --kind image (caption-text groups are equal texts)")
     with Progress("dedup", None, "vector", enabled=_enabled(quiet)) as bar:
         return find_duplicates(ws_path, kind, DEFAULT_THRESHOLD if threshold is None else threshold,
-                               fresh=fresh, progress=bar.update)
+                               fresh=fresh, by=by, progress=bar.update)

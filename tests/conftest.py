@@ -7,6 +7,7 @@ against independent computations, never meaning.
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a missing download must fail at once, not after ~46 s
@@ -69,6 +70,38 @@ def make_folder(root: Path, n: int = len(CAPTIONS), size: tuple[int, int] = (96,
     return root
 
 
+def _share_tokenizers() -> None:
+    """One open_clip tokenizer per model name for the session. open_clip builds it from its 1.3 MB
+    BPE vocabulary at each get_tokenizer call (~0.3 s, 70% of loading curate-tiny): a curate
+    process loads it once, the suite's in-process runs would load it at every build, classify and
+    search. It holds nothing a call changes (its cache only memoises BPE splits of words). Names
+    with a schema (hf-hub:, local-dir:) are read from where they point each time."""
+    import open_clip
+
+    if getattr(open_clip.get_tokenizer, "shared", False):
+        return
+    make = open_clip.get_tokenizer
+    made: dict = {}
+
+    def get_tokenizer(model_name: str = "", *args, **kwargs):
+        if args or ":" in model_name:
+            return make(model_name, *args, **kwargs)
+        key = (model_name, tuple(sorted(kwargs.items())))
+        if key not in made:
+            made[key] = make(model_name, **kwargs)
+        return made[key]
+
+    get_tokenizer.shared = True
+    open_clip.get_tokenizer = get_tokenizer
+
+
+def pytest_runtest_setup(item) -> None:
+    # open_clip is imported by the first test that needs it (a light test file never pays torch's
+    # import for it); from then on its tokenizers are shared
+    if "open_clip" in sys.modules:
+        _share_tokenizers()
+
+
 def run_cli(*args: str, expect: int | None = 0):
     """Run `curate ...` in-process; fail the test with its output if the exit code differs."""
     result = CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
@@ -81,6 +114,7 @@ def run_cli(*args: str, expect: int | None = 0):
 def tiny_encoder():
     from curate.ingest.model import load_encoder
 
+    _share_tokenizers()
     return load_encoder("curate-tiny", "none", "cpu")
 
 

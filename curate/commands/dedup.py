@@ -8,7 +8,7 @@ import click
 
 from .. import api
 from ..core.textout import echo, safe
-from ..select.dedup import DEFAULT_THRESHOLD, KINDS, TOLERANCE
+from ..select.dedup import BY, CLUSTER_MIN, DEFAULT_THRESHOLD, KINDS, TOLERANCE
 from . import options
 from .shared import note_random_weights
 
@@ -25,9 +25,14 @@ from .shared import note_random_weights
                    "after normalising whitespace and case.")
 @click.option("--fresh", is_flag=True, help="Query every vector again instead of only those embedded since the last "
                                             "run.")
-def dedup_cmd(ws_path: Path, threshold: float | None, kind: str, fresh: bool) -> None:
+@click.option("--by", type=click.Choice(BY), default="auto", show_default=True,
+              help=f"clusters: compare the stored vectors within k-means clusters (exact products, a provable "
+                   f"margin; the index is not asked); index: ask the image index for each vector; auto: clusters "
+                   f"for a whole collection of {CLUSTER_MIN:,} vectors or more, else the index (a rerun with only "
+                   f"new shards always asks the index).")
+def dedup_cmd(ws_path: Path, threshold: float | None, kind: str, fresh: bool, by: str) -> None:
     """Find groups of near-duplicates (a chain a~b~c is one group), each with a representative
     (the largest file, then the first id); stored in the table `duplicates` for `filter --dedup`."""
     note_random_weights(ws_path)
-    r = api.dedup(ws_path, threshold=threshold, kind=kind, fresh=fresh)
+    r = api.dedup(ws_path, threshold=threshold, kind=kind, fresh=fresh, by=by)
     echo(safe(r.summary()))

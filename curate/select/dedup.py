@@ -1,7 +1,25 @@
 """Near-duplicates: groups of items that are the same photo, or carry the same caption text.
 
-Image groups come from the image index: each stored vector is a query, and every other
-vector at cosine >= the threshold (less TOLERANCE) is its duplicate. How the index is asked
+Two pairs (a, b) are duplicates when the cosine of their stored vectors is >= the threshold
+(less TOLERANCE). Two ways find them:
+
+- Clusters (a whole collection of CLUSTER_MIN vectors or more; `--by clusters`): the stored
+  vectors, not the index. Spherical k-means (FAISS, trained on a sample) gives each vector a
+  primary cluster, its nearest centroid; each vector also joins, as a secondary member, the
+  other clusters whose cell a vector within the pair distance r of it could lie in. That
+  margin is provable: for unit centroids, a vector a lies in the cell of c only if <a, c - c'>
+  >= 0 for every c', so a b with ||a - b|| <= r can have its partner in the cell of c only if
+  <b, c_b - c> <= r ||c_b - c|| (c_b: b's nearest centroid); r = sqrt(2 max|v|^2 - 2 t) bounds
+  ||a - b|| for every pair at cosine >= t. Within each cluster, exact float32 matrix
+  products (BLAS, blocks of bounded size) compare every primary member with every member; the
+  threshold decides on each proposed pair's dot product in float64 (no float32 sum order can
+  move it): a pair reported is a pair, always (exact precision). A vector joins at most
+  SPILL clusters beside its own (those of smallest margin): where its provable list is longer it is capped, and only a pair whose two members
+  were both capped can be missed. The run says the share of vectors whose list was complete;
+  recall is measured (bench/bench_dedup.py: against brute force on a sample and every planted
+  pair); with no vector capped the result is exactly brute force's.
+- The index (incremental reruns, small collections, `--by index`): each stored vector is a
+  query, and every other vector at cosine >= the threshold is its duplicate. How the index is asked
 depends on its type, never on trying and catching: FAISS's range search is used only where it
 is exact and safe, a flat index and IVF lists of full vectors (the tuned nprobe). Every other
 index (HNSW, PQ codes, a GPU copy) answers a k-NN search whose k doubles for the queries whose
@@ -14,12 +32,16 @@ approximate (PQ codes) only propose candidates: each is scored again from the st
 so a pair reported is at the threshold by its true cosine.
 
 Queries stream shard by shard in batches, so memory holds one batch's results and the pairs
-found, never an n x n matrix. Groups are the connected components of the pairs.
+found, never an n x n matrix. The clusters hold every vector in memory (n x d float32: 2 GiB at
+1M x 512) and one block of products at a time. Groups are the connected components of the pairs.
 
 The pairs are kept (table duplicate_pairs, queries/duplicates.sql) with the shards they
 came from, so a rerun after new items were embedded queries only the new shards: their
 vectors meet the old ones through the index, which already holds them. A changed
 threshold, or a shard rewritten since (items re-embedded), makes the rerun start over.
+Everything a run finds is written in one transaction at its end: a killed dedup leaves the
+previous run's results as they were, and the next run starts again from the beginning (it
+does not resume).
 
 Caption-text groups are SQL only (the view caption_text_duplicates), stored the same way.
 """
@@ -58,6 +80,18 @@ TOLERANCE = 1e-5
 META_KEY = "dedup.image"
 RANGE = "range search"
 KNN = "k-NN"
+CLUSTERS = "clusters"
+BY = ("auto", "clusters", "index")
+# A whole collection this large is compared within k-means clusters, not through the index:
+# at 100K x 512 asking auto's HNSW (efSearch 2048) takes ~2 h, the clusters seconds.
+CLUSTER_MIN = 20_000
+CLUSTER_SIZE = 400      # vectors a cluster, on average (k = n / CLUSTER_SIZE centroids)
+TRAIN_PER_CENTROID = 24 # k-means trains on this many sampled vectors a centroid
+KMEANS_ITER = 6         # the clusters' quality sets the speed, never which pairs are true
+SPILL = 2               # clusters a vector joins beside its own, at most (those of smallest margin)
+BLOCK_ENTRIES = 1 << 23 # entries of one block of products (32 MiB of float32)
+ASSIGN_ROWS = 4096      # vectors assigned to centroids at a time
+PROPOSE_SLACK = np.float32(1e-4)  # float32 products propose pairs this far below the floor; float64 decides
 
 
 class DedupError(InputError, ValueError):
@@ -73,7 +107,7 @@ class DedupResult:
     pairs: int                    # pairs at or above the threshold (all runs)
     groups: int
     in_groups: int                # items in a group of two or more
-    method: str                   # how the index was asked
+    method: str                   # how the index was asked, or the clusters compared
     started_over: bool            # every vector queried (first run, new threshold, rewritten shards)
     seconds: float
 
@@ -89,17 +123,26 @@ class DedupResult:
                 f"items ({self.removed:,} beside one per group")
         line += (", what `filter --dedup` leaves out)" if self.kind == "image" else ")")
         if self.kind == "image":
-            line += (f" ({self.queried:,} vector{'' if self.queried == 1 else 's'} queried by {self.method}"
+            how = "compared within" if self.method.startswith(CLUSTERS) else "queried by"
+            line += (f" ({self.queried:,} vector{'' if self.queried == 1 else 's'} {how} {self.method}"
                      f"{', all again' if self.started_over else ', new shards only'}, {self.seconds:.1f}s)")
         return line
 
 
 def find_duplicates(ws_path: str | Path, kind: str = "image", threshold: float = DEFAULT_THRESHOLD, *,
-                    batch_rows: int = BATCH_ROWS, k: int = KNN_K, fresh: bool = False,
+                    batch_rows: int = BATCH_ROWS, k: int = KNN_K, fresh: bool = False, by: str = "auto",
+                    clusters: int | None = None, spill: int = SPILL,
                     progress: Callable[[int], None] | None = None) -> DedupResult:
-    """Find the groups of `kind` and store them in the table duplicates (replacing that kind's rows)."""
+    """Find the groups of `kind` and store them in the table duplicates (replacing that kind's rows).
+
+    `by`: "clusters" compares the stored vectors within k-means clusters (`clusters` centroids,
+    default n / CLUSTER_SIZE; each vector in at most `spill` clusters beside its own), "index"
+    asks the image index, "auto" the clusters for a whole collection of CLUSTER_MIN vectors
+    or more, else the index. A rerun that has only new shards to query always asks the index."""
     if kind not in KINDS:
         raise DedupError(f"kind must be one of {', '.join(KINDS)}, not {kind!r}")
+    if by not in BY:
+        raise DedupError(f"by must be one of {', '.join(BY)}, not {by!r}")
     if not 0.0 < threshold <= 1.0:
         raise DedupError(f"threshold must lie in (0, 1], not {threshold}")
     ws = Workspace(ws_path)
@@ -118,7 +161,7 @@ def find_duplicates(ws_path: str | Path, kind: str = "image", threshold: float =
             groups, members = _counts(con, kind)
             return DedupResult(kind, None, items, 0, 0, groups, members, "SQL", True,
                                time.monotonic() - started)
-        ask = _Ask(float(threshold), batch_rows, k, fresh)
+        ask = _Ask(float(threshold), batch_rows, k, fresh, by, clusters, spill)
         queried, pairs, how, start_over = _image(ws, con, ask, progress)
         groups, members = _counts(con, "image")
         return DedupResult("image", ask.threshold, items, queried, pairs, groups, members, how, start_over,
@@ -135,54 +178,29 @@ class _Ask:
     batch_rows: int
     k: int
     fresh: bool
+    by: str = "auto"
+    clusters: int | None = None
+    spill: int = SPILL
 
 
 def _image(ws: Workspace, con: duckdb.DuckDBPyConnection, ask: _Ask,
            progress: Callable[[int], None] | None) -> tuple[int, int, str, bool]:
     """The image groups found and stored: (vectors queried, pairs held, how the index was
     asked, whether it started over)."""
-    import faiss
-
-    from ..ingest import faiss_index, index_recall
-
-    path = ws.index_path("image")
-    if not path.exists():
-        raise NotReady(f"the workspace {ws.root} has no image index: run `curate build-index` first")
     shards = store.shard_files(ws, con, "image")
-    index = faiss.read_index(str(path))
     held = sum(s.rows for s in shards)
-    if index.ntotal != held:
-        raise NotReady(f"the image index holds {index.ntotal:,} vectors but the workspace {held:,}: "
-                       "run `curate build-index` again to bring it up to date")
-    tuned = faiss_index.search_setting(con, "image")
-    index_recall.set_param(index, tuned.value if tuned else None)
-    method, exact = ask_by(index)
-    threshold = ask.threshold
-    asked = _Asker(index, method, exact, threshold, ask.k, shards)
-
     names = [s.vectors.name for s in shards]
     before = json.loads(Workspace.get_meta(con, META_KEY) or "null")
-    start_over = (ask.fresh or before is None or before.get("threshold") != threshold
+    start_over = (ask.fresh or before is None or before.get("threshold") != ask.threshold
                   or not set(before.get("shards", [])) <= set(names))
-    todo = shards if start_over else [s for s in shards if s.vectors.name not in set(before["shards"])]
-
-    found_a, found_b, found_s = [], [], []
-    queried = 0
-    for shard in todo:
-        ids, vecs = store.open_shard(shard)
-        for s in range(0, len(ids), ask.batch_rows):
-            q_ids = np.asarray(ids[s:s + ask.batch_rows], dtype=np.int64)
-            q = np.ascontiguousarray(vecs[s:s + ask.batch_rows], dtype=np.float32)
-            a, b, sim = asked.pairs(q_ids, q)
-            found_a.append(a)
-            found_b.append(b)
-            found_s.append(sim)
-            queried += len(q_ids)
-            if progress:
-                progress(len(q_ids))
-    a = np.concatenate(found_a) if found_a else np.zeros(0, np.int64)
-    b = np.concatenate(found_b) if found_b else np.zeros(0, np.int64)
-    sim = np.concatenate(found_s) if found_s else np.zeros(0, np.float32)
+    if start_over and (ask.by == "clusters" or (ask.by == "auto" and held >= CLUSTER_MIN)):
+        a, b, sim, how = cluster_pairs(shards, ask.threshold, clusters=ask.clusters, spill=ask.spill,
+                                       progress=progress)
+        queried = held
+    else:
+        todo = shards if start_over else [s for s in shards if s.vectors.name not in set(before["shards"])]
+        a, b, sim, how = _index_pairs(ws, con, ask, shards, todo, progress)
+        queried = sum(s.rows for s in todo)
 
     with sql.transaction(con):
         if start_over:
@@ -209,8 +227,203 @@ def _image(ws: Workspace, con: duckdb.DuckDBPyConnection, ask: _Ask,
             finally:
                 con.unregister("members")
             _similarities(ws, con, shards)
-        Workspace.set_meta(con, META_KEY, json.dumps({"threshold": threshold, "shards": names}))
-    return queried, len(pa), asked.describe(), start_over
+        Workspace.set_meta(con, META_KEY, json.dumps({"threshold": ask.threshold, "shards": names}))
+    return queried, len(pa), how, start_over
+
+
+def _index_pairs(ws: Workspace, con: duckdb.DuckDBPyConnection, ask: _Ask, shards: list, todo: list,
+                 progress: Callable[[int], None] | None) -> tuple[np.ndarray, np.ndarray, np.ndarray, str]:
+    """The pairs of the vectors of the shards `todo` with every vector, asked of the image index."""
+    import faiss
+
+    from ..ingest import faiss_index, index_recall
+
+    path = ws.index_path("image")
+    if not path.exists():
+        raise NotReady(f"the workspace {ws.root} has no image index: run `curate build-index` first")
+    index = faiss.read_index(str(path))
+    held = sum(s.rows for s in shards)
+    if index.ntotal != held:
+        raise NotReady(f"the image index holds {index.ntotal:,} vectors but the workspace {held:,}: "
+                       "run `curate build-index` again to bring it up to date")
+    tuned = faiss_index.search_setting(con, "image")
+    index_recall.set_param(index, tuned.value if tuned else None)
+    method, exact = ask_by(index)
+    asked = _Asker(index, method, exact, ask.threshold, ask.k, shards)
+    found_a, found_b, found_s = [], [], []
+    for shard in todo:
+        ids, vecs = store.open_shard(shard)
+        for s in range(0, len(ids), ask.batch_rows):
+            q_ids = np.asarray(ids[s:s + ask.batch_rows], dtype=np.int64)
+            q = np.ascontiguousarray(vecs[s:s + ask.batch_rows], dtype=np.float32)
+            a, b, sim = asked.pairs(q_ids, q)
+            found_a.append(a)
+            found_b.append(b)
+            found_s.append(sim)
+            if progress:
+                progress(len(q_ids))
+    a = np.concatenate(found_a) if found_a else np.zeros(0, np.int64)
+    b = np.concatenate(found_b) if found_b else np.zeros(0, np.int64)
+    sim = np.concatenate(found_s) if found_s else np.zeros(0, np.float32)
+    return a, b, sim, asked.describe()
+
+
+# --------------------------------------------------------------------------- clusters
+
+def cluster_pairs(shards: list, threshold: float, *, clusters: int | None = None, spill: int = SPILL,
+                  progress: Callable[[int], None] | None = None
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray, str]:
+    """Every pair (a < b, by item id) whose stored vectors' dot product is >= threshold - TOLERANCE,
+    found within k-means clusters (the module docstring: what is exact, what is measured), with
+    its cosine; and a description of the clusters."""
+    ids, vecs = _load(shards)
+    return pairs_in_clusters(ids, vecs, threshold, clusters=clusters, spill=spill, progress=progress)
+
+
+def pairs_in_clusters(ids: np.ndarray, vecs: np.ndarray, threshold: float, *, clusters: int | None = None,
+                      spill: int = SPILL, progress: Callable[[int], None] | None = None
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray, str]:
+    """cluster_pairs on vectors in memory (float32 [n, d], C order) with their ids."""
+    n = len(ids)
+    floor = np.float32(threshold - TOLERANCE)
+    if n < 2:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32), f"{CLUSTERS} (none)"
+    norm_max = float(np.sqrt(np.max(np.einsum("ij,ij->i", vecs, vecs))))
+    # ||a - b||^2 = |a|^2 + |b|^2 - 2 <a, b> <= 2 max|v|^2 - 2 floor; slack for float32 rounding
+    r = float(np.sqrt(max(0.0, 2 * norm_max**2 - 2 * float(floor)))) * (1 + 1e-4) + 1e-4
+    k = max(1, min(n // 2, clusters if clusters is not None else round(n / CLUSTER_SIZE)))
+    t0 = time.monotonic()
+    cent = _centroids(vecs, k)
+    t1 = time.monotonic()
+    prim, extra, capped = _assign(vecs, cent, r, spill)
+    t2 = time.monotonic()
+    found_i, found_j, found_s = [], [], []
+    order = np.argsort(prim, kind="stable")
+    starts = np.searchsorted(prim[order], np.arange(k + 1))
+    sec_rows, sec_cl = extra
+    sec_order = np.argsort(sec_cl, kind="stable")
+    sec_starts = np.searchsorted(sec_cl[sec_order], np.arange(k + 1))
+    for c in range(k):
+        p = order[starts[c]:starts[c + 1]]
+        if len(p) == 0:
+            continue
+        sec = sec_rows[sec_order[sec_starts[c]:sec_starts[c + 1]]]
+        i, j, s = _compare(vecs, p, sec, floor)
+        found_i.append(i)
+        found_j.append(j)
+        found_s.append(s)
+        if progress:
+            progress(len(p))
+    i = np.concatenate(found_i)
+    j = np.concatenate(found_j)
+    s = np.concatenate(found_s)
+    a, b = np.minimum(ids[i], ids[j]), np.maximum(ids[i], ids[j])
+    # a pair meets in the clusters of both its members when each spills into the other's
+    key = np.lexsort((-s, b, a))
+    a, b, s = a[key], b[key], s[key]
+    first = np.ones(len(a), bool)
+    first[1:] = (a[1:] != a[:-1]) | (b[1:] != b[:-1])
+    complete = 1 - capped / n
+    how = (f"{CLUSTERS} ({k:,} k-means clusters, each vector in up to {spill} beside its own by a provable margin; "
+           f"the margin's list complete for {100 * complete:.{1 if capped else 0}f}% of vectors; k-means "
+           f"{t1 - t0:.0f}s, margins {t2 - t1:.0f}s, products {time.monotonic() - t2:.0f}s)")
+    return a[first], b[first], np.minimum(s[first], np.float32(1.0)), how
+
+
+def _load(shards: list) -> tuple[np.ndarray, np.ndarray]:
+    """Every stored vector in memory (float32) with its item id, shard by shard."""
+    total = sum(s.rows for s in shards)
+    ids = np.empty(total, np.int64)
+    vecs: np.ndarray | None = None
+    at = 0
+    for shard in shards:
+        sid, v = store.open_shard(shard)
+        if vecs is None:
+            vecs = np.empty((total, v.shape[1]), np.float32)
+        ids[at:at + len(sid)] = sid
+        vecs[at:at + len(sid)] = v
+        at += len(sid)
+        del v
+    return ids, (vecs if vecs is not None else np.zeros((0, 0), np.float32))
+
+
+def _centroids(vecs: np.ndarray, k: int) -> np.ndarray:
+    """k unit centroids: spherical k-means on a fixed sample (seeded: the same run gives the same clusters)."""
+    import faiss
+
+    if k == 1:
+        c = vecs.mean(0, keepdims=True)
+        return (c / max(float(np.linalg.norm(c)), 1e-12)).astype(np.float32)
+    rng = np.random.default_rng(0)
+    m = min(len(vecs), k * TRAIN_PER_CENTROID)
+    sample = vecs[np.sort(rng.choice(len(vecs), m, replace=False))]
+    km = faiss.Kmeans(vecs.shape[1], k, niter=KMEANS_ITER, spherical=True, seed=1,
+                      max_points_per_centroid=TRAIN_PER_CENTROID, min_points_per_centroid=1, verbose=False)
+    km.train(sample)
+    c = km.centroids.astype(np.float32)
+    return c / np.maximum(np.linalg.norm(c, axis=1, keepdims=True), 1e-12)
+
+
+def _assign(vecs: np.ndarray, cent: np.ndarray, r: float, spill: int
+            ) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray], int]:
+    """Each vector's primary cluster (its nearest centroid), its secondary memberships (rows,
+    clusters): the clusters c whose cell a vector within r of it could lie in, <b, c_b - c> <=
+    r ||c_b - c||, at most `spill` of them (smallest margin first); and how many vectors had
+    more than `spill` (capped)."""
+    n, k = len(vecs), len(cent)
+    gap = np.sqrt(np.maximum(2.0 - 2.0 * (cent @ cent.T), 0.0)).astype(np.float32)  # ||c - c'||, unit centroids
+    prim = np.empty(n, np.int32)
+    rows, cls = [], []
+    capped = 0
+    for s in range(0, n, ASSIGN_ROWS):
+        sc = vecs[s:s + ASSIGN_ROWS] @ cent.T
+        best = sc.argmax(1)
+        prim[s:s + len(sc)] = best
+        if k == 1:
+            continue
+        top = sc[np.arange(len(sc)), best]
+        # the margin test <b, c_b - c> <= r ||c_b - c||, kept sparse: a vector passes it for few clusters
+        rr, cc = np.nonzero(sc >= top[:, None] - np.float32(r) * gap[best])
+        other = cc != best[rr]
+        rr, cc = rr[other], cc[other]
+        margin = (top[rr] - sc[rr, cc]) / np.maximum(gap[best[rr], cc], np.float32(1e-12))
+        order = np.lexsort((margin, rr))                      # each vector's smallest margins first
+        rr, cc = rr[order], cc[order]
+        start = np.searchsorted(rr, rr, side="left")          # rank of each within its vector's list
+        rank = np.arange(len(rr)) - start
+        capped += int(np.count_nonzero(rank == spill))
+        keep = rank < spill
+        rows.append((s + rr[keep]).astype(np.int64))
+        cls.append(cc[keep].astype(np.int32))
+    extra = (np.concatenate(rows) if rows else np.zeros(0, np.int64),
+             np.concatenate(cls) if cls else np.zeros(0, np.int32))
+    return prim, extra, capped
+
+
+def _compare(vecs: np.ndarray, prim: np.ndarray, sec: np.ndarray, floor: np.float32
+             ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Within one cluster: every (primary, primary) pair once and every (primary, secondary)
+    pair whose dot product is >= floor (rows of vecs; i != j). The float32 products only
+    propose (from PROPOSE_SLACK below the floor: BLAS's sum order moves a 512-d product by
+    ~1e-7); each proposal is decided by its dot product in float64, so the decision does not
+    depend on the order of a sum, and any recomputation agrees with it."""
+    every = np.concatenate([prim, sec])
+    y = vecs[every]
+    step = max(1, BLOCK_ENTRIES // max(1, len(every)))
+    out_i, out_j, out_s = [], [], []
+    for s in range(0, len(prim), step):
+        x = y[s:s + step]
+        g = x @ y.T
+        i, j = np.nonzero(g >= floor - PROPOSE_SLACK)
+        i += s
+        keep = j > i        # primaries against later primaries (each pair once) and every secondary
+        i, j = i[keep], j[keep]
+        exact = np.einsum("ij,ij->i", y[i].astype(np.float64), y[j].astype(np.float64))
+        ok = exact >= float(floor)
+        out_i.append(every[i[ok]])
+        out_j.append(every[j[ok]])
+        out_s.append(exact[ok])
+    return np.concatenate(out_i), np.concatenate(out_j), np.concatenate(out_s).astype(np.float32)
 
 
 def ask_by(index) -> tuple[str, bool]:

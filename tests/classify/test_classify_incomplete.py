@@ -75,6 +75,7 @@ def _readers(root: Path, tmp: Path, tag: str) -> dict:
     }
 
 
+@pytest.mark.slow
 def test_killed_reclassify_leaves_the_previous_result_until_it_completes(tmp_path):
     labels = label_file(tmp_path / "labels.csv")
     ws = tmp_path / "ws"

@@ -178,6 +178,7 @@ def stopped_after(batches: int):
     return progress
 
 
+@pytest.mark.slow
 def test_killed_cli_run_resumes_to_the_uninterrupted_tables(tmp_path):
     t0 = time.perf_counter()
     labels = label_file(tmp_path / "labels.csv")

@@ -163,6 +163,7 @@ def many(tmp_path_factory) -> Path:
     return ws
 
 
+@pytest.mark.slow
 def test_a_copy_killed_half_way_is_cleaned_exactly(many, tmp_path):
     folder = tmp_path / "copies"
     folder.mkdir()

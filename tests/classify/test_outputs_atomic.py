@@ -77,6 +77,7 @@ def _read(path: Path) -> list:
         return [json.loads(line) for line in f]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name,earlier", [("x.csv", True), ("x.jsonl", False), ("x.parquet", False)])
 def test_a_filter_killed_mid_write_leaves_the_earlier_file_or_none(big_ws, tmp_path, name, earlier):
     folder = tmp_path / "out"
@@ -107,6 +108,7 @@ def test_a_filter_killed_mid_write_leaves_the_earlier_file_or_none(big_ws, tmp_p
     assert rows and all(r["label"] == "place_3" for r in rows)
 
 
+@pytest.mark.slow
 def test_a_failed_write_leaves_nothing_at_the_name(big_ws, tmp_path):
     folder = tmp_path / "out"
     folder.mkdir()
@@ -165,6 +167,7 @@ def test_label_folders_never_merge_and_are_safe(photo_ws, tmp_path):
     assert {d.name for d in (tmp_path / "cli").iterdir() if d.is_dir()} <= set(folders)
 
 
+@pytest.mark.slow
 def test_a_copy_that_fails_leaves_no_file_at_its_name(photo_ws, tmp_path):
     folder = tmp_path / "copies"
     proc = subprocess.Popen([sys.executable, "-m", "curate.cli", "filter", "-w", str(photo_ws), "--min-prob", "0",

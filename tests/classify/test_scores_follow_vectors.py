@@ -264,6 +264,7 @@ def _re_embed(root: Path, ids: np.ndarray, seed: int) -> None:
     con.close()
 
 
+@pytest.mark.slow
 def test_killed_rescoring_resumes_to_the_uninterrupted_rescoring(tmp_path):
     labels = label_file(tmp_path / "labels.csv", 16)
     a = tmp_path / "a"

@@ -56,6 +56,7 @@ def classified(built_workspace, tmp_path_factory) -> Path:
     return ws
 
 
+@pytest.mark.slow
 def test_table_of_conditions(classified, tmp_path):
     ws = classified
     before = state(ws)
@@ -80,6 +81,7 @@ def test_table_of_conditions(classified, tmp_path):
     assert not (tmp_path / "nowhere").exists()
 
 
+@pytest.mark.slow
 def test_a_locked_workspace(classified):
     ws = classified
     before = state(ws)
@@ -99,6 +101,7 @@ def test_a_locked_workspace(classified):
     assert state(ws) == before
 
 
+@pytest.mark.slow
 def test_a_missing_shard(built_workspace, tmp_path):
     ws = tmp_path / "ws"
     shutil.copytree(built_workspace, ws)
@@ -168,6 +171,7 @@ def _fill(folder: Path) -> Path:
     return filler
 
 
+@pytest.mark.slow
 def test_a_full_disk(classified, full_disk):
     ws = full_disk / "ws"
     shutil.copytree(classified, ws)

@@ -61,6 +61,7 @@ def test_readme_demo_block_is_the_real_output(tmp_path):
     assert _normalise(got, str(tmp_path)) == want
 
 
+@pytest.mark.slow
 def test_the_rejected_hint_runs_as_printed(tmp_path):
     """build-index's `reasons: duckdb ...` hint is a command that works as printed (venv on PATH)."""
     from conftest import make_folder

@@ -30,6 +30,9 @@ from curate.classify.run import classify
 from curate.core.workspace import Workspace
 from curate.validate.review import journal
 
+# every test here runs real curate processes side by side on one workspace file
+pytestmark = pytest.mark.slow
+
 # Generous: a loaded test machine can be slow to start a process; nothing asserts a duration.
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1", "CURATE_WAIT": "120"}
 SHELL = shutil.which("duckdb", path=str(Path(sys.executable).parent)) or shutil.which("duckdb")

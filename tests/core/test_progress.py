@@ -9,6 +9,8 @@ import select
 import struct
 import termios
 
+import pytest
+
 from curate.core.progress import Progress, plural
 
 
@@ -114,6 +116,7 @@ def _curate_on_a_terminal(*args: str) -> str:
     return drawn.decode(errors="replace")
 
 
+@pytest.mark.slow
 def test_build_index_progress_on_a_terminal_and_in_a_log(tmp_path):
     import subprocess
     import sys

@@ -174,6 +174,7 @@ def test_limit_uses_the_models_own_input_side(tmp_path):
 
 # -- a loader worker that dies ---------------------------------------------------------------
 
+@pytest.mark.slow
 def test_a_dead_worker_costs_only_its_item(tmp_path, monkeypatch):
     photos = make_folder(tmp_path / "photos", n=24)
     clean = tmp_path / "clean"
@@ -200,6 +201,7 @@ def test_a_dead_worker_costs_only_its_item(tmp_path, monkeypatch):
 
 # -- unreadable files: the real cause, and no hang ------------------------------------------------
 
+@pytest.mark.slow
 def test_unreadable_files_name_the_real_cause(tmp_path):
     d = tmp_path / "photos"
     d.mkdir()

@@ -124,6 +124,7 @@ def test_hnsw_grows_by_incremental_adds_and_is_tuned_again(tmp_path):
     assert grown.search.reached and grown.search.queries == 2000
 
 
+@pytest.mark.slow
 def test_a_recipe_chosen_under_a_memory_budget_fits_it(tmp_path):
     n = 10_000  # PQ codes train on 9,984 vectors at least (Recipe.min_train)
     flat = faiss_index.recipes()["flat"].memory(n, D)

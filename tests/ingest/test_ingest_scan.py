@@ -163,6 +163,7 @@ def test_a_folder_that_cannot_be_listed_is_recorded(tmp_path):
             locked.chmod(0o755)
 
 
+@pytest.mark.slow
 def test_bad_entries_cost_only_themselves(tmp_path):
     """A non-UTF-8 name, and captions that are a FIFO, a symlink loop, /dev/zero, a folder or
     too large: the scan ends (a FIFO once hung it; /dev/zero grew memory until killed), every

@@ -148,6 +148,7 @@ def test_a_device_torch_cannot_use_is_a_one_line_error(tmp_path, built_workspace
             assert "--device cuda: torch here sees no CUDA device" in r.output and "use --device cpu" in r.output
 
 
+@pytest.mark.slow
 def test_a_hub_that_answers_without_the_file_ends_in_the_same_advice(tmp_path):
     """The hub answers (a real HTTP server on 127.0.0.1, 404 for every file): the download is
     said, tried once, and its failure ends in the same one line of what to do. A subprocess: the

@@ -208,6 +208,7 @@ def test_address_without_the_ray_engine(source, tmp_path):
     assert not (tmp_path / "ws").exists()
 
 
+@pytest.mark.slow
 def test_without_ray_installed_says_how_to_install_it(source, tmp_path):
     """A real process in which `import ray` fails, as it does where Ray is not installed."""
     code = ("import sys; sys.modules['ray'] = None; from curate.cli import main; "

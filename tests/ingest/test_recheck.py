@@ -11,6 +11,7 @@ import shutil
 
 import faiss
 import numpy as np
+import pytest
 from conftest import make_folder, run_cli, write_jpeg
 from ingest_support import permissions_apply, stored_vectors
 from PIL import Image
@@ -178,6 +179,7 @@ def test_recheck_hash_catches_a_change_that_keeps_size_and_mtime(tmp_path):
     assert_same_as_fresh(ws, src, tmp_path, "--recheck", "hash")
 
 
+@pytest.mark.slow
 def test_a_rerun_killed_while_embedding_changed_files_resumes(tmp_path):
     import subprocess
 

@@ -10,6 +10,7 @@ import time
 
 import faiss
 import numpy as np
+import pytest
 from conftest import write_jpeg
 from ingest_support import workspace_state
 
@@ -38,6 +39,7 @@ def _state(ws):
     return st.items, st.rejected, st.image, st.caption
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_to_the_same_result(tmp_path):
     src = tmp_path / "photos"
     for i in range(N):

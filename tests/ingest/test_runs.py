@@ -7,6 +7,7 @@ import socket
 import subprocess
 import sys
 
+import pytest
 from conftest import write_jpeg
 from test_resume import _cmd, kill_when_written
 
@@ -24,6 +25,7 @@ def _runs(ws):
         con.close()
 
 
+@pytest.mark.slow
 def test_killed_run_is_marked_interrupted_and_counts_follow_each_run(tmp_path):
     src = tmp_path / "photos"
     for i in range(N):

@@ -372,7 +372,9 @@ def test_dedup_at_100k_on_the_hnsw_auto_picks(tmp_path):
     rec = json.loads(duckdb.connect(str(ws / "curate.duckdb"), read_only=True).execute(
         "SELECT value FROM meta WHERE key = 'index.image'").fetchall()[0][0])["current"]
     assert rec["recipe"] == "hnsw" and rec["factory"] == "IDMap2,HNSW32,Flat"
-    r = _curate("dedup", "-w", ws, "--threshold", THRESHOLD)
+    # --by index: at 100K auto compares within k-means clusters (test_dedup_clusters.py); this
+    # test is about asking the HNSW index
+    r = _curate("dedup", "-w", ws, "--threshold", THRESHOLD, "--by", "index")
     assert r.returncode == 0, r.stdout + r.stderr
     assert "100,000 vectors queried by k-NN" in r.stdout
     ids, _ = _stored(ws)

@@ -74,6 +74,7 @@ def test_ratio_is_the_katz_log_interval_of_a_relative_risk():
     assert zero.value == 0.0 and zero.low == 0.0 and zero.high is None
 
 
+@pytest.mark.slow
 def test_vectorised_best_threshold_is_the_reports_rule_on_every_resample():
     """The bootstrap's rule (numpy over counts) against report.best_threshold (on the SQL
     table) for 15 resamples of the study's marks, with and without the hit-rate floor."""
@@ -120,6 +121,7 @@ ACC = np.array([a for *_x, a in STUDY_CLASSES]) / 100
 FREQ = np.array([f for _c, f, _a in STUDY_CLASSES], float)
 
 
+@pytest.mark.slow
 def test_coverage_of_class_mean_and_weighted_intervals_on_a_fixed_seed_simulation():
     """400 simulated studies (100 marks a class from Table 2's accuracies): each interval
     holds its true value in at least 93% of them (95% nominal; Wilson dips near 0 and 1)."""
@@ -184,6 +186,7 @@ def test_ppi_mean_by_hand_and_its_classical_ends():
     assert lam2 == 0.0 and flat == intervals.proportion(int(y.sum()), 60)
 
 
+@pytest.mark.slow
 def test_ppi_coverage_and_width_on_a_fixed_seed_simulation():
     """A class of 2,000 images whose hit probability rises with the score; 400 reviews of 100
     marks: PPI++ with the true probabilities covers >= 0.93 and is narrower than Wilson."""

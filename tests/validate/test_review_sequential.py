@@ -57,6 +57,7 @@ def test_cli_draws_a_sequential_set(ws):
     con.close()
 
 
+@pytest.mark.slow
 def test_the_page_stops_a_class_at_the_target(ws, tmp_path):
     sync_api = pytest.importorskip("playwright.sync_api")
     con = ws.connect()

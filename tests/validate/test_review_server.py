@@ -171,6 +171,7 @@ def test_concurrent_marks_are_all_saved(server, ws):
     assert (p.done, p.hits, p.misses) == (20, sum(it["id"] % 2 for it in items), sum(1 - it["id"] % 2 for it in items))
 
 
+@pytest.mark.slow
 def test_a_killed_server_loses_no_acknowledged_mark(ws):
     """`curate review` killed with SIGKILL: every mark it acknowledged is in the file."""
     proc = subprocess.Popen(
