@@ -28,8 +28,8 @@ and afterwards the disk the workspace takes (allocated blocks, as du), split int
 indexes and the DuckDB file, plus what the stage wrote outside it. The 1-minute load average is
 recorded before and after each stage (the machine is shared: a stage run under load 6 on 2 cores
 takes up to ~3x the time it would alone). JSON lines to bench/results/pipeline.jsonl; the work
-folder is removed at the end unless --keep. At 1M the run takes ~15-30 min on 2 cores and
-~12 GB of disk at its peak, so it is not part of `make bench`.
+folder is removed at the end unless --keep. At 1M the run takes ~20 min on 2 loaded cores and
+12 GiB of disk at its peak, so it is not part of `make bench` (docs/scale.md: the figures).
 """
 
 from __future__ import annotations
