@@ -40,10 +40,11 @@ def peak_rss_mb(children: bool = False) -> float:
 
 
 def record(file: str, name: str, value: float, unit: str, ratio: float | None = None,
-           baseline: str | None = None) -> dict:
+           baseline: str | None = None, **extra: object) -> dict:
+    """Append one figure; `extra` fields (e.g. the load average it was measured under) go into its row."""
     row = {"name": name, "value": round(value, 4), "unit": unit,
            "ratio": None if ratio is None else round(ratio, 4), "baseline": baseline,
-           "machine": machine(), "date": time.strftime("%Y-%m-%dT%H:%M:%S")}
+           "machine": machine(), "date": time.strftime("%Y-%m-%dT%H:%M:%S"), **extra}
     RESULTS.mkdir(parents=True, exist_ok=True)
     with open(RESULTS / file, "a") as f:
         f.write(json.dumps(row) + "\n")
