@@ -217,7 +217,8 @@ build = time.perf_counter() - t
 peak = next(int(x.split()[1]) for x in open("/proc/self/status") if x.startswith("VmHWM")) / 1024
 print(json.dumps({"path": str(r.path), "factory": r.factory, "build_s": build, "peak_mib": peak,
                   "size_mib": r.path.stat().st_size / 2**20, "estimate_mib": r.memory / 2**20,
-                  "param": r.search.param, "value": r.search.value, "tuned_recall": r.search.recall}))
+                  "param": r.search.param, "value": r.search.value, "tuned_recall": r.search.recall,
+                  "tuned_recall_low": r.search.recall_low, "tuning_queries": r.search.queries}))
 """
 
 # runs in autofaiss's own python (it wants numpy<2): builds, writes the index, says what it chose
