@@ -279,3 +279,22 @@ def test_a_million_512_d_vectors_get_about_a_thousand_tuning_queries():
     assert 950 <= index_recall.queries_for(1_000_000, 512) <= 1000
     assert index_recall.queries_for(100_000, 512) == 2000
     assert index_recall.queries_for(50_000_000, 512) == index_recall.MIN_QUERIES
+
+
+def test_a_parameter_tuned_before_the_bound_is_tuned_again(tmp_path):
+    """A record from before the bound holds a value accepted on its estimate alone: an unchanged
+    index and a small add both tune it again (and keep the bound), where either kept it before."""
+    ws = _workspace(tmp_path / "ws", 3000)
+    con = ws.connect()
+    try:
+        faiss_index.build_index(ws, con, "image", "ivf", target_recall=0.9)
+        rec = json.loads(Workspace.get_meta(con, "index.image"))
+        old = {k: v for k, v in rec["current"]["search"].items() if k != "recall_low"}
+        Workspace.set_meta(con, "index.image", json.dumps({**rec, "current": {**rec["current"], "search": old}}))
+        again = faiss_index.build_index(ws, con, "image", "ivf", target_recall=0.9)
+        view = con.execute("SELECT recall, recall_low, target FROM index_search WHERE kind = 'image'").fetchone()
+    finally:
+        con.close()
+    assert again.mode == "unchanged" and again.search.recall_low is not None and again.search.reached
+    assert view == (again.search.recall, again.search.recall_low, 0.9) and view[1] <= view[0]
+    assert not index_recall.still_tuned(index_recall.Tuning.from_json(old), 0.9, 3000)
