@@ -31,9 +31,9 @@ MIN_QUERIES = 200         # ... and at least
 # collection. The bound's margin shrinks as 1/sqrt(queries), and the tuned value with it:
 # at 1M x 512 (per-query recall's standard deviation ~0.1 at 0.95) 195 queries leave a
 # margin of ~0.012, about one nprobe step (6 -> 8 -> 12 moved held-out recall 0.949 -> 0.958
-# -> 0.967), 976 leave ~0.005, 1,953 ~0.004. 5e11 buys the 976: ~25 s on 2 quiet cores
-# (~20 G multiply-adds/s), ~100 s on loaded ones (4.9 measured at load 7), against a build
-# of ~180 s; 2,000 would double that for a margin one third smaller.
+# -> 0.967), 976 leave ~0.005, 1,953 ~0.004. 5e11 buys the 976: ~100 s on 2 cores shared
+# at load 7 (4.9 G multiply-adds/s measured), a few times less on quiet ones, against an
+# ivffs build of ~180 s; 2,000 would double that for a margin a third smaller.
 EXACT_BUDGET = 5e11
 Z = 1.645                 # one-sided 95%: a value accepted when its recall's lower bound reaches the target
 RETUNE_GROWTH = 0.10      # an index grown by less than this keeps the parameter tuned before
