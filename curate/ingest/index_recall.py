@@ -205,9 +205,31 @@ def exact_scores(index) -> bool:
     return isinstance(inner, faiss.IndexFlat | faiss.IndexIVFFlat)
 
 
+def _refine(index):
+    """The IndexRefine inside `index` (re-ranking a short list of k x k_factor), or None."""
+    inner = faiss.downcast_index(index)
+    if isinstance(inner, faiss.IndexIDMap2 | faiss.IndexIDMap):
+        inner = faiss.downcast_index(inner.index)
+    return inner if isinstance(inner, faiss.IndexRefine) else None
+
+
 def _recall(index, queries, self_ids, truth) -> tuple[float, float]:
-    """recall@10 and its lower bound."""
-    scores, found = index.search(queries, K + 1)
+    """recall@10 and its lower bound, as a query from outside the collection would see it.
+
+    The queries are in the index, so each asks for K + 1 and its own id is dropped. A
+    re-ranked index takes (K + 1) x k_factor candidates for that, where an outside query's
+    k = 10 takes K x k_factor: 7 more at k_factor 8, which lifted the measured recall above the
+    held-out one (0.955 on 976 own vectors, 0.949 held out, nprobe 6 at 1M). While measuring,
+    the short list is K x k_factor + 1: the outside query's, plus the slot its own vector takes."""
+    refine = _refine(index)
+    kept = refine.k_factor if refine is not None else None
+    if refine is not None:
+        refine.k_factor = (K * kept + 1.5) / (K + 1)  # faiss truncates (K + 1) x k_factor: K x kept + 1
+    try:
+        scores, found = index.search(queries, K + 1)
+    finally:
+        if refine is not None:
+            refine.k_factor = kept
     if exact_scores(index):
         return recall_bounds(*hits_per_query(found, truth[1], self_ids, K, scores, truth[0]))
     return recall_bounds(*hits_per_query(found, truth[1], self_ids, K))
