@@ -8,7 +8,8 @@ over every committed vector; the search parameter (nprobe for IVF, efSearch for 
 then raised from small values to the smallest one whose recall@10 surely reaches the target:
 its lower confidence bound, not its estimate. The queries are a sample, and an estimate a
 standard error above the target is as likely to come from a value whose true recall is
-below it (at 1M, 0.958 on 195 queries was 0.949 on held-out ones). The bound treats the
+below it (at 1M nprobe 6 measured 0.958 on 195 queries, 0.949 held out: part sampling
+error, part a short list longer than an outside query's, see _recall). The bound treats the
 query as the unit (a query's ten neighbours sit in the same lists or graph region: they
 are found or missed together), the ratio of found to true neighbours minus Z standard
 errors of that ratio over queries.
