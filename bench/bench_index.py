@@ -217,7 +217,8 @@ build = time.perf_counter() - t
 peak = next(int(x.split()[1]) for x in open("/proc/self/status") if x.startswith("VmHWM")) / 1024
 print(json.dumps({"path": str(r.path), "factory": r.factory, "build_s": build, "peak_mib": peak,
                   "size_mib": r.path.stat().st_size / 2**20, "estimate_mib": r.memory / 2**20,
-                  "param": r.search.param, "value": r.search.value, "tuned_recall": r.search.recall}))
+                  "param": r.search.param, "value": r.search.value, "tuned_recall": r.search.recall,
+                  "tuned_recall_low": r.search.recall_low, "tuning_queries": r.search.queries}))
 """
 
 # runs in autofaiss's own python (it wants numpy<2): builds, writes the index, says what it chose
@@ -265,8 +266,11 @@ def rows(f: str, name: str, build: dict, m: dict, note: str = "") -> None:
         record(f, f"{name}.file_size", build["size_mib"], "MiB", build["size_mib"] / build["estimate_mib"],
                "curate's memory estimate")
     if "tuned_recall" in build:
+        low = build.get("tuned_recall_low")
         record(f, f"{name}.recall_at_10_held_out", m["recall"], "", m["recall"] / build["tuned_recall"],
-               "recall measured by the tuning (collection's own vectors)")
+               f"recall measured by the tuning (collection's own vectors: {build['tuned_recall']:.4f} on "
+               f"{build.get('tuning_queries', '?')} of them"
+               + (f", lower bound {low:.4f} at 95%)" if low is not None else ")"))
     else:
         record(f, f"{name}.recall_at_10_held_out", m["recall"], "", None, note or None)
     record(f, f"{name}.batch_qps", m["qps"], "q/s")

@@ -12,8 +12,9 @@ CREATE TABLE IF NOT EXISTS index_shards (
 
 -- How each index is searched, as measured when it was last built or grown: the search
 -- parameter (nprobe for IVF, efSearch for HNSW; NULL for an exact flat index) tuned to
--- the smallest value whose recall@10 reaches `target`, on `queries` of the collection's
--- own vectors against exact search; `curate search` uses it. From the index record in meta.
+-- the smallest value whose recall@10's lower bound (`recall_low`, one-sided 95%, the query
+-- the unit) reaches `target`, on `queries` of the collection's own vectors against exact
+-- search; `curate search` uses it. From the index record in meta.
 CREATE OR REPLACE VIEW index_search AS
 SELECT substr(key, 7) AS kind,
        json_extract_string(value, '$.current.recipe') AS recipe,
@@ -22,6 +23,7 @@ SELECT substr(key, 7) AS kind,
        json_extract_string(value, '$.current.search.param') AS param,
        json_extract_string(value, '$.current.search.value')::INTEGER AS value,
        json_extract_string(value, '$.current.search.recall')::DOUBLE AS recall,
+       json_extract_string(value, '$.current.search.recall_low')::DOUBLE AS recall_low,
        json_extract_string(value, '$.current.search.target')::DOUBLE AS target,
        json_extract_string(value, '$.current.search.queries')::INTEGER AS queries,
        json_extract_string(value, '$.current.search.latency_ms')::DOUBLE AS latency_ms,

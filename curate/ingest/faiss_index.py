@@ -288,7 +288,8 @@ def build_index(ws: Workspace, con: duckdb.DuckDBPyConnection, kind: str, recipe
         state, reason = None, "asked for"
     if state is not None and state["shards"] == len(committed):  # nothing new: leave the file alone
         tuning = Tuning.from_json(state.get("search"))
-        if tuning is None or tuning.target != target_recall:  # tuned for another target, or before tuning was
+        # tuned for another target, before tuning was, or on its estimate alone (before the bound)
+        if tuning is None or tuning.target != target_recall or tuning.recall_low is None:
             index = faiss.read_index(str(out))
             tuning = _tune(ws, con, kind, index, n, target_recall, seed)
             state = {**state, "search": tuning.to_json()}

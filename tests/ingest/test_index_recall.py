@@ -201,3 +201,136 @@ def test_search_uses_the_stored_parameter_unless_overridden(tmp_path, monkeypatc
     run_cli("search", "-w", ws, "a photo", "-k", "3")
     run_cli("search", "-w", ws, "a photo", "-k", "3", "--search-param", "7")
     assert seen == [stored["value"], 7]
+
+
+def _population(n: int = 4000, d: int = 32):
+    """n clustered unit vectors (noisy enough that an IVF's recall climbs slowly with nprobe), an
+    IVF64,Flat over them, and each vector's true 10th-neighbour score by numpy brute force (itself
+    left out)."""
+    rng = np.random.default_rng(0)
+    c = rng.standard_normal((40, d)).astype(np.float32)
+    c /= np.linalg.norm(c, axis=1, keepdims=True)
+    x = c[rng.integers(0, 40, n)] + rng.standard_normal((n, d)).astype(np.float32) * 0.3
+    x = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+    s = x @ x.T
+    np.fill_diagonal(s, -np.inf)
+    kth = -np.partition(-s, 9, axis=1)[:, 9]
+    index = faiss.index_factory(d, "IVF64,Flat", faiss.METRIC_INNER_PRODUCT)
+    index.train(x)
+    index.add(x)
+    return x, index, kth
+
+
+def _hits(index, x: np.ndarray, kth: np.ndarray, nprobe: int) -> np.ndarray:
+    """Each vector's true top-10 found at nprobe: a found neighbour as near as the true 10th counts."""
+    index.nprobe = nprobe
+    scores, found = index.search(x, 11)
+    own = found == np.arange(len(x))[:, None]
+    kept = np.where(own | (found < 0), -np.inf, scores)
+    kept = -np.sort(-kept, axis=1)[:, :10]
+    return (kept >= kth[:, None] - 1e-5).sum(axis=1)
+
+
+def test_a_value_is_not_accepted_on_an_estimate_within_its_sampling_error_of_the_target():
+    """The rule: the tuning accepts a value only when its recall surely reaches the target, not
+    when the few queries it drew happen to. The collection is the population (every one of its
+    vectors a query: the true recall); the tuning sees 50 of them, drawn so that at the value
+    whose true recall is just under the target they measure just over it."""
+    x, index, kth = _population()
+    steps = index_recall.candidates(index)
+    true = {v: _hits(index, x, kth, v) for v in steps}
+    truly = {v: true[v].mean() / 10 for v in steps}
+    # the trap: nprobe 16 misses the target by a little, 24 clears it by a lot
+    target = 0.94
+    assert truly[16] < target < truly[24] - 0.02
+    trap = None
+    for seed in range(1000):  # the first draw whose estimate takes the old rule to 16
+        pick = np.random.default_rng(seed).choice(len(x), 50, replace=False)
+        measured = {v: true[v][pick].mean() / 10 for v in steps}
+        if next(v for v in steps if measured[v] >= target or v == steps[-1]) == 16:
+            trap = pick
+            break
+    assert trap is not None
+    truth = index_recall.exact_neighbours([(np.arange(len(x)), x)], x[trap], index_recall.K + 1)
+    tuned = index_recall.tune(index, x[trap], trap, truth, target)
+    assert tuned.recall == pytest.approx(true[16][trap].mean() / 10 if tuned.value == 16 else
+                                         true[tuned.value][trap].mean() / 10, abs=1e-4)
+    # an estimate over the target at 16 ...
+    assert true[16][trap].mean() / 10 >= target
+    # ... is not enough: what the tuning accepts truly reaches the target, or it says it did not
+    assert truly[tuned.value] >= target or not tuned.reached
+    assert tuned.value == 24 and tuned.reached and tuned.recall_low >= target
+    assert tuned.recall_low < tuned.recall
+    assert f"nprobe 24, recall@10 {tuned.recall:.3f} (>= {tuned.recall_low:.3f} at 95%)" in tuned.describe()
+
+
+def test_the_bound_treats_the_query_as_the_unit():
+    # 100 queries, all ten found by 95 and none by 5: recall 0.95, but over 100 queries (not
+    # 1,000 neighbours): standard error sqrt(0.95 x 0.05 / 99) = 0.0219
+    hits, totals = np.array([10] * 95 + [0] * 5), np.full(100, 10)
+    r, low = index_recall.recall_bounds(hits, totals)
+    assert r == 0.95 and low == pytest.approx(0.95 - index_recall.Z * np.sqrt(0.95 * 0.05 / 99), abs=1e-9)
+    # the same recall spread evenly over the queries (each finds 9 or 10 of its ten) is far surer
+    even = np.array([10, 9] * 50)
+    assert index_recall.recall_bounds(even, totals)[1] > low + 0.015
+    assert index_recall.recall_bounds(np.array([10]), np.array([10])) == (1.0, 0.0)  # one query: no spread
+
+
+def test_a_million_512_d_vectors_get_about_a_thousand_tuning_queries():
+    assert 950 <= index_recall.queries_for(1_000_000, 512) <= 1000
+    assert index_recall.queries_for(100_000, 512) == 2000
+    assert index_recall.queries_for(50_000_000, 512) == index_recall.MIN_QUERIES
+
+
+def test_a_parameter_tuned_before_the_bound_is_tuned_again(tmp_path):
+    """A record from before the bound holds a value accepted on its estimate alone: an unchanged
+    index and a small add both tune it again (and keep the bound), where either kept it before."""
+    ws = _workspace(tmp_path / "ws", 3000)
+    con = ws.connect()
+    try:
+        faiss_index.build_index(ws, con, "image", "ivf", target_recall=0.9)
+        rec = json.loads(Workspace.get_meta(con, "index.image"))
+        old = {k: v for k, v in rec["current"]["search"].items() if k != "recall_low"}
+        Workspace.set_meta(con, "index.image", json.dumps({**rec, "current": {**rec["current"], "search": old}}))
+        again = faiss_index.build_index(ws, con, "image", "ivf", target_recall=0.9)
+        view = con.execute("SELECT recall, recall_low, target FROM index_search WHERE kind = 'image'").fetchone()
+    finally:
+        con.close()
+    assert again.mode == "unchanged" and again.search.recall_low is not None and again.search.reached
+    assert view == (again.search.recall, again.search.recall_low, 0.9) and view[1] <= view[0]
+    assert not index_recall.still_tuned(index_recall.Tuning.from_json(old), 0.9, 3000)
+
+
+def test_the_tuning_measures_a_re_ranked_index_as_an_outside_query_sees_it():
+    """The rule: the recall the tuning measures on the collection's own vectors is the recall a
+    query from outside sees. A re-ranked index (ivffs: fast-scan PQ codes, then the full vectors
+    of k x k_factor candidates) gave the tuning's K + 1 searches (K + 1) x k_factor candidates,
+    one of them the query itself, where an outside k = 10 search gets K x k_factor: more
+    candidates, a higher recall (at 1M: 0.955 tuned, 0.949 held out, nprobe 6). Held out here is
+    exact: the same trained index with the queries' own vectors never added."""
+    n, d = 20_000, 32
+    rng = np.random.default_rng(0)
+    c = rng.standard_normal((40, d)).astype(np.float32)
+    c /= np.linalg.norm(c, axis=1, keepdims=True)
+    x = c[rng.integers(0, 40, n)] + rng.standard_normal((n, d)).astype(np.float32) * 0.3
+    x = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+    ids = np.arange(n)
+    trained = faiss.index_factory(d, "IDMap2,IVF32,PQ16x4fs,RFlat", faiss.METRIC_INNER_PRODUCT)
+    trained.train(x)
+    faiss.downcast_index(faiss.downcast_index(trained).index).k_factor = 4
+    asked = rng.choice(n, 300, replace=False)
+    rest = np.setdiff1d(ids, asked)
+    whole, without = faiss.clone_index(trained), faiss.clone_index(trained)
+    whole.add_with_ids(x, ids)
+    without.add_with_ids(x[rest], rest)
+    q = x[asked]
+    truth = index_recall.exact_neighbours([(ids, x)], q, index_recall.K + 1)
+    outside_truth = rest[np.argsort(-(q @ x[rest].T), axis=1, kind="stable")[:, :10]]
+    for nprobe in (2, 4, 8):
+        index_recall.set_param(whole, nprobe)
+        index_recall.set_param(without, nprobe)
+        _, found = without.search(q, 10)
+        held_out = np.mean([len(set(f) & set(t)) / 10 for f, t in zip(found, outside_truth, strict=True)])
+        measured, _ = index_recall._recall(whole, q, asked, truth)
+        assert abs(measured - held_out) <= 0.004, (nprobe, measured, held_out)
+    assert faiss.downcast_index(faiss.downcast_index(whole).index).k_factor == 4  # left as it was
