@@ -160,9 +160,9 @@ def create_staged(con: duckdb.DuckDBPyConnection, schema: str = "main") -> None:
         sql.run(con, "scores_staging")
 
 
-def drop_staged(con: duckdb.DuckDBPyConnection, schema: str = "main") -> None:
-    for t in SCORE_TABLES:
-        con.execute(f"DROP TABLE IF EXISTS {schema}.{STAGE}{t}")
+def drop_staged(con: duckdb.DuckDBPyConnection, name: str) -> None:
+    """The staging copies of the classification `name` dropped (queries/scores_staging_drop.sql)."""
+    sql.run_for(con, "scores_staging_drop", name)
 
 
 @dataclass
