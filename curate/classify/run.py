@@ -262,7 +262,7 @@ def _write_scores(ws: Workspace, con: duckdb.DuckDBPyConnection, job: ScoreJob,
     verify_shards(ws, con)  # a shard lost or damaged under the workspace fails here, not half way
     if restart:
         in_transaction(con, lambda: drop_staged(con, name))
-    staged = None if restart else staged_point(ws, con, fp, len(ls), log, sch)
+    staged = None if restart else staged_point(ws, con, fp, len(ls), log, name)
     refresh: Changes | None = None     # vectors changed under the published scores: rescore those items
     interrupted = staged is not None
     if staged is None:
