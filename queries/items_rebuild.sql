@@ -1,7 +1,7 @@
 -- A workspace made before `sources` existed moves to the (source_no, source_id) key
 -- (curate/ingest/sources.py upgrade_items). Those workspaces declare items.source_id
 -- UNIQUE, which would hide a second source's items named like the first's, and DuckDB
--- cannot drop a constraint: items is set aside (renamed items_before_sources), made again (workspace.sql's `items`, plus
+-- cannot drop a constraint: items is set aside (items_set_aside.sql: renamed items_before_sources), made again (workspace.sql's `items`, plus
 -- every column the old one had), and filled back with the same rows and ids, each item
 -- given the source its run recorded in `runs.source`; all in one transaction.
 -- To run it by hand on a current workspace, set its items aside as an old one's were:

@@ -19,6 +19,7 @@ CREATE TABLE IF NOT EXISTS review_sets (
     classification VARCHAR              -- the named classification it was drawn from (classifications.sql)
 );
 -- (sets drawn before classifications had names: the one the workspace had, set when it was upgraded)
+-- name: review_sets.classification
 ALTER TABLE review_sets ADD COLUMN IF NOT EXISTS classification VARCHAR;
 -- What the set is a random sample of, for the estimates that rest on its marks
 -- (curate/validate/collection.py): `scope` the --where it was drawn under, as JSON

@@ -117,17 +117,20 @@ def check_applies(con: duckdb.DuckDBPyConnection, cal: Calibration, name: str | 
                        "`curate report` to fit it again")
 
 
-def install_view(con: duckdb.DuckDBPyConnection, schema: str) -> None:
-    """The view calibrated_predictions inside the schema of the classification the calibration
-    belongs to (a DuckDB view binds its names in its own schema, so it reads that
-    classification's predictions whatever is active), and main's calibrated_predictions
-    showing it; the view leaves every other classification's schema."""
-    for (other,) in con.execute("SELECT schema_name FROM duckdb_views() WHERE view_name = 'calibrated_predictions' "
-                                "AND schema_name <> 'main' AND NOT temporary").fetchall():
-        con.execute(f'DROP VIEW "{other}".calibrated_predictions')
-    with sql.search_path(con, f"{schema},main"):   # made in the classification's schema
+def install_view(con: duckdb.DuckDBPyConnection, name: str) -> None:
+    """The view calibrated_predictions inside the schema of the classification `name` the
+    calibration belongs to (a DuckDB view binds its names in its own schema, so it reads
+    that classification's predictions whatever is active), and main's calibrated_predictions
+    showing it; the view leaves every other classification's schema
+    (queries/calibration_owner.sql)."""
+    for (other,) in con.execute(
+            "SELECT schema_name[length(?) + 1:] FROM duckdb_views() WHERE view_name = 'calibrated_predictions' "
+            "AND starts_with(schema_name, ?) AND NOT temporary",
+            [sql.CLASSIFICATION_PREFIX, sql.CLASSIFICATION_PREFIX]).fetchall():
+        con.execute(sql.named_for("calibration_owner", "leave", other))
+    with sql.search_path(con, f"{sql.classification_schema(name)},main"):   # made in the classification's schema
         con.execute(sql.named("calibration", "calibrated_predictions"))
-    con.execute(f"CREATE OR REPLACE VIEW main.calibrated_predictions AS SELECT * FROM {schema}.calibrated_predictions")
+    con.execute(sql.named_for("calibration_owner", "main", name))
 
 
 def forget(con: duckdb.DuckDBPyConnection, name: str) -> bool:
@@ -138,11 +141,11 @@ def forget(con: duckdb.DuckDBPyConnection, name: str) -> bool:
         return False
     con.execute("DELETE FROM meta WHERE key = ?", [META_KEY])
     con.execute("DELETE FROM calibration_thresholds")
-    con.execute("DROP VIEW IF EXISTS main.calibrated_predictions")
+    con.execute(sql.named("calibration_owner", "forget"))
     return True
 
 
-def stamp(con: duckdb.DuckDBPyConnection, name: str, schema: str) -> None:
+def stamp(con: duckdb.DuckDBPyConnection, name: str) -> None:
     """A calibration saved before names (no classification recorded) belongs to the
     classification the upgrade made of that workspace's scores."""
     raw = _meta(con, META_KEY) if sql.has_relation(con, "meta", schema="main") else None
@@ -151,9 +154,9 @@ def stamp(con: duckdb.DuckDBPyConnection, name: str, schema: str) -> None:
     d = json.loads(raw)
     if d.get("classification") is not None:
         return
-    d["classification"], d["fingerprint"] = name, fingerprint_of(con, schema)
+    d["classification"], d["fingerprint"] = name, fingerprint_of(con, sql.classification_schema(name))
     con.execute("UPDATE meta SET value = ? WHERE key = ?", [json.dumps(d), META_KEY])
-    install_view(con, schema)
+    install_view(con, name)
 
 
 def for_workspace(ws_path: str | Path) -> Calibration | None:

@@ -27,12 +27,8 @@ from ..errors import InputError
 from . import calibrated
 from .state import SCORE_TABLES, STAGE, NotReady, require_fresh
 
-NAME_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
-SCHEMA_PREFIX = "cls_"
-# Settings of a workspace classified before names existed are moved here by `upgrade`.
-_MAIN_VIEWS = SCORE_TABLES
-# The view files' views of one classification (sql.SCHEMA_VIEWS), the ones that depend on others first.
-_VIEWS = ("coverage", "predictions", "caption_predictions", "ensemble", "scores_fresh", "stale_shards")
+NAME_RE = sql.CLASSIFICATION_NAME
+SCHEMA_PREFIX = sql.CLASSIFICATION_PREFIX
 
 
 class UnknownClassification(InputError, LookupError):
@@ -62,7 +58,7 @@ def default_name(label_set: str, prompts: str) -> str:
 
 def schema(name: str) -> str:
     """The schema of a classification, as a quoted identifier for SQL."""
-    return f'"{SCHEMA_PREFIX}{check_name(name)}"'
+    return sql.classification_schema(check_name(name))
 
 
 def ensure(con: duckdb.DuckDBPyConnection) -> None:
@@ -85,7 +81,7 @@ def register(con: duckdb.DuckDBPyConnection, name: str, *, label_set: str, promp
     """A run under `name` starts: its schema and registry row (the settings of this run)."""
     check_name(name)
     ensure(con)
-    con.execute(f"CREATE SCHEMA IF NOT EXISTS {schema(name)}")
+    con.execute(sql.named_for("classification_schema", "create", name))
     con.execute("INSERT INTO main.classifications (name) VALUES (?) ON CONFLICT DO NOTHING", [name])
     con.execute("UPDATE main.classifications SET label_set = ?, prompts = ?, model = ?, logit_scale = ?, "
                 "storage = ? WHERE name = ?", [label_set, prompts, model, logit_scale, storage, name])
@@ -146,7 +142,7 @@ def drop(ws: Workspace, con: duckdb.DuckDBPyConnection, name: str) -> str | None
     with sql.transaction(con):
         if sql.has_relation(con, "calibration_thresholds", schema="main"):
             calibrated.forget(con, name)
-        con.execute(f"DROP SCHEMA IF EXISTS {schema(name)} CASCADE")
+        con.execute(sql.named_for("classification_schema", "drop", name))
         con.execute("DELETE FROM main.classifications WHERE name = ?", [name])
         if was_active:
             con.execute("UPDATE main.classifications SET active = false")
@@ -171,17 +167,14 @@ def require(con: duckdb.DuckDBPyConnection, name: str, *, complete: bool) -> Non
 
 
 def install_main(con: duckdb.DuckDBPyConnection) -> None:
-    """main's plain names for the active classification, or none of them when none is complete."""
+    """main's plain names for the active classification, or none of them when none is
+    complete (queries/active_classification_drop.sql, active_classification.sql)."""
     name = active(con)
-    for v in _VIEWS:
-        con.execute(f"DROP VIEW IF EXISTS main.{v}")
-    for t in _MAIN_VIEWS:
-        con.execute(f"DROP VIEW IF EXISTS main.{t}")
+    sql.run(con, "active_classification_drop")
     if name is None:
         return
     ensure_recorded(con, schema(name))
-    for t in _MAIN_VIEWS:
-        con.execute(f"CREATE VIEW main.{t} AS SELECT * FROM {schema(name)}.{t}")
+    sql.run_for(con, "active_classification", name)
     with sql.search_path(con, "main"):
         sql.install_views(con)
 
@@ -277,12 +270,12 @@ def upgrade(con: duckdb.DuckDBPyConnection) -> str | None:
     complete = "score_settings" in tables and con.execute("SELECT count(*) FROM main.score_settings").fetchall()[0][0]
     with sql.transaction(con):
         ensure(con)
-        con.execute(f"CREATE SCHEMA IF NOT EXISTS {schema(name)}")
-        for v in _VIEWS:
-            con.execute(f"DROP VIEW IF EXISTS main.{v}")
-        for t in tables:
-            con.execute(f"CREATE TABLE {schema(name)}.{t} AS SELECT * FROM main.{t}")
-            con.execute(f"DROP TABLE main.{t}")
+        con.execute(sql.named_for("classification_schema", "create", name))
+        with sql.search_path(con, "main"):   # queries/scores_from_main.sql reads the plain names
+            for t in tables:
+                con.execute(sql.named_for("scores_from_main", t, name))
+                con.execute(sql.named("scores_from_main", f"drop {t}"))
+        sql.run(con, "active_classification_drop")   # main's views over the tables moved
         con.execute("INSERT INTO main.classifications (name) VALUES (?) ON CONFLICT DO NOTHING", [name])
         if complete:
             st = con.execute(f"SELECT label_set, prompts, model, logit_scale, storage, created_at "
@@ -293,9 +286,9 @@ def upgrade(con: duckdb.DuckDBPyConnection) -> str | None:
             sql.install_views(con, schema(name))
             _set_active(con, name)
             if sql.has_relation(con, "calibration_thresholds", schema="main"):
-                calibrated.stamp(con, name, schema(name))
+                calibrated.stamp(con, name)
         if sql.has_relation(con, "review_sets", schema="main"):
-            con.execute("ALTER TABLE main.review_sets ADD COLUMN IF NOT EXISTS classification VARCHAR")
+            con.execute(sql.named("sample_schema", "review_sets.classification"))
             con.execute("UPDATE main.review_sets SET classification = ? WHERE classification IS NULL",
                         [name if complete else None])
     return name

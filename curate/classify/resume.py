@@ -160,9 +160,9 @@ def create_staged(con: duckdb.DuckDBPyConnection, schema: str = "main") -> None:
         sql.run(con, "scores_staging")
 
 
-def drop_staged(con: duckdb.DuckDBPyConnection, schema: str = "main") -> None:
-    for t in SCORE_TABLES:
-        con.execute(f"DROP TABLE IF EXISTS {schema}.{STAGE}{t}")
+def drop_staged(con: duckdb.DuckDBPyConnection, name: str) -> None:
+    """The staging copies of the classification `name` dropped (queries/scores_staging_drop.sql)."""
+    sql.run_for(con, "scores_staging_drop", name)
 
 
 @dataclass
@@ -176,13 +176,15 @@ class Staged:
 
 
 def staged_point(ws: Workspace, con: duckdb.DuckDBPyConnection, fp: str, n_labels: int,
-                  log: Callable[[str], None], schema: str = "main") -> Staged | None:
-    """An unfinished run with these settings in the staging tables, if it can be continued.
+                  log: Callable[[str], None], name: str) -> Staged | None:
+    """An unfinished run with these settings in the staging tables of the classification
+    `name`, if it can be continued.
 
     Staging tables of other settings (or that cannot be continued) are dropped. A run
     that rescores changed items continues only while the shards are exactly those it
     started from (the items to rescore are then the same).
     """
+    schema = sql.classification_schema(name)
     if not any(sql.has_relation(con, STAGE + t, schema=_bare(schema)) for t in SCORE_TABLES):
         return None
     rescore = (all(sql.has_relation(con, STAGE + t, schema=_bare(schema)) for t in SCORE_TABLES)
@@ -201,7 +203,7 @@ def staged_point(ws: Workspace, con: duckdb.DuckDBPyConnection, fp: str, n_label
             if append_after is None or _live_is(con, fp, schema):  # else staged for a base no longer there
                 staged = Staged(point[0], point[1], append_after, False)
     if staged is None:
-        in_transaction(con, lambda: drop_staged(con, schema))
+        in_transaction(con, lambda: drop_staged(con, name))
     return staged
 
 

@@ -48,7 +48,7 @@ from .resume import (
     staged_point,
 )
 from .scoring import ENSEMBLE_TEXT_MIN, ENSEMBLE_TEXT_WEIGHT, score_batch
-from .state import SCORE_TABLES, STAGE, NotReady
+from .state import STAGE, NotReady
 from .vector_stream import aligned_batches, subset_batches
 
 if TYPE_CHECKING:  # the model module imports torch and open_clip; load it only when needed
@@ -261,8 +261,8 @@ def _write_scores(ws: Workspace, con: duckdb.DuckDBPyConnection, job: ScoreJob,
     stage_t = sch + "." + STAGE   # the staging copies
     verify_shards(ws, con)  # a shard lost or damaged under the workspace fails here, not half way
     if restart:
-        in_transaction(con, lambda: drop_staged(con, sch))
-    staged = None if restart else staged_point(ws, con, fp, len(ls), log, sch)
+        in_transaction(con, lambda: drop_staged(con, name))
+    staged = None if restart else staged_point(ws, con, fp, len(ls), log, name)
     refresh: Changes | None = None     # vectors changed under the published scores: rescore those items
     interrupted = staged is not None
     if staged is None:
@@ -283,7 +283,7 @@ def _write_scores(ws: Workspace, con: duckdb.DuckDBPyConnection, job: ScoreJob,
             return int(rows), done.images + done.captions, False
 
         def start():
-            drop_staged(con, sch)
+            drop_staged(con, name)
             create_staged(con, sch)
             # one statement over the lists (row by row, 205 labels took 0.2-0.4 s of every classify)
             con.execute(f"INSERT INTO {stage_t}labels SELECT generate_subscripts($1, 1) - 1, unnest($1), unnest($2), "
@@ -368,19 +368,17 @@ def _write_scores(ws: Workspace, con: duckdb.DuckDBPyConnection, job: ScoreJob,
             if refresh.new_max is not None:
                 last = refresh.new_max if last is None else max(last, refresh.new_max)
             covered(ws, con, last).save(con, live_t, finished=True)
-            drop_staged(con, sch)
+            drop_staged(con, name)
         elif append_after is None:   # a whole classification: the staging tables become the scores
             con.execute(f"UPDATE {stage_t}score_progress SET append_after = NULL")
             done.save(con, stage_t, finished=True)
-            for t in SCORE_TABLES:
-                con.execute(f"DROP TABLE IF EXISTS {live_t}{t}")
-                con.execute(f"ALTER TABLE {stage_t}{t} RENAME TO {t}")
+            sql.run_for(con, "scores_publish", name)
         else:                      # the new items' rows join the scores they extend
             for t in ("item_scores", "label_scores"):
                 con.execute(f"DELETE FROM {live_t}{t} WHERE id > ?", [append_after])
                 con.execute(f"INSERT INTO {live_t}{t} BY NAME SELECT * FROM {stage_t}{t}")
             done.save(con, live_t, finished=True)
-            drop_staged(con, sch)
+            drop_staged(con, name)
         registry.completed(con, name)   # its views, and it becomes the active one
 
     in_transaction(con, publish)

@@ -3,7 +3,10 @@
 (Named `sql`, not `queries`: `curate.queries` is the package of the SQL files themselves.)
 
 The files are the interface: a user can paste them into the DuckDB shell. They take
-no parameters; values reach the views' macros as bound parameters at query time.
+no parameters; values reach the views' macros as bound parameters at query time. The
+one exception is an identifier: a file of one named classification's objects writes its
+schema as "cls_NAME", which `for_classification` replaces by the schema of a checked
+name, quoted as a DuckDB identifier (the only change curate makes to a file's text).
 """
 
 from __future__ import annotations
@@ -24,6 +27,17 @@ SCHEMA_VIEWS = ("scores_fresh", "predictions", "caption_predictions", "ensemble"
 # The view files main runs over the active classification: the same, and subsets' macros
 # (which stay in main: a macro finds its tables through the caller's search path).
 VIEWS = (*SCHEMA_VIEWS, "subsets")
+
+# What a file of one named classification's objects calls its schema (DuckDB has no
+# parameter for an identifier, and a view binds its names in its own schema, so a view in
+# main over a classification names that schema in its text). A classification's name is
+# lower case (CLASSIFICATION_NAME), so "cls_NAME" is never a schema of a workspace: by
+# hand, write your classification's schema in its place (or run the file as it is, on a
+# stand-in schema of that name: its Setup lines); curate runs the file with it replaced
+# by `classification_schema(name)`.
+CLASSIFICATION_SCHEMA = '"cls_NAME"'
+CLASSIFICATION_PREFIX = "cls_"
+CLASSIFICATION_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
 
 
 def text(name: str) -> str:
@@ -53,6 +67,35 @@ def named(name: str, label: str) -> str:
 def run(con: duckdb.DuckDBPyConnection, name: str) -> None:
     """Execute every statement of queries/<name>.sql."""
     con.execute(text(name))
+
+
+def quote_identifier(name: str) -> str:
+    """`name` as a DuckDB identifier: in double quotes, a double quote doubled."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+def classification_schema(name: str) -> str:
+    """The schema of the classification `name`, quoted; a ValueError for a string that
+    cannot name one (curate/classify/registry.py check_name says why to a user first)."""
+    if not isinstance(name, str) or CLASSIFICATION_NAME.fullmatch(name) is None:
+        raise ValueError(f"{name!r} cannot name a classification")
+    return quote_identifier(CLASSIFICATION_PREFIX + name)
+
+
+def for_classification(sql_text: str, name: str) -> str:
+    """A text of queries/ with its placeholder schema "cls_NAME" (CLASSIFICATION_SCHEMA)
+    replaced by the classification's: the only change made to a file's text."""
+    return sql_text.replace(CLASSIFICATION_SCHEMA, classification_schema(name))
+
+
+def run_for(con: duckdb.DuckDBPyConnection, file: str, name: str) -> None:
+    """Execute every statement of queries/<file>.sql for the classification `name`."""
+    con.execute(for_classification(text(file), name))
+
+
+def named_for(file: str, label: str, name: str) -> str:
+    """The statement `label` of queries/<file>.sql (`named`) for the classification `name`."""
+    return for_classification(named(file, label), name)
 
 
 def install_views(con: duckdb.DuckDBPyConnection, schema: str | None = None) -> None:

@@ -184,7 +184,7 @@ def upgrade_items(con: duckdb.DuckDBPyConnection) -> bool:
     if not old_key:
         return False
     with transaction(con):
-        con.execute("ALTER TABLE items RENAME TO items_before_sources")
+        sql.run(con, "items_set_aside")
         con.execute(sql.named("workspace", "items"))
         have = {r[0] for r in con.execute("DESCRIBE items").fetchall()}
         for name, typ, *_ in con.execute("DESCRIBE items_before_sources").fetchall():

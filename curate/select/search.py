@@ -175,7 +175,7 @@ def write_hits(ws_path: str | Path, hits: list[Hit], out: str | Path) -> Path:
     out_path = Path(out)
     writer = out_writer(out_path)
     with Workspace(ws_path).reading() as con:
-        con.execute("CREATE OR REPLACE TEMP TABLE hits (rank INTEGER, id BIGINT, score DOUBLE, label VARCHAR, prob DOUBLE)")
+        sql.run(con, "search_hits")
         if hits:   # one statement for any k (unnest zips the lists), not one insert a hit
             con.execute("INSERT INTO hits SELECT unnest(?), unnest(?), unnest(?), unnest(?::VARCHAR[]), "
                         "unnest(?::DOUBLE[])", [[h.rank for h in hits], [h.id for h in hits],

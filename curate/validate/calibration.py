@@ -288,4 +288,4 @@ def save(con: duckdb.DuckDBPyConnection, cal: Calibration) -> None:
             "scores_column": cal.scores_column, "classification": cal.classification,
             "fingerprint": cal.fingerprint})])
         if cal.classification is not None:
-            calibrated.install_view(con, registry.schema(cal.classification))
+            calibrated.install_view(con, registry.check_name(cal.classification))

@@ -91,3 +91,23 @@ def test_every_table_and_view_of_a_workspace_is_made_by_a_file_in_queries(review
     assert {"cls_places205-raw", "cls_places205-natural"} <= schemas
     assert {"predictions", "calibrated_predictions", "item_extras"} <= {v for _, v in views}
     assert sorted(f"{s}.{v}" for s, v in views if v not in made_views | made) == []
+
+
+def test_every_view_is_made_by_a_file_by_its_own_name(reviewed):
+    """No exemption for main's views over the active classification's tables: each view of
+    the workspace is made by a file of queries/ under its name, unqualified (made in the
+    schema first on the search path), in main, or in a classification's schema ("cls_NAME")."""
+    ddl = "\n".join(re.sub(r"--[^\n]*", "", p.read_text(encoding="utf-8")) for p in QUERIES.glob("*.sql"))
+    view = r"CREATE (?:OR REPLACE )?(?:TEMP )?VIEW (?:IF NOT EXISTS )?"
+    anywhere = set(re.findall(view + r"(\w+) ", ddl))
+    in_main = set(re.findall(view + r"main\.(\w+) ", ddl))
+    in_classification = set(re.findall(view + r'"cls_NAME"\.(\w+) ', ddl))
+    con = duckdb.connect(str(reviewed / "curate.duckdb"), read_only=True)
+    views = con.execute("SELECT schema_name, view_name FROM duckdb_views() WHERE NOT internal AND NOT temporary"
+                        ).fetchall()
+    con.close()
+    assert {v for s, v in views if s == "main"} >= {"labels", "item_scores", "predictions", "calibrated_predictions"}
+    unmade = [f"{s}.{v}" for s, v in views
+              if v not in anywhere and not (s == "main" and v in in_main)
+              and not (s.startswith("cls_") and v in in_classification)]
+    assert unmade == []

@@ -326,12 +326,7 @@ def overlay(con: duckdb.DuckDBPyConnection, root: str | Path) -> int:
     if not good:
         return 0
     con.execute("CREATE OR REPLACE TEMP TABLE journal_marks AS SELECT * FROM journal_latest('journal_lines_checked')")
-    con.execute(
-        f"CREATE OR REPLACE TEMP VIEW judgments AS"
-        f" SELECT id, label, mark, marked_at FROM ("
-        f"  SELECT id, label, mark, marked_at, 0 AS src, 0 AS line FROM {_table(con)}"
-        f"  UNION ALL SELECT id, label, mark, marked_at, 1, line FROM temp.main.journal_marks)"
-        f" QUALIFY row_number() OVER (PARTITION BY id, label ORDER BY marked_at DESC, src DESC, line DESC) = 1")
+    sql.run(con, "journal_overlay")
     return len(good) - len(refused)
 
 
