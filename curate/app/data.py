@@ -19,6 +19,7 @@ writes what the grid shows, and tests/app/test_app_cache.py holds both ways to t
 from __future__ import annotations
 
 import os
+import shlex
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -30,6 +31,7 @@ from ..classify import calibrated, registry, state
 from ..core import sql
 from ..core.workspace import ModelIdentity, Workspace
 from ..errors import CurateError
+from ..select import dedup
 from ..select.filter import item_columns, where_clause
 from . import snapshot
 from .selection import RELATIONS, BadSelection, Selection
@@ -249,7 +251,7 @@ def _kept(ws: Workspace, sel: Selection) -> tuple[Ranked, Shown] | None:
     """The selection's predictions kept in memory (and the verdict they were read under); None:
     this selection is read with SQL (where filters, rejected items, a workspace too large to
     keep, an odd row)."""
-    if sel.where or sel.status != "embedded":
+    if sel.where or sel.status != "embedded" or sel.duplicates != "all":
         return None
     sh = shown(ws, sel.classification)
     _check_mode(sh, sel)
@@ -317,6 +319,29 @@ def _where(r: Reader, sel: Selection) -> tuple[str, list]:
     return f" AND p.id IN (SELECT i.id FROM items i WHERE {clause})", params
 
 
+def _deduped(r: Reader, sel: Selection, floor: float, labels: tuple[str, ...]) -> None:
+    """The duplicates control: its macros (queries/dedup_keep.sql, app_dedup.sql) and the TEMP
+    table app_kept, the rows app_view keeps at `floor` of `labels` that pass the where filters:
+    what `curate filter`'s table kept holds before --dedup. BadSelection when dedup never ran."""
+    why = dedup.not_found(r.con)
+    if why is not None:
+        raise BadSelection(f"duplicates: {why}")
+    sql.run(r.con, "dedup_keep")
+    sql.run(r.con, "app_dedup")
+    extra, params = _where(r, sel)
+    r.con.execute("CREATE OR REPLACE TEMP TABLE app_kept AS SELECT p.id, p.label, p.prob "
+                  f"FROM app_view(?, ?, ?) p WHERE true{extra}", [sel.relation, floor, list(labels), *params])
+
+
+def _grouped(row: tuple) -> dict:
+    """A tile's duplicate group under the duplicates control (None: in no group)."""
+    gid, rep, sim, size = row
+    if gid is None:
+        return {"group": None}
+    return {"group": {"id": int(gid), "representative": bool(rep), "similarity": None if sim is None else float(sim),
+                      "size": int(size)}}
+
+
 def overview(ws: Workspace, classification: str | None = None) -> dict:
     """What the page draws first: the model (random weights or not), the classifications, the
     modes this one has, its labels, the items by status, the columns a filter can name."""
@@ -336,6 +361,9 @@ def _overview(r: Reader, ws: Workspace) -> dict:
         modes.append("calibrated")
     labels = [x[0] for x in con.execute("SELECT label FROM labels ORDER BY label_idx").fetchall()]
     columns = [c for c in item_columns(con) if c != "id"]
+    why = dedup.not_found(con)
+    groups, grouped = (0, 0) if why is not None else con.execute(
+        "SELECT count(DISTINCT group_id), count(*) FROM duplicates WHERE kind = 'image'").fetchall()[0]
     return {
         "workspace": str(ws.root),
         "model": _model(ident),
@@ -347,6 +375,9 @@ def _overview(r: Reader, ws: Workspace) -> dict:
         "labels": labels,
         "status": {k: int(v) for k, v in counts.items()},
         "columns": columns,
+        # the browse grid's duplicates control: image groups `curate dedup` stored, or why none
+        "duplicates": {"found": why is None, "why": why, "groups": int(groups), "items": int(grouped),
+                       "command": f"curate dedup -w {shlex.quote(str(ws.root))}"},
     }
 
 
@@ -368,6 +399,8 @@ def page(ws: Workspace, sel: Selection, after: tuple[float, int] | None = None, 
         tiles = [_tile(i, label, prob, path, caption, None)
                  for i, label, prob, path, caption in _tiles(ws, rows, kept_texts)]
         return {"tiles": tiles, "next": [rows[-1][2], rows[-1][0]] if len(rows) == n else None}
+    if sel.duplicates != "all":
+        return _dedup_page(ws, sel, after, n)
     with reading(ws, sel.classification, calibration=sel.mode == "calibrated") as r:
         extra, params = _where(r, sel)
         if sel.status == "rejected":
@@ -392,6 +425,30 @@ def page(ws: Workspace, sel: Selection, after: tuple[float, int] | None = None, 
         return {"tiles": tiles, "next": nxt}
 
 
+def _dedup_page(ws: Workspace, sel: Selection, after: tuple[float, int] | None, n: int) -> dict:
+    """A page under the duplicates control: 'representatives' in the grid's order (keyset on
+    (prob, id)), 'groups' group by group (keyset on the row's position, app_in_groups)."""
+    with reading(ws, sel.classification, calibration=sel.mode == "calibrated") as r:
+        _check_mode(r, sel)
+        _deduped(r, sel, sel.floor, sel.labels)
+        cols = "p.id, p.label, p.prob, i.path, i.caption, p.group_id, p.representative, p.similarity, p.group_size"
+        if sel.duplicates == "groups":
+            rows = r.con.execute(
+                f"SELECT {cols}, p.pos FROM app_in_groups('app_kept') p JOIN items i ON i.id = p.id "
+                "WHERE p.pos > ? ORDER BY p.pos LIMIT ?", [0 if after is None else int(after[1]), n]).fetchall()
+        else:
+            keyset = "" if after is None else " AND (p.prob < ? OR (p.prob = ? AND p.id > ?))"
+            kp = [] if after is None else [float(after[0]), float(after[0]), int(after[1])]
+            rows = r.con.execute(
+                f"SELECT {cols} FROM app_deduped('app_kept', 'representatives') p JOIN items i ON i.id = p.id "
+                f"WHERE true{keyset} ORDER BY p.prob DESC, p.id LIMIT ?", [*kp, n]).fetchall()
+    tiles = [_tile(*row[:5], None) | _grouped(row[5:9]) for row in rows]
+    nxt = None
+    if len(rows) == n:
+        nxt = [None, rows[-1][9]] if sel.duplicates == "groups" else [rows[-1][2], rows[-1][0]]
+    return {"tiles": tiles, "next": nxt}
+
+
 def _tile(item_id, label, prob, path, caption, reason, status: str = "embedded") -> dict:
     return {"id": int(item_id), "label": label, "prob": None if prob is None else float(prob),
             "path": path, "name": None if path is None else path.rsplit("/", 1)[-1], "caption": caption or "",
@@ -406,6 +463,11 @@ def count(ws: Workspace, sel: Selection) -> int:
         wanted = set(sel.labels)
         return sum(k for label, k, _ in ranked.label_counts(sel.floor) if not wanted or label in wanted)
     with reading(ws, sel.classification, calibration=sel.mode == "calibrated") as r:
+        if sel.duplicates != "all":
+            _check_mode(r, sel)
+            _deduped(r, sel, sel.floor, sel.labels)
+            return int(r.con.execute("SELECT count(*) FROM app_deduped('app_kept', ?)",
+                                     [sel.duplicates]).fetchall()[0][0])
         extra, params = _where(r, sel)
         if sel.status == "rejected":
             q = f"SELECT count(*) FROM app_rejected() p WHERE true{extra}"
@@ -423,6 +485,13 @@ def label_counts(ws: Workspace, sel: Selection) -> dict:
         return _counted(kept[0].label_counts(sel.floor), sel)
     with reading(ws, sel.classification, calibration=sel.mode == "calibrated") as r:
         _check_mode(r, sel)
+        if sel.duplicates != "all":   # each label as selecting it alone would show it
+            _deduped(r, sel, 0.0, ())
+            rows = r.con.execute("SELECT * FROM app_dedup_label_counts('app_kept', ?, ?)",
+                                 [sel.floor, sel.duplicates]).fetchall()
+            n = r.con.execute("SELECT n FROM app_dedup_count('app_kept', ?, ?, ?)",
+                              [sel.floor, list(sel.labels), sel.duplicates]).fetchall()[0][0]
+            return {**_counted(rows, sel), "count": int(n)}
         extra, params = _where(r, sel)
         if extra:
             rows = r.con.execute(
@@ -470,19 +539,24 @@ def hits_page(ws: Workspace, sel: Selection, ids: np.ndarray, scores: np.ndarray
                 "searched": len(ids)}
     with reading(ws, sel.classification, calibration=sel.mode == "calibrated") as r:
         _check_mode(r, sel)
-        extra, params = _where(r, sel)
+        if sel.duplicates != "all":   # the hits among what the grid shows: app_kept, less what the control hides
+            _deduped(r, sel, sel.floor, sel.labels)
+            source, sparams, extra, params = "app_deduped('app_kept', ?)", [sel.duplicates], "", []
+        else:
+            source, sparams = "app_view(?, ?, ?)", [sel.relation, sel.floor, list(sel.labels)]
+            extra, params = _where(r, sel)
         r.con.register("app_hits", {"id": np.asarray(ids, dtype=np.int64),
                                     "score": np.asarray(scores, dtype=np.float64),
                                     "rank": np.arange(1, len(ids) + 1, dtype=np.int64)})
         try:
             rows = r.con.execute(
                 "SELECT p.id, p.label, p.prob, i.path, i.caption, h.score, h.rank FROM app_hits h "
-                "JOIN app_view(?, ?, ?) p ON p.id = h.id JOIN items i ON i.id = h.id "
+                f"JOIN {source} p ON p.id = h.id JOIN items i ON i.id = h.id "
                 f"WHERE true{extra} ORDER BY h.rank LIMIT ? OFFSET ?",
-                [sel.relation, sel.floor, list(sel.labels), *params, n, offset]).fetchall()
+                [*sparams, *params, n, offset]).fetchall()
             passing = r.con.execute(
-                "SELECT count(*) FROM app_hits h JOIN app_view(?, ?, ?) p ON p.id = h.id "
-                f"WHERE true{extra}", [sel.relation, sel.floor, list(sel.labels), *params]).fetchall()[0][0]
+                f"SELECT count(*) FROM app_hits h JOIN {source} p ON p.id = h.id "
+                f"WHERE true{extra}", [*sparams, *params]).fetchall()[0][0]
         finally:
             r.con.unregister("app_hits")
         tiles = []

@@ -1,0 +1,227 @@
+"""The browse grid's duplicates control over real HTTP, on a real workspace that the real
+`curate dedup` grouped: "representatives only" is what `curate filter --dedup` writes (same
+rows, same counts, and the command shown writes the same file as the export button); "only
+items in groups" is every selected item of an image group, group by group, and says that no
+`curate filter` command writes it; before dedup the control says which command finds the
+groups. The references are computed here in Python from the stored predictions and groups."""
+
+from __future__ import annotations
+
+import csv
+import shlex
+from pathlib import Path
+
+import numpy as np
+import pytest
+from app_support import app_built, copy_of, get_json, post, sql
+from conftest import run_cli
+
+from curate.app import data
+from curate.app.selection import Selection
+from curate.app.server import AppServer
+
+__all__ = ["app_built"]   # the shared workspace fixture (app_support)
+
+
+
+@pytest.fixture(scope="module")
+def ws(app_built, tmp_path_factory) -> Path:
+    return copy_of(app_built, tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def server(ws):
+    srv = AppServer(ws, 0, load_model=False).start()
+    yield srv
+    srv.stop()
+
+
+def _threshold(ws: Path) -> float:
+    """A cosine at which the stored image vectors fall into several groups (one of three or more)
+    and some items into none: the tiny random model puts every image near every other (cosines
+    0.9-1), so the threshold is read from the vectors, between two of their pairs' cosines."""
+    from scipy.sparse import csr_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    from curate.core import store
+    from curate.core.workspace import Workspace
+
+    with Workspace(ws).reading() as con:
+        _, vecs = store.load_all(Workspace(ws), con, "image")
+    cos = vecs @ vecs.T
+    pairs = np.sort(cos[np.triu_indices(len(vecs), 1)])[::-1]
+    for hi, lo in zip(pairs[:-1], pairs[1:], strict=True):
+        t = float(hi + lo) / 2
+        if hi - lo < 1e-4:
+            continue
+        _, comp = connected_components(csr_matrix(cos >= t))
+        sizes = np.bincount(comp)
+        if (sizes > 1).sum() >= 2 and sizes.max() >= 3 and (sizes == 1).sum() >= 2:
+            return t
+    raise AssertionError("no cosine splits the tiny model's images into several groups")
+
+
+@pytest.fixture(scope="module")
+def deduped(server, ws):
+    """The same server after `curate dedup` ran beside it (the app sees the new groups)."""
+    run_cli("dedup", "-w", ws, "--threshold", f"{_threshold(ws):.6f}")
+    return server
+
+
+def _all(base: str, selection: dict, search: dict | None = None) -> list[dict]:
+    tiles, after = [], None
+    for _ in range(100):
+        body = {"selection": selection, "after": after} | ({"search": search} if search else {})
+        status, got = post(base, "/api/grid", body)
+        assert status == 200, got
+        tiles += got["tiles"]
+        after = got["next"]
+        if after is None:
+            return tiles
+    raise AssertionError("the grid never ended")
+
+
+def _rows(ws: Path, selection: dict) -> list[tuple[int, str, float]]:
+    """The selection's (id, label, prob), before any duplicates rule: the classification's own view."""
+    view = {"image": "predictions", "ensemble": "ensemble"}[selection.get("mode", "image")]
+    rows = sql(ws, f'SELECT id, label, prob FROM "cls_{selection.get("classification", "sharp")}".{view} '
+                   "WHERE prob >= ?", [selection.get("min_prob", 0.0)])
+    wanted = set(selection.get("labels", []))
+    return [r for r in rows if not wanted or r[1] in wanted]
+
+
+def _groups(ws: Path) -> dict[int, tuple[int, int]]:
+    """item id -> (its image group, the group's representative)."""
+    return {i: (g, rep) for i, g, rep in sql(ws, "SELECT id, group_id, representative FROM duplicates "
+                                                 "WHERE kind = 'image'")}
+
+
+def _representatives(rows, groups) -> set[int]:
+    """filter --dedup's rule, written out: of each group the selection meets, its representative
+    if selected, else its selected member of highest prob, then smallest id; every other row."""
+    best: dict[int, tuple] = {}
+    keep = set()
+    for i, _label, p in rows:
+        if i not in groups:
+            keep.add(i)
+            continue
+        g, rep = groups[i]
+        key = (i != rep, -p, i)
+        if g not in best or key < best[g]:
+            best[g] = key
+    return keep | {key[2] for key in best.values()}
+
+
+def test_before_dedup_the_control_says_which_command_finds_the_groups(server, ws):
+    status, o = get_json(server.url, "/api/overview")
+    assert status == 200
+    d = o["duplicates"]
+    assert d["found"] is False and "curate dedup" in d["why"] and d["command"] == f"curate dedup -w {shlex.quote(str(ws))}"
+    for dup in ("representatives", "groups"):
+        status, got = post(server.url, "/api/grid", {"selection": {"duplicates": dup}})
+        assert status == 400 and "curate dedup" in got["error"]
+    status, got = post(server.url, "/api/grid", {"selection": {"duplicates": "some"}})
+    assert status == 400 and "duplicates must be one of" in got["error"]
+    status, got = post(server.url, "/api/grid", {"selection": {"duplicates": "groups", "status": "rejected"}})
+    assert status == 400 and "embedded" in got["error"]
+
+
+@pytest.mark.parametrize("selection", [
+    {"min_prob": 0.0},
+    {"min_prob": 0.3, "mode": "ensemble"},
+    {"min_prob": 0.0, "classification": "natural"},
+])
+def test_representatives_only_is_what_filter_dedup_writes(deduped, ws, selection, tmp_path):
+    groups = _groups(ws)
+    assert len(set(groups.values())) >= 2, "the workspace should hold several image groups"
+    sel = selection | {"duplicates": "representatives"}
+    tiles = _all(deduped.url, sel)
+    order = [(-t["prob"], t["id"]) for t in tiles]
+    assert order == sorted(order)                                 # the grid's order; no tile twice
+    rows = _rows(ws, selection)
+    want = _representatives(rows, groups)
+    assert {t["id"] for t in tiles} == want
+    assert len(want) < len(rows)                                  # it did leave duplicates out
+    for t in tiles:
+        assert (t["group"] is None) == (t["id"] not in groups)
+        if t["group"] is not None:
+            assert t["group"]["id"] == groups[t["id"]][0]
+            assert t["group"]["representative"] == (t["id"] == groups[t["id"]][1])
+
+    # the command shown is `curate filter ... --dedup`, and it writes these rows
+    status, shown = post(deduped.url, "/api/command", {"selection": sel, "out": "r.csv"})
+    assert status == 200 and shown["count"] == len(want)
+    words = shlex.split(shown["command"])
+    assert words[:2] == ["curate", "filter"] and "--dedup" in words and words[-2:] == ["--out", "r.csv"]
+    run_cli(*words[1:-1], str(tmp_path / "r.csv"))
+    with open(tmp_path / "r.csv", newline="", encoding="utf-8") as f:
+        assert {int(r["id"]) for r in csv.DictReader(f)} == want
+
+    # the sidebar: each label as selecting it alone shows it; the selection's own count
+    status, counts = post(deduped.url, "/api/counts", {"selection": sel})
+    assert status == 200 and counts["count"] == len(want)
+    for x in counts["labels"]:
+        alone = _representatives([r for r in rows if r[1] == x["label"]], groups)
+        assert x["kept"] == len(alone), x["label"]
+    for x in counts["labels"][:3]:
+        if x["kept"]:
+            got = _all(deduped.url, sel | {"labels": [x["label"]]})
+            assert len(got) == x["kept"]
+
+
+def test_the_export_button_writes_what_the_dedup_command_writes(deduped, ws, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    sel = {"min_prob": 0.1, "duplicates": "representatives", "where": [["source_id", "img_001.jpg"],
+                                                                       ["source_id", "img_002.jpg"],
+                                                                       ["source_id", "img_003.jpg"],
+                                                                       ["source_id", "img_004.jpg"]]}
+    status, shown = post(deduped.url, "/api/command", {"selection": sel, "out": "d.csv"})
+    assert status == 200 and "--dedup" in shlex.split(shown["command"])
+    status, got = post(deduped.url, "/api/export", {"selection": sel, "out": str(tmp_path / "app" / "d.csv")})
+    assert status == 200, got
+    assert got["kept"] == shown["count"] == len(_all(deduped.url, sel))
+    run_cli(*shlex.split(shown["command"])[1:])
+    assert (tmp_path / "app" / "d.csv").read_bytes() == (tmp_path / "d.csv").read_bytes()
+
+
+def test_only_items_in_groups_comes_group_by_group_and_names_no_command(deduped, ws, monkeypatch):
+    groups = _groups(ws)
+    for selection in ({"min_prob": 0.0}, {"min_prob": 0.4, "mode": "ensemble"}):
+        sel = selection | {"duplicates": "groups"}
+        monkeypatch.setattr(data, "PAGE", 3)        # several pages: the cursor is exercised
+        tiles = _all(deduped.url, sel)
+        monkeypatch.undo()
+        rows = {i: p for i, _label, p in _rows(ws, selection)}
+        assert sorted(t["id"] for t in tiles) == sorted(i for i in rows if i in groups)
+        # a group's tiles together, its representative first (when selected), then by prob
+        seen: list[int] = []
+        for t in tiles:
+            g = t["group"]["id"]
+            assert g == groups[t["id"]][0]
+            if not seen or seen[-1] != g:
+                assert g not in seen, "a group's tiles are not together"
+                seen.append(g)
+        for g in seen:
+            members = [t for t in tiles if t["group"]["id"] == g]
+            keys = [(not t["group"]["representative"], -t["prob"], t["id"]) for t in members]
+            assert keys == sorted(keys)
+        best = [max(t["prob"] for t in tiles if t["group"]["id"] == g) for g in seen]
+        assert best == sorted(best, reverse=True)                 # the groups by their most probable item
+        status, counts = post(deduped.url, "/api/counts", {"selection": sel})
+        assert counts["count"] == len(tiles)
+        # no `curate filter` writes whole groups: the command box says so, and export refuses
+        status, shown = post(deduped.url, "/api/command", {"selection": sel, "out": "g.csv"})
+        assert status == 200 and shown["command"] is None and "whole duplicate groups" in shown["why"]
+        status, got = post(deduped.url, "/api/export", {"selection": sel, "out": "g.csv"})
+        assert status == 400 and "whole duplicate groups" in got["error"]
+
+
+def test_the_overview_counts_the_groups_and_the_kept_reads_are_the_sql(deduped, ws):
+    status, o = get_json(deduped.url, "/api/overview")
+    d = o["duplicates"]
+    n_groups, n_items = sql(ws, "SELECT count(DISTINCT group_id), count(*) FROM duplicates WHERE kind = 'image'")[0]
+    assert d["found"] is True and d["why"] is None and (d["groups"], d["items"]) == (n_groups, n_items)
+    # "all items" is the grid as it always was (the kept reads), a page at a time like the others
+    every = data.page(deduped.ws, Selection.parse({"duplicates": "all"}), None, 100)["tiles"]
+    assert len(every) == len(_rows(ws, {}))
+    assert all("group" not in t for t in every)
