@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import csv
 import shlex
+import tempfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 from app_support import app_built, copy_of, get_json, post, sql
+from browser_support import launch, needs_chromium
 from conftest import run_cli
 
 from curate.app import data
@@ -225,3 +227,76 @@ def test_the_overview_counts_the_groups_and_the_kept_reads_are_the_sql(deduped, 
     every = data.page(deduped.ws, Selection.parse({"duplicates": "all"}), None, 100)["tiles"]
     assert len(every) == len(_rows(ws, {}))
     assert all("group" not in t for t in every)
+
+
+@pytest.mark.slow
+@needs_chromium
+def test_the_control_in_chromium_before_and_after_dedup(app_built, tmp_path_factory, tmp_path, monkeypatch):
+    """The page: the control disabled with the command that finds the groups, then (after dedup
+    and a reload) representatives only with its `--dedup` command and export, whole groups with
+    their tiles together and no command, and disabled again for rejected items."""
+    sync_api = pytest.importorskip("playwright.sync_api")
+    ws = copy_of(app_built, tmp_path_factory)
+    srv = AppServer(ws, 0, load_model=False).start()
+    monkeypatch.chdir(tmp_path)
+    try:
+        with sync_api.sync_playwright() as p:
+            browser = launch(p, tempfile.mkdtemp(dir=tmp_path), height=900)
+            page = browser.new_page()
+            errors: list[str] = []
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.goto(srv.url)
+            page.wait_for_selector("body[data-state=ready][data-dedup=none]")
+            assert page.locator("#dedup").is_disabled()
+            assert f"curate dedup -w {ws}" in page.inner_text("#dedup-note")
+
+            run_cli("dedup", "-w", ws, "--threshold", f"{_threshold(ws):.6f}")
+            page.reload()
+            page.wait_for_selector("body[data-state=ready][data-dedup=found]")
+            assert page.locator("#dedup").is_enabled()
+            groups = _groups(ws)
+            assert f"{len(set(g for g, _ in groups.values()))} image groups" in page.inner_text("#dedup-note")
+
+            # representatives only: what filter --dedup keeps, its command shown, the button writes it
+            page.select_option("#dedup", "representatives")
+            want = _representatives(_rows(ws, {}), groups)
+            page.wait_for_function(f"() => document.body.dataset.count === '{len(want)}' && "
+                                   "document.body.dataset.state === 'ready'")
+            assert {int(x) for x in page.eval_on_selector_all(".tile", "ts => ts.map(t => t.dataset.id)")} == want
+            assert "one per duplicate group" in page.inner_text("#summary")
+            assert page.locator(".tile .grp").count() == len([i for i in want if i in groups])
+            page.fill("#out", "reps.csv")
+            page.dispatch_event("#out", "change")
+            page.wait_for_function("() => document.getElementById('command').textContent.endsWith('--out reps.csv')")
+            words = shlex.split(page.inner_text("#command"))
+            assert words[:2] == ["curate", "filter"] and "--dedup" in words
+            page.locator("#export").click()
+            page.wait_for_selector("body[data-export=done]")
+            by_app = (tmp_path / "reps.csv").read_bytes()
+            (tmp_path / "reps.csv").unlink()
+            run_cli(*words[1:])
+            assert (tmp_path / "reps.csv").read_bytes() == by_app
+
+            # only items in groups: each group's tiles together and shaded alike; no command
+            page.select_option("#dedup", "groups")
+            page.wait_for_function(f"() => document.body.dataset.count === '{len(groups)}' && "
+                                   "document.body.dataset.state === 'ready'")
+            page.wait_for_selector("#command[data-exportable=no]")
+            assert "whole duplicate groups" in page.inner_text("#command")
+            assert page.locator("#export").is_disabled()
+            tiles = page.eval_on_selector_all(
+                ".tile", "ts => ts.map(t => [t.dataset.group, t.dataset.groupParity])")
+            assert len(tiles) == len(groups)
+            order = [g for k, (g, _) in enumerate(tiles) if k == 0 or tiles[k - 1][0] != g]
+            assert len(order) == len(set(order))                      # a group's tiles are together
+            shades = [s for k, (g, s) in enumerate(tiles) if k == 0 or tiles[k - 1][0] != g]
+            assert all(a != b for a, b in zip(shades[:-1], shades[1:], strict=True))   # the next group: the other shade
+
+            # rejected items are in no group: the control goes back to all items, disabled
+            page.select_option("#status", "rejected")
+            page.wait_for_function("() => document.body.dataset.count === '2' && document.body.dataset.state === 'ready'")
+            assert page.locator("#dedup").is_disabled() and page.input_value("#dedup") == "all"
+            browser.close()
+            assert errors == []
+    finally:
+        srv.stop()
