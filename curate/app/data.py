@@ -33,6 +33,7 @@ from ..core.workspace import ModelIdentity, Workspace
 from ..errors import CurateError
 from ..select import dedup
 from ..select.filter import item_columns, where_clause
+from ..validate import sampling
 from . import snapshot
 from .selection import RELATIONS, BadSelection, Selection
 from .snapshot import WAIT
@@ -251,7 +252,7 @@ def _kept(ws: Workspace, sel: Selection) -> tuple[Ranked, Shown] | None:
     """The selection's predictions kept in memory (and the verdict they were read under); None:
     this selection is read with SQL (where filters, rejected items, a workspace too large to
     keep, an odd row)."""
-    if sel.where or sel.status != "embedded" or sel.duplicates != "all":
+    if sel.where or sel.status != "embedded" or sel.duplicates != "all" or sel.review_set is not None:
         return None
     sh = shown(ws, sel.classification)
     _check_mode(sh, sel)
@@ -309,14 +310,23 @@ def _check_mode(r: Reader | Shown, sel: Selection) -> None:
 
 
 def _where(r: Reader, sel: Selection) -> tuple[str, list]:
-    """' AND p.id IN (<items passing the where filters>)' and its parameters ('' without filters).
+    """' AND p.id IN (<items passing the where filters>)' (and ' AND p.id IN (<the review set's
+    items>)') and their parameters ('' without filters).
 
     A semi-join on ids: the grid's top-N runs over ids and probabilities alone, and only the
     page's rows are joined to items for their path and caption."""
-    if not sel.where:
-        return "", []
-    clause, params = where_clause(r.con, sel.where)
-    return f" AND p.id IN (SELECT i.id FROM items i WHERE {clause})", params
+    extra, params = "", []
+    if sel.where:
+        clause, params = where_clause(r.con, sel.where)
+        extra = f" AND p.id IN (SELECT i.id FROM items i WHERE {clause})"
+    if sel.review_set is not None:
+        if sel.review_set not in {s.name for s in sampling.list_sets(r.con)}:
+            raise BadSelection(f"no review set named {sel.review_set[:80]!r} in this workspace "
+                               "(`curate sample --list` shows them)")
+        sql.run(r.con, "app_review_set")
+        extra += " AND p.id IN (SELECT id FROM app_review_set(?))"
+        params = [*params, sel.review_set]
+    return extra, params
 
 
 def _deduped(r: Reader, sel: Selection, floor: float, labels: tuple[str, ...]) -> None:
@@ -361,6 +371,8 @@ def _overview(r: Reader, ws: Workspace) -> dict:
         modes.append("calibrated")
     labels = [x[0] for x in con.execute("SELECT label FROM labels ORDER BY label_idx").fetchall()]
     columns = [c for c in item_columns(con) if c != "id"]
+    sets = [{"name": s.name, "items": int(s.items or 0), "source": s.source, "classification": s.classification}
+            for s in sampling.list_sets(con)]
     why = dedup.not_found(con)
     groups, grouped = (0, 0) if why is not None else con.execute(
         "SELECT count(DISTINCT group_id), count(*) FROM duplicates WHERE kind = 'image'").fetchall()[0]
@@ -376,6 +388,8 @@ def _overview(r: Reader, ws: Workspace) -> dict:
         "status": {k: int(v) for k, v in counts.items()},
         "columns": columns,
         # the browse grid's duplicates control: image groups `curate dedup` stored, or why none
+        "review_sets": sets,      # the browse grid's review set filter (and the command that draws one)
+        "sample_command": f"curate sample -w {shlex.quote(str(ws.root))}",
         "duplicates": {"found": why is None, "why": why, "groups": int(groups), "items": int(grouped),
                        "command": f"curate dedup -w {shlex.quote(str(ws.root))}"},
     }

@@ -8,6 +8,7 @@ reaches SQL only as a bound parameter or as one of the fixed relation names belo
 from __future__ import annotations
 
 import math
+import shlex
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +43,7 @@ class Selection:
     where: tuple[tuple[str, str], ...] = ()
     status: str = "embedded"
     duplicates: str = "all"                # a value of DUPLICATES
+    review_set: str | None = None          # only the images of this review set (None: any)
 
     @property
     def relation(self) -> str:
@@ -84,8 +86,11 @@ class Selection:
             raise BadSelection(f"duplicates must be one of {', '.join(DUPLICATES)}, not {str(duplicates)[:40]!r}")
         if duplicates != "all" and status != "embedded":
             raise BadSelection("duplicates: only embedded items are in duplicate groups (choose status embedded)")
+        review_set = raw.get("review_set")
+        if review_set is not None and (not isinstance(review_set, str) or not 0 < len(review_set) <= MAX_TEXT):
+            raise BadSelection("review_set must be a review set's name (or null: any image)")
         return cls(name, mode, tuple(dict.fromkeys(labels)), round(float(prob), 6),
-                   tuple((c.strip(), v) for c, v in where), status, duplicates)
+                   tuple((c.strip(), v) for c, v in where), status, duplicates, review_set)
 
     @property
     def exportable(self) -> str | None:
@@ -95,6 +100,10 @@ class Selection:
         if self.duplicates == "groups":
             return ("no `curate filter` option writes whole duplicate groups (--dedup keeps one item of each, "
                     "--dedup --unmatched the others); choose all items or representatives only to export")
+        if self.review_set is not None:
+            return ("no `curate filter` option selects a review set's images; "
+                    f"`curate review --set {shlex.quote(self.review_set)} --out FILE` writes the set "
+                    "(with the labels it was drawn with, and its marks)")
         return None
 
     def filter_spec(self, source_mode: str | None = None) -> FilterSpec:

@@ -11,7 +11,7 @@ const PAGE_VIEW = (() => {
 
 const view = {
   sel: { classification: null, mode: "image", labels: [], min_prob: 0, where: [], status: "embedded",
-    duplicates: "all" },
+    duplicates: "all", review_set: null },
   search: null,          // null | {text} | {like: id}
   next: null,            // the cursor of the next page; null: the end
   loading: false,
@@ -68,6 +68,20 @@ async function loadOverview() {
   drawWarm(o.warm);
   drawBrowseMarks(o.browse_marks);
   drawDedup(o.duplicates);
+  drawSets(o.review_sets, o.sample_command);
+}
+
+// The review set filter: the sets `curate sample` drew (their images, with today's predictions).
+function drawSets(sets, command) {
+  const select = $("review-set");
+  select.textContent = "";
+  select.append(el("option", { value: "", text: "any image" }));
+  for (const s of sets || []) select.append(el("option", { value: s.name, text: `${s.name} (${s.items})` }));
+  if (!(sets || []).some((s) => s.name === view.sel.review_set)) view.sel.review_set = null;
+  select.value = view.sel.review_set || "";
+  select.disabled = !sets || sets.length === 0;
+  $("review-set-note").textContent = select.disabled
+    ? `no review set yet: \`${command}\` draws one` : "";
 }
 
 // The duplicates control: enabled once `curate dedup` stored image groups, else it says why.
@@ -193,7 +207,8 @@ function summaryText(count) {
   const what = s.labels.length ? s.labels.join(", ") : "any label";
   const rule = calibrated() ? "calibrated, each class at its threshold" : `${s.mode} prob ≥ ${s.min_prob.toFixed(2)}`;
   const dup = { all: "", representatives: " · one per duplicate group", groups: " · in duplicate groups" }[s.duplicates];
-  return `${count} images · ${what} · ${rule}${dup}`;
+  const set = s.review_set ? ` · review set ${s.review_set}` : "";
+  return `${count} images · ${what} · ${rule}${dup}${set}`;
 }
 
 async function loadPage(gen, first = false) {
@@ -475,6 +490,7 @@ function wire() {
     reload();
   });
   $("dedup").addEventListener("change", () => { view.sel.duplicates = $("dedup").value; reload(); });
+  $("review-set").addEventListener("change", () => { view.sel.review_set = $("review-set").value || null; reload(); });
   $("labels-clear").addEventListener("click", () => { view.sel.labels = []; reload(); });
   $("search-form").addEventListener("submit", (ev) => {
     ev.preventDefault();

@@ -1,9 +1,11 @@
-"""The browse grid's duplicates control over real HTTP, on a real workspace that the real
-`curate dedup` grouped: "representatives only" is what `curate filter --dedup` writes (same
-rows, same counts, and the command shown writes the same file as the export button); "only
-items in groups" is every selected item of an image group, group by group, and says that no
-`curate filter` command writes it; before dedup the control says which command finds the
-groups. The references are computed here in Python from the stored predictions and groups."""
+"""The browse grid's duplicates control and review set filter over real HTTP (and in a real
+headless Chromium), on a real workspace that the real `curate dedup` grouped: "representatives
+only" is what `curate filter --dedup` writes (same rows, same counts, and the command shown
+writes the same file as the export button); "only items in groups" is every selected item of
+an image group, group by group, and says that no `curate filter` command writes it; before
+dedup the control says which command finds the groups. A review set shows its images and
+names `curate review --out` instead of a filter command. The references are computed here in
+Python from the stored predictions, groups and review items."""
 
 from __future__ import annotations
 
@@ -249,8 +251,11 @@ def test_the_control_in_chromium_before_and_after_dedup(app_built, tmp_path_fact
             page.wait_for_selector("body[data-state=ready][data-dedup=none]")
             assert page.locator("#dedup").is_disabled()
             assert f"curate dedup -w {ws}" in page.inner_text("#dedup-note")
+            assert page.locator("#review-set").is_disabled()
+            assert f"curate sample -w {ws}" in page.inner_text("#review-set-note")
 
             run_cli("dedup", "-w", ws, "--threshold", f"{_threshold(ws):.6f}")
+            run_cli("sample", "-w", ws, "--top-classes", "3", "--per-class", "2", "--seed", "5")
             page.reload()
             page.wait_for_selector("body[data-state=ready][data-dedup=found]")
             assert page.locator("#dedup").is_enabled()
@@ -292,6 +297,19 @@ def test_the_control_in_chromium_before_and_after_dedup(app_built, tmp_path_fact
             shades = [s for k, (g, s) in enumerate(tiles) if k == 0 or tiles[k - 1][0] != g]
             assert all(a != b for a, b in zip(shades[:-1], shades[1:], strict=True))   # the next group: the other shade
 
+            # a review set: its images only, and `curate review --out` named instead of a filter command
+            (name,) = sql(ws, "SELECT name FROM review_sets")[0]
+            in_set = {i for (i,) in sql(ws, "SELECT id FROM review_items")}
+            page.select_option("#dedup", "all")
+            page.select_option("#review-set", name)
+            page.wait_for_function(f"() => document.body.dataset.count === '{len(in_set)}' && "
+                                   "document.body.dataset.state === 'ready'")
+            assert {int(x) for x in page.eval_on_selector_all(".tile", "ts => ts.map(t => t.dataset.id)")} == in_set
+            assert f"review set {name}" in page.inner_text("#summary")
+            page.wait_for_selector("#command[data-exportable=no]")
+            assert f"curate review --set {name} --out FILE" in page.inner_text("#command")
+            page.select_option("#review-set", "")
+
             # rejected items are in no group: the control goes back to all items, disabled
             page.select_option("#status", "rejected")
             page.wait_for_function("() => document.body.dataset.count === '2' && document.body.dataset.state === 'ready'")
@@ -300,3 +318,40 @@ def test_the_control_in_chromium_before_and_after_dedup(app_built, tmp_path_fact
             assert errors == []
     finally:
         srv.stop()
+
+
+def test_a_review_set_shows_its_images_and_says_which_command_writes_it(deduped, ws):
+    from curate.core.workspace import Workspace
+    from curate.validate import sampling
+
+    status, o = get_json(deduped.url, "/api/overview")
+    assert o["review_sets"] == [] and o["sample_command"] == f"curate sample -w {shlex.quote(str(ws))}"
+    con = Workspace(ws).connect()      # drawn beside the running app, as `curate sample` would
+    try:
+        sampling.draw(con, top_classes=3, per_class=2, seed=5, name="look", classification="natural")
+    finally:
+        con.close()
+    status, o = get_json(deduped.url, "/api/overview")
+    assert [(s["name"], s["classification"]) for s in o["review_sets"]] == [("look", "natural")]
+    in_set = {i for (i,) in sql(ws, "SELECT id FROM review_items WHERE set_name = 'look'")}
+    assert 0 < len(in_set) < len(_rows(ws, {}))
+    groups = _groups(ws)
+    for selection in ({"min_prob": 0.0}, {"min_prob": 0.4, "mode": "ensemble"},
+                      {"min_prob": 0.0, "duplicates": "representatives"}):
+        sel = selection | {"review_set": "look"}
+        tiles = _all(deduped.url, sel)
+        rows = [r for r in _rows(ws, selection) if r[0] in in_set]
+        want = _representatives(rows, groups) if "duplicates" in selection else {r[0] for r in rows}
+        assert {t["id"] for t in tiles} == want and len(tiles) == len(want)
+        status, counts = post(deduped.url, "/api/counts", {"selection": sel})
+        assert counts["count"] == len(want)
+        # a review set has no `curate filter` option: the command box names `curate review --out`
+        status, shown = post(deduped.url, "/api/command", {"selection": sel, "out": "s.csv"})
+        assert status == 200 and shown["command"] is None and "curate review --set look --out FILE" in shown["why"]
+        assert shown["count"] == len(want)
+        status, got = post(deduped.url, "/api/export", {"selection": sel, "out": "s.csv"})
+        assert status == 400 and "review set" in got["error"]
+    status, got = post(deduped.url, "/api/grid", {"selection": {"review_set": "no such set"}})
+    assert status == 400 and "no review set named 'no such set'" in got["error"]
+    status, got = post(deduped.url, "/api/grid", {"selection": {"review_set": 7}})
+    assert status == 400 and "review_set" in got["error"]
