@@ -14,6 +14,7 @@ import shlex
 import tempfile
 from pathlib import Path
 
+import duckdb
 import numpy as np
 import pytest
 from app_support import app_built, copy_of, get_json, post, sql
@@ -186,6 +187,12 @@ def test_the_export_button_writes_what_the_dedup_command_writes(deduped, ws, tmp
     assert got["kept"] == shown["count"] == len(_all(deduped.url, sel))
     run_cli(*shlex.split(shown["command"])[1:])
     assert (tmp_path / "app" / "d.csv").read_bytes() == (tmp_path / "d.csv").read_bytes()
+    # a parquet subset records the command that makes it: with its --dedup (it used to be left out)
+    status, got = post(deduped.url, "/api/export", {"selection": sel, "out": str(tmp_path / "d.parquet")})
+    assert status == 200, got
+    kv = dict(duckdb.sql(f"SELECT decode(key), decode(value) FROM parquet_kv_metadata('{tmp_path / 'd.parquet'}')")
+              .fetchall())
+    assert "--dedup" in shlex.split(kv["curate.command"])
 
 
 def test_only_items_in_groups_comes_group_by_group_and_names_no_command(deduped, ws, monkeypatch):
