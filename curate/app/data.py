@@ -10,7 +10,8 @@ grid, the sidebar and the search read is kept in memory while the database is un
 verdict (`Shown`), each mode's predictions in the grid's order (`Ranked`, a few arrays) and
 every item's path and caption (`Texts`). A request whose generation is unchanged opens
 nothing; the first one after a write reads them again. What they cannot answer (where
-filters, rejected items, one item's detail, a workspace too large to keep) is SQL on a
+filters, a review set, the duplicates control, rejected items, one item's detail, a workspace
+too large to keep) is SQL on a
 connection of its own, as before: queries/app_browse.sql (TEMP macros made on each
 connection); the rule a grid shows is subset_predictions's (subsets.sql), so the export
 writes what the grid shows, and tests/app/test_app_cache.py holds both ways to the same answers.
@@ -387,9 +388,9 @@ def _overview(r: Reader, ws: Workspace) -> dict:
         "labels": labels,
         "status": {k: int(v) for k, v in counts.items()},
         "columns": columns,
-        # the browse grid's duplicates control: image groups `curate dedup` stored, or why none
         "review_sets": sets,      # the browse grid's review set filter (and the command that draws one)
         "sample_command": f"curate sample -w {shlex.quote(str(ws.root))}",
+        # the browse grid's duplicates control: image groups `curate dedup` stored, or why none
         "duplicates": {"found": why is None, "why": why, "groups": int(groups), "items": int(grouped),
                        "command": f"curate dedup -w {shlex.quote(str(ws.root))}"},
     }

@@ -327,17 +327,26 @@ def test_the_control_in_chromium_before_and_after_dedup(app_built, tmp_path_fact
         srv.stop()
 
 
-def test_a_review_set_shows_its_images_and_says_which_command_writes_it(deduped, ws):
+def _draw_look(ws: Path) -> None:
+    """The review set 'look' (drawn from 'natural'), drawn beside the running app as `curate sample` would."""
     from curate.core.workspace import Workspace
     from curate.validate import sampling
 
-    status, o = get_json(deduped.url, "/api/overview")
-    assert o["review_sets"] == [] and o["sample_command"] == f"curate sample -w {shlex.quote(str(ws))}"
-    con = Workspace(ws).connect()      # drawn beside the running app, as `curate sample` would
+    if sql(ws, "SELECT count(*) FROM duckdb_tables() WHERE table_name = 'review_sets'")[0][0] and \
+            sql(ws, "SELECT count(*) FROM review_sets WHERE name = 'look'")[0][0]:
+        return
+    con = Workspace(ws).connect()
     try:
         sampling.draw(con, top_classes=3, per_class=2, seed=5, name="look", classification="natural")
     finally:
         con.close()
+
+
+def test_a_review_set_shows_its_images_and_says_which_command_writes_it(deduped, ws):
+    status, o = get_json(deduped.url, "/api/overview")
+    assert o["sample_command"] == f"curate sample -w {shlex.quote(str(ws))}"
+    assert o["review_sets"] == []
+    _draw_look(ws)
     status, o = get_json(deduped.url, "/api/overview")
     assert [(s["name"], s["classification"]) for s in o["review_sets"]] == [("look", "natural")]
     in_set = {i for (i,) in sql(ws, "SELECT id FROM review_items WHERE set_name = 'look'")}
@@ -362,3 +371,22 @@ def test_a_review_set_shows_its_images_and_says_which_command_writes_it(deduped,
     assert status == 400 and "no review set named 'no such set'" in got["error"]
     status, got = post(deduped.url, "/api/grid", {"selection": {"review_set": 7}})
     assert status == 400 and "review_set" in got["error"]
+
+
+def test_more_like_this_within_the_duplicates_control_and_a_review_set(deduped, ws):
+    """A search's hits pass the same filters as the grid: the hits that are in what the grid shows."""
+    _draw_look(ws)
+    groups = _groups(ws)
+    some = min(groups)                              # an item in a group: its duplicates are its nearest
+    status, everything = post(deduped.url, "/api/grid", {"selection": {}, "search": {"like": some}})
+    assert status == 200, everything
+    ranked = [t["id"] for t in everything["tiles"]]
+    reps = _representatives(_rows(ws, {}), groups)
+    in_groups = set(groups)
+    in_set = {i for (i,) in sql(ws, "SELECT id FROM review_items WHERE set_name = 'look'")}
+    for extra, keep in (({"duplicates": "representatives"}, reps), ({"duplicates": "groups"}, in_groups),
+                        ({"review_set": "look"}, in_set)):
+        status, got = post(deduped.url, "/api/grid", {"selection": extra, "search": {"like": some}})
+        assert status == 200, got
+        assert [t["id"] for t in got["tiles"]] == [i for i in ranked if i in keep]    # by rank, filtered
+        assert got["count"] == len([i for i in ranked if i in keep])
