@@ -246,8 +246,8 @@ def test_the_control_in_chromium_before_and_after_dedup(app_built, tmp_path_fact
     their tiles together and no command, and disabled again for rejected items."""
     sync_api = pytest.importorskip("playwright.sync_api")
     ws = copy_of(app_built, tmp_path_factory)
+    monkeypatch.chdir(tmp_path)     # where the app writes a relative export path, and the CLI too
     srv = AppServer(ws, 0, load_model=False).start()
-    monkeypatch.chdir(tmp_path)
     try:
         with sync_api.sync_playwright() as p:
             browser = launch(p, tempfile.mkdtemp(dir=tmp_path), height=900)
