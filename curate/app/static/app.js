@@ -80,8 +80,10 @@ function drawSets(sets, command) {
   if (!(sets || []).some((s) => s.name === view.sel.review_set)) view.sel.review_set = null;
   select.value = view.sel.review_set || "";
   select.disabled = !sets || sets.length === 0;
-  $("review-set-note").textContent = select.disabled
-    ? `no review set yet: \`${command}\` draws one` : "";
+  const note = $("review-set-note");
+  note.textContent = "";
+  if (select.disabled) note.append(el("span", { text: "no review set yet: " }), el("code", { text: command }),
+    el("span", { text: " draws one" }));
 }
 
 // The duplicates control: enabled once `curate dedup` stored image groups, else it says why.
