@@ -12,6 +12,7 @@
 -- Usage: SELECT * FROM app_in_groups('app_kept') WHERE pos > 0 ORDER BY pos LIMIT 5;
 -- Usage: SELECT * FROM app_dedup_label_counts('app_kept', 0.5, 'representatives') LIMIT 5;
 -- Usage: SELECT * FROM app_dedup_count('app_kept', 0.5, [], 'groups');
+-- Usage: SELECT * FROM app_groups() LIMIT 5;
 
 -- app_deduped(rel, dup): the rows `dup` keeps, each with its group (NULL: in none), whether it
 -- is the group's representative, its cosine to it, and the group's size (all its members).
@@ -58,3 +59,14 @@ CREATE OR REPLACE TEMP MACRO app_dedup_count(rel, min_prob, wanted, dup) AS TABL
 SELECT count(DISTINCT k) AS n
 FROM app_dedup_keys(rel, dup)
 WHERE prob >= min_prob AND (len(wanted) = 0 OR list_contains(wanted, label));
+
+-- app_groups(): every item of an image group, by id: its group, whether it is the
+-- representative, its cosine to it (NaN: none stored) and its group's size. What the app keeps
+-- in memory (curate/app/data.py `Groups`) to answer the macros above without opening the file
+-- while the database is unchanged (tests/app/test_app_browse_filters.py holds both to the same answers).
+CREATE OR REPLACE TEMP MACRO app_groups() AS TABLE
+SELECT id, group_id, id = representative AS representative, coalesce(similarity, 'NaN'::FLOAT) AS similarity,
+       count(*) OVER (PARTITION BY group_id) AS size
+FROM duplicates
+WHERE kind = 'image'
+ORDER BY id;

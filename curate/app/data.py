@@ -243,6 +243,122 @@ class Texts:
         return out
 
 
+@dataclass(eq=False)
+class Groups:
+    """The image duplicate groups `curate dedup` stored, as of one generation (app_groups,
+    queries/app_dedup.sql): what the duplicates control needs besides a mode's Ranked."""
+    ids: np.ndarray                 # ascending
+    group: np.ndarray
+    rep: np.ndarray                 # the group's representative
+    sim: np.ndarray                 # cosine to the representative (NaN: none)
+    size: np.ndarray                # the group's size
+
+    @property
+    def nbytes(self) -> int:
+        return sum(a.nbytes for a in (self.ids, self.group, self.rep, self.sim, self.size))
+
+    @classmethod
+    def read(cls, con: duckdb.DuckDBPyConnection) -> Groups:
+        got = con.execute("SELECT * FROM app_groups()").fetchnumpy()
+        return cls(np.asarray(got["id"], dtype=np.int64), np.asarray(got["group_id"], dtype=np.int64),
+                   np.asarray(got["representative"], dtype=bool), np.asarray(got["similarity"], dtype=np.float64),
+                   np.asarray(got["size"], dtype=np.int64))
+
+    def of(self, item_id: int) -> tuple:
+        """(group, representative, cosine, size) of an item, as the SQL rows give them (Nones: in no group)."""
+        at = int(np.searchsorted(self.ids, item_id))
+        if at >= len(self.ids) or self.ids[at] != item_id:
+            return None, None, None, None
+        sim = float(self.sim[at])
+        return int(self.group[at]), bool(self.rep[at]), None if np.isnan(sim) else sim, int(self.size[at])
+
+    def selected(self, ranked: Ranked, floor: float, wanted: np.ndarray | None) -> tuple[np.ndarray, ...]:
+        """The selection's rows in a group: (grid positions, groups, representative flags)."""
+        pos = ranked.lookup(self.ids)
+        ok = (pos >= 0) & (pos < ranked.end(floor))
+        if wanted is not None:
+            ok[ok] &= np.isin(ranked.code[pos[ok]], wanted)
+        k = np.flatnonzero(ok)
+        return pos[k], self.group[k], self.rep[k]
+
+    def dropped(self, ranked: Ranked, floor: float, wanted: np.ndarray | None) -> np.ndarray:
+        """The grid positions `filter --dedup` leaves out of the selection (sorted): of each group
+        all rows but its representative, or (not selected) its first row in the grid's order (the
+        most probable, then the smallest id): dedup_dropped's rule (queries/dedup_keep.sql)."""
+        pos, grp, rep = self.selected(ranked, floor, wanted)
+        order = np.lexsort((np.where(rep, -1, pos), grp))
+        g = grp[order]
+        first = np.ones(len(g), dtype=bool)
+        first[1:] = g[1:] != g[:-1]
+        return np.sort(pos[order][~first])
+
+    def in_order(self, ranked: Ranked, floor: float, wanted: np.ndarray | None) -> np.ndarray:
+        """The selection's rows in a group as 'groups' shows them (app_in_groups): the groups by
+        their most probable row, then group id; in a group its representative first, then the grid's order."""
+        pos, grp, rep = self.selected(ranked, floor, wanted)
+        if len(pos) == 0:
+            return pos
+        o = np.lexsort((pos, grp))
+        g = grp[o]
+        first = np.ones(len(g), dtype=bool)
+        first[1:] = g[1:] != g[:-1]
+        best = np.empty(len(pos), dtype=np.int64)
+        best[o] = pos[o][first][np.cumsum(first) - 1]       # each row's group's smallest position
+        return pos[np.lexsort((pos, ~rep, grp, ranked.neg[best]))]
+
+    def label_counts(self, ranked: Ranked, floor: float, how: str) -> list[tuple[str, int, int]]:
+        """app_dedup_label_counts: per label, at floor and at 0, the items selecting that label alone shows."""
+        n = len(ranked.labels)
+        base = {label: (k, t) for label, k, t in ranked.label_counts(floor)}
+        cols = []
+        for f in (floor, 0.0):
+            pos, grp, _ = self.selected(ranked, f, None)
+            code = ranked.code[pos]
+            rows = np.bincount(code, minlength=n)
+            if how == "groups":
+                cols.append(rows)
+                continue
+            pairs = np.unique(np.stack([code.astype(np.int64), grp]), axis=1) if len(code) else np.zeros((2, 0), np.int64)
+            unique = np.bincount(pairs[0], minlength=n)
+            whole = np.array([base[label][0 if f == floor else 1] for label in ranked.labels], dtype=np.int64)
+            cols.append(whole - rows + unique)
+        kept, items = cols
+        order = np.lexsort((np.arange(n), -items, -kept))
+        return [(ranked.labels[i], int(kept[i]), int(items[i])) for i in order]
+
+
+def _groups(ws: Workspace) -> Groups:
+    """The image groups kept for this generation; BadSelection when dedup never stored any."""
+    def build(con) -> Groups | str:
+        why = dedup.not_found(con)
+        if why is not None:
+            return why
+        sql.run(con, "dedup_keep")
+        sql.run(con, "app_dedup")
+        return Groups.read(con)
+    got = snapshot.cached(ws, ("groups",), build)
+    if isinstance(got, str):
+        raise BadSelection(f"duplicates: {got}")
+    return got
+
+
+def _skipping(ranked: Ranked, floor: float, wanted: np.ndarray | None, after: tuple[float, int] | None, n: int,
+              drop: np.ndarray) -> np.ndarray:
+    """Ranked.page less the positions in `drop` (sorted): up to n positions after the cursor."""
+    out: list[np.ndarray] = []
+    got_n = 0
+    while got_n < n:
+        at = ranked.page(floor, wanted, after, n)
+        keep = at[~np.isin(at, drop)]
+        out.append(keep)
+        got_n += len(keep)
+        if len(at) < n:
+            break
+        last = int(at[-1])
+        after = (-float(ranked.neg[last]), int(ranked.ids[last]))
+    return np.concatenate(out)[:n] if out else np.zeros(0, np.int64)
+
+
 def _offsets(lengths: np.ndarray) -> np.ndarray:
     out = np.zeros(len(lengths) + 1, dtype=np.int64)
     np.cumsum(np.maximum(lengths, 0), out=out[1:])
@@ -253,7 +369,7 @@ def _kept(ws: Workspace, sel: Selection) -> tuple[Ranked, Shown] | None:
     """The selection's predictions kept in memory (and the verdict they were read under); None:
     this selection is read with SQL (where filters, rejected items, a workspace too large to
     keep, an odd row)."""
-    if sel.where or sel.status != "embedded" or sel.duplicates != "all" or sel.review_set is not None:
+    if sel.where or sel.status != "embedded" or sel.review_set is not None:
         return None
     sh = shown(ws, sel.classification)
     _check_mode(sh, sel)
@@ -409,11 +525,25 @@ def page(ws: Workspace, sel: Selection, after: tuple[float, int] | None = None, 
     kept = _kept(ws, sel)
     if kept is not None:
         ranked, kept_texts = kept[0], texts(ws, kept[1])
-        at = ranked.page(sel.floor, ranked.codes(sel.labels), after, n)
+        wanted = ranked.codes(sel.labels)
+        groups = None if sel.duplicates == "all" else _groups(ws)
+        start = 0
+        if groups is None:
+            at = ranked.page(sel.floor, wanted, after, n)
+        elif sel.duplicates == "groups":
+            start = 0 if after is None else max(0, int(after[1]))
+            at = groups.in_order(ranked, sel.floor, wanted)[start:start + n]
+        else:
+            at = _skipping(ranked, sel.floor, wanted, after, n, groups.dropped(ranked, sel.floor, wanted))
         rows = [(int(ranked.ids[i]), ranked.labels[ranked.code[i]], -float(ranked.neg[i])) for i in at]
         tiles = [_tile(i, label, prob, path, caption, None)
                  for i, label, prob, path, caption in _tiles(ws, rows, kept_texts)]
-        return {"tiles": tiles, "next": [rows[-1][2], rows[-1][0]] if len(rows) == n else None}
+        if groups is not None:
+            tiles = [t | _grouped(groups.of(t["id"])) for t in tiles]
+        nxt = None
+        if len(rows) == n:
+            nxt = [None, start + n] if sel.duplicates == "groups" else [rows[-1][2], rows[-1][0]]
+        return {"tiles": tiles, "next": nxt}
     if sel.duplicates != "all":
         return _dedup_page(ws, sel, after, n)
     with reading(ws, sel.classification, calibration=sel.mode == "calibrated") as r:
@@ -475,8 +605,15 @@ def count(ws: Workspace, sel: Selection) -> int:
     kept = _kept(ws, sel)
     if kept is not None:
         ranked = kept[0]
+        if sel.duplicates != "all":
+            groups, codes = _groups(ws), ranked.codes(sel.labels)
+            if sel.duplicates == "groups":
+                return len(groups.selected(ranked, sel.floor, codes)[0])
+            dropped = len(groups.dropped(ranked, sel.floor, codes))
+        else:
+            dropped = 0
         wanted = set(sel.labels)
-        return sum(k for label, k, _ in ranked.label_counts(sel.floor) if not wanted or label in wanted)
+        return sum(k for label, k, _ in ranked.label_counts(sel.floor) if not wanted or label in wanted) - dropped
     with reading(ws, sel.classification, calibration=sel.mode == "calibrated") as r:
         if sel.duplicates != "all":
             _check_mode(r, sel)
@@ -497,7 +634,10 @@ def label_counts(ws: Workspace, sel: Selection) -> dict:
     its items; and the selection's own count."""
     kept = _kept(ws, sel)
     if kept is not None:
-        return _counted(kept[0].label_counts(sel.floor), sel)
+        if sel.duplicates == "all":
+            return _counted(kept[0].label_counts(sel.floor), sel)
+        rows = _groups(ws).label_counts(kept[0], sel.floor, sel.duplicates)
+        return {**_counted(rows, sel), "count": count(ws, sel)}
     with reading(ws, sel.classification, calibration=sel.mode == "calibrated") as r:
         _check_mode(r, sel)
         if sel.duplicates != "all":   # each label as selecting it alone would show it
@@ -541,6 +681,10 @@ def hits_page(ws: Workspace, sel: Selection, ids: np.ndarray, scores: np.ndarray
         ok[ok] &= -ranked.neg[at[ok]] >= sel.floor
         if wanted is not None:
             ok[ok] &= np.isin(ranked.code[at[ok]], wanted)
+        if sel.duplicates == "representatives":
+            ok[ok] &= ~np.isin(at[ok], _groups(ws).dropped(ranked, sel.floor, wanted))
+        elif sel.duplicates == "groups":
+            ok[ok] &= np.isin(ids[ok], _groups(ws).ids)
         ranks = np.flatnonzero(ok)
         rows = [(int(ids[k]), ranked.labels[ranked.code[at[k]]], -float(ranked.neg[at[k]]))
                 for k in ranks[offset:offset + n]]

@@ -390,3 +390,52 @@ def test_more_like_this_within_the_duplicates_control_and_a_review_set(deduped, 
         assert status == 200, got
         assert [t["id"] for t in got["tiles"]] == [i for i in ranked if i in keep]    # by rank, filtered
         assert got["count"] == len([i for i in ranked if i in keep])
+
+
+DEDUP_SELECTIONS = [
+    {"min_prob": 0.0, "duplicates": "representatives"},
+    {"min_prob": 0.3, "mode": "ensemble", "duplicates": "representatives"},
+    {"min_prob": 0.0, "duplicates": "groups"},
+    {"min_prob": 0.2, "classification": "natural", "duplicates": "groups"},
+]
+
+
+def _answers(ws: Path, raw: dict) -> dict:
+    """Every page (3 tiles each, by the cursor), the sidebar, the count and search hits."""
+    from curate.core.workspace import Workspace
+
+    w, sel = Workspace(ws), Selection.parse(raw)
+
+    def walk(s: Selection) -> list[dict]:
+        tiles, after = [], None
+        while True:
+            got = data.page(w, s, after, n=3)
+            tiles += got["tiles"]
+            if got["next"] is None:
+                return tiles
+            after = (got["next"][0] or 0.0, got["next"][1])
+
+    tiles = walk(sel)
+    labels = sorted({t["label"] for t in tiles})
+    narrowed = Selection.parse({**raw, "labels": labels[:2]})
+    ids = np.array([t["id"] for t in tiles][::-1] + [10 ** 9] + [r[0] for r in _rows(ws, {})], dtype=np.int64)
+    scores = np.linspace(0.9, 0.1, len(ids))
+    return {"tiles": tiles, "counts": data.label_counts(w, sel), "count": data.count(w, sel),
+            "narrowed": walk(narrowed), "narrowed_counts": data.label_counts(w, narrowed),
+            "hits": [data.hits_page(w, sel, ids, scores, offset, n=4) for offset in (0, 4)]}
+
+
+@pytest.mark.parametrize("raw", DEDUP_SELECTIONS)
+def test_the_groups_kept_in_memory_answer_what_the_sql_answers(deduped, ws, raw, monkeypatch):
+    """The duplicates control from the arrays kept in memory (Ranked, Groups) and from SQL
+    alone (queries/app_dedup.sql): the same pages, counts and hits."""
+    from curate.app import snapshot
+    from curate.core.workspace import Workspace
+
+    snapshot.forget(Workspace(ws))
+    kept = _answers(ws, raw)
+    assert any(k[0] == "groups" for k in snapshot._LIVE[str(Workspace(ws).root)].values), "nothing was kept"
+    assert kept["tiles"] and kept["count"] == len(kept["tiles"])
+    monkeypatch.setattr(data, "RANKED_ROW_BYTES", 10 ** 12)       # predictions too many to keep: all SQL
+    snapshot.forget(Workspace(ws))
+    assert _answers(ws, raw) == kept
