@@ -318,8 +318,8 @@ class Groups:
             if how == "groups":
                 cols.append(rows)
                 continue
-            pairs = np.unique(np.stack([code.astype(np.int64), grp]), axis=1) if len(code) else np.zeros((2, 0), np.int64)
-            unique = np.bincount(pairs[0], minlength=n)
+            width = int(grp.max()) + 1 if len(grp) else 1     # (label, group) pairs as one integer each
+            unique = np.bincount(np.unique(code.astype(np.int64) * width + grp) // width, minlength=n)
             whole = np.array([base[label][0 if f == floor else 1] for label in ranked.labels], dtype=np.int64)
             cols.append(whole - rows + unique)
         kept, items = cols
