@@ -266,7 +266,8 @@ def _filter(ws_path: Path, spec: FilterSpec, output: FilterOutput, level: float)
         ("--unmatched", spec.unmatched),
         *([("--text-weight", spec.text_weight), ("--text-min", spec.text_min), ("--image-max", spec.image_max)]
           if spec.mode == "ensemble" else []),
-        ("--calibrated", spec.calibrated), ("--where", spec.where), ("--format", o.format), ("--out", o.out),
+        ("--calibrated", spec.calibrated), ("--where", spec.where), ("--dedup", spec.dedup), ("--format", o.format),
+        ("--out", o.out),
         ("--shard-size", o.shard_size if o.format == "webdataset" else None),
         ("--with-embeddings", o.with_embeddings), ("--copy-to", o.copy_to), ("--link-to", o.link_to),
         ("--clean", o.clean)])

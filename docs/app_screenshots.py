@@ -1,5 +1,6 @@
 """Regenerate the screenshots of `curate app` in docs/: app-browse.png, app-detail.png,
-app-search.png, app-rejected.png, app-compare.png, app-duplicates.png, app-review.png.
+app-search.png, app-rejected.png, app-compare.png, app-duplicates.png, app-browse-groups.png,
+app-review.png.
 
     .venv/bin/python docs/app_screenshots.py      # needs /usr/bin/chromium and playwright
 
@@ -103,12 +104,13 @@ def main() -> None:
         finally:
             server.stop()
     print("wrote docs/app-browse.png, app-detail.png, app-search.png, app-rejected.png, app-compare.png, "
-          "app-duplicates.png, app-review.png")
+          "app-duplicates.png, app-browse-groups.png, app-review.png")
 
 
 def other_views(page, server, ws: Path) -> None:
-    """compare (the two classifications main() made), duplicates (after `curate dedup`), review
-    (a set drawn now, two images marked by click)."""
+    """compare (the two classifications main() made), duplicates (after `curate dedup`), the
+    browse grid's duplicates control (only items in groups), review (a set drawn now, two images
+    marked by click)."""
     from conftest import run_cli
 
     page.goto(server.url + "compare")
@@ -122,6 +124,12 @@ def other_views(page, server, ws: Path) -> None:
     page.wait_for_selector("body[data-view=duplicates][data-state=ready]")
     _images_loaded(page)
     page.screenshot(path=str(ROOT / "docs" / "app-duplicates.png"))
+    page.goto(server.url)
+    page.wait_for_selector("body[data-state=ready][data-dedup=found]")
+    page.select_option("#dedup", "groups")
+    page.wait_for_function("() => document.body.dataset.state === 'ready' && document.querySelector('.tile[data-group]')")
+    _images_loaded(page)
+    page.screenshot(path=str(ROOT / "docs" / "app-browse-groups.png"))
     run_cli("sample", "-w", ws, "--top-classes", "3", "--per-class", "3", "--seed", "1")
     page.goto(server.url + "review")
     page.wait_for_selector("body[data-view=review][data-state=reviewing]")

@@ -10,7 +10,8 @@ grid, the sidebar and the search read is kept in memory while the database is un
 verdict (`Shown`), each mode's predictions in the grid's order (`Ranked`, a few arrays) and
 every item's path and caption (`Texts`). A request whose generation is unchanged opens
 nothing; the first one after a write reads them again. What they cannot answer (where
-filters, rejected items, one item's detail, a workspace too large to keep) is SQL on a
+filters, a review set, the duplicates control, rejected items, one item's detail, a workspace
+too large to keep) is SQL on a
 connection of its own, as before: queries/app_browse.sql (TEMP macros made on each
 connection); the rule a grid shows is subset_predictions's (subsets.sql), so the export
 writes what the grid shows, and tests/app/test_app_cache.py holds both ways to the same answers.
@@ -19,6 +20,7 @@ writes what the grid shows, and tests/app/test_app_cache.py holds both ways to t
 from __future__ import annotations
 
 import os
+import shlex
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -30,7 +32,9 @@ from ..classify import calibrated, registry, state
 from ..core import sql
 from ..core.workspace import ModelIdentity, Workspace
 from ..errors import CurateError
+from ..select import dedup
 from ..select.filter import item_columns, where_clause
+from ..validate import sampling
 from . import snapshot
 from .selection import RELATIONS, BadSelection, Selection
 from .snapshot import WAIT
@@ -239,6 +243,122 @@ class Texts:
         return out
 
 
+@dataclass(eq=False)
+class Groups:
+    """The image duplicate groups `curate dedup` stored, as of one generation (app_groups,
+    queries/app_dedup.sql): what the duplicates control needs besides a mode's Ranked."""
+    ids: np.ndarray                 # ascending
+    group: np.ndarray
+    rep: np.ndarray                 # the group's representative
+    sim: np.ndarray                 # cosine to the representative (NaN: none)
+    size: np.ndarray                # the group's size
+
+    @property
+    def nbytes(self) -> int:
+        return sum(a.nbytes for a in (self.ids, self.group, self.rep, self.sim, self.size))
+
+    @classmethod
+    def read(cls, con: duckdb.DuckDBPyConnection) -> Groups:
+        got = con.execute("SELECT * FROM app_groups()").fetchnumpy()
+        return cls(np.asarray(got["id"], dtype=np.int64), np.asarray(got["group_id"], dtype=np.int64),
+                   np.asarray(got["representative"], dtype=bool), np.asarray(got["similarity"], dtype=np.float64),
+                   np.asarray(got["size"], dtype=np.int64))
+
+    def of(self, item_id: int) -> tuple:
+        """(group, representative, cosine, size) of an item, as the SQL rows give them (Nones: in no group)."""
+        at = int(np.searchsorted(self.ids, item_id))
+        if at >= len(self.ids) or self.ids[at] != item_id:
+            return None, None, None, None
+        sim = float(self.sim[at])
+        return int(self.group[at]), bool(self.rep[at]), None if np.isnan(sim) else sim, int(self.size[at])
+
+    def selected(self, ranked: Ranked, floor: float, wanted: np.ndarray | None) -> tuple[np.ndarray, ...]:
+        """The selection's rows in a group: (grid positions, groups, representative flags)."""
+        pos = ranked.lookup(self.ids)
+        ok = (pos >= 0) & (pos < ranked.end(floor))
+        if wanted is not None:
+            ok[ok] &= np.isin(ranked.code[pos[ok]], wanted)
+        k = np.flatnonzero(ok)
+        return pos[k], self.group[k], self.rep[k]
+
+    def dropped(self, ranked: Ranked, floor: float, wanted: np.ndarray | None) -> np.ndarray:
+        """The grid positions `filter --dedup` leaves out of the selection (sorted): of each group
+        all rows but its representative, or (not selected) its first row in the grid's order (the
+        most probable, then the smallest id): dedup_dropped's rule (queries/dedup_keep.sql)."""
+        pos, grp, rep = self.selected(ranked, floor, wanted)
+        order = np.lexsort((np.where(rep, -1, pos), grp))
+        g = grp[order]
+        first = np.ones(len(g), dtype=bool)
+        first[1:] = g[1:] != g[:-1]
+        return np.sort(pos[order][~first])
+
+    def in_order(self, ranked: Ranked, floor: float, wanted: np.ndarray | None) -> np.ndarray:
+        """The selection's rows in a group as 'groups' shows them (app_in_groups): the groups by
+        their most probable row, then group id; in a group its representative first, then the grid's order."""
+        pos, grp, rep = self.selected(ranked, floor, wanted)
+        if len(pos) == 0:
+            return pos
+        o = np.lexsort((pos, grp))
+        g = grp[o]
+        first = np.ones(len(g), dtype=bool)
+        first[1:] = g[1:] != g[:-1]
+        best = np.empty(len(pos), dtype=np.int64)
+        best[o] = pos[o][first][np.cumsum(first) - 1]       # each row's group's smallest position
+        return pos[np.lexsort((pos, ~rep, grp, ranked.neg[best]))]
+
+    def label_counts(self, ranked: Ranked, floor: float, how: str) -> list[tuple[str, int, int]]:
+        """app_dedup_label_counts: per label, at floor and at 0, the items selecting that label alone shows."""
+        n = len(ranked.labels)
+        base = {label: (k, t) for label, k, t in ranked.label_counts(floor)}
+        cols = []
+        for f in (floor, 0.0):
+            pos, grp, _ = self.selected(ranked, f, None)
+            code = ranked.code[pos]
+            rows = np.bincount(code, minlength=n)
+            if how == "groups":
+                cols.append(rows)
+                continue
+            width = int(grp.max()) + 1 if len(grp) else 1     # (label, group) pairs as one integer each
+            unique = np.bincount(np.unique(code.astype(np.int64) * width + grp) // width, minlength=n)
+            whole = np.array([base[label][0 if f == floor else 1] for label in ranked.labels], dtype=np.int64)
+            cols.append(whole - rows + unique)
+        kept, items = cols
+        order = np.lexsort((np.arange(n), -items, -kept))
+        return [(ranked.labels[i], int(kept[i]), int(items[i])) for i in order]
+
+
+def _groups(ws: Workspace) -> Groups:
+    """The image groups kept for this generation; BadSelection when dedup never stored any."""
+    def build(con) -> Groups | str:
+        why = dedup.not_found(con)
+        if why is not None:
+            return why
+        sql.run(con, "dedup_keep")
+        sql.run(con, "app_dedup")
+        return Groups.read(con)
+    got = snapshot.cached(ws, ("groups",), build)
+    if isinstance(got, str):
+        raise BadSelection(f"duplicates: {got}")
+    return got
+
+
+def _skipping(ranked: Ranked, floor: float, wanted: np.ndarray | None, after: tuple[float, int] | None, n: int,
+              drop: np.ndarray) -> np.ndarray:
+    """Ranked.page less the positions in `drop` (sorted): up to n positions after the cursor."""
+    out: list[np.ndarray] = []
+    got_n = 0
+    while got_n < n:
+        at = ranked.page(floor, wanted, after, n)
+        keep = at[~np.isin(at, drop)]
+        out.append(keep)
+        got_n += len(keep)
+        if len(at) < n:
+            break
+        last = int(at[-1])
+        after = (-float(ranked.neg[last]), int(ranked.ids[last]))
+    return np.concatenate(out)[:n] if out else np.zeros(0, np.int64)
+
+
 def _offsets(lengths: np.ndarray) -> np.ndarray:
     out = np.zeros(len(lengths) + 1, dtype=np.int64)
     np.cumsum(np.maximum(lengths, 0), out=out[1:])
@@ -249,7 +369,7 @@ def _kept(ws: Workspace, sel: Selection) -> tuple[Ranked, Shown] | None:
     """The selection's predictions kept in memory (and the verdict they were read under); None:
     this selection is read with SQL (where filters, rejected items, a workspace too large to
     keep, an odd row)."""
-    if sel.where or sel.status != "embedded":
+    if sel.where or sel.status != "embedded" or sel.review_set is not None:
         return None
     sh = shown(ws, sel.classification)
     _check_mode(sh, sel)
@@ -307,14 +427,46 @@ def _check_mode(r: Reader | Shown, sel: Selection) -> None:
 
 
 def _where(r: Reader, sel: Selection) -> tuple[str, list]:
-    """' AND p.id IN (<items passing the where filters>)' and its parameters ('' without filters).
+    """' AND p.id IN (<items passing the where filters>)' (and ' AND p.id IN (<the review set's
+    items>)') and their parameters ('' without filters).
 
     A semi-join on ids: the grid's top-N runs over ids and probabilities alone, and only the
     page's rows are joined to items for their path and caption."""
-    if not sel.where:
-        return "", []
-    clause, params = where_clause(r.con, sel.where)
-    return f" AND p.id IN (SELECT i.id FROM items i WHERE {clause})", params
+    extra, params = "", []
+    if sel.where:
+        clause, params = where_clause(r.con, sel.where)
+        extra = f" AND p.id IN (SELECT i.id FROM items i WHERE {clause})"
+    if sel.review_set is not None:
+        if sel.review_set not in {s.name for s in sampling.list_sets(r.con)}:
+            raise BadSelection(f"no review set named {sel.review_set[:80]!r} in this workspace "
+                               "(`curate sample --list` shows them)")
+        sql.run(r.con, "app_review_set")
+        extra += " AND p.id IN (SELECT id FROM app_review_set(?))"
+        params = [*params, sel.review_set]
+    return extra, params
+
+
+def _deduped(r: Reader, sel: Selection, floor: float, labels: tuple[str, ...]) -> None:
+    """The duplicates control: its macros (queries/dedup_keep.sql, app_dedup.sql) and the TEMP
+    table app_kept, the rows app_view keeps at `floor` of `labels` that pass the where filters:
+    what `curate filter`'s table kept holds before --dedup. BadSelection when dedup never ran."""
+    why = dedup.not_found(r.con)
+    if why is not None:
+        raise BadSelection(f"duplicates: {why}")
+    sql.run(r.con, "dedup_keep")
+    sql.run(r.con, "app_dedup")
+    extra, params = _where(r, sel)
+    r.con.execute("CREATE OR REPLACE TEMP TABLE app_kept AS SELECT p.id, p.label, p.prob "
+                  f"FROM app_view(?, ?, ?) p WHERE true{extra}", [sel.relation, floor, list(labels), *params])
+
+
+def _grouped(row: tuple) -> dict:
+    """A tile's duplicate group under the duplicates control (None: in no group)."""
+    gid, rep, sim, size = row
+    if gid is None:
+        return {"group": None}
+    return {"group": {"id": int(gid), "representative": bool(rep), "similarity": None if sim is None else float(sim),
+                      "size": int(size)}}
 
 
 def overview(ws: Workspace, classification: str | None = None) -> dict:
@@ -336,6 +488,11 @@ def _overview(r: Reader, ws: Workspace) -> dict:
         modes.append("calibrated")
     labels = [x[0] for x in con.execute("SELECT label FROM labels ORDER BY label_idx").fetchall()]
     columns = [c for c in item_columns(con) if c != "id"]
+    sets = [{"name": s.name, "items": int(s.items or 0), "source": s.source, "classification": s.classification}
+            for s in sampling.list_sets(con)]
+    why = dedup.not_found(con)
+    groups, grouped = (0, 0) if why is not None else con.execute(
+        "SELECT count(DISTINCT group_id), count(*) FROM duplicates WHERE kind = 'image'").fetchall()[0]
     return {
         "workspace": str(ws.root),
         "model": _model(ident),
@@ -347,6 +504,11 @@ def _overview(r: Reader, ws: Workspace) -> dict:
         "labels": labels,
         "status": {k: int(v) for k, v in counts.items()},
         "columns": columns,
+        "review_sets": sets,      # the browse grid's review set filter (and the command that draws one)
+        "sample_command": f"curate sample -w {shlex.quote(str(ws.root))}",
+        # the browse grid's duplicates control: image groups `curate dedup` stored, or why none
+        "duplicates": {"found": why is None, "why": why, "groups": int(groups), "items": int(grouped),
+                       "command": f"curate dedup -w {shlex.quote(str(ws.root))}"},
     }
 
 
@@ -363,11 +525,27 @@ def page(ws: Workspace, sel: Selection, after: tuple[float, int] | None = None, 
     kept = _kept(ws, sel)
     if kept is not None:
         ranked, kept_texts = kept[0], texts(ws, kept[1])
-        at = ranked.page(sel.floor, ranked.codes(sel.labels), after, n)
+        wanted = ranked.codes(sel.labels)
+        groups = None if sel.duplicates == "all" else _groups(ws)
+        start = 0
+        if groups is None:
+            at = ranked.page(sel.floor, wanted, after, n)
+        elif sel.duplicates == "groups":
+            start = 0 if after is None else max(0, int(after[1]))
+            at = groups.in_order(ranked, sel.floor, wanted)[start:start + n]
+        else:
+            at = _skipping(ranked, sel.floor, wanted, after, n, groups.dropped(ranked, sel.floor, wanted))
         rows = [(int(ranked.ids[i]), ranked.labels[ranked.code[i]], -float(ranked.neg[i])) for i in at]
         tiles = [_tile(i, label, prob, path, caption, None)
                  for i, label, prob, path, caption in _tiles(ws, rows, kept_texts)]
-        return {"tiles": tiles, "next": [rows[-1][2], rows[-1][0]] if len(rows) == n else None}
+        if groups is not None:
+            tiles = [t | _grouped(groups.of(t["id"])) for t in tiles]
+        nxt = None
+        if len(rows) == n:
+            nxt = [None, start + n] if sel.duplicates == "groups" else [rows[-1][2], rows[-1][0]]
+        return {"tiles": tiles, "next": nxt}
+    if sel.duplicates != "all":
+        return _dedup_page(ws, sel, after, n)
     with reading(ws, sel.classification, calibration=sel.mode == "calibrated") as r:
         extra, params = _where(r, sel)
         if sel.status == "rejected":
@@ -392,6 +570,30 @@ def page(ws: Workspace, sel: Selection, after: tuple[float, int] | None = None, 
         return {"tiles": tiles, "next": nxt}
 
 
+def _dedup_page(ws: Workspace, sel: Selection, after: tuple[float, int] | None, n: int) -> dict:
+    """A page under the duplicates control: 'representatives' in the grid's order (keyset on
+    (prob, id)), 'groups' group by group (keyset on the row's position, app_in_groups)."""
+    with reading(ws, sel.classification, calibration=sel.mode == "calibrated") as r:
+        _check_mode(r, sel)
+        _deduped(r, sel, sel.floor, sel.labels)
+        cols = "p.id, p.label, p.prob, i.path, i.caption, p.group_id, p.representative, p.similarity, p.group_size"
+        if sel.duplicates == "groups":
+            rows = r.con.execute(
+                f"SELECT {cols}, p.pos FROM app_in_groups('app_kept') p JOIN items i ON i.id = p.id "
+                "WHERE p.pos > ? ORDER BY p.pos LIMIT ?", [0 if after is None else int(after[1]), n]).fetchall()
+        else:
+            keyset = "" if after is None else " AND (p.prob < ? OR (p.prob = ? AND p.id > ?))"
+            kp = [] if after is None else [float(after[0]), float(after[0]), int(after[1])]
+            rows = r.con.execute(
+                f"SELECT {cols} FROM app_deduped('app_kept', 'representatives') p JOIN items i ON i.id = p.id "
+                f"WHERE true{keyset} ORDER BY p.prob DESC, p.id LIMIT ?", [*kp, n]).fetchall()
+    tiles = [_tile(*row[:5], None) | _grouped(row[5:9]) for row in rows]
+    nxt = None
+    if len(rows) == n:
+        nxt = [None, rows[-1][9]] if sel.duplicates == "groups" else [rows[-1][2], rows[-1][0]]
+    return {"tiles": tiles, "next": nxt}
+
+
 def _tile(item_id, label, prob, path, caption, reason, status: str = "embedded") -> dict:
     return {"id": int(item_id), "label": label, "prob": None if prob is None else float(prob),
             "path": path, "name": None if path is None else path.rsplit("/", 1)[-1], "caption": caption or "",
@@ -403,9 +605,21 @@ def count(ws: Workspace, sel: Selection) -> int:
     kept = _kept(ws, sel)
     if kept is not None:
         ranked = kept[0]
+        if sel.duplicates != "all":
+            groups, codes = _groups(ws), ranked.codes(sel.labels)
+            if sel.duplicates == "groups":
+                return len(groups.selected(ranked, sel.floor, codes)[0])
+            dropped = len(groups.dropped(ranked, sel.floor, codes))
+        else:
+            dropped = 0
         wanted = set(sel.labels)
-        return sum(k for label, k, _ in ranked.label_counts(sel.floor) if not wanted or label in wanted)
+        return sum(k for label, k, _ in ranked.label_counts(sel.floor) if not wanted or label in wanted) - dropped
     with reading(ws, sel.classification, calibration=sel.mode == "calibrated") as r:
+        if sel.duplicates != "all":
+            _check_mode(r, sel)
+            _deduped(r, sel, sel.floor, sel.labels)
+            return int(r.con.execute("SELECT count(*) FROM app_deduped('app_kept', ?)",
+                                     [sel.duplicates]).fetchall()[0][0])
         extra, params = _where(r, sel)
         if sel.status == "rejected":
             q = f"SELECT count(*) FROM app_rejected() p WHERE true{extra}"
@@ -420,9 +634,19 @@ def label_counts(ws: Workspace, sel: Selection) -> dict:
     its items; and the selection's own count."""
     kept = _kept(ws, sel)
     if kept is not None:
-        return _counted(kept[0].label_counts(sel.floor), sel)
+        if sel.duplicates == "all":
+            return _counted(kept[0].label_counts(sel.floor), sel)
+        rows = _groups(ws).label_counts(kept[0], sel.floor, sel.duplicates)
+        return {**_counted(rows, sel), "count": count(ws, sel)}
     with reading(ws, sel.classification, calibration=sel.mode == "calibrated") as r:
         _check_mode(r, sel)
+        if sel.duplicates != "all":   # each label as selecting it alone would show it
+            _deduped(r, sel, 0.0, ())
+            rows = r.con.execute("SELECT * FROM app_dedup_label_counts('app_kept', ?, ?)",
+                                 [sel.floor, sel.duplicates]).fetchall()
+            n = r.con.execute("SELECT n FROM app_dedup_count('app_kept', ?, ?, ?)",
+                              [sel.floor, list(sel.labels), sel.duplicates]).fetchall()[0][0]
+            return {**_counted(rows, sel), "count": int(n)}
         extra, params = _where(r, sel)
         if extra:
             rows = r.con.execute(
@@ -457,6 +681,10 @@ def hits_page(ws: Workspace, sel: Selection, ids: np.ndarray, scores: np.ndarray
         ok[ok] &= -ranked.neg[at[ok]] >= sel.floor
         if wanted is not None:
             ok[ok] &= np.isin(ranked.code[at[ok]], wanted)
+        if sel.duplicates == "representatives":
+            ok[ok] &= ~np.isin(at[ok], _groups(ws).dropped(ranked, sel.floor, wanted))
+        elif sel.duplicates == "groups":
+            ok[ok] &= np.isin(ids[ok], _groups(ws).ids)
         ranks = np.flatnonzero(ok)
         rows = [(int(ids[k]), ranked.labels[ranked.code[at[k]]], -float(ranked.neg[at[k]]))
                 for k in ranks[offset:offset + n]]
@@ -470,19 +698,24 @@ def hits_page(ws: Workspace, sel: Selection, ids: np.ndarray, scores: np.ndarray
                 "searched": len(ids)}
     with reading(ws, sel.classification, calibration=sel.mode == "calibrated") as r:
         _check_mode(r, sel)
-        extra, params = _where(r, sel)
+        if sel.duplicates != "all":   # the hits among what the grid shows: app_kept, less what the control hides
+            _deduped(r, sel, sel.floor, sel.labels)
+            source, sparams, extra, params = "app_deduped('app_kept', ?)", [sel.duplicates], "", []
+        else:
+            source, sparams = "app_view(?, ?, ?)", [sel.relation, sel.floor, list(sel.labels)]
+            extra, params = _where(r, sel)
         r.con.register("app_hits", {"id": np.asarray(ids, dtype=np.int64),
                                     "score": np.asarray(scores, dtype=np.float64),
                                     "rank": np.arange(1, len(ids) + 1, dtype=np.int64)})
         try:
             rows = r.con.execute(
                 "SELECT p.id, p.label, p.prob, i.path, i.caption, h.score, h.rank FROM app_hits h "
-                "JOIN app_view(?, ?, ?) p ON p.id = h.id JOIN items i ON i.id = h.id "
+                f"JOIN {source} p ON p.id = h.id JOIN items i ON i.id = h.id "
                 f"WHERE true{extra} ORDER BY h.rank LIMIT ? OFFSET ?",
-                [sel.relation, sel.floor, list(sel.labels), *params, n, offset]).fetchall()
+                [*sparams, *params, n, offset]).fetchall()
             passing = r.con.execute(
-                "SELECT count(*) FROM app_hits h JOIN app_view(?, ?, ?) p ON p.id = h.id "
-                f"WHERE true{extra}", [sel.relation, sel.floor, list(sel.labels), *params]).fetchall()[0][0]
+                f"SELECT count(*) FROM app_hits h JOIN {source} p ON p.id = h.id "
+                f"WHERE true{extra}", [*sparams, *params]).fetchall()[0][0]
         finally:
             r.con.unregister("app_hits")
         tiles = []

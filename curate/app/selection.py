@@ -8,6 +8,7 @@ reaches SQL only as a bound parameter or as one of the fixed relation names belo
 from __future__ import annotations
 
 import math
+import shlex
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,9 @@ from ..select.filter import FilterSpec
 RELATIONS = {"image": "predictions", "caption": "caption_predictions", "ensemble": "ensemble",
              "calibrated": "app_calibrated"}
 STATUSES = ("embedded", "rejected")
+# the duplicates control (after `curate dedup`): every item, one per image group as `curate filter
+# --dedup` keeps (queries/dedup_keep.sql), or only the items in a group, group by group
+DUPLICATES = ("all", "representatives", "groups")
 MAX_LABELS = 500
 MAX_WHERE = 50
 MAX_TEXT = 1000
@@ -38,6 +42,8 @@ class Selection:
     min_prob: float = 0.0
     where: tuple[tuple[str, str], ...] = ()
     status: str = "embedded"
+    duplicates: str = "all"                # a value of DUPLICATES
+    review_set: str | None = None          # only the images of this review set (None: any)
 
     @property
     def relation(self) -> str:
@@ -75,18 +81,41 @@ class Selection:
         status = raw.get("status", "embedded")
         if status not in STATUSES:
             raise BadSelection(f"status must be one of {', '.join(STATUSES)}, not {str(status)[:40]!r}")
+        duplicates = raw.get("duplicates", "all")
+        if duplicates not in DUPLICATES:
+            raise BadSelection(f"duplicates must be one of {', '.join(DUPLICATES)}, not {str(duplicates)[:40]!r}")
+        if duplicates != "all" and status != "embedded":
+            raise BadSelection("duplicates: only embedded items are in duplicate groups (choose status embedded)")
+        review_set = raw.get("review_set")
+        if review_set is not None and (not isinstance(review_set, str) or not 0 < len(review_set) <= MAX_TEXT):
+            raise BadSelection("review_set must be a review set's name (or null: any image)")
         return cls(name, mode, tuple(dict.fromkeys(labels)), round(float(prob), 6),
-                   tuple((c.strip(), v) for c, v in where), status)
+                   tuple((c.strip(), v) for c, v in where), status, duplicates, review_set)
+
+    @property
+    def exportable(self) -> str | None:
+        """Why `curate filter` cannot write this selection (None: it can)."""
+        if self.status != "embedded":
+            return "only classified items can be exported (`curate filter` writes predictions)"
+        if self.duplicates == "groups":
+            return ("no `curate filter` option writes whole duplicate groups (--dedup keeps one item of each, "
+                    "--dedup --unmatched the others); choose all items or representatives only to export")
+        if self.review_set is not None:
+            return ("no `curate filter` option selects a review set's images; "
+                    f"`curate review --set {shlex.quote(self.review_set)} --out FILE` writes the set "
+                    "(with the labels it was drawn with, and its marks)")
+        return None
 
     def filter_spec(self, source_mode: str | None = None) -> FilterSpec:
         """What api.filter selects to write this selection (`source_mode`: the mode the calibration
         was fitted on, for the calibrated view)."""
-        if self.status != "embedded":
-            raise BadSelection("only classified items can be exported (`curate filter` writes predictions)")
+        if self.exportable is not None:
+            raise BadSelection(self.exportable)
         calibrated = self.mode == "calibrated"
         mode = (source_mode or "image") if calibrated else self.mode
         return FilterSpec(classification=self.classification, labels=self.labels, mode=mode, calibrated=calibrated,
-                          where=self.where, **({} if calibrated else {"min_prob": self.min_prob}))
+                          where=self.where, dedup=self.duplicates == "representatives",
+                          **({} if calibrated else {"min_prob": self.min_prob}))
 
     def filter_command(self, ws_path: str | Path, out: str | Path, source_mode: str | None = None) -> str:
         """The `curate filter` command line that writes this selection to `out`: the options in
@@ -98,4 +127,4 @@ class Selection:
             *([("--text-weight", spec.text_weight), ("--text-min", spec.text_min), ("--image-max", spec.image_max)]
               if spec.mode == "ensemble" else []),
             ("--calibrated", spec.calibrated),
-            ("--where", spec.where), ("--out", out)])
+            ("--where", spec.where), ("--dedup", spec.dedup), ("--out", out)])

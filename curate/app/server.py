@@ -10,7 +10,7 @@
     GET  /api/thumb/<id>        its thumbnail (made on first view; a placeholder says why none)
     GET  /api/image/<id>        its file, as the browser can show it
     POST /api/mark              {"id", "mark", "selection"}: durable before the reply
-    POST /api/command           the `curate filter` command that writes the selection
+    POST /api/command           the `curate filter` command that writes the selection (or why none does)
     POST /api/export            ...and that command run (api.filter, the same code)
 
 A page on another site cannot use this server through the user's browser (the rules of the
@@ -432,8 +432,11 @@ def _source_mode(state: AppState, sel: Selection) -> str | None:
 
 
 def _command(state: AppState, sel: Selection, out: str) -> dict:
+    """The command that writes the selection, or (command None) why no `curate filter` does."""
+    if sel.exportable is not None:
+        return {"command": None, "why": sel.exportable, "count": data.count(state.ws, sel)}
     source = _source_mode(state, sel)
-    return {"command": sel.filter_command(state.ws.root, out, source), "count": data.count(state.ws, sel)}
+    return {"command": sel.filter_command(state.ws.root, out, source), "why": None, "count": data.count(state.ws, sel)}
 
 
 def _export(state: AppState, sel: Selection, out: str) -> dict:

@@ -650,18 +650,25 @@ def _counts(con: duckdb.DuckDBPyConnection, kind: str) -> tuple[int, int]:
 
 # --------------------------------------------------------------------------- filter --dedup
 
+def not_found(con: duckdb.DuckDBPyConnection) -> str | None:
+    """Why `filter --dedup` (and the app's duplicates control) has no image groups to use, in one
+    line; None when `curate dedup` stored them (some or none found)."""
+    if not sql.has_relation(con, "duplicates"):
+        return "no duplicates found yet: run `curate dedup` first"
+    if not con.execute("SELECT count(*) FROM meta WHERE key = ?", [META_KEY]).fetchall()[0][0]:
+        return "no image duplicates found yet: run `curate dedup` first"
+    return None
+
+
 def restrict_kept(con: duckdb.DuckDBPyConnection, removed: bool) -> None:
     """`filter --dedup` on the TEMP table kept: one row per image group (the representative when
-    it is kept, else the kept member of highest prob, then smallest id); `removed`: instead the
-    kept rows dedup leaves out, with their group, representative and cosine to it."""
-    if not sql.has_relation(con, "duplicates"):
-        raise DedupError("no duplicates found yet: run `curate dedup` first")
-    if not con.execute("SELECT count(*) FROM meta WHERE key = ?", [META_KEY]).fetchall()[0][0]:
-        raise DedupError("no image duplicates found yet: run `curate dedup` first")
-    con.execute("CREATE TEMP TABLE dedup_drop AS SELECT id FROM ("
-                "SELECT k.id, row_number() OVER (PARTITION BY d.group_id ORDER BY (k.id = d.representative) DESC, "
-                "k.prob DESC, k.id) AS r FROM kept k JOIN duplicates d ON d.kind = 'image' AND d.id = k.id) "
-                "WHERE r > 1")
+    it is kept, else the kept member of highest prob, then smallest id: queries/dedup_keep.sql);
+    `removed`: instead the kept rows dedup leaves out, with their group, representative and cosine to it."""
+    why = not_found(con)
+    if why is not None:
+        raise DedupError(why)
+    sql.run(con, "dedup_keep")   # the rule, shared with the app's "representatives only" (its browse grid)
+    con.execute("CREATE TEMP TABLE dedup_drop AS SELECT id FROM dedup_dropped('kept')")
     if not removed:
         con.execute("DELETE FROM kept WHERE id IN (SELECT id FROM dedup_drop)")
         return

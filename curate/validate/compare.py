@@ -16,6 +16,7 @@ import duckdb
 from ..classify import registry
 from ..classify.state import require_fresh
 from ..core import sql
+from ..core.workspace import ModelIdentity, Workspace
 from ..errors import InputError
 
 # (kind, the view of a classification that predicts it)
@@ -79,6 +80,7 @@ class Comparison:
     agreement: list[Agreement] = field(default_factory=list)
     classes: list[tuple[str, list[int | None]]] = field(default_factory=list)  # label, images per name
     marks: list[MarkRate] = field(default_factory=list)
+    model: ModelIdentity | None = None      # what the workspace was embedded with (the page says it)
 
     @property
     def names(self) -> list[str]:
@@ -110,7 +112,7 @@ def compare(con: duckdb.DuckDBPyConnection, names: list[str], min_prob: float = 
     cls = [_compared(con, n) for n in names]
     # caption and ensemble only where every one of them scored captions
     kinds = ["image"] + (["caption", "ensemble"] if all(c.captions > 0 for c in cls) else [])
-    cmp = Comparison(cls, kinds, min_prob)
+    cmp = Comparison(cls, kinds, min_prob, model=Workspace.model_identity(con))
     for kind in kinds:
         cmp.coverage[kind] = {
             c.name: [CoverageRow(float(t), int(k), int(n), s) for t, k, n, s in con.execute(

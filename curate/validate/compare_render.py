@@ -11,6 +11,7 @@ from pathlib import Path
 from ..core.output_folder import replace_folder
 from .compare import Comparison
 from .report import fmt4, fmt_t, pct
+from .report_render import MODEL_CSS, model_html
 
 
 def _csv(path: Path, header: Sequence[str], rows: Sequence[Sequence[object]]) -> Path:
@@ -120,7 +121,7 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
 
 def render_html(cmp: Comparison, figure: str) -> str:
     names = ", ".join(cmp.names)
-    parts = [f"<h1>Classifications compared: {html.escape(names)}</h1>",
+    parts = [f"<h1>Classifications compared: {html.escape(names)}</h1>", model_html(cmp.model),
              _table(("classification", "label set", "prompts", "model", "logit scale", "images", "captions"),
                     [(c.name, c.label_set, c.prompts, c.model, f"{c.logit_scale:g}", f"{c.images:,}",
                       f"{c.captions:,}") for c in cmp.classifications]),
@@ -143,6 +144,6 @@ def render_html(cmp: Comparison, figure: str) -> str:
                                              for label, counts in cmp.classes])]
     style = ("body{font-family:sans-serif;margin:2em;max-width:80em}table{border-collapse:collapse;margin:1em 0}"
              "td,th{border:1px solid #ccc;padding:2px 8px;text-align:right}td:first-child{text-align:left}"
-             "img{max-width:100%}")
+             f"img{{max-width:100%}}{MODEL_CSS}")
     return (f"<!doctype html><html><head><meta charset=\"utf-8\"><title>curate compare</title>"
             f"<style>{style}</style></head><body>{''.join(parts)}</body></html>\n")

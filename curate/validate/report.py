@@ -33,6 +33,7 @@ import duckdb
 from ..classify.calibrated import Calibration
 from ..classify.state import require_complete
 from ..core import check, sql
+from ..core.workspace import ModelIdentity, Workspace
 from ..errors import InputError
 from . import intervals, sampling
 from .intervals import NONE, Estimate, count_ci, fmt4, num_ci, pct, pct_ci  # noqa: F401 (the report's text forms)
@@ -177,6 +178,9 @@ class Report:
     problems: list[str] = field(default_factory=list)
     # prediction-powered estimates beside the classical ones (ppi.py), when a calibration exists
     ppi: PPIReport | None = None
+    # the model the workspace was embedded with (None: a sheet's marks, no workspace): the page
+    # says it, and says so loudly when its weights are random
+    model: ModelIdentity | None = None
 
 
 # -- formatting -----------------------------------------------------------------------
@@ -344,7 +348,7 @@ def from_workspace(con: duckdb.DuckDBPyConnection, set_name: str | None = None,
 
             sr.collection = threshold_precision(con, rs, level)
         out.append(sr)
-    return Report(out[0], out[1:], coverage(con))
+    return Report(out[0], out[1:], coverage(con), model=Workspace.model_identity(con))
 
 
 def from_sheet(path: str | Path, min_hit_rate: float = DEFAULT_MIN_HIT_RATE, level: float = intervals.DEFAULT_LEVEL,

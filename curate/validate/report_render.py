@@ -11,6 +11,7 @@ from pathlib import Path
 
 from ..classify.calibrated import Calibration
 from ..core.output_folder import replace_folder
+from ..core.workspace import ModelIdentity
 from .intervals import RESAMPLES, Estimate
 from .report import (
     ClassRow,
@@ -253,13 +254,31 @@ img.plot { max-width: 100%; } .grids { display: grid; grid-template-columns: 1fr
 """
 
 
+MODEL_CSS = ".random{background:#c0392b;color:#fff;padding:.5em 1em;border-radius:4px;font-weight:600}"
+
+
+def model_html(model: ModelIdentity | None) -> str:
+    """The model a workspace was embedded with, as every page of curate shows it (the app's bar,
+    the report, the compare page), and a banner when its weights are random: such results look
+    like results."""
+    if model is None:
+        return ""
+    e = html.escape
+    weights = "random weights" if model.random_weights else f"pretrained {model.pretrained}"
+    line = f"<p class='model'>Model: <b>{e(model.model)}</b> ({e(weights)}, {model.embed_dim}-d vectors)</p>"
+    if model.random_weights:
+        line += ("<p class='random' role='alert'>Random weights: this workspace was embedded with an untrained "
+                 "model, so these results carry no meaning; use them to test the pipeline only.</p>")
+    return line
+
+
 def render_html(report: Report, figures: Sequence[Path], grids: dict[str, tuple[Path, Path]], out: Path) -> str:
     """The report page; every piece of text from the data is escaped."""
     e = html.escape
     main, s = report.main, report.main.summary
     parts = [f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>curate report: {e(main.name)}"
-             f"</title><style>{CSS}</style></head><body>",
-             f"<h1>Validation report</h1><p class='note'>Review set <b>{e(main.name)}</b> ({e(main.source)} "
+             f"</title><style>{CSS}{MODEL_CSS}</style></head><body>",
+             f"<h1>Validation report</h1>{model_html(report.model)}<p class='note'>Review set <b>{e(main.name)}</b> ({e(main.source)} "
              "predictions). Accuracy, hit and error rates are measured on images a person marked as hit or "
              "miss; skipped images count nowhere. Rates have 4 decimals, truncated as in the study.</p>"]
     parts.append("<div class='kpi'>" + "".join(

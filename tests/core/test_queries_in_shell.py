@@ -66,7 +66,8 @@ def test_the_file_runs_in_the_duckdb_shell(reviewed, name):
     script = "\n".join(["BEGIN TRANSACTION;", *_lines(text, "Setup"), text.rstrip().rstrip(";") + ";",
                         *_lines(text, "Usage"), "ROLLBACK;", ""])
     r = subprocess.run([SHELL, str(reviewed / "curate.duckdb"), "-bail", "-csv"], input=script,
-                       capture_output=True, text=True, timeout=120)
+                       capture_output=True, text=True, timeout=120,
+                       cwd=QUERIES.parent)   # a Setup line may `.read queries/<file>.sql`
     assert r.returncode == 0 and not r.stderr.strip(), f"{name}:\n{r.stderr}\n{r.stdout[-2000:]}"
     for usage in _lines(text, "Usage"):   # a usage line that selects prints at least its header
         assert usage.lstrip().upper().startswith("SELECT") and r.stdout.strip(), f"{name}: {usage}"

@@ -173,6 +173,8 @@ def test_page_plot_and_terminal_summary(compared):
     assert (out / "coverage.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     page = (out / "index.html").read_text(encoding="utf-8")
     assert "coverage.png" in page and "raw" in page and "natural" in page
+    # the model and its random weights on the page itself, not only on stderr
+    assert "Model: <b>compare-test-model</b> (random weights" in page and "class='random'" in page
     assert "image: raw vs natural: same top label for" in compared["text"]
     assert "classified at p >= 0.5: raw" in compared["text"]
 

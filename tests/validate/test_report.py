@@ -251,6 +251,17 @@ def test_files_plots_grids_and_escaping(tmp_path):
     assert header[:3] == ("class", "frequency", "sampled") and "accuracy" in header
 
 
+def test_the_page_names_the_model_and_says_random_weights():
+    from curate.core.workspace import ModelIdentity
+
+    trained = report_render.model_html(ModelIdentity("ViT-B-32", "laion2b_s34b_b79k", 512, False))
+    assert "ViT-B-32" in trained and "pretrained laion2b_s34b_b79k" in trained and "random" not in trained.lower()
+    untrained = report_render.model_html(ModelIdentity("<b>x</b>", "none", 64, True))
+    assert "&lt;b&gt;x&lt;/b&gt;" in untrained and "<b>x</b>" not in untrained
+    assert "class='random'" in untrained and "carry no meaning" in untrained
+    assert report_render.model_html(None) == ""     # marks from a sheet: no workspace, no model to name
+
+
 def test_nothing_marked_yet_gives_empty_rates(tmp_path):
     import duckdb
 

@@ -61,6 +61,15 @@ def test_sample_review_report_on_a_classified_workspace(classified, tmp_path):
     assert all(int(c["frequency"]) == freq[c["class"]] for c in classes)
     assert sum(int(c["hits"]) for c in classes) == (len(rows) + 1) // 2
     assert (out / "index.html").exists() and (out / "rates.png").exists() and (out / "coverage.png").exists()
+    # the model and its random weights on the page itself, not only on stderr
+    page = (out / "index.html").read_text(encoding="utf-8")
+    model = Workspace(ws).connect(read_only=True)
+    try:
+        ident = Workspace.model_identity(model)
+    finally:
+        model.close()
+    assert ident.random_weights and f"Model: <b>{ident.model}</b> (random weights" in page
+    assert "Random weights: this workspace was embedded with an untrained model" in page
 
     # calibration used every stored label (storage full): exact temperature scaling,
     # checked against a softmax of log p / T over the label_scores matrix in numpy

@@ -10,13 +10,16 @@ const PAGE_VIEW = (() => {
 })();
 
 const view = {
-  sel: { classification: null, mode: "image", labels: [], min_prob: 0, where: [], status: "embedded" },
+  sel: { classification: null, mode: "image", labels: [], min_prob: 0, where: [], status: "embedded",
+    duplicates: "all", review_set: null },
   search: null,          // null | {text} | {like: id}
   next: null,            // the cursor of the next page; null: the end
   loading: false,
   generation: 0,         // a reply for an older view is dropped
   overview: null,
   detailId: null,
+  lastGroup: null,       // the duplicates control's groups: the last tile's, and its shade (0/1)
+  groupParity: 0,
 };
 
 function el(tag, props = {}, ...children) {
@@ -64,6 +67,47 @@ async function loadOverview() {
   view.sel.labels = view.sel.labels.filter((l) => o.labels.includes(l));
   drawWarm(o.warm);
   drawBrowseMarks(o.browse_marks);
+  drawDedup(o.duplicates);
+  drawSets(o.review_sets, o.sample_command);
+}
+
+// The review set filter: the sets `curate sample` drew (their images, with today's predictions).
+function drawSets(sets, command) {
+  const select = $("review-set");
+  select.textContent = "";
+  select.append(el("option", { value: "", text: "any image" }));
+  for (const s of sets || []) select.append(el("option", { value: s.name, text: `${s.name} (${s.items})` }));
+  if (!(sets || []).some((s) => s.name === view.sel.review_set)) view.sel.review_set = null;
+  select.value = view.sel.review_set || "";
+  select.disabled = !sets || sets.length === 0;
+  const note = $("review-set-note");
+  note.textContent = "";
+  if (select.disabled) note.append(el("span", { text: "no review set yet: " }), el("code", { text: command }),
+    el("span", { text: " draws one" }));
+}
+
+// The duplicates control: enabled once `curate dedup` stored image groups, else it says why.
+function drawDedup(d) {
+  const select = $("dedup");
+  const note = $("dedup-note");
+  note.textContent = "";
+  const usable = !!d && d.found && view.sel.status === "embedded";
+  if (!usable) view.sel.duplicates = "all";
+  select.value = view.sel.duplicates;
+  select.disabled = !usable;
+  document.body.dataset.dedup = d && d.found ? "found" : "none";
+  if (!d) return;
+  if (!d.found) {
+    select.title = d.why;
+    note.append(el("span", { text: `${d.why.replace(/: run .*$/, "")}: run ` }), el("code", { text: d.command }),
+      el("span", { text: " to find them" }));
+  } else if (view.sel.status !== "embedded") {
+    select.title = "rejected items are in no duplicate group";
+    note.textContent = select.title;
+  } else {
+    select.title = "";
+    note.textContent = `${d.groups} image group${d.groups === 1 ? "" : "s"} of ${d.items} items (curate dedup)`;
+  }
 }
 
 function drawModel(m) {
@@ -120,6 +164,8 @@ async function reload() {
   view.generation += 1;
   view.next = null;
   view.loading = false;
+  view.lastGroup = null;
+  view.groupParity = 0;
   $("grid").textContent = "";
   $("end").hidden = true;
   showError("");
@@ -162,7 +208,9 @@ function summaryText(count) {
   if (s.status === "rejected") return `${count} rejected items`;
   const what = s.labels.length ? s.labels.join(", ") : "any label";
   const rule = calibrated() ? "calibrated, each class at its threshold" : `${s.mode} prob ≥ ${s.min_prob.toFixed(2)}`;
-  return `${count} images · ${what} · ${rule}`;
+  const dup = { all: "", representatives: " · one per duplicate group", groups: " · in duplicate groups" }[s.duplicates];
+  const set = s.review_set ? ` · review set ${s.review_set}` : "";
+  return `${count} images · ${what} · ${rule}${dup}${set}`;
 }
 
 async function loadPage(gen, first = false) {
@@ -174,7 +222,15 @@ async function loadPage(gen, first = false) {
     const page = await api("/api/grid", body);
     if (gen !== view.generation) return;
     const grid = $("grid");
-    for (const t of page.tiles) grid.append(tile(t));
+    for (const t of page.tiles) {
+      const box = tile(t);
+      if (view.sel.duplicates === "groups" && t.group) {   // a group's tiles share a shade, the next the other
+        if (view.lastGroup !== null && t.group.id !== view.lastGroup) view.groupParity = 1 - view.groupParity;
+        view.lastGroup = t.group.id;
+        box.dataset.groupParity = String(view.groupParity);
+      }
+      grid.append(box);
+    }
     view.next = page.next;
     $("end").hidden = view.next !== null;
     document.body.dataset.tiles = String(grid.children.length);
@@ -212,6 +268,12 @@ function tile(t) {
       info.append(el("span", { class: "vs", text: "vs" }), el("span", { class: "lab other", text: t.other.label }),
         el("span", { class: "p", text: t.other.prob.toFixed(3) }));
     }
+  }
+  if (t.group) {                                   // the duplicates control: its image group
+    box.dataset.group = String(t.group.id);
+    const sim = t.group.similarity === null ? "?" : t.group.similarity.toFixed(3);
+    info.append(el("div", { class: "grp", title: `duplicate group ${t.group.id}`,
+      text: t.group.representative ? `representative of ${t.group.size}` : `1 of ${t.group.size} · cos ${sim} to its rep.` }));
   }
   info.append(el("div", { class: "name", text: t.name || "" }));
   box.append(info);
@@ -370,11 +432,18 @@ async function loadCommand(gen) {
   const out = $("out").value.trim() || "subset.parquet";
   const exportable = view.sel.status === "embedded";
   $("export").disabled = !exportable;
-  if (!exportable) { $("command").textContent = "rejected items are not exported (`curate filter` writes predictions)"; return; }
+  if (!exportable) {
+    $("command").textContent = "rejected items are not exported (`curate filter` writes predictions)";
+    $("command").dataset.exportable = "no";
+    return;
+  }
   const c = await api("/api/command", { selection: view.sel, out });
   if (gen !== view.generation) return;
-  $("command").textContent = c.command;
-  $("export").title = view.search ? "writes the selection (without the search)" : "";
+  // no `curate filter` writes this selection (whole duplicate groups): say so, never a wrong command
+  $("command").textContent = c.command === null ? c.why : c.command;
+  $("command").dataset.exportable = c.command === null ? "no" : "yes";
+  $("export").disabled = c.command === null;
+  $("export").title = c.command === null ? c.why : view.search ? "writes the selection (without the search)" : "";
 }
 
 async function exportNow() {
@@ -419,15 +488,22 @@ function wire() {
   $("status").addEventListener("change", () => {
     view.sel.status = $("status").value;
     if (view.sel.status !== "embedded") view.search = null;
+    drawDedup(view.overview && view.overview.duplicates);
     reload();
   });
+  $("dedup").addEventListener("change", () => { view.sel.duplicates = $("dedup").value; reload(); });
+  $("review-set").addEventListener("change", () => { view.sel.review_set = $("review-set").value || null; reload(); });
   $("labels-clear").addEventListener("click", () => { view.sel.labels = []; reload(); });
   $("search-form").addEventListener("submit", (ev) => {
     ev.preventDefault();
     const text = $("q").value.trim();
     if (!text) return;
     view.search = { text };
-    if (view.sel.status !== "embedded") { view.sel.status = "embedded"; $("status").value = "embedded"; }
+    if (view.sel.status !== "embedded") {
+      view.sel.status = "embedded";
+      $("status").value = "embedded";
+      drawDedup(view.overview && view.overview.duplicates);
+    }
     reload();
   });
   $("search-clear").addEventListener("click", () => { view.search = null; $("q").value = ""; reload(); });
