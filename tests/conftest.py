@@ -93,11 +93,47 @@ def _share_tokenizers() -> None:
 
     get_tokenizer.shared = True
     open_clip.get_tokenizer = get_tokenizer
+    _share_random_models(open_clip)
+
+
+def _share_random_models(open_clip) -> None:
+    """Each random-weights model built once per RNG state. `load_encoder` builds curate-tiny
+    from torch's seed 0 at every build-index, classify and search the suite runs in-process,
+    and drawing its random weights is most of that (~0.1 s, 10 s over the quick loop). A build
+    on the CPU without a checkpoint is a function of its arguments and of torch's RNG state
+    before it: the same state again gets a copy of the model made from it (its own copy: a
+    caller casts or moves it), and the RNG is left where the real build would leave it. Anything
+    else (weights from a file or the hub, another device) is built every time."""
+    if getattr(open_clip.create_model_and_transforms, "shared", False):
+        return
+    import copy
+
+    import torch
+
+    make = open_clip.create_model_and_transforms
+    made: dict = {}
+
+    def create_model_and_transforms(model_name, pretrained=None, *args, **kwargs):
+        device = kwargs.get("device", "cpu")
+        if pretrained or args or str(device) != "cpu" or ":" in model_name:
+            return make(model_name, pretrained, *args, **kwargs)
+        before = torch.random.get_rng_state()
+        key = (model_name, tuple(sorted((k, repr(v)) for k, v in kwargs.items())), before.numpy().tobytes())
+        if key not in made:
+            built = make(model_name, pretrained, **kwargs)
+            made[key] = (copy.deepcopy(built), torch.random.get_rng_state())
+            return built
+        kept, after = made[key]
+        torch.random.set_rng_state(after)
+        return copy.deepcopy(kept)
+
+    create_model_and_transforms.shared = True
+    open_clip.create_model_and_transforms = create_model_and_transforms
 
 
 def pytest_runtest_setup(item) -> None:
     # open_clip is imported by the first test that needs it (a light test file never pays torch's
-    # import for it); from then on its tokenizers are shared
+    # import for it); from then on its tokenizers and its random-weights models are shared
     if "open_clip" in sys.modules:
         _share_tokenizers()
 
