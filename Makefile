@@ -17,7 +17,7 @@ EXTRAS  := $(FAISS)$(if $(RAY),$(comma)ray)
 .PHONY: install install-test demo test bench lint clean
 
 # The main job's install: torch, curate and its dependencies, one FAISS. The test tools (pytest,
-# ruff, playwright, webdataset, Ray) come on top of it, only for the targets that use them.
+# pytest-xdist, ruff, playwright, webdataset, Ray) come on top of it, only for the targets that use them.
 install: $(VENV)/.installed
 
 install-test: $(VENV)/.installed-test

@@ -14,6 +14,12 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a missing download must fail at 
 # `--precision auto` is float32 in the suite, subprocesses included: the exactness tests compare
 # with open_clip's float32 output (tests/ingest/test_precision.py runs bf16 on purpose)
 os.environ.setdefault("CURATE_NATIVE_BF16", "0")
+# One OpenMP thread for torch, FAISS and OpenBLAS, in the suite and its subprocesses (set before
+# any of them loads): the suite's models and indexes are tiny, so a second thread has nothing to
+# do but spin-wait at every call, and while the other core is busy (pytest-xdist's other worker,
+# another process) it burns as much CPU as the work. Measured on 2 cores: ingest+classify test
+# files 60 s of CPU -> 32 s, the same results. Set it in the environment to test more threads.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import numpy as np
 import pytest
@@ -93,11 +99,51 @@ def _share_tokenizers() -> None:
 
     get_tokenizer.shared = True
     open_clip.get_tokenizer = get_tokenizer
+    _share_random_models(open_clip)
+
+
+def _share_random_models(open_clip) -> None:
+    """Each random-weights model built once per RNG state. `load_encoder` builds curate-tiny
+    from torch's seed 0 at every build-index, classify and search the suite runs in-process,
+    and drawing its random weights is most of that (~0.1 s, 10 s over the quick loop). A build
+    on the CPU without a checkpoint is a function of its arguments and of torch's RNG state
+    before it: the same state again gets a copy of the model made from it (its own copy: a
+    caller casts or moves it), and the RNG is left where the real build would leave it. Anything
+    else (weights from a file or the hub, another device) is built every time, and so is any
+    build whose log lines would be seen (root logger at INFO: curate drops open_clip's lines
+    otherwise, curate/ingest/model.py _OpenClipRootLines)."""
+    if getattr(open_clip.create_model_and_transforms, "shared", False):
+        return
+    import copy
+    import logging
+
+    import torch
+
+    make = open_clip.create_model_and_transforms
+    made: dict = {}
+
+    def create_model_and_transforms(model_name, pretrained=None, *args, **kwargs):
+        device = kwargs.get("device", "cpu")
+        if (pretrained or args or str(device) != "cpu" or ":" in model_name
+                or logging.getLogger().isEnabledFor(logging.INFO)):
+            return make(model_name, pretrained, *args, **kwargs)
+        before = torch.random.get_rng_state()
+        key = (model_name, tuple(sorted((k, repr(v)) for k, v in kwargs.items())), before.numpy().tobytes())
+        if key not in made:
+            built = make(model_name, pretrained, **kwargs)
+            made[key] = (copy.deepcopy(built), torch.random.get_rng_state())
+            return built
+        kept, after = made[key]
+        torch.random.set_rng_state(after)
+        return copy.deepcopy(kept)
+
+    create_model_and_transforms.shared = True
+    open_clip.create_model_and_transforms = create_model_and_transforms
 
 
 def pytest_runtest_setup(item) -> None:
     # open_clip is imported by the first test that needs it (a light test file never pays torch's
-    # import for it); from then on its tokenizers are shared
+    # import for it); from then on its tokenizers and its random-weights models are shared
     if "open_clip" in sys.modules:
         _share_tokenizers()
 

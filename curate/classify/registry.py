@@ -252,11 +252,12 @@ def upgrade(con: duckdb.DuckDBPyConnection) -> str | None:
     """A workspace classified before names (score tables in main) is moved, once, into the
     schema of its default name, which becomes the active one. Returns that name, or None
     when there was nothing to move. Review sets drawn before get its name."""
-    def is_table(t: str) -> bool:
-        return con.execute("SELECT count(*) FROM duckdb_tables() WHERE schema_name = 'main' AND NOT temporary "
-                           "AND database_name = current_database() AND table_name = ?", [t]).fetchall()[0][0] > 0
-
-    tables = [t for p in ("", STAGE) for t in (p + s for s in SCORE_TABLES) if is_table(t)]
+    # one catalog query at every read-write connect, not one per name (each costs ~1 ms)
+    wanted = [p + s for p in ("", STAGE) for s in SCORE_TABLES]
+    present = {r[0] for r in con.execute(
+        "SELECT table_name FROM duckdb_tables() WHERE schema_name = 'main' AND NOT temporary "
+        "AND database_name = current_database() AND list_contains(?, table_name)", [wanted]).fetchall()}
+    tables = [t for t in wanted if t in present]
     if not tables:
         return None
     name = None
