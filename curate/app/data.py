@@ -287,10 +287,7 @@ class Groups:
         most probable, then the smallest id): dedup_dropped's rule (queries/dedup_keep.sql)."""
         pos, grp, rep = self.selected(ranked, floor, wanted)
         order = np.lexsort((np.where(rep, -1, pos), grp))
-        g = grp[order]
-        first = np.ones(len(g), dtype=bool)
-        first[1:] = g[1:] != g[:-1]
-        return np.sort(pos[order][~first])
+        return np.sort(pos[order][~_group_starts(grp[order])])
 
     def in_order(self, ranked: Ranked, floor: float, wanted: np.ndarray | None) -> np.ndarray:
         """The selection's rows in a group as 'groups' shows them (app_in_groups): the groups by
@@ -299,9 +296,7 @@ class Groups:
         if len(pos) == 0:
             return pos
         o = np.lexsort((pos, grp))
-        g = grp[o]
-        first = np.ones(len(g), dtype=bool)
-        first[1:] = g[1:] != g[:-1]
+        first = _group_starts(grp[o])
         best = np.empty(len(pos), dtype=np.int64)
         best[o] = pos[o][first][np.cumsum(first) - 1]       # each row's group's smallest position
         return pos[np.lexsort((pos, ~rep, grp, ranked.neg[best]))]
@@ -327,15 +322,28 @@ class Groups:
         return [(ranked.labels[i], int(kept[i]), int(items[i])) for i in order]
 
 
+def _group_starts(g: np.ndarray) -> np.ndarray:
+    """True at each row that opens a run of equal group ids (`g` sorted by group)."""
+    first = np.ones(len(g), dtype=bool)
+    first[1:] = g[1:] != g[:-1]
+    return first
+
+
+def _dedup_macros(con: duckdb.DuckDBPyConnection) -> str | None:
+    """The duplicates control's macros on this connection (queries/dedup_keep.sql,
+    app_dedup.sql); or, making none, why there are none: dedup never stored image groups."""
+    why = dedup.not_found(con)
+    if why is None:
+        sql.run(con, "dedup_keep")
+        sql.run(con, "app_dedup")
+    return why
+
+
 def _groups(ws: Workspace) -> Groups:
     """The image groups kept for this generation; BadSelection when dedup never stored any."""
     def build(con) -> Groups | str:
-        why = dedup.not_found(con)
-        if why is not None:
-            return why
-        sql.run(con, "dedup_keep")
-        sql.run(con, "app_dedup")
-        return Groups.read(con)
+        why = _dedup_macros(con)
+        return why if why is not None else Groups.read(con)
     got = snapshot.cached(ws, ("groups",), build)
     if isinstance(got, str):
         raise BadSelection(f"duplicates: {got}")
@@ -450,11 +458,9 @@ def _deduped(r: Reader, sel: Selection, floor: float, labels: tuple[str, ...]) -
     """The duplicates control: its macros (queries/dedup_keep.sql, app_dedup.sql) and the TEMP
     table app_kept, the rows app_view keeps at `floor` of `labels` that pass the where filters:
     what `curate filter`'s table kept holds before --dedup. BadSelection when dedup never ran."""
-    why = dedup.not_found(r.con)
+    why = _dedup_macros(r.con)
     if why is not None:
         raise BadSelection(f"duplicates: {why}")
-    sql.run(r.con, "dedup_keep")
-    sql.run(r.con, "app_dedup")
     extra, params = _where(r, sel)
     r.con.execute("CREATE OR REPLACE TEMP TABLE app_kept AS SELECT p.id, p.label, p.prob "
                   f"FROM app_view(?, ?, ?) p WHERE true{extra}", [sel.relation, floor, list(labels), *params])
