@@ -96,11 +96,18 @@ def still_tuned(tuning: Tuning | None, target: float, n: int) -> bool:
             and tuning.n <= n <= tuning.n * (1 + RETUNE_GROWTH))
 
 
-def param_name(index) -> str | None:
-    """The knob that trades speed for recall in this index, or None for an exact one."""
+def unwrapped(index):
+    """The index that searches, as its own type (faiss.downcast_index), past an IDMap (which
+    only translates ids: the scores are the inner index's)."""
     inner = faiss.downcast_index(index)
     if isinstance(inner, faiss.IndexIDMap2 | faiss.IndexIDMap):
         inner = faiss.downcast_index(inner.index)
+    return inner
+
+
+def param_name(index) -> str | None:
+    """The knob that trades speed for recall in this index, or None for an exact one."""
+    inner = unwrapped(index)
     if isinstance(inner, faiss.IndexHNSW):
         return "efSearch"
     try:
@@ -196,9 +203,7 @@ def exact_scores(index) -> bool:
     """Whether the index returns true inner products: it scores full vectors (flat, IVF-Flat,
     HNSW over flat storage, or a short list re-ranked by a flat index), not codes (PQ, fast-scan
     PQ, scalar quantisers) nor anything unknown."""
-    inner = faiss.downcast_index(index)
-    if isinstance(inner, faiss.IndexIDMap2 | faiss.IndexIDMap):  # ids only: the scores are the inner index's
-        inner = faiss.downcast_index(inner.index)
+    inner = unwrapped(index)
     if isinstance(inner, faiss.IndexRefine):
         return isinstance(faiss.downcast_index(inner.refine_index), faiss.IndexFlat)
     if isinstance(inner, faiss.IndexHNSW):
@@ -208,9 +213,7 @@ def exact_scores(index) -> bool:
 
 def _refine(index):
     """The IndexRefine inside `index` (re-ranking a short list of k x k_factor), or None."""
-    inner = faiss.downcast_index(index)
-    if isinstance(inner, faiss.IndexIDMap2 | faiss.IndexIDMap):
-        inner = faiss.downcast_index(inner.index)
+    inner = unwrapped(index)
     return inner if isinstance(inner, faiss.IndexRefine) else None
 
 

@@ -442,18 +442,10 @@ def ask_by(index) -> tuple[str, bool]:
     approximate ones to be scored again (PQ or scalar-quantised codes, anything unknown)."""
     import faiss
 
-    inner = faiss.downcast_index(index)
-    if isinstance(inner, faiss.IndexIDMap2 | faiss.IndexIDMap):
-        inner = faiss.downcast_index(inner.index)
-    if isinstance(inner, faiss.IndexFlat):
-        return RANGE, True
-    if isinstance(inner, faiss.IndexIVF):
-        return (RANGE, True) if isinstance(inner, faiss.IndexIVFFlat) else (KNN, False)
-    if isinstance(inner, faiss.IndexHNSW):
-        return KNN, isinstance(faiss.downcast_index(inner.storage), faiss.IndexFlat)
-    if isinstance(inner, faiss.IndexRefine):  # codes find candidates, the refine index scores them
-        return KNN, isinstance(faiss.downcast_index(inner.refine_index), faiss.IndexFlat)
-    return KNN, False
+    from ..ingest.index_recall import exact_scores, unwrapped
+
+    ranged = isinstance(unwrapped(index), faiss.IndexFlat | faiss.IndexIVFFlat)
+    return (RANGE if ranged else KNN), exact_scores(index)
 
 
 class _Asker:
