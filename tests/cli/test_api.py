@@ -12,7 +12,7 @@ import pytest
 
 import curate
 from curate import api
-from tests.conftest import make_folder, run_cli
+from conftest import make_folder, run_cli
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,7 @@ from curate.core.workspace import Workspace
 from curate.errors import WorkspaceError
 from curate.select.filter import FilterSpec, write_subset
 from curate.select.search import search as search_items
-from tests.conftest import make_folder, run_cli
+from conftest import make_folder, run_cli
 
 
 def _refusal(where: Path) -> str:

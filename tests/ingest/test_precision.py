@@ -15,7 +15,7 @@ from curate.core.workspace import Workspace
 from curate.errors import InputError
 from curate.ingest import precision
 from curate.ingest.model import load_encoder
-from tests.conftest import make_folder, run_cli
+from conftest import make_folder, run_cli
 
 TINY = ("--model", "curate-tiny", "--pretrained", "none", "--workers", "0")
 
