@@ -11,6 +11,7 @@ The database is the source of truth: a shard file counts only once its row in
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import json
 import os
@@ -42,6 +43,10 @@ STORAGE_VERSION = "v1.5.0"
 # idempotent statement each, applied at every read-write connect).
 SCHEMA = sql.text("workspace")
 UPGRADES: list[str] = sql.statements("workspace_upgrades")
+# What those files say, kept in `meta` once applied: a read-write connect runs them only for a
+# workspace whose stamp differs (made before the stamp, or by another curate version), not at
+# every open, where they cost ~11 ms of DDL and a catalog write (CREATE OR REPLACE VIEW) each time.
+SCHEMA_STAMP = hashlib.sha256("\n;\n".join([SCHEMA, *UPGRADES]).encode()).hexdigest()[:16]
 
 KINDS = ("image", "caption")
 
@@ -200,9 +205,7 @@ class Workspace:
                 pause = min(pause * 2, 0.25)
         CONNECTS["read" if read_only else "write"] += 1
         if not read_only:
-            con.execute(SCHEMA)
-            for stmt in UPGRADES:
-                con.execute(stmt)
+            _apply_schema(con)
         for module, function in ON_READ_CONNECT if read_only else ON_WRITE_CONNECT:
             getattr(importlib.import_module(module), function)(con, self.root)
         return con
@@ -278,6 +281,20 @@ _RUN_COUNTS = """
                 items_added = (SELECT count(*) FROM items WHERE run_id = ?),
                 items_embedded = (SELECT coalesce(sum(rows), 0) FROM shards WHERE kind = 'image' AND run_id = ?),
                 items_rejected = (SELECT count(*) FROM rejected WHERE run_id = ?)"""
+
+
+def _apply_schema(con: duckdb.DuckDBPyConnection) -> None:
+    """The core tables and their upgrades (SCHEMA, UPGRADES), unless this workspace's stamp says
+    they are applied already."""
+    try:
+        if Workspace.get_meta(con, "schema_stamp") == SCHEMA_STAMP:
+            return
+    except duckdb.CatalogException:     # a new database: no `meta` yet
+        pass
+    con.execute(SCHEMA)
+    for stmt in UPGRADES:
+        con.execute(stmt)
+    Workspace.set_meta(con, "schema_stamp", SCHEMA_STAMP)
 
 
 def _alive(pid: int | None, host: str | None) -> bool:

@@ -122,3 +122,25 @@ def test_scopes_share_one_connection(built_workspace):
         assert outer.execute("SELECT count(*) FROM items").fetchall()[0][0] > 0   # still open
     with pytest.raises(duckdb.ConnectionException):   # closed when the outer scope ends
         outer.execute("SELECT 1")
+
+
+def test_the_core_schema_runs_at_a_write_connect_only_when_its_stamp_differs(tmp_path):
+    """queries/workspace.sql and its upgrades run once per workspace and curate version: a
+    workspace stamped with what they say is opened without them (a view dropped by hand stays
+    dropped), one stamped otherwise (an older curate's) gets them again and the new stamp."""
+    ws = Workspace(tmp_path / "ws")
+    ws.connect().close()
+    with ws.writing() as con:
+        assert Workspace.get_meta(con, "schema_stamp") == workspace.SCHEMA_STAMP
+        con.execute("DROP VIEW run_times")
+
+    def has_run_times() -> bool:
+        with ws.writing() as con:
+            return con.execute("SELECT count(*) FROM duckdb_views() WHERE view_name = 'run_times'").fetchall()[0][0] == 1
+
+    assert not has_run_times()
+    with ws.writing() as con:
+        Workspace.set_meta(con, "schema_stamp", "from-an-older-curate")
+    assert has_run_times()
+    with ws.reading() as con:
+        assert Workspace.get_meta(con, "schema_stamp") == workspace.SCHEMA_STAMP
