@@ -20,6 +20,11 @@ os.environ.setdefault("CURATE_NATIVE_BF16", "0")
 # another process) it burns as much CPU as the work. Measured on 2 cores: ingest+classify test
 # files 60 s of CPU -> 32 s, the same results. Set it in the environment to test more threads.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+# Compiled modules (pytest's rewritten test files, curate's own) are kept in __pycache__ between
+# runs even where PYTHONDONTWRITEBYTECODE is set, as on the project's machines: each xdist worker
+# otherwise rewrites and compiles every test file again at every run of the quick loop (~6 s of
+# CPU a worker, 2-core AMD EPYC). A folder that cannot be written is skipped silently.
+sys.dont_write_bytecode = False
 
 import numpy as np
 import pytest

@@ -99,6 +99,9 @@ def _store_cache(con: duckdb.DuckDBPyConnection, q: LabelQueries, ident: ModelId
                     "logit_scale) VALUES (?, ?, ?, ?, ?, ?, ?)",
                     [q.cache_key, ident.model, ident.pretrained, ident.embed_dim, label_set.name, wording.name,
                      q.logit_scale])
-        con.executemany("INSERT INTO label_vectors VALUES (?, ?, ?, ?, ?)",
-                        [[q.cache_key, i, lab, ps, vec.tolist()]
-                         for i, (lab, ps, vec) in enumerate(zip(q.labels, q.prompts, q.vectors, strict=True))])
+        # one statement over lists (executemany runs one INSERT a label: 3x slower at 205 labels)
+        con.execute("INSERT INTO label_vectors SELECT $key, i - 1, lab, ps, vec FROM (SELECT "
+                    "unnest(range(1, len($labels) + 1)) AS i, unnest($labels) AS lab, unnest($prompts) AS ps, "
+                    "unnest($vectors) AS vec)",
+                    {"key": q.cache_key, "labels": list(q.labels), "prompts": [list(p) for p in q.prompts],
+                     "vectors": q.vectors.tolist()})
