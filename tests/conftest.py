@@ -183,16 +183,27 @@ def built_workspace(tmp_path_factory) -> Path:
     return ws
 
 
+@pytest.fixture(scope="session")
+def classified_once(built_workspace, tmp_path_factory, tiny_encoder) -> Path:
+    """The classification behind `classified`, made once per session (per xdist worker) and
+    never handed to a test: each module gets a copy of it."""
+    import shutil
+
+    from curate.classify.run import classify
+
+    ws = tmp_path_factory.mktemp("classified-once") / "ws"
+    shutil.copytree(built_workspace, ws)
+    classify(ws, encoder=tiny_encoder, logit_scale=60.0)
+    return ws
+
+
 @pytest.fixture(scope="module")
-def classified(built_workspace, tmp_path_factory, tiny_encoder) -> Path:
+def classified(classified_once, tmp_path_factory) -> Path:
     """The shared built workspace, classified with a sharp softmax (probabilities spread over
     0..1); one per test module, read only there (tests that write copy it). Modules that need
     another classification define their own `classified`."""
     import shutil
 
-    from curate.classify.run import classify
-
     ws = tmp_path_factory.mktemp("classified") / "ws"
-    shutil.copytree(built_workspace, ws)
-    classify(ws, encoder=tiny_encoder, logit_scale=60.0)
+    shutil.copytree(classified_once, ws)
     return ws

@@ -77,6 +77,23 @@ def fake_workspace(root: Path, predictions: list[tuple[int, str, float]], captio
     return ws
 
 
+def copy_workspace(template: Path, root: Path) -> Workspace:
+    """A copy at `root` of a workspace a module made once (fake_workspace, then whatever its
+    fixture drew), as if it had been made there: its items' paths (its own photos/) point
+    into the copy. Copying is ~0.01 s where fake_workspace takes ~0.3 s."""
+    import shutil
+
+    import duckdb
+
+    shutil.copytree(template, root)
+    con = duckdb.connect(str(root / "curate.duckdb"))
+    try:
+        con.execute("UPDATE items SET path = replace(path, ?, ?)", [str(template), str(root)])
+    finally:
+        con.close()
+    return Workspace(root)
+
+
 BY_HAND = "by-hand"
 
 

@@ -102,15 +102,25 @@ def _prob_dicts(ref) -> tuple[dict, dict]:
             {int(i): p for i, p in zip(*ref["caption"], strict=True)})
 
 
+@pytest.fixture(scope="module")
+def full_scores(built_workspace, tmp_path_factory, tiny_encoder) -> tuple[Path, dict]:
+    """The shared workspace classified once with every (item, label) score stored, and its
+    references; read only (each case of the ensemble test queries it with its parameters)."""
+    ws = tmp_path_factory.mktemp("full") / "ws"
+    shutil.copytree(built_workspace, ws)
+    classify(ws, encoder=tiny_encoder, storage="full")
+    return ws, references(ws)
+
+
 @pytest.mark.parametrize("params", [
     dict(text_weight=0.2, text_min=0.5),                                     # the study's defaults
     dict(text_weight=0.5, text_min=0.0),                                     # caption always counts
     dict(text_weight=0.3, text_min=0.05, image_max=0.04),                    # conditional variant
     dict(text_weight=0.4, text_min=0.0, renormalize=False),                  # the literal formula
 ])
-def test_ensemble_matches_reference(ws, tiny_encoder, params):
-    classify(ws, encoder=tiny_encoder, storage="full")
-    p_img, p_cap = _prob_dicts(references(ws))
+def test_ensemble_matches_reference(full_scores, params):
+    ws, ref = full_scores
+    p_img, p_cap = _prob_dicts(ref)
     want = ensemble_reference(p_img, p_cap, **params)
     con = db(ws)
     sql = ("SELECT id, label_idx, prob, prob2, caption_used, exact FROM ensemble_with(?, ?, image_min := ?, "

@@ -214,12 +214,22 @@ def test_killed_cli_run_resumes_to_the_uninterrupted_tables(tmp_path):
           f"uninterrupted {t4 - t3:.1f} s, compare {time.perf_counter() - t4:.1f} s")
 
 
+@pytest.fixture(scope="module")
+def small_made(tmp_path_factory) -> Path:
+    """The small workspace and its labels, made once for the module and never written (copied
+    by `small`)."""
+    root = tmp_path_factory.mktemp("small")
+    make_workspace(root / "a", label_file(root / "labels.csv", 12), 2_000, image_shard=500, caption_shard=300)
+    return root
+
+
 @pytest.fixture
-def small(tmp_path) -> tuple[Path, Path, Path]:
+def small(small_made, tmp_path) -> tuple[Path, Path, Path]:
     """A small workspace (2,000 items, shards not multiples of the batch) and a copy of it."""
-    labels = label_file(tmp_path / "labels.csv", 12)
+    labels = tmp_path / "labels.csv"
+    shutil.copyfile(small_made / "labels.csv", labels)
     a = tmp_path / "a"
-    make_workspace(a, labels, 2_000, image_shard=500, caption_shard=300)
+    shutil.copytree(small_made / "a", a)
     b = tmp_path / "b"
     shutil.copytree(a, b)
     return labels, a, b

@@ -10,7 +10,7 @@ import shutil
 import duckdb
 import pytest
 from conftest import make_folder, run_cli
-from review_support import fake_workspace
+from review_support import copy_workspace, fake_workspace
 
 from curate.classify.labels import load_label_set
 from curate.classify.prompts import prompts_for
@@ -22,15 +22,21 @@ TINY = ("--model", "curate-tiny", "--pretrained", "none", "--workers", "0")
 RAW_CONTROL = re.compile("[\x00-\x09\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
 
 
-@pytest.fixture()
-def ws(tmp_path):
+@pytest.fixture(scope="module")
+def template(tmp_path_factory):
+    """Made once for the module, never written: each test gets its own copy (ws)."""
     preds = [(i, "bridge" if i < 4 else "bakery shop", [0.1, 0.3, 0.5, 0.7, 0.9, 0.25][i]) for i in range(6)]
-    ws = fake_workspace(tmp_path / "ws", preds, captions={1: "東京 café"}, images=False,
+    ws = fake_workspace(tmp_path_factory.mktemp("messages") / "ws", preds, captions={1: "東京 café"}, images=False,
                         ensemble=[(i, "bridge" if i < 4 else "bakery shop", 0.5) for i in range(6)])
     con = ws.connect()
     sampling.draw(con, top_classes=2, per_class=10, seed=0, name="s")
     con.close()
-    return ws
+    return ws.root
+
+
+@pytest.fixture()
+def ws(template, tmp_path):
+    return copy_workspace(template, tmp_path / "ws")
 
 
 def _marked_export(ws, tmp_path) -> list[list[str]]:

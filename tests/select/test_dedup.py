@@ -270,11 +270,17 @@ def _pairs(ws: Path) -> set[tuple[int, int]]:
 
 
 def _true_pairs(ids: np.ndarray, vecs: np.ndarray, rows: np.ndarray, threshold: float) -> set[tuple[int, int]]:
-    """Brute force (numpy): every pair of a row in `rows` with any vector at cosine >= threshold - TOLERANCE."""
+    """Brute force (numpy): every pair of a row in `rows` with any vector at cosine >= threshold - TOLERANCE.
+    Blocks of 1,024 rows against every vector, into buffers made once: a fresh 80 MB product and
+    its mask at each block of 20,000 vectors were a quarter of the time (page faults)."""
     out = set()
+    prod = np.empty((min(1024, len(rows)), len(vecs)), dtype=np.result_type(vecs, vecs))
+    over = np.empty(prod.shape, dtype=bool)
     for s in range(0, len(rows), 1024):
         r = rows[s:s + 1024]
-        i, j = np.nonzero(vecs[r] @ vecs.T >= np.float32(threshold - TOLERANCE))
+        np.matmul(vecs[r], vecs.T, out=prod[:len(r)])
+        np.greater_equal(prod[:len(r)], np.float32(threshold - TOLERANCE), out=over[:len(r)])
+        i, j = np.nonzero(over[:len(r)])
         a, b = ids[r[i]], ids[j]
         keep = a != b
         out |= set(zip(np.minimum(a, b)[keep].tolist(), np.maximum(a, b)[keep].tolist(), strict=True))

@@ -71,12 +71,21 @@ def truth(planted_ws) -> set[tuple[int, int]]:
     return _true_pairs(ids, vecs, np.arange(len(ids)), THRESHOLD)
 
 
-def test_clusters_find_exactly_the_pairs_brute_force_finds(planted_ws, truth, tmp_path):
+@pytest.fixture(scope="module")
+def deduped(planted_ws, tmp_path_factory) -> tuple[Path, str]:
+    """A copy of the planted workspace after `curate dedup --threshold 0.95`, and what the command
+    printed; never written (the tests that go on from it copy it)."""
+    ws = tmp_path_factory.mktemp("deduped") / "ws"
+    shutil.copytree(planted_ws, ws)
+    return ws, run_cli("dedup", "-w", ws, "--threshold", THRESHOLD).output
+
+
+def test_clusters_find_exactly_the_pairs_brute_force_finds(deduped, truth, tmp_path):
     """With every vector's margin list complete the pairs are brute force's, exactly; at the
     default cap (SPILL) they are a subset, the recall measured."""
     ws = tmp_path / "ws"
-    shutil.copytree(planted_ws, ws)
-    out = run_cli("dedup", "-w", ws, "--threshold", THRESHOLD).output
+    shutil.copytree(deduped[0], ws)
+    out = deduped[1]
     assert "20,000 vectors compared within clusters (50 k-means clusters" in out, out
     capped = _pairs(ws)
     assert capped <= truth and len(capped) >= 0.99 * len(truth)
@@ -137,10 +146,9 @@ def test_the_margin_is_provable_on_random_data():
     assert sum(prim[x] != prim[y] for x, y in zip(i.tolist(), j.tolist(), strict=True)) >= 50
 
 
-def test_a_killed_dedup_leaves_the_last_results_and_the_rerun_starts_over(planted_ws, truth, tmp_path):
+def test_a_killed_dedup_leaves_the_last_results_and_the_rerun_starts_over(deduped, truth, tmp_path):
     ws = tmp_path / "ws"
-    shutil.copytree(planted_ws, ws)
-    run_cli("dedup", "-w", ws, "--threshold", THRESHOLD)
+    shutil.copytree(deduped[0], ws)           # after `curate dedup --threshold 0.95`
     con = duckdb.connect(str(ws / "curate.duckdb"), read_only=True)
     before = con.execute("SELECT * FROM duplicates ORDER BY kind, id").fetchall()
     meta = con.execute("SELECT value FROM meta WHERE key = 'dedup.image'").fetchall()

@@ -17,9 +17,11 @@ from conftest import run_cli
 RAW, NATURAL = "places205-raw", "places205-natural"
 
 
-@pytest.fixture()
-def calibrated_ws(built_workspace, tmp_path) -> Path:
-    """Classified raw, then natural (active); a set drawn from natural, marked, reported."""
+@pytest.fixture(scope="module")
+def calibrated(built_workspace, tmp_path_factory) -> Path:
+    """Classified raw, then natural (active); a set drawn from natural, marked, reported. Built
+    once for the module and never written: each test gets its own copy (calibrated_ws)."""
+    tmp_path = tmp_path_factory.mktemp("calibrated")
     ws = tmp_path / "ws"
     shutil.copytree(built_workspace, ws)
     run_cli("classify", "-w", ws, "--prompts", "raw")
@@ -32,6 +34,13 @@ def calibrated_ws(built_workspace, tmp_path) -> Path:
     out = run_cli("report", "-w", ws, "--out", tmp_path / "report", "--target-precision", "0.5",
                   "--min-support", "1").output
     assert "calibration: temperature" in out
+    return ws
+
+
+@pytest.fixture()
+def calibrated_ws(calibrated, tmp_path) -> Path:
+    ws = tmp_path / "ws"
+    shutil.copytree(calibrated, ws)
     return ws
 
 

@@ -19,11 +19,19 @@ from curate.core.workspace import Workspace
 from curate.validate import calibration
 
 
-@pytest.fixture()
-def classified(built_workspace, tmp_path, tiny_encoder):
-    ws = tmp_path / "ws"
+@pytest.fixture(scope="module")
+def classified_full(built_workspace, tmp_path_factory, tiny_encoder):
+    """Classified once for the module, never written: each test gets its own copy."""
+    ws = tmp_path_factory.mktemp("full") / "ws"
     shutil.copytree(built_workspace, ws)
     classify(ws, "places205", "natural", tiny_encoder, storage="full")
+    return ws
+
+
+@pytest.fixture()
+def classified(classified_full, tmp_path):
+    ws = tmp_path / "ws"
+    shutil.copytree(classified_full, ws)
     return ws
 
 

@@ -14,7 +14,7 @@ import urllib.error
 import urllib.request
 
 import pytest
-from review_support import fake_workspace
+from review_support import copy_workspace, fake_workspace
 
 from curate.app.server import ReviewServer
 from curate.core.workspace import Workspace
@@ -24,14 +24,20 @@ from curate.validate.review import marks
 CAPTION = '<img src=x onerror="alert(1)"> & friends'
 
 
-@pytest.fixture()
-def ws(tmp_path):
+@pytest.fixture(scope="module")
+def template(tmp_path_factory):
+    """Made once for the module, never written: each test gets its own copy (ws)."""
     preds = [(i, ["bridge", "skyscraper"][i % 2], 0.2 + i / 100) for i in range(40)]
-    ws = fake_workspace(tmp_path / "ws", preds, captions={i: CAPTION for i in range(40)})
+    ws = fake_workspace(tmp_path_factory.mktemp("review") / "ws", preds, captions={i: CAPTION for i in range(40)})
     con = ws.connect()
     sampling.draw(con, top_classes=2, per_class=10, seed=3, name="s")
     con.close()
-    return ws
+    return ws.root
+
+
+@pytest.fixture()
+def ws(template, tmp_path):
+    return copy_workspace(template, tmp_path / "ws")
 
 
 @pytest.fixture()

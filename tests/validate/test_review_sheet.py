@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 from conftest import run_cli
-from review_support import fake_workspace
+from review_support import copy_workspace, fake_workspace
 
 from curate.validate import sampling
 from curate.validate.review import marks, sheet
@@ -21,15 +21,21 @@ CAPTIONS = {
 }
 
 
-@pytest.fixture()
-def ws(tmp_path):
+@pytest.fixture(scope="module")
+def template(tmp_path_factory):
+    """Made once for the module, never written: each test gets its own copy (ws)."""
     preds = [(i, "bridge" if i < 4 else "bakery shop", [0.1, 0.30000000000000004, 0.5, 1 / 3, 0.9, 0.25][i])
              for i in range(6)]
-    ws = fake_workspace(tmp_path / "my ws", preds, captions=CAPTIONS, images=False)
+    ws = fake_workspace(tmp_path_factory.mktemp("sheet") / "my ws", preds, captions=CAPTIONS, images=False)
     con = ws.connect()
     sampling.draw(con, top_classes=2, per_class=10, seed=0, name="s")
     con.close()
-    return ws
+    return ws.root
+
+
+@pytest.fixture()
+def ws(template, tmp_path):
+    return copy_workspace(template, tmp_path / "my ws")
 
 
 def _state(con):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import duckdb
 import pytest
 from conftest import run_cli
-from review_support import fake_workspace
+from review_support import copy_workspace, fake_workspace
 
 from curate.validate import sampling
 from curate.validate.review import marks
@@ -24,10 +24,16 @@ def _preds() -> list[tuple[int, str, float]]:
     return out
 
 
+@pytest.fixture(scope="module")
+def template(tmp_path_factory):
+    """Made once for the module, never written: each test gets its own copy (ws)."""
+    return fake_workspace(tmp_path_factory.mktemp("sample") / "ws", _preds(), images=False,
+                          ensemble=[(i, "bridge" if i % 3 else "skyscraper", 0.5) for i, _l, _p in _preds()]).root
+
+
 @pytest.fixture()
-def ws(tmp_path):
-    return fake_workspace(tmp_path / "ws", _preds(), images=False,
-                          ensemble=[(i, "bridge" if i % 3 else "skyscraper", 0.5) for i, _l, _p in _preds()])
+def ws(template, tmp_path):
+    return copy_workspace(template, tmp_path / "ws")
 
 
 def _ids(con, name):
