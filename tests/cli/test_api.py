@@ -9,10 +9,10 @@ import shutil
 from pathlib import Path
 
 import pytest
+from conftest import make_folder, run_cli
 
 import curate
 from curate import api
-from conftest import make_folder, run_cli
 
 
 @pytest.fixture(scope="module")

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import duckdb
 import pytest
+from conftest import make_folder, run_cli
 
 from curate import api
 from curate.classify import calibrated
@@ -19,7 +20,6 @@ from curate.core.workspace import Workspace
 from curate.errors import WorkspaceError
 from curate.select.filter import FilterSpec, write_subset
 from curate.select.search import search as search_items
-from conftest import make_folder, run_cli
 
 
 def _refusal(where: Path) -> str:

@@ -9,13 +9,13 @@ import duckdb
 import numpy as np
 import pytest
 import torch
+from conftest import make_folder, run_cli
 from ingest_support import stored_vectors
 
 from curate.core.workspace import Workspace
 from curate.errors import InputError
 from curate.ingest import precision
 from curate.ingest.model import load_encoder
-from conftest import make_folder, run_cli
 
 TINY = ("--model", "curate-tiny", "--pretrained", "none", "--workers", "0")
 
