@@ -78,8 +78,8 @@ def _write_into(cmp: Comparison, out: Path) -> list[Path]:
 def _plot(cmp: Comparison, path: Path) -> Path:
     from . import report_figures  # matplotlib: only when a picture is drawn
 
-    plt = report_figures.plt
-    fig, axes = plt.subplots(1, len(cmp.kinds), figsize=(5.2 * len(cmp.kinds), 4), squeeze=False)
+    fig = report_figures.figure(5.2 * len(cmp.kinds), 4)
+    axes = fig.subplots(1, len(cmp.kinds), squeeze=False)
     for ax, kind in zip(axes[0], cmp.kinds, strict=True):
         for name in cmp.names:
             rows = cmp.coverage[kind][name]
