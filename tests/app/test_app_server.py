@@ -317,6 +317,7 @@ def test_bad_selections_are_one_line_errors(server):
     assert status == 400 and "model" in got["error"]            # started without the model: said, not a crash
 
 
+@pytest.mark.slow   # a process killed mid-run (the marker's own category)
 def test_curate_app_killed_loses_no_acknowledged_mark(ws, tmp_path):
     """`curate app` as a user starts it, killed with SIGKILL: every mark it acknowledged is on disk."""
     import os
