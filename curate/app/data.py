@@ -699,23 +699,28 @@ def hits_page(ws: Workspace, sel: Selection, ids: np.ndarray, scores: np.ndarray
                                                             strict=True):
             tiles.append(_tile(item_id, label, prob, path, caption, None)
                          | {"score": float(scores[k]), "rank": int(k) + 1})
+        if sel.duplicates != "all":   # a hit says its group as the grid's tile does
+            groups = _groups(ws)
+            tiles = [t | _grouped(groups.of(t["id"])) for t in tiles]
         end = offset + len(rows)
         return {"tiles": tiles, "next": [None, end] if end < len(ranks) else None, "count": len(ranks),
                 "searched": len(ids)}
     with reading(ws, sel.classification, calibration=sel.mode == "calibrated") as r:
         _check_mode(r, sel)
-        if sel.duplicates != "all":   # the hits among what the grid shows: app_kept, less what the control hides
+        grouped = sel.duplicates != "all"
+        if grouped:   # the hits among what the grid shows: app_kept, less what the control hides
             _deduped(r, sel, sel.floor, sel.labels)
             source, sparams, extra, params = "app_deduped('app_kept', ?)", [sel.duplicates], "", []
         else:
             source, sparams = "app_view(?, ?, ?)", [sel.relation, sel.floor, list(sel.labels)]
             extra, params = _where(r, sel)
+        group_cols = ", p.group_id, p.representative, p.similarity, p.group_size" if grouped else ""
         r.con.register("app_hits", {"id": np.asarray(ids, dtype=np.int64),
                                     "score": np.asarray(scores, dtype=np.float64),
                                     "rank": np.arange(1, len(ids) + 1, dtype=np.int64)})
         try:
             rows = r.con.execute(
-                "SELECT p.id, p.label, p.prob, i.path, i.caption, h.score, h.rank FROM app_hits h "
+                f"SELECT p.id, p.label, p.prob, i.path, i.caption, h.score, h.rank{group_cols} FROM app_hits h "
                 f"JOIN {source} p ON p.id = h.id JOIN items i ON i.id = h.id "
                 f"WHERE true{extra} ORDER BY h.rank LIMIT ? OFFSET ?",
                 [*sparams, *params, n, offset]).fetchall()
@@ -725,9 +730,11 @@ def hits_page(ws: Workspace, sel: Selection, ids: np.ndarray, scores: np.ndarray
         finally:
             r.con.unregister("app_hits")
         tiles = []
-        for item_id, label, prob, path, caption, score, rank in rows:
+        for item_id, label, prob, path, caption, score, rank, *group in rows:
             t = _tile(item_id, label, prob, path, caption, None)
             t |= {"score": float(score), "rank": int(rank)}
+            if grouped:
+                t |= _grouped(tuple(group))
             tiles.append(t)
         end = offset + len(rows)
         return {"tiles": tiles, "next": [None, end] if end < passing else None, "count": int(passing),

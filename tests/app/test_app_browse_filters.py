@@ -392,6 +392,26 @@ def test_more_like_this_within_the_duplicates_control_and_a_review_set(deduped, 
         assert got["count"] == len([i for i in ranked if i in keep])
 
 
+def test_a_search_hit_says_its_group_as_the_grid_tile_does(deduped, ws):
+    """Under the duplicates control a hit carries its duplicate group (id, representative or not,
+    cosine, size), the same as the grid's tile of that item; with the control off, none."""
+    groups = _groups(ws)
+    some = min(groups)
+    for extra in ({"duplicates": "representatives"}, {"duplicates": "groups"}):
+        grid = {t["id"]: t["group"] for t in _all(deduped.url, extra)}
+        status, got = post(deduped.url, "/api/grid", {"selection": extra, "search": {"like": some}})
+        assert status == 200 and got["tiles"], got
+        for t in got["tiles"]:
+            assert t["group"] == grid[t["id"]], (extra, t)
+            if t["id"] in groups:
+                assert (t["group"]["id"], t["group"]["representative"]) == \
+                    (groups[t["id"]][0], t["id"] == groups[t["id"]][1]), t
+            else:
+                assert t["group"] is None, t
+    status, got = post(deduped.url, "/api/grid", {"selection": {}, "search": {"like": some}})
+    assert status == 200 and all("group" not in t for t in got["tiles"]), got
+
+
 DEDUP_SELECTIONS = [
     {"min_prob": 0.0, "duplicates": "representatives"},
     {"min_prob": 0.3, "mode": "ensemble", "duplicates": "representatives"},
