@@ -88,3 +88,20 @@ def copy_of(app_built: Path, tmp_path_factory) -> Path:
     copy = tmp_path_factory.mktemp("app") / "ws"
     shutil.copytree(app_built, copy)
     return copy
+
+
+@pytest.fixture(scope="module")
+def ws(app_built: Path, tmp_path_factory) -> Path:
+    """A test module's own copy of the shared workspace. Import it with `server`, or define a
+    `ws` of the module's own to serve another workspace."""
+    return copy_of(app_built, tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def server(ws: Path):
+    """`curate app` on the module's `ws`, without the model (a text search says why not)."""
+    from curate.app.server import AppServer
+
+    srv = AppServer(ws, 0, load_model=False).start()
+    yield srv
+    srv.stop()

@@ -17,7 +17,7 @@ from pathlib import Path
 import duckdb
 import numpy as np
 import pytest
-from app_support import app_built, copy_of, get_json, post, sql
+from app_support import app_built, copy_of, get_json, post, server, sql, ws
 from browser_support import launch, needs_chromium
 from conftest import run_cli
 
@@ -25,20 +25,8 @@ from curate.app import data
 from curate.app.selection import Selection
 from curate.app.server import AppServer
 
-__all__ = ["app_built"]   # the shared workspace fixture (app_support)
+__all__ = ["app_built", "server", "ws"]   # fixtures of app_support: the shared workspace, the module's copy and its server
 
-
-
-@pytest.fixture(scope="module")
-def ws(app_built, tmp_path_factory) -> Path:
-    return copy_of(app_built, tmp_path_factory)
-
-
-@pytest.fixture(scope="module")
-def server(ws):
-    srv = AppServer(ws, 0, load_model=False).start()
-    yield srv
-    srv.stop()
 
 
 def _threshold(ws: Path) -> float:

@@ -21,12 +21,13 @@ from app_support import (
     ODD_NAMES,
     STRIP,
     app_built,
-    copy_of,
     get_json,
     item_id,
     post,
     req,
+    server,
     sql,
+    ws,
 )
 from conftest import run_cli
 
@@ -36,19 +37,7 @@ from curate.core.workspace import Workspace
 from curate.validate import sampling
 from curate.validate.review import marks as review_marks
 
-__all__ = ["app_built"]   # the shared workspace fixture (app_support)
-
-
-@pytest.fixture(scope="module")
-def ws(app_built, tmp_path_factory) -> Path:
-    return copy_of(app_built, tmp_path_factory)
-
-
-@pytest.fixture(scope="module")
-def server(ws):
-    srv = AppServer(ws, 0, load_model=False).start()
-    yield srv
-    srv.stop()
+__all__ = ["app_built", "server", "ws"]   # fixtures of app_support: the shared workspace, the module's copy and its server
 
 
 def _all_tiles(base: str, selection: dict) -> list[dict]:

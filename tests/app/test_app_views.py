@@ -8,14 +8,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from app_support import app_built, copy_of, get_json, post, sql
+from app_support import app_built, copy_of, get_json, post, server, sql
 from conftest import run_cli
 
 from curate import api
 from curate.app.server import AppServer
 from curate.core.workspace import Workspace
 
-__all__ = ["app_built"]   # the shared workspace fixture (app_support)
+__all__ = ["app_built", "server"]   # fixtures of app_support: the shared workspace, the module's server
 
 
 @pytest.fixture(scope="module")
@@ -28,13 +28,6 @@ def ws(app_built, tmp_path_factory, tiny_encoder) -> Path:
     ws = copy_of(app_built, tmp_path_factory)
     classify(ws, prompts="raw", encoder=tiny_encoder, logit_scale=30.0, name="raw")
     return ws
-
-
-@pytest.fixture(scope="module")
-def server(ws):
-    srv = AppServer(ws, 0, load_model=False).start()
-    yield srv
-    srv.stop()
 
 
 def _all_tiles(server, body: dict) -> list[dict]:

@@ -10,15 +10,14 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from app_support import app_built, copy_of, get_json, sql
+from app_support import app_built, copy_of, get_json, server, sql
 from browser_support import launch, needs_chromium
 from conftest import run_cli
 
-from curate.app.server import AppServer
 from curate.core.workspace import Workspace
 from curate.validate import sampling
 
-__all__ = ["app_built"]   # the shared workspace fixture (app_support)
+__all__ = ["app_built", "server"]   # fixtures of app_support: the shared workspace, the module's server
 
 pytestmark = [pytest.mark.slow, needs_chromium]
 
@@ -35,13 +34,6 @@ def ws(app_built, tmp_path_factory, tiny_encoder) -> Path:
     sampling.draw(con, top_classes=3, per_class=2, seed=5, name="look", classification="natural")
     con.close()
     return ws
-
-
-@pytest.fixture(scope="module")
-def server(ws):
-    srv = AppServer(ws, 0, load_model=False).start()
-    yield srv
-    srv.stop()
 
 
 @pytest.fixture()
