@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import threading
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -250,6 +251,13 @@ def load_encoder(model_name: str = DEFAULT_MODEL, pretrained: str | None = DEFAU
             raise WeightsUnavailable(f"checkpoint file not found: {tag}")
         tag = str(Path(tag).expanduser().resolve())
 
+    if random_weights:
+        log.info("%s: random weights (--pretrained none): embeddings carry no meaning", model_name)
+    key = (model_name, tag, device, precision, _source_state(model_name, tag))
+    with _LOADED_LOCK:
+        if _LOADED and _LOADED[0][0] == key:
+            return _LOADED[0][1]
+
     def build(offline: bool):
         with _hub_offline(offline), warnings.catch_warnings(), _open_clip_lines_dropped():
             warnings.simplefilter("ignore")
@@ -258,7 +266,6 @@ def load_encoder(model_name: str = DEFAULT_MODEL, pretrained: str | None = DEFAU
     if random_weights:
         import torch
 
-        log.info("%s: random weights (--pretrained none): embeddings carry no meaning", model_name)
         # Seeded, so every process (a resumed run, a test's reference) gets the same model.
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)
@@ -280,9 +287,46 @@ def load_encoder(model_name: str = DEFAULT_MODEL, pretrained: str | None = DEFAU
         _cast_weights_bf16(model)
     ident = ModelIdentity(model=model_name, pretrained=pretrained or "none", embed_dim=embed_dim,
                           random_weights=random_weights)
-    return Encoder(model=model, preprocess=preprocess, tokenizer=tokenizer, identity=ident, device=device,
-                   image_size=image_size, context_length=int(getattr(tokenizer, "context_length", 77)),
-                   precision=precision, mode=mode)
+    encoder = Encoder(model=model, preprocess=preprocess, tokenizer=tokenizer, identity=ident, device=device,
+                      image_size=image_size, context_length=int(getattr(tokenizer, "context_length", 77)),
+                      precision=precision, mode=mode)
+    with _LOADED_LOCK:
+        _LOADED[:] = [(key, encoder)]
+    return encoder
+
+
+# The encoder this process loaded last, by what it was made from: loading the same model again in
+# one process (api.search in a notebook's loop, api.classify after api.build_index, the app's
+# search after its warm-up) hands it over instead of reading and building it again (seconds for
+# ViT-B-32's weights). Only the last: a model holds hundreds of MB. Nothing changes an Encoder
+# once made (a precision is part of what it was made from).
+_LOADED: list[tuple[tuple, Encoder]] = []
+_LOADED_LOCK = threading.Lock()
+
+
+def forget_loaded() -> None:
+    """Drop the encoder load_encoder keeps for this process (its memory goes with the last reference)."""
+    with _LOADED_LOCK:
+        _LOADED.clear()
+
+
+def _source_state(model_name: str, tag: str | None) -> tuple:
+    """Size and mtime of the files a load reads from a path (a checkpoint, a local-dir: folder's
+    files): a file replaced since is read again. Hub names and random weights: nothing to stat."""
+    paths: list[Path] = []
+    if tag is not None and _looks_like_path(tag):
+        paths.append(Path(tag))
+    if model_name.startswith("local-dir:"):
+        folder = Path(model_name[len("local-dir:"):]).expanduser()
+        paths += sorted(p for p in folder.iterdir() if p.is_file())
+    state = []
+    for p in paths:
+        try:
+            st = p.stat()
+        except OSError:
+            continue
+        state.append((str(p), st.st_size, st.st_mtime_ns))
+    return tuple(state)
 
 
 def _cast_weights_bf16(model) -> None:

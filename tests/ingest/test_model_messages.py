@@ -118,12 +118,14 @@ def test_open_clip_root_logger_lines_are_not_shown_unless_asked_for(caplog):
     a script using the API sees it only when it asked for INFO logs (as `curate -v` does)."""
     import logging
 
-    from curate.ingest.model import load_encoder
+    from curate.ingest.model import forget_loaded, load_encoder
 
+    forget_loaded()   # each load below builds the model (load_encoder hands over the last one it built)
     caplog.set_level(logging.WARNING)
     load_encoder("curate-tiny", "none", "cpu")
     assert not [r for r in caplog.records if "open_clip" in r.pathname]
     caplog.set_level(logging.INFO)
+    forget_loaded()
     load_encoder("curate-tiny", "none", "cpu")
     assert any("No pretrained weights loaded" in r.getMessage() for r in caplog.records)
 

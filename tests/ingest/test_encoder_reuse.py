@@ -1,0 +1,49 @@
+"""load_encoder keeps the last encoder it made for the process: the same model loaded again
+(api.search in a loop, classify after build-index) is handed over, not read and built again;
+anything it was made from that differs (model, weights, device, precision, a checkpoint file
+replaced since) makes a new one."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import torch
+
+from curate.ingest.model import forget_loaded, load_encoder
+
+
+def _weights(enc) -> np.ndarray:
+    return enc.model.visual.conv1.weight.detach().float().numpy().copy()
+
+
+def test_the_same_model_is_handed_over_and_another_is_made():
+    forget_loaded()
+    a = load_encoder("curate-tiny", "none", "cpu", "fp32")
+    assert load_encoder("curate-tiny", "none", "cpu", "fp32") is a
+    assert load_encoder("curate-tiny", "random", "cpu", "fp32") is a     # the same tag, said otherwise
+    b = load_encoder("curate-tiny", "none", "cpu", "bf16")              # another precision: its own
+    assert b is not a and b.precision == "bf16"
+    assert next(b.model.visual.parameters()).dtype == torch.bfloat16
+    assert next(a.model.visual.parameters()).dtype == torch.float32     # the first one was not cast
+    c = load_encoder("curate-tiny", "none", "cpu", "fp32")              # only the last one is kept
+    assert c is not a and np.array_equal(_weights(c), _weights(a))      # seeded: the same weights again
+    forget_loaded()
+    assert load_encoder("curate-tiny", "none", "cpu", "fp32") is not c
+
+
+def test_a_checkpoint_replaced_on_disk_is_read_again(tmp_path):
+    from safetensors.torch import save_file
+
+    forget_loaded()
+    base = load_encoder("curate-tiny", "none", "cpu", "fp32").model.state_dict()
+    ckpt = tmp_path / "tiny.safetensors"
+    save_file({k: v.clone() * 0.5 for k, v in base.items()}, str(ckpt))
+    first = load_encoder("curate-tiny", str(ckpt), "cpu", "fp32")
+    assert load_encoder("curate-tiny", str(ckpt), "cpu", "fp32") is first
+    save_file({k: v.clone() * 0.25 for k, v in base.items()}, str(ckpt))
+    st = ckpt.stat()
+    os.utime(ckpt, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))   # a later mtime, whatever the clock's grain
+    second = load_encoder("curate-tiny", str(ckpt), "cpu", "fp32")
+    assert second is not first
+    np.testing.assert_allclose(_weights(second), _weights(first) * 0.5, rtol=1e-6)
