@@ -253,7 +253,8 @@ def load_encoder(model_name: str = DEFAULT_MODEL, pretrained: str | None = DEFAU
 
     if random_weights:
         log.info("%s: random weights (--pretrained none): embeddings carry no meaning", model_name)
-    key = (model_name, tag, device, precision, _source_state(model_name, tag))
+    # `pretrained` as given too: the encoder's identity (what a workspace records) names it so
+    key = (model_name, pretrained, tag, device, precision, _source_state(model_name, tag))
     with _LOADED_LOCK:
         if _LOADED and _LOADED[0][0] == key:
             return _LOADED[0][1]

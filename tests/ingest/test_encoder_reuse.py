@@ -21,7 +21,9 @@ def test_the_same_model_is_handed_over_and_another_is_made():
     forget_loaded()
     a = load_encoder("curate-tiny", "none", "cpu", "fp32")
     assert load_encoder("curate-tiny", "none", "cpu", "fp32") is a
-    assert load_encoder("curate-tiny", "random", "cpu", "fp32") is a     # the same tag, said otherwise
+    other_name = load_encoder("curate-tiny", "random", "cpu", "fp32")   # the same weights, named otherwise:
+    assert other_name is not a and other_name.identity.pretrained == "random"  # its own identity
+    a = load_encoder("curate-tiny", "none", "cpu", "fp32")
     b = load_encoder("curate-tiny", "none", "cpu", "bf16")              # another precision: its own
     assert b is not a and b.precision == "bf16"
     assert next(b.model.visual.parameters()).dtype == torch.bfloat16
