@@ -115,7 +115,7 @@ class Warm:
 
             if self._model_error is not None:
                 raise self._model_error
-            encoder = load_encoder(*self._model)
+            encoder = load_encoder(*self._model, shared=False)   # its own: _text_only changes it
             _text_only(encoder)
             encoder.encode_text(["a photo"])    # the first encoding sets up what the next ones reuse
             self.encoder = encoder

@@ -218,10 +218,14 @@ class Encoder:
 
 def load_encoder(model_name: str = DEFAULT_MODEL, pretrained: str | None = DEFAULT_PRETRAINED,
                  device: str | None = None, precision: str = "auto",
-                 say: Callable[[str], None] | None = None) -> Encoder:
+                 say: Callable[[str], None] | None = None, shared: bool = True) -> Encoder:
     """Build the open_clip model; raise WeightsUnavailable with a one-line reason.
 
     `say` hears what it is doing while it waits (a probe of the hub, a download): one line each.
+
+    `shared`: the encoder is the process's last one when that was made from the same (see
+    _LOADED), and is kept as such, so nobody may change it; False: a new one of the caller's own
+    (the app drops its image tower), kept by nobody else.
 
     `precision`: fp32, bf16, fp16, or auto: fp16 on CUDA, bf16 on a CPU with native bf16,
     fp32 elsewhere; bf16 on a CPU casts the weights (curate/ingest/precision.py).
@@ -256,7 +260,7 @@ def load_encoder(model_name: str = DEFAULT_MODEL, pretrained: str | None = DEFAU
     # `pretrained` as given too: the encoder's identity (what a workspace records) names it so
     key = (model_name, pretrained, tag, device, precision, _source_state(model_name, tag))
     with _LOADED_LOCK:
-        if _LOADED and _LOADED[0][0] == key:
+        if shared and _LOADED and _LOADED[0][0] == key:
             return _LOADED[0][1]
 
     def build(offline: bool):
@@ -291,16 +295,18 @@ def load_encoder(model_name: str = DEFAULT_MODEL, pretrained: str | None = DEFAU
     encoder = Encoder(model=model, preprocess=preprocess, tokenizer=tokenizer, identity=ident, device=device,
                       image_size=image_size, context_length=int(getattr(tokenizer, "context_length", 77)),
                       precision=precision, mode=mode)
-    with _LOADED_LOCK:
-        _LOADED[:] = [(key, encoder)]
+    if shared:
+        with _LOADED_LOCK:
+            _LOADED[:] = [(key, encoder)]
     return encoder
 
 
 # The encoder this process loaded last, by what it was made from: loading the same model again in
-# one process (api.search in a notebook's loop, api.classify after api.build_index, the app's
-# search after its warm-up) hands it over instead of reading and building it again (seconds for
-# ViT-B-32's weights). Only the last: a model holds hundreds of MB. Nothing changes an Encoder
-# once made (a precision is part of what it was made from).
+# one process (api.search in a notebook's loop, api.classify after api.build_index, a search
+# after a classify) hands it over instead of reading and building it again (seconds for
+# ViT-B-32's weights). Only the last: a model holds hundreds of MB. A shared Encoder is never
+# changed (a precision is part of what it was made from); a caller that changes its own loads it
+# with shared=False (the app's text-only model).
 _LOADED: list[tuple[tuple, Encoder]] = []
 _LOADED_LOCK = threading.Lock()
 

@@ -49,3 +49,24 @@ def test_a_checkpoint_replaced_on_disk_is_read_again(tmp_path):
     second = load_encoder("curate-tiny", str(ckpt), "cpu", "fp32")
     assert second is not first
     np.testing.assert_allclose(_weights(second), _weights(first) * 0.5, rtol=1e-6)
+
+
+def test_the_apps_text_only_model_is_its_own(built_workspace):
+    """The app drops its model's image tower (curate/app/warm.py): it loads an encoder of its
+    own, so the one this process shares keeps its tower and is still handed over."""
+    from curate.app.warm import Warm
+    from curate.core.workspace import Workspace
+
+    forget_loaded()
+    shared = load_encoder("curate-tiny", "none", "cpu")
+    before = _weights(shared)
+    warm = Warm(Workspace(built_workspace), device="cpu").start()
+    try:
+        warm.thread.join(timeout=120)
+        assert warm.state == "ready", warm.error
+        assert warm.encoder is not shared and isinstance(warm.encoder.model.visual, torch.nn.Identity)
+    finally:
+        warm.close()
+    assert load_encoder("curate-tiny", "none", "cpu") is shared
+    assert isinstance(shared.model.visual, torch.nn.Module) and not isinstance(shared.model.visual, torch.nn.Identity)
+    np.testing.assert_array_equal(_weights(shared), before)
