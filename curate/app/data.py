@@ -684,13 +684,14 @@ def hits_page(ws: Workspace, sel: Selection, ids: np.ndarray, scores: np.ndarray
         at = ranked.lookup(ids)
         ok = at >= 0
         wanted = ranked.codes(sel.labels)
+        groups = None if sel.duplicates == "all" else _groups(ws)
         ok[ok] &= -ranked.neg[at[ok]] >= sel.floor
         if wanted is not None:
             ok[ok] &= np.isin(ranked.code[at[ok]], wanted)
         if sel.duplicates == "representatives":
-            ok[ok] &= ~np.isin(at[ok], _groups(ws).dropped(ranked, sel.floor, wanted))
+            ok[ok] &= ~np.isin(at[ok], groups.dropped(ranked, sel.floor, wanted))
         elif sel.duplicates == "groups":
-            ok[ok] &= np.isin(ids[ok], _groups(ws).ids)
+            ok[ok] &= np.isin(ids[ok], groups.ids)
         ranks = np.flatnonzero(ok)
         rows = [(int(ids[k]), ranked.labels[ranked.code[at[k]]], -float(ranked.neg[at[k]]))
                 for k in ranks[offset:offset + n]]
@@ -699,8 +700,7 @@ def hits_page(ws: Workspace, sel: Selection, ids: np.ndarray, scores: np.ndarray
                                                             strict=True):
             tiles.append(_tile(item_id, label, prob, path, caption, None)
                          | {"score": float(scores[k]), "rank": int(k) + 1})
-        if sel.duplicates != "all":   # a hit says its group as the grid's tile does
-            groups = _groups(ws)
+        if groups is not None:   # a hit says its group as the grid's tile does
             tiles = [t | _grouped(groups.of(t["id"])) for t in tiles]
         end = offset + len(rows)
         return {"tiles": tiles, "next": [None, end] if end < len(ranks) else None, "count": len(ranks),
