@@ -59,6 +59,25 @@ def get_json(base: str, path: str):
     return status, json.loads(raw)
 
 
+def every_tile(base: str, path: str, body: dict) -> list[dict]:
+    """Every page of a grid (/api/grid, /api/compare/grid), following its cursor as the page's
+    infinite scroll does; a grid that has not ended after 100 pages fails the test."""
+    tiles, after = [], None
+    for _ in range(100):
+        status, got = post(base, path, body | {"after": after})
+        assert status == 200, got
+        tiles += got["tiles"]
+        after = got["next"]
+        if after is None:
+            return tiles
+    raise AssertionError(f"{path} never ended")
+
+
+def grid_tiles(base: str, selection: dict, search: dict | None = None) -> list[dict]:
+    """Every tile the browse grid shows for a selection (and a search)."""
+    return every_tile(base, "/api/grid", {"selection": selection} | ({"search": search} if search else {}))
+
+
 def sql(ws: Path, query: str, params=None) -> list[tuple]:
     """A query's rows, read from the workspace as any reader does (read-only, closed after)."""
     from curate.core.workspace import Workspace

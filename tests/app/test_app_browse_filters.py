@@ -17,7 +17,7 @@ from pathlib import Path
 import duckdb
 import numpy as np
 import pytest
-from app_support import app_built, copy_of, get_json, post, server, sql, ws
+from app_support import app_built, copy_of, get_json, grid_tiles, post, server, sql, ws
 from browser_support import launch, needs_chromium
 from conftest import run_cli
 
@@ -59,19 +59,6 @@ def deduped(server, ws):
     """The same server after `curate dedup` ran beside it (the app sees the new groups)."""
     run_cli("dedup", "-w", ws, "--threshold", f"{_threshold(ws):.6f}")
     return server
-
-
-def _all(base: str, selection: dict, search: dict | None = None) -> list[dict]:
-    tiles, after = [], None
-    for _ in range(100):
-        body = {"selection": selection, "after": after} | ({"search": search} if search else {})
-        status, got = post(base, "/api/grid", body)
-        assert status == 200, got
-        tiles += got["tiles"]
-        after = got["next"]
-        if after is None:
-            return tiles
-    raise AssertionError("the grid never ended")
 
 
 def _rows(ws: Path, selection: dict) -> list[tuple[int, str, float]]:
@@ -128,7 +115,7 @@ def test_representatives_only_is_what_filter_dedup_writes(deduped, ws, selection
     groups = _groups(ws)
     assert len(set(groups.values())) >= 2, "the workspace should hold several image groups"
     sel = selection | {"duplicates": "representatives"}
-    tiles = _all(deduped.url, sel)
+    tiles = grid_tiles(deduped.url, sel)
     order = [(-t["prob"], t["id"]) for t in tiles]
     assert order == sorted(order)                                 # the grid's order; no tile twice
     rows = _rows(ws, selection)
@@ -158,7 +145,7 @@ def test_representatives_only_is_what_filter_dedup_writes(deduped, ws, selection
         assert x["kept"] == len(alone), x["label"]
     for x in counts["labels"][:3]:
         if x["kept"]:
-            got = _all(deduped.url, sel | {"labels": [x["label"]]})
+            got = grid_tiles(deduped.url, sel | {"labels": [x["label"]]})
             assert len(got) == x["kept"]
 
 
@@ -172,7 +159,7 @@ def test_the_export_button_writes_what_the_dedup_command_writes(deduped, ws, tmp
     assert status == 200 and "--dedup" in shlex.split(shown["command"])
     status, got = post(deduped.url, "/api/export", {"selection": sel, "out": str(tmp_path / "app" / "d.csv")})
     assert status == 200, got
-    assert got["kept"] == shown["count"] == len(_all(deduped.url, sel))
+    assert got["kept"] == shown["count"] == len(grid_tiles(deduped.url, sel))
     run_cli(*shlex.split(shown["command"])[1:])
     assert (tmp_path / "app" / "d.csv").read_bytes() == (tmp_path / "d.csv").read_bytes()
     # a parquet subset records the command that makes it: with its --dedup (it used to be left out)
@@ -188,7 +175,7 @@ def test_only_items_in_groups_comes_group_by_group_and_names_no_command(deduped,
     for selection in ({"min_prob": 0.0}, {"min_prob": 0.4, "mode": "ensemble"}):
         sel = selection | {"duplicates": "groups"}
         monkeypatch.setattr(data, "PAGE", 3)        # several pages: the cursor is exercised
-        tiles = _all(deduped.url, sel)
+        tiles = grid_tiles(deduped.url, sel)
         monkeypatch.undo()
         rows = {i: p for i, _label, p in _rows(ws, selection)}
         assert sorted(t["id"] for t in tiles) == sorted(i for i in rows if i in groups)
@@ -343,7 +330,7 @@ def test_a_review_set_shows_its_images_and_says_which_command_writes_it(deduped,
     for selection in ({"min_prob": 0.0}, {"min_prob": 0.4, "mode": "ensemble"},
                       {"min_prob": 0.0, "duplicates": "representatives"}):
         sel = selection | {"review_set": "look"}
-        tiles = _all(deduped.url, sel)
+        tiles = grid_tiles(deduped.url, sel)
         rows = [r for r in _rows(ws, selection) if r[0] in in_set]
         want = _representatives(rows, groups) if "duplicates" in selection else {r[0] for r in rows}
         assert {t["id"] for t in tiles} == want and len(tiles) == len(want)
@@ -386,7 +373,7 @@ def test_a_search_hit_says_its_group_as_the_grid_tile_does(deduped, ws):
     groups = _groups(ws)
     some = min(groups)
     for extra in ({"duplicates": "representatives"}, {"duplicates": "groups"}):
-        grid = {t["id"]: t["group"] for t in _all(deduped.url, extra)}
+        grid = {t["id"]: t["group"] for t in grid_tiles(deduped.url, extra)}
         status, got = post(deduped.url, "/api/grid", {"selection": extra, "search": {"like": some}})
         assert status == 200 and got["tiles"], got
         for t in got["tiles"]:

@@ -22,6 +22,7 @@ from app_support import (
     STRIP,
     app_built,
     get_json,
+    grid_tiles,
     item_id,
     post,
     req,
@@ -38,18 +39,6 @@ from curate.validate import sampling
 from curate.validate.review import marks as review_marks
 
 __all__ = ["app_built", "server", "ws"]   # fixtures of app_support: the shared workspace, the module's copy and its server
-
-
-def _all_tiles(base: str, selection: dict) -> list[dict]:
-    """Every page of the grid, following its cursor, as the page's infinite scroll does."""
-    tiles, after = [], None
-    while True:
-        status, got = post(base, "/api/grid", {"selection": selection, "after": after})
-        assert status == 200, got
-        tiles += got["tiles"]
-        after = got["next"]
-        if after is None:
-            return tiles
 
 
 def test_overview_names_the_model_and_its_random_weights(server):
@@ -71,7 +60,7 @@ def test_grid_pages_are_what_filter_keeps_most_probable_first(server, ws, select
     from curate.app import data
 
     monkeypatch.setattr(data, "PAGE", 4)    # several pages over 19 items: the cursor is exercised
-    tiles = _all_tiles(server.url, selection)
+    tiles = grid_tiles(server.url, selection)
     monkeypatch.undo()
     probs = [(-t["prob"], t["id"]) for t in tiles]
     assert probs == sorted(probs)                                  # by prob, then id; no tile twice
@@ -98,17 +87,17 @@ def test_label_counts_move_with_the_threshold(server, ws):
 
 
 def test_where_filters_and_labels_narrow_the_grid(server, ws):
-    tiles = _all_tiles(server.url, {"labels": [], "where": [["source_id", ODD_NAMES[0]]]})
+    tiles = grid_tiles(server.url, {"labels": [], "where": [["source_id", ODD_NAMES[0]]]})
     assert [t["name"] for t in tiles] == [ODD_NAMES[0]]
     label = tiles[0]["label"]
-    some = _all_tiles(server.url, {"labels": [label]})
+    some = grid_tiles(server.url, {"labels": [label]})
     assert some and all(t["label"] == label for t in some)
     status, got = post(server.url, "/api/grid", {"selection": {"where": [["no_such_column", "x"]]}})
     assert status == 400 and "no column 'no_such_column'" in got["error"]
 
 
 def test_rejected_items_come_with_their_reasons(server):
-    tiles = _all_tiles(server.url, {"status": "rejected"})
+    tiles = grid_tiles(server.url, {"status": "rejected"})
     by_name = {t["name"]: t["reason"] for t in tiles}
     assert set(by_name) == {STRIP, "not_an_image.jpg"}
     assert "pixels" in by_name[STRIP]
@@ -354,7 +343,7 @@ def test_the_calibrated_view_is_what_filter_calibrated_keeps(ws, tmp_path, monke
     try:
         _, o = get_json(srv.url, "/api/overview")
         assert o["modes"][-1] == "calibrated" and o["calibration_source"] == "image"
-        tiles = _all_tiles(srv.url, {"mode": "calibrated", "min_prob": 0.9})   # min-prob: not this view's rule
+        tiles = grid_tiles(srv.url, {"mode": "calibrated", "min_prob": 0.9})   # min-prob: not this view's rule
         monkeypatch.chdir(tmp_path)
         _, shown = post(srv.url, "/api/command", {"selection": {"mode": "calibrated"}, "out": "c.csv"})
     finally:

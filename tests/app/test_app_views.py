@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from app_support import app_built, copy_of, get_json, post, server, sql
+from app_support import app_built, copy_of, every_tile, get_json, post, server, sql
 from conftest import run_cli
 
 from curate import api
@@ -28,18 +28,6 @@ def ws(app_built, tmp_path_factory, tiny_encoder) -> Path:
     ws = copy_of(app_built, tmp_path_factory)
     classify(ws, prompts="raw", encoder=tiny_encoder, logit_scale=30.0, name="raw")
     return ws
-
-
-def _all_tiles(server, body: dict) -> list[dict]:
-    tiles, after = [], None
-    for _ in range(100):
-        status, page = post(server.url, "/api/compare/grid", body | {"after": after})
-        assert status == 200, page
-        tiles += page["tiles"]
-        after = page["next"]
-        if after is None:
-            return tiles
-    raise AssertionError("the disagreements never ended")
 
 
 def test_compare_numbers_are_curate_compares(server, ws):
@@ -67,11 +55,11 @@ def test_the_grid_is_every_disagreement_and_only_those(server, ws):
         ws, 'SELECT x.id, x.label, y.label FROM "cls_natural".predictions x JOIN "cls_raw".predictions y '
             "USING (id) WHERE x.label <> y.label")}
     assert 0 < len(want) < 20
-    tiles = _all_tiles(server, {"a": "natural", "b": "raw", "kind": "image"})
+    tiles = every_tile(server.url, "/api/compare/grid", {"a": "natural", "b": "raw", "kind": "image"})
     assert {t["id"]: (t["label"], t["other"]["label"]) for t in tiles} == want
     assert len(tiles) == len(want)        # each once, across pages
     label = next(iter(want.values()))[0]
-    only = _all_tiles(server, {"a": "natural", "b": "raw", "kind": "image", "label": label})
+    only = every_tile(server.url, "/api/compare/grid", {"a": "natural", "b": "raw", "kind": "image", "label": label})
     assert {t["id"] for t in only} == {i for i, (a, _b) in want.items() if a == label}
     assert get_json(server.url, "/api/compare?a=natural&b=raw")[1]["agreement"]["images"] - \
         get_json(server.url, "/api/compare?a=natural&b=raw")[1]["agreement"]["same_top"] == len(want)
