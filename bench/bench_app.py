@@ -46,7 +46,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import WORK, record, synthetic_picture  # noqa: E402
+from common import WORK, record, synthetic_picture, work_folder  # noqa: E402
 
 SHARD_ROWS = 100_000
 CITIES = ["newyork", "paris", "london", "tokyo", "sydney", "rome", "berlin", "chicago"]
@@ -320,10 +320,8 @@ def main() -> None:
                          "figure's ratio is this tree's over it")
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    print(f"load average before: {os.getloadavg()}", flush=True)
-    root = WORK / f"app-{args.n}"
-    ws_dir = make_workspace(root, args.n, args.dim, args.model)
-    try:
+    with work_folder(WORK / f"app-{args.n}", args.keep) as root:
+        ws_dir = make_workspace(root, args.n, args.dim, args.model)
         old = run(ws_dir, args.n, not args.no_browser, args.before) if args.before else {}
         new = run(ws_dir, args.n, not args.no_browser)
         new |= model_bound(args.model)
@@ -334,10 +332,6 @@ def main() -> None:
                                 f"({old[name][0]:.1f} {unit})")
             else:
                 record(RESULTS, name, value, unit, baseline=what)
-    finally:
-        print(f"load average after: {os.getloadavg()}", flush=True)
-        if not args.keep:
-            shutil.rmtree(root, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -24,14 +24,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import statistics
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_app import RESULTS, _ms, _post, make_workspace  # noqa: E402
-from common import WORK, record  # noqa: E402
+from common import WORK, record, work_folder  # noqa: E402
 
 
 def plant_groups(ws_dir: Path, share: float) -> int:
@@ -61,10 +60,8 @@ def main() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from curate.app.server import AppServer
 
-    print(f"load average before: {os.getloadavg()}", flush=True)
-    root = WORK / f"app-{args.n}"
-    ws_dir = make_workspace(root, args.n, args.dim, "ViT-B-32")
-    try:
+    with work_folder(WORK / f"app-{args.n}", args.keep) as root:
+        ws_dir = make_workspace(root, args.n, args.dim, "ViT-B-32")
         grouped = plant_groups(ws_dir, args.groups_share)
         base = f"n={args.n:,}, {grouped:,} items in planted groups of 3, load {os.getloadavg()[0]:.1f}"
         srv = AppServer(ws_dir, 0, load_model=False).start()
@@ -104,10 +101,6 @@ def main() -> None:
             srv.stop()
         for name, (value, what) in figures.items():
             record(RESULTS, name, value, "ms", baseline=f"{what}; {base}")
-    finally:
-        print(f"load average after: {os.getloadavg()}", flush=True)
-        if not args.keep:
-            shutil.rmtree(root, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -6,11 +6,27 @@ import json
 import os
 import platform
 import resource
+import shutil
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results"
 WORK = Path(__file__).resolve().parent / "work"
+
+
+@contextmanager
+def work_folder(root: Path, keep: bool = False) -> Iterator[Path]:
+    """A run's work folder, the load average said before and after; removed after (however the run
+    ends, its set-up included) unless `keep`."""
+    print(f"load average before: {os.getloadavg()}", flush=True)
+    try:
+        yield root
+    finally:
+        print(f"load average after: {os.getloadavg()}", flush=True)
+        if not keep:
+            shutil.rmtree(root, ignore_errors=True)
 
 
 def machine() -> str:
