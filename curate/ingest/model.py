@@ -325,7 +325,10 @@ def _source_state(model_name: str, tag: str | None) -> tuple:
         paths.append(Path(tag))
     if model_name.startswith("local-dir:"):
         folder = Path(model_name[len("local-dir:"):]).expanduser()
-        paths += sorted(p for p in folder.iterdir() if p.is_file())
+        try:
+            paths += sorted(p for p in folder.iterdir() if p.is_file())
+        except OSError:   # unreadable: the load below says so in its one line
+            pass
     state = []
     for p in paths:
         try:
