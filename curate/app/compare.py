@@ -40,14 +40,9 @@ def _kind(value) -> str:
     return value
 
 
-def _connect(ws: Workspace):
-    return ws.connect(read_only=True, wait=data.WAIT)
-
-
 def summary(ws: Workspace, a: str, b: str, kind: str = "image", min_prob: float = compare_mod.MIN_PROB) -> dict:
     """What the compare view draws above its grid, for the pair (a, b) and one kind."""
-    con = _connect(ws)
-    try:
+    with ws.reading(wait=data.WAIT) as con:
         cmp = compare_mod.compare(con, [a, b], min_prob)
         if kind not in cmp.kinds:
             raise BadSelection(f"kind {kind!r}: not every one of {a}, {b} scored captions")
@@ -56,8 +51,6 @@ def summary(ws: Workspace, a: str, b: str, kind: str = "image", min_prob: float 
                      for label, n, same, share in con.execute(
                          "SELECT * FROM agreement_per_label_of(?, ?, ?)", [a, b, compare_mod.VIEW[kind]]).fetchall()]
         model = data._model(Workspace.model_identity(con))
-    finally:
-        con.close()
     return {
         "a": a, "b": b, "kind": kind, "kinds": cmp.kinds, "min_prob": min_prob, "model": model,
         "classifications": [{"name": c.name, "label_set": c.label_set, "prompts": c.prompts,
@@ -75,8 +68,7 @@ def summary(ws: Workspace, a: str, b: str, kind: str = "image", min_prob: float 
 def disagreements(ws: Workspace, a: str, b: str, kind: str, label: str | None, offset: int = 0,
                   n: int = PAGE) -> dict:
     """A page of the images a and b give different top labels (tiles, with both labels)."""
-    con = _connect(ws)
-    try:
+    with ws.reading(wait=data.WAIT) as con:
         for name in (a, b):
             compare_mod._compared(con, name)   # complete and fresh, or a one-line reason
         sql.run(con, "compare")
@@ -87,8 +79,6 @@ def disagreements(ws: Workspace, a: str, b: str, kind: str, label: str | None, o
             [a, b, compare_mod.VIEW[kind], label, n, offset]).fetchall()
         total = con.execute("SELECT count(*) FROM disagreements_of(?, ?, ?, from_label := ?)",
                             [a, b, compare_mod.VIEW[kind], label]).fetchall()[0][0]
-    finally:
-        con.close()
     tiles = []
     for item_id, la, pa, lb, pb, path, caption in rows:
         t = data._tile(item_id, la, pa, path, caption, None)

@@ -61,8 +61,7 @@ def reading(ws: Workspace, classification: str | None = None, calibration: bool 
     """A read-only connection pointed at a complete classification (None: the active one), the
     app's macros made on it; closed after the block. `calibration`: look for a calibration that
     applies (the calibrated view; a few catalog reads, skipped by the reads that need none)."""
-    con = ws.connect(read_only=True, wait=WAIT)
-    try:
+    with ws.reading(wait=WAIT) as con:
         sh = snapshot.peek(ws, snapshot.generation(ws), ("shown", classification))
         if sh is None:
             yield _prepare(con, ws, classification, calibration)
@@ -73,8 +72,6 @@ def reading(ws: Workspace, classification: str | None = None, calibration: bool 
             if source is not None:
                 sql.run(con, "app_calibrated")
             yield Reader(con, sh.classification, sh.settings, source)
-    finally:
-        con.close()
 
 
 def _prepare(con: duckdb.DuckDBPyConnection, ws: Workspace, classification: str | None,
@@ -417,13 +414,10 @@ def _tiles(ws: Workspace, rows: list[tuple], kept_texts: Texts | None) -> list[t
     if kept_texts is not None:
         got = kept_texts.of(ids)
     else:
-        con = ws.connect(read_only=True, wait=WAIT)
-        try:
+        with ws.reading(wait=WAIT) as con:
             by_id = {int(i): (p, c) for i, p, c in con.execute(
                 "SELECT id, path, caption FROM items WHERE id IN (SELECT unnest(?::BIGINT[]))",
                 [ids.tolist()]).fetchall()}
-        finally:
-            con.close()
         got = [by_id[int(i)] for i in ids]
     return [(*r, p, c) for r, (p, c) in zip(rows, got, strict=True)]
 
@@ -795,8 +789,7 @@ def label_of(ws: Workspace, sel: Selection, item_id: int) -> str:
 
 def file_of(ws: Workspace, item_id: int) -> tuple[str, str, str | None]:
     """(path, status, rejection reason) of one item; KeyError if the workspace has no such item."""
-    con = ws.connect(read_only=True, wait=WAIT)
-    try:
+    with ws.reading(wait=WAIT) as con:
         rows = con.execute("SELECT path, status FROM items WHERE id = ?", [item_id]).fetchall()
         if not rows:
             raise KeyError(f"no item {item_id} in this workspace")
@@ -807,8 +800,6 @@ def file_of(ws: Workspace, item_id: int) -> tuple[str, str, str | None]:
                               [item_id]).fetchall()
             reason = got[0][0] if got else None
         return path, status, reason
-    finally:
-        con.close()
 
 
 def vector_of(ws: Workspace, item_id: int) -> np.ndarray:

@@ -27,8 +27,7 @@ MEMBERS = 12         # members shown a group (the page says how many more)
 
 
 def groups(ws: Workspace, kind: str = "image", offset: int = 0, n: int = GROUPS) -> dict:
-    con = ws.connect(read_only=True, wait=data.WAIT)
-    try:
+    with ws.reading(wait=data.WAIT) as con:
         model = data._model(Workspace.model_identity(con))
         if not sql.has_relation(con, "duplicates"):
             return {"ran": False, "kind": kind, "model": model,
@@ -43,8 +42,6 @@ def groups(ws: Workspace, kind: str = "image", offset: int = 0, n: int = GROUPS)
             for gid, item_id, rep, sim, path, caption in con.execute(
                     "SELECT * FROM app_group_members(?, ?)", [kind, [int(r[0]) for r in page]]).fetchall():
                 members.setdefault(int(gid), []).append((item_id, rep, sim, path, caption))
-    finally:
-        con.close()
     out = []
     for gid, rep, size, min_sim in page:
         tiles = []

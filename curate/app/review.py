@@ -62,15 +62,12 @@ class ReviewSet:
         self.lock = threading.Lock()
         self.marked = threading.Event()  # wakes the folding thread
         self._last = datetime.min
-        con = ws.connect(read_only=True)
-        try:
+        with ws.reading() as con:
             self.set = sampling.get_set(con, set_name)
             ident = Workspace.model_identity(con)
             self.model = {"model": ident.model if ident else None, "pretrained": ident.pretrained if ident else None,
                           "random_weights": bool(ident.random_weights) if ident else False}
             self._load(con)
-        finally:
-            con.close()
 
     def _load(self, con) -> None:
         # The set itself is frozen; only its marks change.
@@ -145,13 +142,10 @@ class ReviewSet:
         (None: the default wait)."""
         with self.lock:
             try:
-                con = self.ws.connect(wait=wait)  # a read-write connect folds the journal
+                with self.ws.writing(wait=wait) as con:  # a read-write connect folds the journal
+                    self._load(con)  # marks imported meanwhile by `curate review --import` show too
             except WorkspaceBusy:
                 return False
-            try:
-                self._load(con)  # marks imported meanwhile by `curate review --import` show too
-            finally:
-                con.close()
         return True
 
 

@@ -128,12 +128,9 @@ def cached(ws: Workspace, key: Hashable, build: Callable[[duckdb.DuckDBPyConnect
         got = snap.get(key)
         if got is not _MISSING:
             return got
-        con = ws.connect(read_only=True, wait=WAIT)
-        try:
+        with ws.reading(wait=WAIT) as con:
             gen = generation(ws)    # under the shared lock: what this connection reads
             value = build(con)
-        finally:
-            con.close()
         _snapshot(ws, gen).put(key, value)
         with snap.lock:
             snap.building.pop(key, None)

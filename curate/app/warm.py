@@ -92,16 +92,13 @@ class Warm:
             from ..ingest import precision as precision_rules
             from ..ingest.model import pick_device
 
-            con = self.ws.connect(read_only=True, wait=data.WAIT)
-            try:
+            with self.ws.reading(wait=data.WAIT) as con:
                 ident = Workspace.model_identity(con)
                 if ident is None:
                     raise CurateError("the workspace has no model recorded: run `curate build-index` first")
                 device = pick_device(self.device)
                 # the precision classify used for its prompts, as `curate search` loads it (select/search.py)
                 precision = precision_rules.resolve("auto", device, precision_rules.workspace_precisions(con))
-            finally:
-                con.close()
             self._model = (ident.model, ident.pretrained, device, precision)
         except Exception as e:  # noqa: BLE001 - said when the model would have loaded
             self._model_error = e
@@ -141,11 +138,8 @@ class Warm:
         with self.lock:
             if self._index is None or key != self._index_key:
                 index = _read_index(str(path))
-                con = self.ws.connect(read_only=True)
-                try:
+                with self.ws.reading() as con:
                     tuned = faiss_index.search_setting(con, "image")
-                finally:
-                    con.close()
                 self._param = tuned.value if tuned else None
                 index_recall.set_param(index, self._param)
                 self._index, self._index_key = index, key

@@ -125,7 +125,7 @@ def install_view(con: duckdb.DuckDBPyConnection, name: str) -> None:
     (queries/calibration_owner.sql)."""
     for (other,) in con.execute(
             "SELECT schema_name[length(?) + 1:] FROM duckdb_views() WHERE view_name = 'calibrated_predictions' "
-            "AND starts_with(schema_name, ?) AND NOT temporary",
+            "AND starts_with(schema_name, ?) AND NOT temporary AND database_name = current_database()",
             [sql.CLASSIFICATION_PREFIX, sql.CLASSIFICATION_PREFIX]).fetchall():
         con.execute(sql.named_for("calibration_owner", "leave", other))
     with sql.search_path(con, f"{sql.classification_schema(name)},main"):   # made in the classification's schema

@@ -19,7 +19,8 @@ readers of the scores check first).
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -62,6 +63,18 @@ DEFAULT_BATCH_ROWS = 32_768
 # DuckDB's buffer pool while scores are written: without a cap it keeps every block
 # written (80% of RAM by default), so memory would grow with the collection.
 DUCKDB_MEMORY = "1GB"
+
+
+@contextmanager
+def _capped_memory(con: duckdb.DuckDBPyConnection) -> Iterator[None]:
+    """DUCKDB_MEMORY while scores are written, DuckDB's default after: the limit is the
+    instance's, which in the app's or a notebook's process outlives the command
+    (core/duckdb_host.py)."""
+    con.execute(f"SET memory_limit = '{DUCKDB_MEMORY}'")  # a constant of ours, not user text
+    try:
+        yield
+    finally:
+        con.execute("RESET memory_limit")
 
 
 @dataclass(frozen=True)
@@ -220,7 +233,8 @@ def run(ws_path: str | Path, opts: ClassifyOptions, encoder: Encoder | None = No
                               logit_scale=scale, storage=storage)
         job = ScoreJob(name, q, ls, wording, ident, scale, storage, keep_k, n_img, n_cap, opts.batch_rows,
                        opts.restart)
-        rows, resumed, interrupted = _write_scores(ws, con, job, hear)
+        with _capped_memory(con):
+            rows, resumed, interrupted = _write_scores(ws, con, job, hear)
     return ClassifyResult(ls.name, wording.name, len(ls), n_img, n_cap, storage,
                           len(ls) if keep_k is None else keep_k, scale, rows, time.time() - started, was_cached,
                           resumed, name, q.precision, held, interrupted)
@@ -254,7 +268,6 @@ def _write_scores(ws: Workspace, con: duckdb.DuckDBPyConnection, job: ScoreJob,
     n_img, n_cap, batch_rows, restart, name = job.n_img, job.n_cap, job.batch_rows, job.restart, job.name
     log, progress, plan = hear.log, hear.progress, hear.plan
     con.execute("CREATE OR REPLACE TEMP MACRO nan_null(x) AS CASE WHEN isnan(x) THEN NULL ELSE x END")
-    con.execute(f"SET memory_limit = '{DUCKDB_MEMORY}'")  # a constant of ours, not user text
     fp = fingerprint(q, ls, ident, scale, storage, keep_k)
     sch = registry.schema(name)
     live_t = sch + "."            # the published tables

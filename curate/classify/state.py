@@ -49,7 +49,8 @@ def unfinished(con: duckdb.DuckDBPyConnection) -> str | None:
     """
     candidates = [t for t in (STAGE + "score_progress", "score_progress") if sql.has_relation(con, t)]
     candidates += [f'"{s}".{t}' for s, t in con.execute(
-        "SELECT table_schema, table_name FROM information_schema.tables WHERE table_schema LIKE 'cls\\_%' "
+        "SELECT table_schema, table_name FROM information_schema.tables WHERE table_catalog = current_database() "
+        "AND table_schema LIKE 'cls\\_%' "
         "ESCAPE '\\' AND table_name IN (?, 'score_progress') ORDER BY table_name <> ?, table_schema",
         [STAGE + "score_progress", STAGE + "score_progress"]).fetchall()]
     for table in candidates:
@@ -89,7 +90,9 @@ def _selected(con: duckdb.DuckDBPyConnection) -> str | None:
     its search path, else the active one (registry.active); None: none (an older layout)."""
     path = con.execute("SELECT current_setting('search_path')").fetchall()[0][0] or ""
     for part in path.split(","):
-        part = part.strip().strip('"')
+        # `"cls_x"`, or `curate."cls_x"` where the database is attached (core/duckdb_host.py);
+        # a classification's name holds no dot or quote (sql.CLASSIFICATION_NAME)
+        part = part.rsplit(".", 1)[-1].strip().strip('"')
         if part.startswith("cls_"):
             return part[len("cls_"):]
     if not sql.has_relation(con, "classifications", schema="main"):

@@ -67,7 +67,7 @@ def sql_cmd(query: str, ws_path: Path, max_rows: int, fmt: str | None, out: Path
         out = check_output(out, "query result")
     scratch = Path(tempfile.mkdtemp(prefix="curate-sql-"))
     try:
-        with Workspace(ws_path).reading() as con:  # no scope encloses it: lock_down changes it for good
+        with Workspace(ws_path).reading(own_instance=True) as con:  # lock_down changes its instance for good
             result = partial_path(out) if out is not None else scratch / f"result.{fmt}"
             lock_down(con, scratch / "spill", result)
             check_statements(con, query)

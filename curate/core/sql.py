@@ -133,11 +133,12 @@ def has_relation(con: duckdb.DuckDBPyConnection, name: str, schema: str | None =
     a schema an unqualified name is looked up in (the search path, and main)."""
     if schema is not None:
         return con.execute(
-            "SELECT count(*) FROM information_schema.tables WHERE table_schema = ? AND table_name = ?",
+            "SELECT count(*) FROM information_schema.tables WHERE table_catalog IN (current_database(), 'temp') "
+            "AND table_schema = ? AND table_name = ?",
             [schema, name]).fetchall()[0][0] > 0
     return con.execute(
-        "SELECT count(*) FROM information_schema.tables WHERE table_name = ? AND "
-        "(table_schema = 'main' OR list_contains(current_schemas(false), table_schema))",
+        "SELECT count(*) FROM information_schema.tables WHERE table_catalog IN (current_database(), 'temp') "
+        "AND table_name = ? AND (table_schema = 'main' OR list_contains(current_schemas(false), table_schema))",
         [name]).fetchall()[0][0] > 0
 
 

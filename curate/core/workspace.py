@@ -21,7 +21,7 @@ import socket
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +29,7 @@ from pathlib import Path
 import duckdb
 
 from ..errors import WorkspaceBusy, WorkspaceError
-from . import sql
+from . import duckdb_host, sql
 
 DB_NAME = "curate.duckdb"
 # review marks not yet in `judgments`, and the lines of it that were not marks
@@ -139,22 +139,26 @@ class Workspace:
 
     # -- connection scopes ----------------------------------------------------
     @contextmanager
-    def reading(self, wait: float | None = None) -> Iterator[duckdb.DuckDBPyConnection]:
+    def reading(self, wait: float | None = None, *, own_instance: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
         """A read-only connection for the `with` block, closed after; inside another scope of
-        this workspace (reading or writing), that scope's connection."""
+        this workspace (reading or writing), that scope's connection. `own_instance`: a DuckDB
+        instance of its own rather than the process's (core/duckdb_host.py), for a caller that
+        changes instance-wide settings (`curate sql` locks the configuration); never nested."""
         key = str(self.db_path.resolve())
         held = _held().get(key)
         if held is not None:
+            if own_instance:
+                raise RuntimeError(f"a connection of its own to {self.db_path} inside another scope of it")
             yield held[0]
             return
         self.require()
-        con = self.connect(read_only=True, wait=wait)
+        con, close = self._connect(True, wait, shared=not own_instance)
         _held()[key] = (con, False)
         try:
             yield con
         finally:
             del _held()[key]
-            con.close()
+            close()
 
     @contextmanager
     def writing(self, wait: float | None = None, *, create: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
@@ -170,30 +174,38 @@ class Workspace:
             return
         if not create:
             self.require()
-        con = self.connect(wait=wait)
+        con, close = self._connect(False, wait, shared=True)
         _held()[key] = (con, True)
         try:
             yield con
         finally:
             del _held()[key]
-            con.close()
+            close()
 
     # -- database -------------------------------------------------------------
     def connect(self, read_only: bool = False, wait: float | None = None) -> duckdb.DuckDBPyConnection:
-        """Open the database; while another process holds it, retry for `wait` seconds
-        (default: `lock_wait()`), then raise `WorkspaceBusy` naming that process.
+        """The database opened in a DuckDB instance of its own, for a caller that keeps it
+        beyond a block and closes it itself (`reading()`/`writing()` are the cheaper way:
+        the process's instance, ~4 ms an open rather than ~25). While another process holds
+        it, retry for `wait` seconds (default: `lock_wait()`), then raise `WorkspaceBusy`
+        naming that process.
 
         DuckDB's rule: one read-write process, or any number of read-only ones. Read-only
         connections see the marks the review server has not folded in yet (curate/validate/review/journal.py);
         read-write ones fold them in first.
         """
+        return self._connect(read_only, wait, shared=False)[0]
+
+    def _connect(self, read_only: bool, wait: float | None,
+                 shared: bool) -> tuple[duckdb.DuckDBPyConnection, Callable[[], None]]:
+        """(connection, its close), as `connect` says; `shared`: through the process's instance."""
         if read_only and not self.exists():
             raise missing(self.root)
         deadline = time.monotonic() + (lock_wait() if wait is None else max(0.0, wait))
         pause = 0.02
         while True:
             try:
-                con = self._open(read_only)
+                con, close = self._open(read_only, shared)
                 break
             except (duckdb.IOException, duckdb.ConnectionException) as e:
                 if not is_lock_error(e):
@@ -204,20 +216,32 @@ class Workspace:
                 time.sleep(min(pause, max(0.0, deadline - time.monotonic())))
                 pause = min(pause * 2, 0.25)
         CONNECTS["read" if read_only else "write"] += 1
-        if not read_only:
-            _apply_schema(con)
-        for module, function in ON_READ_CONNECT if read_only else ON_WRITE_CONNECT:
-            getattr(importlib.import_module(module), function)(con, self.root)
-        return con
+        try:
+            if not read_only:
+                _apply_schema(con)
+            for module, function in ON_READ_CONNECT if read_only else ON_WRITE_CONNECT:
+                getattr(importlib.import_module(module), function)(con, self.root)
+        except BaseException:
+            close()
+            raise
+        return con, close
 
-    def _open(self, read_only: bool) -> duckdb.DuckDBPyConnection:
-        if read_only:
-            return duckdb.connect(str(self.db_path), read_only=True)
-        self.root.mkdir(parents=True, exist_ok=True)
+    def _open(self, read_only: bool, shared: bool) -> tuple[duckdb.DuckDBPyConnection, Callable[[], None]]:
+        if not read_only:
+            self.root.mkdir(parents=True, exist_ok=True)
         # Written in a storage format the `duckdb` shell (duckdb-cli, one release behind
         # the Python package) can open, so `duckdb ws/curate.duckdb` works.
-        config = {} if self.db_path.exists() else {"storage_compatibility_version": STORAGE_VERSION}
-        return duckdb.connect(str(self.db_path), config=config)
+        new = not read_only and not self.db_path.exists()
+        if shared:
+            path = self.db_path.resolve()
+            con = duckdb_host.attach(path, read_only, STORAGE_VERSION if new else None)
+            if con is not None:
+                return con, lambda: duckdb_host.release(path, con)
+        if read_only:
+            con = duckdb.connect(str(self.db_path), read_only=True)
+        else:
+            con = duckdb.connect(str(self.db_path), config={"storage_compatibility_version": STORAGE_VERSION} if new else {})
+        return con, con.close
 
     # -- meta -----------------------------------------------------------------
     @staticmethod
@@ -348,6 +372,8 @@ def is_lock_error(e: BaseException) -> bool:
     """Another process holds the file, or (same rule, one process) another connection of
     this process holds it in the other mode (a review server in a notebook or a test)."""
     text = str(e)
+    if isinstance(e, duckdb_host.OtherMode):
+        return True
     if isinstance(e, duckdb.ConnectionException):
         return "different configuration" in text
     return isinstance(e, duckdb.IOException) and ("Could not set lock" in text or "Conflicting lock" in text)
@@ -384,7 +410,9 @@ def busy_message(db_path: Path, error: str, read_only: bool, waited: float) -> s
     if pid is not None:
         who = f"process {pid}" + (f" ({cmd})" if cmd else "")
     else:
-        who = "another connection of this process" if "different configuration" in error else "another process"
+        who = ("another connection of this process"
+               if "different configuration" in error or "by another connection of this process" in error
+               else "another process")
     # DuckDB adds this hint only when the holder itself is a read-only connection.
     how = "reading it" if "read-only mode" in error else "writing it"
     todo = ("wait for it to finish or stop it" if how == "writing it"

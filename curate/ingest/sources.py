@@ -179,7 +179,8 @@ def upgrade_items(con: duckdb.DuckDBPyConnection) -> bool:
     anything was done.
     """
     old_key = con.execute(
-        "SELECT count(*) FROM duckdb_constraints() WHERE table_name = 'items' AND constraint_type = 'UNIQUE' "
+        "SELECT count(*) FROM duckdb_constraints() WHERE database_name = current_database() AND schema_name = 'main' "
+        "AND table_name = 'items' AND constraint_type = 'UNIQUE' "
         "AND constraint_column_names = ['source_id']").fetchall()[0][0]
     if not old_key:
         return False

@@ -158,8 +158,7 @@ def find_duplicates(ws_path: str | Path, kind: str = "image", threshold: float =
         raise DedupError(f"threshold must lie in (0, 1], not {threshold}")
     ws = Workspace(ws_path).require()
     started = time.monotonic()
-    con = ws.connect()
-    try:
+    with ws.writing() as con:
         sql.run(con, "duplicates")
         items = con.execute("SELECT count(*) FROM items WHERE status = 'embedded'").fetchall()[0][0]
         if kind == "caption-text":
@@ -175,8 +174,6 @@ def find_duplicates(ws_path: str | Path, kind: str = "image", threshold: float =
         groups, members = _counts(con, "image")
         return DedupResult("image", ask.threshold, items, queried, pairs, groups, members, how, start_over,
                            time.monotonic() - started)
-    finally:
-        con.close()
 
 
 @dataclass(frozen=True)

@@ -310,8 +310,8 @@ def where_clause(con: duckdb.DuckDBPyConnection, where: tuple[tuple[str, str], .
     and quoted; values are bound parameters, never SQL text.
     """
     cols = {r[0].lower(): r[0] for r in con.execute(
-        "SELECT column_name FROM information_schema.columns WHERE table_schema = 'main' "
-        "AND table_name = 'items'").fetchall()}
+        "SELECT column_name FROM information_schema.columns WHERE table_catalog = current_database() "
+        "AND table_schema = 'main' AND table_name = 'items'").fetchall()}
     by_col: dict[str, list[str]] = {}
     for col, value in where:
         real = cols.get(col.lower())

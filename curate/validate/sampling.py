@@ -193,7 +193,7 @@ def list_sets(con: duckdb.DuckDBPyConnection) -> list[ReviewSet]:
 
 
 def _has_target_width(con: duckdb.DuckDBPyConnection) -> bool:
-    return bool(con.execute("SELECT count(*) FROM duckdb_columns() WHERE schema_name = 'main'"
+    return bool(con.execute("SELECT count(*) FROM duckdb_columns() WHERE database_name = current_database() AND schema_name = 'main'"
                             " AND table_name = 'review_sets' AND column_name = 'target_width'").fetchall()[0][0])
 
 

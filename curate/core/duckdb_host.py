@@ -1,0 +1,124 @@
+"""One DuckDB instance per process; a workspace's database is ATTACHed to it while used.
+
+`duckdb.connect(file)` builds a whole DuckDB instance, its catalog of ~1,500 built-in
+functions included, and tears it down at close: ~25-30 ms a connect+close on a 2-core AMD
+EPYC, more than most app requests and many commands then spend reading. Attaching the file to
+an instance that already exists, and detaching it after, costs ~4-7 ms (bench/bench_connect.py).
+
+What other processes see is unchanged: the attach takes the file lock a connect would (shared
+for READ_ONLY, exclusive otherwise) and the detach gives it back, checkpointing a written
+database as a close does. In this process, scopes of several threads share one attachment
+(each its own cursor, so its own transaction and TEMP objects); a database attached read-only
+is refused to a writer here until its readers are done, as DuckDB refuses a second connection
+in the other mode (`OtherMode`, a lock error for the caller's wait-and-retry). A file another
+connection of this process opened with `duckdb.connect` cannot be attached (DuckDB refuses the
+same file twice): `attach` answers None and the caller connects as before.
+
+Settings a connection changes with SET are the instance's: a caller that locks the
+configuration down (`curate sql`) uses an instance of its own (`Workspace.connect`).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import duckdb
+
+
+class OtherMode(duckdb.ConnectionException):
+    """The database is attached in the other mode (read-only vs read-write) in this process."""
+
+
+@dataclass
+class _Attachment:
+    alias: str
+    read_only: bool
+    users: int
+
+
+_lock = threading.Lock()
+_host: duckdb.DuckDBPyConnection | None = None
+_host_pid: int | None = None
+_attached: dict[str, _Attachment] = {}
+
+
+def _instance() -> duckdb.DuckDBPyConnection:
+    """The process's instance, made on first use. A forked child makes its own: DuckDB's
+    threads and locks do not survive a fork, and the parent's attachments are the parent's."""
+    global _host, _host_pid, _attached
+    if _host is None or _host_pid != os.getpid():
+        _host, _host_pid, _attached = duckdb.connect(":memory:"), os.getpid(), {}
+    return _host
+
+
+def _quote(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def _alias(path: Path) -> str:
+    """The file's stem, as a plain connect names its catalog (`curate`), unless another
+    attachment has it: then the stem and a number."""
+    taken = {a.alias for a in _attached.values()}
+    alias, n = path.stem, 2
+    while alias in taken or alias in ("memory", "system", "temp"):
+        alias, n = f"{path.stem}_{n}", n + 1
+    return alias
+
+
+def attach(path: Path, read_only: bool, storage_version: str | None = None) -> duckdb.DuckDBPyConnection | None:
+    """A cursor of the process's instance whose default database is `path` (attached now, or
+    shared with the scopes using it); None where a plain connection of this process holds the
+    file. `storage_version`: the format a new file is written in. Raises DuckDB's lock error
+    while another process holds the file, `OtherMode` while this one has it in the other mode."""
+    key = str(path)
+    with _lock:
+        host = _instance()
+        got = _attached.get(key)
+        if got is not None:
+            if got.read_only != read_only:
+                # worded as DuckDB words its own refusal, which workspace.busy_message reads
+                raise OtherMode(f"{path} is open {'in read-only mode' if got.read_only else 'for writing'} "
+                                "by another connection of this process")
+        else:
+            options = ["READ_ONLY"] if read_only else []
+            if storage_version is not None:
+                options.append(f"STORAGE_VERSION {_literal(storage_version)}")
+            got = _Attachment(_alias(path), read_only, 0)
+            try:
+                host.execute(f"ATTACH {_literal(key)} AS {_quote(got.alias)}"
+                             + (f" ({', '.join(options)})" if options else ""))
+            except duckdb.Error as e:
+                if "Unique file handle conflict" in str(e):
+                    return None
+                raise
+            _attached[key] = got
+        con = host.cursor()
+        got.users += 1
+    try:
+        con.execute(f"USE {_quote(got.alias)}")
+    except BaseException:
+        release(path, con)
+        raise
+    return con
+
+
+def release(path: Path, con: duckdb.DuckDBPyConnection) -> None:
+    """Close a cursor `attach` gave; the last user of an attachment detaches it (the file lock
+    goes, a written database is checkpointed)."""
+    con.close()
+    key = str(path)
+    with _lock:
+        got = _attached.get(key)
+        if got is None or _host_pid != os.getpid():
+            return
+        got.users -= 1
+        if got.users == 0:
+            del _attached[key]
+            _host.execute(f"DETACH {_quote(got.alias)}")
