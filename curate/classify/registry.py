@@ -12,6 +12,8 @@ tables through the search path at call time, and the schema's own views come fir
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -168,15 +170,33 @@ def require(con: duckdb.DuckDBPyConnection, name: str, *, complete: bool) -> Non
 
 def install_main(con: duckdb.DuckDBPyConnection) -> None:
     """main's plain names for the active classification, or none of them when none is
-    complete (queries/active_classification_drop.sql, active_classification.sql)."""
+    complete (queries/active_classification_drop.sql, active_classification.sql).
+
+    Skipped when they are there already for that classification, made from these files
+    (`meta.main_views`): every classify run publishes, and making them again cost ~50 ms of
+    DDL a run whose scores were only extended or rescored (their views read the tables by
+    name, and the names stay)."""
     name = active(con)
-    sql.run(con, "active_classification_drop")
-    if name is None:
+    stamp = _main_views_stamp(name)
+    if con.execute("SELECT value FROM main.meta WHERE key = ?", [MAIN_VIEWS]).fetchall() == [(stamp,)]:
         return
-    ensure_recorded(con, schema(name))
-    sql.run_for(con, "active_classification", name)
-    with sql.search_path(con, "main"):
-        sql.install_views(con)
+    sql.run(con, "active_classification_drop")
+    if name is not None:
+        ensure_recorded(con, schema(name))
+        sql.run_for(con, "active_classification", name)
+        with sql.search_path(con, "main"):
+            sql.install_views(con)
+    con.execute("INSERT OR REPLACE INTO main.meta VALUES (?, ?)", [MAIN_VIEWS, stamp])
+
+
+# meta's record of what main's plain names show: the active classification and a digest of
+# the files that made them (another curate version's files make them again)
+MAIN_VIEWS = "main_views"
+
+
+def _main_views_stamp(name: str | None) -> str:
+    files = [sql.text(f) for f in ("active_classification_drop", "active_classification", *sql.VIEWS)]
+    return json.dumps([name, hashlib.sha256("\n;\n".join(files).encode()).hexdigest()[:16]])
 
 
 def select(con: duckdb.DuckDBPyConnection, name: str | None = None) -> str | None:
@@ -277,6 +297,7 @@ def upgrade(con: duckdb.DuckDBPyConnection) -> str | None:
                 con.execute(sql.named_for("scores_from_main", t, name))
                 con.execute(sql.named("scores_from_main", f"drop {t}"))
         sql.run(con, "active_classification_drop")   # main's views over the tables moved
+        con.execute("DELETE FROM main.meta WHERE key = ?", [MAIN_VIEWS])
         con.execute("INSERT INTO main.classifications (name) VALUES (?) ON CONFLICT DO NOTHING", [name])
         if complete:
             st = con.execute(f"SELECT label_set, prompts, model, logit_scale, storage, created_at "

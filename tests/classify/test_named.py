@@ -18,7 +18,7 @@ from test_classify_resume import StandInEncoder, Stop, label_file, make_workspac
 
 from curate.classify import registry
 from curate.classify.run import classify
-from curate.core import store
+from curate.core import sql, store
 from curate.core.workspace import Workspace
 from curate.errors import InputError
 from curate.validate import sampling
@@ -148,6 +148,27 @@ def test_use_and_drop_switch_the_main_views_and_drop_frees_the_schema(two, tmp_p
                                    [name]).fetchall()[0][0], name
     finally:
         con.close()
+
+
+def test_main_views_are_made_again_only_when_what_they_show_changes(two, tmp_path):
+    """main's plain names are made again when the active classification changes, or when the
+    files that make them differ (meta.main_views), not at every run publishing the same one's
+    scores: their views read its tables by name. A view dropped by hand shows which runs made them."""
+    ws = _copy(two, tmp_path)
+    with Workspace(ws).writing() as con:
+        con.execute("DROP VIEW main.coverage")
+    classify(ws, "places205", "natural", name="natural", logit_scale=50.0)    # rescored whole: published
+    with Workspace(ws).writing() as con:
+        assert not sql.has_relation(con, "coverage", schema="main")
+        assert _predictions(con, "predictions") == _predictions(con, '"cls_natural".predictions')
+        assert con.execute('SELECT logit_scale FROM "cls_natural".score_settings').fetchall() == [(50.0,)]
+        registry.use(con, "raw")                                                # another one: made
+        assert sql.has_relation(con, "coverage", schema="main")
+        assert _predictions(con, "predictions") == _predictions(con, '"cls_raw".predictions')
+        con.execute("DROP VIEW main.coverage")
+        con.execute("UPDATE main.meta SET value = 'another curate' WHERE key = ?", [registry.MAIN_VIEWS])
+        registry.use(con, "raw")                                                # the same, other files: made
+        assert sql.has_relation(con, "coverage", schema="main")
 
 
 def test_a_workspace_classified_before_names_is_upgraded_with_the_same_numbers(two, tmp_path):
