@@ -10,7 +10,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import make_folder, run_cli, write_jpeg
+from conftest import make_folder, open_db, run_cli, write_jpeg
 from PIL import Image
 
 HOSTILE_CAPTION = '<img src=x onerror="window.__pwned=1"><script>window.__pwned=2</script> & <b>not bold</b>'
@@ -87,9 +87,8 @@ def sql(ws: Path, query: str, params=None) -> list[tuple]:
 
 
 def item_id(ws: Path, name: str) -> int:
-    import duckdb
 
-    con = duckdb.connect(str(ws / "curate.duckdb"), read_only=True)
+    con = open_db(str(ws / "curate.duckdb"))
     try:
         return con.execute("SELECT id FROM items WHERE path LIKE '%/' || ?", [name]).fetchall()[0][0]
     finally:

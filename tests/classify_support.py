@@ -12,6 +12,7 @@ from pathlib import Path
 
 import duckdb
 import numpy as np
+from conftest import open_db
 
 from curate.core import store
 from curate.core.workspace import ModelIdentity, Workspace
@@ -59,7 +60,7 @@ def label_vectors(con: duckdb.DuckDBPyConnection) -> np.ndarray:
 def references(ws_path: Path) -> dict:
     """Everything a test compares against: per-kind ids and full probability matrices."""
     ws = Workspace(ws_path)
-    con = duckdb.connect(str(ws.db_path), read_only=True)
+    con = open_db(str(ws.db_path))
     try:
         q = label_vectors(con)
         scale = con.execute("SELECT logit_scale FROM score_settings").fetchall()[0][0]

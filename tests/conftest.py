@@ -22,6 +22,7 @@ os.environ.setdefault("CURATE_NATIVE_BF16", "0")
 # files 60 s of CPU -> 32 s, the same results. Set it in the environment to test more threads.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
+import duckdb
 import numpy as np
 import pytest
 from click.testing import CliRunner
@@ -180,6 +181,49 @@ def run_cli(*args: str, expect: int | None = 0):
     if expect is not None:
         assert result.exit_code == expect, f"exit {result.exit_code}:\n{result.output}"
     return result
+
+
+class open_db:  # noqa: N801 - used where `duckdb.connect(path, read_only=True)` was
+    """A workspace's database read as `duckdb.connect(path, read_only=True)` reads it, through the
+    process's DuckDB instance (curate/core/duckdb_host.py): ~5 ms an open and close instead of
+    ~25-35, and the suite's checks open ~600. Nothing of curate's runs on it (no journal overlay,
+    no upgrade); where this process holds the file otherwise, a connection of its own, as
+    curate's scopes do. Close it, or use it as a `with` block."""
+
+    def __init__(self, path: str | Path):
+        from curate.core import duckdb_host
+
+        self._path = Path(path).resolve()
+        self._con = duckdb_host.attach(self._path, read_only=True)
+        self._shared = self._con is not None
+        if not self._shared:
+            self._con = duckdb.connect(str(self._path), read_only=True)
+
+    def __getattr__(self, name: str):
+        return getattr(self._con, name)
+
+    def close(self) -> None:
+        from curate.core import duckdb_host
+
+        if self._con is None:
+            return
+        con, self._con = self._con, None
+        if self._shared:
+            duckdb_host.release(self._path, con)
+        else:
+            con.close()
+
+    def __enter__(self) -> open_db:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:    # a one-line read (open_db(p).execute(...)) frees the file too
+        try:
+            self.close()
+        except Exception:   # noqa: BLE001 - at interpreter exit, or the instance gone
+            pass
 
 
 @pytest.fixture(scope="session")

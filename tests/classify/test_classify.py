@@ -10,12 +10,11 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-import duckdb
 import numpy as np
 import pytest
 import torch
 from classify_support import ensemble_reference, hand_workspace, references, softmax64, top2
-from conftest import run_cli, write_jpeg
+from conftest import open_db, run_cli, write_jpeg
 
 from curate.classify.labels import load_label_set
 from curate.classify.prompts import prompts_for
@@ -35,9 +34,9 @@ def ws(built_workspace, tmp_path) -> Path:
     return dst
 
 
-def db(ws_path: Path) -> duckdb.DuckDBPyConnection:
+def db(ws_path: Path) -> open_db:
     """A plain DuckDB connection, as a user's shell would open it."""
-    return duckdb.connect(str(Path(ws_path) / "curate.duckdb"), read_only=True)
+    return open_db(str(Path(ws_path) / "curate.duckdb"))
 
 
 def rows_by_id(con, sql: str, params=None) -> dict[int, tuple]:

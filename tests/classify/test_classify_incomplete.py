@@ -20,7 +20,7 @@ from pathlib import Path
 import duckdb
 import pytest
 from classify_support import in_classification, old_layout
-from conftest import run_cli
+from conftest import open_db, run_cli
 from test_classify_resume import (
     Stop,
     assert_same_tables,
@@ -40,7 +40,7 @@ B = [*A, "--logit-scale", "50"]                    # other settings: a new class
 
 def _rows(root: Path, sql: str) -> list[tuple]:
     """A query's rows, its names read in the workspace's only classification (cls_*)."""
-    con = duckdb.connect(str(root / "curate.duckdb"), read_only=True)
+    con = open_db(str(root / "curate.duckdb"))
     try:
         return in_classification(con).execute(sql).fetchall()
     finally:

@@ -23,7 +23,7 @@ import duckdb
 import numpy as np
 import pytest
 from classify_support import in_classification
-from conftest import run_cli
+from conftest import open_db, run_cli
 
 from curate.classify.label_vectors import label_queries
 from curate.classify.labels import load_label_set
@@ -157,7 +157,7 @@ def assert_close_tables(a: Path, b: Path, tol: float = 1e-12) -> None:
 
 def one(root: Path, sql: str) -> tuple:
     """The first row of a query, its names read in the workspace's only classification (cls_*)."""
-    con = duckdb.connect(str(root / "curate.duckdb"), read_only=True)
+    con = open_db(str(root / "curate.duckdb"))
     try:
         return in_classification(con).execute(sql).fetchall()[0]
     finally:
@@ -312,7 +312,7 @@ def test_late_image_vectors_rescore_those_items(small):
     labels, a, b = small
     kw = dict(storage="topk", top_k=2, batch_rows=128)
     classify(a, labels, **kw)
-    con = duckdb.connect(str(a / "curate.duckdb"), read_only=True)
+    con = open_db(str(a / "curate.duckdb"))
     image_ids = np.array([r[0] for r in con.execute(
         "SELECT id FROM item_scores WHERE image_label IS NULL ORDER BY id").fetchall()], np.int64)
     con.close()

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import duckdb
 import pytest
-from conftest import run_cli
+from conftest import open_db, run_cli
 from test_classify_resume import label_file, make_workspace
 
 from curate.errors import OutputError
@@ -184,7 +184,7 @@ def test_a_copy_killed_half_way_is_cleaned_exactly(many, tmp_path):
     placed = _files(folder) - {"notes.txt"}
     whole = {f for f in placed if not f.endswith(PARTIAL)}
     assert len(whole) >= 20 and whole <= _record(folder)          # every file placed was recorded first
-    con = duckdb.connect(str(many / "curate.duckdb"), read_only=True)
+    con = open_db(str(many / "curate.duckdb"))
     label, n = con.execute("SELECT label, count(*) FROM predictions GROUP BY label ORDER BY 2, 1 LIMIT 1").fetchall()[0]
     con.close()
     res = run_cli("filter", "-w", many, "--label", label, "--min-prob", "0", "--copy-to", folder, "--clean")

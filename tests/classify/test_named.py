@@ -14,6 +14,7 @@ import duckdb
 import numpy as np
 import pytest
 from classify_support import in_classification, old_layout, softmax64, top2
+from conftest import open_db
 from test_classify_resume import StandInEncoder, Stop, label_file, make_workspace, stopped_after
 
 from curate.classify import registry
@@ -43,8 +44,8 @@ def _copy(ws: Path, tmp_path: Path) -> Path:
     return out
 
 
-def _ro(ws: Path) -> duckdb.DuckDBPyConnection:
-    return duckdb.connect(str(ws / "curate.duckdb"), read_only=True)
+def _ro(ws: Path) -> open_db:
+    return open_db(str(ws / "curate.duckdb"))
 
 
 def _reference(ws: Path, con: duckdb.DuckDBPyConnection, name: str) -> tuple[np.ndarray, np.ndarray]:

@@ -27,7 +27,7 @@ from pathlib import Path
 import duckdb
 import pytest
 from classify_support import in_classification
-from conftest import run_cli
+from conftest import open_db, run_cli
 from test_classify_resume import label_file, make_workspace
 
 from curate.classify.labels import load_label_set
@@ -142,7 +142,7 @@ TRICKY = ["x/y", "x y", "x_y", "x:y", ".", "..", "?", "CON", "con.txt", "aux", "
 
 
 def test_label_folders_never_merge_and_are_safe(photo_ws, tmp_path):
-    con = duckdb.connect(str(photo_ws / "curate.duckdb"), read_only=True)
+    con = open_db(str(photo_ws / "curate.duckdb"))
     labels = [r[0] for r in con.execute("SELECT label FROM labels ORDER BY label_idx").fetchall()]
     paths = [r[0] for r in con.execute("SELECT path FROM items ORDER BY id").fetchall()]
     con.close()
@@ -186,7 +186,7 @@ def test_an_earlier_export_is_reported_and_clean_removes_only_curates_files(phot
     folder = tmp_path / "copies"
     assert "copied 12 files" in run_cli("filter", "-w", photo_ws, "--min-prob", "0", "--copy-to", folder).output
     (folder / "notes.txt").write_text("mine", encoding="utf-8")
-    con = duckdb.connect(str(photo_ws / "curate.duckdb"), read_only=True)
+    con = open_db(str(photo_ws / "curate.duckdb"))
     label, n = con.execute("SELECT label, count(*) FROM predictions GROUP BY label ORDER BY 2, 1 LIMIT 1").fetchall()[0]
     con.close()
     res = run_cli("filter", "-w", photo_ws, "--label", label, "--min-prob", "0", "--copy-to", folder)
@@ -237,7 +237,7 @@ def test_source_columns_named_like_curates_come_out_as_src(tmp_path):
     run_cli("build-index", tmp_path / "m.csv", "-w", ws, "--model", "curate-tiny", "--pretrained", "none",
             "--workers", "0")
     run_cli("classify", "-w", ws, "--set", label_file(tmp_path / "labels.csv", 5))
-    con = duckdb.connect(str(ws / "curate.duckdb"), read_only=True)
+    con = open_db(str(ws / "curate.duckdb"))
     want = dict(con.execute("SELECT id, prob FROM predictions").fetchall())
     labels = dict(con.execute("SELECT id, label FROM predictions").fetchall())
     # the items table holds the manifest's columns under whatever names ingest keeps them

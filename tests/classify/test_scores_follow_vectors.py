@@ -19,7 +19,7 @@ import duckdb
 import numpy as np
 import pytest
 from classify_support import references, top2
-from conftest import make_folder, run_cli, write_jpeg
+from conftest import make_folder, open_db, run_cli, write_jpeg
 from test_classify_resume import (
     DIM,
     add_vectors,
@@ -88,7 +88,7 @@ def _break(photo: Path) -> None:
 
 
 def _id(ws: Path, source_id: str) -> int:
-    con = duckdb.connect(str(ws / "curate.duckdb"), read_only=True)
+    con = open_db(str(ws / "curate.duckdb"))
     try:
         return con.execute("SELECT id FROM items WHERE source_id = ?", [source_id]).fetchall()[0][0]
     finally:
@@ -103,7 +103,7 @@ def _refused(*args) -> str:
 
 def _view_error(ws: Path, relation: str) -> str:
     """What reading a view from a plain read-only DuckDB connection (the shell) gives."""
-    con = duckdb.connect(str(ws / "curate.duckdb"), read_only=True)
+    con = open_db(str(ws / "curate.duckdb"))
     try:
         con.execute(f"SELECT count(*) FROM {relation}").fetchall()
     except duckdb.Error as e:
@@ -118,7 +118,7 @@ def _assert_equals_reference(ws: Path) -> None:
     ref = references(ws)
     ids, p = ref["image"]
     label, prob, _l2, prob2 = top2(p)
-    con = duckdb.connect(str(ws / "curate.duckdb"), read_only=True)
+    con = open_db(str(ws / "curate.duckdb"))
     got = con.execute("SELECT id, label_idx, prob, prob2 FROM predictions ORDER BY id").fetchall()
     con.close()
     order = np.argsort(ids)
@@ -190,7 +190,7 @@ def test_unreadable_file_is_rejected_and_never_read_again(base, tmp_path, tiny_e
     gone = _id(ws, "img_007.jpg")
     _break(src / "img_007.jpg")
     run_cli("build-index", src, "-w", ws, *TINY)
-    con = duckdb.connect(str(ws / "curate.duckdb"), read_only=True)
+    con = open_db(str(ws / "curate.duckdb"))
     assert con.execute("SELECT status FROM items WHERE id = ?", [gone]).fetchall() == [("rejected",)]
     con.close()
 
@@ -205,14 +205,14 @@ def test_unreadable_file_is_rejected_and_never_read_again(base, tmp_path, tiny_e
     out = run_cli("filter", "-w", ws, "--min-prob", "0", "--out", tmp_path / "kept.csv").output
     assert f"{N - 1} of {N - 1}" in out
     assert str(gone) not in [line.split(",")[0] for line in (tmp_path / "kept.csv").read_text().splitlines()]
-    con = duckdb.connect(str(ws / "curate.duckdb"), read_only=True)
+    con = open_db(str(ws / "curate.duckdb"))
     for view in ("predictions", "caption_predictions", "ensemble", "item_scores", "label_scores",
                  "ensemble_with(0.3, 0.2)"):
         assert con.execute(f"SELECT count(*) FROM {view} WHERE id = ?", [gone]).fetchall() == [(0,)], view
     assert con.execute("SELECT max(images) FROM coverage").fetchall() == [(N - 1,)]
     con.close()
     run_cli("sample", "-w", ws, "--top-classes", "8", "--per-class", "20", "--seed", "1")
-    con = duckdb.connect(str(ws / "curate.duckdb"), read_only=True)
+    con = open_db(str(ws / "curate.duckdb"))
     assert con.execute("SELECT count(*) FROM review_items WHERE id = ?", [gone]).fetchall() == [(0,)]
     assert con.execute("SELECT count(*) FROM review_items").fetchall() == [(N - 1,)]
     con.close()
@@ -229,7 +229,7 @@ def test_unreadable_file_is_rejected_and_never_read_again(base, tmp_path, tiny_e
     assert "older than the vectors" not in _view_error(ws, "predictions_of('a')")
     classify(ws, labels, "raw", tiny_encoder, name="b", logit_scale=60.0)
     out = run_cli("compare", "-w", ws, "a", "b", "--out", tmp_path / "cmp").output
-    con = duckdb.connect(str(ws / "curate.duckdb"), read_only=True)
+    con = open_db(str(ws / "curate.duckdb"))
     assert con.execute("SELECT count(*) FROM predictions_of('b') WHERE id = ?", [gone]).fetchall() == [(0,)]
     con.close()
 

@@ -10,9 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-import duckdb
 import pytest
-from conftest import make_folder, run_cli
+from conftest import make_folder, open_db, run_cli
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = ("--model", "curate-tiny", "--pretrained", "none", "--workers", "0")
@@ -37,7 +36,7 @@ def failed(res: subprocess.CompletedProcess, code: int, *words: str) -> str:
 
 def state(ws: Path) -> tuple:
     """What must not change: item and run counts, statuses, and a working `curate sql`."""
-    con = duckdb.connect(str(ws / "curate.duckdb"), read_only=True)
+    con = open_db(str(ws / "curate.duckdb"))
     try:
         counts = con.execute("SELECT (SELECT count(*) FROM items), (SELECT count(*) FROM runs),"
                              " (SELECT list(status ORDER BY run_id) FROM runs)").fetchall()[0]

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import duckdb
 import pytest
-from conftest import run_cli
+from conftest import open_db, run_cli
 
 TRICKY = 'a, "quoted"\nline 🙂 漢字 ½'
 QUERY = "SELECT id, caption, id / 7 AS f FROM items ORDER BY id"
@@ -32,7 +32,7 @@ def ws(built_workspace, tmp_path_factory) -> Path:
 
 
 def _expected(ws: Path) -> list[tuple]:
-    con = duckdb.connect(str(ws / "curate.duckdb"), read_only=True)
+    con = open_db(str(ws / "curate.duckdb"))
     try:
         return con.execute(QUERY).fetchall()
     finally:
@@ -40,7 +40,7 @@ def _expected(ws: Path) -> list[tuple]:
 
 
 def _duckdb_show(ws: Path, query: str, max_rows: int) -> str:
-    con = duckdb.connect(str(ws / "curate.duckdb"), read_only=True)
+    con = open_db(str(ws / "curate.duckdb"))
     buf = io.StringIO()
     try:
         with contextlib.redirect_stdout(buf):

@@ -11,9 +11,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
-import duckdb
 import pytest
-from conftest import run_cli
+from conftest import open_db, run_cli
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +64,7 @@ def _attempts(t: dict) -> list[str]:
 def test_nothing_typed_into_sql_writes_or_changes_anything(two, monkeypatch, tmp_path):
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))     # where sql keeps its scratch files
     before = _snapshot(two["root"])
-    items = duckdb.connect(str(two["other"] / "curate.duckdb"), read_only=True)
+    items = open_db(str(two["other"] / "curate.duckdb"))
     n = items.execute("SELECT count(*) FROM items").fetchall()[0][0]
     items.close()
     for query in _attempts(two):
@@ -77,7 +76,7 @@ def test_nothing_typed_into_sql_writes_or_changes_anything(two, monkeypatch, tmp
     for query in ("CHECKPOINT", "FORCE CHECKPOINT", "CALL checkpoint()"):    # runs: a no-op on a read-only file
         run_cli("sql", "-w", two["ws"], query, expect=None)
         assert _snapshot(two["root"]) == before, f"{query} changed a file"
-    con = duckdb.connect(str(two["other"] / "curate.duckdb"), read_only=True)
+    con = open_db(str(two["other"] / "curate.duckdb"))
     assert con.execute("SELECT count(*) FROM items").fetchall()[0][0] == n
     con.close()
     assert list(tmp_path.iterdir()) == []                       # the scratch folder is gone too
@@ -95,7 +94,7 @@ def test_the_messages_say_why(two):
 
 def test_queries_still_read_everything_of_the_workspace(two, tmp_path):
     ws = two["ws"]
-    con = duckdb.connect(str(ws / "curate.duckdb"), read_only=True)
+    con = open_db(str(ws / "curate.duckdb"))
     n = con.execute("SELECT count(*) FROM items").fetchall()[0][0]
     con.close()
     for query in ("SELECT count(*) FROM items", "DESCRIBE items", "SUMMARIZE items", "PRAGMA table_info('items')",

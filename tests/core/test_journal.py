@@ -13,9 +13,8 @@ import json
 import shutil
 from datetime import datetime, timedelta
 
-import duckdb
 import pytest
-from conftest import run_cli
+from conftest import open_db, run_cli
 from review_support import fake_workspace
 
 from curate.core.workspace import Workspace
@@ -53,7 +52,7 @@ def _good(pair, mark: str, minutes: int) -> bytes:
 
 def _stored(root) -> dict[tuple[int, str], str]:
     """`judgments` as the file holds it (plain duckdb: no journal merged)."""
-    con = duckdb.connect(str(root / "curate.duckdb"), read_only=True)
+    con = open_db(str(root / "curate.duckdb"))
     try:
         return {(i, label): m for i, label, m in con.execute("SELECT id, label, mark FROM judgments").fetchall()}
     finally:

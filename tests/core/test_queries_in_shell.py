@@ -18,7 +18,7 @@ from pathlib import Path
 
 import duckdb
 import pytest
-from conftest import run_cli
+from conftest import open_db, run_cli
 
 QUERIES = Path(__file__).resolve().parents[2] / "queries"
 SHELL = shutil.which("duckdb", path=str(Path(sys.executable).parent)) or shutil.which("duckdb")
@@ -80,7 +80,7 @@ def test_every_table_and_view_of_a_workspace_is_made_by_a_file_in_queries(review
     ddl = "\n".join(p.read_text(encoding="utf-8") for p in QUERIES.glob("*.sql"))
     made = set(re.findall(r"CREATE (?:OR REPLACE )?TABLE (?:IF NOT EXISTS )?(\w+)", ddl))
     made_views = set(re.findall(r"CREATE (?:OR REPLACE )?(?:TEMP )?VIEW (?:IF NOT EXISTS )?(\w+)", ddl))
-    con = duckdb.connect(str(reviewed / "curate.duckdb"), read_only=True)
+    con = open_db(str(reviewed / "curate.duckdb"))
     tables = {r[0] for r in con.execute("SELECT table_name FROM duckdb_tables() WHERE NOT temporary").fetchall()}
     views = {tuple(r) for r in con.execute("SELECT schema_name, view_name FROM duckdb_views() "
                                            "WHERE NOT internal AND NOT temporary").fetchall()}
@@ -103,7 +103,7 @@ def test_every_view_is_made_by_a_file_by_its_own_name(reviewed):
     anywhere = set(re.findall(view + r"(\w+) ", ddl))
     in_main = set(re.findall(view + r"main\.(\w+) ", ddl))
     in_classification = set(re.findall(view + r'"cls_NAME"\.(\w+) ', ddl))
-    con = duckdb.connect(str(reviewed / "curate.duckdb"), read_only=True)
+    con = open_db(str(reviewed / "curate.duckdb"))
     views = con.execute("SELECT schema_name, view_name FROM duckdb_views() WHERE NOT internal AND NOT temporary"
                         ).fetchall()
     con.close()

@@ -9,8 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-import duckdb
 from classify_support import old_layout
+from conftest import open_db
 
 from curate.core import workspace
 
@@ -23,7 +23,7 @@ Workspace(sys.argv[1]).connect().close()
 
 
 def _main_tables(db: Path) -> set[str]:
-    con = duckdb.connect(str(db), read_only=True)
+    con = open_db(str(db))
     try:
         return {r[0] for r in con.execute("SELECT table_name FROM duckdb_tables() WHERE schema_name = 'main'"
                                           ).fetchall()}
@@ -40,7 +40,7 @@ def test_a_process_that_imports_only_the_core_upgrades_an_old_workspace(classifi
     assert r.returncode == 0, r.stderr
     tables = _main_tables(ws / "curate.duckdb")
     assert "item_scores" not in tables and "classifications" in tables
-    con = duckdb.connect(str(ws / "curate.duckdb"), read_only=True)
+    con = open_db(str(ws / "curate.duckdb"))
     try:
         assert con.execute("SELECT name FROM classifications").fetchall() == [(name,)]
     finally:

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import duckdb
-from conftest import run_cli, write_jpeg
+from conftest import open_db, run_cli, write_jpeg
 
 CITIES = {"newyork": 3, "london": 2}
 
@@ -33,7 +33,7 @@ def _build(src, ws):
 
 
 def _cities(ws):
-    con = duckdb.connect(str(ws / "curate.duckdb"), read_only=True)
+    con = open_db(str(ws / "curate.duckdb"))
     try:
         return dict(con.execute("SELECT city, count(*) FROM items GROUP BY city").fetchall())
     finally:
@@ -82,7 +82,7 @@ def test_a_plain_folder_gets_no_city_column(tmp_path):
     write_jpeg(tmp_path / "photos" / "newyork" / "a.jpg")
     ws = tmp_path / "ws"
     _build(tmp_path / "photos", ws)
-    con = duckdb.connect(str(ws / "curate.duckdb"), read_only=True)
+    con = open_db(str(ws / "curate.duckdb"))
     cols = {r[0] for r in con.execute("DESCRIBE items").fetchall()}
     con.close()
     assert "city" not in cols
@@ -117,7 +117,7 @@ def test_sample_where_draws_from_one_city(tmp_path):
     run_cli("classify", "-w", ws, "--prompts", "raw")
     r = run_cli("sample", "-w", ws, "--top-classes", "5", "--per-class", "10", "--where", "city=newyork")
     assert "review set image-top5x10-seed0-city=newyork: 3 images" in r.output
-    con = duckdb.connect(str(ws / "curate.duckdb"), read_only=True)
+    con = open_db(str(ws / "curate.duckdb"))
     try:
         got = con.execute("SELECT i.city, count(*) FROM review_items r JOIN items i ON i.id = r.id "
                           "WHERE r.set_name = 'image-top5x10-seed0-city=newyork' GROUP BY ALL").fetchall()

@@ -8,11 +8,10 @@ import os
 import re
 import shutil
 
-import duckdb
 import faiss
 import numpy as np
 import pytest
-from conftest import make_folder, run_cli, write_jpeg
+from conftest import make_folder, open_db, run_cli, write_jpeg
 from ingest_support import stored_vectors
 
 from curate.core.workspace import Workspace
@@ -57,7 +56,7 @@ def _centroids(index) -> np.ndarray:
 
 
 def _record(ws, kind="image") -> dict:
-    con = duckdb.connect(str(Workspace(ws).db_path), read_only=True)
+    con = open_db(str(Workspace(ws).db_path))
     try:
         return json.loads(Workspace.get_meta(con, f"index.{kind}"))
     finally:

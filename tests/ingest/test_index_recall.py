@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import json
 
-import duckdb
 import faiss
 import numpy as np
 import pytest
-from conftest import make_folder, run_cli
+from conftest import make_folder, open_db, run_cli
 
 from curate.core import store
 from curate.core.workspace import ModelIdentity, Workspace
@@ -188,7 +187,7 @@ def test_search_uses_the_stored_parameter_unless_overridden(tmp_path, monkeypatc
     out = run_cli("build-index", photos, "-w", ws, "--model", "curate-tiny", "--pretrained", "none",
                   "--workers", "0", "--index", "ivf", "--target-recall", "0.9").output
     line = next(x for x in out.splitlines() if x.startswith("index:") and "images" in x)
-    con = duckdb.connect(str(Workspace(ws).db_path), read_only=True)
+    con = open_db(str(Workspace(ws).db_path))
     stored = json.loads(Workspace.get_meta(con, "index.image"))["current"]["search"]
     view = con.execute("SELECT param, value, recall FROM index_search WHERE kind = 'image'").fetchall()
     con.close()

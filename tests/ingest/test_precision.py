@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import json
 
-import duckdb
 import numpy as np
 import pytest
 import torch
-from conftest import make_folder, run_cli
+from conftest import make_folder, open_db, run_cli
 from ingest_support import stored_vectors
 
 from curate.core.workspace import Workspace
@@ -110,7 +109,7 @@ def test_encoder_runs_in_the_precision_it_was_built_with():
 
 
 def _runs(ws):
-    con = duckdb.connect(str(ws / "curate.duckdb"), read_only=True)
+    con = open_db(str(ws / "curate.duckdb"))
     try:
         runs = con.execute("SELECT precision FROM runs ORDER BY run_id").fetchall()
         meta = con.execute("SELECT value FROM meta WHERE key = 'precision'").fetchall()
@@ -137,7 +136,7 @@ def test_build_index_records_bf16_mixes_fp32_in_and_classify_follows(tmp_path, m
     monkeypatch.setenv(precision.NATIVE_BF16_ENV, "1")                       # native bf16: auto takes bf16
     r = run_cli("classify", "-w", ws)
     assert "precision: vectors bf16+fp32, labels bf16)" in r.output
-    con = duckdb.connect(str(ws / "curate.duckdb"), read_only=True)
+    con = open_db(str(ws / "curate.duckdb"))
     try:
         keys = con.execute("SELECT cache_key FROM label_vector_sets").fetchall()
     finally:

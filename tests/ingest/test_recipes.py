@@ -8,6 +8,7 @@ from importlib.resources import files
 import faiss
 import numpy as np
 import pytest
+from conftest import open_db
 
 from curate.ingest import faiss_index
 from curate.ingest.faiss_index import Recipe
@@ -102,7 +103,7 @@ def test_build_index_ivfpq_on_too_few_vectors_builds_the_size_s_recipe_and_says_
     assert "internal error" not in out
     index = faiss.read_index(str(tmp_path / "ws" / "indexes" / "images.faiss"))
     assert isinstance(faiss.downcast_index(index), faiss.IndexIDMap2) and index.ntotal == 200
-    con = duckdb.connect(str(tmp_path / "ws" / "curate.duckdb"), read_only=True)
+    con = open_db(str(tmp_path / "ws" / "curate.duckdb"))
     assert con.execute("SELECT status FROM runs").fetchall() == [("finished",)]
     con.close()
     # a rerun keeps the index it built (the note again), nothing rebuilt

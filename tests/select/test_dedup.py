@@ -23,7 +23,7 @@ import duckdb
 import faiss
 import numpy as np
 import pytest
-from conftest import run_cli, write_jpeg
+from conftest import open_db, run_cli, write_jpeg
 from PIL import Image, ImageOps
 
 from curate import api
@@ -80,7 +80,7 @@ def _cosines(ws: Path) -> tuple[dict[str, int], np.ndarray, np.ndarray]:
 
 
 def _groups(ws: Path, kind: str = "image") -> list[set[int]]:
-    con = duckdb.connect(str(ws / "curate.duckdb"), read_only=True)
+    con = open_db(str(ws / "curate.duckdb"))
     try:
         rows = con.execute("SELECT group_id, list(id ORDER BY id) FROM duplicates WHERE kind = ? GROUP BY group_id",
                            [kind]).fetchall()
@@ -137,7 +137,7 @@ def test_groups_are_the_components_of_the_pairs_over_the_threshold(ws, threshold
 
 def test_representative_is_the_largest_file_then_the_first_id(ws):
     run_cli("dedup", "-w", ws, "--threshold", "0.998")
-    con = duckdb.connect(str(ws / "curate.duckdb"), read_only=True)
+    con = open_db(str(ws / "curate.duckdb"))
     rows = con.execute("SELECT d.group_id, d.representative, d.id, f.size, d.similarity FROM duplicates d "
                        "JOIN item_files f ON f.item_id = d.id WHERE d.kind = 'image'").fetchall()
     removed = con.execute("SELECT count(*) FROM dedup_removed").fetchall()[0][0]
@@ -262,7 +262,7 @@ def _stored(ws: Path) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _pairs(ws: Path) -> set[tuple[int, int]]:
-    con = duckdb.connect(str(ws / "curate.duckdb"), read_only=True)
+    con = open_db(str(ws / "curate.duckdb"))
     try:
         return set(con.execute("SELECT a, b FROM duplicate_pairs WHERE kind = 'image'").fetchall())
     finally:

@@ -12,10 +12,9 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-import duckdb
 import numpy as np
 import pytest
-from conftest import run_cli
+from conftest import open_db, run_cli
 from test_dedup import _import, _pairs, _stored, _true_pairs
 
 from curate import api
@@ -93,7 +92,7 @@ def test_clusters_find_exactly_the_pairs_brute_force_finds(deduped, truth, tmp_p
     assert "complete for 100% of vectors" in r.method, r.method
     assert _pairs(ws) == truth
     # the planted chains are whole groups although their ends are far apart
-    con = duckdb.connect(str(ws / "curate.duckdb"), read_only=True)
+    con = open_db(str(ws / "curate.duckdb"))
     sizes = [r[0] for r in con.execute("SELECT size FROM duplicate_groups WHERE kind = 'image'").fetchall()]
     con.close()
     assert sum(s >= 6 for s in sizes) >= 30
@@ -149,7 +148,7 @@ def test_the_margin_is_provable_on_random_data():
 def test_a_killed_dedup_leaves_the_last_results_and_the_rerun_starts_over(deduped, truth, tmp_path):
     ws = tmp_path / "ws"
     shutil.copytree(deduped[0], ws)           # after `curate dedup --threshold 0.95`
-    con = duckdb.connect(str(ws / "curate.duckdb"), read_only=True)
+    con = open_db(str(ws / "curate.duckdb"))
     before = con.execute("SELECT * FROM duplicates ORDER BY kind, id").fetchall()
     meta = con.execute("SELECT value FROM meta WHERE key = 'dedup.image'").fetchall()
     con.close()
@@ -163,7 +162,7 @@ def test_a_killed_dedup_leaves_the_last_results_and_the_rerun_starts_over(dedupe
 
     with pytest.raises(KeyboardInterrupt):
         find_duplicates(ws, "image", 0.9, progress=killed)
-    con = duckdb.connect(str(ws / "curate.duckdb"), read_only=True)
+    con = open_db(str(ws / "curate.duckdb"))
     assert con.execute("SELECT * FROM duplicates ORDER BY kind, id").fetchall() == before
     assert con.execute("SELECT value FROM meta WHERE key = 'dedup.image'").fetchall() == meta
     con.close()

@@ -11,7 +11,7 @@ from pathlib import Path
 import duckdb
 import numpy as np
 import pytest
-from conftest import CAPTIONS, run_cli, write_jpeg
+from conftest import CAPTIONS, open_db, run_cli, write_jpeg
 from ingest_support import stored_vectors
 
 from curate.classify.run import classify
@@ -58,7 +58,7 @@ def test_webdataset_shards_read_back_with_the_library(manifest_ws, tmp_path):
     assert f"wrote {N} samples in 3 shards" in res.output
     assert sorted(p.name for p in out.glob("*.tar")) == ["shard-000000.tar", "shard-000001.tar", "shard-000002.tar"]
 
-    con = duckdb.connect(str(manifest_ws / "curate.duckdb"), read_only=True)
+    con = open_db(str(manifest_ws / "curate.duckdb"))
     items = {r["id"]: r for r in _rows(con, "SELECT id, source_id, path, caption, city FROM items")}
     preds = {r["id"]: r for r in _rows(con, "SELECT id, label, prob, label2, prob2 FROM predictions")}
     con.close()
@@ -120,7 +120,7 @@ def test_parquet_carries_provenance_and_embeddings_beside(manifest_ws, tmp_path)
     con = duckdb.connect()
     kv = dict(con.execute("SELECT decode(key), decode(value) FROM parquet_kv_metadata(?)", [str(out)]).fetchall())
     rows = _rows(con, "SELECT * FROM read_parquet(?)", [str(out)])
-    wcon = duckdb.connect(str(manifest_ws / "curate.duckdb"), read_only=True)
+    wcon = open_db(str(manifest_ws / "curate.duckdb"))
     settings = _rows(wcon, "SELECT * FROM score_settings")[0]
     model = json.loads(wcon.execute("SELECT value FROM meta WHERE key = 'model'").fetchall()[0][0])
     name = wcon.execute("SELECT name FROM classifications WHERE active").fetchall()[0][0]
@@ -162,7 +162,7 @@ def test_copy_to_is_an_imagefolder_torchvision_loads(manifest_ws, tmp_path):
 
     folder = tmp_path / "imagefolder"
     run_cli("filter", "-w", manifest_ws, "--min-prob", "0", "--copy-to", folder)
-    con = duckdb.connect(str(manifest_ws / "curate.duckdb"), read_only=True)
+    con = open_db(str(manifest_ws / "curate.duckdb"))
     labels = {r[0]: r[1] for r in con.execute("SELECT id, label FROM predictions").fetchall()}
     con.close()
     ds = ImageFolder(str(folder))

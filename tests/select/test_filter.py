@@ -6,11 +6,10 @@ import csv
 import shutil
 from pathlib import Path
 
-import duckdb
 import numpy as np
 import pytest
 from classify_support import read_out, references
-from conftest import make_folder, run_cli
+from conftest import make_folder, open_db, run_cli
 
 from curate.classify.run import classify
 from curate.core.workspace import Workspace
@@ -32,7 +31,7 @@ def top_by_id(ws: Path) -> dict[int, tuple[str, float]]:
     """
     ref = references(ws)
     ids, probs = ref["image"]
-    con = duckdb.connect(str(ws / "curate.duckdb"), read_only=True)
+    con = open_db(str(ws / "curate.duckdb"))
     stored = {i: (lab, p) for i, lab, p in con.execute("SELECT id, label, prob FROM predictions").fetchall()}
     con.close()
     for i, row in zip(ids.tolist(), probs, strict=True):
@@ -87,7 +86,7 @@ def test_caption_and_ensemble_modes(ws, tmp_path):
     res = run_cli("filter", "-w", ws, "--mode", "ensemble", "--text-weight", "0.2", "--text-min", "0.25",
                   "--min-prob", "0", "--out", out)
     assert "kept 12 of 12 images" in res.output
-    con = duckdb.connect(str(ws / "curate.duckdb"), read_only=True)
+    con = open_db(str(ws / "curate.duckdb"))
     want = dict(con.execute("SELECT id, prob FROM ensemble_with(0.2, 0.25)").fetchall())
     assert {int(r["id"]): float(r["prob"]) for r in read_out(out)} == pytest.approx(want, abs=1e-12)
     # the study's defaults read the stored `ensemble` view
@@ -116,7 +115,7 @@ def test_copy_and_link(ws, tmp_path):
 
 
 def test_injection_through_labels_and_file_names(ws, tmp_path):
-    con = duckdb.connect(str(ws / "curate.duckdb"), read_only=True)
+    con = open_db(str(ws / "curate.duckdb"))
     before = con.execute("SELECT count(*) FROM items").fetchall()[0][0]
     con.close()
     for evil in ["skyscraper' OR '1'='1", "x'); DROP TABLE items; --", "\"; DELETE FROM items; --"]:
@@ -125,7 +124,7 @@ def test_injection_through_labels_and_file_names(ws, tmp_path):
     out = tmp_path / "we'ird; DROP TABLE items; --.csv"
     run_cli("filter", "-w", ws, "--min-prob", "0", "--out", out)
     assert len(read_out(out)) == 12
-    con = duckdb.connect(str(ws / "curate.duckdb"), read_only=True)
+    con = open_db(str(ws / "curate.duckdb"))
     assert con.execute("SELECT count(*) FROM items").fetchall()[0][0] == before
 
 
@@ -178,7 +177,7 @@ def test_threshold_one_is_reachable(ws, tmp_path, tiny_encoder):
     assert write_subset(ws, FilterSpec(min_prob=1.0), None).kept == 12
     assert write_subset(ws, FilterSpec(min_prob=1.0, unmatched=True), None).kept == 0
     assert write_subset(ws, FilterSpec(min_prob=1.0, mode="ensemble", text_min=0.0), None).kept == 12
-    con = duckdb.connect(str(ws / "curate.duckdb"), read_only=True)
+    con = open_db(str(ws / "curate.duckdb"))
     assert con.execute("SELECT classified FROM coverage WHERE threshold = 1.0").fetchall() == [(12,)]
 
 

@@ -12,7 +12,7 @@ import faiss
 import numpy as np
 import pytest
 from classify_support import read_out
-from conftest import run_cli, write_jpeg
+from conftest import open_db, run_cli, write_jpeg
 
 from curate.commands.search import CAPTION_CELLS, table
 from curate.core import store
@@ -35,7 +35,7 @@ def brute_force(ws_path: Path, kind: str, q: np.ndarray, k: int) -> tuple[np.nda
 
 
 def predictions(ws_path: Path, view: str) -> dict[int, tuple[str, float]]:
-    con = duckdb.connect(str(Path(ws_path) / "curate.duckdb"), read_only=True)
+    con = open_db(str(Path(ws_path) / "curate.duckdb"))
     try:
         return {i: (label, prob) for i, label, prob in con.execute(f"SELECT id, label, prob FROM {view}").fetchall()}
     finally:
@@ -87,7 +87,7 @@ def test_search_refuses_another_model(tmp_path, tiny_encoder):
 def test_an_image_of_the_collection_finds_itself_first(classified, tiny_encoder):
     """A collection photo as the query: its own vector is the one build-index stored (the
     same decode and transform), so it comes first at cosine 1."""
-    con = duckdb.connect(str(classified / "curate.duckdb"), read_only=True)
+    con = open_db(str(classified / "curate.duckdb"))
     item, path = con.execute("SELECT id, path FROM items WHERE status = 'embedded' ORDER BY id LIMIT 1 OFFSET 3"
                              ).fetchall()[0]
     con.close()

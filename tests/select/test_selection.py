@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 
 import duckdb
+from conftest import open_db
 
 from curate.classify import registry, state
 from curate.classify.scoring import ENSEMBLE_TEXT_MIN, ENSEMBLE_TEXT_WEIGHT
@@ -31,7 +32,7 @@ def _rows(con: duckdb.DuckDBPyConnection, query: str) -> list[tuple]:
 
 
 def test_the_shell_s_subset_and_filter_keep_the_same_rows_at_the_recorded_defaults(classified):
-    con = duckdb.connect(str(classified / "curate.duckdb"), read_only=True)
+    con = open_db(str(classified / "curate.duckdb"))
     try:
         registry.select(con, None)
         st = state.settings(con)

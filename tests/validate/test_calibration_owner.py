@@ -12,7 +12,7 @@ from pathlib import Path
 
 import duckdb
 import pytest
-from conftest import run_cli
+from conftest import open_db, run_cli
 
 RAW, NATURAL = "places205-raw", "places205-natural"
 
@@ -53,7 +53,7 @@ def _kept(ws: Path, tmp_path: Path, *args: str) -> list[dict]:
 
 def _expected(ws: Path, name: str) -> list[tuple[int, str]]:
     """What the fit keeps of `name`'s predictions, by the view in that classification's own schema."""
-    con = duckdb.connect(str(ws / "curate.duckdb"), read_only=True)
+    con = open_db(str(ws / "curate.duckdb"))
     try:
         return con.execute(f'SELECT id, label FROM "cls_{name}".calibrated_predictions WHERE keep '
                            "ORDER BY id").fetchall()
@@ -63,7 +63,7 @@ def _expected(ws: Path, name: str) -> list[tuple[int, str]]:
 
 def test_the_fit_records_its_classification_and_applies_only_there(calibrated_ws, tmp_path):
     ws = calibrated_ws
-    con = duckdb.connect(str(ws / "curate.duckdb"), read_only=True)
+    con = open_db(str(ws / "curate.duckdb"))
     fit = json.loads(con.execute("SELECT value FROM meta WHERE key = 'calibration'").fetchall()[0][0])
     fp = con.execute(f'SELECT fingerprint FROM "cls_{NATURAL}".score_progress').fetchall()[0][0]
     natural_preds = dict(con.execute(f'SELECT id, label FROM "cls_{NATURAL}".predictions').fetchall())
@@ -98,7 +98,7 @@ def test_the_fit_goes_with_its_classification(calibrated_ws, tmp_path):
     run_cli("classify", "-w", ws, "--drop", NATURAL)
     out = run_cli("filter", "-w", ws, "--calibrated", "--out", tmp_path / "x.csv", expect=1).output
     assert "no calibration" in out
-    con = duckdb.connect(str(ws / "curate.duckdb"), read_only=True)
+    con = open_db(str(ws / "curate.duckdb"))
     try:
         assert con.execute("SELECT count(*) FROM duckdb_views() WHERE view_name = 'calibrated_predictions'"
                            ).fetchall()[0][0] == 0

@@ -8,11 +8,10 @@ import csv
 import zlib
 from pathlib import Path
 
-import duckdb
 import numpy as np
 import pytest
 from classify_support import ensemble_reference, hand_workspace, softmax64, top2
-from conftest import run_cli
+from conftest import open_db, run_cli
 
 from curate.classify.run import classify
 from curate.core import store
@@ -75,7 +74,7 @@ def compared(tmp_path_factory) -> dict:
 
 def _reference(ws: Path) -> dict:
     """name -> kind -> (ids, top label names, top probs), from the shards and the label vectors alone."""
-    con = duckdb.connect(str(ws / "curate.duckdb"), read_only=True)
+    con = open_db(str(ws / "curate.duckdb"))
     w = Workspace(ws)
     out = {}
     try:

@@ -4,7 +4,7 @@ leaves, so sample / review / report tests never run on a drifted copy of the sch
 
 from __future__ import annotations
 
-import duckdb
+from conftest import open_db
 from review_support import fake_workspace
 
 RELATIONS = ("predictions", "caption_predictions", "ensemble", "coverage", "labels", "item_scores",
@@ -12,7 +12,7 @@ RELATIONS = ("predictions", "caption_predictions", "ensemble", "coverage", "labe
 
 
 def _shape(db) -> dict[str, tuple[str, list[tuple[str, str]]]]:
-    con = duckdb.connect(str(db), read_only=True)
+    con = open_db(str(db))
     try:
         out = {}
         for name in RELATIONS:
@@ -33,7 +33,7 @@ def test_the_hand_scored_workspace_has_the_real_schema(classified, tmp_path):
     real = _shape(classified / "curate.duckdb")
     assert all(kind is not None for kind, _cols in real.values())
     assert _shape(ws.db_path) == real
-    con = duckdb.connect(str(ws.db_path), read_only=True)
+    con = open_db(str(ws.db_path))
     assert con.execute("SELECT id, label, prob, label2, margin FROM predictions ORDER BY id").fetchall() == [
         (0, "bridge", 0.7, "other", 0.7 - 0.15), (1, "skyscraper", 0.4, "other", 0.4 - 0.3)]
     assert con.execute("SELECT id, label, prob FROM ensemble ORDER BY id").fetchall() == [

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import duckdb
 import pytest
-from conftest import run_cli
+from conftest import open_db, run_cli
 from review_support import copy_workspace, fake_workspace
 
 from curate.validate import sampling
@@ -144,7 +143,7 @@ def test_cli_sample_prints_the_classes_and_is_reproducible(ws, tmp_path):
     listed = run_cli("sample", "-w", ws.root, "--list")
     # a set names the classification it was drawn from (every real workspace has one)
     assert listed.output == "image-top2x4-seed7 (by-hand): image, top 2 x 4, seed 7; 0 of 8 marked\n"
-    con = duckdb.connect(str(ws.db_path), read_only=True)
+    con = open_db(str(ws.db_path))
     assert con.execute("SELECT count(*) FROM review_items").fetchall()[0][0] == 8
 
 
@@ -153,7 +152,7 @@ def test_view_is_queryable_from_the_shell(ws):
     con = ws.connect()
     sampling.draw(con, top_classes=1, per_class=2, seed=0, name="s")
     con.close()
-    ro = duckdb.connect(str(ws.db_path), read_only=True)
+    ro = open_db(str(ws.db_path))
     rows = ro.execute("SELECT set_name, label, mark FROM review_sheet ORDER BY position").fetchall()
     assert rows == [("s", "skyscraper", None)] * 2
 
