@@ -50,6 +50,8 @@ def _instance() -> duckdb.DuckDBPyConnection:
     threads and locks do not survive a fork, and the parent's attachments are the parent's."""
     global _host, _host_pid, _attached
     if _host is None or _host_pid != os.getpid():
+        if _host is not None:       # another process's (see _after_fork_in_child)
+            _inherited.append(_host)
         _host, _host_pid, _attached = duckdb.connect(":memory:"), os.getpid(), {}
     return _host
 
@@ -111,14 +113,29 @@ def attach(path: Path, read_only: bool, storage_version: str | None = None) -> d
 
 def release(path: Path, con: duckdb.DuckDBPyConnection) -> None:
     """Close a cursor `attach` gave; the last user of an attachment detaches it (the file lock
-    goes, a written database is checkpointed)."""
+    goes, a written database is checkpointed). A detach that fails (its checkpoint on a full
+    disk) leaves the attachment known, unused: the next scope takes it up, its release tries again."""
     con.close()
     key = str(path)
     with _lock:
         got = _attached.get(key)
-        if got is None or _host_pid != os.getpid():
+        if got is None or _host is None or _host_pid != os.getpid():
             return
         got.users -= 1
         if got.users == 0:
-            del _attached[key]
             _host.execute(f"DETACH {_quote(got.alias)}")
+            del _attached[key]
+
+
+def _after_fork_in_child() -> None:
+    """A forked child starts without the parent's instance. Its objects are kept, never
+    closed: closing them here would run the parent's DuckDB teardown (threads that are not in
+    the child, a checkpoint of the parent's attached databases) from the child."""
+    global _lock, _host, _host_pid, _attached
+    if _host is not None:
+        _inherited.append(_host)
+    _lock, _host, _host_pid, _attached = threading.Lock(), None, None, {}
+
+
+_inherited: list[duckdb.DuckDBPyConnection] = []
+os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -5,6 +5,7 @@ each workspace's catalog its own."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -118,3 +119,20 @@ def test_classify_leaves_the_instances_memory_limit_as_it_was(ws):
     run_cli("classify", "-w", ws.root)
     assert limit() == before
     assert duckdb_host._attached == {}
+
+
+def test_a_forked_child_reads_through_an_instance_of_its_own(ws):
+    """A child forked while this process has the workspace attached (a decode worker, a notebook's
+    multiprocessing) opens it through its own instance; the parent's attachment reads on."""
+    with ws.reading() as con:
+        pid = os.fork()
+        if pid == 0:     # the child: no pytest machinery, an exit code only
+            code = 3
+            try:
+                with ws.reading() as mine:
+                    code = 0 if mine.execute("SELECT count(*) FROM items").fetchall()[0][0] > 0 else 1
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        assert con.execute("SELECT count(*) FROM items").fetchall()[0][0] > 0
