@@ -11,6 +11,7 @@ The database is the source of truth: a shard file counts only once its row in
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib
 import json
@@ -431,6 +432,13 @@ def check_same_model(have: ModelIdentity, want: ModelIdentity) -> None:
 
 
 def package_versions() -> dict[str, str]:
+    """The versions a run records (`runs.versions`): read once a process (importlib.metadata
+    parses each package's METADATA file: ~15 ms for the eight, at every run)."""
+    return dict(_package_versions())
+
+
+@functools.cache
+def _package_versions() -> dict[str, str]:
     from importlib.metadata import PackageNotFoundError, version
 
     out = {"python": platform.python_version()}
