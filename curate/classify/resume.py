@@ -108,8 +108,9 @@ def resume_point(ws: Workspace, con: duckdb.DuckDBPyConnection, fp: str, n_label
     Published scores (no prefix) under which vectors changed (items embedded again,
     rejected, embedded late at or below the last id scored) give the Changes instead: a
     run rescores those items only. A staging copy with such changes starts over."""
-    if not all(sql.has_relation(con, prefix + t, schema=_bare(schema)) for t in SCORE_TABLES):
-        if not prefix and sql.has_relation(con, "item_scores", schema=_bare(schema)):
+    have = sql.relations(con, _bare(schema))
+    if not all(prefix + t in have for t in SCORE_TABLES):
+        if not prefix and "item_scores" in have:
             log("starting over: these scores do not record which vectors they were made from (an older curate "
                 "made them)")
         return None
@@ -185,9 +186,10 @@ def staged_point(ws: Workspace, con: duckdb.DuckDBPyConnection, fp: str, n_label
     started from (the items to rescore are then the same).
     """
     schema = sql.classification_schema(name)
-    if not any(sql.has_relation(con, STAGE + t, schema=_bare(schema)) for t in SCORE_TABLES):
+    have = sql.relations(con, _bare(schema))
+    if not any(STAGE + t in have for t in SCORE_TABLES):
         return None
-    rescore = (all(sql.has_relation(con, STAGE + t, schema=_bare(schema)) for t in SCORE_TABLES)
+    rescore = (all(STAGE + t in have for t in SCORE_TABLES)
                and con.execute(f"SELECT bool_or(rescore) FROM {schema}.{STAGE}score_progress").fetchall()[0][0])
     staged = None
     if rescore:
@@ -208,8 +210,7 @@ def staged_point(ws: Workspace, con: duckdb.DuckDBPyConnection, fp: str, n_label
 
 
 def _live_is(con: duckdb.DuckDBPyConnection, fp: str, schema: str = "main") -> bool:
-    if not (sql.has_relation(con, "score_progress", schema=_bare(schema))
-            and sql.has_relation(con, "score_settings", schema=_bare(schema))):
+    if not {"score_progress", "score_settings"} <= sql.relations(con, _bare(schema)):
         return False
     rows = con.execute(f"SELECT fingerprint FROM {schema}.score_progress").fetchall()
     return len(rows) == 1 and rows[0][0] == fp

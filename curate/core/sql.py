@@ -142,6 +142,15 @@ def has_relation(con: duckdb.DuckDBPyConnection, name: str, schema: str | None =
         [name]).fetchall()[0][0] > 0
 
 
+def relations(con: duckdb.DuckDBPyConnection, schema: str) -> frozenset[str]:
+    """The names of the tables and views in `schema` (unquoted), TEMP ones included, as
+    `has_relation(con, name, schema)` sees them: one catalog read (~2 ms) for a caller that asks
+    about several names."""
+    return frozenset(r[0] for r in con.execute(
+        "SELECT table_name FROM information_schema.tables WHERE table_catalog IN (current_database(), 'temp') "
+        "AND table_schema = ?", [schema]).fetchall())
+
+
 def has_macro(con: duckdb.DuckDBPyConnection, name: str) -> bool:
     """Whether a macro (scalar or table, TEMP or not) of that name exists (a name of ours: an
     identifier). Not inside a transaction: a failed probe would abort it.
