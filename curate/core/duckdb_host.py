@@ -15,7 +15,9 @@ connection of this process opened with `duckdb.connect` cannot be attached (Duck
 same file twice): `attach` answers None and the caller connects as before.
 
 Settings a connection changes with SET are the instance's: a caller that locks the
-configuration down (`curate sql`) uses an instance of its own (`Workspace.connect`).
+configuration down (`curate sql`) uses an instance of its own (`Workspace.connect`). The
+folder DuckDB spills into is one of them: set at each attach to the workspace's own
+(`_spill_beside`).
 """
 
 from __future__ import annotations
@@ -101,6 +103,7 @@ def attach(path: Path, read_only: bool, storage_version: str | None = None) -> d
                     return None
                 raise
             _attached[key] = got
+            _spill_beside(host, path)
         con = host.cursor()
         got.users += 1
     try:
@@ -109,6 +112,17 @@ def attach(path: Path, read_only: bool, storage_version: str | None = None) -> d
         release(path, con)
         raise
     return con
+
+
+def _spill_beside(host: duckdb.DuckDBPyConnection, path: Path) -> None:
+    """What does not fit in memory spills beside the database (`curate.duckdb.tmp`), where a
+    connection of its own puts it, not into the in-memory instance's default, `.tmp` in the
+    current folder. The instance has one such folder: once DuckDB has spilled into one it keeps
+    it until the process ends, so a second workspace attached later spills into the first's."""
+    try:
+        host.execute(f"SET temp_directory = {_literal(str(path) + '.tmp')}")
+    except duckdb.NotImplementedException:   # "Cannot switch temporary directory after ... used"
+        pass
 
 
 def release(path: Path, con: duckdb.DuckDBPyConnection) -> None:

@@ -136,3 +136,22 @@ def test_a_forked_child_reads_through_an_instance_of_its_own(ws):
         _, status = os.waitpid(pid, 0)
         assert os.waitstatus_to_exitcode(status) == 0
         assert con.execute("SELECT count(*) FROM items").fetchall()[0][0] > 0
+
+
+def test_what_does_not_fit_in_memory_spills_beside_the_database_not_into_the_current_folder(ws, tmp_path):
+    """A query over DuckDB's memory limit spills where a connection of its own would
+    (ws/curate.duckdb.tmp), not into `.tmp` of the folder the process runs in (the in-memory
+    instance's default). In a process of its own: the instance keeps the folder it first spilled
+    into, and the limit is the instance's."""
+    code = (
+        "import sys; from curate.core.workspace import Workspace\n"
+        "with Workspace(sys.argv[1]).reading() as con:\n"
+        "    con.execute(\"SET memory_limit = '40MB'\"); con.execute('SET threads = 1')\n"
+        "    con.execute('SELECT count(*) FROM (SELECT md5(range::VARCHAR) AS m FROM range(3000000) ORDER BY m)')\n"
+        "    import os; print(sorted(os.listdir(sys.argv[1] + '/curate.duckdb.tmp')))\n")
+    here = tmp_path / "cwd"
+    here.mkdir()
+    out = subprocess.run([sys.executable, "-c", code, str(ws.root)], cwd=here, capture_output=True, text=True,
+                         check=True).stdout
+    assert "duckdb_temp" in out, out     # it did spill, into the workspace
+    assert list(here.iterdir()) == []
