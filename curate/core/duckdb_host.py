@@ -80,8 +80,10 @@ def attach(path: Path, read_only: bool, storage_version: str | None = None) -> d
     """A cursor of the process's instance whose default database is `path` (attached now, or
     shared with the scopes using it); None where a plain connection of this process holds the
     file. `storage_version`: the format a new file is written in. Raises DuckDB's lock error
-    while another process holds the file, `OtherMode` while this one has it in the other mode."""
-    key = str(path)
+    while another process holds the file, `OtherMode` while this one has it in the other mode.
+    The file is known by its resolved path; it is attached as `path` spells it (what
+    duckdb_databases() shows, and messages built from it, e.g. "-w ws", say)."""
+    key = str(path.resolve())
     with _lock:
         host = _instance()
         got = _attached.get(key)
@@ -96,7 +98,7 @@ def attach(path: Path, read_only: bool, storage_version: str | None = None) -> d
                 options.append(f"STORAGE_VERSION {_literal(storage_version)}")
             got = _Attachment(_alias(path), read_only, 0)
             try:
-                host.execute(f"ATTACH {_literal(key)} AS {_quote(got.alias)}"
+                host.execute(f"ATTACH {_literal(str(path))} AS {_quote(got.alias)}"
                              + (f" ({', '.join(options)})" if options else ""))
             except duckdb.Error as e:
                 if "Unique file handle conflict" in str(e):
@@ -120,7 +122,7 @@ def _spill_beside(host: duckdb.DuckDBPyConnection, path: Path) -> None:
     current folder. The instance has one such folder: once DuckDB has spilled into one it keeps
     it until the process ends, so a second workspace attached later spills into the first's."""
     try:
-        host.execute(f"SET temp_directory = {_literal(str(path) + '.tmp')}")
+        host.execute(f"SET temp_directory = {_literal(str(path.resolve()) + '.tmp')}")
     except duckdb.NotImplementedException:   # "Cannot switch temporary directory after ... used"
         pass
 
@@ -130,7 +132,7 @@ def release(path: Path, con: duckdb.DuckDBPyConnection) -> None:
     goes, a written database is checkpointed). A detach that fails (its checkpoint on a full
     disk) leaves the attachment known, unused: the next scope takes it up, its release tries again."""
     con.close()
-    key = str(path)
+    key = str(path.resolve())
     with _lock:
         got = _attached.get(key)
         if got is None or _host is None or _host_pid != os.getpid():

@@ -234,10 +234,10 @@ class Workspace:
         # the Python package) can open, so `duckdb ws/curate.duckdb` works.
         new = not read_only and not self.db_path.exists()
         if shared:
-            path = self.db_path.resolve()
-            con = duckdb_host.attach(path, read_only, STORAGE_VERSION if new else None)
+            key = self.db_path.resolve()   # the file, whatever the current folder is when it is released
+            con = duckdb_host.attach(self.db_path, read_only, STORAGE_VERSION if new else None)
             if con is not None:
-                return con, lambda: duckdb_host.release(path, con)
+                return con, lambda: duckdb_host.release(key, con)
         if read_only:
             con = duckdb.connect(str(self.db_path), read_only=True)
         else:
