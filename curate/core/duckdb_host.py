@@ -81,8 +81,7 @@ def attach(path: Path, read_only: bool, storage_version: str | None = None) -> d
     shared with the scopes using it); None where a plain connection of this process holds the
     file. `storage_version`: the format a new file is written in. Raises DuckDB's lock error
     while another process holds the file, `OtherMode` while this one has it in the other mode.
-    The file is known by its resolved path; it is attached as `path` spells it (what
-    duckdb_databases() shows, and messages built from it, e.g. "-w ws", say)."""
+    The file is known by its resolved path (`release` takes the same)."""
     key = str(path.resolve())
     with _lock:
         host = _instance()
@@ -123,8 +122,8 @@ def _spill_beside(host: duckdb.DuckDBPyConnection, path: Path) -> None:
     it until the process ends, so a second workspace attached later spills into the first's."""
     try:
         host.execute(f"SET temp_directory = {_literal(str(path.resolve()) + '.tmp')}")
-    except duckdb.NotImplementedException:   # "Cannot switch temporary directory after ... used"
-        pass
+    except duckdb.Error:   # "Cannot switch temporary directory after [it] has been used"; and a
+        pass               # preference must not strand the attachment just made (its file lock)
 
 
 def release(path: Path, con: duckdb.DuckDBPyConnection) -> None:
