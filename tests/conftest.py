@@ -22,7 +22,6 @@ os.environ.setdefault("CURATE_NATIVE_BF16", "0")
 # files 60 s of CPU -> 32 s, the same results. Set it in the environment to test more threads.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-import duckdb
 import numpy as np
 import pytest
 from click.testing import CliRunner
@@ -193,25 +192,17 @@ class open_db:  # noqa: N801 - used where `duckdb.connect(path, read_only=True)`
     def __init__(self, path: str | Path):
         from curate.core import duckdb_host
 
-        self._path = Path(path).resolve()
-        self._con = duckdb_host.attach(self._path, read_only=True)
-        self._shared = self._con is not None
-        if not self._shared:
-            self._con = duckdb.connect(str(self._path), read_only=True)
+        self._con = None    # (__del__ of one whose open failed)
+        self._con, self._close = duckdb_host.connect(Path(path), read_only=True)
 
     def __getattr__(self, name: str):
         return getattr(self._con, name)
 
     def close(self) -> None:
-        from curate.core import duckdb_host
-
         if self._con is None:
             return
-        con, self._con = self._con, None
-        if self._shared:
-            duckdb_host.release(self._path, con)
-        else:
-            con.close()
+        self._con = None
+        self._close()
 
     def __enter__(self) -> open_db:
         return self

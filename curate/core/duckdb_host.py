@@ -24,10 +24,13 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import duckdb
+
+from . import sql
 
 
 class OtherMode(duckdb.ConnectionException):
@@ -43,27 +46,15 @@ class _Attachment:
 
 _lock = threading.Lock()
 _host: duckdb.DuckDBPyConnection | None = None
-_host_pid: int | None = None
 _attached: dict[str, _Attachment] = {}
 
 
 def _instance() -> duckdb.DuckDBPyConnection:
-    """The process's instance, made on first use. A forked child makes its own: DuckDB's
-    threads and locks do not survive a fork, and the parent's attachments are the parent's."""
-    global _host, _host_pid, _attached
-    if _host is None or _host_pid != os.getpid():
-        if _host is not None:       # another process's (see _after_fork_in_child)
-            _inherited.append(_host)
-        _host, _host_pid, _attached = duckdb.connect(":memory:"), os.getpid(), {}
+    """The process's instance, made on first use (a forked child's too: _after_fork_in_child)."""
+    global _host
+    if _host is None:
+        _host = duckdb.connect(":memory:")
     return _host
-
-
-def _quote(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
-
-
-def _literal(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"
 
 
 def _alias(path: Path) -> str:
@@ -74,6 +65,21 @@ def _alias(path: Path) -> str:
     while alias in taken or alias in ("memory", "system", "temp"):
         alias, n = f"{path.stem}_{n}", n + 1
     return alias
+
+
+def connect(path: Path, read_only: bool, storage_version: str | None = None, *,
+            shared: bool = True) -> tuple[duckdb.DuckDBPyConnection, Callable[[], None]]:
+    """(connection, its close) to the database file `path`: through the process's instance
+    (`attach`), or, where `shared` is False or a plain connection of this process holds the file,
+    in an instance of its own. `storage_version`: the format a new file is written in."""
+    if shared:
+        key = path.resolve()   # the file, whatever the current folder is when it is released
+        con = attach(path, read_only, storage_version)
+        if con is not None:
+            return con, lambda: release(key, con)
+    config = {"storage_compatibility_version": storage_version} if storage_version is not None else {}
+    con = duckdb.connect(str(path), read_only=read_only, config=config)
+    return con, con.close
 
 
 def attach(path: Path, read_only: bool, storage_version: str | None = None) -> duckdb.DuckDBPyConnection | None:
@@ -94,10 +100,10 @@ def attach(path: Path, read_only: bool, storage_version: str | None = None) -> d
         else:
             options = ["READ_ONLY"] if read_only else []
             if storage_version is not None:
-                options.append(f"STORAGE_VERSION {_literal(storage_version)}")
+                options.append(f"STORAGE_VERSION {sql.quote_literal(storage_version)}")
             got = _Attachment(_alias(path), read_only, 0)
             try:
-                host.execute(f"ATTACH {_literal(str(path))} AS {_quote(got.alias)}"
+                host.execute(f"ATTACH {sql.quote_literal(str(path))} AS {sql.quote_identifier(got.alias)}"
                              + (f" ({', '.join(options)})" if options else ""))
             except duckdb.Error as e:
                 if "Unique file handle conflict" in str(e):
@@ -108,7 +114,7 @@ def attach(path: Path, read_only: bool, storage_version: str | None = None) -> d
         con = host.cursor()
         got.users += 1
     try:
-        con.execute(f"USE {_quote(got.alias)}")
+        con.execute(f"USE {sql.quote_identifier(got.alias)}")
     except BaseException:
         release(path, con)
         raise
@@ -121,7 +127,7 @@ def _spill_beside(host: duckdb.DuckDBPyConnection, path: Path) -> None:
     current folder. The instance has one such folder: once DuckDB has spilled into one it keeps
     it until the process ends, so a second workspace attached later spills into the first's."""
     try:
-        host.execute(f"SET temp_directory = {_literal(str(path.resolve()) + '.tmp')}")
+        host.execute(f"SET temp_directory = {sql.quote_literal(str(path.resolve()) + '.tmp')}")
     except duckdb.Error:   # "Cannot switch temporary directory after [it] has been used"; and a
         pass               # preference must not strand the attachment just made (its file lock)
 
@@ -134,11 +140,11 @@ def release(path: Path, con: duckdb.DuckDBPyConnection) -> None:
     key = str(path.resolve())
     with _lock:
         got = _attached.get(key)
-        if got is None or _host is None or _host_pid != os.getpid():
+        if got is None or _host is None:
             return
         got.users -= 1
         if got.users == 0:
-            _host.execute(f"DETACH {_quote(got.alias)}")
+            _host.execute(f"DETACH {sql.quote_identifier(got.alias)}")
             del _attached[key]
 
 
@@ -146,10 +152,10 @@ def _after_fork_in_child() -> None:
     """A forked child starts without the parent's instance. Its objects are kept, never
     closed: closing them here would run the parent's DuckDB teardown (threads that are not in
     the child, a checkpoint of the parent's attached databases) from the child."""
-    global _lock, _host, _host_pid, _attached
+    global _lock, _host, _attached
     if _host is not None:
         _inherited.append(_host)
-    _lock, _host, _host_pid, _attached = threading.Lock(), None, None, {}
+    _lock, _host, _attached = threading.Lock(), None, {}
 
 
 _inherited: list[duckdb.DuckDBPyConnection] = []

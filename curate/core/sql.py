@@ -74,6 +74,11 @@ def quote_identifier(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
+def quote_literal(text: str) -> str:
+    """`text` as a DuckDB string literal: in single quotes, a single quote doubled."""
+    return "'" + _lit(text) + "'"
+
+
 def classification_schema(name: str) -> str:
     """The schema of the classification `name`, quoted; a ValueError for a string that
     cannot name one (curate/classify/registry.py check_name says why to a user first)."""

@@ -233,16 +233,7 @@ class Workspace:
         # Written in a storage format the `duckdb` shell (duckdb-cli, one release behind
         # the Python package) can open, so `duckdb ws/curate.duckdb` works.
         new = not read_only and not self.db_path.exists()
-        if shared:
-            key = self.db_path.resolve()   # the file, whatever the current folder is when it is released
-            con = duckdb_host.attach(self.db_path, read_only, STORAGE_VERSION if new else None)
-            if con is not None:
-                return con, lambda: duckdb_host.release(key, con)
-        if read_only:
-            con = duckdb.connect(str(self.db_path), read_only=True)
-        else:
-            con = duckdb.connect(str(self.db_path), config={"storage_compatibility_version": STORAGE_VERSION} if new else {})
-        return con, con.close
+        return duckdb_host.connect(self.db_path, read_only, STORAGE_VERSION if new else None, shared=shared)
 
     # -- meta -----------------------------------------------------------------
     @staticmethod
