@@ -12,6 +12,7 @@ tables through the search path at call time, and the schema's own views come fir
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
@@ -178,7 +179,7 @@ def install_main(con: duckdb.DuckDBPyConnection) -> None:
     name, and the names stay)."""
     name = active(con)
     stamp = _main_views_stamp(name)
-    if con.execute("SELECT value FROM main.meta WHERE key = ?", [MAIN_VIEWS]).fetchall() == [(stamp,)]:
+    if Workspace.get_meta(con, MAIN_VIEWS) == stamp:
         return
     sql.run(con, "active_classification_drop")
     if name is not None:
@@ -186,7 +187,7 @@ def install_main(con: duckdb.DuckDBPyConnection) -> None:
         sql.run_for(con, "active_classification", name)
         with sql.search_path(con, "main"):
             sql.install_views(con)
-    con.execute("INSERT OR REPLACE INTO main.meta VALUES (?, ?)", [MAIN_VIEWS, stamp])
+    Workspace.set_meta(con, MAIN_VIEWS, stamp)
 
 
 # meta's record of what main's plain names show: the active classification and a digest of
@@ -195,8 +196,14 @@ MAIN_VIEWS = "main_views"
 
 
 def _main_views_stamp(name: str | None) -> str:
+    return json.dumps([name, _main_views_digest()])
+
+
+@functools.cache
+def _main_views_digest() -> str:
+    """The files' digest, read once a process (install_main runs at every publish)."""
     files = [sql.text(f) for f in ("active_classification_drop", "active_classification", *sql.VIEWS)]
-    return json.dumps([name, hashlib.sha256("\n;\n".join(files).encode()).hexdigest()[:16]])
+    return hashlib.sha256("\n;\n".join(files).encode()).hexdigest()[:16]
 
 
 def select(con: duckdb.DuckDBPyConnection, name: str | None = None) -> str | None:

@@ -137,10 +137,7 @@ def has_relation(con: duckdb.DuckDBPyConnection, name: str, schema: str | None =
     """Whether a table or view of that name is in `schema` (unquoted), or, by default, in
     a schema an unqualified name is looked up in (the search path, and main)."""
     if schema is not None:
-        return con.execute(
-            "SELECT count(*) FROM information_schema.tables WHERE table_catalog IN (current_database(), 'temp') "
-            "AND table_schema = ? AND table_name = ?",
-            [schema, name]).fetchall()[0][0] > 0
+        return name in relations(con, schema)
     return con.execute(
         "SELECT count(*) FROM information_schema.tables WHERE table_catalog IN (current_database(), 'temp') "
         "AND table_name = ? AND (table_schema = 'main' OR list_contains(current_schemas(false), table_schema))",

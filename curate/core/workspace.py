@@ -238,12 +238,13 @@ class Workspace:
     # -- meta -----------------------------------------------------------------
     @staticmethod
     def get_meta(con: duckdb.DuckDBPyConnection, key: str) -> str | None:
-        rows = con.execute("SELECT value FROM meta WHERE key = ?", [key]).fetchall()
+        # main.meta: the caller's search path may point at a classification's schema
+        rows = con.execute("SELECT value FROM main.meta WHERE key = ?", [key]).fetchall()
         return rows[0][0] if rows else None
 
     @staticmethod
     def set_meta(con: duckdb.DuckDBPyConnection, key: str, value: str) -> None:
-        con.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", [key, value])
+        con.execute("INSERT OR REPLACE INTO main.meta VALUES (?, ?)", [key, value])
 
     @classmethod
     def model_identity(cls, con: duckdb.DuckDBPyConnection) -> ModelIdentity | None:
