@@ -174,6 +174,58 @@ def pytest_runtest_setup(item) -> None:
         _share_tokenizers()
 
 
+# -- longest test files first ----------------------------------------------------------------
+# pytest-xdist hands whole files to its workers (--dist loadfile), by default the files with the
+# most tests first. The number of tests says little about their time (60 one-line shell runs vs
+# 6 kill-and-resume cases), and a long file handed out last keeps one worker busy while the
+# other has nothing left. So each run records every file's seconds in pytest's cache, and the
+# next run collects the files longest first (a greedy longest-first schedule); without a record
+# (a fresh checkout, CI) xdist's own order stands.
+
+def _seconds_key(config) -> str:
+    import hashlib
+
+    # the quick loop (-m "not slow") and the whole suite time the same file differently
+    marks = hashlib.sha1(str(config.getoption("markexpr", "") or "").encode()).hexdigest()[:8]
+    return f"curate/file-seconds-{marks}"
+
+
+def _file_of(nodeid: str) -> str:
+    return nodeid.split("::", 1)[0]
+
+
+class _FileSeconds:
+    """Times each file of this run (in xdist's controller, or the one process without xdist),
+    keeps them in pytest's cache at the end, and orders the next run's files by them."""
+
+    def __init__(self, config) -> None:
+        self.config = config
+        self.seconds: dict[str, float] = {}
+        recorded = config.cache.get(_seconds_key(config), None)
+        self.recorded: dict[str, float] = recorded if isinstance(recorded, dict) else {}
+        if self.recorded and hasattr(config.option, "loadscopereorder"):
+            config.option.loadscopereorder = False    # the order below stands
+
+    def pytest_collection_modifyitems(self, items) -> None:
+        if self.recorded:   # a file not timed yet (new) goes first: it may be long
+            items.sort(key=lambda item: -float(self.recorded.get(_file_of(item.nodeid), float("inf"))))
+
+    def pytest_runtest_logreport(self, report) -> None:
+        if not hasattr(self.config, "workerinput"):
+            f = _file_of(report.nodeid)
+            self.seconds[f] = self.seconds.get(f, 0.0) + report.duration
+
+    def pytest_sessionfinish(self) -> None:
+        if self.seconds and not hasattr(self.config, "workerinput"):
+            self.config.cache.set(_seconds_key(self.config),
+                                  {**self.recorded, **{f: round(s, 2) for f, s in self.seconds.items()}})
+
+
+def pytest_configure(config) -> None:
+    if getattr(config, "cache", None) is not None:    # -p no:cacheprovider: no record, xdist's order
+        config.pluginmanager.register(_FileSeconds(config), "curate-file-seconds")
+
+
 def run_cli(*args: str, expect: int | None = 0):
     """Run `curate ...` in-process; fail the test with its output if the exit code differs."""
     result = CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)

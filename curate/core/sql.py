@@ -136,6 +136,15 @@ def _lit(text: str) -> str:
 def has_relation(con: duckdb.DuckDBPyConnection, name: str, schema: str | None = None) -> bool:
     """Whether a table or view of that name is in `schema` (unquoted), or, by default, in
     a schema an unqualified name is looked up in (the search path, and main)."""
+    # Looked up by name first (~0.2 ms for a table, ~1.5 ms for a view over several others),
+    # the catalog listing (~2 ms, most of it DuckDB's own internal views) only where that fails:
+    # a lookup that fails does not abort a transaction, but a view whose tables are gone fails it
+    # while it exists, so a failure is not an answer.
+    try:
+        con.table(quote_identifier(name) if schema is None else f"{quote_identifier(schema)}.{quote_identifier(name)}")
+        return True
+    except duckdb.Error:
+        pass
     if schema is not None:
         return name in relations(con, schema)
     return con.execute(

@@ -95,6 +95,7 @@ def test_caption_and_ensemble_modes(ws, tmp_path):
     assert {int(r["id"]): float(r["prob"]) for r in read_out(out)} == pytest.approx(want, abs=1e-12)
     assert want == pytest.approx(dict(con.execute("SELECT id, prob FROM ensemble_with(0.2, 0.5)").fetchall()),
                                  abs=1e-12)
+    con.close()
 
 
 def test_copy_and_link(ws, tmp_path):
