@@ -11,6 +11,7 @@ name, quoted as a DuckDB identifier (the only change curate makes to a file's te
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -40,8 +41,9 @@ CLASSIFICATION_PREFIX = "cls_"
 CLASSIFICATION_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
 
 
+@functools.cache
 def text(name: str) -> str:
-    """The SQL of queries/<name>.sql."""
+    """The SQL of queries/<name>.sql, read once a process (the app runs some at every request)."""
     return resources.files("curate.queries").joinpath(f"{name}.sql").read_text(encoding="utf-8")
 
 

@@ -4,6 +4,7 @@ in a loop. Read from the source (every import, the ones inside functions include
 from __future__ import annotations
 
 import ast
+import functools
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[2] / "curate"
@@ -38,6 +39,7 @@ def _imports(name: str, path: Path, known: set[str]) -> set[str]:
     return found
 
 
+@functools.cache   # read once for the two tests
 def _graph() -> dict[str, set[str]]:
     mods = _modules()
     return {name: _imports(name, path, set(mods)) for name, path in mods.items()}

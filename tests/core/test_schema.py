@@ -10,6 +10,7 @@ file, and the tests here keep each variant the same as what it varies.
 from __future__ import annotations
 
 import ast
+import functools
 import re
 from pathlib import Path
 
@@ -24,6 +25,8 @@ _LOADERS = {"text", "statements", "named"}
 _TEXT_NAMES = {"SCHEMA", "UPGRADES"}
 _EDITS = {"replace", "split", "rsplit", "partition", "format", "strip", "removeprefix", "removesuffix",
           "splitlines", "find", "index", "startswith", "endswith", "count"}
+# each module's text parsed once for the checks below
+_parse = functools.cache(ast.parse)
 
 
 def _loads_sql(node: ast.AST, tainted: set[str]) -> bool:
@@ -65,7 +68,7 @@ def test_no_python_outside_core_sql_edits_the_text_of_a_query_file():
     for p in sorted((ROOT / "curate").rglob("*.py")):
         if p == ROOT / "curate" / "core" / "sql.py":   # the loader itself: statements() splits the file
             continue
-        bad += [f"{p.relative_to(ROOT)}:{line}: {what}" for line, what in _edits(ast.parse(p.read_text()))]
+        bad += [f"{p.relative_to(ROOT)}:{line}: {what}" for line, what in _edits(_parse(p.read_text()))]
     assert bad == []
 
 
@@ -184,7 +187,7 @@ def _ddl(sources: dict[str, str]) -> list[tuple[str, str, int, str]]:
     """(file, function, line, statement start) of each CREATE/ALTER/DROP of a persistent
     object in the strings of the given Python sources; an object made TEMP anywhere in
     them (or named temp.x) is not persistent."""
-    strings = {f: _strings(ast.parse(src)) for f, src in sources.items()}
+    strings = {f: _strings(_parse(src)) for f, src in sources.items()}
     temp = {m.lower() for found in strings.values() for _, _, s in found for m in _TEMP_CREATE.findall(s)}
     bad = []
     for f, found in strings.items():
