@@ -146,8 +146,8 @@ def test_what_does_not_fit_in_memory_spills_beside_the_database_not_into_the_cur
     code = (
         "import sys; from curate.core.workspace import Workspace\n"
         "with Workspace(sys.argv[1]).reading() as con:\n"
-        "    con.execute(\"SET memory_limit = '40MB'\"); con.execute('SET threads = 1')\n"
-        "    con.execute('SELECT count(*) FROM (SELECT md5(range::VARCHAR) AS m FROM range(3000000) ORDER BY m)')\n"
+        "    con.execute(\"SET memory_limit = '20MB'\"); con.execute('SET threads = 1')\n"
+        "    con.execute('SELECT count(*) FROM (SELECT md5(range::VARCHAR) AS m FROM range(1000000) ORDER BY m)')\n"
         "    import os; print(sorted(os.listdir(sys.argv[1] + '/curate.duckdb.tmp')))\n")
     here = tmp_path / "cwd"
     here.mkdir()
