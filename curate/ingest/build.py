@@ -170,6 +170,8 @@ class _Build:
         else:
             if have is not None and have.random_weights:
                 _note_fallback_workspace(ws_path, fallback_for, self.source, asked, opts.fallback_model, log)
+            if have is not None and not opts.fallback_model:
+                _refuse_other_model(have, model, pretrained)
             enc = _load(model, pretrained, *self.engine.driver(device, used), opts.fallback_model, log, say)
             ident = enc.identity
             if opts.decode == "gpu":
@@ -338,6 +340,27 @@ def _remove(paths: list[Path]) -> None:
             shutil.rmtree(p, ignore_errors=True)
         elif p.exists():
             p.unlink()
+
+
+def _refuse_other_model(have: ModelIdentity, model: str, pretrained: str) -> None:
+    """A workspace of another architecture refused before that model loads: its weights may be a
+    download of gigabytes, and a random-weights build of a large one takes seconds, for a run
+    refused once it is made. Known here where the name is an open_clip architecture (its size is
+    in its config); other weights of the same one, or a hf-hub: or local-dir: model, are checked
+    once loaded (check_same_model), so a missing checkpoint is still reported as that. Not with
+    --fallback-model: the model that stands in may be the workspace's."""
+    if model == have.model or model.startswith(("hf-hub:", "local-dir:")):
+        return
+    import open_clip
+
+    from .model import register_configs
+
+    register_configs()
+    cfg = open_clip.get_model_config(model)
+    if cfg is None:    # an unknown name: load_encoder says so, with the names it may have meant
+        return
+    tag = pretrained or "none"
+    check_same_model(have, ModelIdentity(model, tag, int(cfg["embed_dim"]), tag in ("none", "random")))
 
 
 def _precomputed_identity(root: Path, model: str, pretrained: str) -> ModelIdentity:

@@ -251,7 +251,10 @@ def test_other_model_on_existing_workspace_is_refused(tmp_path):
     # a workspace from another model: exit 4 (curate/errors.py), as issue 8 documents
     res = run_cli("build-index", photos, "-w", tmp_path / "ws", "--model", "RN50", "--pretrained", "none",
                   expect=4)
-    assert "embedded with curate-tiny" in res.output and "RN50" in res.output
+    assert "embedded with curate-tiny" in res.output and "RN50 (random weights, 1024-d)" in res.output
+    # refused before RN50 was built (a pretrained one could be a download of gigabytes)
+    from curate.ingest import model
+    assert all(key[0] != "RN50" for key, _enc in model._LOADED)
 
 
 def test_index_recipe_by_name(tmp_path):
