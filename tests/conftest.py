@@ -234,39 +234,15 @@ def run_cli(*args: str, expect: int | None = 0):
     return result
 
 
-class open_db:  # noqa: N801 - used where `duckdb.connect(path, read_only=True)` was
+def open_db(path: str | Path):
     """A workspace's database read as `duckdb.connect(path, read_only=True)` reads it, through the
     process's DuckDB instance (curate/core/duckdb_host.py): ~5 ms an open and close instead of
     ~25-35, and the suite's checks open ~600. Nothing of curate's runs on it (no journal overlay,
     no upgrade); where this process holds the file otherwise, a connection of its own, as
     curate's scopes do. Close it, or use it as a `with` block."""
+    from curate.core import duckdb_host
 
-    def __init__(self, path: str | Path):
-        from curate.core import duckdb_host
-
-        self._con = None    # (__del__ of one whose open failed)
-        self._con, self._close = duckdb_host.connect(Path(path), read_only=True)
-
-    def __getattr__(self, name: str):
-        return getattr(self._con, name)
-
-    def close(self) -> None:
-        if self._con is None:
-            return
-        self._con = None
-        self._close()
-
-    def __enter__(self) -> open_db:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def __del__(self) -> None:    # a one-line read (open_db(p).execute(...)) frees the file too
-        try:
-            self.close()
-        except Exception:   # noqa: BLE001 - at interpreter exit, or the instance gone
-            pass
+    return duckdb_host.Held(*duckdb_host.connect(Path(path), read_only=True))
 
 
 @pytest.fixture(scope="session")

@@ -15,7 +15,7 @@ connection of this process opened with `duckdb.connect` cannot be attached (Duck
 same file twice): `attach` answers None and the caller connects as before.
 
 Settings a connection changes with SET are the instance's: a caller that locks the
-configuration down (`curate sql`) uses an instance of its own (`Workspace.connect`). The
+configuration down (`curate sql`) uses an instance of its own (`Workspace.reading(own_instance=True)`). The
 folder DuckDB spills into is one of them: set at each attach to the workspace's own
 (`_spill_beside`).
 """
@@ -92,6 +92,41 @@ def connect(path: Path, read_only: bool, storage_version: str | None = None, *,
         config["storage_compatibility_version"] = storage_version
     con = duckdb.connect(str(path), read_only=read_only, config=config)
     return con, con.close
+
+
+class Held:
+    """A connection its caller keeps beyond a block and closes itself (`Workspace.connect`): the
+    cursor `connect` made, every attribute its own, and `close()` (or a `with` block, or the object
+    going away) gives the attachment back. ~5 ms an open and close where a connection of its own
+    builds and tears down an instance (~25-35 ms)."""
+
+    def __init__(self, con: duckdb.DuckDBPyConnection, close: Callable[[], None]) -> None:
+        self._con: duckdb.DuckDBPyConnection | None = con
+        self._close = close
+
+    def __getattr__(self, name: str):
+        if name.startswith("_"):    # (before __init__ ran, or after close: no recursion)
+            raise AttributeError(name)
+        if self._con is None:
+            raise duckdb.ConnectionException("Connection already closed!")
+        return getattr(self._con, name)
+
+    def close(self) -> None:
+        con, self._con = self.__dict__.get("_con"), None
+        if con is not None:
+            self._close()
+
+    def __enter__(self) -> Held:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:    # a one-line read (`Held(...).execute(...)`) frees the file too
+        try:
+            self.close()
+        except Exception:   # noqa: BLE001 - at interpreter exit, or the instance gone
+            pass
 
 
 def attach(path: Path, read_only: bool, storage_version: str | None = None) -> duckdb.DuckDBPyConnection | None:

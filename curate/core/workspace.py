@@ -184,18 +184,18 @@ class Workspace:
             close()
 
     # -- database -------------------------------------------------------------
-    def connect(self, read_only: bool = False, wait: float | None = None) -> duckdb.DuckDBPyConnection:
-        """The database opened in a DuckDB instance of its own, for a caller that keeps it
-        beyond a block and closes it itself (`reading()`/`writing()` are the cheaper way:
-        the process's instance, ~4 ms an open rather than ~25). While another process holds
-        it, retry for `wait` seconds (default: `lock_wait()`), then raise `WorkspaceBusy`
-        naming that process.
+    def connect(self, read_only: bool = False, wait: float | None = None) -> duckdb_host.Held:
+        """The database opened for a caller that keeps it beyond a block and closes it itself
+        (`close()`, or a `with` block): through the process's DuckDB instance, as `reading()` /
+        `writing()` open it, so a scope of this process opened meanwhile shares it. While another
+        process holds it, retry for `wait` seconds (default: `lock_wait()`), then raise
+        `WorkspaceBusy` naming that process.
 
         DuckDB's rule: one read-write process, or any number of read-only ones. Read-only
         connections see the marks the review server has not folded in yet (curate/validate/review/journal.py);
         read-write ones fold them in first.
         """
-        return self._connect(read_only, wait, shared=False)[0]
+        return duckdb_host.Held(*self._connect(read_only, wait, shared=True))
 
     def _connect(self, read_only: bool, wait: float | None,
                  shared: bool) -> tuple[duckdb.DuckDBPyConnection, Callable[[], None]]:
