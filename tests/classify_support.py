@@ -111,7 +111,8 @@ def in_classification(con: duckdb.DuckDBPyConnection, name: str | None = None) -
     ("cls_NAME": its tables and staging next_*): by default the only one there is."""
     if name is None:
         schemas = sorted({r[0] for r in con.execute(
-            "SELECT schema_name FROM duckdb_tables() WHERE starts_with(schema_name, 'cls_')").fetchall()})
+            "SELECT schema_name FROM duckdb_tables() WHERE database_name = current_database() "
+            "AND starts_with(schema_name, 'cls_')").fetchall()})
         assert len(schemas) == 1, schemas
         schema = schemas[0]
     else:
@@ -130,7 +131,8 @@ def old_layout(db: Path) -> str:
     try:
         [(name,)] = con.execute("SELECT name FROM classifications").fetchall()
         schema = f'"cls_{name}"'
-        tables = [r[0] for r in con.execute("SELECT table_name FROM duckdb_tables() WHERE schema_name = ?",
+        tables = [r[0] for r in con.execute("SELECT table_name FROM duckdb_tables() WHERE database_name = current_database() "
+                                            "AND schema_name = ?",
                                             [f"cls_{name}"]).fetchall()]
         for view in ("predictions", "caption_predictions", "ensemble", "coverage", "scores_fresh", "stale_shards",
                      "labels", "item_scores", "label_scores", "score_settings", "score_progress", "scored_shards"):
@@ -139,7 +141,8 @@ def old_layout(db: Path) -> str:
             con.execute(f"CREATE TABLE main.{t} AS SELECT * FROM {schema}.{t}")
         con.execute(f"DROP SCHEMA {schema} CASCADE")
         con.execute("DROP TABLE classifications")
-        if con.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = 'review_sets'").fetchall()[0][0]:
+        if con.execute("SELECT count(*) FROM duckdb_tables() WHERE database_name = current_database() "
+                       "AND table_name = 'review_sets'").fetchall()[0][0]:
             con.execute("ALTER TABLE review_sets DROP COLUMN classification")
         if "score_settings" in tables:
             for view in sql.VIEWS:

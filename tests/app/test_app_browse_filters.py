@@ -307,7 +307,8 @@ def _draw_look(ws: Path) -> None:
     from curate.core.workspace import Workspace
     from curate.validate import sampling
 
-    if sql(ws, "SELECT count(*) FROM duckdb_tables() WHERE table_name = 'review_sets'")[0][0] and \
+    if sql(ws, "SELECT count(*) FROM duckdb_tables() WHERE database_name = current_database() "
+               "AND table_name = 'review_sets'")[0][0] and \
             sql(ws, "SELECT count(*) FROM review_sets WHERE name = 'look'")[0][0]:
         return
     con = Workspace(ws).connect()

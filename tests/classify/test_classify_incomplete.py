@@ -98,7 +98,8 @@ def test_killed_reclassify_leaves_the_previous_result_until_it_completes(tmp_pat
     assert "resuming after item id" in out and "continued earlier scores" in out
     run_cli(*B, "--set", labels, "-w", uninterrupted_b)
     assert_same_tables(ws, uninterrupted_b)
-    assert _rows(ws, "SELECT count(*) FROM information_schema.tables WHERE table_name LIKE 'next_%'") == [(0,)]
+    assert _rows(ws, "SELECT count(*) FROM information_schema.tables WHERE table_catalog = current_database() "
+                     "AND table_name LIKE 'next_%'") == [(0,)]
     seen = _readers(ws, tmp_path, "after")
     assert seen == _readers(uninterrupted_b, tmp_path, "after")
     assert seen["settings"] == [(50.0, 3)] and seen["predictions"] != want["predictions"]
@@ -117,7 +118,8 @@ def test_a_first_classify_killed_part_way_is_refused_by_every_reader(tmp_path):
         assert "run the same `curate classify` command again" in msg, msg
     assert not (tmp_path / "x.csv").exists()
     # the shell's views do not exist yet: nothing there reads as a classification
-    assert _rows(ws, "SELECT count(*) FROM information_schema.tables WHERE table_name IN "
+    assert _rows(ws, "SELECT count(*) FROM information_schema.tables WHERE table_catalog = current_database() "
+                     "AND table_name IN "
                      "('predictions', 'item_scores', 'score_settings')") == [(0,)]
 
 

@@ -193,7 +193,8 @@ def test_killed_cli_run_resumes_to_the_uninterrupted_tables(tmp_path):
 
     # killed half way: nothing that looks classified (the run writes staging tables, next_*),
     # and the staged rows match the progress record
-    assert one(killed, "SELECT count(*) FROM information_schema.tables WHERE table_name = 'score_settings'") == (0,)
+    assert one(killed, "SELECT count(*) FROM information_schema.tables WHERE table_catalog = current_database() "
+                       "AND table_name = 'score_settings'") == (0,)
     last, images, captions, finished = one(killed, "SELECT last_id, images, captions, finished "
                                                    "FROM next_score_progress")
     assert not finished and img[2] < last < cap[-1]
@@ -337,4 +338,5 @@ def test_lost_shard_fails_before_looking_classified(small):
         classify(a, labels, batch_rows=128)
     # the failed run published nothing: the scores of the complete run stay as they were
     assert one(a, "SELECT count(*) FROM score_settings") == (1,)
-    assert one(a, "SELECT count(*) FROM information_schema.tables WHERE table_name LIKE 'next_%'") == (0,)
+    assert one(a, "SELECT count(*) FROM information_schema.tables WHERE table_catalog = current_database() "
+                  "AND table_name LIKE 'next_%'") == (0,)

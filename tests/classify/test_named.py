@@ -139,13 +139,17 @@ def test_use_and_drop_switch_the_main_views_and_drop_frees_the_schema(two, tmp_p
             registry.use(con, "nope")
         assert registry.drop(Workspace(ws), con, "raw") == "natural"        # the active one: natural takes over
         assert _predictions(con, "predictions") == natural
-        assert con.execute("SELECT count(*) FROM duckdb_tables() WHERE schema_name = 'cls_raw'").fetchall() == [(0,)]
-        assert con.execute("SELECT count(*) FROM duckdb_views() WHERE schema_name = 'cls_raw'").fetchall() == [(0,)]
-        assert con.execute("SELECT count(*) FROM duckdb_schemas() WHERE schema_name = 'cls_raw'").fetchall() == [(0,)]
+        assert con.execute("SELECT count(*) FROM duckdb_tables() WHERE database_name = current_database() "
+                           "AND schema_name = 'cls_raw'").fetchall() == [(0,)]
+        assert con.execute("SELECT count(*) FROM duckdb_views() WHERE database_name = current_database() "
+                           "AND schema_name = 'cls_raw'").fetchall() == [(0,)]
+        assert con.execute("SELECT count(*) FROM duckdb_schemas() WHERE database_name = current_database() "
+                           "AND schema_name = 'cls_raw'").fetchall() == [(0,)]
         assert [c.name for c in registry.list_classifications(con)] == ["natural"]
         assert registry.drop(Workspace(ws), con, "natural") is None         # none left: no plain names
         for name in ("predictions", "ensemble", "coverage", "item_scores", "labels", "score_settings"):
-            assert not con.execute("SELECT count(*) FROM information_schema.tables WHERE table_name = ?",
+            assert not con.execute("SELECT count(*) FROM information_schema.tables WHERE table_catalog = current_database() "
+                                   "AND table_name = ?",
                                    [name]).fetchall()[0][0], name
     finally:
         con.close()
@@ -183,13 +187,15 @@ def test_a_workspace_classified_before_names_is_upgraded_with_the_same_numbers(t
     con.close()
     old_layout(ws / "curate.duckdb")
     con = _ro(ws)   # the old layout: tables in main, readers as before
-    assert con.execute("SELECT count(*) FROM duckdb_tables() WHERE schema_name = 'main' "
+    assert con.execute("SELECT count(*) FROM duckdb_tables() WHERE database_name = current_database() "
+                       "AND schema_name = 'main' "
                        "AND table_name = 'item_scores'").fetchall() == [(1,)]
     con.close()
     con = Workspace(ws).connect()      # the first read-write connect upgrades
     try:
         assert registry.active(con) == "places205-natural"
-        assert con.execute("SELECT count(*) FROM duckdb_tables() WHERE schema_name = 'main' "
+        assert con.execute("SELECT count(*) FROM duckdb_tables() WHERE database_name = current_database() "
+                           "AND schema_name = 'main' "
                            "AND table_name = 'item_scores'").fetchall() == [(0,)]
         for t, rows in before.items():
             assert sorted(con.execute(f"SELECT * FROM {t}").fetchall()) == rows, t
@@ -226,7 +232,8 @@ def _schema_rows(ws: Path, name: str) -> dict[str, list[tuple]]:
         out = {}
         for t in SCORE_TABLES:
             cols = [r[0] for r in con.execute("SELECT column_name FROM information_schema.columns WHERE "
-                                              "table_schema = ? AND table_name = ? ORDER BY ordinal_position",
+                                              "table_catalog = current_database() AND table_schema = ? "
+                                              "AND table_name = ? ORDER BY ordinal_position",
                                               [f"cls_{name}", t]).fetchall()
                     if r[0] not in ("created_at", "updated_at")]
             out[t] = sorted(con.execute(f'SELECT {", ".join(cols)} FROM "cls_{name}".{t}').fetchall())
@@ -248,7 +255,8 @@ def test_two_names_resume_independently(tmp_path):
     with pytest.raises(Stop):
         classify(ws, labels, "raw", enc, name="b", progress=stopped_after(3), **b)
     con = _ro(ws)
-    staged = con.execute("SELECT table_schema FROM information_schema.tables WHERE table_name = "
+    staged = con.execute("SELECT table_schema FROM information_schema.tables WHERE table_catalog = current_database() "
+                         "AND table_name = "
                          "'next_score_progress' ORDER BY 1").fetchall()
     assert staged == [("cls_a",), ("cls_b",)] and registry.active(con) is None
     in_classification(con, "b")
@@ -264,6 +272,7 @@ def test_two_names_resume_independently(tmp_path):
         assert _schema_rows(ws, name) == _schema_rows(whole, name), name
     con = _ro(ws)
     assert registry.active(con) == "b"
-    assert con.execute("SELECT count(*) FROM information_schema.tables WHERE table_name LIKE 'next_%'"
+    assert con.execute("SELECT count(*) FROM information_schema.tables WHERE table_catalog = current_database() "
+                       "AND table_name LIKE 'next_%'"
                        ).fetchall() == [(0,)]
     con.close()

@@ -242,7 +242,8 @@ def test_source_columns_named_like_curates_come_out_as_src(tmp_path):
     labels = dict(con.execute("SELECT id, label FROM predictions").fetchall())
     # the items table holds the manifest's columns under whatever names ingest keeps them
     extras = [r[0] for r in con.execute("SELECT column_name FROM information_schema.columns WHERE "
-                                        "table_name = 'items' ORDER BY ordinal_position").fetchall()][8:]
+                                        "table_catalog = current_database() AND table_name = 'items' "
+                                        "ORDER BY ordinal_position").fetchall()][8:]
     con.close()
     named, used = [], {"id", "path", "caption", "label", "prob", "source_id"}
     for c in extras:

@@ -136,7 +136,8 @@ def test_the_core_schema_runs_at_a_write_connect_only_when_its_stamp_differs(tmp
 
     def has_run_times() -> bool:
         with ws.writing() as con:
-            return con.execute("SELECT count(*) FROM duckdb_views() WHERE view_name = 'run_times'").fetchall()[0][0] == 1
+            return con.execute("SELECT count(*) FROM duckdb_views() WHERE database_name = current_database() "
+                               "AND view_name = 'run_times'").fetchall()[0][0] == 1
 
     assert not has_run_times()
     with ws.writing() as con:

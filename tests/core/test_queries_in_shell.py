@@ -109,10 +109,13 @@ def test_every_table_and_view_of_a_workspace_is_made_by_a_file_in_queries(review
     made = set(re.findall(r"CREATE (?:OR REPLACE )?TABLE (?:IF NOT EXISTS )?(\w+)", ddl))
     made_views = set(re.findall(r"CREATE (?:OR REPLACE )?(?:TEMP )?VIEW (?:IF NOT EXISTS )?(\w+)", ddl))
     con = open_db(str(reviewed / "curate.duckdb"))
-    tables = {r[0] for r in con.execute("SELECT table_name FROM duckdb_tables() WHERE NOT temporary").fetchall()}
+    here = "database_name = current_database()"
+    tables = {r[0] for r in con.execute(f"SELECT table_name FROM duckdb_tables() WHERE {here} AND NOT temporary"
+                                        ).fetchall()}
     views = {tuple(r) for r in con.execute("SELECT schema_name, view_name FROM duckdb_views() "
-                                           "WHERE NOT internal AND NOT temporary").fetchall()}
-    schemas = {r[0] for r in con.execute("SELECT schema_name FROM duckdb_schemas() WHERE NOT internal").fetchall()}
+                                           f"WHERE {here} AND NOT internal AND NOT temporary").fetchall()}
+    schemas = {r[0] for r in con.execute(f"SELECT schema_name FROM duckdb_schemas() WHERE {here} AND NOT internal"
+                                         ).fetchall()}
     con.close()
     assert {"items", "runs", "shards", "index_shards", "item_files", "item_scores", "judgments",
             "calibration_thresholds"} <= tables
@@ -132,7 +135,8 @@ def test_every_view_is_made_by_a_file_by_its_own_name(reviewed):
     in_main = set(re.findall(view + r"main\.(\w+) ", ddl))
     in_classification = set(re.findall(view + r'"cls_NAME"\.(\w+) ', ddl))
     con = open_db(str(reviewed / "curate.duckdb"))
-    views = con.execute("SELECT schema_name, view_name FROM duckdb_views() WHERE NOT internal AND NOT temporary"
+    views = con.execute("SELECT schema_name, view_name FROM duckdb_views() WHERE database_name = current_database() "
+                        "AND NOT internal AND NOT temporary"
                         ).fetchall()
     con.close()
     assert {v for s, v in views if s == "main"} >= {"labels", "item_scores", "predictions", "calibrated_predictions"}

@@ -114,7 +114,8 @@ def test_the_staging_copies_are_the_score_tables_column_for_column():
         sql.run(con, "scores_tables")
     with sql.search_path(con, "staged"):
         sql.run(con, "scores_staging")
-    staged = {r[0] for r in con.execute("SELECT table_name FROM duckdb_tables() WHERE schema_name = 'staged'"
+    staged = {r[0] for r in con.execute("SELECT table_name FROM duckdb_tables() WHERE database_name = current_database() "
+                                        "AND schema_name = 'staged'"
                                         ).fetchall()}
     assert staged and all(t.startswith("next_") for t in staged)
     assert _columns(con, "staged", "next_") == _columns(con, "live")

@@ -25,7 +25,8 @@ Workspace(sys.argv[1]).connect().close()
 def _main_tables(db: Path) -> set[str]:
     con = open_db(str(db))
     try:
-        return {r[0] for r in con.execute("SELECT table_name FROM duckdb_tables() WHERE schema_name = 'main'"
+        return {r[0] for r in con.execute("SELECT table_name FROM duckdb_tables() WHERE database_name = current_database() "
+                                          "AND schema_name = 'main'"
                                           ).fetchall()}
     finally:
         con.close()

@@ -100,7 +100,8 @@ def test_the_fit_goes_with_its_classification(calibrated_ws, tmp_path):
     assert "no calibration" in out
     con = open_db(str(ws / "curate.duckdb"))
     try:
-        assert con.execute("SELECT count(*) FROM duckdb_views() WHERE view_name = 'calibrated_predictions'"
+        assert con.execute("SELECT count(*) FROM duckdb_views() WHERE database_name = current_database() "
+                           "AND view_name = 'calibrated_predictions'"
                            ).fetchall()[0][0] == 0
     finally:
         con.close()

@@ -16,10 +16,12 @@ def _shape(db) -> dict[str, tuple[str, list[tuple[str, str]]]]:
     try:
         out = {}
         for name in RELATIONS:
-            kind = con.execute("SELECT table_type FROM information_schema.tables WHERE table_schema = 'main' "
-                               "AND table_name = ?", [name]).fetchall()
+            kind = con.execute("SELECT table_type FROM information_schema.tables WHERE table_catalog = current_database() "
+                               "AND table_schema = 'main' AND table_name = ?", [name]).fetchall()
             cols = con.execute("SELECT column_name, data_type FROM information_schema.columns "
-                               "WHERE table_schema = 'main' AND table_name = ? ORDER BY ordinal_position",
+                               "WHERE table_catalog = current_database() "
+                               "AND table_schema = 'main' AND table_name = ? "
+                               "ORDER BY ordinal_position",
                                [name]).fetchall()
             out[name] = (kind[0][0] if kind else None, cols)
         return out
