@@ -291,4 +291,3 @@ def classified(classified_once, tmp_path_factory) -> Path:
     ws = tmp_path_factory.mktemp("classified") / "ws"
     shutil.copytree(classified_once, ws)
     return ws
-

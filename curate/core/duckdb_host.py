@@ -15,9 +15,10 @@ connection of this process opened with `duckdb.connect` cannot be attached (Duck
 same file twice): `attach` answers None and the caller connects as before.
 
 Settings a connection changes with SET are the instance's: a caller that locks the
-configuration down (`curate sql`) uses an instance of its own (`Workspace.reading(own_instance=True)`). The
-folder DuckDB spills into is one of them: set at each attach to the workspace's own
-(`_spill_beside`).
+configuration down (`curate sql`) uses an instance of its own
+(`Workspace.reading(own_instance=True)`). The folder DuckDB spills into is one of them: set at
+each attach to the workspace's own (`_spill_beside`). A connection a caller keeps and closes
+itself (`Workspace.connect`, the tests' reads) is a `Held` cursor of the instance.
 """
 
 from __future__ import annotations

@@ -140,8 +140,8 @@ def has_relation(con: duckdb.DuckDBPyConnection, name: str, schema: str | None =
     a schema an unqualified name is looked up in (the search path, and main)."""
     # Looked up by name first (~0.2 ms for a table, ~1.5 ms for a view over several others),
     # the catalog listing (~2 ms, most of it DuckDB's own internal views) only where that fails:
-    # a lookup that fails does not abort a transaction, but a view whose tables are gone fails it
-    # while it exists, so a failure is not an answer.
+    # a failed lookup leaves a transaction usable, but a view whose tables are gone fails it
+    # although the view is there, so a failure is not an answer.
     try:
         con.table(quote_identifier(name) if schema is None else f"{quote_identifier(schema)}.{quote_identifier(name)}")
         return True
