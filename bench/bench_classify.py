@@ -273,7 +273,7 @@ def step_classify_raw(ws: Path, args) -> dict:
     ident = Workspace.model_identity(con)
     con.close()
     t = time.perf_counter()
-    r = classify(ws, "places205", "raw", encoder=RandomTextEncoder(ident, args.dim), storage="topk",
+    r = classify(ws, "places205", "raw", encoder=RandomTextEncoder(ident, ident.embed_dim), storage="topk",
                  top_k=args.top_k)
     return {"seconds": time.perf_counter() - t, "rows": r.label_score_rows}
 
