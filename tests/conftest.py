@@ -42,7 +42,8 @@ def _scratch_on_tmpfs(root: str = "/dev/shm", room: int = 8 << 30) -> None:
     each one the tests make, rename and delete, each DuckDB checkpoint's fdatasync (~6 ms a
     write+fsync here, 0.4 ms on tmpfs), and pytest's deletion of an older run's folders at the end
     of a run (~11,000 files, ~2 ms an unlink on the project machine's ext4 mounted with discard).
-    A whole run leaves up to ~1.3 GB there; pytest keeps the last 3."""
+    A passed test's folders are removed at its end (tmp_path_retention_policy in pyproject.toml:
+    a whole run kept was ~1.3 GB of memory there), a failed one's kept for the last 3 runs."""
     if os.environ.get("TMPDIR") or not os.path.isdir(root) or not os.access(root, os.W_OK):
         return
     st = os.statvfs(root)
