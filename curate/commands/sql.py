@@ -24,6 +24,7 @@ import click
 import duckdb
 
 from ..core.outputs import WRITERS, check_output, partial_path, write_atomic
+from ..core.sql import quote_literal
 from ..core.textout import safe
 from ..core.workspace import Workspace
 from ..errors import InputError
@@ -91,8 +92,8 @@ def lock_down(con: duckdb.DuckDBPyConnection, spill: Path, result: Path) -> None
     """Close DuckDB around a read-only connection: no file but the database (and `spill`, its
     temporary folder for what does not fit in memory, and `result`, the one file curate writes
     the result to), no Python objects scanned, and the configuration locked (no SET undoes this)."""
-    con.execute(f"SET temp_directory = {_literal(spill)}")
-    con.execute(f"SET allowed_paths = [{_literal(result)}]")
+    con.execute(f"SET temp_directory = {quote_literal(str(spill))}")
+    con.execute(f"SET allowed_paths = [{quote_literal(str(result))}]")
     con.execute("SET enable_external_access = false")
     con.execute("SET python_enable_replacements = false")
     con.execute("SET lock_configuration = true")
@@ -118,10 +119,6 @@ def check_statements(con: duckdb.DuckDBPyConnection, query: str) -> None:
             word = (st.query.split() or ["that"])[0].upper()
             raise InputError(f"curate sql only reads: {word} statements are refused (nothing ran; "
                              "write a query's result with --out FILE)")
-
-
-def _literal(path: Path) -> str:
-    return "'" + str(path).replace("'", "''") + "'"
 
 
 def _format(fmt: str | None, out: Path | None) -> str:

@@ -440,9 +440,3 @@ def _package_versions() -> dict[str, str]:
         except PackageNotFoundError:
             continue
     return out
-
-
-def quote_ident(name: str) -> str:
-    """A user-supplied column name, safe to put in SQL as an identifier."""
-    return '"' + name.replace('"', '""') + '"'
-

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import duckdb
 
-from ..core.workspace import quote_ident
+from ..core.sql import quote_identifier
 from .sources import (
     MANIFEST_EXTENSIONS,
     ScanResult,
@@ -74,7 +74,7 @@ def _load(con, m: Path, fmt: str, infer: bool, res: ScanResult, tmp: Path) -> tu
         names, types = [r[0] for r in desc], [r[1] for r in desc]
         roles = set(roles_of(names).values())
         cols = ", ".join(
-            (f"CAST({quote_ident(n)} AS VARCHAR)" if i in roles else quote_ident(n)) + f" AS c{i}"
+            (f"CAST({quote_identifier(n)} AS VARCHAR)" if i in roles else quote_identifier(n)) + f" AS c{i}"
             for i, n in enumerate(names))
         con.execute(f"CREATE OR REPLACE TEMP TABLE manifest_raw AS "
                     f"SELECT row_number() OVER () AS _row, {cols}, false AS _bad FROM read_parquet(?)", [str(m)])
@@ -108,7 +108,7 @@ def _load_csv(con, path: Path, tsv: bool, infer: bool) -> tuple[list[str], list[
     head = con.execute("SELECT * FROM manifest_all WHERE _n = 1").fetchall()
     names = [v or "" for v in head[0][1:]] if head else []
     if not infer:
-        sel = ", ".join(f"{quote_ident(c)} AS c{i}" for i, c in enumerate(cols))
+        sel = ", ".join(f"{quote_identifier(c)} AS c{i}" for i, c in enumerate(cols))
         con.execute(f"CREATE OR REPLACE TEMP TABLE manifest_raw AS "
                     f"SELECT _n - 1 AS _row, {sel}, false AS _bad FROM manifest_all WHERE _n > 1")
         con.execute("DROP TABLE manifest_all")
@@ -246,7 +246,7 @@ def _ingest(con, src: Source, m: Path, source_no: int, run_id: int, names: list[
 
     exprs = _extra_columns(con, [f"c{i}" for i in extras], targets, [types[i] for i in extras], m, res)
     before = con.execute("SELECT count(*) FROM items").fetchall()[0][0]
-    cols = "".join(", " + quote_ident(t) for t in targets)
+    cols = "".join(", " + quote_identifier(t) for t in targets)
     vals = "".join(", " + e for e in exprs)
     con.execute(
         f"""
@@ -285,7 +285,7 @@ def _extra_columns(con, cols: list[str], targets: list[str], types: list[str], m
     for col, target, typ in zip(cols, targets, types, strict=True):
         val = f"nullif(manifest_raw.{col}, '')" if typ == "VARCHAR" else f"manifest_raw.{col}"
         if target.lower() not in have:
-            con.execute(f"ALTER TABLE items ADD COLUMN {quote_ident(target)} {typ}")
+            con.execute(f"ALTER TABLE items ADD COLUMN {quote_identifier(target)} {typ}")
             out.append(val)
             continue
         name, existing = have[target.lower()]
@@ -293,7 +293,7 @@ def _extra_columns(con, cols: list[str], targets: list[str], types: list[str], m
             out.append(val)
             continue
         if existing != "VARCHAR":
-            con.execute(f"ALTER TABLE items ALTER COLUMN {quote_ident(name)} TYPE VARCHAR")
+            con.execute(f"ALTER TABLE items ALTER COLUMN {quote_identifier(name)} TYPE VARCHAR")
             res.notes.append(f"column {name} held {existing}; {m.name} gives {typ}: it is text now")
         out.append(f"CAST({val} AS VARCHAR)")
     return out

@@ -20,7 +20,8 @@ import duckdb
 import numpy as np
 
 from ..core import store
-from ..core.workspace import Workspace, quote_ident
+from ..core.sql import quote_identifier
+from ..core.workspace import Workspace
 from ..errors import PartialResult
 from .sources import Source, SourceError, clean_sql, column_targets, register_source
 
@@ -157,7 +158,7 @@ def _reject_duplicates(con: duckdb.DuckDBPyConnection, run_id: int, meta_f: Path
     col = id_col or path_col
     if col is None:
         return
-    key = f"CAST({quote_ident(col)} AS VARCHAR)"
+    key = f"CAST({quote_identifier(col)} AS VARCHAR)"
     con.execute(
         f"""
         INSERT INTO rejected (item_id, source_id, path, reason, stage, run_id, source_no)
@@ -177,7 +178,7 @@ def _add_extra_columns(con: duckdb.DuckDBPyConnection, extras: list[str], target
     types = {r[0]: r[1] for r in con.execute("DESCRIBE cr_meta").fetchall()}
     for c, t in zip(extras, targets, strict=True):
         if t.lower() not in have:
-            con.execute(f"ALTER TABLE items ADD COLUMN {quote_ident(t)} {types[c]}")
+            con.execute(f"ALTER TABLE items ADD COLUMN {quote_identifier(t)} {types[c]}")
 
 
 def _rows(f: Path, start: int, stop: int, rows: np.ndarray) -> np.ndarray:
@@ -216,8 +217,8 @@ def _import_chunk(into: _Into, layout: _Part, start: int, stop: int) -> tuple[in
     ws, con, run_id, source_no, shard_size = into.ws, into.con, into.run_id, into.source_no, into.shard_size
     part, img_f, text_f, cols = layout.part, layout.img_f, layout.text_f, layout.cols
     path_col, id_col, extras, targets = layout.path_col, layout.id_col, layout.extras, layout.targets
-    sid_expr = f"CAST({quote_ident(id_col)} AS VARCHAR)" if id_col else "NULL"
-    path_expr = f"CAST({quote_ident(path_col)} AS VARCHAR)" if path_col else "NULL"
+    sid_expr = f"CAST({quote_identifier(id_col)} AS VARCHAR)" if id_col else "NULL"
+    path_expr = f"CAST({quote_identifier(path_col)} AS VARCHAR)" if path_col else "NULL"
     fallback = f"'part{part}:' || _row"
     cap_expr = clean_sql("caption") if "caption" in cols else "CAST(NULL AS VARCHAR)"
     con.execute(
@@ -225,7 +226,7 @@ def _import_chunk(into: _Into, layout: _Part, start: int, stop: int) -> tuple[in
         CREATE OR REPLACE TEMP TABLE cr_chunk AS
         SELECT _row, coalesce(nullif({sid_expr}, ''), {fallback}) AS source_id,
                coalesce({path_expr}, {fallback}) AS path, {cap_expr} AS caption
-               {''.join(', ' + quote_ident(c) for c in extras)}
+               {''.join(', ' + quote_identifier(c) for c in extras)}
         FROM cr_meta WHERE _row >= ? AND _row < ?
         """,
         [start, stop],
@@ -256,8 +257,8 @@ def _import_chunk(into: _Into, layout: _Part, start: int, stop: int) -> tuple[in
         cap_bad = ok & has_cap & ~tok  # the image is kept; the caption vector is recorded as rejected
         cap_reasons = _reason(t_nonfinite, "caption")
         vectors["caption"] = (ids[use], tv[use])
-    extra_cols = "".join(", " + quote_ident(t) for t in targets)
-    extra_vals = "".join(", c." + quote_ident(c) for c in extras)
+    extra_cols = "".join(", " + quote_identifier(t) for t in targets)
+    extra_vals = "".join(", c." + quote_identifier(c) for c in extras)
 
     def items(con: duckdb.DuckDBPyConnection) -> None:
         # In the shards' transaction; store marks the items with an image vector `embedded`

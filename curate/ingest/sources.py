@@ -31,8 +31,8 @@ import numpy as np
 from PIL import Image
 
 from ..core import output_folder, sql
-from ..core.sql import transaction
-from ..core.workspace import DB_NAME, SCHEMA, UPGRADES, quote_ident
+from ..core.sql import quote_identifier, transaction
+from ..core.workspace import DB_NAME, SCHEMA, UPGRADES
 from ..errors import InputError
 
 MANIFEST_EXTENSIONS = {".csv": "csv", ".tsv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl",
@@ -190,7 +190,7 @@ def upgrade_items(con: duckdb.DuckDBPyConnection) -> bool:
         have = {r[0] for r in con.execute("DESCRIBE items").fetchall()}
         for name, typ, *_ in con.execute("DESCRIBE items_before_sources").fetchall():
             if name not in have:
-                con.execute(f"ALTER TABLE items ADD COLUMN {quote_ident(name)} {typ}")
+                con.execute(f"ALTER TABLE items ADD COLUMN {quote_identifier(name)} {typ}")
         for step in ("sources", "items", "drop_old"):
             con.execute(sql.named("items_rebuild", step))
     return True

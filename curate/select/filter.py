@@ -36,7 +36,7 @@ from ..core.outputs import (
     write_atomic,
     writer_for,
 )
-from ..core.workspace import Workspace, quote_ident
+from ..core.workspace import Workspace
 from ..errors import InputError, OutputError
 from . import dedup, exports
 
@@ -319,7 +319,7 @@ def where_clause(con: duckdb.DuckDBPyConnection, where: tuple[tuple[str, str], .
             own = sorted(c for c in item_columns(con) if c != "id")
             raise FilterError(f"--where {col}=...: items has no column {col!r} (its columns: {', '.join(own)})")
         by_col.setdefault(real, []).append(value)
-    clause = " AND ".join(f"CAST({alias}.{quote_ident(c)} AS VARCHAR) IN ({', '.join('?' * len(v))})"
+    clause = " AND ".join(f"CAST({alias}.{sql.quote_identifier(c)} AS VARCHAR) IN ({', '.join('?' * len(v))})"
                           for c, v in by_col.items())
     return clause, [v for values in by_col.values() for v in values]
 
@@ -383,7 +383,7 @@ def extras_select(con: duckdb.DuckDBPyConnection, taken: tuple[str, ...] = OUTPU
         while name.lower() in used:  # names are case-insensitive in SQL and in most readers
             name = "src_" + name
         used.add(name.lower())
-        out.append(f"x.{quote_ident(c)}" + (f" AS {quote_ident(name)}" if name != c else ""))
+        out.append(f"x.{sql.quote_identifier(c)}" + (f" AS {sql.quote_identifier(name)}" if name != c else ""))
     return "".join(", " + x for x in out)
 
 
