@@ -19,6 +19,7 @@ import duckdb
 import numpy as np
 
 from ..core import sql
+from ..core.workspace import Workspace
 from .state import NotReady
 
 META_KEY = "calibration"
@@ -61,11 +62,6 @@ class Calibration:
         return {c.label: c.threshold for c in self.classes if c.threshold is not None}
 
 
-def _meta(con: duckdb.DuckDBPyConnection, key: str) -> str | None:
-    rows = con.execute("SELECT value FROM meta WHERE key = ?", [key]).fetchall()
-    return rows[0][0] if rows else None
-
-
 def load(con: duckdb.DuckDBPyConnection) -> Calibration | None:
     """The calibration `curate report` saved in this workspace, or None (not fitted yet).
 
@@ -75,7 +71,7 @@ def load(con: duckdb.DuckDBPyConnection) -> Calibration | None:
     """
     if not sql.has_relation(con, "calibration_thresholds"):
         return None
-    raw = _meta(con, META_KEY)
+    raw = Workspace.get_meta(con, META_KEY)
     if raw is None:
         return None
     d = json.loads(raw)
@@ -139,7 +135,7 @@ def forget(con: duckdb.DuckDBPyConnection, name: str) -> bool:
     cal = load(con)
     if cal is None or cal.classification != name:
         return False
-    con.execute("DELETE FROM meta WHERE key = ?", [META_KEY])
+    Workspace.delete_meta(con, META_KEY)
     con.execute("DELETE FROM calibration_thresholds")
     con.execute(sql.named("calibration_owner", "forget"))
     return True
@@ -148,14 +144,14 @@ def forget(con: duckdb.DuckDBPyConnection, name: str) -> bool:
 def stamp(con: duckdb.DuckDBPyConnection, name: str) -> None:
     """A calibration saved before names (no classification recorded) belongs to the
     classification the upgrade made of that workspace's scores."""
-    raw = _meta(con, META_KEY) if sql.has_relation(con, "meta", schema="main") else None
+    raw = Workspace.get_meta(con, META_KEY) if sql.has_relation(con, "meta", schema="main") else None
     if raw is None:
         return
     d = json.loads(raw)
     if d.get("classification") is not None:
         return
     d["classification"], d["fingerprint"] = name, fingerprint_of(con, sql.classification_schema(name))
-    con.execute("UPDATE meta SET value = ? WHERE key = ?", [json.dumps(d), META_KEY])
+    Workspace.set_meta(con, META_KEY, json.dumps(d))   # (the row is there: read above)
     install_view(con, name)
 
 

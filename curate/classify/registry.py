@@ -228,7 +228,7 @@ def selected(con: duckdb.DuckDBPyConnection, name: str | None = None) -> Iterato
     try:
         yield select(con, name)
     finally:
-        con.execute("SET search_path = '{}'".format(before.replace("'", "''")))
+        con.execute(f"SET search_path = {sql.quote_literal(before)}")
 
 
 @dataclass(frozen=True)
@@ -304,7 +304,7 @@ def upgrade(con: duckdb.DuckDBPyConnection) -> str | None:
                 con.execute(sql.named_for("scores_from_main", t, name))
                 con.execute(sql.named("scores_from_main", f"drop {t}"))
         sql.run(con, "active_classification_drop")   # main's views over the tables moved
-        con.execute("DELETE FROM main.meta WHERE key = ?", [MAIN_VIEWS])
+        Workspace.delete_meta(con, MAIN_VIEWS)
         con.execute("INSERT INTO main.classifications (name) VALUES (?) ON CONFLICT DO NOTHING", [name])
         if complete:
             st = con.execute(f"SELECT label_set, prompts, model, logit_scale, storage, created_at "

@@ -110,7 +110,7 @@ def require_fresh(con: duckdb.DuckDBPyConnection, name: str | None = None) -> No
     name = name if name is not None else _selected(con)
     if name is None:
         return
-    sch = '"cls_' + name.replace('"', '""') + '"'
+    sch = sql.quote_identifier(sql.CLASSIFICATION_PREFIX + name)
     if freshness.stale_shards(con, sch) == 0:
         return
     ws = freshness.workspace_of(con)

@@ -29,6 +29,7 @@ from typing import ClassVar
 import duckdb
 
 from ..errors import OutputError
+from .sql import quote_literal
 from .workspace import DB_NAME, JOURNAL_REJECTED
 from .workspace import JOURNAL as JOURNAL_NAME
 
@@ -124,9 +125,7 @@ def write_atomic(path: str | Path, write: Callable[[Path], object], what: str = 
 def kv_metadata_option(meta: Mapping[str, str]) -> str:
     """`, KV_METADATA {...}` for a parquet COPY: DuckDB takes the map as literal text only, so
     every key and value is a quoted SQL string (quotes doubled), never a bare user value."""
-    def lit(s: str) -> str:
-        return "'" + s.replace("'", "''") + "'"
-    return ", KV_METADATA {" + ", ".join(f"{lit(k)}: {lit(v)}" for k, v in meta.items()) + "}"
+    return ", KV_METADATA {" + ", ".join(f"{quote_literal(k)}: {quote_literal(v)}" for k, v in meta.items()) + "}"
 
 
 class RowWriter:

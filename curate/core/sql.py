@@ -78,7 +78,7 @@ def quote_identifier(name: str) -> str:
 
 def quote_literal(text: str) -> str:
     """`text` as a DuckDB string literal: in single quotes, a single quote doubled."""
-    return "'" + _lit(text) + "'"
+    return "'" + text.replace("'", "''") + "'"
 
 
 def classification_schema(name: str) -> str:
@@ -124,15 +124,11 @@ def install_views(con: duckdb.DuckDBPyConnection, schema: str | None = None) -> 
 def search_path(con: duckdb.DuckDBPyConnection, path: str) -> Iterator[None]:
     """SET search_path for the block (names created unqualified go to its first schema)."""
     before = con.execute("SELECT current_setting('search_path')").fetchall()[0][0]
-    con.execute(f"SET search_path = '{_lit(path)}'")
+    con.execute(f"SET search_path = {quote_literal(path)}")
     try:
         yield
     finally:
-        con.execute(f"SET search_path = '{_lit(before or 'main')}'")
-
-
-def _lit(text: str) -> str:
-    return text.replace("'", "''")
+        con.execute(f"SET search_path = {quote_literal(before or 'main')}")
 
 
 def has_relation(con: duckdb.DuckDBPyConnection, name: str, schema: str | None = None) -> bool:

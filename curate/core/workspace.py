@@ -246,6 +246,10 @@ class Workspace:
     def set_meta(con: duckdb.DuckDBPyConnection, key: str, value: str) -> None:
         con.execute("INSERT OR REPLACE INTO main.meta VALUES (?, ?)", [key, value])
 
+    @staticmethod
+    def delete_meta(con: duckdb.DuckDBPyConnection, key: str) -> None:
+        con.execute("DELETE FROM main.meta WHERE key = ?", [key])
+
     @classmethod
     def model_identity(cls, con: duckdb.DuckDBPyConnection) -> ModelIdentity | None:
         raw = cls.get_meta(con, "model")

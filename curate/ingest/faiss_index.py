@@ -416,7 +416,7 @@ def _save_record(con: duckdb.DuckDBPyConnection, kind: str, rec: dict | None, sh
     """One transaction: the meta record, and (unless None) the list of shards in index_shards."""
     with sql.transaction(con):
         if rec is None:
-            con.execute("DELETE FROM meta WHERE key = ?", [f"index.{kind}"])
+            Workspace.delete_meta(con, f"index.{kind}")
         else:
             Workspace.set_meta(con, f"index.{kind}", json.dumps(rec))
         if shards is not None:

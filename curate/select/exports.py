@@ -96,9 +96,9 @@ def command_line(ws_path: str | Path, options: list[tuple[str, object]]) -> str:
 
 
 def _meta_json(con: duckdb.DuckDBPyConnection, key: str) -> dict | None:
-    rows = con.execute("SELECT value FROM meta WHERE key = ?", [key]).fetchall()
+    raw = Workspace.get_meta(con, key)
     try:
-        return json.loads(rows[0][0]) if rows else None
+        return json.loads(raw) if raw is not None else None
     except (TypeError, ValueError):
         return None
 

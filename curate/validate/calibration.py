@@ -39,6 +39,7 @@ import numpy as np
 from ..classify import calibrated, registry
 from ..classify.calibrated import META_KEY, Calibration, ClassThreshold
 from ..core import sql
+from ..core.workspace import Workspace
 from ..errors import InputError
 from . import sampling
 
@@ -281,11 +282,11 @@ def save(con: duckdb.DuckDBPyConnection, cal: Calibration) -> None:
         con.execute("DELETE FROM calibration_thresholds")
         con.executemany("INSERT INTO calibration_thresholds VALUES (?, ?, ?, ?, ?, ?)",
                         [(c.label, c.threshold, c.precision, c.support, c.marked, c.kept) for c in cal.classes])
-        con.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", [META_KEY, json.dumps({
+        Workspace.set_meta(con, META_KEY, json.dumps({
             "temperature": cal.temperature, "source": cal.source, "review_set": cal.set_name,
             "labels": cal.n_labels, "target_precision": cal.target_precision, "min_support": cal.min_support,
             "nll_before": cal.nll_before, "nll_after": cal.nll_after, "marks": cal.marks, "exact": cal.exact,
             "scores_column": cal.scores_column, "classification": cal.classification,
-            "fingerprint": cal.fingerprint})])
+            "fingerprint": cal.fingerprint}))
         if cal.classification is not None:
             calibrated.install_view(con, registry.check_name(cal.classification))

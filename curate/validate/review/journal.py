@@ -220,7 +220,7 @@ def _columns(lines: list[Line]) -> dict[str, np.ndarray]:
 def _table(con: duckdb.DuckDBPyConnection) -> str:
     """`judgments` of this database itself (`main.judgments` would find a temp view first)."""
     db = con.execute("SELECT current_database()").fetchall()[0][0]
-    return '"' + db.replace('"', '""') + '".main.judgments'
+    return sql.quote_identifier(db) + ".main.judgments"
 
 
 def _has_judgments(con: duckdb.DuckDBPyConnection) -> bool:
