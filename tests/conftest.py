@@ -6,6 +6,7 @@ against independent computations, never meaning.
 
 from __future__ import annotations
 
+import gc
 import os
 import sys
 import tempfile
@@ -173,6 +174,31 @@ def pytest_runtest_setup(item) -> None:
     # import for it); from then on its tokenizers and its random-weights models are shared
     if "open_clip" in sys.modules:
         _share_tokenizers()
+        _freeze_what_is_loaded("open_clip")
+
+
+# -- the garbage collector ---------------------------------------------------------------------
+# A worker holds a few million objects that live as long as it does (torch, open_clip, scipy,
+# matplotlib: imported once, never freed), and Python's collector walks all of them at each of
+# its full collections. Frozen (gc.freeze) they are left out of every collection; the tests'
+# own objects are collected as before. The young generation's threshold (700 allocations by
+# default) is raised too: the suite allocates in bursts (a DataFrame, a batch of rows), and
+# each burst otherwise set off dozens of collections that freed nothing. Measured on the quick
+# loop (2-core AMD EPYC, both workers together): collections 8.2 s -> 4.4 s of CPU.
+
+_frozen: set[str] = set()
+
+
+def _freeze_what_is_loaded(reason: str) -> None:
+    if reason not in _frozen:
+        _frozen.add(reason)
+        gc.collect()
+        gc.freeze()
+
+
+def pytest_collection_finish(session) -> None:
+    gc.set_threshold(10_000, 20, 10)
+    _freeze_what_is_loaded("collection")
 
 
 # -- longest test files first ----------------------------------------------------------------
