@@ -651,7 +651,7 @@ def not_found(con: duckdb.DuckDBPyConnection) -> str | None:
     line; None when `curate dedup` stored them (some or none found)."""
     if not sql.has_relation(con, "duplicates"):
         return "no duplicates found yet: run `curate dedup` first"
-    if not con.execute("SELECT count(*) FROM meta WHERE key = ?", [META_KEY]).fetchall()[0][0]:
+    if Workspace.get_meta(con, META_KEY) is None:
         return "no image duplicates found yet: run `curate dedup` first"
     return None
 
