@@ -452,7 +452,7 @@ def report(workspace: str | Path | None = "ws", *, set_name: str | None = None, 
                     calibration.save(con, cal)
             except WorkspaceBusy as e:
                 not_saved = str(e)
-    files = report_render.write(rep, out, o.grid_size)
+    files = report_render.write(rep, out, o.grid_size, o.plots)
     return ReportResult(rep, out, files, cal, no_cal, not_saved, problems)
 
 

@@ -31,19 +31,25 @@ from .shared import note_random_weights
               help="A per-class threshold must keep at least this many marked images.")
 @click.option("--grid-size", type=click.IntRange(0), default=24, show_default=True,
               help="Images per grid (hits, misses) per class.")
+@click.option("--plots/--no-plots", default=True, show_default=True,
+              help="The PNG plots (hit and error rates, coverage, accuracy per class, calibration); "
+                   "--no-plots writes the tables and the page without them, sooner (drawing is most of "
+                   "a report's time).")
 @click.option("--level", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.95, show_default=True,
               help="Confidence level of the interval beside every estimate.")
 @click.option("--interval", type=click.Choice(report.intervals.METHODS), default="wilson", show_default=True,
               help="Interval of a proportion: Wilson's score, or exact (Clopper-Pearson: never below the level, wider).")
 def report_cmd(ws_path: Path, set_name: str | None, classification: str | None, marks_path: Path | None, out: Path, min_hit_rate: float,
-               target_precision: float, min_support: int, grid_size: int, level: float, interval: str) -> None:
+               target_precision: float, min_support: int, grid_size: int, plots: bool, level: float,
+               interval: str) -> None:
     """Accuracy per class, the threshold table, coverage and calibration, each estimate with its
     interval: CSV, HTML, PNG."""
     if marks_path is None:
         options.must_exist(ws_path)
         note_random_weights(ws_path)
     settings = api.ReportOptions(min_hit_rate=min_hit_rate, target_precision=target_precision,
-                                 min_support=min_support, grid_size=grid_size, level=level, interval=interval)
+                                 min_support=min_support, grid_size=grid_size, plots=plots, level=level,
+                                 interval=interval)
     r = api.report(ws_path, set_name=set_name, marks=marks_path, out=out, classification=classification,
                    options=settings)
     rep, files = r.report, r.files

@@ -55,18 +55,19 @@ DEFAULT_MIN_HIT_RATE = 0.5
 class ReportOptions:
     """How `curate report` computes and draws: the threshold table's `min_hit_rate`, the
     calibration's `target_precision` and `min_support`, the image grids' `grid_size` (0: none),
-    every interval at `level` by `interval` ("wilson" or "exact", intervals.METHODS). Checked
-    when made."""
+    `plots` (False: the tables and page without the PNG plots), every interval at `level` by
+    `interval` ("wilson" or "exact", intervals.METHODS). Checked when made."""
     min_hit_rate: float = DEFAULT_MIN_HIT_RATE
     target_precision: float = 0.9
     min_support: int = 10
     grid_size: int = 24
+    plots: bool = True
     level: float = 0.95
     interval: str = "wilson"
 
     def __post_init__(self) -> None:
         check.fields(self, min_hit_rate=check.probability(), target_precision=check.number(0, 1, lo_open=True),
-                     min_support=check.integer(1), grid_size=check.integer(0),
+                     min_support=check.integer(1), grid_size=check.integer(0), plots=check.flag(),
                      level=check.number(0, 1, lo_open=True, hi_open=True), interval=check.text())
         if self.interval not in intervals.METHODS:
             raise InputError(f"--interval must be one of {', '.join(intervals.METHODS)}, not {self.interval!r}")

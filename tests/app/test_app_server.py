@@ -338,7 +338,8 @@ def test_the_calibrated_view_is_what_filter_calibrated_keeps(ws, tmp_path, monke
     con.execute("INSERT INTO judgments (id, label, mark) SELECT id, label,"
                 " CASE WHEN position % 2 = 0 THEN 'hit' ELSE 'miss' END FROM review_items")
     con.close()
-    run_cli("report", "-w", copy, "--out", tmp_path / "report", "--target-precision", "0.5", "--min-support", "1")
+    run_cli("report", "-w", copy, "--out", tmp_path / "report", "--target-precision", "0.5", "--min-support", "1",
+            "--no-plots")
     srv = AppServer(copy, 0, load_model=False).start()
     try:
         _, o = get_json(srv.url, "/api/overview")

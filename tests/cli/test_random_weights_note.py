@@ -28,7 +28,7 @@ def _showing_commands(ws, tmp):
         ("filter", ["filter", "-w", ws, "--min-prob", "0", "--out", tmp / "kept.csv"]),
         ("sample", ["sample", "-w", ws, "--top-classes", "2", "--per-class", "2"]),
         ("review", ["review", "-w", ws, "--export", tmp / "sheet.csv"]),
-        ("report", ["report", "-w", ws, "--out", tmp / "report"]),
+        ("report", ["report", "-w", ws, "--out", tmp / "report", "--no-plots"]),
     ]
 
 

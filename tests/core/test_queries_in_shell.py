@@ -36,7 +36,7 @@ def reviewed(built_workspace, tmp_path_factory) -> Path:
                 " CASE WHEN position % 2 = 0 THEN 'hit' ELSE 'miss' END FROM review_items")
     con.close()
     out = run_cli("report", "-w", ws, "--out", ws.parent / "report", "--target-precision", "0.5",
-                  "--min-support", "1").output
+                  "--min-support", "1", "--no-plots").output
     assert "calibration: temperature" in out
     # the rest of what writes to a workspace: another named classification (then the first
     # active again), dedup's groups, filter --dedup, search's hits

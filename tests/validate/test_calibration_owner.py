@@ -32,7 +32,7 @@ def calibrated(built_workspace, tmp_path_factory) -> Path:
                 " CASE WHEN position % 2 = 0 THEN 'hit' ELSE 'miss' END FROM review_items")
     con.close()
     out = run_cli("report", "-w", ws, "--out", tmp_path / "report", "--target-precision", "0.5",
-                  "--min-support", "1").output
+                  "--min-support", "1", "--no-plots").output
     assert "calibration: temperature" in out
     return ws
 

@@ -169,7 +169,7 @@ def test_collection_precision_per_threshold_by_hand(tmp_path):
     assert rep.main.weighted_ci.value == pytest.approx(
         sum(c.frequency * c.accuracy for c in rep.main.classes) / 50)
     out = tmp_path / "out"
-    report_render.write(rep, out, grid_size=0)
+    report_render.write(rep, out, grid_size=0, plots=False)
     with open(out / "collection_precision.csv", newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
     assert [r["threshold"] for r in rows] == [f"{k / 10:.1f}" for k in range(11)]
@@ -227,7 +227,8 @@ def test_report_gives_ppi_beside_the_classical_estimates_when_calibrated(ws, tmp
         marks.set_mark(con, it.id, it.label, "hit" if k % 2 == 0 else "miss")
     con.close()
     out = tmp_path / "r"
-    r = run_cli("report", "-w", ws, "--out", out, "--target-precision", "0.5", "--min-support", "1")
+    r = run_cli("report", "-w", ws, "--out", out, "--target-precision", "0.5", "--min-support", "1",
+                "--no-plots")
     assert "calibration: temperature" in r.output and "prediction-powered (PPI++" in r.output
     with open(out / "ppi.csv", newline="", encoding="utf-8") as f:
         rows = {row["class"]: row for row in csv.DictReader(f)}

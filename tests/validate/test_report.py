@@ -20,6 +20,7 @@ from review_support import (
     write_marks_csv,
 )
 
+from curate import api
 from curate.validate import report, report_render, sampling
 from curate.validate.review import marks
 
@@ -76,7 +77,7 @@ def test_the_study_threshold_table_is_reproduced_from_its_counts(tmp_path):
     assert (s.hits, s.misses, report.fmt4(s.accuracy)) == (460, 540, "0.4600")
 
     out = tmp_path / "report"
-    report_render.write(rep, out)
+    report_render.write(rep, out, plots=False)
     rows = _csv(out / "threshold_table.csv")
     # the study's columns, in its order, each estimate followed by its interval's low and high
     study_cols = ("threshold", "kept", "hits", "hit_rate", "errors", "error_rate", "ratio")
@@ -106,8 +107,28 @@ def test_cli_report_on_a_sheet_made_elsewhere(tmp_path):
     assert [tuple(r[i] for i in cols) for r in rows[1:]] == STUDY_TABLE
     assert "line 1002" in (out / "problems.txt").read_text()
     # the floor is a choice: without it, the maximum is the study's 0.9
-    r = run_cli("report", "--marks", sheet, "--out", tmp_path / "r2", "--min-hit-rate", "0")
+    r = run_cli("report", "--marks", sheet, "--out", tmp_path / "r2", "--min-hit-rate", "0", "--no-plots")
     assert "best threshold 0.9 (ratio 1.5141" in r.output
+
+
+def test_no_plots_writes_the_same_tables_and_page_without_the_pictures(tmp_path):
+    """--no-plots: the terminal's tables and every CSV byte for byte as with the plots, the page
+    without its Plots section, and no PNG in the folder."""
+    sheet = write_marks_csv(tmp_path / "study.csv", study_marks())
+    with_plots = run_cli("report", "--marks", sheet, "--out", tmp_path / "with")
+    without = run_cli("report", "--marks", sheet, "--out", tmp_path / "without", "--no-plots")
+    drawn = {p.name for p in (tmp_path / "with").iterdir()}
+    written = {p.name for p in (tmp_path / "without").iterdir()}
+    assert {"rates.png", "class_accuracy.png"} <= drawn
+    assert written == {n for n in drawn if not n.endswith(".png")} and any(n.endswith(".csv") for n in written)
+    tables, _ = without.output.rsplit("\nwrote ", 1)
+    assert with_plots.output.startswith(tables + "\nwrote ")   # the same tables, fewer files written
+    for name in {n for n in written if n.endswith(".csv")}:
+        assert (tmp_path / "without" / name).read_bytes() == (tmp_path / "with" / name).read_bytes(), name
+    page = (tmp_path / "without" / "index.html").read_text(encoding="utf-8")
+    assert "<h2>Plots</h2>" not in page and ".png" not in page
+    assert "<h2>Plots</h2>" in (tmp_path / "with" / "index.html").read_text(encoding="utf-8")
+    assert api.ReportOptions().plots is True
 
 
 def test_study_table_2_with_frequencies_through_a_workspace(tmp_path):
