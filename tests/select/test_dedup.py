@@ -271,22 +271,26 @@ def _pairs(ws: Path) -> set[tuple[int, int]]:
 
 def _true_pairs(ids: np.ndarray, vecs: np.ndarray, rows: np.ndarray, threshold: float) -> set[tuple[int, int]]:
     """Brute force (numpy): every pair of a row in `rows` with any other vector at cosine >=
-    threshold - TOLERANCE. Blocks of 1,024 rows against every vector, into buffers made once (a
+    threshold - TOLERANCE. Blocks of 1,024 rows against every vector, into a buffer made once (a
     fresh 80 MB product and its mask at each block of 20,000 vectors were a quarter of the time:
     page faults); a row's product with itself is left out, and only the rows whose largest
     product reaches the threshold are searched for their pairs (np.nonzero over a whole block
-    was as slow as the product)."""
+    was as slow as the product). Where `rows` is every row, a block is multiplied only with the
+    vectors from its first row on: a pair (i, j) with j before the block was found from j's row,
+    so half the products find every pair."""
     out = set()
-    prod = np.empty((min(1024, len(rows)), len(vecs)), dtype=np.result_type(vecs, vecs))
+    every = len(rows) == len(vecs) and np.array_equal(rows, np.arange(len(vecs)))
+    buf = np.empty(min(1024, len(rows)) * len(vecs), dtype=np.result_type(vecs, vecs))
     floor = np.float32(threshold - TOLERANCE)
     for s in range(0, len(rows), 1024):
         r = rows[s:s + 1024]
-        p = prod[:len(r)]
-        np.matmul(vecs[r], vecs.T, out=p)
-        p[np.arange(len(r)), r] = -np.inf
+        first = s if every else 0
+        p = buf[:len(r) * (len(vecs) - first)].reshape(len(r), len(vecs) - first)
+        np.matmul(vecs[r], vecs[first:].T, out=p)
+        p[np.arange(len(r)), r - first] = -np.inf
         hit = np.flatnonzero(p.max(axis=1) >= floor)
         i, j = np.nonzero(p[hit] >= floor)
-        a, b = ids[r[hit[i]]], ids[j]
+        a, b = ids[r[hit[i]]], ids[j + first]
         out |= set(zip(np.minimum(a, b).tolist(), np.maximum(a, b).tolist(), strict=True))
     return out
 
