@@ -416,7 +416,7 @@ def report(workspace: str | Path | None = "ws", *, set_name: str | None = None, 
 
     The options are `curate report`'s: the review set `set_name` (default: the latest), or a
     CSV sheet `marks` (label, prob, mark) instead of the workspace; `options` how the study is
-    computed and drawn (ReportOptions: thresholds, calibration, grids, intervals). The calibration fitted on
+    computed and drawn (ReportOptions: thresholds, calibration, grids, plots, intervals). The calibration fitted on
     the marks is saved in the workspace for `filter(calibrated=True)`. The report reads the
     classification the set was drawn from; `classification` picks the latest set drawn from it.
     Every estimate comes with its interval at `level`; `interval`: "wilson" or "exact"

@@ -125,8 +125,8 @@ def comparison_rows(report: Report) -> tuple[list[str], list[list[str]]]:
 def write(report: Report, out: str | Path, grid_size: int = 24, plots: bool = True) -> list[Path]:
     """Write the report as the folder `out`, replacing an earlier report there; returns its files
     (core.output_folder: written beside it and swapped in; a folder of foreign files is refused).
-    `plots`: the PNG plots (matplotlib: most of a report's time, ~0.5 s at 5 classes, ~2.4 s at
-    205); without them the tables and the page."""
+    `plots`: the PNG plots (matplotlib: most of a report's time, ~0.5 s of CPU at 5 classes, ~2.4 s
+    at 205 on a 2-core AMD EPYC); without them the tables and the page."""
     return replace_folder(out, lambda new: _write_into(report, new, grid_size, plots), "report")
 
 
