@@ -23,20 +23,21 @@ os.environ.setdefault("CURATE_NATIVE_BF16", "0")
 # files 60 s of CPU -> 32 s, the same results. Set it in the environment to test more threads.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-# Compiled modules (pytest's rewritten test files, curate's own) are kept in __pycache__ between
-# runs even where PYTHONDONTWRITEBYTECODE is set, as on the project's machines: each xdist worker
-# otherwise rewrites and compiles every test file again at every run of the quick loop (~6 s of
-# CPU a worker, 2-core AMD EPYC). A folder that cannot be written is skipped silently.
-# Set before curate is imported below: its modules are written too, and the suite's `curate`
-# subprocesses (which inherit PYTHONDONTWRITEBYTECODE) read them instead of compiling them again.
-sys.dont_write_bytecode = False
-
 import numpy as np
 import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from curate.cli import cli
+# Compiled modules (pytest's rewritten test files, curate's own) are kept in __pycache__ between
+# runs even where PYTHONDONTWRITEBYTECODE is set, as on the project's machines: each xdist worker
+# otherwise rewrites and compiles every test file again at every run of the quick loop (~6 s of
+# CPU a worker, 2-core AMD EPYC). A folder that cannot be written is skipped silently.
+# Set before curate is imported: its modules are written too, and the suite's `curate`
+# subprocesses (which inherit PYTHONDONTWRITEBYTECODE) read them instead of compiling them again
+# (`import curate.cli` in a fresh process 0.55 s -> 0.41 s).
+sys.dont_write_bytecode = False
+
+from curate.cli import cli  # noqa: E402 - after the line above
 
 
 def _scratch_on_tmpfs(root: str = "/dev/shm", room: int = 8 << 30) -> None:
