@@ -33,7 +33,7 @@ from .shared import note_random_weights
               help="Images per grid (hits, misses) per class.")
 @click.option("--plots/--no-plots", default=True, show_default=True,
               help="The PNG plots (hit and error rates, coverage, accuracy per class, calibration); "
-                   "--no-plots writes the tables and the page without them, sooner (drawing is most of "
+                   "--no-plots writes the tables and the page without them (it says so), sooner (drawing is most of "
                    "a report's time).")
 @click.option("--level", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.95, show_default=True,
               help="Confidence level of the interval beside every estimate.")

@@ -173,7 +173,7 @@ def _write_into(report: Report, out: Path, grid_size: int, plots: bool) -> list[
     figures = report_figures.plots(report, out) if plots else []
     grids = report_figures.grids(main, out / "grids", grid_size) if grid_size > 0 else {}
     files += figures + [p for pair in grids.values() for p in pair]
-    (out / "index.html").write_text(render_html(report, figures, grids, out), encoding="utf-8")
+    (out / "index.html").write_text(render_html(report, figures, grids, out, plots), encoding="utf-8")
     files.append(out / "index.html")
     return files
 
@@ -274,8 +274,10 @@ def model_html(model: ModelIdentity | None) -> str:
     return line
 
 
-def render_html(report: Report, figures: Sequence[Path], grids: dict[str, tuple[Path, Path]], out: Path) -> str:
-    """The report page; every piece of text from the data is escaped."""
+def render_html(report: Report, figures: Sequence[Path], grids: dict[str, tuple[Path, Path]], out: Path,
+                plots: bool = True) -> str:
+    """The report page; every piece of text from the data is escaped. `plots` False: the page
+    says the plots were left out, rather than leave a reader looking for them."""
     e = html.escape
     main, s = report.main, report.main.summary
     parts = [f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>curate report: {e(main.name)}"
@@ -339,7 +341,10 @@ def render_html(report: Report, figures: Sequence[Path], grids: dict[str, tuple[
                      "hits from misses; &lambda; = 0 is the classical estimate). docs/validation.md says when "
                      "each is valid.</p>" + _table(PPI_COLUMNS[:2] + ("classical", "PPI++", "lambda"),
                                                     [[r[0], r[1], r[2], r[3], r[4]] for r in ppi_text_rows(report)]))
-    if figures:
+    if not plots:
+        parts.append("<p class='note'>The plots were left out (<code>curate report --no-plots</code>); "
+                     "the same command without it draws them.</p>")
+    elif figures:
         parts.append("<h2>Plots</h2>" + "".join(
             f"<p><img class='plot' src='{e(p.relative_to(out).as_posix())}' alt='{e(p.stem)}'></p>" for p in figures))
     if grids:

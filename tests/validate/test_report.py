@@ -113,7 +113,7 @@ def test_cli_report_on_a_sheet_made_elsewhere(tmp_path):
 
 def test_no_plots_writes_the_same_tables_and_page_without_the_pictures(tmp_path):
     """--no-plots: the terminal's tables and every CSV byte for byte as with the plots, the page
-    without its Plots section, and no PNG in the folder."""
+    saying the plots were left out instead of showing them, and no PNG in the folder."""
     sheet = write_marks_csv(tmp_path / "study.csv", study_marks())
     with_plots = run_cli("report", "--marks", sheet, "--out", tmp_path / "with")
     without = run_cli("report", "--marks", sheet, "--out", tmp_path / "without", "--no-plots")
@@ -127,6 +127,7 @@ def test_no_plots_writes_the_same_tables_and_page_without_the_pictures(tmp_path)
         assert (tmp_path / "without" / name).read_bytes() == (tmp_path / "with" / name).read_bytes(), name
     page = (tmp_path / "without" / "index.html").read_text(encoding="utf-8")
     assert "<h2>Plots</h2>" not in page and ".png" not in page
+    assert "The plots were left out (<code>curate report --no-plots</code>)" in page
     assert "<h2>Plots</h2>" in (tmp_path / "with" / "index.html").read_text(encoding="utf-8")
     assert api.ReportOptions().plots is True
 
